@@ -1,0 +1,62 @@
+# adrank — build, serve and test. Every target sets up what it needs (the .venv, the builds).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+JOBS ?= $(shell nproc)
+CMAKE_GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo Ninja || echo "Unix Makefiles")
+
+.PHONY: all venv install serve test test-cpp test-python test-sanitize test-asan test-tsan lint bench-core clean
+
+all: install
+
+# The build requirements come from pyproject.toml, so they are pinned in one place.
+$(VENV)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))")
+	touch $@
+
+venv: $(VENV)/.ready
+
+# Builds the extension from source (incrementally, in build/<wheel tag>) and installs the package.
+install: venv
+	$(PY) -m pip install --quiet --no-build-isolation ".[test]"
+
+serve: install
+	$(VENV)/bin/adrank serve
+
+test: test-cpp test-python
+
+test-python: install
+	$(PY) -m pytest
+
+define cpp_tests
+	cmake -S . -B $(1) -G "$(CMAKE_GENERATOR)" -DADRANK_BUILD_PYTHON=OFF -DADRANK_BUILD_TESTS=ON \
+	  -DCMAKE_BUILD_TYPE=$(2) -DADRANK_SANITIZE=$(3) > /dev/null
+	cmake --build $(1) -j $(JOBS)
+	cd $(1) && ctest --output-on-failure -j $(JOBS)
+endef
+
+test-cpp:
+	$(call cpp_tests,build/tests,RelWithDebInfo,)
+
+test-asan:
+	$(call cpp_tests,build/asan,Debug,address)
+
+test-tsan:
+	$(call cpp_tests,build/tsan,RelWithDebInfo,thread)
+
+test-sanitize: test-asan test-tsan
+
+lint: install
+	$(VENV)/bin/ruff check python tests perf
+	$(VENV)/bin/ruff format --check python tests perf
+
+bench-core:
+	cmake -S . -B build/bench -G "$(CMAKE_GENERATOR)" -DADRANK_BUILD_PYTHON=OFF -DADRANK_BUILD_BENCHMARKS=ON \
+	  -DCMAKE_BUILD_TYPE=Release > /dev/null
+	cmake --build build/bench -j $(JOBS) --target core_benchmark
+	taskset -c 0 build/bench/core_benchmark
+
+clean:
+	rm -rf build $(VENV)

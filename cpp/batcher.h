@@ -1,0 +1,185 @@
+// Batcher: a model's request queue and the policy that turns queued requests into batches.
+//
+// Ads requests arrive one auction at a time with tens to thousands of candidates each. A model
+// scores rows far more cheaply in batches of hundreds than one request at a time, but every
+// microsecond a request waits for company comes out of the caller's few-millisecond budget. The
+// batcher merges small requests, splits large ones, and closes a batch as soon as waiting longer
+// buys nothing: when it is full, when nothing of the model is running (idle dispatch), when its
+// oldest request has waited `max_queue_delay_us`, or when a member's deadline requires it.
+//
+// Options (defaults and why):
+//   max_batch_rows = 1024        Most rows in one batch. A request with more rows is split across
+//                                consecutive batches and reassembled in row order. On CPU MLPs the
+//                                rows/s gain beyond ~1k rows is small while a bigger batch's
+//                                execution time adds to the wait of everything queued behind it.
+//   preferred_batch_rows = {}    Sizes the model runs best at (ascending, each <= max_batch_rows;
+//                                empty means {max_batch_rows}). A batch closes at once when its rows
+//                                reach the largest; warm-up runs each; with `pad_to_preferred` a
+//                                batch is padded up to the smallest one that holds it (fixed-shape
+//                                engines such as TensorRT profiles or CUDA graphs).
+//   max_queue_delay_us = 200     How long the oldest queued request may wait for company. 200 µs is
+//                                ~10 % of a small batch's CPU execution: enough to merge bursts,
+//                                small against a 5–10 ms budget. 0 closes every batch at once.
+//   max_queue_rows = 32768       Rows queued (not yet in a batch) beyond which Submit refuses with
+//                                RESOURCE_EXHAUSTED at once: an overloaded server must say no in
+//                                microseconds rather than time every caller out.
+//   max_request_rows = 4096      Largest N accepted (INVALID_ARGUMENT beyond): a bound on the
+//                                memory one request pins; must be <= max_queue_rows.
+//   priority_levels = 2          Priority classes, 0 the highest. A batch takes every queued row
+//                                of class 0 (oldest first) before any of class 1, and so on.
+//                                Class 1 is where shadow traffic rides.
+//   idle_dispatch = true         When none of the model's instances is running, close a partial
+//                                batch at once: at low load this removes the queue delay entirely;
+//                                under load batches grow by themselves to what arrives during one
+//                                execution. false gives the classic timeout-only batcher.
+//   pad_to_preferred = false     See preferred_batch_rows.
+//   context_layout = kBroadcast  How context rows reach the backend (see batch.h).
+//
+// Latency contract. When the model is not overloaded (queued rows fit in the next batch), a request
+// waits at most max_queue_delay_us (zero when idle_dispatch finds the model idle) plus the execution
+// of the batch already running on each busy instance, then rides in the next batch. A request with
+// a deadline is never computed when its deadline has passed (counted as expired, "missed") or when
+// the predicted execution time of the batch it would ride in overruns it (counted as shed): either
+// way it completes with DEADLINE_EXCEEDED without reaching the backend. Batches close early when
+// waiting longer would make a member miss its deadline.
+//
+// Rejections at Submit (the completion never fires): INVALID_ARGUMENT (names the tensor and what is
+// wrong: zero rows, unknown or wrong dtype, negative or mismatched dims, byte size that does not
+// match shape and dtype, missing or unexpected tensor, bad priority), RESOURCE_EXHAUSTED (queue
+// full), DEADLINE_EXCEEDED (deadline already passed), UNAVAILABLE (closed).
+//
+// Thread-safety: every method may be called from any thread; one mutex guards the queue. The
+// batcher never calls the backend: a scheduler (thread_pool.h) asks it for batches and runs them,
+// and an injected Clock makes every timing decision testable without sleeping.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "batch.h"
+#include "clock.h"
+#include "exec_time_predictor.h"
+#include "request.h"
+#include "status.h"
+#include "tensor.h"
+
+namespace adrank {
+
+struct BatcherOptions {
+  int64_t max_batch_rows = 1024;
+  std::vector<int64_t> preferred_batch_rows;
+  int64_t max_queue_delay_us = 200;
+  int64_t max_queue_rows = 32768;
+  int64_t max_request_rows = 4096;
+  int priority_levels = 2;
+  bool idle_dispatch = true;
+  bool pad_to_preferred = false;
+  ContextLayout context_layout = ContextLayout::kBroadcast;
+};
+
+struct BatcherStats {
+  uint64_t submitted = 0;            // accepted by Submit
+  uint64_t rejected_invalid = 0;     // refused at Submit: INVALID_ARGUMENT
+  uint64_t rejected_queue_full = 0;  // refused at Submit: RESOURCE_EXHAUSTED
+  uint64_t rejected_expired = 0;     // refused at Submit: deadline already passed
+  uint64_t rejected_closed = 0;      // refused at Submit: UNAVAILABLE
+  uint64_t completed_ok = 0;
+  uint64_t failed = 0;
+  uint64_t late = 0;       // computed, completed after the deadline
+  uint64_t expired = 0;    // missed: deadline passed while queued, never computed
+  uint64_t shed = 0;       // shed: deadline ahead but unreachable, never computed
+  uint64_t cancelled = 0;  // cancelled before any row ran
+  uint64_t batches = 0;
+  uint64_t batch_rows = 0;  // real rows over all batches
+  int64_t queued_rows = 0;
+  int64_t queued_requests = 0;
+};
+
+class Batcher {
+ public:
+  static Status Create(const BatcherOptions& options, const ModelSignature& signature, const Clock* clock,
+                       std::unique_ptr<Batcher>* out);
+
+  // Validates and enqueues. On OK, `handle` (if given) can cancel the request.
+  Status Submit(Request request, RequestHandle* handle = nullptr);
+
+  // Removes a request none of whose rows is in a batch yet; it completes with CANCELLED and never
+  // runs. A request already (partly) batched finishes the parts in flight and drops the rest.
+  // Returns true if the request will not run at all.
+  bool Cancel(const RequestHandle& handle);
+
+  // When the next batch should close, given whether any instance of the model is running
+  // (`model_idle`): `now` if one is due now, kNoDeadline when nothing is queued. The caller passes
+  // the `now` it compares against, so that "due now" is exact.
+  TimePoint ReadyAt(bool model_idle, TimePoint now) const;
+
+  // The next batch, if one should close now (or, with `flush`, whatever is queued, ignoring the
+  // delay: used to drain). Requests found expired or unreachable on the way are completed with
+  // DEADLINE_EXCEEDED. nullptr when no batch is due.
+  std::unique_ptr<Batch> NextBatch(bool model_idle, bool flush = false);
+
+  // The earliest deadline of a queued request; kNoDeadline if none has one.
+  TimePoint EarliestDeadline() const;
+  // Completes every queued request whose deadline has passed with DEADLINE_EXCEEDED (counted as
+  // expired) without forming a batch: a model whose instances are all busy still answers its
+  // callers at their deadline and frees their queue rows.
+  void ExpireOverdue();
+
+  // Feeds the execution-time predictor with a batch the backend ran.
+  void RecordExecution(int64_t padded_rows, Duration elapsed);
+  Duration PredictExecution(int64_t rows) const;
+
+  // Refuse further submissions with UNAVAILABLE (already queued requests stay queued).
+  void Close();
+  // Complete every queued request with `status` (used when a model is torn down without draining).
+  void FailQueued(const Status& status);
+
+  BatcherStats stats() const;
+  bool empty() const;
+  const BatcherOptions& options() const { return options_; }
+  const ModelSignature& signature() const { return signature_; }
+  const Clock* clock() const { return clock_; }
+
+  // Implementation details follow. API users need not read.
+ private:
+  Batcher(const BatcherOptions& options, const ModelSignature& signature, const Clock* clock);
+
+  // A request taken out of the queue without running; finished outside the mutex.
+  struct Dropped {
+    RequestHandle request;
+    int64_t rows;
+    Status status;
+  };
+
+  Status Validate(const Request& request, int64_t* rows, std::vector<RequestState::InputSlot>* slots) const;
+  int64_t CloseRows() const;
+  int64_t PaddedRows(int64_t rows) const;
+  TimePoint ReadyAtLocked(bool model_idle, TimePoint now) const;
+  std::unique_ptr<Batch> FormLocked(TimePoint now, std::vector<Dropped>* finished);
+  void ShedUnreachableLocked(Batch* batch, TimePoint now, std::vector<Dropped>* finished);
+  void RemoveLocked(const RequestHandle& request);
+  void ForgetLocked(const RequestHandle& request);  // the accounting of RemoveLocked, for a request already erased
+  Dropped ExpireLocked(const RequestHandle& request, TimePoint now);
+  static void FinishDropped(std::vector<Dropped>& dropped, TimePoint now);
+
+  const BatcherOptions options_;
+  const ModelSignature signature_;
+  const Clock* const clock_;
+  const std::shared_ptr<RequestCounters> counters_ = std::make_shared<RequestCounters>();
+
+  mutable std::mutex mu_;
+  bool closed_ = false;
+  std::vector<std::deque<RequestHandle>> queues_;  // one per priority class, oldest first
+  std::multiset<TimePoint> deadlines_;             // of queued requests that have one
+  int64_t queued_rows_ = 0;
+  int64_t queued_requests_ = 0;
+  ExecTimePredictor predictor_;
+  BatcherStats submit_stats_;  // the Submit-side and batch counters; outcomes live in counters_
+};
+
+}  // namespace adrank

@@ -1,0 +1,610 @@
+// Batcher behaviour, driven by a FakeClock: every timing decision is exercised without sleeping.
+#include "batcher.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <vector>
+
+namespace adrank {
+namespace {
+
+using std::chrono::microseconds;
+
+// What a test request's completion saw.
+struct Call {
+  int fired = 0;
+  RequestResult result;
+};
+
+// A request's caller-side memory: the core borrows it until completion.
+struct Owned {
+  std::vector<float> x;    // candidate input "x": [rows, 2], x[r][0] = base + r
+  std::vector<float> ctx;  // context input "ctx": [1, 1]
+  std::shared_ptr<Call> call = std::make_shared<Call>();
+  float base = 0;
+  float ctx_value = 0;
+
+  // The model computes y[r] = x[r][0] + ctx.
+  float Expected(int64_t r) const { return base + static_cast<float>(r) + ctx_value; }
+  std::vector<float> Output() const {
+    const OutputTensor& out = call->result.outputs.at(0);
+    std::vector<float> y(out.data.size() / sizeof(float));
+    std::memcpy(y.data(), out.data.data(), out.data.size());
+    return y;
+  }
+};
+
+ModelSignature TestSignature() {
+  ModelSignature sig;
+  sig.inputs.push_back({"x", DType::kFloat32, {2}, Role::kCandidate});
+  sig.inputs.push_back({"ctx", DType::kFloat32, {1}, Role::kContext});
+  sig.outputs.push_back({"y", DType::kFloat32, {}, Role::kCandidate});
+  return sig;
+}
+
+BatcherOptions BaseOptions() {
+  BatcherOptions o;
+  o.max_batch_rows = 8;
+  o.max_queue_delay_us = 1000;
+  o.max_queue_rows = 64;
+  o.max_request_rows = 32;
+  o.idle_dispatch = false;
+  return o;
+}
+
+class BatcherTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    MemoryPoolOptions mo;
+    mo.lock_memory = false;
+    mo.use_cuda = false;
+    ASSERT_TRUE(MemoryPool::Create(mo, &pool_).ok());
+  }
+
+  std::unique_ptr<Batcher> Make(const BatcherOptions& options) {
+    std::unique_ptr<Batcher> batcher;
+    Status status = Batcher::Create(options, TestSignature(), &clock_, &batcher);
+    EXPECT_TRUE(status.ok()) << status.ToString();
+    return batcher;
+  }
+
+  Owned& NewRequest(int64_t rows, float base, float ctx_value = 0) {
+    owned_.emplace_back();
+    Owned& o = owned_.back();
+    o.base = base;
+    o.ctx_value = ctx_value;
+    o.x.resize(static_cast<size_t>(rows) * 2);
+    for (int64_t r = 0; r < rows; ++r) o.x[static_cast<size_t>(r) * 2] = base + static_cast<float>(r);
+    o.ctx = {ctx_value};
+    return o;
+  }
+
+  static Request ToRequest(Owned& o, int priority = 0, TimePoint deadline = kNoDeadline) {
+    Request request;
+    const int64_t rows = static_cast<int64_t>(o.x.size() / 2);
+    request.candidates.push_back({"x", DType::kFloat32, {rows, 2}, o.x.data(), o.x.size() * sizeof(float)});
+    request.context.push_back({"ctx", DType::kFloat32, {1, 1}, o.ctx.data(), sizeof(float)});
+    request.priority = priority;
+    request.deadline = deadline;
+    auto call = o.call;
+    request.on_complete = [call](RequestResult&& result) {
+      call->fired++;
+      call->result = std::move(result);
+    };
+    return request;
+  }
+
+  Status Submit(Batcher& b, Owned& o, int priority = 0, TimePoint deadline = kNoDeadline,
+                RequestHandle* handle = nullptr) {
+    return b.Submit(ToRequest(o, priority, deadline), handle);
+  }
+
+  // Runs a batch as a worker would; the backend "takes" exec_us of fake time.
+  void Run(Batcher& b, Batch& batch, int64_t exec_us = 0) {
+    batch.started_at = clock_.Now();
+    ASSERT_TRUE(batch.Gather(b.signature(), b.options().context_layout, pool_.get()).ok());
+    BatchIO& io = batch.io();
+    ++backend_calls_;
+    backend_rows_.push_back(io.rows);
+    const auto* x = static_cast<const float*>(io.inputs[0].data);
+    const auto* ctx = static_cast<const float*>(io.inputs[1].data);
+    auto* y = static_cast<float*>(io.outputs[0].data);
+    for (int64_t r = 0; r < io.rows; ++r) {
+      const int64_t ctx_row = io.context_layout == ContextLayout::kPerRequest ? io.row_request_index[r] : r;
+      y[r] = x[r * 2] + ctx[ctx_row];
+    }
+    clock_.AdvanceMicros(exec_us);
+    batch.Scatter();
+    b.RecordExecution(batch.padded_rows, clock_.Now() - batch.started_at);
+    batch.Finish(Status::Ok(), clock_.Now() - batch.started_at, clock_.Now());
+  }
+
+  void ExpectServed(const Owned& o) {
+    ASSERT_EQ(o.call->fired, 1);
+    ASSERT_TRUE(o.call->result.status.ok()) << o.call->result.status.ToString();
+    const std::vector<float> y = o.Output();
+    ASSERT_EQ(y.size(), o.x.size() / 2);
+    for (size_t r = 0; r < y.size(); ++r) EXPECT_FLOAT_EQ(y[r], o.Expected(static_cast<int64_t>(r))) << "row " << r;
+  }
+
+  static std::vector<int64_t> SliceRows(const Batch& batch) {
+    std::vector<int64_t> rows;
+    for (const BatchSlice& s : batch.slices) rows.push_back(s.rows);
+    return rows;
+  }
+
+  FakeClock clock_;
+  std::shared_ptr<MemoryPool> pool_;
+  std::deque<Owned> owned_;
+  int backend_calls_ = 0;
+  std::vector<int64_t> backend_rows_;
+};
+
+TEST_F(BatcherTest, SmallRequestsMergeUpToMaxBatchRows) {
+  auto b = Make(BaseOptions());  // max_batch_rows 8
+  Owned& r1 = NewRequest(2, 0);
+  Owned& r2 = NewRequest(2, 100);
+  Owned& r3 = NewRequest(3, 200);
+  Owned& r4 = NewRequest(3, 300);
+  for (Owned* o : {&r1, &r2, &r3, &r4}) ASSERT_TRUE(Submit(*b, *o).ok());
+  // 10 rows queued >= 8: due now. r4 does not fit whole in the 1 row left and is not split.
+  EXPECT_EQ(b->ReadyAt(false, clock_.Now()), clock_.Now());
+  auto batch = b->NextBatch(false);
+  ASSERT_TRUE(batch);
+  EXPECT_EQ(batch->rows, 7);
+  EXPECT_EQ(SliceRows(*batch), (std::vector<int64_t>{2, 2, 3}));
+  Run(*b, *batch);
+  ExpectServed(r1);
+  ExpectServed(r2);
+  ExpectServed(r3);
+  EXPECT_EQ(r4.call->fired, 0);
+  EXPECT_EQ(b->stats().queued_rows, 3);
+}
+
+TEST_F(BatcherTest, BatchClosesAtLargestPreferredSize) {
+  BatcherOptions o = BaseOptions();
+  o.max_batch_rows = 16;
+  o.preferred_batch_rows = {4, 8};
+  auto b = Make(o);
+  ASSERT_TRUE(Submit(*b, NewRequest(3, 0)).ok());
+  ASSERT_TRUE(Submit(*b, NewRequest(3, 10)).ok());
+  // 6 rows: past the smaller preferred size, short of the largest: waits for the delay.
+  EXPECT_EQ(b->ReadyAt(false, clock_.Now()), clock_.Now() + microseconds(1000));
+  EXPECT_FALSE(b->NextBatch(false));
+  ASSERT_TRUE(Submit(*b, NewRequest(2, 20)).ok());
+  auto batch = b->NextBatch(false);
+  ASSERT_TRUE(batch);
+  EXPECT_EQ(batch->rows, 8);
+  EXPECT_EQ(batch->slices.size(), 3u);
+}
+
+TEST_F(BatcherTest, PartialBatchClosesWhenOldestHasWaitedMaxQueueDelay) {
+  auto b = Make(BaseOptions());  // delay 1000 us
+  Owned& first = NewRequest(2, 0);
+  ASSERT_TRUE(Submit(*b, first).ok());
+  clock_.AdvanceMicros(400);
+  Owned& second = NewRequest(2, 50);
+  ASSERT_TRUE(Submit(*b, second).ok());
+  clock_.AdvanceMicros(599);
+  EXPECT_FALSE(b->NextBatch(false)) << "closed before the oldest waited max_queue_delay_us";
+  clock_.AdvanceMicros(1);
+  auto batch = b->NextBatch(false);
+  ASSERT_TRUE(batch);
+  EXPECT_EQ(batch->rows, 4);
+  Run(*b, *batch);
+  ExpectServed(first);
+  ExpectServed(second);
+  EXPECT_EQ(first.call->result.timing.queue_us, 1000);
+  EXPECT_EQ(second.call->result.timing.queue_us, 600);
+}
+
+TEST_F(BatcherTest, IdleDispatchClosesAtOnceOnlyWhenModelIsIdle) {
+  BatcherOptions o = BaseOptions();
+  o.idle_dispatch = true;
+  auto b = Make(o);
+  ASSERT_TRUE(Submit(*b, NewRequest(1, 0)).ok());
+  EXPECT_FALSE(b->NextBatch(/*model_idle=*/false));
+  auto batch = b->NextBatch(/*model_idle=*/true);
+  ASSERT_TRUE(batch);
+  EXPECT_EQ(batch->rows, 1);
+}
+
+TEST_F(BatcherTest, LargeRequestIsSplitAndReassembledInRowOrderCompletingOnce) {
+  BatcherOptions o = BaseOptions();
+  o.max_batch_rows = 4;
+  auto b = Make(o);
+  Owned& big = NewRequest(10, 1000, 0.5f);
+  ASSERT_TRUE(Submit(*b, big).ok());
+  std::vector<std::unique_ptr<Batch>> batches;
+  while (auto batch = b->NextBatch(false)) batches.push_back(std::move(batch));
+  // The 2-row tail is a partial batch like any other: it waits for company up to the delay.
+  ASSERT_EQ(batches.size(), 2u);
+  clock_.AdvanceMicros(1000);
+  batches.push_back(b->NextBatch(false));
+  ASSERT_TRUE(batches.back());
+  EXPECT_EQ(batches[0]->rows, 4);
+  EXPECT_EQ(batches[1]->rows, 4);
+  EXPECT_EQ(batches[2]->rows, 2);
+  EXPECT_EQ(batches[1]->slices[0].row_begin, 4);
+  // Parts finish out of order (two instances): the rows still land in order, completion fires once, last.
+  Run(*b, *batches[2]);
+  Run(*b, *batches[0]);
+  EXPECT_EQ(big.call->fired, 0);
+  Run(*b, *batches[1]);
+  ExpectServed(big);
+  EXPECT_EQ(big.call->result.timing.batches, 3);
+  EXPECT_EQ(big.call->result.timing.batch_rows, 4);
+}
+
+TEST_F(BatcherTest, LargeRequestFillsAPartialBatchBeforeSplitting) {
+  BatcherOptions o = BaseOptions();
+  o.max_batch_rows = 4;
+  auto b = Make(o);
+  Owned& small = NewRequest(1, 0);
+  Owned& big = NewRequest(6, 100);
+  ASSERT_TRUE(Submit(*b, small).ok());
+  ASSERT_TRUE(Submit(*b, big).ok());
+  auto first = b->NextBatch(false);
+  ASSERT_TRUE(first);
+  EXPECT_EQ(SliceRows(*first), (std::vector<int64_t>{1, 3}));
+  auto second = b->NextBatch(false, /*flush=*/true);
+  ASSERT_TRUE(second);
+  EXPECT_EQ(SliceRows(*second), (std::vector<int64_t>{3}));
+  Run(*b, *first);
+  Run(*b, *second);
+  ExpectServed(small);
+  ExpectServed(big);
+}
+
+TEST_F(BatcherTest, SubmitBeyondMaxQueueRowsIsRefusedAtOnce) {
+  BatcherOptions o = BaseOptions();
+  o.max_queue_rows = 10;
+  o.max_request_rows = 10;
+  auto b = Make(o);
+  ASSERT_TRUE(Submit(*b, NewRequest(6, 0)).ok());
+  Owned& refused = NewRequest(5, 0);
+  Status status = Submit(*b, refused);
+  EXPECT_EQ(status.code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(status.message().find("max_queue_rows"), std::string::npos) << status.message();
+  EXPECT_EQ(refused.call->fired, 0);
+  EXPECT_EQ(b->stats().rejected_queue_full, 1u);
+  EXPECT_EQ(b->stats().queued_rows, 6);
+  // Once the queue drains there is room again.
+  auto batch = b->NextBatch(false, true);
+  ASSERT_TRUE(batch);
+  Run(*b, *batch);
+  EXPECT_TRUE(Submit(*b, refused).ok());
+}
+
+TEST_F(BatcherTest, ExpiredRequestIsNeverComputedAndCountedAsMissed) {
+  auto b = Make(BaseOptions());
+  Owned& late = NewRequest(2, 0);
+  ASSERT_TRUE(Submit(*b, late, 0, clock_.Now() + microseconds(300)).ok());
+  // No execution history yet: the batch is due at the deadline itself, which has then passed.
+  EXPECT_EQ(b->ReadyAt(false, clock_.Now()), clock_.Now() + microseconds(300));
+  clock_.AdvanceMicros(300);
+  EXPECT_FALSE(b->NextBatch(false));
+  ASSERT_EQ(late.call->fired, 1);
+  EXPECT_EQ(late.call->result.status.code(), StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(late.call->result.outputs.empty());
+  EXPECT_EQ(backend_calls_, 0);
+  BatcherStats s = b->stats();
+  EXPECT_EQ(s.expired, 1u);
+  EXPECT_EQ(s.shed, 0u);
+  EXPECT_EQ(s.queued_requests, 0);
+}
+
+TEST_F(BatcherTest, ExpireOverdueAnswersQueuedRequestsAtTheirDeadlineWithoutABatch) {
+  auto b = Make(BaseOptions());
+  Owned& soon = NewRequest(2, 0);
+  Owned& later = NewRequest(2, 10);
+  Owned& never = NewRequest(2, 20);
+  ASSERT_TRUE(Submit(*b, soon, 0, clock_.Now() + microseconds(100)).ok());
+  ASSERT_TRUE(Submit(*b, later, 1, clock_.Now() + microseconds(500)).ok());
+  ASSERT_TRUE(Submit(*b, never).ok());
+  EXPECT_EQ(b->EarliestDeadline(), clock_.Now() + microseconds(100));
+  clock_.AdvanceMicros(100);
+  b->ExpireOverdue();
+  ASSERT_EQ(soon.call->fired, 1);
+  EXPECT_EQ(soon.call->result.status.code(), StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(later.call->fired, 0);
+  EXPECT_EQ(b->EarliestDeadline(), clock_.Now() + microseconds(400));
+  BatcherStats s = b->stats();
+  EXPECT_EQ(s.expired, 1u);
+  EXPECT_EQ(s.queued_rows, 4);
+  EXPECT_EQ(s.queued_requests, 2);
+  EXPECT_EQ(backend_calls_, 0);
+}
+
+TEST_F(BatcherTest, DeadlineAlreadyPassedIsRefusedAtSubmit) {
+  auto b = Make(BaseOptions());
+  Owned& o = NewRequest(1, 0);
+  EXPECT_EQ(Submit(*b, o, 0, clock_.Now()).code(), StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(o.call->fired, 0);
+  EXPECT_EQ(b->stats().rejected_expired, 1u);
+}
+
+
+TEST_F(BatcherTest, UnreachableDeadlineIsShedNotComputedAndCountedApart) {
+  BatcherOptions o = BaseOptions();
+  o.idle_dispatch = true;
+  auto b = Make(o);
+  for (int64_t rows : {2, 4, 8}) {
+    ASSERT_TRUE(Submit(*b, NewRequest(rows, 0)).ok());
+    auto batch = b->NextBatch(true);
+    ASSERT_TRUE(batch);
+    Run(*b, *batch, 100 * rows);
+  }
+  EXPECT_EQ(b->PredictExecution(4), microseconds(400));
+  const int calls_before = backend_calls_;
+
+  Owned& doomed = NewRequest(4, 0);    // needs ~400 us, has 300
+  Owned& fine = NewRequest(4, 10);     // has no deadline
+  ASSERT_TRUE(Submit(*b, doomed, 0, clock_.Now() + microseconds(300)).ok());
+  ASSERT_TRUE(Submit(*b, fine).ok());
+  auto batch = b->NextBatch(true);
+  ASSERT_TRUE(batch);
+  EXPECT_EQ(batch->rows, 4) << "the doomed request rides in no batch";
+  ASSERT_EQ(doomed.call->fired, 1);
+  EXPECT_EQ(doomed.call->result.status.code(), StatusCode::kDeadlineExceeded);
+  EXPECT_NE(doomed.call->result.status.message().find("predicted"), std::string::npos);
+  Run(*b, *batch, 400);
+  ExpectServed(fine);
+  EXPECT_EQ(backend_calls_, calls_before + 1);
+  BatcherStats s = b->stats();
+  EXPECT_EQ(s.shed, 1u);
+  EXPECT_EQ(s.expired, 0u);
+}
+
+TEST_F(BatcherTest, BatchClosesEarlyWhenAMemberDeadlineRequiresIt) {
+  auto b = Make(BaseOptions());  // delay 1000 us, no idle dispatch
+  for (int64_t rows : {2, 4, 8}) {
+    ASSERT_TRUE(Submit(*b, NewRequest(rows, 0)).ok());
+    auto batch = b->NextBatch(false, true);
+    ASSERT_TRUE(batch);
+    Run(*b, *batch, 100 * rows);
+  }
+  Owned& urgent = NewRequest(4, 7);
+  const TimePoint deadline = clock_.Now() + microseconds(700);
+  ASSERT_TRUE(Submit(*b, urgent, 0, deadline).ok());
+  // Predicted 400 us for 4 rows: the batch must close by deadline - 400 us, not after 1000 us.
+  EXPECT_EQ(b->ReadyAt(false, clock_.Now()), deadline - microseconds(400));
+  clock_.AdvanceMicros(299);
+  EXPECT_FALSE(b->NextBatch(false));
+  clock_.AdvanceMicros(1);
+  auto batch = b->NextBatch(false);
+  ASSERT_TRUE(batch);
+  Run(*b, *batch, 400);
+  ExpectServed(urgent);
+  EXPECT_LE(clock_.Now(), deadline);
+  EXPECT_EQ(b->stats().late, 0u);
+}
+
+TEST_F(BatcherTest, RequestComputedPastItsDeadlineIsCountedLate) {
+  BatcherOptions o = BaseOptions();
+  o.idle_dispatch = true;
+  auto b = Make(o);
+  Owned& slow = NewRequest(1, 0);
+  ASSERT_TRUE(Submit(*b, slow, 0, clock_.Now() + microseconds(100)).ok());
+  auto batch = b->NextBatch(true);
+  ASSERT_TRUE(batch);
+  Run(*b, *batch, 500);
+  ExpectServed(slow);
+  BatcherStats s = b->stats();
+  EXPECT_EQ(s.late, 1u);
+  EXPECT_EQ(s.completed_ok, 1u);
+}
+
+TEST_F(BatcherTest, HigherPriorityClassIsBatchedFirst) {
+  BatcherOptions o = BaseOptions();
+  o.max_batch_rows = 4;
+  auto b = Make(o);
+  Owned& low = NewRequest(4, 0);
+  Owned& high = NewRequest(4, 100);
+  ASSERT_TRUE(Submit(*b, low, /*priority=*/1).ok());
+  clock_.AdvanceMicros(10);
+  ASSERT_TRUE(Submit(*b, high, /*priority=*/0).ok());
+  auto first = b->NextBatch(false);
+  ASSERT_TRUE(first);
+  ASSERT_EQ(first->slices.size(), 1u);
+  EXPECT_EQ(first->slices[0].request->priority(), 0);
+  auto second = b->NextBatch(false);
+  ASSERT_TRUE(second);
+  EXPECT_EQ(second->slices[0].request->priority(), 1);
+
+  // With room for both, the high class still comes first in the batch.
+  Owned& low2 = NewRequest(2, 0);
+  Owned& high2 = NewRequest(2, 0);
+  ASSERT_TRUE(Submit(*b, low2, 1).ok());
+  ASSERT_TRUE(Submit(*b, high2, 0).ok());
+  auto mixed = b->NextBatch(false);
+  ASSERT_TRUE(mixed);
+  ASSERT_EQ(mixed->slices.size(), 2u);
+  EXPECT_EQ(mixed->slices[0].request->priority(), 0);
+  EXPECT_EQ(mixed->slices[1].request->priority(), 1);
+}
+
+TEST_F(BatcherTest, CancelledRequestNotYetBatchedNeverRuns) {
+  auto b = Make(BaseOptions());
+  Owned& cancelled = NewRequest(3, 0);
+  Owned& kept = NewRequest(3, 100);
+  RequestHandle handle;
+  ASSERT_TRUE(Submit(*b, cancelled, 0, kNoDeadline, &handle).ok());
+  ASSERT_TRUE(Submit(*b, kept).ok());
+  EXPECT_TRUE(b->Cancel(handle));
+  ASSERT_EQ(cancelled.call->fired, 1);
+  EXPECT_EQ(cancelled.call->result.status.code(), StatusCode::kCancelled);
+  EXPECT_FALSE(b->Cancel(handle)) << "a second cancel is a no-op";
+  auto batch = b->NextBatch(false, true);
+  ASSERT_TRUE(batch);
+  ASSERT_EQ(batch->slices.size(), 1u);
+  Run(*b, *batch);
+  ExpectServed(kept);
+  EXPECT_EQ(cancelled.call->fired, 1);
+  EXPECT_EQ(b->stats().cancelled, 1u);
+  EXPECT_EQ(backend_rows_, (std::vector<int64_t>{3}));
+}
+
+TEST_F(BatcherTest, CancelAfterBatchingLetsTheBatchRun) {
+  auto b = Make(BaseOptions());
+  Owned& o = NewRequest(2, 0);
+  RequestHandle handle;
+  ASSERT_TRUE(Submit(*b, o, 0, kNoDeadline, &handle).ok());
+  auto batch = b->NextBatch(false, true);
+  ASSERT_TRUE(batch);
+  EXPECT_FALSE(b->Cancel(handle));
+  Run(*b, *batch);
+  ExpectServed(o);
+}
+
+TEST_F(BatcherTest, BroadcastLayoutRepeatsEachRequestsContextForItsRows) {
+  auto b = Make(BaseOptions());
+  Owned& a = NewRequest(2, 0, 0.25f);
+  Owned& c = NewRequest(3, 10, 0.75f);
+  ASSERT_TRUE(Submit(*b, a).ok());
+  ASSERT_TRUE(Submit(*b, c).ok());
+  auto batch = b->NextBatch(false, true);
+  ASSERT_TRUE(batch);
+  ASSERT_TRUE(batch->Gather(b->signature(), ContextLayout::kBroadcast, pool_.get()).ok());
+  const BatchTensor& ctx = batch->io().inputs[1];
+  EXPECT_EQ(ctx.shape, (std::vector<int64_t>{5, 1}));
+  const auto* v = static_cast<const float*>(ctx.data);
+  EXPECT_EQ(std::vector<float>(v, v + 5), (std::vector<float>{0.25f, 0.25f, 0.75f, 0.75f, 0.75f}));
+  EXPECT_EQ(batch->io().row_request_index, nullptr);
+  Run(*b, *batch);
+  ExpectServed(a);
+  ExpectServed(c);
+}
+
+TEST_F(BatcherTest, PerRequestLayoutCarriesOneContextRowPerRequestAndARowIndex) {
+  BatcherOptions o = BaseOptions();
+  o.context_layout = ContextLayout::kPerRequest;
+  auto b = Make(o);
+  Owned& a = NewRequest(2, 0, 0.25f);
+  Owned& c = NewRequest(3, 10, 0.75f);
+  ASSERT_TRUE(Submit(*b, a).ok());
+  ASSERT_TRUE(Submit(*b, c).ok());
+  auto batch = b->NextBatch(false, true);
+  ASSERT_TRUE(batch);
+  ASSERT_TRUE(batch->Gather(b->signature(), ContextLayout::kPerRequest, pool_.get()).ok());
+  const BatchIO& io = batch->io();
+  EXPECT_EQ(io.num_requests, 2);
+  EXPECT_EQ(io.inputs[1].shape, (std::vector<int64_t>{2, 1}));
+  const auto* v = static_cast<const float*>(io.inputs[1].data);
+  EXPECT_EQ(std::vector<float>(v, v + 2), (std::vector<float>{0.25f, 0.75f}));
+  ASSERT_NE(io.row_request_index, nullptr);
+  EXPECT_EQ(std::vector<int64_t>(io.row_request_index, io.row_request_index + 5),
+            (std::vector<int64_t>{0, 0, 1, 1, 1}));
+  Run(*b, *batch);  // the backend gathers ctx through the index
+  ExpectServed(a);
+  ExpectServed(c);
+}
+
+TEST_F(BatcherTest, PaddingToPreferredSizeRepeatsTheLastRowAndDropsItsOutputs) {
+  BatcherOptions o = BaseOptions();
+  o.preferred_batch_rows = {4, 8};
+  o.pad_to_preferred = true;
+  auto b = Make(o);
+  Owned& r = NewRequest(3, 5, 1);
+  ASSERT_TRUE(Submit(*b, r).ok());
+  auto batch = b->NextBatch(false, true);
+  ASSERT_TRUE(batch);
+  EXPECT_EQ(batch->padded_rows, 4);
+  Run(*b, *batch);
+  EXPECT_EQ(backend_rows_, (std::vector<int64_t>{4}));
+  ExpectServed(r);
+}
+
+struct BadCase {
+  const char* what;
+  const char* names;  // the message must name this
+  std::function<void(Request&)> spoil;
+};
+
+TEST_F(BatcherTest, BadSubmissionsGetInvalidArgumentNamingTheTensor) {
+  auto b = Make(BaseOptions());
+  std::vector<int64_t> scratch(64, 0);
+  const std::vector<BadCase> cases = {
+      {"zero rows", "'x'", [](Request& r) { r.candidates[0].shape[0] = 0; r.candidates[0].byte_size = 0; }},
+      {"byte size", "'x'", [](Request& r) { r.candidates[0].byte_size -= 4; }},
+      {"negative dim", "'x'", [](Request& r) { r.candidates[0].shape[1] = -2; }},
+      {"mismatched dim", "'x'", [](Request& r) { r.candidates[0].shape = {1, 4}; }},
+      {"wrong rank", "'x'", [](Request& r) { r.candidates[0].shape = {4}; }},
+      {"unknown dtype", "'x'", [](Request& r) { r.candidates[0].dtype = static_cast<DType>(99); }},
+      {"wrong dtype", "'x'", [](Request& r) { r.candidates[0].dtype = DType::kInt32; }},
+      {"context rows", "'ctx'", [](Request& r) { r.context[0].shape = {2, 1}; r.context[0].byte_size = 8; }},
+      {"missing context", "'ctx'", [](Request& r) { r.context.clear(); }},
+      {"context sent as candidate", "'ctx'", [](Request& r) {
+         r.candidates.push_back(r.context[0]);
+         r.context.clear();
+       }},
+      {"unknown tensor", "'bogus'", [&](Request& r) {
+         r.candidates.push_back({"bogus", DType::kInt64, {2, 1}, scratch.data(), 16});
+       }},
+      {"tensor twice", "'x'", [](Request& r) { r.candidates.push_back(r.candidates[0]); }},
+      {"null data", "'x'", [](Request& r) { r.candidates[0].data = nullptr; }},
+      {"no candidates", "candidate", [](Request& r) { r.candidates.clear(); }},
+      {"priority", "priority", [](Request& r) { r.priority = 5; }},
+  };
+  for (const BadCase& c : cases) {
+    Owned& o = NewRequest(2, 0);
+    Request request = ToRequest(o);
+    c.spoil(request);
+    Status status = b->Submit(std::move(request));
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << c.what << ": " << status.ToString();
+    EXPECT_NE(status.message().find(c.names), std::string::npos) << c.what << ": " << status.message();
+    EXPECT_EQ(o.call->fired, 0) << c.what;
+  }
+  Owned& huge = NewRequest(33, 0);  // max_request_rows 32
+  Status status = Submit(*b, huge);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("max_request_rows"), std::string::npos);
+  EXPECT_EQ(b->stats().rejected_invalid, cases.size() + 1);
+  EXPECT_EQ(b->stats().queued_requests, 0);
+}
+
+TEST_F(BatcherTest, InvalidOptionsAreRefusedNamingTheOption) {
+  struct OptCase {
+    const char* name;
+    std::function<void(BatcherOptions&)> spoil;
+  };
+  const std::vector<OptCase> cases = {
+      {"max_batch_rows", [](BatcherOptions& o) { o.max_batch_rows = 0; }},
+      {"preferred_batch_rows", [](BatcherOptions& o) { o.preferred_batch_rows = {8, 4}; }},
+      {"preferred_batch_rows", [](BatcherOptions& o) { o.preferred_batch_rows = {16}; }},
+      {"pad_to_preferred", [](BatcherOptions& o) {
+         o.preferred_batch_rows = {4};
+         o.pad_to_preferred = true;
+       }},
+      {"max_queue_delay_us", [](BatcherOptions& o) { o.max_queue_delay_us = -1; }},
+      {"max_queue_rows", [](BatcherOptions& o) { o.max_queue_rows = 4; }},
+      {"priority_levels", [](BatcherOptions& o) { o.priority_levels = 0; }},
+  };
+  for (const OptCase& c : cases) {
+    BatcherOptions o = BaseOptions();
+    c.spoil(o);
+    std::unique_ptr<Batcher> b;
+    Status status = Batcher::Create(o, TestSignature(), &clock_, &b);
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << c.name;
+    EXPECT_NE(status.message().find(c.name), std::string::npos) << status.message();
+  }
+}
+
+TEST_F(BatcherTest, ClosedBatcherRefusesAndFailQueuedCompletesEveryQueuedRequest) {
+  auto b = Make(BaseOptions());
+  Owned& queued = NewRequest(2, 0);
+  ASSERT_TRUE(Submit(*b, queued).ok());
+  b->Close();
+  EXPECT_EQ(Submit(*b, NewRequest(1, 0)).code(), StatusCode::kUnavailable);
+  EXPECT_EQ(b->stats().rejected_closed, 1u);
+  b->FailQueued(Unavailable("model unloaded"));
+  ASSERT_EQ(queued.call->fired, 1);
+  EXPECT_EQ(queued.call->result.status.code(), StatusCode::kUnavailable);
+  EXPECT_TRUE(b->empty());
+}
+
+}  // namespace
+}  // namespace adrank

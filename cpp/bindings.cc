@@ -1,0 +1,565 @@
+// adrank._core: the Python binding of the core. It only binds; the logic lives in the plain C++
+// that the C++ tests use directly.
+//
+// GIL discipline (the hot path runs without it):
+//   - submit: reads the numpy buffers with the GIL, releases it for the core's Submit;
+//   - wait: releases it while blocked;
+//   - gather, scatter, queueing and completion run on worker threads that never take it, except to
+//     call a Python backend, and then only for the call itself;
+//   - completions reach asyncio through a CompletionQueue (an eventfd), not through Python calls.
+// Input arrays are kept alive by the PendingRequest until the request completes: dropping a
+// PendingRequest that is still running waits (without the GIL) for it to finish.
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "batch.h"
+#include "batcher.h"
+#include "completion_queue.h"
+#include "memory_pool.h"
+#include "request.h"
+#include "status.h"
+#include "tensor.h"
+#include "thread_pool.h"
+
+namespace py = pybind11;
+
+namespace adrank {
+namespace {
+
+// Carries a non-OK Status to the exception translator, which raises adrank._core.CoreError.
+struct StatusError : std::exception {
+  explicit StatusError(Status s) : status(std::move(s)) {}
+  const char* what() const noexcept override { return status.message().c_str(); }
+  Status status;
+};
+
+void ThrowIfError(const Status& status) {
+  if (!status.ok()) throw StatusError(status);
+}
+
+// ---- dtypes ---------------------------------------------------------------------------------
+
+std::optional<DType> DTypeOf(const py::dtype& dt) {
+  const char byteorder = dt.byteorder();
+  // Non-native byte order would be read wrongly by the backend: refuse rather than guess.
+  if (byteorder == '>') return std::nullopt;
+  const char kind = dt.kind();
+  const auto size = dt.itemsize();
+  if (kind == 'f') return size == 4 ? DType::kFloat32 : size == 8 ? DType::kFloat64 : size == 2 ? DType::kFloat16 : std::optional<DType>();
+  if (kind == 'i') {
+    switch (size) {
+      case 8: return DType::kInt64;
+      case 4: return DType::kInt32;
+      case 2: return DType::kInt16;
+      case 1: return DType::kInt8;
+    }
+  }
+  if (kind == 'u' && size == 1) return DType::kUInt8;
+  if (kind == 'b' && size == 1) return DType::kBool;
+  return std::nullopt;
+}
+
+py::dtype NumpyDType(DType dtype) { return py::dtype(std::string(DTypeName(dtype))); }
+
+DType ParseDTypeOrThrow(const std::string& name) {
+  std::optional<DType> dtype = ParseDType(name);
+  if (!dtype) throw py::value_error("unknown dtype '" + name + "'");
+  return *dtype;
+}
+
+// ---- outputs and results --------------------------------------------------------------------
+
+// Owns an output's bytes; a numpy array over them keeps it alive as its base.
+struct OutputBuffer {
+  std::vector<uint8_t> data;
+};
+
+py::array ToNumpy(OutputTensor&& tensor) {
+  py::object owner = py::cast(OutputBuffer{std::move(tensor.data)});
+  auto& buffer = owner.cast<OutputBuffer&>();
+  return py::array(NumpyDType(tensor.dtype), tensor.shape, buffer.data.data(), owner);
+}
+
+struct PyResult {
+  py::dict outputs;
+  RequestTiming timing;
+};
+
+// Shared between the completion (worker thread, no GIL) and the Python side.
+struct PendingState {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  RequestResult result;
+};
+
+class PendingRequest {
+ public:
+  PendingRequest(std::shared_ptr<PendingState> state, std::shared_ptr<ModelQueue> model, uint64_t token)
+      : state_(std::move(state)), model_(std::move(model)), token_(token) {}
+
+  ~PendingRequest() {
+    // The core still reads the input arrays held in keepalive_: let it finish first.
+    if (!handle_ || done()) return;
+    py::gil_scoped_release release;
+    std::unique_lock<std::mutex> lock(state_->mu);
+    state_->cv.wait(lock, [&] { return state_->done; });
+  }
+
+  bool done() const {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    return state_->done;
+  }
+
+  // Blocks (without the GIL) until done or `timeout_s` passes; raises CoreError on failure.
+  py::object Wait(std::optional<double> timeout_s) {
+    {
+      py::gil_scoped_release release;
+      std::unique_lock<std::mutex> lock(state_->mu);
+      auto is_done = [&] { return state_->done; };
+      if (timeout_s) {
+        if (!state_->cv.wait_for(lock, std::chrono::duration<double>(*timeout_s), is_done)) {
+          lock.unlock();
+          py::gil_scoped_acquire acquire;
+          PyErr_SetString(PyExc_TimeoutError, "request not complete within the wait timeout");
+          throw py::error_already_set();
+        }
+      } else {
+        state_->cv.wait(lock, is_done);
+      }
+    }
+    return Result();
+  }
+
+  // The outcome of a finished request (converted once, then cached).
+  py::object Result() {
+    if (!done()) throw py::value_error("request is not complete yet");
+    if (!state_->result.status.ok()) throw StatusError(state_->result.status);
+    if (!result_) {
+      PyResult r;
+      for (OutputTensor& out : state_->result.outputs) {
+        std::string name = out.name;
+        r.outputs[py::str(name)] = ToNumpy(std::move(out));
+      }
+      state_->result.outputs.clear();
+      r.timing = state_->result.timing;
+      result_ = py::cast(std::move(r));
+    }
+    return *result_;
+  }
+
+  bool Cancel() {
+    py::gil_scoped_release release;
+    return model_->Cancel(handle_);
+  }
+
+  uint64_t token() const { return token_; }
+
+  RequestHandle handle_;
+  std::vector<py::object> keepalive_;
+
+ private:
+  std::shared_ptr<PendingState> state_;
+  std::shared_ptr<ModelQueue> model_;
+  uint64_t token_;
+  std::optional<py::object> result_;
+};
+
+// ---- submit ---------------------------------------------------------------------------------
+
+void AddViews(const py::handle& mapping, Role role, std::vector<TensorView>* views, std::vector<py::object>* keepalive) {
+  if (mapping.is_none()) return;
+  const char* where = role == Role::kContext ? "context" : "candidates";
+  if (!PyDict_Check(mapping.ptr())) {
+    throw StatusError(InvalidArgument(std::string(where) + " must be a dict of name -> numpy array"));
+  }
+  for (auto item : py::reinterpret_borrow<py::dict>(mapping)) {
+    if (!py::isinstance<py::str>(item.first)) throw StatusError(InvalidArgument(std::string(where) + " keys must be str"));
+    std::string name = item.first.cast<std::string>();
+    py::array array = py::array::ensure(item.second, py::array::c_style);
+    if (!array) {
+      PyErr_Clear();
+      throw StatusError(InvalidArgument("tensor '" + name + "' in " + where + " is not an array"));
+    }
+    std::optional<DType> dtype = DTypeOf(array.dtype());
+    if (!dtype) {
+      throw StatusError(InvalidArgument("tensor '" + name + "' has an unsupported dtype " +
+                                        py::str(array.dtype()).cast<std::string>()));
+    }
+    TensorView view;
+    view.name = std::move(name);
+    view.dtype = *dtype;
+    view.shape.assign(array.shape(), array.shape() + array.ndim());
+    view.data = array.data();
+    view.byte_size = static_cast<size_t>(array.nbytes());
+    views->push_back(std::move(view));
+    keepalive->push_back(std::move(array));
+  }
+}
+
+std::unique_ptr<PendingRequest> Submit(const std::shared_ptr<ModelQueue>& model, const py::object& candidates,
+                                       const py::object& context, std::optional<double> timeout_s, int priority,
+                                       std::shared_ptr<CompletionQueue> completion_queue, uint64_t token) {
+  auto state = std::make_shared<PendingState>();
+  auto pending = std::make_unique<PendingRequest>(state, model, token);
+  Request request;
+  AddViews(candidates, Role::kCandidate, &request.candidates, &pending->keepalive_);
+  AddViews(context, Role::kContext, &request.context, &pending->keepalive_);
+  request.priority = priority;
+  if (timeout_s) {
+    request.deadline = SteadyClock::Get()->Now() +
+                       std::chrono::duration_cast<Duration>(std::chrono::duration<double>(*timeout_s));
+  }
+  request.on_complete = [state, completion_queue, token](RequestResult&& result) {
+    {
+      std::lock_guard<std::mutex> lock(state->mu);
+      state->result = std::move(result);
+      state->done = true;
+    }
+    state->cv.notify_all();
+    if (completion_queue) completion_queue->Push(token);
+  };
+  Status status;
+  {
+    py::gil_scoped_release release;
+    status = model->Submit(std::move(request), &pending->handle_);
+  }
+  ThrowIfError(status);
+  return pending;
+}
+
+// ---- Python backends ------------------------------------------------------------------------
+
+// What a Python backend receives: views over the pooled buffers, valid only during the call.
+struct PyBatch {
+  py::dict inputs;
+  py::dict outputs;
+  py::object row_request_index = py::none();
+  int64_t rows = 0;
+  int64_t real_rows = 0;
+  int64_t num_requests = 0;
+  int instance = 0;
+};
+
+py::array View(const BatchTensor& tensor) {
+  // A base object stops numpy from copying; the memory belongs to the pool's lease.
+  return py::array(NumpyDType(tensor.spec->dtype), tensor.shape, tensor.data, py::none());
+}
+
+// Copies what a backend returned (a dict by name, or a sequence in output order) into io.outputs.
+Status CopyReturned(const py::handle& returned, BatchIO& io) {
+  for (size_t i = 0; i < io.outputs.size(); ++i) {
+    BatchTensor& out = io.outputs[i];
+    const std::string& name = out.spec->name;
+    py::object value;
+    if (py::isinstance<py::dict>(returned)) {
+      auto d = py::reinterpret_borrow<py::dict>(returned);
+      if (!d.contains(name)) return Internal("backend returned no output '" + name + "'");
+      value = d[py::str(name)];
+    } else {
+      auto seq = py::reinterpret_borrow<py::sequence>(returned);
+      if (static_cast<size_t>(py::len(seq)) != io.outputs.size()) {
+        return Internal("backend returned " + std::to_string(py::len(seq)) + " outputs, expected " +
+                        std::to_string(io.outputs.size()));
+      }
+      value = seq[i];
+    }
+    py::array array = py::array::ensure(value, py::array::c_style);
+    if (!array) {
+      PyErr_Clear();
+      return Internal("backend output '" + name + "' is not an array");
+    }
+    if (static_cast<size_t>(array.nbytes()) != out.byte_size || DTypeOf(array.dtype()) != out.spec->dtype) {
+      return Internal("backend output '" + name + "' has dtype " + py::str(array.dtype()).cast<std::string>() +
+                      " and " + std::to_string(array.nbytes()) + " bytes, expected " + DTypeName(out.spec->dtype) +
+                      " and " + std::to_string(out.byte_size));
+    }
+    std::memcpy(out.data, array.data(), out.byte_size);
+  }
+  return Status::Ok();
+}
+
+// Holds a Python callable so that it is released with the GIL, whichever thread drops it.
+struct PyCallable {
+  explicit PyCallable(py::object f) : fn(std::move(f)) {}
+  ~PyCallable() {
+    py::gil_scoped_acquire acquire;
+    fn = py::object();
+  }
+  py::object fn;
+};
+
+Backend MakeBackend(py::object fn) {
+  auto callable = std::make_shared<PyCallable>(std::move(fn));
+  return [callable](BatchIO& io) -> Status {
+    py::gil_scoped_acquire acquire;
+    try {
+      PyBatch batch;
+      for (const BatchTensor& t : io.inputs) batch.inputs[py::str(t.spec->name)] = View(t);
+      for (const BatchTensor& t : io.outputs) batch.outputs[py::str(t.spec->name)] = View(t);
+      if (io.row_request_index) {
+        batch.row_request_index = py::array_t<int64_t>({io.rows}, io.row_request_index, py::none());
+      }
+      batch.rows = io.rows;
+      batch.real_rows = io.real_rows;
+      batch.num_requests = io.num_requests;
+      batch.instance = io.instance;
+      py::object returned = callable->fn(py::cast(std::move(batch)));
+      if (returned.is_none()) return Status::Ok();
+      return CopyReturned(returned, io);
+    } catch (py::error_already_set& e) {
+      return Internal(std::string("backend raised ") + e.what());
+    }
+  };
+}
+
+// ---- objects with lifetimes -----------------------------------------------------------------
+
+class PyThreadPool {
+ public:
+  explicit PyThreadPool(const ThreadPoolOptions& options) { ThrowIfError(ThreadPool::Create(options, &pool_)); }
+  ~PyThreadPool() { Shutdown(); }
+
+  std::shared_ptr<ModelQueue> AddModel(std::string name, const ModelSignature& signature, py::object backend,
+                                       const BatcherOptions& batching, int instances) {
+    ModelOptions options;
+    options.name = std::move(name);
+    options.signature = signature;
+    options.batching = batching;
+    options.instances = instances;
+    options.backend = MakeBackend(std::move(backend));
+    std::shared_ptr<ModelQueue> model;
+    ThrowIfError(pool_->AddModel(std::move(options), &model));
+    return model;
+  }
+
+  void RemoveModel(const std::shared_ptr<ModelQueue>& model) {
+    Status status;
+    {
+      py::gil_scoped_release release;
+      status = pool_->RemoveModel(model);
+    }
+    ThrowIfError(status);
+  }
+
+  void Shutdown() {
+    py::gil_scoped_release release;
+    pool_->Shutdown();
+  }
+
+  ThreadPool& pool() { return *pool_; }
+
+ private:
+  std::unique_ptr<ThreadPool> pool_;
+};
+
+py::dict MemoryStats(const MemoryPoolStats& s) {
+  py::dict d;
+  d["total_bytes"] = s.total_bytes;
+  d["in_use_bytes"] = s.in_use_bytes;
+  d["locked_bytes"] = s.locked_bytes;
+  d["locked"] = s.locked;
+  d["leases"] = s.leases;
+  d["misses"] = s.misses;
+  d["cap_rejections"] = s.cap_rejections;
+  d["lock_failures"] = s.lock_failures;
+  d["allocator"] = s.allocator;
+  return d;
+}
+
+py::dict ModelStats(const BatcherStats& s) {
+  py::dict d;
+  d["submitted"] = s.submitted;
+  d["rejected_invalid"] = s.rejected_invalid;
+  d["rejected_queue_full"] = s.rejected_queue_full;
+  d["rejected_expired"] = s.rejected_expired;
+  d["rejected_closed"] = s.rejected_closed;
+  d["completed_ok"] = s.completed_ok;
+  d["failed"] = s.failed;
+  d["late"] = s.late;
+  d["expired"] = s.expired;
+  d["shed"] = s.shed;
+  d["cancelled"] = s.cancelled;
+  d["batches"] = s.batches;
+  d["batch_rows"] = s.batch_rows;
+  d["queued_rows"] = s.queued_rows;
+  d["queued_requests"] = s.queued_requests;
+  return d;
+}
+
+void LogWarning(const std::string& message) {
+  py::gil_scoped_acquire acquire;
+  try {
+    py::module_::import("logging").attr("getLogger")("adrank.core").attr("warning")(message);
+  } catch (py::error_already_set&) {
+    PyErr_Clear();  // logging unavailable (interpreter shutting down): nothing better to do
+  }
+}
+
+void BindTypes(py::module_& m) {
+  py::enum_<Role>(m, "Role").value("CANDIDATE", Role::kCandidate).value("CONTEXT", Role::kContext);
+  py::enum_<ContextLayout>(m, "ContextLayout")
+      .value("BROADCAST", ContextLayout::kBroadcast)
+      .value("PER_REQUEST", ContextLayout::kPerRequest);
+
+  py::class_<TensorSpec>(m, "TensorSpec")
+      .def(py::init([](std::string name, const std::string& dtype, std::vector<int64_t> row_shape, Role role) {
+             return TensorSpec{std::move(name), ParseDTypeOrThrow(dtype), std::move(row_shape), role};
+           }),
+           py::arg("name"), py::arg("dtype"), py::arg("row_shape") = std::vector<int64_t>{},
+           py::arg("role") = Role::kCandidate)
+      .def_readonly("name", &TensorSpec::name)
+      .def_property_readonly("dtype", [](const TensorSpec& s) { return std::string(DTypeName(s.dtype)); })
+      .def_readonly("row_shape", &TensorSpec::row_shape)
+      .def_readonly("role", &TensorSpec::role)
+      .def("__repr__", [](const TensorSpec& s) {
+        return "TensorSpec('" + s.name + "', '" + DTypeName(s.dtype) + "', " +
+               py::repr(py::cast(s.row_shape)).cast<std::string>() +
+               (s.role == Role::kContext ? ", CONTEXT)" : ", CANDIDATE)");
+      });
+
+  py::class_<ModelSignature>(m, "ModelSignature")
+      .def(py::init([](std::vector<TensorSpec> inputs, std::vector<TensorSpec> outputs) {
+             ModelSignature sig{std::move(inputs), std::move(outputs)};
+             ThrowIfError(sig.Validate());
+             return sig;
+           }),
+           py::arg("inputs"), py::arg("outputs"))
+      .def_readonly("inputs", &ModelSignature::inputs)
+      .def_readonly("outputs", &ModelSignature::outputs);
+
+  py::class_<BatcherOptions>(m, "BatcherOptions")
+      .def(py::init<>())
+      .def_readwrite("max_batch_rows", &BatcherOptions::max_batch_rows)
+      .def_readwrite("preferred_batch_rows", &BatcherOptions::preferred_batch_rows)
+      .def_readwrite("max_queue_delay_us", &BatcherOptions::max_queue_delay_us)
+      .def_readwrite("max_queue_rows", &BatcherOptions::max_queue_rows)
+      .def_readwrite("max_request_rows", &BatcherOptions::max_request_rows)
+      .def_readwrite("priority_levels", &BatcherOptions::priority_levels)
+      .def_readwrite("idle_dispatch", &BatcherOptions::idle_dispatch)
+      .def_readwrite("pad_to_preferred", &BatcherOptions::pad_to_preferred)
+      .def_readwrite("context_layout", &BatcherOptions::context_layout);
+
+  py::class_<MemoryPoolOptions>(m, "MemoryPoolOptions")
+      .def(py::init<>())
+      .def_readwrite("max_bytes", &MemoryPoolOptions::max_bytes)
+      .def_readwrite("min_block_bytes", &MemoryPoolOptions::min_block_bytes)
+      .def_readwrite("lock_memory", &MemoryPoolOptions::lock_memory)
+      .def_readwrite("use_cuda", &MemoryPoolOptions::use_cuda);
+
+  py::class_<OutputBuffer>(m, "_OutputBuffer");
+
+  py::class_<PyResult>(m, "Result")
+      .def_readonly("outputs", &PyResult::outputs)
+      .def_property_readonly("queue_us", [](const PyResult& r) { return r.timing.queue_us; })
+      .def_property_readonly("compute_us", [](const PyResult& r) { return r.timing.compute_us; })
+      .def_property_readonly("batch_rows", [](const PyResult& r) { return r.timing.batch_rows; })
+      .def_property_readonly("batches", [](const PyResult& r) { return r.timing.batches; });
+
+  py::class_<PyBatch>(m, "Batch")
+      .def_readonly("inputs", &PyBatch::inputs)
+      .def_readonly("outputs", &PyBatch::outputs)
+      .def_readonly("row_request_index", &PyBatch::row_request_index)
+      .def_readonly("rows", &PyBatch::rows)
+      .def_readonly("real_rows", &PyBatch::real_rows)
+      .def_readonly("num_requests", &PyBatch::num_requests)
+      .def_readonly("instance", &PyBatch::instance);
+}
+
+void BindObjects(py::module_& m) {
+  py::class_<MemoryPool, std::shared_ptr<MemoryPool>>(m, "MemoryPool")
+      .def(py::init([](MemoryPoolOptions options) {
+             if (!options.on_warning) options.on_warning = LogWarning;
+             std::shared_ptr<MemoryPool> pool;
+             ThrowIfError(MemoryPool::Create(options, &pool));
+             return pool;
+           }),
+           py::arg("options") = MemoryPoolOptions())
+      .def("stats", [](const MemoryPool& p) { return MemoryStats(p.stats()); })
+      .def("trim", [](MemoryPool& p) {
+        py::gil_scoped_release release;
+        p.Trim();
+      });
+
+  py::class_<CompletionQueue, std::shared_ptr<CompletionQueue>>(m, "CompletionQueue")
+      .def(py::init([] {
+        auto queue = std::make_shared<CompletionQueue>();
+        ThrowIfError(queue->status());
+        return queue;
+      }))
+      .def_property_readonly("fd", &CompletionQueue::fd)
+      .def("drain", &CompletionQueue::Drain, py::call_guard<py::gil_scoped_release>());
+
+  py::class_<PendingRequest>(m, "PendingRequest")
+      .def("wait", &PendingRequest::Wait, py::arg("timeout_s") = py::none())
+      .def("result", &PendingRequest::Result)
+      .def("done", &PendingRequest::done)
+      .def("cancel", &PendingRequest::Cancel)
+      .def_property_readonly("token", &PendingRequest::token);
+
+  py::class_<ModelQueue, std::shared_ptr<ModelQueue>>(m, "Model")
+      .def_property_readonly("name", &ModelQueue::name)
+      .def_property_readonly("instances", &ModelQueue::instances)
+      .def("submit", &Submit, py::arg("candidates"), py::arg("context") = py::none(), py::kw_only(),
+           py::arg("timeout_s") = py::none(), py::arg("priority") = 0, py::arg("completion_queue") = nullptr,
+           py::arg("token") = 0)
+      .def("stats", [](const ModelQueue& q) { return ModelStats(q.stats()); })
+      .def("predict_execution_us",
+           [](const ModelQueue& q, int64_t rows) { return ToMicros(q.batcher().PredictExecution(rows)); });
+
+  py::class_<PyThreadPool>(m, "ThreadPool")
+      .def(py::init([](int num_workers, std::shared_ptr<MemoryPool> memory_pool) {
+             ThreadPoolOptions options;
+             options.num_workers = num_workers;
+             options.memory_pool = std::move(memory_pool);
+             return std::make_unique<PyThreadPool>(options);
+           }),
+           py::arg("num_workers") = 0, py::arg("memory_pool") = nullptr)
+      .def("add_model", &PyThreadPool::AddModel, py::arg("name"), py::arg("signature"), py::arg("backend"),
+           py::arg("batching") = BatcherOptions(), py::arg("instances") = 1)
+      .def("remove_model", &PyThreadPool::RemoveModel, py::arg("model"))
+      .def("shutdown", &PyThreadPool::Shutdown)
+      .def_property_readonly("num_workers", [](PyThreadPool& p) { return p.pool().num_workers(); })
+      .def_property_readonly("memory_pool", [](PyThreadPool& p) { return p.pool().memory_pool(); },
+                             py::return_value_policy::reference_internal);
+}
+
+}  // namespace
+}  // namespace adrank
+
+PYBIND11_MODULE(_core, m) {
+  using namespace adrank;
+  m.doc() = "adrank's C++ core: dynamic micro-batcher, pinned memory pool, thread-pool scheduler.";
+
+  py::object core_error = py::reinterpret_steal<py::object>(PyErr_NewExceptionWithDoc(
+      "adrank._core.CoreError",
+      "A core operation failed. `code` is the gRPC status name (e.g. 'RESOURCE_EXHAUSTED'), "
+      "`grpc_code` its number.",
+      PyExc_RuntimeError, nullptr));
+  m.attr("CoreError") = core_error;
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const StatusError& e) {
+      py::object type = py::module_::import("adrank._core").attr("CoreError");
+      py::object error = type(e.status.message());
+      error.attr("code") = StatusCodeName(e.status.code());
+      error.attr("grpc_code") = static_cast<int>(e.status.code());
+      PyErr_SetObject(type.ptr(), error.ptr());
+    }
+  });
+
+  BindTypes(m);
+  BindObjects(m);
+}

@@ -1,0 +1,10 @@
+#include "clock.h"
+
+namespace adrank {
+
+SteadyClock* SteadyClock::Get() {
+  static SteadyClock clock;
+  return &clock;
+}
+
+}  // namespace adrank

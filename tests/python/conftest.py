@@ -1,0 +1,68 @@
+"""Shared fixtures: a small matrix-product "model" served by the core."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+import adrank
+
+DENSE = 13
+USER = 4
+
+
+@dataclass
+class MatmulModel:
+    """score = dense @ w + user @ v (user is context, broadcast by the core); row_id is echoed."""
+
+    w: np.ndarray
+    v: np.ndarray
+
+    @staticmethod
+    def create(seed: int = 0) -> MatmulModel:
+        rng = np.random.default_rng(seed)
+        return MatmulModel(rng.standard_normal((DENSE, 1)), rng.standard_normal((USER, 1)))
+
+    def signature(self) -> adrank.ModelSignature:
+        return adrank.ModelSignature(
+            inputs=[
+                adrank.TensorSpec("dense", "float64", [DENSE]),
+                adrank.TensorSpec("row_id", "int64", []),
+                adrank.TensorSpec("user", "float64", [USER], adrank.Role.CONTEXT),
+            ],
+            outputs=[adrank.TensorSpec("score", "float64"), adrank.TensorSpec("row_id_out", "int64")],
+        )
+
+    def __call__(self, batch: adrank.Batch) -> None:
+        inputs = batch.inputs
+        batch.outputs["score"][:] = (inputs["dense"] @ self.w + inputs["user"] @ self.v)[:, 0]
+        batch.outputs["row_id_out"][:] = inputs["row_id"]
+
+    def expected(self, dense: np.ndarray, user: np.ndarray) -> np.ndarray:
+        return (dense @ self.w + user @ self.v)[:, 0]
+
+
+def make_request(rng: np.random.Generator, rows: int, first_id: int) -> tuple[dict, dict]:
+    candidates = {
+        "dense": rng.standard_normal((rows, DENSE)),
+        "row_id": np.arange(first_id, first_id + rows, dtype=np.int64),
+    }
+    context = {"user": rng.standard_normal((1, USER))}
+    return candidates, context
+
+
+@pytest.fixture
+def pool() -> Iterator[adrank.ThreadPool]:
+    options = adrank.MemoryPoolOptions()
+    options.use_cuda = False
+    pool = adrank.ThreadPool(num_workers=2, memory_pool=adrank.MemoryPool(options))
+    yield pool
+    pool.shutdown()
+
+
+@pytest.fixture
+def matmul() -> MatmulModel:
+    return MatmulModel.create()
