@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 JOBS ?= $(shell nproc)
 CMAKE_GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo Ninja || echo "Unix Makefiles")
 
-.PHONY: all venv install serve test test-cpp test-python test-sanitize test-asan test-tsan lint bench-core clean
+.PHONY: all venv install serve test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core clean
 
 all: install
 
@@ -48,9 +48,15 @@ test-tsan:
 
 test-sanitize: test-asan test-tsan
 
+# ruff for Python, clang-format (pinned in the test extra) for C++: both only check, never rewrite.
 lint: install
 	$(VENV)/bin/ruff check python tests perf
 	$(VENV)/bin/ruff format --check python tests perf
+	$(VENV)/bin/clang-format --dry-run -Werror cpp/*.h cpp/*.cc perf/*.cc
+
+format: install
+	$(VENV)/bin/ruff format python tests perf
+	$(VENV)/bin/clang-format -i cpp/*.h cpp/*.cc perf/*.cc
 
 bench-core:
 	cmake -S . -B build/bench -G "$(CMAKE_GENERATOR)" -DADRANK_BUILD_PYTHON=OFF -DADRANK_BUILD_BENCHMARKS=ON \

@@ -78,7 +78,8 @@ Status Batch::Gather(const ModelSignature& signature, ContextLayout layout, Memo
     const TensorSpec& spec = signature.inputs[i];
     const bool per_request = spec.role == Role::kContext && layout == ContextLayout::kPerRequest;
     const int64_t tensor_rows = per_request ? io_.num_requests : padded_rows;
-    BatchTensor tensor{&spec, BatchShape(tensor_rows, spec), nullptr, static_cast<size_t>(tensor_rows) * spec.RowBytes()};
+    BatchTensor tensor{&spec, BatchShape(tensor_rows, spec), nullptr,
+                       static_cast<size_t>(tensor_rows) * spec.RowBytes()};
     Status status = Lease(pool, tensor.byte_size, &tensor.data);
     if (!status.ok()) return status;
     auto* dst = static_cast<uint8_t*>(tensor.data);
@@ -105,7 +106,8 @@ Status Batch::Gather(const ModelSignature& signature, ContextLayout layout, Memo
   }
 
   for (const TensorSpec& spec : signature.outputs) {
-    BatchTensor tensor{&spec, BatchShape(padded_rows, spec), nullptr, static_cast<size_t>(padded_rows) * spec.RowBytes()};
+    BatchTensor tensor{&spec, BatchShape(padded_rows, spec), nullptr,
+                       static_cast<size_t>(padded_rows) * spec.RowBytes()};
     Status status = Lease(pool, tensor.byte_size, &tensor.data);
     if (!status.ok()) return status;
     io_.outputs.push_back(std::move(tensor));

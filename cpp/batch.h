@@ -47,14 +47,14 @@ struct BatchTensor {
 
 // What a backend gets: views over pooled buffers, valid only for the duration of the call.
 struct BatchIO {
-  std::vector<BatchTensor> inputs;   // in signature order
-  std::vector<BatchTensor> outputs;  // in signature order, to be filled
+  std::vector<BatchTensor> inputs;             // in signature order
+  std::vector<BatchTensor> outputs;            // in signature order, to be filled
   const int64_t* row_request_index = nullptr;  // kPerRequest layout only: [rows]
-  int64_t rows = 0;                  // rows the backend runs (padded)
-  int64_t real_rows = 0;             // rows that belong to requests
-  int64_t num_requests = 0;          // slices in the batch
+  int64_t rows = 0;                            // rows the backend runs (padded)
+  int64_t real_rows = 0;                       // rows that belong to requests
+  int64_t num_requests = 0;                    // slices in the batch
   ContextLayout context_layout = ContextLayout::kBroadcast;
-  int instance = 0;                  // which of the model's instances runs it
+  int instance = 0;  // which of the model's instances runs it
 };
 
 // Runs the model on a batch: reads io.inputs, writes io.outputs. Must be safe to call concurrently

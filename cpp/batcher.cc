@@ -24,8 +24,8 @@ Status CheckOptions(const BatcherOptions& o) {
   if (o.max_queue_delay_us < 0) return InvalidArgument("max_queue_delay_us must be >= 0");
   if (o.max_request_rows < 1) return InvalidArgument("max_request_rows must be >= 1");
   if (o.max_queue_rows < o.max_request_rows) {
-    return InvalidArgument("max_queue_rows (" + std::to_string(o.max_queue_rows) +
-                           ") must be >= max_request_rows (" + std::to_string(o.max_request_rows) + ")");
+    return InvalidArgument("max_queue_rows (" + std::to_string(o.max_queue_rows) + ") must be >= max_request_rows (" +
+                           std::to_string(o.max_request_rows) + ")");
   }
   if (o.priority_levels < 1 || o.priority_levels > 16) return InvalidArgument("priority_levels must be in [1, 16]");
   return Status::Ok();
@@ -54,7 +54,8 @@ Batcher::Batcher(const BatcherOptions& options, const ModelSignature& signature,
 Status Batcher::Validate(const Request& request, int64_t* rows, std::vector<RequestState::InputSlot>* slots) const {
   if (request.candidates.empty()) return InvalidArgument("request has no candidate tensors");
   const TensorView& first = request.candidates.front();
-  if (first.shape.empty()) return InvalidArgument("candidate tensor " + Quote(first.name) + " has rank 0: rows unknown");
+  if (first.shape.empty())
+    return InvalidArgument("candidate tensor " + Quote(first.name) + " has rank 0: rows unknown");
   const int64_t n = first.shape[0];
   if (n <= 0) {
     return InvalidArgument("candidate tensor " + Quote(first.name) + " has " + std::to_string(n) +
@@ -115,7 +116,8 @@ Status Batcher::Submit(Request request, RequestHandle* handle) {
   }
   if (!status.ok()) {
     std::lock_guard<std::mutex> lock(mu_);
-    (status.code() == StatusCode::kDeadlineExceeded ? submit_stats_.rejected_expired : submit_stats_.rejected_invalid)++;
+    (status.code() == StatusCode::kDeadlineExceeded ? submit_stats_.rejected_expired
+                                                    : submit_stats_.rejected_invalid)++;
     return status;
   }
   auto state = std::make_shared<RequestState>(std::move(request), rows, slots, counters_, now);
@@ -292,10 +294,11 @@ void Batcher::ShedUnreachableLocked(Batch* batch, TimePoint now, std::vector<Dro
     }
     batch->rows -= slice.rows;
     counters_->shed.fetch_add(1, std::memory_order_relaxed);
-    finished->push_back({request, rows,
-                         DeadlineExceeded("deadline cannot be met: a batch of " + std::to_string(formed_rows) +
-                                          " rows is predicted to take " + std::to_string(ToMicros(exec)) + " us, " +
-                                          std::to_string(ToMicros(request->deadline() - now)) + " us remain; not computed")});
+    finished->push_back(
+        {request, rows,
+         DeadlineExceeded("deadline cannot be met: a batch of " + std::to_string(formed_rows) +
+                          " rows is predicted to take " + std::to_string(ToMicros(exec)) + " us, " +
+                          std::to_string(ToMicros(request->deadline() - now)) + " us remain; not computed")});
   }
   batch->slices = std::move(kept);
 }

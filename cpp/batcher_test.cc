@@ -327,7 +327,6 @@ TEST_F(BatcherTest, DeadlineAlreadyPassedIsRefusedAtSubmit) {
   EXPECT_EQ(b->stats().rejected_expired, 1u);
 }
 
-
 TEST_F(BatcherTest, UnreachableDeadlineIsShedNotComputedAndCountedApart) {
   BatcherOptions o = BaseOptions();
   o.idle_dispatch = true;
@@ -341,8 +340,8 @@ TEST_F(BatcherTest, UnreachableDeadlineIsShedNotComputedAndCountedApart) {
   EXPECT_EQ(b->PredictExecution(4), microseconds(400));
   const int calls_before = backend_calls_;
 
-  Owned& doomed = NewRequest(4, 0);    // needs ~400 us, has 300
-  Owned& fine = NewRequest(4, 10);     // has no deadline
+  Owned& doomed = NewRequest(4, 0);  // needs ~400 us, has 300
+  Owned& fine = NewRequest(4, 10);   // has no deadline
   ASSERT_TRUE(Submit(*b, doomed, 0, clock_.Now() + microseconds(300)).ok());
   ASSERT_TRUE(Submit(*b, fine).ok());
   auto batch = b->NextBatch(true);
@@ -528,22 +527,30 @@ TEST_F(BatcherTest, BadSubmissionsGetInvalidArgumentNamingTheTensor) {
   auto b = Make(BaseOptions());
   std::vector<int64_t> scratch(64, 0);
   const std::vector<BadCase> cases = {
-      {"zero rows", "'x'", [](Request& r) { r.candidates[0].shape[0] = 0; r.candidates[0].byte_size = 0; }},
+      {"zero rows", "'x'",
+       [](Request& r) {
+         r.candidates[0].shape[0] = 0;
+         r.candidates[0].byte_size = 0;
+       }},
       {"byte size", "'x'", [](Request& r) { r.candidates[0].byte_size -= 4; }},
       {"negative dim", "'x'", [](Request& r) { r.candidates[0].shape[1] = -2; }},
       {"mismatched dim", "'x'", [](Request& r) { r.candidates[0].shape = {1, 4}; }},
       {"wrong rank", "'x'", [](Request& r) { r.candidates[0].shape = {4}; }},
       {"unknown dtype", "'x'", [](Request& r) { r.candidates[0].dtype = static_cast<DType>(99); }},
       {"wrong dtype", "'x'", [](Request& r) { r.candidates[0].dtype = DType::kInt32; }},
-      {"context rows", "'ctx'", [](Request& r) { r.context[0].shape = {2, 1}; r.context[0].byte_size = 8; }},
+      {"context rows", "'ctx'",
+       [](Request& r) {
+         r.context[0].shape = {2, 1};
+         r.context[0].byte_size = 8;
+       }},
       {"missing context", "'ctx'", [](Request& r) { r.context.clear(); }},
-      {"context sent as candidate", "'ctx'", [](Request& r) {
+      {"context sent as candidate", "'ctx'",
+       [](Request& r) {
          r.candidates.push_back(r.context[0]);
          r.context.clear();
        }},
-      {"unknown tensor", "'bogus'", [&](Request& r) {
-         r.candidates.push_back({"bogus", DType::kInt64, {2, 1}, scratch.data(), 16});
-       }},
+      {"unknown tensor", "'bogus'",
+       [&](Request& r) { r.candidates.push_back({"bogus", DType::kInt64, {2, 1}, scratch.data(), 16}); }},
       {"tensor twice", "'x'", [](Request& r) { r.candidates.push_back(r.candidates[0]); }},
       {"null data", "'x'", [](Request& r) { r.candidates[0].data = nullptr; }},
       {"no candidates", "candidate", [](Request& r) { r.candidates.clear(); }},
@@ -575,7 +582,8 @@ TEST_F(BatcherTest, InvalidOptionsAreRefusedNamingTheOption) {
       {"max_batch_rows", [](BatcherOptions& o) { o.max_batch_rows = 0; }},
       {"preferred_batch_rows", [](BatcherOptions& o) { o.preferred_batch_rows = {8, 4}; }},
       {"preferred_batch_rows", [](BatcherOptions& o) { o.preferred_batch_rows = {16}; }},
-      {"pad_to_preferred", [](BatcherOptions& o) {
+      {"pad_to_preferred",
+       [](BatcherOptions& o) {
          o.preferred_batch_rows = {4};
          o.pad_to_preferred = true;
        }},

@@ -56,13 +56,21 @@ std::optional<DType> DTypeOf(const py::dtype& dt) {
   if (byteorder == '>') return std::nullopt;
   const char kind = dt.kind();
   const auto size = dt.itemsize();
-  if (kind == 'f') return size == 4 ? DType::kFloat32 : size == 8 ? DType::kFloat64 : size == 2 ? DType::kFloat16 : std::optional<DType>();
+  if (kind == 'f')
+    return size == 4   ? DType::kFloat32
+           : size == 8 ? DType::kFloat64
+           : size == 2 ? DType::kFloat16
+                       : std::optional<DType>();
   if (kind == 'i') {
     switch (size) {
-      case 8: return DType::kInt64;
-      case 4: return DType::kInt32;
-      case 2: return DType::kInt16;
-      case 1: return DType::kInt8;
+      case 8:
+        return DType::kInt64;
+      case 4:
+        return DType::kInt32;
+      case 2:
+        return DType::kInt16;
+      case 1:
+        return DType::kInt8;
     }
   }
   if (kind == 'u' && size == 1) return DType::kUInt8;
@@ -178,14 +186,16 @@ class PendingRequest {
 
 // ---- submit ---------------------------------------------------------------------------------
 
-void AddViews(const py::handle& mapping, Role role, std::vector<TensorView>* views, std::vector<py::object>* keepalive) {
+void AddViews(const py::handle& mapping, Role role, std::vector<TensorView>* views,
+              std::vector<py::object>* keepalive) {
   if (mapping.is_none()) return;
   const char* where = role == Role::kContext ? "context" : "candidates";
   if (!PyDict_Check(mapping.ptr())) {
     throw StatusError(InvalidArgument(std::string(where) + " must be a dict of name -> numpy array"));
   }
   for (auto item : py::reinterpret_borrow<py::dict>(mapping)) {
-    if (!py::isinstance<py::str>(item.first)) throw StatusError(InvalidArgument(std::string(where) + " keys must be str"));
+    if (!py::isinstance<py::str>(item.first))
+      throw StatusError(InvalidArgument(std::string(where) + " keys must be str"));
     std::string name = item.first.cast<std::string>();
     py::array array = py::array::ensure(item.second, py::array::c_style);
     if (!array) {
@@ -218,8 +228,8 @@ std::unique_ptr<PendingRequest> Submit(const std::shared_ptr<ModelQueue>& model,
   AddViews(context, Role::kContext, &request.context, &pending->keepalive_);
   request.priority = priority;
   if (timeout_s) {
-    request.deadline = SteadyClock::Get()->Now() +
-                       std::chrono::duration_cast<Duration>(std::chrono::duration<double>(*timeout_s));
+    request.deadline =
+        SteadyClock::Get()->Now() + std::chrono::duration_cast<Duration>(std::chrono::duration<double>(*timeout_s));
   }
   request.on_complete = [state, completion_queue, token](RequestResult&& result) {
     {
@@ -531,8 +541,9 @@ void BindObjects(py::module_& m) {
       .def("remove_model", &PyThreadPool::RemoveModel, py::arg("model"))
       .def("shutdown", &PyThreadPool::Shutdown)
       .def_property_readonly("num_workers", [](PyThreadPool& p) { return p.pool().num_workers(); })
-      .def_property_readonly("memory_pool", [](PyThreadPool& p) { return p.pool().memory_pool(); },
-                             py::return_value_policy::reference_internal);
+      .def_property_readonly(
+          "memory_pool", [](PyThreadPool& p) { return p.pool().memory_pool(); },
+          py::return_value_policy::reference_internal);
 }
 
 }  // namespace
@@ -542,11 +553,11 @@ PYBIND11_MODULE(_core, m) {
   using namespace adrank;
   m.doc() = "adrank's C++ core: dynamic micro-batcher, pinned memory pool, thread-pool scheduler.";
 
-  py::object core_error = py::reinterpret_steal<py::object>(PyErr_NewExceptionWithDoc(
-      "adrank._core.CoreError",
-      "A core operation failed. `code` is the gRPC status name (e.g. 'RESOURCE_EXHAUSTED'), "
-      "`grpc_code` its number.",
-      PyExc_RuntimeError, nullptr));
+  py::object core_error = py::reinterpret_steal<py::object>(
+      PyErr_NewExceptionWithDoc("adrank._core.CoreError",
+                                "A core operation failed. `code` is the gRPC status name (e.g. 'RESOURCE_EXHAUSTED'), "
+                                "`grpc_code` its number.",
+                                PyExc_RuntimeError, nullptr));
   m.attr("CoreError") = core_error;
   py::register_exception_translator([](std::exception_ptr p) {
     try {

@@ -40,8 +40,6 @@ class FakeClock final : public Clock {
   std::atomic<int64_t> now_ns_{int64_t{1000000000}};
 };
 
-inline int64_t ToMicros(Duration d) {
-  return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
-}
+inline int64_t ToMicros(Duration d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); }
 
 }  // namespace adrank

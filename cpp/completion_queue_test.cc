@@ -1,6 +1,7 @@
 #include "completion_queue.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 
 #include <algorithm>
@@ -8,8 +9,6 @@
 #include <cstdint>
 #include <thread>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 namespace adrank {
 namespace {

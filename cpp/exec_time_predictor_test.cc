@@ -1,10 +1,10 @@
 #include "exec_time_predictor.h"
 
+#include <gtest/gtest.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdint>
-
-#include <gtest/gtest.h>
 
 namespace adrank {
 namespace {

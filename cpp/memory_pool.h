@@ -56,12 +56,12 @@ struct MemoryPoolOptions {
 };
 
 struct MemoryPoolStats {
-  size_t total_bytes = 0;   // held from the OS: in use + cached
-  size_t in_use_bytes = 0;  // capacity of the blocks currently leased
-  size_t locked_bytes = 0;  // of total_bytes, how many are page-locked
-  bool locked = true;       // every block held is page-locked (true for an empty pool)
-  uint64_t leases = 0;      // successful Acquire calls
-  uint64_t misses = 0;      // Acquire calls that had to allocate from the OS
+  size_t total_bytes = 0;       // held from the OS: in use + cached
+  size_t in_use_bytes = 0;      // capacity of the blocks currently leased
+  size_t locked_bytes = 0;      // of total_bytes, how many are page-locked
+  bool locked = true;           // every block held is page-locked (true for an empty pool)
+  uint64_t leases = 0;          // successful Acquire calls
+  uint64_t misses = 0;          // Acquire calls that had to allocate from the OS
   uint64_t cap_rejections = 0;  // Acquire calls refused at the cap
   uint64_t lock_failures = 0;   // blocks whose page-locking failed
   std::string allocator;        // "cuda_host", "mlock" or "mmap" (unlocked by request)

@@ -61,11 +61,11 @@ struct Request {
 // the batcher's last reference is gone, so they share ownership).
 struct RequestCounters {
   std::atomic<uint64_t> completed_ok{0};
-  std::atomic<uint64_t> failed{0};      // completed with an error other than the ones counted below
-  std::atomic<uint64_t> late{0};        // computed, but completed after the deadline
-  std::atomic<uint64_t> expired{0};     // deadline had passed while queued: missed, never computed
-  std::atomic<uint64_t> shed{0};        // deadline still ahead but not reachable: shed, never computed
-  std::atomic<uint64_t> cancelled{0};   // completed with CANCELLED
+  std::atomic<uint64_t> failed{0};     // completed with an error other than the ones counted below
+  std::atomic<uint64_t> late{0};       // computed, but completed after the deadline
+  std::atomic<uint64_t> expired{0};    // deadline had passed while queued: missed, never computed
+  std::atomic<uint64_t> shed{0};       // deadline still ahead but not reachable: shed, never computed
+  std::atomic<uint64_t> cancelled{0};  // completed with CANCELLED
 };
 
 // Implementation details follow. API users need not read.

@@ -42,23 +42,15 @@ class Status {
   std::string message_;
 };
 
-inline Status InvalidArgument(std::string message) {
-  return Status(StatusCode::kInvalidArgument, std::move(message));
-}
+inline Status InvalidArgument(std::string message) { return Status(StatusCode::kInvalidArgument, std::move(message)); }
 inline Status ResourceExhausted(std::string message) {
   return Status(StatusCode::kResourceExhausted, std::move(message));
 }
 inline Status DeadlineExceeded(std::string message) {
   return Status(StatusCode::kDeadlineExceeded, std::move(message));
 }
-inline Status Unavailable(std::string message) {
-  return Status(StatusCode::kUnavailable, std::move(message));
-}
-inline Status Cancelled(std::string message) {
-  return Status(StatusCode::kCancelled, std::move(message));
-}
-inline Status Internal(std::string message) {
-  return Status(StatusCode::kInternal, std::move(message));
-}
+inline Status Unavailable(std::string message) { return Status(StatusCode::kUnavailable, std::move(message)); }
+inline Status Cancelled(std::string message) { return Status(StatusCode::kCancelled, std::move(message)); }
+inline Status Internal(std::string message) { return Status(StatusCode::kInternal, std::move(message)); }
 
 }  // namespace adrank

@@ -1,10 +1,10 @@
 #include "tensor.h"
 
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 namespace adrank {
 namespace {

@@ -1,5 +1,7 @@
 #include "thread_pool.h"
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -8,15 +10,13 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
-#include <ostream>
 #include <memory>
 #include <mutex>
+#include <ostream>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 namespace adrank {
 namespace {
@@ -206,9 +206,13 @@ class Background {
         }) {}
   ~Background() { thread_.join(); }
 
-  bool WaitDone() {
+  bool WaitDone(Duration timeout = kTimeout) {
     std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, kTimeout, [&] { return done_; });
+    return cv_.wait_for(lock, timeout, [&] { return done_; });
+  }
+  bool done() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return done_;
   }
 
  private:
@@ -431,10 +435,11 @@ TEST_P(ThreadPoolTest, SaturatedModelsInterleaveInProportionToInstances) {
   auto pool = MakeThreadPool(1);
   OpenOnExit open_on_exit{gate};
   std::shared_ptr<ModelQueue> blocker, a, b;
-  ASSERT_OK(pool->AddModel(SumModel("blocker", [gate](BatchIO& io) {
-                             gate->Wait();
-                             return SumBackend(io);
-                           }),
+  ASSERT_OK(pool->AddModel(SumModel("blocker",
+                                    [gate](BatchIO& io) {
+                                      gate->Wait();
+                                      return SumBackend(io);
+                                    }),
                            &blocker));
   ModelOptions options_a = SumModel("a", recording('A'));
   CloseOnlyWhenFull(&options_a, kRows);
@@ -604,6 +609,7 @@ TEST_P(ThreadPoolTest, ShutdownFinishesInFlightAndQueuedBatchesThenRefuses) {
   EXPECT_EQ(refused.code(), StatusCode::kUnavailable) << refused.ToString();
   EXPECT_TRUE(Contains(refused.message(), "draining")) << refused.message();
   EXPECT_EQ(completions.done(), 0u) << "the batches in flight are still blocked";
+  EXPECT_FALSE(shutdown.done()) << "Shutdown returned while batches were still in flight";
   gate->Open();
   if (!shutdown.WaitDone()) {
     ADD_FAILURE() << "Shutdown did not return: queued requests were not flushed";
@@ -707,6 +713,7 @@ TEST_P(ThreadPoolTest, RemoveModelDrainsItWhileOthersKeepServing) {
   const bool kept_served = kept_submit.ok() && other.WaitFor(1);
   EXPECT_TRUE(kept_served) << "the other model was not served during the removal";
   EXPECT_EQ(completions.done(), 0u);
+  EXPECT_FALSE(remover.done()) << "RemoveModel returned while the model had a batch in flight";
 
   gate->Open();
   if (!remover.WaitDone()) {
@@ -742,10 +749,62 @@ TEST_P(ThreadPoolTest, RemoveModelDrainsItWhileOthersKeepServing) {
   ExpectSumOutputs(again_done.result(0), other_input);
 }
 
+TEST_P(ThreadPoolTest, RemoveModelWaitsForTheBatchInFlight) {
+  // Nothing queued, one batch running: the removal must still wait for it, or the caller could
+  // unload the session under a running batch.
+  auto gate = std::make_shared<Gate>();
+  const SumInput input(1, 5);
+  Completions completions(1);
+  Completions other(2);
+  auto pool = MakeThreadPool(2);
+  OpenOnExit open_on_exit{gate};
+  std::shared_ptr<ModelQueue> removed, kept;
+  ASSERT_OK(pool->AddModel(SumModel("in_flight",
+                                    [gate](BatchIO& io) {
+                                      gate->Wait();
+                                      return SumBackend(io);
+                                    }),
+                           &removed));
+  ASSERT_OK(pool->AddModel(SumModel("kept"), &kept));
+  ASSERT_OK(removed->Submit(input.MakeRequest(completions.For(0))));
+  ASSERT_TRUE(gate->WaitForWaiters(1));
+  ASSERT_TRUE(removed->batcher().empty());
+
+  Status remove_status = Internal("RemoveModel did not return");
+  Background remover([&] { remove_status = pool->RemoveModel(removed); });
+  // Once submissions are refused the removal has begun. Probes accepted before that are cancelled
+  // at once (the only instance is busy, so none can run): the queue is empty again.
+  const auto give_up = std::chrono::steady_clock::now() + kTimeout;
+  while (std::chrono::steady_clock::now() < give_up) {
+    RequestHandle probe;
+    const Status status = removed->Submit(input.MakeRequest([](RequestResult&&) {}), &probe);
+    if (status.code() == StatusCode::kUnavailable) break;
+    EXPECT_TRUE(status.ok()) << status.ToString();
+    EXPECT_TRUE(removed->Cancel(probe));
+  }
+  EXPECT_TRUE(removed->batcher().empty());
+  // Batches of another model finishing wake the removal to re-check: give a removal that wrongly
+  // skips the wait for the batch in flight every chance to return before the check below (a
+  // correct one passes however long this lasts).
+  for (size_t i = 0; i < 2; ++i) {
+    const Status kept_submit = kept->Submit(input.MakeRequest(other.For(i)));
+    EXPECT_TRUE(kept_submit.ok() && other.WaitFor(i + 1)) << kept_submit.ToString();
+  }
+  EXPECT_FALSE(remover.WaitDone(std::chrono::milliseconds(20)))
+      << "RemoveModel returned while the model had a batch in flight";
+  EXPECT_EQ(completions.done(), 0u);
+
+  gate->Open();
+  ASSERT_TRUE(remover.WaitDone());
+  ASSERT_OK(remove_status);
+  EXPECT_EQ(completions.fired(0), 1) << "RemoveModel returned before the batch in flight completed";
+  ExpectSumOutputs(completions.result(0), input);
+}
+
 // Runs the error test for one failing backend: a batch of three requests (one poisoned) fails as a
 // whole with the backend's code, the next batch of three succeeds.
-void ThreadPoolTest::ExpectBackendErrorFailsExactlyItsBatch(const std::string& name, Backend failing,
-                                                            StatusCode code, const std::string& detail) {
+void ThreadPoolTest::ExpectBackendErrorFailsExactlyItsBatch(const std::string& name, Backend failing, StatusCode code,
+                                                            const std::string& detail) {
   constexpr int64_t kRows = 2;
   std::vector<SumInput> inputs;
   for (int i = 0; i < 9; ++i) inputs.emplace_back(i, kRows);

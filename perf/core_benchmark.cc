@@ -24,7 +24,17 @@
 //                     latency. Split into the submitting threads' share (request build, Submit,
 //                     waiting) and the rest (the worker, and whatever else runs);
 //   req/s, rows/s     completions per second, and rows handed to the backend per second;
-//   rows/batch        mean real rows per backend call; csw/req: context switches per request.
+//   user/sys          the same CPU time split by mode (getrusage): sys is the wake-ups;
+//   rows/batch        mean real rows per backend call; csw/req: context switches per request;
+//   reject            submissions refused with RESOURCE_EXHAUSTED (queue full); the thread backs off
+//                     exponentially and retries, as a well-behaved client would.
+// Before the runs, Batcher::Submit is also timed alone (one thread, no worker, accepted and refused):
+// the floor of the submit side, with no wake-up in it.
+//
+// The benchmark always ends by itself: requests still pending two seconds after a window closes mean
+// the core stopped dispatching; that row is marked STALLED, the pool's Shutdown flushes them, the
+// remaining configurations are skipped and the exit status is 2. A watchdog ends the process (status
+// 3) if even the shutdown hangs.
 //
 // Usage: core_benchmark [--threads 1,8,64] [--rows 100,1] [--outstanding 1,16] [--seconds 2]
 //                       [--requests N] [--workers 1] [--delay-us 0] [--max-batch-rows 1024]
@@ -93,6 +103,8 @@ struct Machine {
   std::string allowed_list;
   std::string kernel;
   std::string compiler = __VERSION__;
+  // Other processes compete for the cores: a busy machine explains a slow run.
+  std::string load_average;
 };
 
 // The figures of one configuration.
@@ -221,6 +233,13 @@ Machine DescribeMachine() {
       if (!machine.allowed_list.empty()) machine.allowed_list += ",";
       machine.allowed_list += std::to_string(cpu);
     }
+  }
+  std::ifstream loadavg("/proc/loadavg");
+  double one = 0, five = 0, fifteen = 0;
+  if (loadavg >> one >> five >> fifteen) {
+    char buffer[64];
+    std::snprintf(buffer, sizeof(buffer), "%.2f %.2f %.2f", one, five, fifteen);
+    machine.load_average = buffer;
   }
   utsname name;
   if (uname(&name) == 0) machine.kernel = std::string(name.sysname) + " " + name.release + " " + name.machine;
@@ -596,6 +615,60 @@ double MeasureClientBuildNanos(bool context) {
   return static_cast<double>(elapsed) / kIterations;
 }
 
+// What Batcher::Submit alone costs, on one thread with no worker: no wake-up, no contention. An
+// accepted submission is validated, copied into its RequestState and queued; a refused one (queue
+// full) is what an overloaded server spends to say no.
+struct SubmitCost {
+  int64_t rows = 0;
+  double accepted_ns = NAN;
+  double refused_ns = NAN;
+};
+
+SubmitCost MeasureSubmitCost(const Flags& flags, int64_t rows) {
+  SubmitCost cost;
+  cost.rows = rows;
+  BatcherOptions options;
+  options.max_batch_rows = flags.max_batch_rows;
+  options.max_queue_delay_us = flags.delay_us;
+  std::unique_ptr<Batcher> batcher;
+  CheckOk(Batcher::Create(options, CtrSignature(flags.context), nullptr, &batcher), "Batcher::Create");
+  RunState run;
+  const Submitter views(rows, flags.context, 1, 0, nullptr, &run);
+  auto build = [&](size_t count) {
+    std::vector<Request> requests(count);
+    for (Request& request : requests) {
+      request = views.BuildRequest();
+      request.on_complete = [](RequestResult&&) {};
+    }
+    return requests;
+  };
+  // Requests are built before the clock starts and destroyed after it stops: only Submit is timed.
+  const size_t fill = static_cast<size_t>(options.max_queue_rows / rows);
+  constexpr size_t kMinSubmits = 20000;
+  int64_t accepted_ns = 0;
+  size_t accepted = 0;
+  while (accepted < kMinSubmits) {
+    std::vector<Request> requests = build(fill);
+    const int64_t start = ClockNanos(CLOCK_THREAD_CPUTIME_ID);
+    for (Request& request : requests) CheckOk(batcher->Submit(std::move(request)), "Batcher::Submit");
+    accepted_ns += ClockNanos(CLOCK_THREAD_CPUTIME_ID) - start;
+    accepted += fill;
+    if (accepted < kMinSubmits) batcher->FailQueued(Cancelled("emptying the queue between rounds"));
+  }
+  cost.accepted_ns = static_cast<double>(accepted_ns) / static_cast<double>(accepted);
+  // The queue is now as full as whole requests can make it: every further one is refused.
+  std::vector<Request> requests = build(kMinSubmits);
+  const int64_t start = ClockNanos(CLOCK_THREAD_CPUTIME_ID);
+  for (Request& request : requests) {
+    if (batcher->Submit(std::move(request)).code() != StatusCode::kResourceExhausted) {
+      Die("submit cost: a request was not refused by a full queue");
+    }
+  }
+  cost.refused_ns = static_cast<double>(ClockNanos(CLOCK_THREAD_CPUTIME_ID) - start) / kMinSubmits;
+  batcher->FailQueued(Cancelled("end of measurement"));
+  return cost;
+}
+
 std::string Fixed(double value, int decimals) {
   if (std::isnan(value)) return "-";
   char buffer[64];
@@ -639,20 +712,29 @@ std::string JsonNumber(double value) {
 }
 
 void WriteJson(const std::string& path, const Flags& flags, const Machine& machine, const std::string& allocator,
-               double client_build_ns, const std::vector<Result>& results) {
+               double client_build_ns, const std::vector<SubmitCost>& submit_costs,
+               const std::vector<Result>& results) {
   std::ofstream out(path);
   if (!out) Die("cannot write " + path);
   out << "{\n  \"benchmark\": \"adrank core_benchmark\",\n";
   out << "  \"machine\": {\"cpu_model\": " << JsonString(machine.cpu_model)
       << ", \"online_cpus\": " << machine.online_cpus << ", \"nproc\": " << machine.allowed_cpus
       << ", \"allowed_cpus\": " << JsonString(machine.allowed_list) << ", \"kernel\": " << JsonString(machine.kernel)
-      << ", \"compiler\": " << JsonString(machine.compiler) << "},\n";
+      << ", \"compiler\": " << JsonString(machine.compiler)
+      << ", \"load_average_at_start\": " << JsonString(machine.load_average) << "},\n";
   out << "  \"options\": {\"workers\": " << flags.workers << ", \"max_batch_rows\": " << flags.max_batch_rows
       << ", \"max_queue_delay_us\": " << flags.delay_us
       << ", \"idle_dispatch\": true, \"context\": " << (flags.context ? "true" : "false")
       << ", \"seconds\": " << JsonNumber(flags.seconds) << ", \"requests\": " << flags.requests
       << ", \"backend\": \"no-op (zeros into outputs)\", \"memory_pool\": " << JsonString(allocator) << "},\n";
   out << "  \"client_build_ns_per_request\": " << JsonNumber(client_build_ns) << ",\n";
+  out << "  \"batcher_submit_alone\": [";
+  for (size_t i = 0; i < submit_costs.size(); ++i) {
+    const SubmitCost& c = submit_costs[i];
+    out << (i ? ", " : "") << "{\"rows_per_request\": " << c.rows << ", \"accepted_ns\": " << JsonNumber(c.accepted_ns)
+        << ", \"refused_queue_full_ns\": " << JsonNumber(c.refused_ns) << "}";
+  }
+  out << "],\n";
   out << "  \"results\": [\n";
   for (size_t i = 0; i < results.size(); ++i) {
     const Result& r = results[i];
@@ -677,21 +759,33 @@ void WriteJson(const std::string& path, const Flags& flags, const Machine& machi
 
 int Main(int argc, char** argv) {
   const Flags flags = ParseFlags(argc, argv);
+  const int64_t max_request_rows = BatcherOptions().max_request_rows;
+  for (int64_t rows : flags.rows) {
+    if (rows > max_request_rows) Die("--rows must be <= max_request_rows (" + std::to_string(max_request_rows) + ")");
+  }
   const Machine machine = DescribeMachine();
   const double client_build_ns = MeasureClientBuildNanos(flags.context);
+  std::vector<SubmitCost> submit_costs;
+  for (int64_t rows : flags.rows) submit_costs.push_back(MeasureSubmitCost(flags, rows));
 
   std::printf("adrank core_benchmark: no-op backend (zeros into outputs)\n");
-  std::printf("machine: %s; %ld CPUs online, %d allowed (nproc) [%s]; %s; gcc %s\n", machine.cpu_model.c_str(),
-              machine.online_cpus, machine.allowed_cpus, machine.allowed_list.c_str(), machine.kernel.c_str(),
-              machine.compiler.c_str());
+  std::printf("machine: %s; %ld CPUs online, %d allowed (nproc) [%s]; %s; compiler %s; load average %s\n",
+              machine.cpu_model.c_str(), machine.online_cpus, machine.allowed_cpus, machine.allowed_list.c_str(),
+              machine.kernel.c_str(), machine.compiler.c_str(), machine.load_average.c_str());
   std::printf("core: ThreadPool num_workers=%d; max_batch_rows=%lld max_queue_delay_us=%lld idle_dispatch=true\n",
               flags.workers, static_cast<long long>(flags.max_batch_rows), static_cast<long long>(flags.delay_us));
   std::printf("signature: dense f32[13] + sparse i64[26] per candidate%s -> ctr f32[]\n",
               flags.context ? ", user f32[32] context" : "");
   std::printf("each run: closed loop, <= %.2f s (first %.0f ms warm-up) or %llu requests\n", flags.seconds,
               std::min(0.2, flags.seconds / 10) * 1000, static_cast<unsigned long long>(flags.requests));
-  std::printf("client build (benchmark's own request construction, inside 'submit' cpu): %.2f us/req\n\n",
+  std::printf("client build (benchmark's own request construction, inside 'submit' cpu): %.2f us/req\n",
               client_build_ns / 1000.0);
+  for (const SubmitCost& c : submit_costs) {
+    std::printf(
+        "Batcher::Submit alone (one thread, no worker), %lld rows: accepted %.2f us, refused (queue full) %.2f us\n",
+        static_cast<long long>(c.rows), c.accepted_ns / 1000.0, c.refused_ns / 1000.0);
+  }
+  std::printf("\n");
   std::printf("%5s %4s %4s %10s %9s %11s %8s %8s %8s | %8s %6s %6s %6s %6s | %8s %5s %6s\n", "rows", "thr", "out",
               "requests", "req/s", "rows/s", "p50 us", "p99 us", "p999 us", "cpu us/r", "user", "sys", "submit",
               "other", "rows/bat", "csw/r", "reject");
@@ -738,7 +832,7 @@ int Main(int argc, char** argv) {
       "worker: scheduling, gather, scatter, completion). sys is mostly wake-ups: futex calls and context switches.\n"
       "latency: just before ModelQueue::Submit -> completion callback. csw/r: context switches per request.\n");
   if (!flags.json_path.empty()) {
-    WriteJson(flags.json_path, flags, machine, allocator, client_build_ns, results);
+    WriteJson(flags.json_path, flags, machine, allocator, client_build_ns, submit_costs, results);
     std::printf("json: %s\n", flags.json_path.c_str());
   }
   return stalled ? 2 : 0;

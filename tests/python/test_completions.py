@@ -9,9 +9,9 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import make_request
 
 import adrank
+from conftest import make_request
 
 
 def test_completion_queue_signals_its_fd_and_drains_in_order():

@@ -6,9 +6,9 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import DENSE, USER, MatmulModel, make_request
 
 import adrank
+from conftest import DENSE, USER, MatmulModel, make_request
 
 
 def batching(**overrides: object) -> adrank.BatcherOptions:
@@ -157,7 +157,11 @@ def test_backend_exception_fails_its_batch_and_the_model_keeps_serving(pool, mat
         (lambda c, x: c.pop("row_id"), "INVALID_ARGUMENT", "'row_id'"),
         (lambda c, x: c.update(row_id=c["row_id"][:3]), "INVALID_ARGUMENT", "'row_id'"),
         (lambda c, x: c.update(dense="not an array"), "INVALID_ARGUMENT", "'dense'"),
-        (lambda c, x: c.update(dense=np.zeros((0, DENSE)), row_id=np.zeros(0, np.int64)), "INVALID_ARGUMENT", "'dense'"),
+        (
+            lambda c, x: c.update(dense=np.zeros((0, DENSE)), row_id=np.zeros(0, np.int64)),
+            "INVALID_ARGUMENT",
+            "'dense'",
+        ),
         (lambda c, x: c.update(extra=np.zeros(10)), "INVALID_ARGUMENT", "'extra'"),
         (lambda c, x: x.update(user=np.zeros((2, USER))), "INVALID_ARGUMENT", "'user'"),
         (lambda c, x: c.update(dense=c["dense"].astype(">f8")), "INVALID_ARGUMENT", "'dense'"),
