@@ -33,6 +33,10 @@ Status CheckOptions(const BatcherOptions& o) {
 
 }  // namespace
 
+Duration DeadlineSlack(Duration predicted_exec) {
+  return std::max<Duration>(std::chrono::microseconds(kMinDeadlineSlackUs), predicted_exec / 10);
+}
+
 void Batcher::FinishDropped(std::vector<Dropped>& dropped, TimePoint now) {
   for (Dropped& d : dropped) d.request->FinishRows(d.rows, d.status, RequestTiming{}, now);
   dropped.clear();
@@ -120,10 +124,33 @@ Status Batcher::Submit(Request request, RequestHandle* handle) {
                                                     : submit_stats_.rejected_invalid)++;
     return status;
   }
+  // Admitted before the outputs are allocated: under overload most submissions are refused, and a
+  // refusal must cost no allocation.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    status = AdmitLocked(rows);
+    if (!status.ok()) return status;
+  }
+  // Outside the lock: zero-filling N rows of outputs would stall every worker asking for a batch.
   auto state = std::make_shared<RequestState>(std::move(request), rows, slots, counters_, now);
   state->AllocateOutputs(signature_);
 
   std::lock_guard<std::mutex> lock(mu_);
+  // Again: the batcher may have closed or the queue filled meanwhile. A close that came in between
+  // must win, or a drain that already found the queue empty would never run this request.
+  status = AdmitLocked(rows);
+  if (!status.ok()) return status;
+  queues_[static_cast<size_t>(state->priority())].push_back(state);
+  if (state->deadline() != kNoDeadline) deadlines_.insert(state->deadline());
+  state->queued = true;
+  queued_rows_ += rows;
+  queued_requests_++;
+  submit_stats_.submitted++;
+  if (handle) *handle = std::move(state);
+  return Status::Ok();
+}
+
+Status Batcher::AdmitLocked(int64_t rows) {
   if (closed_) {
     submit_stats_.rejected_closed++;
     return Unavailable("the model is not accepting requests: it is shutting down or unloading");
@@ -133,13 +160,6 @@ Status Batcher::Submit(Request request, RequestHandle* handle) {
     return ResourceExhausted("queue full: " + std::to_string(queued_rows_) + " rows queued, " + std::to_string(rows) +
                              " more would exceed max_queue_rows (" + std::to_string(options_.max_queue_rows) + ")");
   }
-  queues_[static_cast<size_t>(state->priority())].push_back(state);
-  if (state->deadline() != kNoDeadline) deadlines_.insert(state->deadline());
-  state->queued = true;
-  queued_rows_ += rows;
-  queued_requests_++;
-  submit_stats_.submitted++;
-  if (handle) *handle = std::move(state);
   return Status::Ok();
 }
 
@@ -198,9 +218,10 @@ TimePoint Batcher::ReadyAtLocked(bool model_idle, TimePoint now) const {
   }
   TimePoint ready = oldest + std::chrono::microseconds(options_.max_queue_delay_us);
   if (!deadlines_.empty()) {
-    // Close early enough that the tightest deadline is met by the batch as it stands.
+    // Close early enough that the tightest deadline is met by the batch as it stands, with room for
+    // the worker to wake late: closing at exactly deadline - exec would shed that very request.
     const Duration exec = predictor_.Predict(PaddedRows(std::min(queued_rows_, options_.max_batch_rows)));
-    ready = std::min(ready, *deadlines_.begin() - exec);
+    ready = std::min(ready, *deadlines_.begin() - exec - DeadlineSlack(exec));
   }
   return ready;
 }

@@ -41,7 +41,13 @@
 // a deadline is never computed when its deadline has passed (counted as expired, "missed") or when
 // the predicted execution time of the batch it would ride in overruns it (counted as shed): either
 // way it completes with DEADLINE_EXCEEDED without reaching the backend. Batches close early when
-// waiting longer would make a member miss its deadline.
+// waiting longer would make a member miss its deadline: by the predicted execution time of the batch
+// plus a slack, max(50 µs, predicted / 10), before the tightest deadline. The slack is what lets
+// that member ride in the batch it closed: a worker sleeping until the close time wakes late (Linux's
+// default timer slack alone is 50 µs, and scheduling adds more), and the batch may have grown or run
+// slower than predicted by the time it forms (a tenth covers the predictor's usual error); without
+// it the request would be shed, and with no execution sample yet (prediction 0) it would expire. A
+// worker later than the slack still sheds or expires it: the deadline is never overrun knowingly.
 //
 // Rejections at Submit (the completion never fires): INVALID_ARGUMENT (names the tensor and what is
 // wrong: zero rows, unknown or wrong dtype, negative or mismatched dims, byte size that does not
@@ -69,6 +75,11 @@
 #include "tensor.h"
 
 namespace adrank {
+
+// How long before "deadline - predicted execution" a batch closes for deadline pressure (see the
+// latency contract above).
+constexpr int64_t kMinDeadlineSlackUs = 50;
+Duration DeadlineSlack(Duration predicted_exec);
 
 struct BatcherOptions {
   int64_t max_batch_rows = 1024;
@@ -157,6 +168,8 @@ class Batcher {
   };
 
   Status Validate(const Request& request, int64_t* rows, std::vector<RequestState::InputSlot>* slots) const;
+  // The closed and queue-full checks of Submit; counts a refusal.
+  Status AdmitLocked(int64_t rows);
   int64_t CloseRows() const;
   int64_t PaddedRows(int64_t rows) const;
   TimePoint ReadyAtLocked(bool model_idle, TimePoint now) const;

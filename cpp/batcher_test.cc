@@ -283,8 +283,9 @@ TEST_F(BatcherTest, ExpiredRequestIsNeverComputedAndCountedAsMissed) {
   auto b = Make(BaseOptions());
   Owned& late = NewRequest(2, 0);
   ASSERT_TRUE(Submit(*b, late, 0, clock_.Now() + microseconds(300)).ok());
-  // No execution history yet: the batch is due at the deadline itself, which has then passed.
-  EXPECT_EQ(b->ReadyAt(false, clock_.Now()), clock_.Now() + microseconds(300));
+  // No execution history yet: the batch is due the minimum slack (50 us) before the deadline. A
+  // worker that only gets there at the deadline itself finds it passed.
+  EXPECT_EQ(b->ReadyAt(false, clock_.Now()), clock_.Now() + microseconds(250));
   clock_.AdvanceMicros(300);
   EXPECT_FALSE(b->NextBatch(false));
   ASSERT_EQ(late.call->fired, 1);
@@ -369,9 +370,10 @@ TEST_F(BatcherTest, BatchClosesEarlyWhenAMemberDeadlineRequiresIt) {
   Owned& urgent = NewRequest(4, 7);
   const TimePoint deadline = clock_.Now() + microseconds(700);
   ASSERT_TRUE(Submit(*b, urgent, 0, deadline).ok());
-  // Predicted 400 us for 4 rows: the batch must close by deadline - 400 us, not after 1000 us.
-  EXPECT_EQ(b->ReadyAt(false, clock_.Now()), deadline - microseconds(400));
-  clock_.AdvanceMicros(299);
+  // Predicted 400 us for 4 rows: the batch must close by deadline - 400 us - slack (max(50 us,
+  // 400 / 10) = 50 us), not after 1000 us, and not a microsecond sooner than that.
+  EXPECT_EQ(b->ReadyAt(false, clock_.Now()), deadline - microseconds(450));
+  clock_.AdvanceMicros(249);
   EXPECT_FALSE(b->NextBatch(false));
   clock_.AdvanceMicros(1);
   auto batch = b->NextBatch(false);
@@ -379,6 +381,66 @@ TEST_F(BatcherTest, BatchClosesEarlyWhenAMemberDeadlineRequiresIt) {
   Run(*b, *batch, 400);
   ExpectServed(urgent);
   EXPECT_LE(clock_.Now(), deadline);
+  EXPECT_EQ(b->stats().late, 0u);
+}
+
+// A real worker wakes a little after the ReadyAt it slept until (timer slack, scheduling): the
+// request whose deadline closed the batch early must still ride in it, not be shed by it.
+TEST_F(BatcherTest, WorkerWakingJustAfterAnEarlyCloseStillRunsTheUrgentRequest) {
+  struct Case {
+    int64_t exec_us;  // the history: 4-row batches took this long
+    int64_t wake_late_us;
+  };
+  // 400 us: the 50 us floor applies; 2000 us: a tenth of the prediction (200 us) does.
+  for (const Case c : {Case{400, 5}, Case{400, 45}, Case{2000, 150}}) {
+    SCOPED_TRACE("exec " + std::to_string(c.exec_us) + " us, worker wakes " + std::to_string(c.wake_late_us) +
+                 " us late");
+    auto b = Make(BaseOptions());  // 8 rows, delay 1000 us, no idle dispatch: 4 rows wait
+    ASSERT_TRUE(Submit(*b, NewRequest(4, 0)).ok());
+    auto warmup = b->NextBatch(false, true);
+    ASSERT_TRUE(warmup);
+    Run(*b, *warmup, c.exec_us);
+    const Duration exec = b->PredictExecution(4);
+    ASSERT_EQ(exec, microseconds(c.exec_us));
+
+    Owned& urgent = NewRequest(4, 7);
+    const TimePoint deadline = clock_.Now() + exec + microseconds(600);
+    ASSERT_TRUE(Submit(*b, urgent, 0, deadline).ok());
+    const TimePoint ready = b->ReadyAt(false, clock_.Now());
+    EXPECT_GT(ToMicros(deadline - exec - ready), 0) << "no slack left for the worker's wake-up";
+    clock_.Advance(ready - clock_.Now() + microseconds(c.wake_late_us));
+    auto batch = b->NextBatch(false);
+    ASSERT_TRUE(batch) << "the urgent request was dropped instead of batched";
+    EXPECT_EQ(batch->rows, 4);
+    EXPECT_EQ(urgent.call->fired, 0) << urgent.call->result.status.ToString();
+    Run(*b, *batch, c.exec_us);
+    ExpectServed(urgent);
+    EXPECT_LE(clock_.Now(), deadline);
+    const BatcherStats s = b->stats();
+    EXPECT_EQ(s.shed, 0u);
+    EXPECT_EQ(s.expired, 0u);
+    EXPECT_EQ(s.late, 0u);
+  }
+}
+
+// With no execution sample yet the prediction is 0: closing "at deadline - 0" would hand a worker a
+// request whose deadline has passed by the time it wakes.
+TEST_F(BatcherTest, WithoutExecutionSamplesAnEarlyCloseStillLeavesTheWorkerTime) {
+  auto b = Make(BaseOptions());  // delay 1000 us, no idle dispatch
+  ASSERT_EQ(b->PredictExecution(2), Duration(0));
+  Owned& urgent = NewRequest(2, 3);
+  const TimePoint deadline = clock_.Now() + microseconds(300);
+  ASSERT_TRUE(Submit(*b, urgent, 0, deadline).ok());
+  const TimePoint ready = b->ReadyAt(false, clock_.Now());
+  EXPECT_GT(ToMicros(deadline - ready), 0) << "no slack left for the worker's wake-up";
+  clock_.Advance(ready - clock_.Now() + microseconds(5));
+  auto batch = b->NextBatch(false);
+  ASSERT_TRUE(batch) << "the urgent request expired before its batch formed";
+  EXPECT_EQ(urgent.call->fired, 0) << urgent.call->result.status.ToString();
+  Run(*b, *batch, 20);
+  ExpectServed(urgent);
+  EXPECT_LE(clock_.Now(), deadline);
+  EXPECT_EQ(b->stats().expired, 0u);
   EXPECT_EQ(b->stats().late, 0u);
 }
 

@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -86,6 +87,31 @@ DType ParseDTypeOrThrow(const std::string& name) {
   return *dtype;
 }
 
+// ---- timeouts -------------------------------------------------------------------------------
+
+// Beyond a year a timeout means "none": no caller means a longer one, and capping it keeps deadline
+// and wait arithmetic in nanoseconds far from overflow (~292 years). +inf and 1e300, common ways of
+// saying "never", land here too.
+constexpr double kMaxTimeoutS = 365.0 * 24 * 3600;
+
+// A caller's timeout_s, checked before any arithmetic on it: converting NaN, inf or an out-of-range
+// double to a Duration is undefined behaviour.
+struct Timeout {
+  enum Kind { kNone, kPassed, kAfter } kind = kNone;
+  Duration after{0};  // for kAfter
+};
+
+Timeout ParseTimeout(std::optional<double> timeout_s) {
+  if (!timeout_s) return {};
+  const double seconds = *timeout_s;
+  if (std::isnan(seconds)) {
+    throw StatusError(InvalidArgument("timeout_s is NaN: pass a number of seconds, or None for no timeout"));
+  }
+  if (seconds <= 0) return {Timeout::kPassed};  // -0.0 and -inf included
+  if (seconds > kMaxTimeoutS) return {};        // +inf included
+  return {Timeout::kAfter, std::chrono::duration_cast<Duration>(std::chrono::duration<double>(seconds))};
+}
+
 // ---- outputs and results --------------------------------------------------------------------
 
 // Owns an output's bytes; a numpy array over them keeps it alive as its base.
@@ -132,12 +158,13 @@ class PendingRequest {
 
   // Blocks (without the GIL) until done or `timeout_s` passes; raises CoreError on failure.
   py::object Wait(std::optional<double> timeout_s) {
+    const Timeout timeout = ParseTimeout(timeout_s);
     {
       py::gil_scoped_release release;
       std::unique_lock<std::mutex> lock(state_->mu);
       auto is_done = [&] { return state_->done; };
-      if (timeout_s) {
-        if (!state_->cv.wait_for(lock, std::chrono::duration<double>(*timeout_s), is_done)) {
+      if (timeout.kind != Timeout::kNone) {
+        if (!state_->cv.wait_for(lock, timeout.after, is_done)) {
           lock.unlock();
           py::gil_scoped_acquire acquire;
           PyErr_SetString(PyExc_TimeoutError, "request not complete within the wait timeout");
@@ -186,18 +213,27 @@ class PendingRequest {
 
 // ---- submit ---------------------------------------------------------------------------------
 
+bool IsMapping(const py::handle& object) {
+  if (PyDict_Check(object.ptr())) return true;
+  const int is_mapping =
+      PyObject_IsInstance(object.ptr(), py::module_::import("collections.abc").attr("Mapping").ptr());
+  if (is_mapping < 0) throw py::error_already_set();
+  return is_mapping == 1;
+}
+
 void AddViews(const py::handle& mapping, Role role, std::vector<TensorView>* views,
               std::vector<py::object>* keepalive) {
   if (mapping.is_none()) return;
   const char* where = role == Role::kContext ? "context" : "candidates";
-  if (!PyDict_Check(mapping.ptr())) {
-    throw StatusError(InvalidArgument(std::string(where) + " must be a dict of name -> numpy array"));
+  if (!IsMapping(mapping)) {
+    throw StatusError(InvalidArgument(std::string(where) + " must be a mapping (a dict or any " +
+                                      "collections.abc.Mapping) of name -> numpy array, got " +
+                                      py::str(py::type::of(mapping).attr("__name__")).cast<std::string>()));
   }
-  for (auto item : py::reinterpret_borrow<py::dict>(mapping)) {
-    if (!py::isinstance<py::str>(item.first))
-      throw StatusError(InvalidArgument(std::string(where) + " keys must be str"));
-    std::string name = item.first.cast<std::string>();
-    py::array array = py::array::ensure(item.second, py::array::c_style);
+  auto add = [&](const py::handle& key, const py::handle& value) {
+    if (!py::isinstance<py::str>(key)) throw StatusError(InvalidArgument(std::string(where) + " keys must be str"));
+    std::string name = key.cast<std::string>();
+    py::array array = py::array::ensure(value, py::array::c_style);
     if (!array) {
       PyErr_Clear();
       throw StatusError(InvalidArgument("tensor '" + name + "' in " + where + " is not an array"));
@@ -215,22 +251,35 @@ void AddViews(const py::handle& mapping, Role role, std::vector<TensorView>* vie
     view.byte_size = static_cast<size_t>(array.nbytes());
     views->push_back(std::move(view));
     keepalive->push_back(std::move(array));
+  };
+  if (PyDict_Check(mapping.ptr())) {
+    for (auto item : py::reinterpret_borrow<py::dict>(mapping)) add(item.first, item.second);
+    return;
+  }
+  // Any other Mapping (a MappingProxyType, a custom class) through its own items().
+  PyObject* items = PyMapping_Items(mapping.ptr());
+  if (!items) throw py::error_already_set();
+  for (auto item : py::reinterpret_steal<py::list>(items)) {
+    if (!PyTuple_Check(item.ptr()) || PyTuple_GET_SIZE(item.ptr()) != 2) {
+      throw StatusError(InvalidArgument(std::string(where) + ".items() must yield (name, array) pairs"));
+    }
+    add(PyTuple_GET_ITEM(item.ptr(), 0), PyTuple_GET_ITEM(item.ptr(), 1));
   }
 }
 
 std::unique_ptr<PendingRequest> Submit(const std::shared_ptr<ModelQueue>& model, const py::object& candidates,
                                        const py::object& context, std::optional<double> timeout_s, int priority,
                                        std::shared_ptr<CompletionQueue> completion_queue, uint64_t token) {
+  const Timeout timeout = ParseTimeout(timeout_s);
   auto state = std::make_shared<PendingState>();
   auto pending = std::make_unique<PendingRequest>(state, model, token);
   Request request;
   AddViews(candidates, Role::kCandidate, &request.candidates, &pending->keepalive_);
   AddViews(context, Role::kContext, &request.context, &pending->keepalive_);
   request.priority = priority;
-  if (timeout_s) {
-    request.deadline =
-        SteadyClock::Get()->Now() + std::chrono::duration_cast<Duration>(std::chrono::duration<double>(*timeout_s));
-  }
+  // A timeout already passed keeps deadline <= now: the core refuses it with DEADLINE_EXCEEDED.
+  if (timeout.kind == Timeout::kPassed) request.deadline = SteadyClock::Get()->Now();
+  if (timeout.kind == Timeout::kAfter) request.deadline = SteadyClock::Get()->Now() + timeout.after;
   request.on_complete = [state, completion_queue, token](RequestResult&& result) {
     {
       std::lock_guard<std::mutex> lock(state->mu);
@@ -532,6 +581,12 @@ void BindObjects(py::module_& m) {
       .def(py::init([](int num_workers, std::shared_ptr<MemoryPool> memory_pool) {
              ThreadPoolOptions options;
              options.num_workers = num_workers;
+             if (!memory_pool) {
+               // Made here rather than by the core so that its warning reaches the adrank.core logger.
+               MemoryPoolOptions pool_options;
+               pool_options.on_warning = LogWarning;
+               ThrowIfError(MemoryPool::Create(pool_options, &memory_pool));
+             }
              options.memory_pool = std::move(memory_pool);
              return std::make_unique<PyThreadPool>(options);
            }),

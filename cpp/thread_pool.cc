@@ -26,6 +26,17 @@ Status ModelQueue::Submit(Request request, RequestHandle* handle) {
   return Status::Ok();
 }
 
+bool ModelQueue::Cancel(const RequestHandle& handle) {
+  const bool never_runs = batcher_->Cancel(handle);
+  {
+    // Orders the cancellation against a RemoveModel about to wait: it either saw the queue without
+    // the request or is already waiting when the notify comes.
+    std::lock_guard<std::mutex> lock(wakeup_->mu);
+  }
+  wakeup_->drained.notify_all();
+  return never_runs;
+}
+
 Status ThreadPool::Create(const ThreadPoolOptions& options, std::unique_ptr<ThreadPool>* out) {
   if (options.num_workers < 0) return InvalidArgument("num_workers must be >= 0 (0: one per core)");
   std::shared_ptr<MemoryPool> memory_pool = options.memory_pool;
@@ -73,7 +84,7 @@ Status ThreadPool::RemoveModel(const std::shared_ptr<ModelQueue>& model) {
   model->removing_ = true;
   model->batcher_->Close();
   wakeup_->cv.notify_all();
-  drained_.wait(lock, [&] { return model->busy_ == 0 && model->batcher_->empty(); });
+  wakeup_->drained.wait(lock, [&] { return model->busy_ == 0 && model->batcher_->empty(); });
   models_.erase(std::find(models_.begin(), models_.end(), model));
   return Status::Ok();
 }
@@ -146,7 +157,7 @@ void ThreadPool::WorkerLoop() {
       if (batch) RunBatch(dispatch, batch.get());
       lock.lock();
       ReleaseLocked(dispatch);
-      drained_.notify_all();
+      wakeup_->drained.notify_all();
       continue;
     }
     if (ExpireOverdueUnlocked(lock, now, &wake)) continue;
@@ -176,7 +187,10 @@ bool ThreadPool::ExpireOverdueUnlocked(std::unique_lock<std::mutex>& lock, TimeP
   if (overdue.empty()) return false;
   lock.unlock();
   for (const auto& model : overdue) model->batcher_->ExpireOverdue();
+  overdue.clear();
   lock.lock();
+  // A RemoveModel may be waiting for exactly these requests to leave the queue.
+  wakeup_->drained.notify_all();
   return true;
 }
 

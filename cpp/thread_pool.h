@@ -67,7 +67,9 @@ class ModelQueue {
  public:
   // Submits to the model's batcher and wakes a worker. Errors are prefixed with the model's name.
   Status Submit(Request request, RequestHandle* handle = nullptr);
-  bool Cancel(const RequestHandle& handle) { return batcher_->Cancel(handle); }
+  // Cancels at the batcher (see Batcher::Cancel) and wakes a RemoveModel waiting for the queue to
+  // drain: a cancelled request leaves no batch behind whose end would wake it.
+  bool Cancel(const RequestHandle& handle);
 
   const std::string& name() const { return name_; }
   int instances() const { return instances_; }
@@ -78,6 +80,9 @@ class ModelQueue {
   struct Wakeup {
     std::mutex mu;  // also the scheduler's lock
     std::condition_variable cv;
+    // A model's queue or running batches shrank (a batch ended, a request was cancelled or
+    // expired): a waiting RemoveModel re-checks.
+    std::condition_variable drained;
   };
   ModelQueue(ModelOptions options, std::unique_ptr<Batcher> batcher, std::shared_ptr<Wakeup> wakeup);
 
@@ -125,13 +130,14 @@ class ThreadPool {
   void ReleaseLocked(const Dispatch& dispatch);
   void RunBatch(const Dispatch& dispatch, Batch* batch);
   bool AnyQueuedLocked() const;
-  // Expires overdue requests of every model (releasing the lock meanwhile); true if it did any.
+  // Expires overdue requests of every model (releasing the lock meanwhile); true if it did any. The
+  // references it takes are dropped before it re-locks: a model removed meanwhile may be released
+  // here, and releasing a backend (a Python callable: the GIL) must not happen under the lock.
   bool ExpireOverdueUnlocked(std::unique_lock<std::mutex>& lock, TimePoint now, TimePoint* wake);
 
   const Clock* const clock_;
   const std::shared_ptr<MemoryPool> memory_pool_;
   const std::shared_ptr<ModelQueue::Wakeup> wakeup_ = std::make_shared<ModelQueue::Wakeup>();
-  std::condition_variable drained_;  // a batch finished: RemoveModel and Shutdown re-check
 
   // Guarded by wakeup_->mu.
   std::vector<std::shared_ptr<ModelQueue>> models_;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <ostream>
@@ -799,6 +800,143 @@ TEST_P(ThreadPoolTest, RemoveModelWaitsForTheBatchInFlight) {
   ASSERT_OK(remove_status);
   EXPECT_EQ(completions.fired(0), 1) << "RemoveModel returned before the batch in flight completed";
   ExpectSumOutputs(completions.result(0), input);
+}
+
+TEST_P(ThreadPoolTest, RemoveModelReturnsWhenItsQueuedRequestsAreCancelled) {
+  // The only worker is held by another model's batch, so the removed model's queued request cannot
+  // be dispatched. Once it is cancelled no batch of the model will ever finish, yet the removal must
+  // notice the queue is empty and return without waiting for the unrelated batch.
+  auto gate = std::make_shared<Gate>();
+  const SumInput input(1, 3);
+  Completions busy_done(1);
+  Completions cancelled(1);
+  auto pool = MakeThreadPool(1);
+  OpenOnExit open_on_exit{gate};
+  std::shared_ptr<ModelQueue> busy, removed;
+  ASSERT_OK(pool->AddModel(SumModel("busy",
+                                    [gate](BatchIO& io) {
+                                      gate->Wait();
+                                      return SumBackend(io);
+                                    }),
+                           &busy));
+  ASSERT_OK(pool->AddModel(SumModel("removed"), &removed));
+  ASSERT_OK(busy->Submit(input.MakeRequest(busy_done.For(0))));
+  ASSERT_TRUE(gate->WaitForWaiters(1));
+  RequestHandle queued;
+  ASSERT_OK(removed->Submit(input.MakeRequest(cancelled.For(0)), &queued));
+
+  Status remove_status = Internal("RemoveModel did not return");
+  Background remover([&] { remove_status = pool->RemoveModel(removed); });
+  // Submissions are refused once the removal has begun; probes accepted before that are cancelled.
+  const auto give_up = std::chrono::steady_clock::now() + kTimeout;
+  while (std::chrono::steady_clock::now() < give_up) {
+    RequestHandle probe;
+    const Status status = removed->Submit(input.MakeRequest([](RequestResult&&) {}), &probe);
+    if (status.code() == StatusCode::kUnavailable) break;
+    EXPECT_TRUE(status.ok()) << status.ToString();
+    EXPECT_TRUE(removed->Cancel(probe));
+  }
+  EXPECT_TRUE(removed->Cancel(queued));
+  const bool returned = remover.WaitDone();
+  EXPECT_TRUE(returned) << "RemoveModel kept waiting after its queued requests were cancelled";
+  EXPECT_EQ(busy_done.done(), 0u) << "the unrelated batch finished first: the test proves nothing";
+  gate->Open();
+  ASSERT_TRUE(remover.WaitDone());
+  ASSERT_OK(remove_status);
+  ASSERT_TRUE(cancelled.WaitFor(1));
+  EXPECT_EQ(cancelled.result(0).status.code(), StatusCode::kCancelled);
+  ASSERT_TRUE(busy_done.WaitFor(1));
+  ExpectSumOutputs(busy_done.result(0), input);
+}
+
+// In the binding a backend owns a Python callable, and releasing that takes the GIL, which a thread
+// calling add_model holds while it waits for the scheduler lock. So a worker must never drop a
+// model's last reference under the scheduler lock. Here the backend's release instead needs the
+// scheduler lock from another thread (AddModel), which is the same wait in the other order.
+TEST_P(ThreadPoolTest, AWorkerDropsAModelsLastReferenceOutsideTheSchedulerLock) {
+  struct Released {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool released = false;
+    bool scheduler_lock_free = false;
+    std::thread::id thread;
+    std::future<bool> add_model;  // kept here: a blocked future must not be waited for in the release
+  };
+  struct BackendOwner {
+    std::function<void()> on_release;
+    ~BackendOwner() { on_release(); }
+  };
+  auto released = std::make_shared<Released>();
+  auto gate = std::make_shared<Gate>();           // holds the model's running batch
+  auto in_completion = std::make_shared<Gate>();  // holds the expiring worker in a completion
+  const SumInput running(1, 2);
+  const SumInput expiring(2, 2);
+  Completions completions(2);
+  auto pool = MakeThreadPool(2);
+  OpenOnExit open_gate{gate};
+  OpenOnExit open_completion{in_completion};
+
+  ThreadPool* raw_pool = pool.get();
+  auto owner = std::make_shared<BackendOwner>();
+  owner->on_release = [released, raw_pool] {
+    std::future<bool> add_model = std::async(std::launch::async, [raw_pool] {
+      std::shared_ptr<ModelQueue> added;
+      return raw_pool->AddModel(SumModel("added_while_releasing"), &added).ok();
+    });
+    const bool free = add_model.wait_for(kTimeout) == std::future_status::ready && add_model.get();
+    std::lock_guard<std::mutex> lock(released->mu);
+    released->released = true;
+    released->scheduler_lock_free = free;
+    released->thread = std::this_thread::get_id();
+    released->add_model = std::move(add_model);
+    released->cv.notify_all();
+  };
+  std::shared_ptr<ModelQueue> model;
+  ASSERT_OK(pool->AddModel(SumModel("dropped",
+                                    [gate, owner](BatchIO& io) {
+                                      gate->Wait();
+                                      return SumBackend(io);
+                                    }),
+                           &model));
+  owner.reset();  // the model's backend holds the only reference
+
+  // One batch runs (the only instance is busy); a request with a deadline waits behind it, and the
+  // other worker expires it at its deadline, holding a reference to the model meanwhile.
+  ASSERT_OK(model->Submit(running.MakeRequest(completions.For(0))));
+  ASSERT_TRUE(gate->WaitForWaiters(1));
+  Request request = expiring.MakeRequest([in_completion, done = completions.For(1)](RequestResult&& result) {
+    in_completion->Wait();
+    done(std::move(result));
+  });
+  request.deadline = clock()->Now() + std::chrono::milliseconds(1);
+  ASSERT_OK(model->Submit(std::move(request)));
+  if (GetParam() == ClockKind::kFrozen) frozen_clock_.AdvanceMicros(1000);
+  ASSERT_TRUE(in_completion->WaitForWaiters(1));
+
+  // Removed and released by the caller: the expiring worker's reference is the last one.
+  Status remove_status = Internal("RemoveModel did not return");
+  {
+    Background remover([&] { remove_status = pool->RemoveModel(model); });
+    gate->Open();
+    ASSERT_TRUE(remover.WaitDone());
+  }
+  ASSERT_OK(remove_status);
+  model.reset();
+  {
+    std::lock_guard<std::mutex> lock(released->mu);
+    EXPECT_FALSE(released->released) << "released before the expiring worker let go: the test proves nothing";
+  }
+  in_completion->Open();
+
+  std::unique_lock<std::mutex> lock(released->mu);
+  ASSERT_TRUE(released->cv.wait_for(lock, 2 * kTimeout, [&] { return released->released; }));
+  EXPECT_NE(released->thread, std::this_thread::get_id());
+  EXPECT_TRUE(released->scheduler_lock_free) << "the model was released under the scheduler lock";
+  lock.unlock();
+  if (released->add_model.valid()) released->add_model.wait();  // still blocked when it was released
+  ASSERT_TRUE(completions.WaitFor(2));
+  ExpectSumOutputs(completions.result(0), running);
+  EXPECT_EQ(completions.result(1).status.code(), StatusCode::kDeadlineExceeded);
 }
 
 // Runs the error test for one failing backend: a batch of three requests (one poisoned) fails as a

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
 import threading
+import time
+import types
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pytest
@@ -369,3 +378,183 @@ def test_invalid_configuration_is_refused(pool, matmul):
     pool.add_model("m", matmul.signature(), matmul)
     with pytest.raises(adrank.CoreError, match="already registered"):
         pool.add_model("m", matmul.signature(), matmul)
+
+
+class ReadOnlyMapping(Mapping):
+    """A Mapping that is not a dict: what a caller may hand to submit according to the stub."""
+
+    def __init__(self, data: dict) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def test_any_mapping_is_accepted_for_candidates_and_context(pool, matmul):
+    model = pool.add_model("matmul", matmul.signature(), matmul)
+    candidates, context = make_request(np.random.default_rng(19), 20, 40)
+    for wrap in (types.MappingProxyType, ReadOnlyMapping):
+        result = model.submit(wrap(candidates), wrap(context)).wait(10)
+        np.testing.assert_allclose(result.outputs["score"], matmul.expected(candidates["dense"], context["user"]))
+        np.testing.assert_array_equal(result.outputs["row_id_out"], candidates["row_id"])
+    with pytest.raises(adrank.CoreError) as error:
+        model.submit(list(candidates.items()), context)  # type: ignore[arg-type]
+    assert error.value.code == "INVALID_ARGUMENT"
+    assert "candidates must be a mapping" in str(error.value)
+
+
+@pytest.mark.parametrize("timeout_s", [math.inf, 1e300, 2.0**63, 4e7, 3600.0])
+def test_infinite_or_huge_timeout_means_no_deadline(pool, matmul, timeout_s):
+    model = pool.add_model("matmul", matmul.signature(), matmul)
+    candidates, context = make_request(np.random.default_rng(20), 5, 0)
+    result = model.submit(candidates, context, timeout_s=timeout_s).wait(10)
+    np.testing.assert_array_equal(result.outputs["row_id_out"], candidates["row_id"])
+    stats = model.stats()
+    assert (stats["completed_ok"], stats["rejected_expired"], stats["expired"], stats["late"]) == (1, 0, 0, 0)
+
+
+@pytest.mark.parametrize("timeout_s", [0.0, -0.0, -1.0, -1e300, -math.inf])
+def test_timeout_not_above_zero_has_already_passed_at_submit(pool, matmul, timeout_s):
+    model = pool.add_model("matmul", matmul.signature(), matmul)
+    with pytest.raises(adrank.CoreError) as error:
+        model.submit(*make_request(np.random.default_rng(21), 5, 0), timeout_s=timeout_s)
+    assert error.value.code == "DEADLINE_EXCEEDED"
+    assert model.stats()["rejected_expired"] == 1
+
+
+def test_nan_timeout_is_refused_naming_timeout_s(pool, matmul):
+    model = pool.add_model("matmul", matmul.signature(), matmul)
+    rng = np.random.default_rng(22)
+    with pytest.raises(adrank.CoreError) as error:
+        model.submit(*make_request(rng, 5, 0), timeout_s=math.nan)
+    assert error.value.code == "INVALID_ARGUMENT"
+    assert "timeout_s" in str(error.value)
+    assert model.stats()["submitted"] == 0
+    pending = model.submit(*make_request(rng, 5, 0))
+    with pytest.raises(adrank.CoreError) as error:
+        pending.wait(math.nan)
+    assert error.value.code == "INVALID_ARGUMENT"
+    assert "timeout_s" in str(error.value)
+    assert pending.wait(10).batch_rows == 5
+
+
+def test_wait_timeouts_from_zero_to_infinite(pool, matmul):
+    gate = Gate(matmul)
+    model = pool.add_model("gated", matmul.signature(), gate)
+    pending = model.submit(*make_request(np.random.default_rng(23), 5, 0))
+    assert gate.entered.wait(10)
+    for already_passed in (0.0, -0.0, -math.inf):
+        with pytest.raises(TimeoutError):
+            pending.wait(already_passed)
+    threading.Timer(0.05, gate.open.set).start()
+    assert pending.wait(math.inf).batch_rows == 5  # blocks until done instead of timing out at once
+    assert pending.wait(1e300).batch_rows == 5
+
+
+# Run in a child process: page-locking must fail, which takes RLIMIT_MEMLOCK 0 and, for root, giving
+# up CAP_IPC_LOCK (it bypasses the limit) by becoming nobody, as memory_pool_test.cc does.
+MLOCK_FAILURE_CHILD = textwrap.dedent(
+    """
+    import json, logging, os, resource
+    import numpy as np
+    import adrank
+
+    records = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append([record.name, record.levelname, record.getMessage()])
+
+    logging.getLogger("adrank.core").addHandler(Collect())
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, 0))
+    if os.geteuid() == 0:
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+        except PermissionError as error:
+            print(json.dumps({"skip": f"cannot give up root to make mlock fail: {error}"}))
+            raise SystemExit(0)
+    pool = adrank.ThreadPool(num_workers=1)  # no memory_pool: the binding makes the default one
+    signature = adrank.ModelSignature([adrank.TensorSpec("x", "float32")], [adrank.TensorSpec("y", "float32")])
+    model = pool.add_model("m", signature, lambda batch: None)
+    for rows in (10, 3000):  # two size classes: two blocks fail to lock, one warning
+        model.submit({"x": np.zeros(rows, np.float32)}).wait(30)
+    stats = pool.memory_pool.stats()
+    pool.shutdown()
+    print(json.dumps({"stats": stats, "records": records}))
+    """
+)
+
+
+def test_default_memory_pool_warns_once_on_the_adrank_core_logger_when_mlock_fails():
+    child = subprocess.run(
+        [sys.executable, "-c", MLOCK_FAILURE_CHILD], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert child.returncode == 0, child.stderr
+    report = json.loads(child.stdout.strip().splitlines()[-1])
+    if "skip" in report:
+        pytest.skip(report["skip"])
+    stats = report["stats"]
+    if stats["allocator"] == "cuda_host":
+        pytest.skip("cudaHostAlloc pins the blocks here: mlock is never tried")
+    if stats["lock_failures"] == 0 and os.geteuid() != 0:
+        pytest.skip("mlock succeeds here despite RLIMIT_MEMLOCK 0 (CAP_IPC_LOCK?)")
+    assert stats["allocator"] == "mlock"
+    assert stats["locked"] is False
+    assert stats["locked_bytes"] == 0
+    assert stats["lock_failures"] >= 2
+    assert len(report["records"]) == 1, report["records"]
+    name, level, message = report["records"][0]
+    assert (name, level) == ("adrank.core", "WARNING")
+    assert "page-locking failed" in message and "RLIMIT_MEMLOCK" in message
+    assert "page-locking failed" not in child.stderr, "the warning went to stderr instead of the logger"
+
+
+def test_submit_releases_the_gil_while_the_core_queues(pool):
+    # A thread waiting for the GIL runs, with a switch interval of 1000 s, only when the main thread
+    # gives the GIL up itself. The main thread does nothing but submit, so the other thread can only
+    # run inside submit's GIL-free part, and a submit that kept the GIL would leave it waiting until
+    # the loop below gives up. The wide signature makes that part (the core checking every tensor)
+    # last long enough for a waiting thread to be scheduled in it.
+    width = 4000
+    names = [f"x{i}" for i in range(width)]
+    signature = adrank.ModelSignature(
+        [adrank.TensorSpec(n, "float32") for n in names], [adrank.TensorSpec("y", "float32")]
+    )
+    # No batch closes during the loop (not full, no idle dispatch, a long delay): no backend wants the GIL.
+    model = pool.add_model(
+        "wide", signature, lambda batch: None, batching(idle_dispatch=False, max_queue_delay_us=60_000_000)
+    )
+    candidates = {n: np.zeros(1, np.float32) for n in names}
+    go, ran = threading.Event(), threading.Event()
+
+    def other() -> None:
+        go.wait()
+        ran.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    pendings = []  # kept: dropping one still queued would wait, giving the GIL up outside submit
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1000)
+    try:
+        go.set()
+        give_up = time.monotonic() + 5
+        while not ran.is_set() and time.monotonic() < give_up:
+            pendings.append(model.submit(candidates))
+        ran_inside_submit = ran.is_set()  # before anything else gives the GIL up
+    finally:
+        sys.setswitchinterval(switch_interval)
+        go.set()
+    thread.join(10)
+    assert ran_inside_submit, f"no other thread ran during {len(pendings)} submits: submit holds the GIL"
+    pool.remove_model(model)  # flushes what is queued
+    for pending in pendings:
+        assert pending.wait(10).outputs["y"].shape == (1,)
