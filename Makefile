@@ -50,12 +50,12 @@ test-sanitize: test-asan test-tsan
 
 # ruff for Python, clang-format (pinned in the test extra) for C++: both only check, never rewrite.
 lint: install
-	$(VENV)/bin/ruff check python tests perf
-	$(VENV)/bin/ruff format --check python tests perf
+	$(VENV)/bin/ruff check python tests perf examples models
+	$(VENV)/bin/ruff format --check python tests perf examples models
 	$(VENV)/bin/clang-format --dry-run -Werror cpp/*.h cpp/*.cc perf/*.cc
 
 format: install
-	$(VENV)/bin/ruff format python tests perf
+	$(VENV)/bin/ruff format python tests perf examples models
 	$(VENV)/bin/clang-format -i cpp/*.h cpp/*.cc perf/*.cc
 
 bench-core:

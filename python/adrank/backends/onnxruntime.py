@@ -1,0 +1,148 @@
+"""OnnxRuntimeBackend: runs `model.onnx` in ONNX Runtime, fed straight from the core's pooled buffers.
+
+Execution providers: the config's list, or TensorRT, CUDA, CPU in that order as this ONNX Runtime
+build has them (the CPU build has only the last). Thread counts and the graph optimisation level come
+from the config's `onnxruntime` section.
+
+No extra copies: every batch is run through an IOBinding whose inputs and outputs are bound to the
+raw addresses of the core's pooled buffers, so ONNX Runtime reads the gathered rows where the core put
+them and writes the scores where the core scatters them from. The one exception is a tokenized text
+input: its all-padding columns are trimmed per batch (a query is a handful of tokens in a 32-wide row),
+which copies R x L ids, not candidate rows.
+
+Thread-safety: one session per model instance; `run` is called by one core worker at a time per
+instance and releases the GIL while ONNX Runtime computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+import adrank._core as core
+from adrank.backends.base import ROW_REQUEST_INDEX, Backend, BackendError, Session
+from adrank.config import ModelConfig
+
+MODEL_FILE = "model.onnx"
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+# ONNX Runtime's type strings for the dtypes the core batches.
+_ORT_TYPES = {
+    "tensor(bool)": "bool",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(float16)": "float16",
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+}
+
+
+def select_providers(requested: list[str] | None) -> list[str]:
+    available = ort.get_available_providers()
+    if requested is None:
+        return [p for p in PREFERRED_PROVIDERS if p in available]
+    missing = [p for p in requested if p not in available]
+    if missing:
+        raise BackendError(f"onnxruntime.execution_providers: {missing} not in this build ({available})")
+    return list(requested)
+
+
+def _check_dims(where: str, declared: list[int], graph_shape: list[object]) -> None:
+    """Graph dims after the row dim must equal the declared row shape where the graph fixes them."""
+    trailing = graph_shape[1:]
+    if len(trailing) != len(declared):
+        raise BackendError(f"{where}: graph rank {len(graph_shape)} but the config declares row shape {declared}")
+    for graph_dim, dim in zip(trailing, declared, strict=True):
+        if isinstance(graph_dim, int) and graph_dim != dim:
+            raise BackendError(f"{where}: graph shape {graph_shape} but the config declares row shape {declared}")
+
+
+class OnnxRuntimeSession(Session):
+    def __init__(self, path: Path, config: ModelConfig, providers: list[str]) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = config.onnxruntime.intra_op_num_threads
+        options.inter_op_num_threads = config.onnxruntime.inter_op_num_threads
+        options.graph_optimization_level = _OPTIMIZATION[config.onnxruntime.graph_optimization_level]
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as error:  # ORT raises its own exception types for bad files
+            raise BackendError(f"{path}: ONNX Runtime cannot load it: {error}") from error
+        self._output_names = [t.name for t in config.outputs]
+        self._graph_inputs = self._check_signature(path, config)
+        self._trim = [(t.tokenizer.input_ids, t.tokenizer.attention_mask) for t in config.inputs if t.tokenizer]
+        self.providers = self._session.get_providers()
+
+    def _check_signature(self, path: Path, config: ModelConfig) -> list[str]:
+        declared = {spec.name: spec for spec in config.core_signature().inputs}
+        graph_inputs = {i.name: i for i in self._session.get_inputs()}
+        for name, node in graph_inputs.items():
+            where = f"{path}: graph input '{name}'"
+            if name == ROW_REQUEST_INDEX:
+                if config.batching.context_layout != "per_request" or node.type != "tensor(int64)":
+                    raise BackendError(f"{where} needs batching.context_layout per_request and int64")
+                continue
+            spec = declared.get(name)
+            if spec is None:
+                raise BackendError(f"{where} is not an input of the config")
+            if _ORT_TYPES.get(node.type) != spec.dtype:
+                raise BackendError(f"{where} has type {node.type}, the config says {spec.dtype}")
+            _check_dims(where, spec.row_shape, list(node.shape))
+        unused = sorted(set(declared) - set(graph_inputs))
+        if unused:
+            raise BackendError(f"{path}: config inputs {unused} are not inputs of the graph")
+        graph_outputs = {o.name: o for o in self._session.get_outputs()}
+        for spec in config.outputs:
+            node = graph_outputs.get(spec.name)
+            if node is None:
+                raise BackendError(f"{path}: output '{spec.name}' of the config is not an output of the graph")
+            if _ORT_TYPES.get(node.type) != spec.dtype:
+                raise BackendError(f"{path}: graph output '{spec.name}' has type {node.type}, not {spec.dtype}")
+        return list(graph_inputs)
+
+    def run(self, batch: core.Batch) -> None:
+        inputs = batch.inputs
+        binding = self._session.io_binding()
+        trimmed = self._trimmed(inputs)
+        for name in self._graph_inputs:
+            array = batch.row_request_index if name == ROW_REQUEST_INDEX else trimmed.get(name, inputs.get(name))
+            binding.bind_input(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+        for name in self._output_names:
+            array = batch.outputs[name]
+            binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+        self._session.run_with_iobinding(binding)
+
+    def _trimmed(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Token rows cut to the longest sequence in the batch (at least one column)."""
+        trimmed: dict[str, np.ndarray] = {}
+        for ids_name, mask_name in self._trim:
+            mask = inputs[mask_name]
+            length = max(int(mask.sum(axis=1).max()), 1)
+            if length < mask.shape[1]:
+                trimmed[ids_name] = np.ascontiguousarray(inputs[ids_name][:, :length])
+                trimmed[mask_name] = np.ascontiguousarray(mask[:, :length])
+        return trimmed
+
+    def run_arrays(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {name: inputs[name] for name in self._graph_inputs}
+        names = [o.name for o in self._session.get_outputs()]
+        return dict(zip(names, self._session.run(names, feeds), strict=True))
+
+
+class OnnxRuntimeBackend(Backend):
+    def load(self, version_dir: Path, config: ModelConfig, instance: int) -> Session:
+        path = version_dir / MODEL_FILE
+        if not path.is_file():
+            raise BackendError(f"{path} is missing")
+        return OnnxRuntimeSession(path, config, select_providers(config.onnxruntime.execution_providers))

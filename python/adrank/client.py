@@ -1,0 +1,193 @@
+"""The adrank client: score an auction's candidates from Python.
+
+    from adrank.client import RankClient          # AsyncRankClient has the same API, awaitable
+    with RankClient("127.0.0.1:8500") as client:
+        result = client.rank(models=["ctr"], candidates={"dense": dense, "sparse": sparse}, timeout=0.05)
+        result["ctr"].scores    # numpy float32 [N], candidate order
+        result["ctr"].version   # the version that answered
+
+`models` entries are a name (the serving version answers) or a (name, version) pair (pinned). Context
+tensors have a leading dimension of 1 (a str for text): the server broadcasts them. Errors raise RankError carrying
+the gRPC status code and the server's message. A client holds one channel: share it across threads
+(RankClient) or tasks (AsyncRankClient) rather than opening one per call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from adrank.v1 import ranking_pb2 as pb
+from adrank.v1 import ranking_pb2_grpc as pb_grpc
+from adrank.wire import encode_all
+
+ModelRef = str | tuple[str, int]
+Tensors = Mapping[str, np.ndarray | list[str] | str]
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 32 * 1024 * 1024), ("grpc.max_send_message_length", -1)]
+
+
+class RankError(Exception):
+    """A failed Rank call: `code` is the gRPC status, `details` the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    model: str
+    version: int
+    scores: np.ndarray  # float32 [N], candidate order
+    queue_us: int
+    compute_us: int
+    batch_rows: int
+
+
+@dataclass(frozen=True)
+class RankResult(Mapping[str, ModelResult]):
+    request_id: str
+    server_us: int
+    results: dict[str, ModelResult]
+
+    def __getitem__(self, model: str) -> ModelResult:
+        return self.results[model]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+
+def build_request(
+    models: Sequence[ModelRef],
+    candidates: Tensors,
+    context: Tensors | None = None,
+    *,
+    request_id: str = "",
+    priority: int = 0,
+    routing_key: str = "",
+) -> pb.RankRequest:
+    specs = [pb.ModelSpec(name=m) if isinstance(m, str) else pb.ModelSpec(name=m[0], version=m[1]) for m in models]
+    return pb.RankRequest(
+        request_id=request_id,
+        models=specs,
+        candidates=encode_all(candidates),
+        context=encode_all(context),
+        priority=priority,
+        routing_key=routing_key,
+    )
+
+
+def parse_response(response: pb.RankResponse) -> RankResult:
+    results = {
+        r.model: ModelResult(
+            model=r.model,
+            version=r.version,
+            scores=np.frombuffer(r.scores, dtype="<f4"),
+            queue_us=r.timing.queue_us,
+            compute_us=r.timing.compute_us,
+            batch_rows=r.timing.batch_rows,
+        )
+        for r in response.results
+    }
+    return RankResult(request_id=response.request_id, server_us=response.server_us, results=results)
+
+
+def _error(error: grpc.RpcError) -> RankError:
+    return RankError(error.code(), error.details() or "")
+
+
+class RankClient:
+    def __init__(self, target: str, *, channel: grpc.Channel | None = None) -> None:
+        self._channel = channel or grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self._stub = pb_grpc.RankingStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def rank(
+        self,
+        models: Sequence[ModelRef],
+        candidates: Tensors,
+        context: Tensors | None = None,
+        *,
+        timeout: float | None = None,
+        request_id: str = "",
+        priority: int = 0,
+        routing_key: str = "",
+    ) -> RankResult:
+        request = build_request(
+            models, candidates, context, request_id=request_id, priority=priority, routing_key=routing_key
+        )
+        try:
+            return parse_response(self._stub.Rank(request, timeout=timeout))
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    def serving(self, service: str = "") -> bool:
+        """Whether the server's health service says SERVING (False while it loads or drains)."""
+        try:
+            reply = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+        except grpc.RpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def wait_until_serving(self, timeout: float = 60.0) -> None:
+        """Blocks until SERVING; TimeoutError after `timeout` seconds."""
+        give_up = time.monotonic() + timeout
+        while not self.serving():
+            if time.monotonic() > give_up:
+                raise TimeoutError(f"the server did not report SERVING within {timeout} s")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RankClient:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+class AsyncRankClient:
+    def __init__(self, target: str) -> None:
+        self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self._stub = pb_grpc.RankingStub(self._channel)
+
+    async def rank(
+        self,
+        models: Sequence[ModelRef],
+        candidates: Tensors,
+        context: Tensors | None = None,
+        *,
+        timeout: float | None = None,
+        request_id: str = "",
+        priority: int = 0,
+        routing_key: str = "",
+    ) -> RankResult:
+        request = build_request(
+            models, candidates, context, request_id=request_id, priority=priority, routing_key=routing_key
+        )
+        try:
+            return parse_response(await self._stub.Rank(request, timeout=timeout))
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncRankClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -1,0 +1,199 @@
+"""ModelConfig: the typed schema of a model's `config.yaml`.
+
+A model folder's `config.yaml` declares the model's signature (its inputs with their roles, dtypes and
+per-row shapes, and its score output), the backend that runs it, how its requests are batched, and how
+many of its batches may run at once. `load_model_config` parses and validates it in one step: a bad file
+is refused with a ConfigError that names the file and the field, and nothing of it is used.
+
+Contract: configs are immutable once loaded (frozen models); loading is pure (reads one file).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+import adrank._core as core
+
+# numpy names, as the core and the wire contract spell them. "string" is text: it never reaches the
+# core; a tokenizer turns it into integer tensors first.
+DType = Literal["bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64", "string"]
+FLOAT_DTYPES = ("float16", "float32", "float64")
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+
+
+class ConfigError(ValueError):
+    """A config.yaml that cannot be used; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos until proven otherwise: refuse them rather than ignore them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TokenizerConfig(_Strict):
+    """How a text input becomes the model's integer inputs (a Hugging Face `tokenizer.json`)."""
+
+    file: str = Field(description="tokenizer.json, relative to the version directory")
+    # Queries are short: 32 tokens hold all but the rarest; the backend trims padding per batch.
+    max_length: int = Field(32, ge=1, le=512)
+    input_ids: str = Field(pattern=NAME_PATTERN, description="graph input that receives the token ids")
+    attention_mask: str = Field(pattern=NAME_PATTERN, description="graph input that receives the mask")
+
+
+class TensorConfig(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    dtype: DType
+    # The shape of one row: the dims after the leading (row) dimension. [] is one value per row.
+    shape: list[int] = Field(default_factory=list)
+    role: Literal["candidate", "context"] = "candidate"
+    # False: NaN and inf are refused with INVALID_ARGUMENT (float inputs only).
+    allow_nonfinite: bool = True
+    tokenizer: TokenizerConfig | None = None
+    # Outputs only: the range every score must fall in (checked on golden outputs when publishing).
+    range: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TensorConfig:
+        if any(dim < 1 for dim in self.shape):
+            raise ValueError(f"shape {self.shape}: every dim must be >= 1")
+        if not self.allow_nonfinite and self.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"allow_nonfinite applies to float inputs only, not {self.dtype}")
+        if self.dtype == "string":
+            if self.tokenizer is None:
+                raise ValueError("a string input needs a tokenizer")
+            if self.role != "context" or self.shape:
+                raise ValueError("a string input is one text per request: role context, shape []")
+        elif self.tokenizer is not None:
+            raise ValueError("tokenizer applies to string inputs only")
+        if self.range is not None and self.range[0] > self.range[1]:
+            raise ValueError(f"range {list(self.range)}: low > high")
+        return self
+
+
+class BatchingConfig(_Strict):
+    """The core batcher's options (cpp/batcher.h states each default and why)."""
+
+    max_batch_rows: int = Field(1024, ge=1)
+    preferred_batch_rows: list[int] = Field(default_factory=list)
+    max_queue_delay_us: int = Field(200, ge=0)
+    max_queue_rows: int = Field(32768, ge=1)
+    priority_levels: int = Field(2, ge=1, le=16)
+    idle_dispatch: bool = True
+    pad_to_preferred: bool = False
+    context_layout: Literal["broadcast", "per_request"] = "broadcast"
+
+    @model_validator(mode="after")
+    def _sizes(self) -> BatchingConfig:
+        sizes = self.preferred_batch_rows
+        if sizes != sorted(set(sizes)) or any(s < 1 or s > self.max_batch_rows for s in sizes):
+            raise ValueError(f"preferred_batch_rows {sizes} must be ascending, distinct and in [1, max_batch_rows]")
+        return self
+
+    def warmup_sizes(self) -> list[int]:
+        """One warm-up run per size a batch can close at."""
+        return list(self.preferred_batch_rows) or [self.max_batch_rows]
+
+
+class OnnxRuntimeConfig(_Strict):
+    # One thread per session: the core runs one batch per worker, so intra-op threads would compete
+    # with the other workers for the same cores.
+    intra_op_num_threads: int = Field(1, ge=0)
+    inter_op_num_threads: int = Field(1, ge=0)
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    # None: TensorRT, CUDA, CPU, in that order, as this ONNX Runtime build has them.
+    execution_providers: list[str] | None = None
+
+
+class ModelConfig(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    platform: Literal["onnxruntime"] = "onnxruntime"
+    # Largest N one request may carry (INVALID_ARGUMENT beyond): bounds the memory a request pins.
+    max_candidates: int = Field(2048, ge=1)
+    inputs: list[TensorConfig] = Field(min_length=1)
+    # Exactly one: the per-candidate float32 score the Rank API returns.
+    outputs: list[TensorConfig] = Field(min_length=1, max_length=1)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    # How many of this model's batches may run at once (one backend session each).
+    instances: int = Field(1, ge=1, le=64)
+    onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig)
+
+    @model_validator(mode="after")
+    def _signature(self) -> ModelConfig:
+        names = [t.name for t in self.inputs] + [t.name for t in self.outputs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"tensor names must be unique: {duplicates}")
+        if not any(t.role == "candidate" for t in self.inputs):
+            raise ValueError("inputs: at least one candidate input is needed (it gives N)")
+        score = self.outputs[0]
+        if score.dtype != "float32" or score.shape or score.role != "candidate":
+            raise ValueError(f"outputs: '{score.name}' must be a float32 candidate score with shape []")
+        if self.batching.max_queue_rows < self.max_candidates:
+            raise ValueError("batching.max_queue_rows must be >= max_candidates")
+        return self
+
+    @property
+    def score_output(self) -> str:
+        return self.outputs[0].name
+
+    def input(self, name: str) -> TensorConfig | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+    def core_signature(self) -> core.ModelSignature:
+        """What the core batches: a text input becomes its tokenizer's id and mask tensors."""
+        specs: list[core.TensorSpec] = []
+        for t in self.inputs:
+            role = core.Role.CONTEXT if t.role == "context" else core.Role.CANDIDATE
+            if t.tokenizer is not None:
+                length = [t.tokenizer.max_length]
+                specs.append(core.TensorSpec(t.tokenizer.input_ids, "int64", length, role))
+                specs.append(core.TensorSpec(t.tokenizer.attention_mask, "int64", length, role))
+            else:
+                specs.append(core.TensorSpec(t.name, t.dtype, t.shape, role))
+        outputs = [core.TensorSpec(t.name, t.dtype, t.shape) for t in self.outputs]
+        return core.ModelSignature(inputs=specs, outputs=outputs)
+
+    def batcher_options(self) -> core.BatcherOptions:
+        options = core.BatcherOptions()
+        b = self.batching
+        options.max_batch_rows = b.max_batch_rows
+        options.preferred_batch_rows = list(b.preferred_batch_rows)
+        options.max_queue_delay_us = b.max_queue_delay_us
+        options.max_queue_rows = b.max_queue_rows
+        options.max_request_rows = self.max_candidates
+        options.priority_levels = b.priority_levels
+        options.idle_dispatch = b.idle_dispatch
+        options.pad_to_preferred = b.pad_to_preferred
+        options.context_layout = (
+            core.ContextLayout.PER_REQUEST if b.context_layout == "per_request" else core.ContextLayout.BROADCAST
+        )
+        return options
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"
+
+
+def load_model_config(path: Path) -> ModelConfig:
+    """Parses and validates one config.yaml; ConfigError names the file and the field."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields, got {type(raw).__name__}")
+    try:
+        config = ModelConfig.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(f"{_field_path(e['loc'])}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"{path}: {problems}") from error
+    if config.name != path.parent.name:
+        raise ConfigError(f"{path}: name: '{config.name}' must equal the model's folder name '{path.parent.name}'")
+    return config

@@ -1,0 +1,175 @@
+"""RankingService: the `adrank.v1.Ranking/Rank` handler, from wire request to wire response.
+
+One pass over the request, no per-candidate Python work:
+1. resolve every requested model (NOT_FOUND) — before decoding anything;
+2. decode each tensor once (`numpy.frombuffer`), check the request's shape: one N shared by all
+   candidate tensors, 1 <= N, one row per context tensor, no tensor that no requested model takes;
+3. per model, `Servable.prepare` picks and checks its inputs (tokenizes text);
+4. submit to every model's core queue at once with the caller's remaining deadline, and await them
+   together: the models run concurrently on the core's workers while the event loop serves others;
+5. reply with each model's N float32 scores, the version that answered and its server timing.
+
+Errors: RequestError and the core's CoreError become the gRPC status they carry, with a message that
+names the field. Nothing a request sends can fail another request or the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import grpc
+import numpy as np
+
+import adrank._core as core
+from adrank.completions import AsyncCompletions
+from adrank.model_manager import ModelManager
+from adrank.servable import RequestError, Servable, invalid
+from adrank.v1 import ranking_pb2 as pb
+from adrank.v1 import ranking_pb2_grpc as pb_grpc
+from adrank.wire import WireError, decode
+
+_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def decode_section(tensors: Sequence[pb.Tensor], section: str) -> dict[str, np.ndarray]:
+    decoded: dict[str, np.ndarray] = {}
+    for tensor in tensors:
+        where = f"{section} tensor '{tensor.name}'"
+        if tensor.name in decoded:
+            raise invalid(f"{where} appears twice")
+        try:
+            decoded[tensor.name] = decode(tensor, where)
+        except WireError as error:
+            raise invalid(str(error)) from error
+    return decoded
+
+
+def candidate_rows(candidates: dict[str, np.ndarray]) -> int:
+    """The N that every candidate tensor must share."""
+    if not candidates:
+        raise invalid("candidates: no tensor; a request carries at least one candidate tensor with N rows")
+    rows = {name: array.shape[0] for name, array in candidates.items()}
+    first, n = next(iter(rows.items()))
+    for name, count in rows.items():
+        if count != n:
+            raise invalid(f"candidates tensors disagree on N: '{first}' has {n} rows, '{name}' has {count}")
+    if n == 0:
+        raise invalid(f"candidates tensor '{first}' has 0 rows; a request scores at least one candidate")
+    return n
+
+
+def check_context(context: dict[str, np.ndarray]) -> None:
+    for name, array in context.items():
+        if array.shape[0] != 1:
+            raise invalid(
+                f"context tensor '{name}' has {array.shape[0]} rows; context is one row, broadcast by the server"
+            )
+
+
+def check_unexpected(
+    servables: list[Servable], candidates: dict[str, np.ndarray], context: dict[str, np.ndarray]
+) -> None:
+    taken = set().union(*(s.input_names for s in servables))
+    for section, tensors in (("candidates", candidates), ("context", context)):
+        for name in tensors:
+            if name not in taken:
+                models = ", ".join(f"'{s.name}'" for s in servables)
+                raise invalid(f"{section} tensor '{name}' is not an input of the requested models ({models})")
+    both = sorted(set(candidates) & set(context))
+    if both:
+        raise invalid(f"tensor '{both[0]}' is sent both in candidates and in context")
+
+
+class RankingService(pb_grpc.RankingServicer):
+    def __init__(self, models: ModelManager) -> None:
+        self._models = models
+        self._completions: AsyncCompletions | None = None
+        # None while the server loads its models; then True; False once it drains. Calls that find it
+        # not accepting get UNAVAILABLE, which tells a client that another replica may take them.
+        self.accepting: bool | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._last_call = 0.0  # event-loop time of the latest call's arrival
+
+    async def drain(self, quiet_s: float) -> None:
+        """Refuses new calls from now on; returns once every call in flight has been answered and no
+        call has arrived for `quiet_s` (callers have seen NOT_SERVING or UNAVAILABLE and gone elsewhere).
+        """
+        self.accepting = False
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._idle.wait()
+            quiet_for = loop.time() - self._last_call
+            if quiet_for >= quiet_s:
+                return
+            await asyncio.sleep(quiet_s - quiet_for)
+
+    def _async_completions(self) -> AsyncCompletions:
+        # Created on first use, inside the server's running event loop.
+        if self._completions is None:
+            self._completions = AsyncCompletions()
+        return self._completions
+
+    async def Rank(self, request: pb.RankRequest, context: grpc.aio.ServicerContext) -> pb.RankResponse:
+        start = time.perf_counter_ns()
+        self._last_call = asyncio.get_running_loop().time()
+        if not self.accepting:
+            state = "loading its models" if self.accepting is None else "draining (shutting down)"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the server is {state}")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            results = await self._rank(request, context)
+        except RequestError as error:
+            await context.abort(error.code, error.message)
+        except core.CoreError as error:
+            await context.abort(_STATUS_BY_NUMBER.get(error.grpc_code, grpc.StatusCode.INTERNAL), str(error))
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+        return pb.RankResponse(
+            request_id=request.request_id, results=results, server_us=(time.perf_counter_ns() - start) // 1000
+        )
+
+    async def _rank(self, request: pb.RankRequest, context: grpc.aio.ServicerContext) -> list[pb.ModelScores]:
+        servables = self._resolve(request)
+        candidates = decode_section(request.candidates, "candidates")
+        contexts = decode_section(request.context, "context")
+        rows = candidate_rows(candidates)
+        check_context(contexts)
+        check_unexpected(servables, candidates, contexts)
+        prepared = [s.prepare(candidates, contexts, rows) for s in servables]
+        timeout = context.time_remaining()
+        if timeout is not None and timeout <= 0:
+            raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before any model ran")
+        completions = self._async_completions()
+        submitted = [
+            completions.submit(s.model, c, x, timeout_s=timeout, priority=request.priority)
+            for s, (c, x) in zip(servables, prepared, strict=True)
+        ]
+        outcomes = await asyncio.gather(*submitted, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [self._scores(s, r) for s, r in zip(servables, outcomes, strict=True)]
+
+    def _resolve(self, request: pb.RankRequest) -> list[Servable]:
+        if not request.models:
+            raise invalid("models: empty; name at least one model to score")
+        names = [spec.name for spec in request.models]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise invalid(f"models: model '{repeated[0]}' is named twice")
+        if request.models and any(spec.version < 0 for spec in request.models):
+            raise invalid("models: version must be >= 0 (0 picks the serving version)")
+        return [self._models.resolve(spec.name, spec.version) for spec in request.models]
+
+    @staticmethod
+    def _scores(servable: Servable, result: core.Result) -> pb.ModelScores:
+        scores = np.ascontiguousarray(result.outputs[servable.config.score_output], dtype="<f4")
+        timing = pb.ServerTiming(queue_us=result.queue_us, compute_us=result.compute_us, batch_rows=result.batch_rows)
+        return pb.ModelScores(model=servable.name, version=servable.version, scores=scores.tobytes(), timing=timing)

@@ -1,0 +1,51 @@
+"""ModelRepository: the models and versions in a repository directory, as the files say.
+
+Layout (DESIGN.md, Model repository):
+    <root>/<name>/config.yaml            the model's signature, backend, batching, instances
+    <root>/<name>/<version>/model.onnx   immutable once published; <version> a positive integer
+    <root>/<name>/<version>/meta.json    sha256, training metrics, golden inputs/outputs
+
+A folder is a model when it holds a config.yaml; a version is a folder named by a positive integer.
+Anything else (a publish's temporary folder, a README) is ignored, so a version becomes visible only by
+the atomic rename that completes its publish. Scanning reads configs and lists folders: it loads nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from adrank.config import ModelConfig, load_model_config
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    path: Path
+    config: ModelConfig
+    versions: tuple[int, ...]  # ascending
+
+    def version_dir(self, version: int) -> Path:
+        return self.path / str(version)
+
+
+class ModelRepository:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def model_names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / CONFIG_FILE).is_file())
+
+    def entry(self, name: str) -> ModelEntry:
+        """The model's config and versions; ConfigError if its config.yaml is bad."""
+        path = self.root / name
+        config = load_model_config(path / CONFIG_FILE)
+        versions = sorted(int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+        return ModelEntry(name, path, config, tuple(versions))
+
+    def entries(self) -> list[ModelEntry]:
+        return [self.entry(name) for name in self.model_names()]

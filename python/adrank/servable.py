@@ -1,0 +1,160 @@
+"""Servable: one version of one model, loaded and registered with the core, ready to take requests.
+
+Loading a version: parse nothing twice (the config is already validated), create one backend session
+per instance, register a model queue with the core's thread pool whose backend callable runs the
+session of the instance the core picked, then warm it up: one batch through the core at every size a
+batch can close at, so that the first real request pays for no allocation or kernel selection.
+
+`prepare` turns a request's decoded tensors into what this model's core queue takes: it picks the
+model's inputs, checks what the core cannot (text is tokenized here; N against `max_candidates`; NaN
+and inf where the config forbids them; dtypes, so that the message names the wire dtype) and leaves
+names, trailing dims and byte sizes to the core's own validation. Every error is a RequestError with
+the gRPC status to answer and a message that names the model and the field.
+
+Thread-safety: `prepare` and `model.submit` may be called from any thread; `unload` once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+import adrank._core as core
+from adrank.backends import Session, create_backend
+from adrank.config import FLOAT_DTYPES, ModelConfig, TensorConfig
+from adrank.tokenizer import QueryTokenizer
+
+log = logging.getLogger("adrank.servable")
+
+
+class RequestError(Exception):
+    """A request this server must refuse, with the gRPC status to answer."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def invalid(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+@dataclass
+class Servable:
+    config: ModelConfig
+    version: int
+    version_dir: Path
+    model: core.Model
+    sessions: list[Session]
+    tokenizers: dict[str, QueryTokenizer] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def input_names(self) -> set[str]:
+        return {t.name for t in self.config.inputs}
+
+    @staticmethod
+    def load(pool: core.ThreadPool, config: ModelConfig, version_dir: Path, version: int) -> Servable:
+        backend = create_backend(config.platform)
+        sessions = [backend.load(version_dir, config, i) for i in range(config.instances)]
+        tokenizers = {t.name: QueryTokenizer(version_dir, t.tokenizer) for t in config.inputs if t.tokenizer}
+
+        def run(batch: core.Batch) -> None:
+            sessions[batch.instance].run(batch)
+
+        model = pool.add_model(
+            f"{config.name}:{version}",
+            config.core_signature(),
+            run,
+            batching=config.batcher_options(),
+            instances=config.instances,
+        )
+        return Servable(config, version, version_dir, model, sessions, tokenizers)
+
+    def warm_up(self) -> None:
+        """One batch through the core at every preferred size (each request at most max_candidates)."""
+        for rows in self.config.batching.warmup_sizes():
+            pending = []
+            remaining = rows
+            while remaining > 0:
+                n = min(remaining, self.config.max_candidates)
+                candidates, context = self.synthetic_request(n)
+                pending.append(self.model.submit(candidates, context))
+                remaining -= n
+            for request in pending:
+                request.wait()
+        log.info("%s version %d warmed up at %s rows", self.name, self.version, self.config.batching.warmup_sizes())
+
+    def synthetic_request(self, rows: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Zeros of the right shapes (and a short text), already prepared for the core."""
+        candidates: dict[str, np.ndarray] = {}
+        context: dict[str, np.ndarray] = {}
+        for t in self.config.inputs:
+            if t.tokenizer is not None:
+                context.update(self.tokenizers[t.name].encode(["warm up"]))
+                continue
+            target = context if t.role == "context" else candidates
+            target[t.name] = np.zeros([1 if t.role == "context" else rows, *t.shape], dtype=t.dtype)
+        return candidates, context
+
+    def prepare(
+        self, candidates: Mapping[str, np.ndarray], context: Mapping[str, np.ndarray], rows: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """This model's inputs from a request's decoded tensors, as its core queue takes them."""
+        if rows > self.config.max_candidates:
+            raise invalid(
+                f"candidates: {rows} rows exceed model '{self.name}''s limit of {self.config.max_candidates} "
+                "(max_candidates)"
+            )
+        core_candidates: dict[str, np.ndarray] = {}
+        core_context: dict[str, np.ndarray] = {}
+        for spec in self.config.inputs:
+            sent_as_context = spec.name in context
+            value = context.get(spec.name) if sent_as_context else candidates.get(spec.name)
+            if value is None:
+                raise invalid(f"{spec.role} tensor '{spec.name}' is missing: model '{self.name}' needs it")
+            if sent_as_context != (spec.role == "context"):
+                sent = "context" if sent_as_context else "candidates"
+                raise invalid(
+                    f"tensor '{spec.name}' was sent in {sent}, but model '{self.name}' takes it as {spec.role}"
+                )
+            if spec.tokenizer is not None:
+                core_context.update(self._tokenize(spec, value))
+                continue
+            self._check_values(spec, value)
+            (core_context if sent_as_context else core_candidates)[spec.name] = value
+        return core_candidates, core_context
+
+    def _tokenize(self, spec: TensorConfig, value: np.ndarray) -> dict[str, np.ndarray]:
+        if value.dtype != object:
+            raise invalid(f"context tensor '{spec.name}' has dtype {value.dtype}; model '{self.name}' expects string")
+        if value.shape != (1,):
+            raise invalid(f"context tensor '{spec.name}' has shape {list(value.shape)}; expected [1] (one text)")
+        return self.tokenizers[spec.name].encode([value[0]])
+
+    def _check_values(self, spec: TensorConfig, value: np.ndarray) -> None:
+        where = f"{spec.role} tensor '{spec.name}'"
+        if value.dtype == object:
+            raise invalid(f"{where} is string; model '{self.name}' expects {spec.dtype}")
+        if value.dtype.name != spec.dtype:
+            raise invalid(f"{where} has dtype {value.dtype.name}; model '{self.name}' expects {spec.dtype}")
+        if not spec.allow_nonfinite and spec.dtype in FLOAT_DTYPES:
+            finite = np.isfinite(value)
+            if not finite.all():
+                row = int(np.argwhere(~finite)[0][0])
+                raise invalid(f"{where}: row {row} holds NaN or inf; model '{self.name}' allows finite values only")
+
+    def unload(self, pool: core.ThreadPool) -> None:
+        """Stops taking requests, finishes the queued ones, frees the sessions."""
+        pool.remove_model(self.model)
+        for session in self.sessions:
+            session.close()

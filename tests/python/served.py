@@ -1,0 +1,42 @@
+"""An adrank server running in this process on its own event loop thread, on ephemeral loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from adrank.server import Server, ServerOptions
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = REPO / "models"
+CRITEO = REPO.parent / "shared" / "data" / "criteo"
+
+
+class ServerThread:
+    def __init__(self, repository: Path = MODELS, workers: int = 2) -> None:
+        self.options = ServerOptions(repository=repository, grpc_port=0, http_port=0, workers=workers, drain_grace_s=5)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="adrank-test-server", daemon=True)
+        self.server: Server | None = None
+
+    @property
+    def target(self) -> str:
+        assert self.server is not None
+        return f"127.0.0.1:{self.server.grpc_port}"
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=180)
+        return self
+
+    async def _start(self) -> Server:
+        server = Server(self.options)  # its gRPC server belongs to this loop
+        await server.start()
+        return server
+
+    def stop(self) -> None:
+        if self.server is not None:
+            asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(timeout=60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)

@@ -1,0 +1,93 @@
+"""config.yaml: a bad file is refused with a message naming the file and the field."""
+
+from __future__ import annotations
+
+import pytest
+
+import adrank
+from adrank.config import ConfigError, load_model_config
+
+VALID = """
+name: ctr
+max_candidates: 100
+inputs:
+  - {name: dense, dtype: float32, shape: [13], role: candidate, allow_nonfinite: false}
+  - {name: user, dtype: float32, shape: [4], role: context}
+outputs:
+  - {name: ctr, dtype: float32, range: [0.0, 1.0]}
+batching: {max_batch_rows: 256, preferred_batch_rows: [64, 256], max_queue_delay_us: 100, context_layout: broadcast}
+instances: 2
+"""
+
+
+def write(tmp_path, text, model="ctr"):
+    path = tmp_path / model / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_a_valid_config_becomes_the_core_signature_and_batcher_options(tmp_path):
+    config = load_model_config(write(tmp_path, VALID))
+    signature = config.core_signature()
+    assert [(s.name, s.dtype, s.row_shape, s.role) for s in signature.inputs] == [
+        ("dense", "float32", [13], adrank.Role.CANDIDATE),
+        ("user", "float32", [4], adrank.Role.CONTEXT),
+    ]
+    options = config.batcher_options()
+    assert (options.max_batch_rows, options.preferred_batch_rows, options.max_request_rows) == (256, [64, 256], 100)
+    assert config.batching.warmup_sizes() == [64, 256]
+    assert config.instances == 2 and config.score_output == "ctr"
+
+
+def test_a_text_input_reaches_the_core_as_its_tokenizer_outputs(tmp_path):
+    text = VALID.replace(
+        "  - {name: user, dtype: float32, shape: [4], role: context}",
+        "  - {name: query, dtype: string, role: context, tokenizer: "
+        "{file: tokenizer.json, max_length: 16, input_ids: ids, attention_mask: mask}}",
+    )
+    signature = load_model_config(write(tmp_path, text)).core_signature()
+    assert [(s.name, s.dtype, s.row_shape) for s in signature.inputs[1:]] == [
+        ("ids", "int64", [16]),
+        ("mask", "int64", [16]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (("dtype: float32, shape: [13]", "dtype: float33, shape: [13]"), "inputs[0].dtype"),
+        (("shape: [13]", "shape: [0]"), "inputs[0]"),
+        (("instances: 2", "instances: 0"), "instances"),
+        (("instances: 2", "instance: 2"), "instance"),
+        (("preferred_batch_rows: [64, 256]", "preferred_batch_rows: [256, 64]"), "batching"),
+        (("max_queue_delay_us: 100", "max_queue_delay_us: -1"), "batching.max_queue_delay_us"),
+        (("{name: ctr, dtype: float32, range", "{name: ctr, dtype: int64, range"), "(top level)"),
+        (
+            (
+                "role: context}",
+                "role: context, allow_nonfinite: false, tokenizer: null}\n  - {name: user, dtype: int8}",
+            ),
+            "(top level)",
+        ),
+        (("name: ctr\n", "name: other\n"), "name"),
+        (("role: candidate, allow", "role: context, allow"), "(top level)"),
+    ],
+)
+def test_a_bad_config_is_refused_naming_the_file_and_the_field(tmp_path, change, field):
+    old, new = change
+    assert old in VALID
+    path = write(tmp_path, VALID.replace(old, new, 1))
+    with pytest.raises(ConfigError) as error:
+        load_model_config(path)
+    message = str(error.value)
+    assert str(path) in message
+    assert field in message, message
+
+
+def test_unreadable_yaml_is_refused_naming_the_file(tmp_path):
+    path = write(tmp_path, "name: [unclosed\n")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_model_config(path)
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_model_config(write(tmp_path, "- a list\n"))
