@@ -247,6 +247,15 @@ ModelOptions SumModel(const std::string& name, Backend backend = SumBackend) {
   return model;
 }
 
+// A sum model whose every batch waits at `gate` first: it holds a worker (and an instance) until the
+// test opens the gate.
+ModelOptions GatedSumModel(const std::string& name, std::shared_ptr<Gate> gate) {
+  return SumModel(name, [gate](BatchIO& io) {
+    gate->Wait();
+    return SumBackend(io);
+  });
+}
+
 // Batches that close only when exactly `rows` rows are queued (or on a flush): with requests of
 // `rows` rows each, every request is its own batch, whatever the timing.
 void CloseOnlyWhenFull(ModelOptions* model, int64_t rows) {
@@ -436,12 +445,7 @@ TEST_P(ThreadPoolTest, SaturatedModelsInterleaveInProportionToInstances) {
   auto pool = MakeThreadPool(1);
   OpenOnExit open_on_exit{gate};
   std::shared_ptr<ModelQueue> blocker, a, b;
-  ASSERT_OK(pool->AddModel(SumModel("blocker",
-                                    [gate](BatchIO& io) {
-                                      gate->Wait();
-                                      return SumBackend(io);
-                                    }),
-                           &blocker));
+  ASSERT_OK(pool->AddModel(GatedSumModel("blocker", gate), &blocker));
   ModelOptions options_a = SumModel("a", recording('A'));
   CloseOnlyWhenFull(&options_a, kRows);
   options_a.instances = 2;
@@ -760,12 +764,7 @@ TEST_P(ThreadPoolTest, RemoveModelWaitsForTheBatchInFlight) {
   auto pool = MakeThreadPool(2);
   OpenOnExit open_on_exit{gate};
   std::shared_ptr<ModelQueue> removed, kept;
-  ASSERT_OK(pool->AddModel(SumModel("in_flight",
-                                    [gate](BatchIO& io) {
-                                      gate->Wait();
-                                      return SumBackend(io);
-                                    }),
-                           &removed));
+  ASSERT_OK(pool->AddModel(GatedSumModel("in_flight", gate), &removed));
   ASSERT_OK(pool->AddModel(SumModel("kept"), &kept));
   ASSERT_OK(removed->Submit(input.MakeRequest(completions.For(0))));
   ASSERT_TRUE(gate->WaitForWaiters(1));
@@ -813,12 +812,7 @@ TEST_P(ThreadPoolTest, RemoveModelReturnsWhenItsQueuedRequestsAreCancelled) {
   auto pool = MakeThreadPool(1);
   OpenOnExit open_on_exit{gate};
   std::shared_ptr<ModelQueue> busy, removed;
-  ASSERT_OK(pool->AddModel(SumModel("busy",
-                                    [gate](BatchIO& io) {
-                                      gate->Wait();
-                                      return SumBackend(io);
-                                    }),
-                           &busy));
+  ASSERT_OK(pool->AddModel(GatedSumModel("busy", gate), &busy));
   ASSERT_OK(pool->AddModel(SumModel("removed"), &removed));
   ASSERT_OK(busy->Submit(input.MakeRequest(busy_done.For(0))));
   ASSERT_TRUE(gate->WaitForWaiters(1));

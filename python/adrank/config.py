@@ -106,6 +106,9 @@ class OnnxRuntimeConfig(_Strict):
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     # None: TensorRT, CUDA, CPU, in that order, as this ONNX Runtime build has them.
     execution_providers: list[str] | None = None
+    # Run batches through an IOBinding over the pooled buffers. None: only when the first provider is a
+    # device's (there it saves the copies); on the CPU plain runs are cheaper (backends/onnxruntime.py).
+    io_binding: bool | None = None
 
 
 class ModelConfig(_Strict):

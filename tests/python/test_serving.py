@@ -364,3 +364,17 @@ def test_a_string_tensor_in_the_wrong_layout_is_refused_naming_it(server):
     with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as error:
         pb_grpc.RankingStub(channel).Rank(request, timeout=30)
     assert error.value.code() == INVALID and "context tensor 'query'" in error.value.details()
+
+
+def test_the_example_scores_real_rows_against_a_running_server(server):
+    import subprocess
+    import sys
+
+    from served import REPO
+
+    example = REPO / "examples" / "rank_example.py"
+    command = [sys.executable, str(example), "--target", server.target, "--auctions", "3", "--query", "running shoes"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("auction ")]
+    assert len(lines) == 3 and all("ctr v" in line and "relevance mean" in line for line in lines), done.stdout

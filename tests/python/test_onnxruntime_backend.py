@@ -1,0 +1,109 @@
+"""The ONNX Runtime backend: it refuses a graph that disagrees with its config, and both of its run paths
+(plain runs over the pooled views; an IOBinding over the same buffers) give the scores of ONNX Runtime
+run directly."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import yaml
+
+import adrank
+from adrank.backends import BackendError
+from adrank.config import load_model_config
+from adrank.servable import Servable
+from served import MODELS
+
+
+def copy_ctr(tmp_path, **overrides):
+    """The bundled ctr model in a repository of its own, its config changed by `overrides`."""
+    shutil.copytree(MODELS / "ctr", tmp_path / "ctr", ignore=shutil.ignore_patterns("*.py", "README.md"))
+    path = tmp_path / "ctr" / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            config.setdefault(section, {})[field] = value
+        else:
+            config[section] = value
+    path.write_text(yaml.safe_dump(config))
+    return load_model_config(path), tmp_path / "ctr" / "1"
+
+
+@pytest.mark.parametrize("io_binding", [False, True])
+def test_both_run_paths_equal_onnxruntime_run_directly(tmp_path, pool, io_binding):
+    config, version_dir = copy_ctr(tmp_path, onnxruntime__io_binding=io_binding, instances=2)
+    servable = Servable.load(pool, config, version_dir, 1)
+    servable.warm_up()
+    direct = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(5)
+    pending = []
+    for n in (1, 13, 300, 2048):
+        dense = rng.integers(0, 500, size=(n, 13)).astype(np.float32)
+        sparse = rng.integers(-(2**62), 2**62, size=(n, 26), dtype=np.int64)
+        pending.append((dense, sparse, servable.model.submit({"dense": dense, "sparse": sparse})))
+    for dense, sparse, request in pending:
+        expected = direct.run(["ctr"], {"dense": dense, "sparse": sparse})[0]
+        assert np.max(np.abs(request.wait(timeout_s=60).outputs["ctr"] - expected)) <= 1e-6
+    servable.unload(pool)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"inputs": [{"name": "dense", "dtype": "float32", "shape": [13]}]}, "graph input 'sparse' is not an input"),
+        (
+            {
+                "inputs": [
+                    {"name": "dense", "dtype": "float32", "shape": [13]},
+                    {"name": "sparse", "dtype": "int64", "shape": [26]},
+                    {"name": "bid", "dtype": "float32"},
+                ]
+            },
+            "config inputs ['bid'] are not inputs of the graph",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "dense", "dtype": "float32", "shape": [12]},
+                    {"name": "sparse", "dtype": "int64", "shape": [26]},
+                ]
+            },
+            "graph input 'dense'",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "dense", "dtype": "float64", "shape": [13]},
+                    {"name": "sparse", "dtype": "int64", "shape": [26]},
+                ]
+            },
+            "graph input 'dense' has type tensor(float)",
+        ),
+        ({"outputs": [{"name": "score", "dtype": "float32"}]}, "output 'score'"),
+        ({"onnxruntime": {"execution_providers": ["NoSuchExecutionProvider"]}}, "NoSuchExecutionProvider"),
+    ],
+)
+def test_a_graph_that_disagrees_with_its_config_is_refused_naming_the_tensor(tmp_path, pool, overrides, message):
+    config, version_dir = copy_ctr(tmp_path, **overrides)
+    with pytest.raises(BackendError) as error:
+        Servable.load(pool, config, version_dir, 1)
+    assert message in str(error.value)
+
+
+def test_a_corrupt_model_file_is_refused_naming_it(tmp_path, pool):
+    config, version_dir = copy_ctr(tmp_path)
+    (version_dir / "model.onnx").write_bytes(b"not an onnx file")
+    with pytest.raises(BackendError) as error:
+        Servable.load(pool, config, version_dir, 1)
+    assert "model.onnx: ONNX Runtime cannot load it" in str(error.value)
+
+
+def test_the_core_signature_of_a_tokenized_model_reaches_the_graph(pool):
+    config = load_model_config(MODELS / "relevance" / "config.yaml")
+    names = [spec.name for spec in config.core_signature().inputs]
+    assert names == ["query_input_ids", "query_attention_mask", "ad_embedding"]
+    assert config.batcher_options().context_layout == adrank.ContextLayout.PER_REQUEST
