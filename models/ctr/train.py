@@ -22,12 +22,11 @@ What it does, in order:
    ONNX Runtime outputs) into a temporary folder beside the target and renames it to ``models/ctr/<version>/``;
    an existing version is never overwritten.
 
-Run from the repository root with the training environment (not the server's)::
+Run from the repository root with the training environment (the package's `train` extra, not the server's
+.venv)::
 
-    python3 -m venv /work/venv-train
-    /work/venv-train/bin/pip install torch==2.13.0 numpy==2.4.6 scipy==1.17.1 scikit-learn==1.9.1 \\
-        onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.31.1
-    /work/venv-train/bin/python models/ctr/train.py --version 1
+    make train-env
+    .venv-train/bin/python models/ctr/train.py --version 2
 
 (torch==2.13.0 resolves to the CPU wheel there.) Same seed, same data, same library versions: the same bytes.
 Takes about ten seconds on one core.

