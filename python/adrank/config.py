@@ -35,11 +35,18 @@ class _Strict(BaseModel):
 
 
 class TokenizerConfig(_Strict):
-    """How a text input becomes the model's integer inputs (a Hugging Face `tokenizer.json`)."""
+    """How a text input becomes the model's integer inputs (a Hugging Face `tokenizer.json`).
+
+    The text reaches the core as one row of `max_bytes` UTF-8 bytes (zero-padded; a longer text is cut
+    at a character boundary), and the backend tokenizes the batch's rows, once per request, padding to
+    the batch's longest text.
+    """
 
     file: str = Field(description="tokenizer.json, relative to the version directory")
-    # Queries are short: 32 tokens hold all but the rarest; the backend trims padding per batch.
+    # Queries are short: 32 tokens hold all but the rarest.
     max_length: int = Field(32, ge=1, le=512)
+    # 32 word pieces are at most a few hundred bytes of text; bytes beyond could never be tokenized.
+    max_bytes: int = Field(1024, ge=16, le=65536)
     input_ids: str = Field(pattern=NAME_PATTERN, description="graph input that receives the token ids")
     attention_mask: str = Field(pattern=NAME_PATTERN, description="graph input that receives the mask")
 
@@ -137,6 +144,9 @@ class ModelConfig(_Strict):
             raise ValueError(f"outputs: '{score.name}' must be a float32 candidate score with shape []")
         if self.batching.max_queue_rows < self.max_candidates:
             raise ValueError("batching.max_queue_rows must be >= max_candidates")
+        text = [t.name for t in self.inputs if t.tokenizer is not None]
+        if text and self.batching.context_layout != "per_request":
+            raise ValueError(f"text input {text[0]!r} needs batching.context_layout per_request (one text per request)")
         return self
 
     @property
@@ -147,14 +157,12 @@ class ModelConfig(_Strict):
         return next((t for t in self.inputs if t.name == name), None)
 
     def core_signature(self) -> core.ModelSignature:
-        """What the core batches: a text input becomes its tokenizer's id and mask tensors."""
+        """What the core batches: a text input is a row of `max_bytes` UTF-8 bytes."""
         specs: list[core.TensorSpec] = []
         for t in self.inputs:
             role = core.Role.CONTEXT if t.role == "context" else core.Role.CANDIDATE
             if t.tokenizer is not None:
-                length = [t.tokenizer.max_length]
-                specs.append(core.TensorSpec(t.tokenizer.input_ids, "int64", length, role))
-                specs.append(core.TensorSpec(t.tokenizer.attention_mask, "int64", length, role))
+                specs.append(core.TensorSpec(t.name, "uint8", [t.tokenizer.max_bytes], role))
             else:
                 specs.append(core.TensorSpec(t.name, t.dtype, t.shape, role))
         outputs = [core.TensorSpec(t.name, t.dtype, t.shape) for t in self.outputs]

@@ -6,7 +6,7 @@ session of the instance the core picked, then warm it up: one batch through the 
 batch can close at, so that the first real request pays for no allocation or kernel selection.
 
 `prepare` turns a request's decoded tensors into what this model's core queue takes: it picks the
-model's inputs, checks what the core cannot (text is tokenized here; N against `max_candidates`; NaN
+model's inputs, checks what the core cannot (text becomes its UTF-8 byte row; N against `max_candidates`; NaN
 and inf where the config forbids them; dtypes, so that the message names the wire dtype) and leaves
 names, trailing dims and byte sizes to the core's own validation. Every error is a RequestError with
 the gRPC status to answer and a message that names the model and the field.
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -27,7 +27,7 @@ import numpy as np
 import adrank._core as core
 from adrank.backends import Session, create_backend
 from adrank.config import FLOAT_DTYPES, ModelConfig, TensorConfig
-from adrank.tokenizer import QueryTokenizer
+from adrank.tokenizer import text_row
 
 log = logging.getLogger("adrank.servable")
 
@@ -52,7 +52,6 @@ class Servable:
     version_dir: Path
     model: core.Model
     sessions: list[Session]
-    tokenizers: dict[str, QueryTokenizer] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -66,7 +65,6 @@ class Servable:
     def load(pool: core.ThreadPool, config: ModelConfig, version_dir: Path, version: int) -> Servable:
         backend = create_backend(config.platform)
         sessions = [backend.load(version_dir, config, i) for i in range(config.instances)]
-        tokenizers = {t.name: QueryTokenizer(version_dir, t.tokenizer) for t in config.inputs if t.tokenizer}
 
         def run(batch: core.Batch) -> None:
             sessions[batch.instance].run(batch)
@@ -78,7 +76,7 @@ class Servable:
             batching=config.batcher_options(),
             instances=config.instances,
         )
-        return Servable(config, version, version_dir, model, sessions, tokenizers)
+        return Servable(config, version, version_dir, model, sessions)
 
     def warm_up(self) -> None:
         """One batch through the core at every preferred size (each request at most max_candidates)."""
@@ -100,7 +98,7 @@ class Servable:
         context: dict[str, np.ndarray] = {}
         for t in self.config.inputs:
             if t.tokenizer is not None:
-                context.update(self.tokenizers[t.name].encode(["warm up"]))
+                context[t.name] = text_row("warm up", t.tokenizer.max_bytes)
                 continue
             target = context if t.role == "context" else candidates
             target[t.name] = np.zeros([1 if t.role == "context" else rows, *t.shape], dtype=t.dtype)
@@ -128,18 +126,18 @@ class Servable:
                     f"tensor '{spec.name}' was sent in {sent}, but model '{self.name}' takes it as {spec.role}"
                 )
             if spec.tokenizer is not None:
-                core_context.update(self._tokenize(spec, value))
+                core_context[spec.name] = self._text_row(spec, value)
                 continue
             self._check_values(spec, value)
             (core_context if sent_as_context else core_candidates)[spec.name] = value
         return core_candidates, core_context
 
-    def _tokenize(self, spec: TensorConfig, value: np.ndarray) -> dict[str, np.ndarray]:
+    def _text_row(self, spec: TensorConfig, value: np.ndarray) -> np.ndarray:
         if value.dtype != object:
             raise invalid(f"context tensor '{spec.name}' has dtype {value.dtype}; model '{self.name}' expects string")
         if value.shape != (1,):
             raise invalid(f"context tensor '{spec.name}' has shape {list(value.shape)}; expected [1] (one text)")
-        return self.tokenizers[spec.name].encode([value[0]])
+        return text_row(value[0], spec.tokenizer.max_bytes)
 
     def _check_values(self, spec: TensorConfig, value: np.ndarray) -> None:
         where = f"{spec.role} tensor '{spec.name}'"

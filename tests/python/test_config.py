@@ -40,17 +40,19 @@ def test_a_valid_config_becomes_the_core_signature_and_batcher_options(tmp_path)
     assert config.instances == 2 and config.score_output == "ctr"
 
 
-def test_a_text_input_reaches_the_core_as_its_tokenizer_outputs(tmp_path):
+def test_a_text_input_reaches_the_core_as_a_row_of_utf8_bytes(tmp_path):
     text = VALID.replace(
         "  - {name: user, dtype: float32, shape: [4], role: context}",
         "  - {name: query, dtype: string, role: context, tokenizer: "
-        "{file: tokenizer.json, max_length: 16, input_ids: ids, attention_mask: mask}}",
-    )
+        "{file: tokenizer.json, max_length: 16, max_bytes: 64, input_ids: ids, attention_mask: mask}}",
+    ).replace("context_layout: broadcast", "context_layout: per_request")
     signature = load_model_config(write(tmp_path, text)).core_signature()
-    assert [(s.name, s.dtype, s.row_shape) for s in signature.inputs[1:]] == [
-        ("ids", "int64", [16]),
-        ("mask", "int64", [16]),
+    assert [(s.name, s.dtype, s.row_shape, s.role) for s in signature.inputs[1:]] == [
+        ("query", "uint8", [64], adrank.Role.CONTEXT)
     ]
+    # One text per request: a broadcast layout would tokenize it once per candidate.
+    with pytest.raises(ConfigError, match="per_request"):
+        load_model_config(write(tmp_path, text.replace("context_layout: per_request", "context_layout: broadcast")))
 
 
 @pytest.mark.parametrize(

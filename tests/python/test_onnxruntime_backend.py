@@ -102,8 +102,22 @@ def test_a_corrupt_model_file_is_refused_naming_it(tmp_path, pool):
     assert "model.onnx: ONNX Runtime cannot load it" in str(error.value)
 
 
-def test_the_core_signature_of_a_tokenized_model_reaches_the_graph(pool):
+def test_a_text_model_batches_its_text_as_bytes_once_per_request(pool):
     config = load_model_config(MODELS / "relevance" / "config.yaml")
-    names = [spec.name for spec in config.core_signature().inputs]
-    assert names == ["query_input_ids", "query_attention_mask", "ad_embedding"]
+    inputs = [(spec.name, spec.dtype) for spec in config.core_signature().inputs]
+    assert inputs == [("query", "uint8"), ("ad_embedding", "float32")]
     assert config.batcher_options().context_layout == adrank.ContextLayout.PER_REQUEST
+
+
+@pytest.mark.parametrize(
+    ("text", "max_bytes"),
+    [("running shoes", 64), ("", 16), ("café crème brûlée", 16), ("日本語のクエリ" * 10, 32)],
+)
+def test_text_rows_keep_whole_characters_and_round_trip(text, max_bytes):
+    from adrank.tokenizer import row_text, text_row
+
+    row = text_row(text, max_bytes)
+    assert row.shape == (1, max_bytes) and row.dtype == np.uint8
+    back = row_text(row[0])
+    assert text.startswith(back) and len(back.encode()) <= max_bytes
+    assert back == text or len(text.encode()) > max_bytes

@@ -13,8 +13,8 @@ Fed from the core's pooled buffers, no extra copies of the inputs:
 - Device execution providers (CUDA, TensorRT): an IOBinding whose inputs and outputs are bound to the
   raw addresses of the pooled (page-locked) buffers, so the copies to and from the device are the
   provider's own asynchronous ones.
-The one exception is a tokenized text input: its all-padding columns are trimmed per batch (a query is a
-handful of tokens in a 32-wide row), which copies R x L ids, not candidate rows.
+Text inputs arrive as UTF-8 byte rows, one per request (tokenizer.py); the session tokenizes the batch's
+R texts in one call, padded to the longest.
 
 Thread-safety: one session per model instance; `run` is called by one core worker at a time per
 instance and releases the GIL while ONNX Runtime computes.
@@ -31,6 +31,7 @@ import onnxruntime as ort
 import adrank._core as core
 from adrank.backends.base import ROW_REQUEST_INDEX, Backend, BackendError, Session
 from adrank.config import ModelConfig
+from adrank.tokenizer import QueryTokenizer
 
 MODEL_FILE = "model.onnx"
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -76,6 +77,7 @@ def _check_dims(where: str, declared: list[int], graph_shape: list[object]) -> N
 
 class OnnxRuntimeSession(Session):
     def __init__(self, path: Path, config: ModelConfig, providers: list[str]) -> None:
+        self._tokenizers = {t.name: QueryTokenizer(path.parent, t.tokenizer) for t in config.inputs if t.tokenizer}
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.onnxruntime.intra_op_num_threads
         options.inter_op_num_threads = config.onnxruntime.inter_op_num_threads
@@ -87,13 +89,13 @@ class OnnxRuntimeSession(Session):
             raise BackendError(f"{path}: ONNX Runtime cannot load it: {error}") from error
         self._output_names = [t.name for t in config.outputs]
         self._graph_inputs = self._check_signature(path, config)
-        self._trim = [(t.tokenizer.input_ids, t.tokenizer.attention_mask) for t in config.inputs if t.tokenizer]
         self.providers = self._session.get_providers()
         io_binding = config.onnxruntime.io_binding
         self._bind = self.providers[0] != "CPUExecutionProvider" if io_binding is None else io_binding
 
     def _check_signature(self, path: Path, config: ModelConfig) -> list[str]:
-        declared = {spec.name: spec for spec in config.core_signature().inputs}
+        declared = {spec.name: spec for spec in config.core_signature().inputs if spec.name not in self._tokenizers}
+        tokens = {n for t in self._tokenizers.values() for n in (t.config.input_ids, t.config.attention_mask)}
         graph_inputs = {i.name: i for i in self._session.get_inputs()}
         for name, node in graph_inputs.items():
             where = f"{path}: graph input '{name}'"
@@ -101,13 +103,19 @@ class OnnxRuntimeSession(Session):
                 if config.batching.context_layout != "per_request" or node.type != "tensor(int64)":
                     raise BackendError(f"{where} needs batching.context_layout per_request and int64")
                 continue
+            if name in tokens:
+                # [requests, tokens]: each batch pads its texts to the longest, so the length must be free.
+                if node.type != "tensor(int64)" or len(node.shape) != 2 or isinstance(node.shape[1], int):
+                    raise BackendError(f"{where} takes token ids: int64 [R, L] with L dynamic, not {node.shape}")
+                tokens.discard(name)
+                continue
             spec = declared.get(name)
             if spec is None:
                 raise BackendError(f"{where} is not an input of the config")
             if _ORT_TYPES.get(node.type) != spec.dtype:
                 raise BackendError(f"{where} has type {node.type}, the config says {spec.dtype}")
             _check_dims(where, spec.row_shape, list(node.shape))
-        unused = sorted(set(declared) - set(graph_inputs))
+        unused = sorted((set(declared) | tokens) - set(graph_inputs))
         if unused:
             raise BackendError(f"{path}: config inputs {unused} are not inputs of the graph")
         graph_outputs = {o.name: o for o in self._session.get_outputs()}
@@ -120,12 +128,12 @@ class OnnxRuntimeSession(Session):
         return list(graph_inputs)
 
     def run(self, batch: core.Batch) -> None:
-        inputs = batch.inputs
-        trimmed = self._trimmed(inputs)
-        feeds = {
-            name: batch.row_request_index if name == ROW_REQUEST_INDEX else trimmed.get(name, inputs.get(name))
-            for name in self._graph_inputs
-        }
+        inputs = dict(batch.inputs)
+        for name, tokenizer in self._tokenizers.items():
+            inputs.update(tokenizer.encode_rows(inputs.pop(name)))
+        if batch.row_request_index is not None:
+            inputs[ROW_REQUEST_INDEX] = batch.row_request_index
+        feeds = {name: inputs[name] for name in self._graph_inputs}
         if not self._bind:
             results = self._session.run(self._output_names, feeds)
             for name, result in zip(self._output_names, results, strict=True):
@@ -139,18 +147,8 @@ class OnnxRuntimeSession(Session):
             binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
         self._session.run_with_iobinding(binding)
 
-    def _trimmed(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Token rows cut to the longest sequence in the batch (at least one column)."""
-        trimmed: dict[str, np.ndarray] = {}
-        for ids_name, mask_name in self._trim:
-            mask = inputs[mask_name]
-            length = max(int(mask.sum(axis=1).max()), 1)
-            if length < mask.shape[1]:
-                trimmed[ids_name] = np.ascontiguousarray(inputs[ids_name][:, :length])
-                trimmed[mask_name] = np.ascontiguousarray(mask[:, :length])
-        return trimmed
-
     def run_arrays(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs the graph itself: text inputs given already tokenized (graph input names)."""
         feeds = {name: inputs[name] for name in self._graph_inputs}
         names = [o.name for o in self._session.get_outputs()]
         return dict(zip(names, self._session.run(names, feeds), strict=True))
