@@ -32,6 +32,9 @@
 #include "status.h"
 #include "tensor.h"
 #include "thread_pool.h"
+#ifdef ADRANK_HAVE_FRONTEND
+#include "rank_server.h"
+#endif
 
 namespace py = pybind11;
 
@@ -601,6 +604,93 @@ void BindObjects(py::module_& m) {
           py::return_value_policy::reference_internal);
 }
 
+// ---- the C++ gRPC front end (built when grpc++ was found) -------------------------------------
+
+#ifdef ADRANK_HAVE_FRONTEND
+Duration Seconds(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) throw StatusError(InvalidArgument("seconds must be finite and >= 0"));
+  return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(seconds));
+}
+
+// Owns a RankServer and its registry. Everything that can block on calls in flight (whose batches may
+// need the GIL to run a Python backend) releases the GIL.
+class PyRankServer {
+ public:
+  PyRankServer(const std::string& host, int port, int max_message_bytes) {
+    RankServerOptions options;
+    options.host = host;
+    options.port = port;
+    options.max_message_bytes = max_message_bytes;
+    ThrowIfError(RankServer::Create(options, std::make_shared<ModelRegistry>(), &server_));
+  }
+  ~PyRankServer() {
+    py::gil_scoped_release release;
+    server_.reset();
+  }
+
+  void AddModel(const std::shared_ptr<ModelQueue>& queue, const std::string& name, int64_t version,
+                std::vector<ServedInput> inputs, const std::string& score_output, int64_t max_candidates,
+                bool serving) {
+    auto model = std::make_shared<ServedModel>();
+    model->name = name;
+    model->version = version;
+    model->queue = queue;
+    model->inputs = std::move(inputs);
+    model->score_output = score_output;
+    model->max_candidates = max_candidates;
+    server_->registry().Add(std::move(model), serving);
+  }
+  void RemoveModel(const std::string& name, int64_t version) { server_->registry().Remove(name, version); }
+  void SetServingVersion(const std::string& name, int64_t version) {
+    ThrowIfError(server_->registry().SetServing(name, version));
+  }
+  void SetServing(bool serving) { server_->SetServing(serving); }
+  void StartDraining() { server_->StartDraining(); }
+  bool WaitDrained(double quiet_s, double grace_s) {
+    const Duration quiet = Seconds(quiet_s), grace = Seconds(grace_s);
+    py::gil_scoped_release release;
+    return server_->WaitDrained(quiet, grace);
+  }
+  void Shutdown(double grace_s) {
+    const Duration grace = Seconds(grace_s);
+    py::gil_scoped_release release;
+    server_->Shutdown(grace);
+  }
+  int port() const { return server_->port(); }
+  int64_t in_flight() const { return server_->in_flight(); }
+
+ private:
+  std::unique_ptr<RankServer> server_;
+};
+
+void BindRankServer(py::module_& m) {
+  py::class_<ServedInput>(m, "ServedInput")
+      .def(py::init([](std::string name, const std::string& dtype, std::vector<int64_t> row_shape, Role role,
+                       bool allow_nonfinite, int64_t text_bytes) {
+             const std::optional<DType> parsed = ParseDType(dtype);
+             if (!parsed) throw StatusError(InvalidArgument("ServedInput '" + name + "': unknown dtype " + dtype));
+             return ServedInput{std::move(name), *parsed, std::move(row_shape), role, allow_nonfinite, text_bytes};
+           }),
+           py::arg("name"), py::arg("dtype"), py::arg("row_shape") = std::vector<int64_t>{},
+           py::arg("role") = Role::kCandidate, py::arg("allow_nonfinite") = true, py::arg("text_bytes") = 0)
+      .def_readonly("name", &ServedInput::name)
+      .def_readonly("text_bytes", &ServedInput::text_bytes);
+  py::class_<PyRankServer>(m, "RankServer")
+      .def(py::init<const std::string&, int, int>(), py::arg("host") = "127.0.0.1", py::arg("port") = 8500,
+           py::arg("max_message_bytes") = 32 << 20)
+      .def("add_model", &PyRankServer::AddModel, py::arg("model"), py::arg("name"), py::arg("version"),
+           py::arg("inputs"), py::arg("score_output"), py::arg("max_candidates"), py::arg("serving"))
+      .def("remove_model", &PyRankServer::RemoveModel, py::arg("name"), py::arg("version"))
+      .def("set_serving_version", &PyRankServer::SetServingVersion, py::arg("name"), py::arg("version"))
+      .def("set_serving", &PyRankServer::SetServing, py::arg("serving"))
+      .def("start_draining", &PyRankServer::StartDraining)
+      .def("wait_drained", &PyRankServer::WaitDrained, py::arg("quiet_s"), py::arg("grace_s"))
+      .def("shutdown", &PyRankServer::Shutdown, py::arg("grace_s") = 0.0)
+      .def_property_readonly("port", &PyRankServer::port)
+      .def_property_readonly("in_flight", &PyRankServer::in_flight);
+}
+#endif
+
 }  // namespace
 }  // namespace adrank
 
@@ -628,4 +718,10 @@ PYBIND11_MODULE(_core, m) {
 
   BindTypes(m);
   BindObjects(m);
+#ifdef ADRANK_HAVE_FRONTEND
+  BindRankServer(m);
+  m.attr("HAS_RANK_SERVER") = true;
+#else
+  m.attr("HAS_RANK_SERVER") = false;
+#endif
 }

@@ -38,7 +38,16 @@ def main() -> None:
 @click.option("--http-port", default=8000, show_default=True, type=int, help="HTTP port for /healthz, /readyz.")
 @click.option("--workers", default=0, show_default=True, type=int, help="Core worker threads (0: one per core).")
 @click.option("--drain-grace", default=30.0, show_default=True, type=float, help="Seconds in-flight calls get.")
-def serve(repository: Path, host: str, grpc_port: int, http_port: int, workers: int, drain_grace: float) -> None:
+@click.option(
+    "--frontend",
+    type=click.Choice(["auto", "cpp", "python"]),
+    default="auto",
+    show_default=True,
+    help="gRPC front end: the core's C++ one (auto, when built with grpc++) or Python's grpc.aio.",
+)
+def serve(
+    repository: Path, host: str, grpc_port: int, http_port: int, workers: int, drain_grace: float, frontend: str
+) -> None:
     """Serve the models of a repository over gRPC until SIGTERM, then drain."""
     from adrank.repository import ModelRepository
     from adrank.server import Server, ServerOptions
@@ -55,12 +64,15 @@ def serve(repository: Path, host: str, grpc_port: int, http_port: int, workers: 
         http_port=http_port,
         workers=workers,
         drain_grace_s=drain_grace,
+        frontend=frontend,  # type: ignore[arg-type]  # click.Choice guarantees the literal
     )
 
     def announce(server: Server) -> None:
         names = ", ".join(f"{s.name} v{s.version}" for s in server.models.servables())
         click.echo(
-            f"adrank: SERVING {names} on grpc {host}:{server.grpc_port}, http {host}:{server.http_port}", err=True
+            f"adrank: SERVING {names} on grpc {host}:{server.grpc_port}, http {host}:{server.http_port} "
+            f"({server.frontend.kind} front end)",
+            err=True,
         )
 
     sys.exit(asyncio.run(run_server(options, on_ready=announce)))

@@ -4,13 +4,13 @@ Start-up: the gRPC port listens at once with `grpc.health.v1` saying NOT_SERVING
 UNAVAILABLE) while every model's serving version loads and warms up in a worker thread; then health
 turns SERVING. A model that fails to load stops the start: a server never serves half its repository.
 
+The front end (frontend.py) is the C++ RankServer when the core was built with grpc++ ("auto"), else
+the Python grpc.aio one; both serve adrank.v1.Ranking, grpc.health.v1.Health and server reflection.
+
 Shutdown (SIGTERM or SIGINT, or `stop`): health turns NOT_SERVING and /readyz 503; new Rank calls are
 answered UNAVAILABLE (another replica may take them) while the calls in flight finish normally, until
 none is left and callers have gone quiet (`drain_quiet_s`), for at most `drain_grace_s`; then the gRPC
-server stops, the core drains and its workers exit. `serve` returns 0.
-
-The gRPC services: adrank.v1.Ranking, grpc.health.v1.Health, and server reflection (grpcurl and
-friends list and call the API without the .proto files).
+port closes, the core drains and its workers exit. `serve` returns 0.
 """
 
 from __future__ import annotations
@@ -22,20 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 import adrank._core as core
+from adrank.frontend import Frontend, FrontendKind, create_frontend
 from adrank.http_endpoint import HttpEndpoint
 from adrank.model_manager import ModelManager
-from adrank.ranking_service import RankingService
 from adrank.repository import ModelRepository
-from adrank.v1 import ranking_pb2 as pb
-from adrank.v1 import ranking_pb2_grpc as pb_grpc
 
 log = logging.getLogger("adrank.server")
-RANKING_SERVICE = pb.DESCRIPTOR.services_by_name["Ranking"].full_name
 
 
 @dataclass(frozen=True)
@@ -54,6 +47,7 @@ class ServerOptions:
     # 2048 candidates of a 384-float embedding are 3 MiB; 32 MiB leaves room for several models' inputs
     # and refuses absurd messages before they are parsed.
     max_message_bytes: int = 32 * 1024 * 1024
+    frontend: FrontendKind = "auto"
 
 
 class Server:
@@ -61,23 +55,10 @@ class Server:
         self.options = options
         self.pool = core.ThreadPool(num_workers=options.workers)
         self.models = ModelManager(self.pool, ModelRepository(options.repository))
-        self.ranking = RankingService(self.models)
-        self.health = health.aio.HealthServicer()
-        self._grpc = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", options.max_message_bytes),
-                ("grpc.max_send_message_length", options.max_message_bytes),
-            ]
+        self.frontend: Frontend = create_frontend(
+            options.frontend, options.host, options.grpc_port, options.max_message_bytes, self.models
         )
-        pb_grpc.add_RankingServicer_to_server(self.ranking, self._grpc)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        reflection.enable_server_reflection(
-            [RANKING_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            self._grpc,
-        )
-        self.grpc_port = self._grpc.add_insecure_port(f"{options.host}:{options.grpc_port}")
-        if self.grpc_port == 0:
-            raise OSError(f"cannot listen on {options.host}:{options.grpc_port} for gRPC")
+        self.grpc_port = self.frontend.port
         self.ready = False
         self._http = HttpEndpoint(options.host, options.http_port, lambda: self.ready)
         self._stopped = False
@@ -88,25 +69,24 @@ class Server:
 
     async def start(self) -> None:
         """Listens, loads and warms every model, then reports SERVING."""
-        for service in ("", RANKING_SERVICE):
-            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self._grpc.start()
+        await self.frontend.start()
         self._http.start()
         try:
             servables = await asyncio.to_thread(self.models.load_all)
         except BaseException:
             await self.stop()
             raise
-        self.ranking.accepting = True
+        for servable in servables:
+            self.frontend.register(servable)
+        await self.frontend.set_serving()
         self.ready = True
-        for service in ("", RANKING_SERVICE):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         served = ", ".join(f"{s.name} v{s.version}" for s in servables) or "no models"
         log.info(
-            "SERVING %s: gRPC %s:%d, HTTP %s:%d",
+            "SERVING %s: gRPC %s:%d (%s front end), HTTP %s:%d",
             served,
             self.options.host,
             self.grpc_port,
+            self.frontend.kind,
             self.options.host,
             self.http_port,
         )
@@ -117,22 +97,14 @@ class Server:
             return
         self._stopped = True
         self.ready = False
-        await self.health.enter_graceful_shutdown()
-        # Answer new calls UNAVAILABLE while the calls in flight finish and callers go elsewhere, and
-        # only then stop the gRPC server (see drain_quiet_s).
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.options.drain_grace_s
-        try:
-            await asyncio.wait_for(self.ranking.drain(self.options.drain_quiet_s), self.options.drain_grace_s)
-        except TimeoutError:
+        if not await self.frontend.drain(self.options.drain_quiet_s, self.options.drain_grace_s):
             log.warning("calls still in flight after %.1f s of draining: stopping anyway", self.options.drain_grace_s)
-        await self._grpc.stop(max(give_up - loop.time(), 0.0))
+        await self.frontend.stop(max(give_up - loop.time(), 0.0))
         await asyncio.to_thread(self.pool.shutdown)
         self._http.stop()
         log.info("stopped")
-
-    async def wait_for_termination(self) -> None:
-        await self._grpc.wait_for_termination()
 
 
 async def serve(options: ServerOptions, on_ready: Callable[[Server], None] | None = None) -> int:

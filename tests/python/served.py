@@ -6,6 +6,10 @@ import asyncio
 import threading
 from pathlib import Path
 
+import pytest
+
+import adrank._core as core
+from adrank.frontend import FrontendKind
 from adrank.server import Server, ServerOptions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -14,8 +18,10 @@ CRITEO = REPO.parent / "shared" / "data" / "criteo"
 
 
 class ServerThread:
-    def __init__(self, repository: Path = MODELS, workers: int = 2) -> None:
-        self.options = ServerOptions(repository=repository, grpc_port=0, http_port=0, workers=workers, drain_grace_s=5)
+    def __init__(self, repository: Path = MODELS, workers: int = 2, frontend: FrontendKind = "python") -> None:
+        self.options = ServerOptions(
+            repository=repository, grpc_port=0, http_port=0, workers=workers, drain_grace_s=5, frontend=frontend
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="adrank-test-server", daemon=True)
         self.server: Server | None = None
@@ -40,3 +46,13 @@ class ServerThread:
             asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(timeout=60)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+
+
+# Every front end this build has; the C++ one needs grpc++ at build time (.ci/run installs it).
+FRONTENDS = [
+    "python",
+    pytest.param(
+        "cpp",
+        marks=pytest.mark.skipif(not core.HAS_RANK_SERVER, reason="this build has no C++ front end (no grpc++)"),
+    ),
+]

@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 from adrank.client import AsyncRankClient, RankClient, RankError, build_request
 from adrank.criteo import CriteoRows, read_rows
 from adrank.v1 import ranking_pb2_grpc as pb_grpc
-from served import CRITEO, MODELS, ServerThread
+from served import CRITEO, FRONTENDS, MODELS, ServerThread
 
 
 def latest_version(model: str) -> int:
@@ -31,9 +31,10 @@ def version_dir(model: str) -> Path:
     return MODELS / model / str(latest_version(model))
 
 
-@pytest.fixture(scope="module")
-def server():
-    running = ServerThread().start()
+@pytest.fixture(scope="module", params=FRONTENDS)
+def server(request):
+    """The bundled models served by each front end in turn: both hold the same contract."""
+    running = ServerThread(frontend=request.param).start()
     yield running
     running.stop()
 
@@ -322,9 +323,13 @@ def test_a_deadline_already_passed_is_refused_and_the_model_never_runs_for_it(se
     assert after["completed_ok"] == before["completed_ok"]
 
 
-def test_the_servicer_refuses_a_passed_deadline_before_submitting(server):
-    """The handler's own check, for a call whose deadline passes between arrival and submission."""
+def test_the_python_servicer_refuses_a_passed_deadline_before_submitting(server):
+    """The Python handler's own check, for a call whose deadline passes between arrival and submission
+    (the C++ one's is in cpp/rank_server_test.cc)."""
     import asyncio
+
+    if server.server.frontend.kind != "python":
+        pytest.skip("the C++ front end's own deadline check is tested in cpp/rank_server_test.cc")
 
     class PassedDeadline:
         def time_remaining(self) -> float:
@@ -336,7 +341,7 @@ def test_the_servicer_refuses_a_passed_deadline_before_submitting(server):
     ctr = server.server.models.resolve("ctr").model
     before = ctr.stats()["submitted"]
     with pytest.raises(RankError) as error:
-        asyncio.run(server.server.ranking.Rank(build_request(["ctr"], good_ctr()), PassedDeadline()))
+        asyncio.run(server.server.frontend.ranking.Rank(build_request(["ctr"], good_ctr()), PassedDeadline()))
     assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert ctr.stats()["submitted"] == before
 

@@ -1,0 +1,271 @@
+#include "rank_server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <chrono>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "adrank/v1/ranking.grpc.pb.h"
+#include "wire_request.h"
+
+namespace adrank {
+namespace {
+
+constexpr char kRankingService[] = "adrank.v1.Ranking";
+
+grpc::Status ToGrpc(const Status& status) {
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), status.message());
+}
+
+int64_t SteadyNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// The call's gRPC deadline on the core's clock; kNoDeadline when the caller set none.
+TimePoint CoreDeadline(const grpc::CallbackServerContext& context) {
+  const auto deadline = context.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) return kNoDeadline;
+  const auto remaining = deadline - std::chrono::system_clock::now();
+  return SteadyClock::Get()->Now() + std::chrono::duration_cast<Duration>(remaining);
+}
+
+}  // namespace
+
+// The Ranking service: one RankCall reactor per call.
+class RankService final : public v1::Ranking::CallbackService {
+ public:
+  enum class State { kLoading, kServing, kDraining };
+
+  explicit RankService(std::shared_ptr<ModelRegistry> registry) : registry_(std::move(registry)) {}
+
+  grpc::ServerUnaryReactor* Rank(grpc::CallbackServerContext* context, const v1::RankRequest* request,
+                                 v1::RankResponse* response) override;
+
+  void set_state(State state) { state_.store(state, std::memory_order_release); }
+  int64_t in_flight() const { return in_flight_.load(std::memory_order_acquire); }
+
+  bool WaitDrained(Duration quiet, Duration grace) {
+    const auto give_up = std::chrono::steady_clock::now() + grace;
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      const int64_t quiet_for = SteadyNanos() - last_call_ns_.load(std::memory_order_acquire);
+      const int64_t quiet_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(quiet).count();
+      if (in_flight() == 0 && quiet_for >= quiet_ns) return true;
+      if (std::chrono::steady_clock::now() >= give_up) return false;
+      const auto wait =
+          in_flight() > 0 ? std::chrono::nanoseconds(quiet_ns) : std::chrono::nanoseconds(quiet_ns - quiet_for);
+      done_.wait_until(lock, std::min(give_up, std::chrono::steady_clock::now() + wait));
+    }
+  }
+
+  void CallDone() {
+    std::lock_guard<std::mutex> lock(mu_);
+    in_flight_.fetch_sub(1, std::memory_order_acq_rel);
+    done_.notify_all();
+  }
+
+  const ModelRegistry& registry() const { return *registry_; }
+
+ private:
+  friend class RankCall;
+  std::shared_ptr<ModelRegistry> registry_;
+  std::atomic<State> state_{State::kLoading};
+  std::atomic<int64_t> in_flight_{0};
+  std::atomic<int64_t> last_call_ns_{0};
+  std::mutex mu_;
+  std::condition_variable done_;
+};
+
+// One call: submitted to every requested model's queue; finished by the last part to complete.
+class RankCall final : public grpc::ServerUnaryReactor {
+ public:
+  RankCall(RankService* service, grpc::CallbackServerContext* context, const v1::RankRequest* request,
+           v1::RankResponse* response)
+      : service_(service), context_(context), request_(request), response_(response), start_ns_(SteadyNanos()) {}
+
+  void Start() {
+    Status status = PrepareRank(*request_, service_->registry(), &calls_);
+    const TimePoint deadline = CoreDeadline(*context_);
+    if (status.ok() && deadline != kNoDeadline && deadline <= SteadyClock::Get()->Now()) {
+      status = DeadlineExceeded("the call's deadline passed before any model ran");
+    }
+    if (!status.ok()) {
+      Finish(ToGrpc(status));
+      return;
+    }
+    const size_t parts = calls_.size();
+    results_.resize(parts);
+    handles_.resize(parts);
+    // One count per part plus Start's own: the call cannot finish (and delete itself) while Start
+    // still submits, however fast the parts complete.
+    remaining_.store(static_cast<int>(parts) + 1, std::memory_order_release);
+    for (size_t i = 0; i < parts; ++i) {
+      Request& request = calls_[i].request;
+      request.deadline = deadline;
+      request.priority = static_cast<int>(request_->priority());
+      request.on_complete = [this, i](RequestResult&& result) { Complete(i, std::move(result)); };
+      Submit(i);
+    }
+    Release();
+  }
+
+  void OnCancel() override {
+    std::vector<std::pair<std::shared_ptr<ModelQueue>, RequestHandle>> to_cancel;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled_ = true;
+      for (size_t i = 0; i < handles_.size(); ++i) {
+        if (handles_[i]) to_cancel.emplace_back(calls_[i].model->queue, handles_[i]);
+      }
+    }
+    // Outside the lock: a cancel completes the request at once, on this thread.
+    for (auto& [queue, handle] : to_cancel) queue->Cancel(handle);
+  }
+
+  void OnDone() override {
+    RankService* service = service_;
+    delete this;
+    service->CallDone();
+  }
+
+ private:
+  void Submit(size_t part) {
+    const std::shared_ptr<ModelQueue> queue = calls_[part].model->queue;
+    RequestHandle handle;
+    const Status status = queue->Submit(std::move(calls_[part].request), &handle);
+    if (!status.ok()) {
+      Complete(part, RequestResult{status, {}, {}});
+      return;
+    }
+    bool cancel = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancel = cancelled_;
+      if (!cancel) handles_[part] = handle;
+    }
+    if (cancel) queue->Cancel(handle);
+  }
+
+  void Complete(size_t part, RequestResult&& result) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!result.status.ok() && first_error_.ok()) first_error_ = result.status;
+      results_[part] = std::move(result);
+      handles_[part].reset();
+    }
+    Release();
+  }
+
+  void Release() {
+    if (remaining_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    // The last one: every part has completed and Start has returned; nothing else touches the call.
+    if (!first_error_.ok()) {
+      Finish(ToGrpc(first_error_));
+      return;
+    }
+    response_->set_request_id(request_->request_id());
+    for (size_t i = 0; i < calls_.size(); ++i) {
+      const ServedModel& model = *calls_[i].model;
+      const RequestResult& r = results_[i];
+      v1::ModelScores* scores = response_->add_results();
+      scores->set_model(model.name);
+      scores->set_version(model.version);
+      for (const OutputTensor& output : r.outputs) {
+        if (output.name == model.score_output) scores->set_scores(output.data.data(), output.data.size());
+      }
+      v1::ServerTiming* timing = scores->mutable_timing();
+      timing->set_queue_us(r.timing.queue_us);
+      timing->set_compute_us(r.timing.compute_us);
+      timing->set_batch_rows(r.timing.batch_rows);
+    }
+    response_->set_server_us((SteadyNanos() - start_ns_) / 1000);
+    Finish(grpc::Status::OK);
+  }
+
+  RankService* const service_;
+  grpc::CallbackServerContext* const context_;
+  const v1::RankRequest* const request_;
+  v1::RankResponse* const response_;
+  const int64_t start_ns_;
+  std::vector<ModelCall> calls_;
+  std::vector<RequestResult> results_;
+  std::atomic<int> remaining_{0};
+  std::mutex mu_;  // guards handles_, cancelled_, first_error_, results_
+  std::vector<RequestHandle> handles_;
+  bool cancelled_ = false;
+  Status first_error_;
+};
+
+grpc::ServerUnaryReactor* RankService::Rank(grpc::CallbackServerContext* context, const v1::RankRequest* request,
+                                            v1::RankResponse* response) {
+  last_call_ns_.store(SteadyNanos(), std::memory_order_release);
+  const State state = state_.load(std::memory_order_acquire);
+  if (state != State::kServing) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    const char* why = state == State::kLoading ? "loading its models" : "draining (shutting down)";
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string("the server is ") + why));
+    return reactor;
+  }
+  in_flight_.fetch_add(1, std::memory_order_acq_rel);
+  auto* call = new RankCall(this, context, request, response);  // deletes itself in OnDone
+  call->Start();
+  return call;
+}
+
+RankServer::RankServer(std::shared_ptr<ModelRegistry> registry)
+    : registry_(std::move(registry)), service_(std::make_unique<RankService>(registry_)) {}
+
+Status RankServer::Create(const RankServerOptions& options, std::shared_ptr<ModelRegistry> registry,
+                          std::unique_ptr<RankServer>* out) {
+  std::unique_ptr<RankServer> server(new RankServer(std::move(registry)));
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  const std::string address = options.host + ":" + std::to_string(options.port);
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &server->port_);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  builder.RegisterService(server->service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (!server->server_ || server->port_ == 0) {
+    return Unavailable("cannot listen on " + address + " for gRPC");
+  }
+  server->SetServing(false);
+  *out = std::move(server);
+  return Status::Ok();
+}
+
+RankServer::~RankServer() { Shutdown(Duration::zero()); }
+
+void RankServer::SetServing(bool serving) {
+  service_->set_state(serving ? RankService::State::kServing : RankService::State::kLoading);
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  health->SetServingStatus(serving);
+  health->SetServingStatus(kRankingService, serving);
+}
+
+void RankServer::StartDraining() {
+  service_->set_state(RankService::State::kDraining);
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  health->SetServingStatus(false);
+  health->SetServingStatus(kRankingService, false);
+}
+
+bool RankServer::WaitDrained(Duration quiet, Duration grace) { return service_->WaitDrained(quiet, grace); }
+
+void RankServer::Shutdown(Duration grace) {
+  std::lock_guard<std::mutex> lock(shutdown_mu_);
+  if (shut_down_ || !server_) return;
+  shut_down_ = true;
+  server_->Shutdown(std::chrono::system_clock::now() + grace);
+  server_->Wait();
+}
+
+int64_t RankServer::in_flight() const { return service_->in_flight(); }
+
+}  // namespace adrank

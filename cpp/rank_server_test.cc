@@ -1,0 +1,225 @@
+#include "rank_server.h"
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "adrank/v1/ranking.grpc.pb.h"
+
+namespace adrank {
+namespace {
+
+using std::chrono::milliseconds;
+
+// A model whose score is x[0] + x[1] + bias, served by a real RankServer on a free loopback port.
+class RankServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ThreadPoolOptions pool_options;
+    pool_options.num_workers = 2;
+    ASSERT_TRUE(ThreadPool::Create(pool_options, &pool_).ok());
+    ModelOptions model;
+    model.name = "sum:1";
+    model.signature.inputs = {{"x", DType::kFloat32, {2}, Role::kCandidate},
+                              {"bias", DType::kFloat32, {}, Role::kContext}};
+    model.signature.outputs = {{"score", DType::kFloat32, {}, Role::kCandidate}};
+    model.batching.max_queue_delay_us = 0;
+    model.backend = [this](BatchIO& io) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        ++entered_;
+        gate_cv_.notify_all();
+        gate_cv_.wait(lock, [this] { return gate_open_; });
+        rows_computed_ += io.real_rows;
+      }
+      const auto* x = static_cast<const float*>(io.inputs[0].data);
+      const auto* bias = static_cast<const float*>(io.inputs[1].data);
+      auto* score = static_cast<float*>(io.outputs[0].data);
+      for (int64_t r = 0; r < io.rows; ++r) score[r] = x[2 * r] + x[2 * r + 1] + bias[r];
+      return Status::Ok();
+    };
+    std::shared_ptr<ModelQueue> queue;
+    ASSERT_TRUE(pool_->AddModel(std::move(model), &queue).ok());
+    auto served = std::make_shared<ServedModel>();
+    served->name = "sum";
+    served->version = 1;
+    served->queue = queue;
+    served->inputs = {{"x", DType::kFloat32, {2}, Role::kCandidate, false, 0},
+                      {"bias", DType::kFloat32, {}, Role::kContext, true, 0}};
+    served->score_output = "score";
+    served->max_candidates = 4096;
+    auto registry = std::make_shared<ModelRegistry>();
+    registry->Add(served, true);
+    RankServerOptions options;
+    options.port = 0;
+    ASSERT_TRUE(RankServer::Create(options, registry, &server_).ok());
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->port()), grpc::InsecureChannelCredentials());
+    stub_ = v1::Ranking::NewStub(channel_);
+  }
+
+  void TearDown() override {
+    OpenGate();
+    server_.reset();
+    pool_->Shutdown();
+  }
+
+  void OpenGate() {
+    std::lock_guard<std::mutex> lock(mu_);
+    gate_open_ = true;
+    gate_cv_.notify_all();
+  }
+  void CloseGate() {
+    std::lock_guard<std::mutex> lock(mu_);
+    gate_open_ = false;
+  }
+  // Waits until `count` batches have reached the backend (and, with the gate closed, wait there).
+  void WaitEntered(int count) {
+    std::unique_lock<std::mutex> lock(mu_);
+    gate_cv_.wait_for(lock, std::chrono::seconds(10), [&] { return entered_ >= count; });
+    ASSERT_GE(entered_, count);
+  }
+
+  static v1::RankRequest Request(int64_t rows, float first) {
+    v1::RankRequest request;
+    request.set_request_id("r" + std::to_string(rows));
+    request.add_models()->set_name("sum");
+    std::vector<float> x(static_cast<size_t>(2 * rows));
+    for (size_t i = 0; i < x.size(); ++i) x[i] = first + static_cast<float>(i);
+    v1::Tensor* t = request.add_candidates();
+    t->set_name("x");
+    t->set_dtype(v1::DATA_TYPE_FLOAT32);
+    t->add_shape(rows);
+    t->add_shape(2);
+    t->set_raw_data(std::string(reinterpret_cast<const char*>(x.data()), x.size() * 4));
+    v1::Tensor* b = request.add_context();
+    b->set_name("bias");
+    b->set_dtype(v1::DATA_TYPE_FLOAT32);
+    b->add_shape(1);
+    const float bias = 0.5f;
+    b->set_raw_data(std::string(reinterpret_cast<const char*>(&bias), 4));
+    return request;
+  }
+
+  grpc::Status Rank(const v1::RankRequest& request, v1::RankResponse* response,
+                    milliseconds timeout = milliseconds(10000)) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + timeout);
+    return stub_->Rank(&context, request, response);
+  }
+
+  static std::vector<float> Scores(const v1::ModelScores& scores) {
+    std::vector<float> out(scores.scores().size() / 4);
+    std::memcpy(out.data(), scores.scores().data(), scores.scores().size());
+    return out;
+  }
+
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<RankServer> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Ranking::Stub> stub_;
+  std::mutex mu_;
+  std::condition_variable gate_cv_;
+  bool gate_open_ = true;
+  int entered_ = 0;  // batches that reached the backend
+  int64_t rows_computed_ = 0;
+};
+
+TEST_F(RankServerTest, LoadingServerAnswersUnavailableAndReportsNotServing) {
+  v1::RankResponse response;
+  const grpc::Status status = Rank(Request(2, 0), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(status.error_message().find("loading"), std::string::npos);
+}
+
+TEST_F(RankServerTest, ServesEachCallItsOwnScoresWithTiming) {
+  server_->SetServing(true);
+  std::vector<std::thread> clients;
+  std::atomic<int> wrong{0};
+  for (int c = 0; c < 16; ++c) {
+    clients.emplace_back([&, c] {
+      const int64_t rows = 1 + 37 * c % 500;
+      v1::RankResponse response;
+      const grpc::Status status = Rank(Request(rows, static_cast<float>(c) * 1000), &response);
+      if (!status.ok() || response.results_size() != 1) {
+        ++wrong;
+        return;
+      }
+      const std::vector<float> scores = Scores(response.results(0));
+      if (static_cast<int64_t>(scores.size()) != rows || response.request_id() != "r" + std::to_string(rows)) ++wrong;
+      for (int64_t r = 0; r < rows && r < static_cast<int64_t>(scores.size()); ++r) {
+        const float x0 = static_cast<float>(c) * 1000 + static_cast<float>(2 * r);
+        if (scores[static_cast<size_t>(r)] != x0 + x0 + 1 + 0.5f) ++wrong;
+      }
+      if (response.results(0).version() != 1 || response.results(0).timing().batch_rows() < rows) ++wrong;
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(wrong.load(), 0);
+}
+
+TEST_F(RankServerTest, BadRequestsGetTheirStatusAndTheServerKeepsServing) {
+  server_->SetServing(true);
+  v1::RankRequest request = Request(2, 0);
+  request.mutable_models(0)->set_name("nope");
+  v1::RankResponse response;
+  EXPECT_EQ(Rank(request, &response).error_code(), grpc::StatusCode::NOT_FOUND);
+  request = Request(2, 0);
+  request.mutable_candidates(0)->mutable_raw_data()->resize(4);
+  const grpc::Status status = Rank(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("candidates tensor 'x'"), std::string::npos) << status.error_message();
+  request = Request(2, 0);
+  request.set_priority(9);
+  EXPECT_EQ(Rank(request, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(Rank(Request(3, 0), &response).ok());
+}
+
+TEST_F(RankServerTest, ACallWhoseDeadlinePassesInTheQueueIsNeverComputed) {
+  server_->SetServing(true);
+  CloseGate();
+  v1::RankResponse first_response;
+  std::thread blocker([&] { EXPECT_TRUE(Rank(Request(1, 0), &first_response).ok()); });
+  // The first batch holds the model's only instance; this one waits in the queue past its deadline.
+  WaitEntered(1);
+  v1::RankResponse response;
+  const grpc::Status status = Rank(Request(2, 0), &response, milliseconds(50));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  OpenGate();
+  blocker.join();
+  EXPECT_TRUE(server_->WaitDrained(milliseconds(0), std::chrono::seconds(10)));
+  // Only the first call's row was computed: the late one never reached the backend.
+  std::lock_guard<std::mutex> lock(mu_);
+  EXPECT_EQ(rows_computed_, 1);
+}
+
+TEST_F(RankServerTest, DrainingFinishesCallsInFlightAndRefusesNewOnes) {
+  server_->SetServing(true);
+  CloseGate();
+  grpc::Status in_flight_status;
+  v1::RankResponse in_flight_response;
+  std::thread caller([&] { in_flight_status = Rank(Request(3, 0), &in_flight_response); });
+  WaitEntered(1);
+  server_->StartDraining();
+  v1::RankResponse response;
+  const grpc::Status refused = Rank(Request(1, 0), &response);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(refused.error_message().find("draining"), std::string::npos);
+  EXPECT_FALSE(server_->WaitDrained(milliseconds(10), milliseconds(50))) << "a call is still in flight";
+  OpenGate();
+  EXPECT_TRUE(server_->WaitDrained(milliseconds(10), std::chrono::seconds(10)));
+  caller.join();
+  EXPECT_TRUE(in_flight_status.ok()) << in_flight_status.error_message();
+  EXPECT_EQ(Scores(in_flight_response.results(0)).size(), 3u);
+  server_->Shutdown(milliseconds(100));
+}
+
+}  // namespace
+}  // namespace adrank

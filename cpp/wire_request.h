@@ -1,0 +1,39 @@
+// WireRequest: an adrank.v1.RankRequest checked and turned into one core Request per requested model.
+//
+// This is the front end's whole per-request work, in one pass and without Python: resolve each model
+// (NOT_FOUND), decode each tensor once (its bytes are viewed in place, never copied, except a text,
+// which becomes its model's fixed-width UTF-8 byte row), check the request's shape (one N shared by
+// every candidate tensor, 1 <= N <= the model's max_candidates, one row per context tensor, no tensor
+// that no requested model takes) and each model's own rules (dtype, role, NaN and inf where refused).
+// Names, trailing dims and byte sizes against the signature are the batcher's to check at Submit.
+// Every error is INVALID_ARGUMENT or NOT_FOUND with a message that names the field; the messages are
+// those of the Python front end (python/adrank/ranking_service.py, servable.py), so one test suite
+// holds both to the same contract.
+//
+// Lifetime: the core Requests borrow the RankRequest's bytes and the ModelCall's text rows; both must
+// outlive the requests' completions.
+//
+// Thread-safety: PrepareRank is a pure function of its arguments (the registry is read through a
+// snapshot).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "adrank/v1/ranking.pb.h"
+#include "model_registry.h"
+#include "request.h"
+#include "status.h"
+
+namespace adrank {
+
+struct ModelCall {
+  std::shared_ptr<const ServedModel> model;
+  Request request;  // on_complete, deadline and priority are the caller's to set
+  std::vector<std::unique_ptr<std::vector<uint8_t>>> text_rows;  // what the request's text views point to
+};
+
+Status PrepareRank(const v1::RankRequest& request, const ModelRegistry& registry, std::vector<ModelCall>* calls);
+
+}  // namespace adrank

@@ -1,0 +1,146 @@
+"""Front ends: what owns the gRPC port — `adrank.v1.Ranking`, `grpc.health.v1.Health`, reflection.
+
+Two implementations of one contract (the same checks, statuses and messages; the test suite runs
+against both):
+- CppFrontend: the core's RankServer (cpp/rank_server.h). A call is decoded, checked, batched and
+  answered in C++; Python runs only the backend, once per batch. Built when the core found grpc++.
+- PythonFrontend: a grpc.aio server with RankingService (ranking_service.py). Always available; costs
+  about five times more CPU per call (cpp/rank_server.h says what was measured).
+
+Both: NOT_SERVING and Rank UNAVAILABLE until `set_serving`; `drain` answers new calls UNAVAILABLE while
+those in flight finish and callers go quiet, then `stop` closes the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal, Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+import adrank._core as core
+from adrank.model_manager import ModelManager
+from adrank.ranking_service import RankingService
+from adrank.servable import Servable
+from adrank.v1 import ranking_pb2 as pb
+from adrank.v1 import ranking_pb2_grpc as pb_grpc
+
+FrontendKind = Literal["auto", "cpp", "python"]
+RANKING_SERVICE = pb.DESCRIPTOR.services_by_name["Ranking"].full_name
+
+
+class Frontend(Protocol):
+    kind: str
+    port: int
+
+    async def start(self) -> None: ...
+    def register(self, servable: Servable) -> None: ...
+    async def set_serving(self) -> None: ...
+    async def drain(self, quiet_s: float, grace_s: float) -> bool: ...
+    async def stop(self, grace_s: float) -> None: ...
+
+
+def served_inputs(servable: Servable) -> list[core.ServedInput]:
+    """What the C++ front end checks per input: dtype, row shape, role, NaN/inf, text row width."""
+    inputs = []
+    for t in servable.config.inputs:
+        role = core.Role.CONTEXT if t.role == "context" else core.Role.CANDIDATE
+        if t.tokenizer is not None:
+            width = t.tokenizer.max_bytes
+            inputs.append(core.ServedInput(t.name, "uint8", [width], role, True, width))
+        else:
+            inputs.append(core.ServedInput(t.name, t.dtype, t.shape, role, t.allow_nonfinite, 0))
+    return inputs
+
+
+class CppFrontend:
+    kind = "cpp"
+
+    def __init__(self, host: str, port: int, max_message_bytes: int) -> None:
+        self._server = core.RankServer(host, port, max_message_bytes)
+        self.port = self._server.port
+
+    async def start(self) -> None:
+        pass  # the RankServer listens from construction, in its loading state
+
+    def register(self, servable: Servable) -> None:
+        self._server.add_model(
+            servable.model,
+            servable.name,
+            servable.version,
+            served_inputs(servable),
+            servable.config.score_output,
+            servable.config.max_candidates,
+            serving=True,
+        )
+
+    async def set_serving(self) -> None:
+        self._server.set_serving(True)
+
+    async def drain(self, quiet_s: float, grace_s: float) -> bool:
+        self._server.start_draining()
+        return await asyncio.to_thread(self._server.wait_drained, quiet_s, grace_s)
+
+    async def stop(self, grace_s: float) -> None:
+        await asyncio.to_thread(self._server.shutdown, grace_s)
+
+
+class PythonFrontend:
+    kind = "python"
+
+    def __init__(self, host: str, port: int, max_message_bytes: int, models: ModelManager) -> None:
+        self.ranking = RankingService(models)
+        self.health = health.aio.HealthServicer()
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ]
+        )
+        pb_grpc.add_RankingServicer_to_server(self.ranking, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            [RANKING_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self._server,
+        )
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {host}:{port} for gRPC")
+
+    async def start(self) -> None:
+        for service in ("", RANKING_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.start()
+
+    def register(self, servable: Servable) -> None:
+        pass  # RankingService resolves through the ModelManager
+
+    async def set_serving(self) -> None:
+        self.ranking.accepting = True
+        for service in ("", RANKING_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def drain(self, quiet_s: float, grace_s: float) -> bool:
+        await self.health.enter_graceful_shutdown()
+        try:
+            await asyncio.wait_for(self.ranking.drain(quiet_s), grace_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self, grace_s: float) -> None:
+        await self._server.stop(grace_s)
+
+
+def create_frontend(kind: FrontendKind, host: str, port: int, max_message_bytes: int, models: ModelManager) -> Frontend:
+    """The front end asked for; "auto" is the C++ one when the core was built with it."""
+    if kind == "cpp" and not core.HAS_RANK_SERVER:
+        raise RuntimeError("this build has no C++ front end (grpc++ was not found at build time): use 'python'")
+    if kind == "cpp" or (kind == "auto" and core.HAS_RANK_SERVER):
+        try:
+            return CppFrontend(host, port, max_message_bytes)
+        except core.CoreError as error:
+            raise OSError(str(error)) from error
+    return PythonFrontend(host, port, max_message_bytes, models)
