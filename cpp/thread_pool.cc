@@ -1,10 +1,19 @@
 #include "thread_pool.h"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <exception>
 #include <utility>
 
 namespace adrank {
+
+int AllowedCores() {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0) return std::max(1, CPU_COUNT(&allowed));
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
 
 ModelQueue::ModelQueue(ModelOptions options, std::unique_ptr<Batcher> batcher, std::shared_ptr<Wakeup> wakeup)
     : name_(std::move(options.name)),
@@ -51,7 +60,7 @@ Status ThreadPool::Create(const ThreadPoolOptions& options, std::unique_ptr<Thre
 ThreadPool::ThreadPool(const ThreadPoolOptions& options, std::shared_ptr<MemoryPool> memory_pool)
     : clock_(options.clock ? options.clock : SteadyClock::Get()), memory_pool_(std::move(memory_pool)) {
   int workers = options.num_workers;
-  if (workers == 0) workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (workers == 0) workers = AllowedCores();
   workers_.reserve(static_cast<size_t>(workers));
   for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { WorkerLoop(); });
 }

@@ -18,8 +18,9 @@
 // return the buffers, fire the completions, feed the execution time to the batcher's predictor.
 //
 // Options (defaults and why):
-//   num_workers = 0     0 means std::thread::hardware_concurrency(): one worker per core keeps
-//                       every core busy without oversubscribing intra-op threads.
+//   num_workers = 0     0 means one per core this process may run on (its CPU affinity, which
+//                       `taskset` narrows; hardware_concurrency() ignores it): every allowed core
+//                       busy, no two workers time-slicing one core.
 //   clock = nullptr     SteadyClock; tests inject a FakeClock.
 //   memory_pool         Where batch buffers come from; nullptr creates one with default options.
 //
@@ -62,6 +63,9 @@ struct ModelOptions {
 };
 
 class ThreadPool;
+
+// The cores this process may run on (its CPU affinity), at least 1.
+int AllowedCores();
 
 class ModelQueue {
  public:

@@ -1,6 +1,7 @@
 #include "thread_pool.h"
 
 #include <gtest/gtest.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <array>
@@ -1076,6 +1077,32 @@ TEST_P(ThreadPoolTest, PerRequestContextLayoutReachesTheBackend) {
     EXPECT_EQ(seen_index, (std::vector<int64_t>{0, 0, 1, 1, 1, 2}));
   }
   for (size_t i = 0; i < inputs.size(); ++i) ExpectSumOutputs(completions.result(i), inputs[i]);
+}
+
+}  // namespace
+}  // namespace adrank
+
+namespace adrank {
+namespace {
+
+TEST(ThreadPoolWorkersTest, DefaultIsOneWorkerPerCoreTheProcessMayRunOn) {
+  // `taskset -c 0 adrank serve` must not start two workers that time-slice one core.
+  int workers = -1;
+  std::thread pinned([&] {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(0, &one);
+    ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);
+    EXPECT_EQ(AllowedCores(), 1);
+    std::unique_ptr<ThreadPool> pool;
+    ASSERT_TRUE(ThreadPool::Create(ThreadPoolOptions{}, &pool).ok());
+    workers = pool->num_workers();
+  });
+  pinned.join();
+  EXPECT_EQ(workers, 1);
+  std::unique_ptr<ThreadPool> pool;
+  ASSERT_TRUE(ThreadPool::Create(ThreadPoolOptions{}, &pool).ok());
+  EXPECT_EQ(pool->num_workers(), AllowedCores());
 }
 
 }  // namespace

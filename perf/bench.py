@@ -1,0 +1,631 @@
+"""`make bench`: adrank against the engine-only limit and the baselines, measured in one run on pinned cores.
+
+For each model (ctr, relevance) the run measures, one system after another:
+- engine-only: the model in ONNX Runtime with no server (perf/engine.py) on the servers' core: the candidates/s
+  ceiling and the direct per-request latency;
+- adrank (`adrank serve`, this model only), the naive grpc.aio baseline (perf/baselines/naive_server.py) and, for
+  ctr, PyTriton (perf/baselines/pytriton/, in a throwaway environment; 'not run: <reason>' if it cannot be had).
+
+Each server runs under `taskset -c <server core>`; the load generator (perf/loadgen.py) runs in this process,
+pinned to the other core. Per server: wait until it says it is serving, find its throughput with a short
+closed-loop probe, then sweep open-loop Poisson rates from light load to overload (fractions of that throughput,
+plus the rate at 10 % of adrank's capacity for the same model), each point bounded in seconds and requests; the
+full sweep then bisects between the last point within the bound and the first beyond it. Servers are stopped
+with SIGTERM and killed if they linger or anything fails.
+
+Output in --out (default perf/results/): <date>-<git sha>.json (everything), .png (p99 latency against
+candidates/s per system, the engine-only ceiling and the 10 ms bound drawn across) and .md (per system: max
+candidates/s with p99 <= 10 ms, p50/p99 at 10 % of adrank's capacity, ratio to engine-only; the targets
+pass/fail; the command, machine and pinning). Modes: default (full, ~7 min here), --quick (< 3 min; files end
+in -quick), --smoke (CI: seconds, ctr only, no PyTriton; files end in -smoke).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import the perf package from the checkout, not perf/ itself
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from perf import requests as request_sets
+from perf.loadgen import LoadGenerator, RunResult
+from perf.report import MAX_ERROR_FRACTION, P99_BOUND_MS, finite, markdown, plot, targets
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "perf" / "results"
+READY_TIMEOUT_S = 180.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str
+    models: tuple[str, ...]
+    pytriton: bool
+    fractions: tuple[float, ...]  # of the probed capacity (requests/s)
+    point_s: float  # open-loop seconds per point
+    point_max_requests: int
+    probe_s: float
+    probe_concurrency: int
+    refine_steps: int  # bisection points between the last rate within the bound and the first beyond
+    settle_s: float  # pause after each point, for the server to drain what the generator gave up on
+    requests: dict[str, int]  # distinct requests per model's set
+    engine_sizes: tuple[int, ...]
+    engine_s: float  # per batch size
+    engine_direct: int
+    timeout_s: float = 1.0  # each call's deadline
+    server_core: int = 0
+    generator_core: int = 1
+    adrank_workers: int = 1
+
+
+MODES = {
+    "full": Settings(
+        mode="full",
+        models=("ctr", "relevance"),
+        pytriton=True,
+        fractions=(0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3),
+        point_s=5.0,
+        point_max_requests=50_000,
+        probe_s=3.0,
+        probe_concurrency=16,
+        refine_steps=2,
+        settle_s=1.0,
+        requests={"ctr": 1000, "relevance": 400},
+        engine_sizes=(64, 128, 256, 512, 1024, 2048),
+        engine_s=1.0,
+        engine_direct=1000,
+    ),
+    "quick": Settings(
+        mode="quick",
+        models=("ctr", "relevance"),
+        pytriton=True,
+        fractions=(0.1, 0.4, 0.7, 1.0, 1.3),
+        point_s=2.0,
+        point_max_requests=20_000,
+        probe_s=1.5,
+        probe_concurrency=16,
+        refine_steps=2,
+        settle_s=0.5,
+        requests={"ctr": 1000, "relevance": 300},
+        engine_sizes=(64, 256, 1024, 2048),
+        engine_s=0.4,
+        engine_direct=400,
+    ),
+    "smoke": Settings(
+        mode="smoke",
+        models=("ctr",),
+        pytriton=False,
+        fractions=(0.1, 0.5),
+        point_s=0.5,
+        point_max_requests=2_000,
+        probe_s=0.5,
+        probe_concurrency=8,
+        refine_steps=0,
+        settle_s=0.2,
+        requests={"ctr": 200, "relevance": 100},
+        engine_sizes=(256, 1024),
+        engine_s=0.2,
+        engine_direct=100,
+    ),
+}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- machine and provenance -------------------------------------------------------------------------------------
+
+
+def _run_text(command: Sequence[str]) -> str:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def machine_info() -> dict[str, object]:
+    lscpu = _run_text(["lscpu"])
+    model = re.search(r"^Model name:\s*(.+)$", lscpu, re.M)
+    return {
+        "cpu_model": model.group(1).strip() if model else platform.processor(),
+        "nproc": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def git_info() -> dict[str, object]:
+    sha = _run_text(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"]) or "nogit"
+    dirty = bool(_run_text(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"]))
+    return {"sha": sha, "dirty": dirty}
+
+
+# --- servers as processes ---------------------------------------------------------------------------------------
+
+
+class ServerProcess:
+    """A server started under taskset; ready when its stderr prints the ready line; stopped with SIGTERM."""
+
+    def __init__(self, name: str, command: list[str], ready: str, core: int, log_file: Path, env: dict | None) -> None:
+        self.name = name
+        self.command = ["taskset", "-c", str(core), *command]
+        self._ready = re.compile(ready)
+        self.log_file = log_file
+        self.target: str | None = None
+        self._lines: list[str] = []
+        self._seen = threading.Event()
+        self.process = subprocess.Popen(
+            self.command,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group: tritonserver and friends go with it
+        )
+        self._reader = threading.Thread(target=self._read, name=f"{name}-log", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        with self.log_file.open("w") as out:
+            for line in self.process.stdout:
+                out.write(line)
+                out.flush()
+                if self.target is None:
+                    match = self._ready.search(line)
+                    if match:
+                        self.target = f"{match.group('host')}:{match.group('port')}"
+                        self._seen.set()
+                self._lines = [*self._lines[-40:], line.rstrip()]
+        self._seen.set()
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> str:
+        if not self._seen.wait(timeout_s) or self.target is None:
+            tail = " | ".join(self._lines[-5:])
+            raise RuntimeError(f"{self.name} did not become ready (exit {self.process.poll()}): {tail}")
+        return self.target
+
+    def stop(self, grace_s: float = 20.0) -> int | None:
+        """SIGTERM, then SIGKILL to its process group if it is still there after `grace_s`."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                log(f"{self.name} still running {grace_s:.0f} s after SIGTERM: killing it")
+        self._kill_group()
+        self._reader.join(timeout=5)
+        return self.process.returncode
+
+    def _kill_group(self) -> None:
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with suppress(subprocess.TimeoutExpired):
+            self.process.wait(10)
+
+
+@contextmanager
+def running(server: ServerProcess) -> Iterator[ServerProcess]:
+    try:
+        yield server
+    finally:
+        code = server.stop()
+        log(f"{server.name} stopped (exit {code})")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _console_script(name: str) -> list[str]:
+    script = Path(sys.executable).parent / name
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", f"import sys; from adrank.cli import main; sys.argv[0] = '{name}'; main()"]
+
+
+# --- PyTriton ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PyTriton:
+    """The throwaway environment, its KServe payloads and the files Triton leaves behind to clean up."""
+
+    interpreter: Path
+    library_dir: str
+    payloads: list[bytes]
+    candidates: object
+    home: Path
+
+    @staticmethod
+    def leftovers() -> set[Path]:
+        return set(Path("/dev/shm").glob("pytrtion*")) | set(Path("/tmp").glob("folder*"))
+
+
+def prepare_pytriton(requests: request_sets.RequestSet, work: Path, venv: Path) -> PyTriton:
+    import onnxruntime
+
+    from perf.baselines.pytriton import setup_venv
+
+    started = time.perf_counter()
+    interpreter = setup_venv.ensure(venv, onnxruntime.__version__)
+    log(f"pytriton environment {venv} ready ({time.perf_counter() - started:.0f} s)")
+    arrays, payload_file = work / "ctr-arrays.npz", work / "ctr-kserve.npz"
+    request_sets.save_arrays(requests, arrays)
+    command = [str(interpreter), "-m", "perf.requests", "kserve", "--arrays", str(arrays)]
+    command += ["--model-name", requests.model, "--output", requests.model, "--out", str(payload_file)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"serializing KServe requests failed: {done.stderr.strip().splitlines()[-1:]}")
+    payloads, candidates = request_sets.load_payloads(payload_file)
+    return PyTriton(interpreter, setup_venv.library_dir(interpreter), payloads, candidates, work / "pytriton-home")
+
+
+def check_reply(target: str, method: str, payload: bytes, candidates: int, kind: str) -> None:
+    """One call off the clock: the server answers with a score per candidate (the generator never parses)."""
+    import grpc
+
+    from adrank.v1 import ranking_pb2 as pb
+
+    with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)]) as channel:
+        reply = channel.unary_unary(method)(payload, timeout=60)
+    if kind == "echo":
+        return
+    if method == request_sets.KSERVE_METHOD:
+        scores = len(reply) // 4  # ModelInferResponse: the raw float32 output is most of it
+    else:
+        response = pb.RankResponse.FromString(reply)
+        scores = len(response.results[0].scores) // 4 if response.results else 0
+    if scores < candidates:
+        raise RuntimeError(f"a request of {candidates} candidates got {scores} scores back")
+
+
+# --- one system: probe, sweep, summary --------------------------------------------------------------------------
+
+
+@dataclass
+class SystemResult:
+    name: str
+    model: str
+    status: str = "ok"
+    server: str = ""
+    probe: dict[str, object] | None = None
+    points: list[dict[str, object]] = field(default_factory=list)
+    max_candidates_per_s: float | None = None  # with p99 <= bound and errors <= MAX_ERROR_FRACTION
+    at_10pct: dict[str, object] | None = None
+    generator_saturated_points: int = 0
+    seconds: float = 0.0
+
+
+def within_bound(point: dict[str, object]) -> bool:
+    p99 = point["latency_ms"]["p99"]  # type: ignore[index]
+    return (
+        isinstance(p99, float)
+        and math.isfinite(p99)
+        and p99 <= P99_BOUND_MS
+        and float(point["error_fraction"]) <= MAX_ERROR_FRACTION  # type: ignore[arg-type]
+    )
+
+
+def _point(result: RunResult, fraction: float | None, label: str) -> dict[str, object]:
+    point = result.to_json()
+    point["fraction_of_capacity"] = fraction
+    point["label"] = label
+    point["within_bound"] = within_bound(point)
+    return point
+
+
+def measure_floor(result: SystemResult, generator: LoadGenerator, settings: Settings, rate: float) -> None:
+    """The echo server: only the point at 10 % of adrank's capacity (latency floor of transport + generator)."""
+    point = _point(_open(generator, settings, rate), None, "10% of adrank")
+    point["at_10pct_of_adrank"] = True
+    result.at_10pct = point
+    result.points.append(point)
+    _log_point(result.name, point)
+    result.generator_saturated_points = int(bool(point["generator_saturated"]))
+
+
+def measure_system(
+    result: SystemResult,
+    generator: LoadGenerator,
+    settings: Settings,
+    at_10pct_rate: float | None,
+) -> float:
+    """Probes, sweeps and summarizes into `result`; returns the probed capacity in requests/s."""
+    probe = generator.closed_loop(settings.probe_concurrency, settings.probe_s, 1_000_000)
+    result.probe = probe.to_json()
+    capacity = probe.achieved_rate
+    log(
+        f"  {result.name} probe: {capacity:.0f} req/s, {probe.candidates_per_s:.0f} cand/s"
+        f" (closed loop, {settings.probe_concurrency} in flight, p99 {probe.latency_ms['p99']:.1f} ms)"
+    )
+    if capacity <= 0:
+        raise RuntimeError(f"the probe got no successful reply ({probe.errors})")
+    own_10pct = at_10pct_rate if at_10pct_rate is not None else 0.1 * capacity
+    rates = {round(f * capacity, 3): (f, f"{f:.0%}") for f in settings.fractions}
+    if not any(abs(r - own_10pct) <= 0.02 * own_10pct for r in rates):
+        rates[round(own_10pct, 3)] = (own_10pct / capacity, "10% of adrank")
+    failed_in_row = 0
+    for rate in sorted(rates):
+        fraction, label = rates[rate]
+        point = _point(_open(generator, settings, rate), fraction, label)
+        if abs(rate - own_10pct) <= 0.02 * own_10pct:
+            point["at_10pct_of_adrank"] = True
+            result.at_10pct = point
+        result.points.append(point)
+        _log_point(result.name, point)
+        time.sleep(settings.settle_s)
+        failed_in_row = 0 if point["within_bound"] else failed_in_row + 1
+        if failed_in_row >= 2 and rate >= capacity and (result.at_10pct is not None):
+            break  # deep in overload: more points only measure the queue
+    _refine(result, generator, settings)
+    ok = [p for p in result.points if p["within_bound"]]
+    result.max_candidates_per_s = max((float(p["candidates_per_s"]) for p in ok), default=0.0)  # type: ignore[arg-type]
+    result.generator_saturated_points = sum(1 for p in result.points if p["generator_saturated"])
+    return capacity
+
+
+def _open(generator: LoadGenerator, settings: Settings, rate: float) -> RunResult:
+    count = min(settings.point_max_requests, max(20, int(rate * settings.point_s)))
+    return generator.open_loop(rate, count / rate, count)
+
+
+def _refine(result: SystemResult, generator: LoadGenerator, settings: Settings) -> None:
+    """Bisects the offered rate between the highest rate within the bound and the lowest beyond it.
+
+    A system beyond the bound at every rate gets half its lowest rate instead (a heavy-tailed request mix can
+    break a 10 ms p99 at light load already).
+    """
+    for _ in range(settings.refine_steps):
+        by_rate = sorted(result.points, key=lambda p: float(p["target_rate"]))  # type: ignore[arg-type]
+        good = [float(p["target_rate"]) for p in by_rate if p["within_bound"]]  # type: ignore[arg-type]
+        if not good:
+            time.sleep(2 * settings.settle_s)
+            point = _point(_open(generator, settings, float(by_rate[0]["target_rate"]) / 2), None, "halve")  # type: ignore[arg-type]
+            result.points.append(point)
+            _log_point(result.name, point)
+            continue
+        beyond = [float(p["target_rate"]) for p in by_rate if not p["within_bound"] and p["target_rate"] > max(good)]  # type: ignore[arg-type, operator]
+        if not beyond:
+            return
+        rate = (max(good) + min(beyond)) / 2
+        time.sleep(2 * settings.settle_s)  # the overload points just before left a queue behind
+        point = _point(_open(generator, settings, rate), None, "bisect")
+        result.points.append(point)
+        _log_point(result.name, point)
+
+
+def _log_point(name: str, point: dict[str, object]) -> None:
+    lat = point["latency_ms"]
+    flags = f" gen-cpu {point['generator_cpu']:.0%}"
+    flags += " GENERATOR-SATURATED" if point["generator_saturated"] else ""
+    flags += f" errors={point['errors']}" if point["errors"] else ""
+    log(
+        f"  {name} {point['label']:>14} offered {point['target_rate']:8.1f}/s: {point['candidates_per_s']:9.0f} cand/s"
+        f" p50 {lat['p50']:6.2f} p99 {lat['p99']:7.2f} ms{flags}"  # type: ignore[index]
+    )
+
+
+# --- the run ----------------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, settings: Settings, out: Path, pytriton_venv: Path) -> None:
+        self.settings = settings
+        self.out = out
+        self.pytriton_venv = pytriton_venv
+        self.work = Path(tempfile.mkdtemp(prefix="adrank-bench-"))
+        self.systems: dict[str, SystemResult] = {}
+        self.engine: dict[str, dict[str, object]] = {}
+        self.request_sets: dict[str, request_sets.RequestSet] = {}
+
+    def run(self) -> dict[str, object]:
+        s = self.settings
+        started = time.perf_counter()
+        os.sched_setaffinity(0, {s.generator_core})
+        log(f"mode {s.mode}: servers and engine on core {s.server_core}, generator on core {s.generator_core}")
+        for model in s.models:
+            built = time.perf_counter()
+            self.request_sets[model] = request_sets.build(model, s.requests[model])
+            log(f"{model}: {self.request_sets[model].summary()} ({time.perf_counter() - built:.1f} s to build)")
+        for model in s.models:
+            self.engine[model] = self._engine(model)
+        for model in s.models:
+            adrank = self._system(f"adrank-{model}", model, "adrank", None)
+            rate_10 = 0.1 * adrank[1] if adrank[1] else None
+            self._system("naive" if model == "ctr" else f"naive-{model}", model, "naive", rate_10)
+            if model == "ctr" and rate_10:
+                self._system("grpc-echo", model, "echo", rate_10)
+            if model == "ctr":
+                if s.pytriton:
+                    self._system("pytriton", model, "pytriton", rate_10)
+                else:
+                    reason = "--smoke mode" if s.mode == "smoke" else "--no-pytriton"
+                    self.systems["pytriton"] = SystemResult("pytriton", model, status=f"not run: {reason}")
+        shutil.rmtree(self.work, ignore_errors=True)
+        return {"seconds": time.perf_counter() - started}
+
+    def _engine(self, model: str) -> dict[str, object]:
+        s = self.settings
+        out = self.work / f"engine-{model}.json"
+        command = ["taskset", "-c", str(s.server_core), sys.executable, str(REPO / "perf" / "engine.py")]
+        command += ["--model", model, "--requests", str(s.requests[model]), "--out", str(out)]
+        command += ["--sizes", ",".join(map(str, s.engine_sizes)), "--seconds", str(s.engine_s)]
+        command += ["--direct", str(s.engine_direct)]
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"engine-only {model} failed: {done.stderr.strip()[-500:]}")
+        result = json.loads(out.read_text())
+        best = result["best"]
+        log(
+            f"engine-only {model}: ceiling {result['ceiling_candidates_per_s']:.0f} cand/s at batch"
+            f" {best['batch_rows']}, direct p50 {result['direct']['p50_ms']:.3f} ms"
+            f" p99 {result['direct']['p99_ms']:.3f} ms ({time.perf_counter() - started:.1f} s)"
+        )
+        return result
+
+    def _system(self, name: str, model: str, kind: str, at_10pct_rate: float | None) -> tuple[str, float | None]:
+        s = self.settings
+        result = SystemResult(name, model)
+        self.systems[name] = result
+        started = time.perf_counter()
+        requests = self.request_sets[model]
+        payloads, candidates, method = requests.payloads, requests.candidates, requests.method
+        leftovers: set[Path] = set()
+        try:
+            env: dict[str, str] | None = None
+            if kind == "adrank":
+                repository = self.work / f"repository-{model}"
+                repository.mkdir(exist_ok=True)
+                link = repository / model
+                if not link.exists():
+                    link.symlink_to(REPO / "models" / model)
+                command = [*_console_script("adrank"), "serve", "--repository", str(repository)]
+                command += ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"]
+                command += ["--workers", str(s.adrank_workers)]
+                ready = r"adrank: SERVING .* on grpc (?P<host>[\d.]+):(?P<port>\d+)"
+            elif kind in ("naive", "echo"):
+                command = [sys.executable, str(REPO / "perf" / "baselines" / "naive_server.py"), "--models", model]
+                command += ["--host", "127.0.0.1", "--port", "0", *(["--echo"] if kind == "echo" else [])]
+                ready = r"naive: SERVING .* on grpc (?P<host>[\d.]+):(?P<port>\d+)"
+            else:
+                triton = prepare_pytriton(requests, self.work, self.pytriton_venv)
+                payloads, candidates, method = triton.payloads, triton.candidates, request_sets.KSERVE_METHOD
+                leftovers = PyTriton.leftovers()
+                command = [str(triton.interpreter), str(REPO / "perf" / "baselines" / "pytriton" / "server.py")]
+                command += ["--model-dir", str(REPO / "models" / model / "1"), "--name", model]
+                command += ["--grpc-port", str(free_port()), "--http-port", str(free_port())]
+                command += ["--workspace", str(self.work / "pytriton-workspace")]
+                env = {"LD_LIBRARY_PATH": triton.library_dir, "PYTRITON_HOME": str(triton.home)}
+                ready = r"pytriton: SERVING .* on grpc (?P<host>[\d.]+):(?P<port>\d+)"
+            log(f"{name}: starting {' '.join(command[:3])} ...")
+            server = ServerProcess(name, command, ready, s.server_core, self.work / f"{name}.log", env)
+            with running(server):
+                target = server.wait_ready()
+                result.server = target
+                log(f"{name}: serving on {target} ({time.perf_counter() - started:.1f} s)")
+                check_reply(target, method, payloads[0], int(candidates[0]), kind)  # type: ignore[index]
+                generator = LoadGenerator(target, method, payloads, candidates, timeout_s=s.timeout_s)  # type: ignore[arg-type]
+                if kind == "echo":
+                    assert at_10pct_rate is not None
+                    measure_floor(result, generator, s, at_10pct_rate)
+                    capacity = None
+                else:
+                    capacity = measure_system(result, generator, s, at_10pct_rate)
+        except Exception as error:  # one system failing is recorded, and the run goes on
+            result.status = f"not run: {error}" if not result.points else f"failed: {error}"
+            log(f"{name}: {result.status}")
+            capacity = None
+        finally:
+            if kind == "pytriton":
+                for path in PyTriton.leftovers() - leftovers:
+                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        result.seconds = time.perf_counter() - started
+        return name, capacity
+
+
+# --- the report -------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="fewer, shorter points (< 3 minutes)")
+    group.add_argument("--smoke", action="store_true", help="seconds: ctr only, no PyTriton (the CI smoke test)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the .json, .png and .md go")
+    parser.add_argument("--no-pytriton", action="store_true", help="skip PyTriton")
+    parser.add_argument("--pytriton-venv", type=Path, default=None, help="throwaway environment for PyTriton")
+    parser.add_argument("--models", default=None, help="comma-separated subset of ctr,relevance")
+    parser.add_argument("--adrank-workers", type=int, default=1, help="adrank serve --workers")
+    args = parser.parse_args(argv)
+    settings = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    if args.no_pytriton:
+        settings = replace(settings, pytriton=False)
+    if args.models:
+        settings = replace(settings, models=tuple(args.models.split(",")))
+    settings = replace(settings, adrank_workers=args.adrank_workers)
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        log(f"only core {cores[0]} is available: the server and the generator will share it")
+    settings = replace(settings, server_core=cores[0], generator_core=cores[min(1, len(cores) - 1)])
+    from perf.baselines.pytriton.setup_venv import DEFAULT_VENV
+
+    bench = Bench(settings, args.out, args.pytriton_venv or DEFAULT_VENV)
+    date = dt.date.today().isoformat()
+    git = git_info()
+    report: dict[str, object] = {
+        "date": date,
+        "git": git,
+        "mode": settings.mode,
+        "command": " ".join([sys.executable.replace(str(REPO) + "/", ""), "perf/bench.py", *(argv or sys.argv[1:])]),
+        "machine": machine_info(),
+        "pinning": {
+            "server_core": settings.server_core,
+            "engine_core": settings.server_core,
+            "generator_core": settings.generator_core,
+            "adrank_workers": settings.adrank_workers,
+            "how": "servers and engine-only under `taskset -c`, the generator process via sched_setaffinity",
+        },
+        "settings": asdict(settings),
+        "p99_bound_ms": P99_BOUND_MS,
+        "max_error_fraction": MAX_ERROR_FRACTION,
+    }
+    try:
+        report.update(bench.run())
+    finally:
+        shutil.rmtree(bench.work, ignore_errors=True)
+    report["request_sets"] = {m: r.summary() for m, r in bench.request_sets.items()}
+    report["engine_only"] = bench.engine
+    report["systems"] = {name: asdict(system) for name, system in bench.systems.items()}
+    # The engine-only figures also appear as a system, so that every system has one entry to look up.
+    for model, result in bench.engine.items():
+        name = "engine-only" if model == "ctr" else f"engine-only-{model}"
+        report["systems"][name] = {  # type: ignore[index]
+            "name": name,
+            "model": model,
+            "status": "ok",
+            "max_candidates_per_s": result["ceiling_candidates_per_s"],
+            "direct": result["direct"],
+            "best": result["best"],
+            "points": [],
+        }
+    report["targets"] = targets(report["systems"], bench.engine)  # type: ignore[arg-type]
+    report = finite(report)  # type: ignore[assignment]
+    args.out.mkdir(parents=True, exist_ok=True)
+    # The full sweep owns <date>-<sha>; a quick or smoke run never overwrites it.
+    stem = args.out / f"{date}-{git['sha']}{'' if settings.mode == 'full' else '-' + settings.mode}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(report))
+    plot(report, stem.with_suffix(".png"))
+    print(stem.with_suffix(".md").read_text())
+    log(f"wrote {stem}.json, .md, .png in {report['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Engine-only: the model run in ONNX Runtime directly, no server: the ceiling and the per-request reference.
+
+Two figures per model, on the core this process is pinned to (the bench runs it under `taskset -c 0`, the core the
+servers get):
+- ceiling: candidates/s of `session.run` over the benchmark's own request set packed into batches of B rows (the
+  way a batching server packs them: whole requests in arrival order, a request split across batches where it
+  overflows one; for relevance each batch carries one tokenized query per request it holds, trimmed to the batch's
+  longest query), for B in 64..2048 and the model config's thread counts (intra-op 1 on one core). The best B is
+  the candidates/s no server on that core can beat, since a server runs the same session plus its own work.
+- direct: the latency of `session.run` on each request alone, one at a time (p50/p99): what a request costs with
+  nothing but the engine in the way, the reference for a server's latency at light load.
+
+Inputs are built before any timing; the session options match adrank's ONNX Runtime backend (the config's
+`onnxruntime` section, sequential execution).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+if __package__ in (None, ""):  # run as a script: import the perf package from the checkout, not perf/ itself
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from perf import requests as request_sets
+
+ROW_REQUEST_INDEX = "row_request_index"
+_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class Engine:
+    """One model's ONNX Runtime session with the options adrank's backend gives it."""
+
+    def __init__(self, model: str, models: Path = request_sets.MODELS, intra_op_threads: int | None = None) -> None:
+        from adrank.repository import ModelRepository
+
+        entry = ModelRepository(models).entry(model)
+        version_dir = entry.version_dir(entry.versions[-1])
+        self.config = entry.config
+        options = ort.SessionOptions()
+        self.intra_op_threads = intra_op_threads or entry.config.onnxruntime.intra_op_num_threads
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = entry.config.onnxruntime.inter_op_num_threads
+        options.graph_optimization_level = _OPTIMIZATION[entry.config.onnxruntime.graph_optimization_level]
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(
+            str(version_dir / "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.outputs = [t.name for t in entry.config.outputs]
+        self.text = next((t for t in entry.config.inputs if t.tokenizer is not None), None)
+        self.tokenizer = None
+        if self.text is not None:
+            from tokenizers import Tokenizer
+
+            assert self.text.tokenizer is not None
+            self.tokenizer = Tokenizer.from_file(str(version_dir / self.text.tokenizer.file))
+            self.tokenizer.enable_truncation(max_length=self.text.tokenizer.max_length)
+            self.tokenizer.enable_padding(length=self.text.tokenizer.max_length, pad_id=0)
+
+    def tokenize(self, queries: Sequence[str]) -> dict[str, np.ndarray]:
+        """Token ids and mask int64 [R, L], trimmed to the longest query (as adrank's backend trims)."""
+        assert self.tokenizer is not None and self.text is not None and self.text.tokenizer is not None
+        encodings = self.tokenizer.encode_batch(list(queries))
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        length = max(int(mask.sum(axis=1).max()), 1)
+        names = self.text.tokenizer
+        return {
+            names.input_ids: np.ascontiguousarray(ids[:, :length]),
+            names.attention_mask: np.ascontiguousarray(mask[:, :length]),
+        }
+
+    def feed(self, parts: Sequence[tuple[int, slice]], requests: request_sets.RequestSet) -> dict[str, np.ndarray]:
+        """The inputs of one batch made of row ranges of requests: [(request index, rows), ...]."""
+        names = list(requests.feeds[0])
+        feed = {name: np.concatenate([requests.feeds[i][name][rows] for i, rows in parts]) for name in names}
+        if self.tokenizer is not None:
+            feed.update(self.tokenize([requests.context[i] for i, _ in parts]))
+            counts = [_rows(requests, i, rows) for i, rows in parts]
+            feed[ROW_REQUEST_INDEX] = np.repeat(np.arange(len(parts), dtype=np.int64), counts)
+        return {name: np.ascontiguousarray(array) for name, array in feed.items()}
+
+    def run(self, feed: dict[str, np.ndarray]) -> None:
+        self.session.run(self.outputs, feed)
+
+
+def _rows(requests: request_sets.RequestSet, index: int, rows: slice) -> int:
+    return len(range(*rows.indices(int(requests.candidates[index]))))
+
+
+def pack(requests: request_sets.RequestSet, batch_rows: int) -> list[list[tuple[int, slice]]]:
+    """The request set in arrival order packed into batches of `batch_rows` rows (the last one may be short)."""
+    batches: list[list[tuple[int, slice]]] = []
+    current: list[tuple[int, slice]] = []
+    room = batch_rows
+    for i, n in enumerate(requests.candidates):
+        start = 0
+        while start < n:
+            take = min(room, int(n) - start)
+            current.append((i, slice(start, start + take)))
+            start += take
+            room -= take
+            if room == 0:
+                batches.append(current)
+                current, room = [], batch_rows
+    if current:
+        batches.append(current)
+    return batches
+
+
+def ceiling(engine: Engine, requests: request_sets.RequestSet, batch_rows: int, seconds: float) -> dict[str, float]:
+    """Candidates/s of back-to-back `session.run` over the set packed into `batch_rows`-row batches."""
+    batches = pack(requests, batch_rows)
+    if len(batches) > 1:
+        batches = batches[:-1]  # a short tail batch would understate the size
+    feeds = [engine.feed(parts, requests) for parts in batches]
+    rows = [sum(_rows(requests, i, part) for i, part in parts) for parts in batches]
+    for feed in feeds[:2]:
+        engine.run(feed)  # warm-up: the first run at a shape allocates
+    done_rows, runs = 0, 0
+    start = time.perf_counter()
+    while True:
+        feed_index = runs % len(feeds)
+        engine.run(feeds[feed_index])
+        done_rows += rows[feed_index]
+        runs += 1
+        elapsed = time.perf_counter() - start
+        if (elapsed >= seconds and runs >= 3) or runs >= 100_000:
+            break
+    return {
+        "batch_rows": batch_rows,
+        "runs": runs,
+        "seconds": elapsed,
+        "candidates_per_s": done_rows / elapsed,
+        "ms_per_run": elapsed / runs * 1e3,
+    }
+
+
+def direct(engine: Engine, requests: request_sets.RequestSet, count: int) -> dict[str, float]:
+    """Latency of `session.run` on each request alone (its own rows, its own query), in ms."""
+    feeds = [engine.feed([(i, slice(None))], requests) for i in range(min(count, len(requests)))]
+    for feed in feeds[:5]:
+        engine.run(feed)
+    latency = np.empty(len(feeds))
+    for i, feed in enumerate(feeds):
+        start = time.perf_counter()
+        engine.run(feed)
+        latency[i] = time.perf_counter() - start
+    latency *= 1e3
+    return {
+        "requests": len(feeds),
+        "p50_ms": float(np.percentile(latency, 50)),
+        "p90_ms": float(np.percentile(latency, 90)),
+        "p99_ms": float(np.percentile(latency, 99)),
+        "mean_ms": float(latency.mean()),
+    }
+
+
+def measure(
+    model: str,
+    count: int,
+    sizes: Sequence[int],
+    seconds: float,
+    direct_count: int,
+    threads: Sequence[int] = (1,),
+) -> dict[str, object]:
+    requests = request_sets.build(model, count)
+    sweep = []
+    for intra in threads:
+        engine = Engine(model, intra_op_threads=intra)
+        for size in sizes:
+            sweep.append({"intra_op_threads": intra, **ceiling(engine, requests, size, seconds)})
+    best = max(sweep, key=lambda point: float(point["candidates_per_s"]))
+    return {
+        "model": model,
+        "cores": sorted(os.sched_getaffinity(0)),
+        "onnxruntime": ort.__version__,
+        "request_set": requests.summary(),
+        "batch_sweep": sweep,
+        "best": best,
+        "ceiling_candidates_per_s": best["candidates_per_s"],
+        "direct": direct(Engine(model, intra_op_threads=int(best["intra_op_threads"])), requests, direct_count),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ctr")
+    parser.add_argument("--requests", type=int, default=1000, help="size of the request set (as the bench builds)")
+    parser.add_argument("--sizes", default="64,128,256,512,1024,2048", help="batch sizes (rows)")
+    parser.add_argument("--threads", default="1", help="intra-op thread counts to try")
+    parser.add_argument("--seconds", type=float, default=1.0, help="time per batch size")
+    parser.add_argument("--direct", type=int, default=500, help="requests timed one at a time")
+    parser.add_argument("--out", type=Path, help="write the JSON here (default: stdout)")
+    args = parser.parse_args(argv)
+    result = measure(
+        args.model,
+        args.requests,
+        [int(s) for s in args.sizes.split(",")],
+        args.seconds,
+        args.direct,
+        [int(t) for t in args.threads.split(",")],
+    )
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

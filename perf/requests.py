@@ -1,0 +1,205 @@
+"""Request sets for the benchmarks: real inputs, heavy-tailed candidate counts, serialized before the clock starts.
+
+An ads server sends one request per auction with tens to thousands of candidates. A request set here holds, per
+request, its candidate count N (lognormal: median 100, p99 about 1000, capped at 2000, at least 1), the arrays a
+model consumes (for the engine-only runs, which feed ONNX Runtime directly) and the request already serialized
+to the bytes a server reads, so the load generator sends bytes and never serializes on the clock.
+
+- ctr: N rows sampled (with replacement) from the real Criteo rows in `../shared/data/criteo/train_1999.csv`.
+- relevance: a query from `models/relevance/texts.json` ("queries") and N ad embeddings made once, with
+  adrank's own `TextEmbedder`, from the ad titles there ("ads").
+- KServe v2 (`inference.GRPCInferenceService/ModelInfer`, what Triton / PyTriton speak): the same ctr arrays as
+  `ModelInferRequest` bytes. Serializing them needs tritonclient's `grpc_service_pb2`, which lives only in the
+  throwaway PyTriton environment, so that environment runs `python perf/requests.py kserve ...` on arrays saved
+  by this module (adrank is imported lazily for that reason).
+
+Everything is drawn from a fixed seed: the engine-only run (another process) rebuilds the identical set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+CRITEO_FILE = REPO.parent / "shared" / "data" / "criteo" / "train_1999.csv"
+
+MEDIAN_CANDIDATES = 100
+P99_CANDIDATES = 1000
+MAX_CANDIDATES = 2000
+# A lognormal's p99 is median * exp(2.3263 sigma): sigma = ln(10) / 2.3263 = 0.99.
+SIGMA = math.log(P99_CANDIDATES / MEDIAN_CANDIDATES) / 2.3263478740408408
+RANK_METHOD = "/adrank.v1.Ranking/Rank"
+KSERVE_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+
+@dataclass
+class RequestSet:
+    """Pre-serialized requests of one model; `feeds[i]` are request i's model inputs (for ONNX Runtime)."""
+
+    model: str
+    method: str
+    payloads: list[bytes]
+    candidates: np.ndarray  # int64 [len(payloads)]
+    feeds: list[dict[str, np.ndarray]] = field(default_factory=list, repr=False)
+    context: list[str] = field(default_factory=list, repr=False)  # relevance: each request's query
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    def summary(self) -> dict[str, float]:
+        n = self.candidates
+        sizes = np.array([len(p) for p in self.payloads])
+        return {
+            "requests": len(self),
+            "candidates_p50": float(np.percentile(n, 50)),
+            "candidates_p99": float(np.percentile(n, 99)),
+            "candidates_mean": float(n.mean()),
+            "candidates_max": int(n.max()),
+            "bytes_mean": float(sizes.mean()),
+        }
+
+
+def candidate_counts(count: int, seed: int) -> np.ndarray:
+    """N per request: lognormal (median 100, p99 ~1000), rounded, clipped to [1, 2000]."""
+    rng = np.random.default_rng(seed)
+    draws = rng.lognormal(mean=math.log(MEDIAN_CANDIDATES), sigma=SIGMA, size=count)
+    return np.clip(np.rint(draws), 1, MAX_CANDIDATES).astype(np.int64)
+
+
+def ctr_requests(count: int, seed: int = 1, criteo_file: Path = CRITEO_FILE) -> RequestSet:
+    """`count` Rank requests for `ctr`: dense f32 [N, 13] and sparse i64 [N, 26] from real Criteo rows."""
+    from adrank.client import build_request
+    from adrank.criteo import read_rows
+
+    rows = read_rows(criteo_file)
+    sizes = candidate_counts(count, seed)
+    rng = np.random.default_rng(seed + 1)
+    payloads: list[bytes] = []
+    feeds: list[dict[str, np.ndarray]] = []
+    for i, n in enumerate(sizes):
+        picked = rows.take(rng.integers(0, len(rows), size=int(n)))
+        feed = {"dense": np.ascontiguousarray(picked.dense), "sparse": np.ascontiguousarray(picked.sparse)}
+        payloads.append(build_request(["ctr"], feed, request_id=f"ctr-{i}").SerializeToString())
+        feeds.append(feed)
+    return RequestSet("ctr", RANK_METHOD, payloads, sizes, feeds)
+
+
+def relevance_texts(models: Path = MODELS) -> tuple[list[str], list[str]]:
+    """(queries, ad texts) from the relevance model's own evaluation texts."""
+    texts = json.loads((models / "relevance" / "texts.json").read_text())
+    return list(texts["queries"]), list(texts["ads"])
+
+
+def ad_embeddings(ads: Sequence[str], models: Path = MODELS) -> np.ndarray:
+    """float32 [len(ads), 384], embedded by the relevance model's own encoder (as `adrank embed` does)."""
+    from adrank.embed import TextEmbedder
+    from adrank.repository import ModelRepository
+
+    entry = ModelRepository(models).entry("relevance")
+    return TextEmbedder(entry.version_dir(entry.versions[-1]), entry.config).embed(list(ads))
+
+
+def relevance_requests(count: int, seed: int = 2, models: Path = MODELS) -> RequestSet:
+    """`count` Rank requests for `relevance`: one query (context) and N ad embeddings each."""
+    from adrank.client import build_request
+
+    queries, ads = relevance_texts(models)
+    embeddings = ad_embeddings(ads, models)
+    sizes = candidate_counts(count, seed)
+    rng = np.random.default_rng(seed + 1)
+    payloads: list[bytes] = []
+    feeds: list[dict[str, np.ndarray]] = []
+    context: list[str] = []
+    for i, n in enumerate(sizes):
+        query = queries[int(rng.integers(0, len(queries)))]
+        ads_picked = np.ascontiguousarray(embeddings[rng.integers(0, len(embeddings), size=int(n))])
+        request = build_request(["relevance"], {"ad_embedding": ads_picked}, {"query": [query]}, request_id=f"rel-{i}")
+        payloads.append(request.SerializeToString())
+        feeds.append({"ad_embedding": ads_picked})
+        context.append(query)
+    return RequestSet("relevance", RANK_METHOD, payloads, sizes, feeds, context)
+
+
+def build(model: str, count: int, seed: int | None = None) -> RequestSet:
+    if model == "ctr":
+        return ctr_requests(count, 1 if seed is None else seed)
+    if model == "relevance":
+        return relevance_requests(count, 2 if seed is None else seed)
+    raise ValueError(f"no request builder for model '{model}'")
+
+
+# --- KServe v2 (Triton, PyTriton) -----------------------------------------------------------------------------
+
+
+def save_arrays(requests: RequestSet, path: Path) -> None:
+    """The set's numeric feeds, concatenated per input, with each request's row count (for `kserve`)."""
+    names = list(requests.feeds[0])
+    arrays = {name: np.concatenate([f[name] for f in requests.feeds]) for name in names}
+    np.savez(path, candidates=requests.candidates, names=np.array(names), **arrays)
+
+
+def kserve_payloads(arrays_file: Path, model_name: str, output: str) -> list[bytes]:
+    """ModelInferRequest bytes, one per request of a `save_arrays` file (needs tritonclient)."""
+    from tritonclient.grpc import service_pb2  # type: ignore[import-not-found]
+
+    _DATATYPES = {"float32": "FP32", "int64": "INT64", "int32": "INT32", "float64": "FP64"}
+    with np.load(arrays_file) as data:  # an NpzFile reads an array anew at each access: read each once
+        sizes = data["candidates"]
+        names = [str(n) for n in data["names"]]
+        arrays = {name: data[name] for name in names}
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    payloads = []
+    for i, n in enumerate(sizes):
+        request = service_pb2.ModelInferRequest(model_name=model_name, id=f"kserve-{i}")
+        for name in names:
+            rows = np.ascontiguousarray(arrays[name][starts[i] : starts[i + 1]])
+            tensor = request.inputs.add(name=name, datatype=_DATATYPES[rows.dtype.name])
+            tensor.shape.extend([int(n), *rows.shape[1:]])
+            request.raw_input_contents.append(rows.tobytes())
+        request.outputs.add(name=output)
+        payloads.append(request.SerializeToString())
+    return payloads
+
+
+def save_payloads(payloads: Sequence[bytes], candidates: np.ndarray, path: Path) -> None:
+    offsets = np.cumsum([0, *(len(p) for p in payloads)]).astype(np.int64)
+    blob = np.frombuffer(b"".join(payloads), dtype=np.uint8)
+    np.savez(path, blob=blob, offsets=offsets, candidates=candidates)
+
+
+def load_payloads(path: Path) -> tuple[list[bytes], np.ndarray]:
+    with np.load(path) as data:
+        blob, offsets, candidates = data["blob"].tobytes(), data["offsets"], data["candidates"]
+    return [blob[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)], candidates
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    kserve = sub.add_parser("kserve", help="serialize a save_arrays file as KServe v2 ModelInferRequest payloads")
+    kserve.add_argument("--arrays", type=Path, required=True)
+    kserve.add_argument("--model-name", required=True)
+    kserve.add_argument("--output", required=True)
+    kserve.add_argument("--out", type=Path, required=True)
+    show = sub.add_parser("summary", help="print a request set's candidate distribution")
+    show.add_argument("--model", default="ctr")
+    show.add_argument("--count", type=int, default=1000)
+    args = parser.parse_args(argv)
+    if args.command == "kserve":
+        payloads = kserve_payloads(args.arrays, args.model_name, args.output)
+        with np.load(args.arrays) as data:
+            save_payloads(payloads, data["candidates"], args.out)
+    else:
+        print(json.dumps(build(args.model, args.count).summary()))
+
+
+if __name__ == "__main__":
+    main()
