@@ -755,6 +755,20 @@ TEST_P(ThreadPoolTest, RemoveModelDrainsItWhileOthersKeepServing) {
   ExpectSumOutputs(again_done.result(0), other_input);
 }
 
+// Probes `model` until it refuses submissions (a removal has begun), cancelling every probe it accepted
+// before that, so that its queue is as it was.
+void WaitUntilRefusing(ModelQueue& model, const SumInput& input) {
+  const auto give_up = std::chrono::steady_clock::now() + kTimeout;
+  while (std::chrono::steady_clock::now() < give_up) {
+    RequestHandle probe;
+    const Status status = model.Submit(input.MakeRequest([](RequestResult&&) {}), &probe);
+    if (status.code() == StatusCode::kUnavailable) return;
+    EXPECT_TRUE(status.ok()) << status.ToString();
+    EXPECT_TRUE(model.Cancel(probe));
+  }
+  ADD_FAILURE() << "model '" << model.name() << "' never refused a submission";
+}
+
 TEST_P(ThreadPoolTest, RemoveModelWaitsForTheBatchInFlight) {
   // Nothing queued, one batch running: the removal must still wait for it, or the caller could
   // unload the session under a running batch.
@@ -773,16 +787,8 @@ TEST_P(ThreadPoolTest, RemoveModelWaitsForTheBatchInFlight) {
 
   Status remove_status = Internal("RemoveModel did not return");
   Background remover([&] { remove_status = pool->RemoveModel(removed); });
-  // Once submissions are refused the removal has begun. Probes accepted before that are cancelled
-  // at once (the only instance is busy, so none can run): the queue is empty again.
-  const auto give_up = std::chrono::steady_clock::now() + kTimeout;
-  while (std::chrono::steady_clock::now() < give_up) {
-    RequestHandle probe;
-    const Status status = removed->Submit(input.MakeRequest([](RequestResult&&) {}), &probe);
-    if (status.code() == StatusCode::kUnavailable) break;
-    EXPECT_TRUE(status.ok()) << status.ToString();
-    EXPECT_TRUE(removed->Cancel(probe));
-  }
+  // Once submissions are refused the removal has begun (the only instance is busy, so no probe ran).
+  WaitUntilRefusing(*removed, input);
   EXPECT_TRUE(removed->batcher().empty());
   // Batches of another model finishing wake the removal to re-check: give a removal that wrongly
   // skips the wait for the batch in flight every chance to return before the check below (a
@@ -822,15 +828,7 @@ TEST_P(ThreadPoolTest, RemoveModelReturnsWhenItsQueuedRequestsAreCancelled) {
 
   Status remove_status = Internal("RemoveModel did not return");
   Background remover([&] { remove_status = pool->RemoveModel(removed); });
-  // Submissions are refused once the removal has begun; probes accepted before that are cancelled.
-  const auto give_up = std::chrono::steady_clock::now() + kTimeout;
-  while (std::chrono::steady_clock::now() < give_up) {
-    RequestHandle probe;
-    const Status status = removed->Submit(input.MakeRequest([](RequestResult&&) {}), &probe);
-    if (status.code() == StatusCode::kUnavailable) break;
-    EXPECT_TRUE(status.ok()) << status.ToString();
-    EXPECT_TRUE(removed->Cancel(probe));
-  }
+  WaitUntilRefusing(*removed, input);
   EXPECT_TRUE(removed->Cancel(queued));
   const bool returned = remover.WaitDone();
   EXPECT_TRUE(returned) << "RemoveModel kept waiting after its queued requests were cancelled";
