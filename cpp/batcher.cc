@@ -1,6 +1,7 @@
 #include "batcher.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <utility>
 
 namespace adrank {
@@ -27,6 +28,7 @@ Status CheckOptions(const BatcherOptions& o) {
     return InvalidArgument("max_queue_rows (" + std::to_string(o.max_queue_rows) + ") must be >= max_request_rows (" +
                            std::to_string(o.max_request_rows) + ")");
   }
+  if (o.max_batch_requests < 0) return InvalidArgument("max_batch_requests must be >= 0 (0: no limit)");
   if (o.priority_levels < 1 || o.priority_levels > 16) return InvalidArgument("priority_levels must be in [1, 16]");
   return Status::Ok();
 }
@@ -211,7 +213,8 @@ TimePoint Batcher::ReadyAt(bool model_idle, TimePoint now) const {
 
 TimePoint Batcher::ReadyAtLocked(bool model_idle, TimePoint now) const {
   if (queued_requests_ == 0) return kNoDeadline;
-  if (queued_rows_ >= CloseRows() || (options_.idle_dispatch && model_idle)) return now;
+  const bool requests_full = options_.max_batch_requests > 0 && queued_requests_ >= options_.max_batch_requests;
+  if (queued_rows_ >= CloseRows() || requests_full || (options_.idle_dispatch && model_idle)) return now;
   TimePoint oldest = kNoDeadline;
   for (const auto& queue : queues_) {
     if (!queue.empty()) oldest = std::min(oldest, queue.front()->enqueue_time());
@@ -245,10 +248,12 @@ std::unique_ptr<Batch> Batcher::NextBatch(bool model_idle, bool flush) {
 std::unique_ptr<Batch> Batcher::FormLocked(TimePoint now, std::vector<Dropped>* finished) {
   auto batch = std::make_unique<Batch>();
   const int64_t capacity = options_.max_batch_rows;
+  const size_t max_requests =
+      options_.max_batch_requests > 0 ? static_cast<size_t>(options_.max_batch_requests) : SIZE_MAX;
   bool full = false;
   for (size_t level = 0; level < queues_.size() && !full; ++level) {
     auto& queue = queues_[level];
-    while (!queue.empty() && batch->rows < capacity) {
+    while (!queue.empty() && batch->rows < capacity && batch->slices.size() < max_requests) {
       RequestHandle request = queue.front();
       const int64_t remaining = request->rows() - request->next_row;
       if (request->failed()) {

@@ -25,6 +25,11 @@
 //                                microseconds rather than time every caller out.
 //   max_request_rows = 4096      Largest N accepted (INVALID_ARGUMENT beyond): a bound on the
 //                                memory one request pins; must be <= max_queue_rows.
+//   max_batch_requests = 0       Most requests in one batch; 0 is no limit. For a model whose per-request
+//                                work does not batch (a context tower run once per request, one after
+//                                another) merging requests buys nothing, and every request in a batch
+//                                waits for all of its batch-mates' towers: 1 gives each its own batch.
+//                                A batch closes at once when this many requests are queued.
 //   priority_levels = 2          Priority classes, 0 the highest. A batch takes every queued row
 //                                of class 0 (oldest first) before any of class 1, and so on.
 //                                Class 1 is where shadow traffic rides.
@@ -87,6 +92,7 @@ struct BatcherOptions {
   int64_t max_queue_delay_us = 200;
   int64_t max_queue_rows = 32768;
   int64_t max_request_rows = 4096;
+  int64_t max_batch_requests = 0;
   int priority_levels = 2;
   bool idle_dispatch = true;
   bool pad_to_preferred = false;

@@ -164,6 +164,36 @@ TEST_F(BatcherTest, SmallRequestsMergeUpToMaxBatchRows) {
   EXPECT_EQ(b->stats().queued_rows, 3);
 }
 
+TEST_F(BatcherTest, MaxBatchRequestsBoundsTheRequestsOfABatchAndClosesItWhenReached) {
+  BatcherOptions o = BaseOptions();  // max_batch_rows 8, a long queue delay
+  o.max_batch_requests = 2;
+  auto b = Make(o);
+  Owned& r1 = NewRequest(1, 0);
+  Owned& r2 = NewRequest(1, 100);
+  Owned& r3 = NewRequest(1, 200);
+  ASSERT_TRUE(Submit(*b, r1).ok());
+  // One request, 1 of 8 rows: waits for company.
+  EXPECT_GT(b->ReadyAt(false, clock_.Now()), clock_.Now());
+  ASSERT_TRUE(Submit(*b, r2).ok());
+  ASSERT_TRUE(Submit(*b, r3).ok());
+  // Two requests queued: a batch is due at once, though its rows are far from full.
+  EXPECT_EQ(b->ReadyAt(false, clock_.Now()), clock_.Now());
+  auto batch = b->NextBatch(false);
+  ASSERT_TRUE(batch);
+  EXPECT_EQ(SliceRows(*batch), (std::vector<int64_t>{1, 1}));
+  Run(*b, *batch);
+  ExpectServed(r1);
+  ExpectServed(r2);
+  EXPECT_EQ(r3.call->fired, 0);
+  EXPECT_EQ(b->stats().queued_requests, 1);
+  // The third rides in the next batch, alone.
+  auto next = b->NextBatch(false, /*flush=*/true);
+  ASSERT_TRUE(next);
+  EXPECT_EQ(SliceRows(*next), (std::vector<int64_t>{1}));
+  Run(*b, *next);
+  ExpectServed(r3);
+}
+
 TEST_F(BatcherTest, BatchClosesAtLargestPreferredSize) {
   BatcherOptions o = BaseOptions();
   o.max_batch_rows = 16;
@@ -642,6 +672,7 @@ TEST_F(BatcherTest, InvalidOptionsAreRefusedNamingTheOption) {
   };
   const std::vector<OptCase> cases = {
       {"max_batch_rows", [](BatcherOptions& o) { o.max_batch_rows = 0; }},
+      {"max_batch_requests", [](BatcherOptions& o) { o.max_batch_requests = -1; }},
       {"preferred_batch_rows", [](BatcherOptions& o) { o.preferred_batch_rows = {8, 4}; }},
       {"preferred_batch_rows", [](BatcherOptions& o) { o.preferred_batch_rows = {16}; }},
       {"pad_to_preferred",

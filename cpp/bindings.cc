@@ -508,6 +508,7 @@ void BindTypes(py::module_& m) {
       .def_readwrite("max_queue_delay_us", &BatcherOptions::max_queue_delay_us)
       .def_readwrite("max_queue_rows", &BatcherOptions::max_queue_rows)
       .def_readwrite("max_request_rows", &BatcherOptions::max_request_rows)
+      .def_readwrite("max_batch_requests", &BatcherOptions::max_batch_requests)
       .def_readwrite("priority_levels", &BatcherOptions::priority_levels)
       .def_readwrite("idle_dispatch", &BatcherOptions::idle_dispatch)
       .def_readwrite("pad_to_preferred", &BatcherOptions::pad_to_preferred)

@@ -41,6 +41,7 @@ class BatcherOptions:
     max_queue_delay_us: int
     max_queue_rows: int
     max_request_rows: int
+    max_batch_requests: int
     priority_levels: int
     idle_dispatch: bool
     pad_to_preferred: bool

@@ -88,6 +88,8 @@ class BatchingConfig(_Strict):
     preferred_batch_rows: list[int] = Field(default_factory=list)
     max_queue_delay_us: int = Field(200, ge=0)
     max_queue_rows: int = Field(32768, ge=1)
+    # 0: no limit. 1 for a model whose per-request work does not batch (cpp/batcher.h).
+    max_batch_requests: int = Field(0, ge=0)
     priority_levels: int = Field(2, ge=1, le=16)
     idle_dispatch: bool = True
     pad_to_preferred: bool = False
@@ -176,6 +178,7 @@ class ModelConfig(_Strict):
         options.max_queue_delay_us = b.max_queue_delay_us
         options.max_queue_rows = b.max_queue_rows
         options.max_request_rows = self.max_candidates
+        options.max_batch_requests = b.max_batch_requests
         options.priority_levels = b.priority_levels
         options.idle_dispatch = b.idle_dispatch
         options.pad_to_preferred = b.pad_to_preferred

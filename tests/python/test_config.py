@@ -15,7 +15,8 @@ inputs:
   - {name: user, dtype: float32, shape: [4], role: context}
 outputs:
   - {name: ctr, dtype: float32, range: [0.0, 1.0]}
-batching: {max_batch_rows: 256, preferred_batch_rows: [64, 256], max_queue_delay_us: 100, context_layout: broadcast}
+batching: {max_batch_rows: 256, preferred_batch_rows: [64, 256], max_queue_delay_us: 100, max_batch_requests: 3,
+  context_layout: broadcast}
 instances: 2
 """
 
@@ -36,6 +37,7 @@ def test_a_valid_config_becomes_the_core_signature_and_batcher_options(tmp_path)
     ]
     options = config.batcher_options()
     assert (options.max_batch_rows, options.preferred_batch_rows, options.max_request_rows) == (256, [64, 256], 100)
+    assert options.max_batch_requests == 3
     assert config.batching.warmup_sizes() == [64, 256]
     assert config.instances == 2 and config.score_output == "ctr"
 
@@ -61,6 +63,7 @@ def test_a_text_input_reaches_the_core_as_a_row_of_utf8_bytes(tmp_path):
         (("dtype: float32, shape: [13]", "dtype: float33, shape: [13]"), "inputs[0].dtype"),
         (("shape: [13]", "shape: [0]"), "inputs[0]"),
         (("instances: 2", "instances: 0"), "instances"),
+        (("max_batch_requests: 3", "max_batch_requests: -1"), "batching.max_batch_requests"),
         (("instances: 2", "instance: 2"), "instance"),
         (("preferred_batch_rows: [64, 256]", "preferred_batch_rows: [256, 64]"), "batching"),
         (("max_queue_delay_us: 100", "max_queue_delay_us: -1"), "batching.max_queue_delay_us"),
