@@ -632,6 +632,9 @@ class PyRankServer {
   void AddModel(const std::shared_ptr<ModelQueue>& queue, const std::string& name, int64_t version,
                 std::vector<ServedInput> inputs, const std::string& score_output, int64_t max_candidates,
                 bool serving) {
+    if (!queue) throw StatusError(InvalidArgument("add_model: model is None"));
+    if (version < 1) throw StatusError(InvalidArgument("add_model: version must be >= 1"));
+    if (max_candidates < 1) throw StatusError(InvalidArgument("add_model: max_candidates must be >= 1"));
     auto model = std::make_shared<ServedModel>();
     model->name = name;
     model->version = version;

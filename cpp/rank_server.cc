@@ -46,20 +46,24 @@ class RankService final : public v1::Ranking::CallbackService {
   grpc::ServerUnaryReactor* Rank(grpc::CallbackServerContext* context, const v1::RankRequest* request,
                                  v1::RankResponse* response) override;
 
-  void set_state(State state) { state_.store(state, std::memory_order_release); }
+  void set_state(State state) { state_.store(state, std::memory_order_seq_cst); }
   int64_t in_flight() const { return in_flight_.load(std::memory_order_acquire); }
 
   bool WaitDrained(Duration quiet, Duration grace) {
     const auto give_up = std::chrono::steady_clock::now() + grace;
+    const int64_t quiet_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(quiet).count();
     std::unique_lock<std::mutex> lock(mu_);
     while (true) {
-      const int64_t quiet_for = SteadyNanos() - last_call_ns_.load(std::memory_order_acquire);
-      const int64_t quiet_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(quiet).count();
-      if (in_flight() == 0 && quiet_for >= quiet_ns) return true;
-      if (std::chrono::steady_clock::now() >= give_up) return false;
-      const auto wait =
-          in_flight() > 0 ? std::chrono::nanoseconds(quiet_ns) : std::chrono::nanoseconds(quiet_ns - quiet_for);
-      done_.wait_until(lock, std::min(give_up, std::chrono::steady_clock::now() + wait));
+      if (std::chrono::steady_clock::now() >= give_up) return in_flight() == 0 && QuietFor() >= quiet_ns;
+      if (in_flight() > 0) {
+        // CallDone notifies under mu_: no wake-up is missed, and nothing to poll meanwhile.
+        done_.wait_until(lock, give_up);
+        continue;
+      }
+      const int64_t quiet_for = QuietFor();
+      if (quiet_for >= quiet_ns) return true;
+      done_.wait_until(
+          lock, std::min(give_up, std::chrono::steady_clock::now() + std::chrono::nanoseconds(quiet_ns - quiet_for)));
     }
   }
 
@@ -73,6 +77,7 @@ class RankService final : public v1::Ranking::CallbackService {
 
  private:
   friend class RankCall;
+  int64_t QuietFor() const { return SteadyNanos() - last_call_ns_.load(std::memory_order_acquire); }
   std::shared_ptr<ModelRegistry> registry_;
   std::atomic<State> state_{State::kLoading};
   std::atomic<int64_t> in_flight_{0};
@@ -109,7 +114,16 @@ class RankCall final : public grpc::ServerUnaryReactor {
       request.deadline = deadline;
       request.priority = static_cast<int>(request_->priority());
       request.on_complete = [this, i](RequestResult&& result) { Complete(i, std::move(result)); };
-      Submit(i);
+      Status failed;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        failed = first_error_;
+      }
+      if (failed.ok()) {
+        Submit(i);
+      } else {
+        Complete(i, RequestResult{failed, {}, {}});  // an earlier model failed: the call fails anyway
+      }
     }
     Release();
   }
@@ -152,12 +166,20 @@ class RankCall final : public grpc::ServerUnaryReactor {
   }
 
   void Complete(size_t part, RequestResult&& result) {
+    std::vector<std::pair<std::shared_ptr<ModelQueue>, RequestHandle>> to_cancel;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (!result.status.ok() && first_error_.ok()) first_error_ = result.status;
+      if (!result.status.ok() && first_error_.ok()) {
+        // The call fails with this error: the other models' queued parts need not run.
+        first_error_ = result.status;
+        for (size_t i = 0; i < handles_.size(); ++i) {
+          if (i != part && handles_[i]) to_cancel.emplace_back(calls_[i].model->queue, handles_[i]);
+        }
+      }
       results_[part] = std::move(result);
       handles_[part].reset();
     }
+    for (auto& [queue, handle] : to_cancel) queue->Cancel(handle);  // may complete on this thread
     Release();
   }
 
@@ -175,9 +197,16 @@ class RankCall final : public grpc::ServerUnaryReactor {
       v1::ModelScores* scores = response_->add_results();
       scores->set_model(model.name);
       scores->set_version(model.version);
+      const OutputTensor* score = nullptr;
       for (const OutputTensor& output : r.outputs) {
-        if (output.name == model.score_output) scores->set_scores(output.data.data(), output.data.size());
+        if (output.name == model.score_output) score = &output;
       }
+      if (score == nullptr || score->dtype != DType::kFloat32 || score->shape.size() != 1) {
+        Finish(
+            ToGrpc(Internal("model '" + model.name + "' produced no float32 [N] output '" + model.score_output + "'")));
+        return;
+      }
+      scores->set_scores(score->data.data(), score->data.size());
       v1::ServerTiming* timing = scores->mutable_timing();
       timing->set_queue_us(r.timing.queue_us);
       timing->set_compute_us(r.timing.compute_us);
@@ -203,15 +232,18 @@ class RankCall final : public grpc::ServerUnaryReactor {
 
 grpc::ServerUnaryReactor* RankService::Rank(grpc::CallbackServerContext* context, const v1::RankRequest* request,
                                             v1::RankResponse* response) {
-  last_call_ns_.store(SteadyNanos(), std::memory_order_release);
-  const State state = state_.load(std::memory_order_acquire);
+  last_call_ns_.store(SteadyNanos(), std::memory_order_seq_cst);
+  // Counted before the state is read, so that a drain that sees no call in flight never misses one
+  // that is about to start.
+  in_flight_.fetch_add(1, std::memory_order_seq_cst);
+  const State state = state_.load(std::memory_order_seq_cst);
   if (state != State::kServing) {
+    CallDone();
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     const char* why = state == State::kLoading ? "loading its models" : "draining (shutting down)";
     reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string("the server is ") + why));
     return reactor;
   }
-  in_flight_.fetch_add(1, std::memory_order_acq_rel);
   auto* call = new RankCall(this, context, request, response);  // deletes itself in OnDone
   call->Start();
   return call;

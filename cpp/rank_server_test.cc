@@ -8,6 +8,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <ctime>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -58,6 +59,18 @@ class RankServerTest : public ::testing::Test {
     served->max_candidates = 4096;
     auto registry = std::make_shared<ModelRegistry>();
     registry->Add(served, true);
+    // "strict": the same model, but its batcher refuses requests of more than 2 rows at Submit.
+    ModelOptions strict_options;
+    strict_options.name = "strict:1";
+    strict_options.signature = served->queue->batcher().signature();
+    strict_options.batching.max_request_rows = 2;
+    strict_options.backend = [](BatchIO&) { return Status::Ok(); };
+    std::shared_ptr<ModelQueue> strict_queue;
+    ASSERT_TRUE(pool_->AddModel(std::move(strict_options), &strict_queue).ok());
+    auto strict = std::make_shared<ServedModel>(*served);
+    strict->name = "strict";
+    strict->queue = strict_queue;
+    registry->Add(strict, true);
     RankServerOptions options;
     options.port = 0;
     ASSERT_TRUE(RankServer::Create(options, registry, &server_).ok());
@@ -219,6 +232,42 @@ TEST_F(RankServerTest, DrainingFinishesCallsInFlightAndRefusesNewOnes) {
   EXPECT_TRUE(in_flight_status.ok()) << in_flight_status.error_message();
   EXPECT_EQ(Scores(in_flight_response.results(0)).size(), 3u);
   server_->Shutdown(milliseconds(100));
+}
+
+TEST_F(RankServerTest, OneModelFailingCancelsTheOthersQueuedPartsAndAnswersAtOnce) {
+  server_->SetServing(true);
+  CloseGate();
+  v1::RankResponse blocker_response;
+  std::thread blocker([&] { EXPECT_TRUE(Rank(Request(1, 0), &blocker_response).ok()); });
+  WaitEntered(1);  // "sum"'s only instance is held: the next part of "sum" waits in its queue
+  v1::RankRequest request = Request(3, 0);
+  request.add_models()->set_name("strict");  // refuses 3 rows at Submit
+  v1::RankResponse response;
+  const grpc::Status status = Rank(request, &response, milliseconds(5000));
+  // Answered while the gate is still closed: the call did not wait for "sum"'s queued part.
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_NE(status.error_message().find("strict"), std::string::npos) << status.error_message();
+  OpenGate();
+  blocker.join();
+  EXPECT_TRUE(server_->WaitDrained(milliseconds(0), std::chrono::seconds(10)));
+  std::lock_guard<std::mutex> lock(mu_);
+  EXPECT_EQ(rows_computed_, 1) << "the cancelled part of 'sum' ran";
+}
+
+TEST_F(RankServerTest, WaitDrainedWithNoQuietPeriodDoesNotSpinWhileACallRuns) {
+  server_->SetServing(true);
+  CloseGate();
+  v1::RankResponse response;
+  std::thread caller([&] { EXPECT_TRUE(Rank(Request(2, 0), &response).ok()); });
+  WaitEntered(1);
+  server_->StartDraining();
+  const std::clock_t cpu_before = std::clock();
+  EXPECT_FALSE(server_->WaitDrained(milliseconds(0), milliseconds(200)));
+  const double cpu_s = static_cast<double>(std::clock() - cpu_before) / CLOCKS_PER_SEC;
+  EXPECT_LT(cpu_s, 0.1) << "WaitDrained burned CPU while waiting";
+  OpenGate();
+  caller.join();
+  EXPECT_TRUE(server_->WaitDrained(milliseconds(0), std::chrono::seconds(10)));
 }
 
 }  // namespace
