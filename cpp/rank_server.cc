@@ -129,16 +129,13 @@ class RankCall final : public grpc::ServerUnaryReactor {
   }
 
   void OnCancel() override {
-    std::vector<std::pair<std::shared_ptr<ModelQueue>, RequestHandle>> to_cancel;
+    std::vector<QueuedPart> to_cancel;
     {
       std::lock_guard<std::mutex> lock(mu_);
       cancelled_ = true;
-      for (size_t i = 0; i < handles_.size(); ++i) {
-        if (handles_[i]) to_cancel.emplace_back(calls_[i].model->queue, handles_[i]);
-      }
+      to_cancel = QueuedPartsLocked();
     }
-    // Outside the lock: a cancel completes the request at once, on this thread.
-    for (auto& [queue, handle] : to_cancel) queue->Cancel(handle);
+    CancelParts(to_cancel);
   }
 
   void OnDone() override {
@@ -148,6 +145,22 @@ class RankCall final : public grpc::ServerUnaryReactor {
   }
 
  private:
+  using QueuedPart = std::pair<std::shared_ptr<ModelQueue>, RequestHandle>;
+
+  // The parts submitted and not yet completed. Call with mu_ held.
+  std::vector<QueuedPart> QueuedPartsLocked() const {
+    std::vector<QueuedPart> parts;
+    for (size_t i = 0; i < handles_.size(); ++i) {
+      if (handles_[i]) parts.emplace_back(calls_[i].model->queue, handles_[i]);
+    }
+    return parts;
+  }
+
+  // Without mu_: a cancel may complete its request at once, on this thread (Complete takes mu_).
+  static void CancelParts(const std::vector<QueuedPart>& parts) {
+    for (const auto& [queue, handle] : parts) queue->Cancel(handle);
+  }
+
   void Submit(size_t part) {
     const std::shared_ptr<ModelQueue> queue = calls_[part].model->queue;
     RequestHandle handle;
@@ -166,20 +179,18 @@ class RankCall final : public grpc::ServerUnaryReactor {
   }
 
   void Complete(size_t part, RequestResult&& result) {
-    std::vector<std::pair<std::shared_ptr<ModelQueue>, RequestHandle>> to_cancel;
+    std::vector<QueuedPart> to_cancel;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      handles_[part].reset();
       if (!result.status.ok() && first_error_.ok()) {
         // The call fails with this error: the other models' queued parts need not run.
         first_error_ = result.status;
-        for (size_t i = 0; i < handles_.size(); ++i) {
-          if (i != part && handles_[i]) to_cancel.emplace_back(calls_[i].model->queue, handles_[i]);
-        }
+        to_cancel = QueuedPartsLocked();
       }
       results_[part] = std::move(result);
-      handles_[part].reset();
     }
-    for (auto& [queue, handle] : to_cancel) queue->Cancel(handle);  // may complete on this thread
+    CancelParts(to_cancel);
     Release();
   }
 

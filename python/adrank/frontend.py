@@ -43,16 +43,20 @@ class Frontend(Protocol):
 
 
 def served_inputs(servable: Servable) -> list[core.ServedInput]:
-    """What the C++ front end checks per input: dtype, row shape, role, NaN/inf, text row width."""
-    inputs = []
-    for t in servable.config.inputs:
-        role = core.Role.CONTEXT if t.role == "context" else core.Role.CANDIDATE
-        if t.tokenizer is not None:
-            width = t.tokenizer.max_bytes
-            inputs.append(core.ServedInput(t.name, "uint8", [width], role, True, width))
-        else:
-            inputs.append(core.ServedInput(t.name, t.dtype, t.shape, role, t.allow_nonfinite, 0))
-    return inputs
+    """What the C++ front end checks per input: the core's spec of it (ModelConfig.core_signature, one per
+    input, in order), whether NaN/inf are refused, and for a text input the width of its byte row."""
+    config = servable.config
+    return [
+        core.ServedInput(
+            spec.name,
+            spec.dtype,
+            spec.row_shape,
+            spec.role,
+            t.allow_nonfinite,
+            t.tokenizer.max_bytes if t.tokenizer is not None else 0,
+        )
+        for t, spec in zip(config.inputs, config.core_signature().inputs, strict=True)
+    ]
 
 
 class CppFrontend:

@@ -164,7 +164,7 @@ class RankingService(pb_grpc.RankingServicer):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise invalid(f"models: model '{repeated[0]}' is named twice")
-        if request.models and any(spec.version < 0 for spec in request.models):
+        if any(spec.version < 0 for spec in request.models):
             raise invalid("models: version must be >= 0 (0 picks the serving version)")
         return [self._models.resolve(spec.name, spec.version) for spec in request.models]
 
