@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 JOBS ?= $(shell nproc)
 CMAKE_GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo Ninja || echo "Unix Makefiles")
 
-.PHONY: all venv install serve test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core bench bench-quick bench-env train-env clean
+.PHONY: all venv install serve test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core loadgen bench bench-quick bench-env train-env clean
 
 all: install
 
@@ -69,10 +69,16 @@ bench-core:
 bench-env: install
 	$(PY) -m pip install --quiet $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bench']))")
 
-bench: bench-env
+# The load generator's C++ sender (perf/loadgen_client.cc, needs grpc++); perf/loadgen.py uses it when built.
+loadgen:
+	cmake -S . -B build/bench -G "$(CMAKE_GENERATOR)" -DADRANK_BUILD_PYTHON=OFF -DADRANK_BUILD_BENCHMARKS=ON \
+	  -DCMAKE_BUILD_TYPE=Release > /dev/null
+	cmake --build build/bench -j $(JOBS) --target adrank_loadgen
+
+bench: bench-env loadgen
 	$(PY) perf/bench.py
 
-bench-quick: bench-env
+bench-quick: bench-env loadgen
 	$(PY) perf/bench.py --quick
 
 # The environment the bundled models are trained and exported in (models/*/README.md): the `train` extra

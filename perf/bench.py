@@ -46,7 +46,7 @@ if __package__ in (None, ""):  # run as a script: import the perf package from t
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from perf import requests as request_sets
-from perf.loadgen import LoadGenerator, RunResult
+from perf.loadgen import LoadGenerator, RunResult, find_sender
 from perf.report import MAX_ERROR_FRACTION, P99_BOUND_MS, finite, markdown, plot, targets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -442,6 +442,7 @@ class Bench:
         self.systems: dict[str, SystemResult] = {}
         self.engine: dict[str, dict[str, object]] = {}
         self.request_sets: dict[str, request_sets.RequestSet] = {}
+        self.sender: Path | None = None
 
     def run(self) -> dict[str, object]:
         s = self.settings
@@ -454,9 +455,14 @@ class Bench:
             log(f"{model}: {self.request_sets[model].summary()} ({time.perf_counter() - built:.1f} s to build)")
         for model in s.models:
             self.engine[model] = self._engine(model)
+        sender = find_sender()
+        self.sender = sender
+        log(f"load generator: {sender or 'grpc.aio in this process (adrank_loadgen is not built)'}")
         for model in s.models:
             adrank = self._system(f"adrank-{model}", model, "adrank", None)
             rate_10 = 0.1 * adrank[1] if adrank[1] else None
+            if rate_10:
+                self.engine[model]["direct_paced"] = self._engine_paced(model, rate_10)
             self._system("naive" if model == "ctr" else f"naive-{model}", model, "naive", rate_10)
             if model == "ctr" and rate_10:
                 self._system("grpc-echo", model, "echo", rate_10)
@@ -488,6 +494,21 @@ class Bench:
             f" p99 {result['direct']['p99_ms']:.3f} ms ({time.perf_counter() - started:.1f} s)"
         )
         return result
+
+    def _engine_paced(self, model: str, rate: float) -> dict[str, object]:
+        """Direct ONNX Runtime latency with calls paced as the 10 % point's arrivals (engine.py: why it differs)."""
+        s = self.settings
+        out = self.work / f"engine-paced-{model}.json"
+        count = max(50, min(s.engine_direct, round(rate * s.point_s)))
+        command = ["taskset", "-c", str(s.server_core), sys.executable, str(REPO / "perf" / "engine.py")]
+        command += ["--model", model, "--requests", str(s.requests[model]), "--out", str(out)]
+        command += ["--direct", str(count), "--paced", f"{rate:.3f}"]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"engine-only paced {model} failed: {done.stderr.strip()[-500:]}")
+        paced = json.loads(out.read_text())["direct"]
+        log(f"engine-only {model}: direct paced at {rate:.1f}/s p50 {paced['p50_ms']:.3f} ms p99 {paced['p99_ms']:.3f}")
+        return paced
 
     def _system(self, name: str, model: str, kind: str, at_10pct_rate: float | None) -> tuple[str, float | None]:
         s = self.settings
@@ -530,7 +551,14 @@ class Bench:
                 result.server = target
                 log(f"{name}: serving on {target} ({time.perf_counter() - started:.1f} s)")
                 check_reply(target, method, payloads[0], int(candidates[0]), kind)  # type: ignore[index]
-                generator = LoadGenerator(target, method, payloads, candidates, timeout_s=s.timeout_s)  # type: ignore[arg-type]
+                generator = LoadGenerator(
+                    target,
+                    method,
+                    payloads,  # type: ignore[arg-type]
+                    candidates,  # type: ignore[arg-type]
+                    timeout_s=s.timeout_s,
+                    sender=self.sender,
+                )
                 if kind == "echo":
                     assert at_10pct_rate is not None
                     measure_floor(result, generator, s, at_10pct_rate)
@@ -599,6 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.update(bench.run())
     finally:
         shutil.rmtree(bench.work, ignore_errors=True)
+    report["generator"] = str(bench.sender).replace(f"{REPO}/", "") if bench.sender else "grpc.aio (perf/loadgen.py)"
     report["request_sets"] = {m: r.summary() for m, r in bench.request_sets.items()}
     report["engine_only"] = bench.engine
     report["systems"] = {name: asdict(system) for name, system in bench.systems.items()}

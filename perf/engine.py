@@ -7,8 +7,12 @@ servers get):
   overflows one; for relevance each batch carries one tokenized query per request it holds, trimmed to the batch's
   longest query), for B in 64..2048 and the model config's thread counts (intra-op 1 on one core). The best B is
   the candidates/s no server on that core can beat, since a server runs the same session plus its own work.
-- direct: the latency of `session.run` on each request alone, one at a time (p50/p99): what a request costs with
-  nothing but the engine in the way, the reference for a server's latency at light load.
+- direct: the latency of `session.run` on each request alone (p50/p99): what a request costs with nothing but the
+  engine in the way, the reference for a server's latency at light load. Back to back by default; with
+  `--paced RATE`, each call starts at its Poisson arrival at RATE requests/s (the loadgen's draw for that rate) and
+  the core idles in between, as a server's does at that load. The pace matters: on this machine a call after a few
+  milliseconds idle takes 2-3x as long as one straight after another (the core's caches and clock go cold), so
+  the light-load reference is the paced figure at the rate of the server's 10 % point.
 
 Inputs are built before any timing; the session options match adrank's ONNX Runtime backend (the config's
 `onnxruntime` section, sequential execution).
@@ -149,19 +153,35 @@ def ceiling(engine: Engine, requests: request_sets.RequestSet, batch_rows: int, 
     }
 
 
-def direct(engine: Engine, requests: request_sets.RequestSet, count: int) -> dict[str, float]:
-    """Latency of `session.run` on each request alone (its own rows, its own query), in ms."""
+def direct(
+    engine: Engine, requests: request_sets.RequestSet, count: int, rate: float | None = None, seed: int = 7
+) -> dict[str, float]:
+    """Latency of `session.run` on each request alone (its own rows, its own query), in ms.
+
+    `rate`: start call i at its Poisson arrival (the draw perf/loadgen.py makes for that rate and seed) instead of
+    straight after call i-1. Latency is the call's own time either way (start to return), never time spent waiting
+    for the schedule.
+    """
     feeds = [engine.feed([(i, slice(None))], requests) for i in range(min(count, len(requests)))]
     for feed in feeds[:5]:
         engine.run(feed)
+    arrivals = np.zeros(len(feeds))
+    if rate is not None:
+        rng = np.random.default_rng([seed, round(rate * 1000)])
+        arrivals = np.cumsum(rng.exponential(1.0 / rate, size=len(feeds)))
     latency = np.empty(len(feeds))
+    clock = time.perf_counter()
     for i, feed in enumerate(feeds):
+        idle = clock + arrivals[i] - time.perf_counter()
+        if idle > 0:
+            time.sleep(idle)
         start = time.perf_counter()
         engine.run(feed)
         latency[i] = time.perf_counter() - start
     latency *= 1e3
     return {
         "requests": len(feeds),
+        "rate": rate,
         "p50_ms": float(np.percentile(latency, 50)),
         "p90_ms": float(np.percentile(latency, 90)),
         "p99_ms": float(np.percentile(latency, 99)),
@@ -204,8 +224,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", default="1", help="intra-op thread counts to try")
     parser.add_argument("--seconds", type=float, default=1.0, help="time per batch size")
     parser.add_argument("--direct", type=int, default=500, help="requests timed one at a time")
+    parser.add_argument("--paced", type=float, help="only the direct latency, calls paced at this many requests/s")
     parser.add_argument("--out", type=Path, help="write the JSON here (default: stdout)")
     args = parser.parse_args(argv)
+    if args.paced:
+        engine = Engine(args.model, intra_op_threads=int(args.threads.split(",")[0]))
+        paced = direct(engine, request_sets.build(args.model, args.requests), args.direct, rate=args.paced)
+        _write(json.dumps({"model": args.model, "direct": paced}, indent=2), args.out)
+        return
     result = measure(
         args.model,
         args.requests,
@@ -214,9 +240,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.direct,
         [int(t) for t in args.threads.split(",")],
     )
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text)
+    _write(json.dumps(result, indent=2), args.out)
+
+
+def _write(text: str, out: Path | None) -> None:
+    if out:
+        out.write_text(text)
     else:
         print(text)
 

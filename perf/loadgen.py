@@ -5,9 +5,16 @@ its scheduled time t_i (exponential gaps at the target rate, drawn before the cl
 are still in flight. Closed loop (C callers, each sending its next request when the previous one answers) is the
 comparison: it finds a server's throughput but hides queueing (a slow server slows its own load).
 
+Two senders carry out the same plan (schedule, order, deadline, bounds) and fill the same record:
+- `adrank_loadgen` (perf/loadgen_client.cc, built by `make bench` and by the C++ test build): grpc++ on a completion
+  queue, tens of microseconds of CPU per call. Used whenever it is built (`find_sender`), because a grpc.aio client
+  adds a few hundred microseconds of its own to every latency it records and saturates its core at a few thousand
+  calls/s;
+- asyncio + grpc.aio, in this process: the fallback where grpc++ is not installed.
+
 What keeps the generator out of the measurement:
-- payloads are bytes serialized beforehand (perf/requests.py); the call is a generic `channel.unary_unary(method)`
-  with no serializers, so no protobuf work happens on the clock, and replies are not parsed (only the status);
+- payloads are bytes serialized beforehand (perf/requests.py); the call is a generic method call with no
+  serializers, so no protobuf work happens on the clock, and replies are not parsed (only the status);
 - the order of requests for a run is drawn before the clock starts, and the garbage collector is off during it;
 - the generator watches itself: each open-loop request's schedule lag (actual send - scheduled send), the
   achieved send rate and the generator's own CPU use are recorded, and a run whose generator fell behind (lag p99
@@ -26,7 +33,10 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -50,6 +60,19 @@ SEND_RATE_FLOOR = 0.95
 # bottleneck, whatever the lag says.
 CPU_LIMIT = 0.9
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
+REPO = Path(__file__).resolve().parents[1]
+# Where the C++ sender is built: `make bench` (build/bench) or `make test-cpp` (build/tests).
+SENDER_BUILDS = (REPO / "build" / "bench", REPO / "build" / "tests")
+SENDER_NAME = "adrank_loadgen"
+_STATUS_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def find_sender() -> Path | None:
+    """The built C++ sender: $ADRANK_LOADGEN if set, else the newest of the build folders', else None."""
+    if os.environ.get("ADRANK_LOADGEN"):
+        return Path(os.environ["ADRANK_LOADGEN"])
+    built = [d / SENDER_NAME for d in SENDER_BUILDS if (d / SENDER_NAME).is_file()]
+    return max(built, key=lambda p: p.stat().st_mtime) if built else None
 
 
 @dataclass
@@ -100,7 +123,9 @@ class LoadGenerator:
         *,
         timeout_s: float = 1.0,
         seed: int = 7,
+        sender: Path | None = None,
     ) -> None:
+        """`sender`: the C++ sender's binary (find_sender()); None sends from this process with grpc.aio."""
         _check_loopback(target)
         if len(payloads) != len(candidates) or not payloads:
             raise ValueError("payloads and candidates must be non-empty and of the same length")
@@ -110,6 +135,7 @@ class LoadGenerator:
         self.candidates = np.asarray(candidates, dtype=np.int64)
         self.timeout_s = timeout_s
         self.seed = seed
+        self.sender = sender
         self._start = 0.0
         self._cpu = 0.0
         self._scheduled_rate = 0.0
@@ -128,12 +154,16 @@ class LoadGenerator:
         order = rng.integers(0, len(self.payloads), size=len(schedule))
         # Poisson counts vary (+-5 % over 400 arrivals): the send rate is checked against this draw, not `rate`.
         self._scheduled_rate = (len(schedule) - 1) / (schedule[-1] - schedule[0]) if len(schedule) > 2 else rate
+        if self.sender is not None:
+            return self._run_sender("open", rate, None, order, schedule, duration_s)
         return asyncio.run(self._run("open", rate, None, order, lambda: self._open(schedule, order)))
 
     def closed_loop(self, concurrency: int, duration_s: float, max_requests: int) -> RunResult:
         """`concurrency` callers back to back for at most `duration_s` seconds and `max_requests` requests."""
         rng = np.random.default_rng([self.seed, concurrency])
         order = rng.integers(0, len(self.payloads), size=max(1, max_requests))
+        if self.sender is not None:
+            return self._run_sender("closed", None, concurrency, order, np.zeros(len(order)), duration_s)
         body = lambda: self._closed(concurrency, duration_s, order)  # noqa: E731
         return asyncio.run(self._run("closed", None, concurrency, order, body))
 
@@ -163,6 +193,53 @@ class LoadGenerator:
             finally:
                 gc.enable()
         return self._summarize(mode, rate, concurrency, order)
+
+    def _run_sender(
+        self,
+        mode: str,
+        rate: float | None,
+        concurrency: int | None,
+        order: np.ndarray,
+        schedule: np.ndarray,
+        duration_s: float,
+    ) -> RunResult:
+        """Runs the plan in the C++ sender (a child process, so on this process's core) and reads its record."""
+        count = len(order)
+        with tempfile.TemporaryDirectory(prefix="adrank-loadgen-") as work:
+            plan, record = Path(work) / "plan.bin", Path(work) / "record.bin"
+            self._write_plan(plan, order, schedule, concurrency or 0, duration_s)
+            done = subprocess.run(
+                [str(self.sender), self.target, self.method, str(plan), str(record)],
+                capture_output=True,
+                text=True,
+                timeout=duration_s + self.timeout_s + 120,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"{self.sender} exited with {done.returncode}: {done.stderr.strip()}")
+            columns = np.fromfile(record, dtype=np.float64).reshape(4, count)
+        summary = json.loads(done.stdout)
+        self._start = 0.0  # the record's times are seconds after the sender's start
+        self._sent_at, self._latency, self._lag, codes = columns
+        self._codes = [None if code < 0 else _STATUS_BY_VALUE[int(code)] for code in codes]
+        self._done_at = summary["done_at_s"]
+        self._cpu = summary["cpu_s"] / max(summary["wall_s"], 1e-9)
+        return self._summarize(mode, rate, concurrency, order)
+
+    def _write_plan(
+        self, path: Path, order: np.ndarray, schedule: np.ndarray, concurrency: int, duration_s: float
+    ) -> None:
+        """The plan file loadgen_client.cc reads (its header comment gives the layout)."""
+        offsets = np.cumsum([0, *(len(p) for p in self.payloads)]).astype("<i8")
+        header = np.array(
+            [len(self.payloads), len(order), concurrency, round(self.timeout_s * 1e6), round(duration_s * 1e6)],
+            dtype="<i8",
+        )
+        with path.open("wb") as out:
+            for array in (header, schedule.astype("<f8"), order.astype("<i8"), offsets):
+                out.write(array.tobytes())
+            for payload in self.payloads:
+                out.write(payload)
 
     async def _warm_up(self, channel: grpc.aio.Channel) -> None:
         """Connects and sends a few requests off the clock (the channel's first call pays for the connection)."""
@@ -271,6 +348,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--max-requests", type=int, default=100_000)
     parser.add_argument("--timeout", type=float, default=1.0)
+    parser.add_argument(
+        "--python-sender", action="store_true", help="send with grpc.aio even if adrank_loadgen is built"
+    )
     args = parser.parse_args(argv)
     from perf import requests as request_sets
 
@@ -280,7 +360,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         built = request_sets.build(args.model, args.requests)
         payloads, candidates, method = built.payloads, built.candidates, args.method or built.method
-    generator = LoadGenerator(args.target, method, payloads, candidates, timeout_s=args.timeout)
+    sender = None if args.python_sender else find_sender()
+    generator = LoadGenerator(args.target, method, payloads, candidates, timeout_s=args.timeout, sender=sender)
     if args.rate:
         result = generator.open_loop(args.rate, args.duration, args.max_requests)
     else:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from perf.loadgen import find_sender
+
 REPO = Path(__file__).resolve().parents[2]
 CRITEO = REPO.parent / "shared" / "data" / "criteo" / "train_1999.csv"
 
@@ -41,6 +43,12 @@ def test_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
         and systems["engine-only"]["max_candidates_per_s"] > 0
     )
     assert math.isfinite(report["engine_only"]["ctr"]["direct"]["p50_ms"])
+    # The light-load reference: direct calls paced at the rate of adrank's 10 % point.
+    paced = report["engine_only"]["ctr"]["direct_paced"]
+    assert paced["rate"] == pytest.approx(systems["adrank-ctr"]["at_10pct"]["target_rate"], rel=1e-3)
+    assert math.isfinite(paced["p50_ms"])
+    sender = find_sender()
+    assert report["generator"] == (str(sender).replace(f"{REPO}/", "") if sender else "grpc.aio (perf/loadgen.py)")
     for name in ("naive", "adrank-ctr"):
         system = systems[name]
         assert system["status"] == "ok", system["status"]

@@ -1,0 +1,99 @@
+"""The load generator's two senders (perf/loadgen.py, perf/loadgen_client.cc) against a loopback test server.
+
+Both senders carry out the same plan, so for the same open-loop rate they send the same number of calls in the same
+order and must report the same status counts; closed loop must stop at `max_requests`; failed calls are counted by
+their status code, not as latency. The C++ sender is built by `make test-cpp` (which `make test` runs first) and
+by `make bench`; without a build its tests skip, saying so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+
+from perf.loadgen import LoadGenerator, find_sender
+
+METHOD = "/test.Echo/Call"
+
+
+class _Echo(grpc.GenericRpcHandler):
+    """Echoes the payload; a payload starting with b'bad' gets INVALID_ARGUMENT, b'slow' waits out its deadline."""
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if details.method != METHOD:
+            return None
+        return grpc.unary_unary_rpc_method_handler(self._call)
+
+    @staticmethod
+    def _call(payload: bytes, context: grpc.ServicerContext) -> bytes:
+        if payload.startswith(b"bad"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad payload")
+        if payload.startswith(b"slow"):
+            time.sleep(0.5)  # past the tests' 0.2 s deadline, short enough for the senders' warm-up
+        return payload
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), handlers=[_Echo()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(grace=None)
+
+
+PAYLOADS = [b"good-1", b"good-22", b"bad-3", b"good-4444"]
+CANDIDATES = np.array([1, 2, 3, 4])
+
+
+def _senders() -> list[object]:
+    built = find_sender()
+    reason = "adrank_loadgen is not built (make test-cpp or make bench builds it)"
+    return [
+        pytest.param(None, id="python"),
+        pytest.param(built, id="cpp", marks=pytest.mark.skipif(built is None, reason=reason)),
+    ]
+
+
+@pytest.mark.parametrize("sender", _senders())
+def test_open_loop_counts_statuses_and_keeps_errors_out_of_latency(target: str, sender: object) -> None:
+    generator = LoadGenerator(target, METHOD, PAYLOADS, CANDIDATES, timeout_s=2.0, sender=sender)  # type: ignore[arg-type]
+    result = generator.open_loop(rate=200.0, duration_s=1.0, max_requests=1000)
+    assert 120 <= result.sent <= 280  # Poisson around 200
+    bad = result.errors.get("INVALID_ARGUMENT", 0)
+    assert bad > 0 and result.ok + bad == result.sent and set(result.errors) == {"INVALID_ARGUMENT"}
+    assert result.error_fraction == pytest.approx(bad / result.sent)
+    assert 0 < result.latency_ms["p50"] < 100 and result.lag_ms["p99"] < 50
+    assert not result.generator_saturated, result.notes
+
+
+def test_both_senders_send_the_same_plan(target: str) -> None:
+    built = find_sender()
+    if built is None:
+        pytest.skip("adrank_loadgen is not built (make test-cpp or make bench builds it)")
+    results = [
+        LoadGenerator(target, METHOD, PAYLOADS, CANDIDATES, timeout_s=2.0, sender=sender).open_loop(300.0, 0.5, 1000)
+        for sender in (None, built)
+    ]
+    python, cpp = results
+    assert python.sent == cpp.sent and python.errors == cpp.errors and python.ok == cpp.ok
+
+
+@pytest.mark.parametrize("sender", _senders())
+def test_closed_loop_stops_at_max_requests(target: str, sender: object) -> None:
+    generator = LoadGenerator(target, METHOD, PAYLOADS, CANDIDATES, timeout_s=2.0, sender=sender)  # type: ignore[arg-type]
+    result = generator.closed_loop(concurrency=4, duration_s=30.0, max_requests=60)
+    assert result.sent == 60 and result.ok + sum(result.errors.values()) == 60
+    assert result.candidates_per_s > 0 and result.elapsed_s < 30
+
+
+@pytest.mark.parametrize("sender", _senders())
+def test_deadline_is_counted_as_deadline_exceeded(target: str, sender: object) -> None:
+    generator = LoadGenerator(target, METHOD, [b"slow"], np.array([1]), timeout_s=0.2, sender=sender)  # type: ignore[arg-type]
+    result = generator.closed_loop(concurrency=2, duration_s=10.0, max_requests=4)
+    assert result.errors == {"DEADLINE_EXCEEDED": 4} and result.ok == 0
