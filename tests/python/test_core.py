@@ -279,6 +279,29 @@ def test_waiting_releases_the_gil(pool, matmul):
     assert released.is_set()
 
 
+def test_a_worker_keeps_its_python_thread_state_between_batches(matmul):
+    # threading.local lives in the thread state: a worker that made a new state per batch (what acquiring
+    # the GIL on a thread Python did not start does by default) would see an empty local every batch.
+    local = threading.local()
+    counts: list[int] = []
+
+    def backend(batch: adrank.Batch) -> None:
+        local.count = getattr(local, "count", 0) + 1
+        counts.append(local.count)
+        matmul(batch)
+
+    options = adrank.MemoryPoolOptions()
+    options.use_cuda = False
+    one_worker = adrank.ThreadPool(num_workers=1, memory_pool=adrank.MemoryPool(options))
+    try:
+        model = one_worker.add_model("matmul", matmul.signature(), backend)
+        for seed in range(3):
+            model.submit(*make_request(np.random.default_rng(seed), 4, 0)).wait(10)
+    finally:
+        one_worker.shutdown()
+    assert counts == [1, 2, 3]
+
+
 def test_dropping_a_pending_request_keeps_its_inputs_alive_until_done(pool, matmul):
     gate = Gate(matmul)
     model = pool.add_model("gated", matmul.signature(), gate)
