@@ -69,11 +69,11 @@ bench-core:
 bench-env: install
 	$(PY) -m pip install --quiet $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bench']))")
 
-# The load generator's C++ sender (perf/loadgen_client.cc, needs grpc++); perf/loadgen.py uses it when built.
+# The load generator's C++ sender and the C++ echo server (perf/*.cc, need grpc++); the bench uses them when built.
 loadgen:
 	cmake -S . -B build/bench -G "$(CMAKE_GENERATOR)" -DADRANK_BUILD_PYTHON=OFF -DADRANK_BUILD_BENCHMARKS=ON \
 	  -DCMAKE_BUILD_TYPE=Release > /dev/null
-	cmake --build build/bench -j $(JOBS) --target adrank_loadgen
+	cmake --build build/bench -j $(JOBS) --target adrank_loadgen adrank_echo
 
 bench: bench-env loadgen
 	$(PY) perf/bench.py

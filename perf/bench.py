@@ -46,7 +46,7 @@ if __package__ in (None, ""):  # run as a script: import the perf package from t
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from perf import requests as request_sets
-from perf.loadgen import LoadGenerator, RunResult, find_sender
+from perf.loadgen import LoadGenerator, RunResult, find_built, find_sender
 from perf.report import MAX_ERROR_FRACTION, P99_BOUND_MS, finite, markdown, plot, targets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -293,7 +293,7 @@ def check_reply(target: str, method: str, payload: bytes, candidates: int, kind:
 
     with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)]) as channel:
         reply = channel.unary_unary(method)(payload, timeout=60)
-    if kind == "echo":
+    if kind in ("echo", "echo-cpp"):
         return
     if method == request_sets.KSERVE_METHOD:
         scores = len(reply) // 4  # ModelInferResponse: the raw float32 output is most of it
@@ -466,6 +466,8 @@ class Bench:
             self._system("naive" if model == "ctr" else f"naive-{model}", model, "naive", rate_10)
             if model == "ctr" and rate_10:
                 self._system("grpc-echo", model, "echo", rate_10)
+                if find_built("adrank_echo"):
+                    self._system("grpc-echo-cpp", model, "echo-cpp", rate_10)
             if model == "ctr":
                 if s.pytriton:
                     self._system("pytriton", model, "pytriton", rate_10)
@@ -530,6 +532,9 @@ class Bench:
                 command += ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"]
                 command += ["--workers", str(s.adrank_workers)]
                 ready = r"adrank: SERVING .* on grpc (?P<host>[\d.]+):(?P<port>\d+)"
+            elif kind == "echo-cpp":
+                command = [str(find_built("adrank_echo")), "0"]
+                ready = r"echo: SERVING on grpc (?P<host>[\d.]+):(?P<port>\d+)"
             elif kind in ("naive", "echo"):
                 command = [sys.executable, str(REPO / "perf" / "baselines" / "naive_server.py"), "--models", model]
                 command += ["--host", "127.0.0.1", "--port", "0", *(["--echo"] if kind == "echo" else [])]
@@ -559,7 +564,7 @@ class Bench:
                     timeout_s=s.timeout_s,
                     sender=self.sender,
                 )
-                if kind == "echo":
+                if kind in ("echo", "echo-cpp"):
                     assert at_10pct_rate is not None
                     measure_floor(result, generator, s, at_10pct_rate)
                     capacity = None

@@ -61,18 +61,23 @@ SEND_RATE_FLOOR = 0.95
 CPU_LIMIT = 0.9
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
 REPO = Path(__file__).resolve().parents[1]
-# Where the C++ sender is built: `make bench` (build/bench) or `make test-cpp` (build/tests).
+# Where the C++ sender (and echo server) are built: `make bench` (build/bench) or `make test-cpp` (build/tests).
 SENDER_BUILDS = (REPO / "build" / "bench", REPO / "build" / "tests")
 SENDER_NAME = "adrank_loadgen"
 _STATUS_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def find_built(name: str) -> Path | None:
+    """The newest build of one of perf/'s C++ programs in the build folders, or None."""
+    built = [d / name for d in SENDER_BUILDS if (d / name).is_file()]
+    return max(built, key=lambda p: p.stat().st_mtime) if built else None
 
 
 def find_sender() -> Path | None:
     """The built C++ sender: $ADRANK_LOADGEN if set, else the newest of the build folders', else None."""
     if os.environ.get("ADRANK_LOADGEN"):
         return Path(os.environ["ADRANK_LOADGEN"])
-    built = [d / SENDER_NAME for d in SENDER_BUILDS if (d / SENDER_NAME).is_file()]
-    return max(built, key=lambda p: p.stat().st_mtime) if built else None
+    return find_built(SENDER_NAME)
 
 
 @dataclass

@@ -67,7 +67,23 @@ def targets(systems: dict[str, dict[str, object]], engine: dict[str, dict[str, o
         echo = (systems.get("grpc-echo") or {}).get("at_10pct") if model == "ctr" else None
         if echo:  # what a grpc.aio server and the generator alone take, no model
             floor = float(echo["latency_ms"]["p50"])  # type: ignore[index]
-            add("(informational) grpc-echo p50 at 10 % load: the transport floor, no model", floor, 0.3, "ms", False)
+            add(
+                "(informational) grpc-echo p50 at 10 % load: a grpc.aio server's floor, no model",
+                floor,
+                0.3,
+                "ms",
+                False,
+            )
+        echo_cpp = (systems.get("grpc-echo-cpp") or {}).get("at_10pct") if model == "ctr" else None
+        if echo_cpp:  # a grpc++ server doing nothing: above 0.3 ms no C++ server on this machine meets the target
+            floor = float(echo_cpp["latency_ms"]["p50"])  # type: ignore[index]
+            add(
+                "(informational) grpc-echo-cpp p50 at 10 % load: a grpc++ server's floor, no model",
+                floor,
+                0.3,
+                "ms",
+                False,
+            )
     return rows
 
 
@@ -125,6 +141,8 @@ def markdown(report: dict[str, object]) -> str:
             notes = []
             if name == "grpc-echo":
                 notes.append("floor: a grpc.aio server + the generator, empty replies, no model (one point)")
+            elif name == "grpc-echo-cpp":
+                notes.append("floor: a grpc++ server (perf/echo_server.cc) + the generator, empty replies (one point)")
             elif not system["max_candidates_per_s"]:
                 notes.append("p99 > 10 ms (or > 1 % errors) at every point")
             if system["generator_saturated_points"]:
@@ -182,7 +200,7 @@ def plot(report: dict[str, object], path: Path) -> None:
     figure, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5), squeeze=False)
     for axis, model in zip(axes[0], models, strict=True):
         for name, system in systems.items():
-            if system["model"] != model or not system["points"] or name == "grpc-echo":
+            if system["model"] != model or not system["points"] or name.startswith("grpc-echo"):
                 continue
             points = sorted(
                 (p for p in system["points"] if p["latency_ms"]["p99"] is not None), key=lambda p: p["target_rate"]

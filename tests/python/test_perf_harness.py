@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from perf.loadgen import find_sender
+from perf.loadgen import find_built, find_sender
 
 REPO = Path(__file__).resolve().parents[2]
 CRITEO = REPO.parent / "shared" / "data" / "criteo" / "train_1999.csv"
@@ -47,6 +47,9 @@ def test_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
     paced = report["engine_only"]["ctr"]["direct_paced"]
     assert paced["rate"] == pytest.approx(systems["adrank-ctr"]["at_10pct"]["target_rate"], rel=1e-3)
     assert math.isfinite(paced["p50_ms"])
+    if find_built("adrank_echo"):  # the grpc++ floor, measured at the same rate
+        echo = systems["grpc-echo-cpp"]
+        assert echo["status"] == "ok" and math.isfinite(echo["at_10pct"]["latency_ms"]["p50"])
     sender = find_sender()
     assert report["generator"] == (str(sender).replace(f"{REPO}/", "") if sender else "grpc.aio (perf/loadgen.py)")
     for name in ("naive", "adrank-ctr"):
