@@ -477,18 +477,22 @@ class Bench:
         shutil.rmtree(self.work, ignore_errors=True)
         return {"seconds": time.perf_counter() - started}
 
-    def _engine(self, model: str) -> dict[str, object]:
+    def _run_engine(self, model: str, label: str, options: list[str]) -> dict[str, object]:
+        """perf/engine.py for `model` on the servers' core with `options`; its JSON."""
         s = self.settings
-        out = self.work / f"engine-{model}.json"
+        out = self.work / f"{label.replace(' ', '-')}-{model}.json"
         command = ["taskset", "-c", str(s.server_core), sys.executable, str(REPO / "perf" / "engine.py")]
-        command += ["--model", model, "--requests", str(s.requests[model]), "--out", str(out)]
-        command += ["--sizes", ",".join(map(str, s.engine_sizes)), "--seconds", str(s.engine_s)]
-        command += ["--direct", str(s.engine_direct)]
-        started = time.perf_counter()
+        command += ["--model", model, "--requests", str(s.requests[model]), "--out", str(out), *options]
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
         if done.returncode != 0:
-            raise RuntimeError(f"engine-only {model} failed: {done.stderr.strip()[-500:]}")
-        result = json.loads(out.read_text())
+            raise RuntimeError(f"{label} {model} failed: {done.stderr.strip()[-500:]}")
+        return json.loads(out.read_text())
+
+    def _engine(self, model: str) -> dict[str, object]:
+        s = self.settings
+        started = time.perf_counter()
+        options = ["--sizes", ",".join(map(str, s.engine_sizes)), "--seconds", str(s.engine_s)]
+        result = self._run_engine(model, "engine-only", [*options, "--direct", str(s.engine_direct)])
         best = result["best"]
         log(
             f"engine-only {model}: ceiling {result['ceiling_candidates_per_s']:.0f} cand/s at batch"
@@ -499,16 +503,9 @@ class Bench:
 
     def _engine_paced(self, model: str, rate: float) -> dict[str, object]:
         """Direct ONNX Runtime latency with calls paced as the 10 % point's arrivals (engine.py: why it differs)."""
-        s = self.settings
-        out = self.work / f"engine-paced-{model}.json"
-        count = max(50, min(s.engine_direct, round(rate * s.point_s)))
-        command = ["taskset", "-c", str(s.server_core), sys.executable, str(REPO / "perf" / "engine.py")]
-        command += ["--model", model, "--requests", str(s.requests[model]), "--out", str(out)]
-        command += ["--direct", str(count), "--paced", f"{rate:.3f}"]
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"engine-only paced {model} failed: {done.stderr.strip()[-500:]}")
-        paced = json.loads(out.read_text())["direct"]
+        count = max(50, min(self.settings.engine_direct, round(rate * self.settings.point_s)))
+        options = ["--direct", str(count), "--paced", f"{rate:.3f}"]
+        paced = self._run_engine(model, "engine-only paced", options)["direct"]
         log(f"engine-only {model}: direct paced at {rate:.1f}/s p50 {paced['p50_ms']:.3f} ms p99 {paced['p99_ms']:.3f}")
         return paced
 

@@ -191,8 +191,7 @@ class Generator {
   // Sending is over once every closed-loop caller (or the one open-loop sender) gave up; the reaper then stops
   // when nothing is in flight.
   void FinishSending() {
-    const int64_t senders = plan_.concurrency == 0 ? 1 : plan_.concurrency;
-    if (finished_senders_.fetch_add(1) + 1 == senders && in_flight_.load() == 0) cq_.Shutdown();
+    if (finished_senders_.fetch_add(1) + 1 == senders_ && in_flight_.load() == 0) cq_.Shutdown();
   }
 
   void Reap() {
@@ -206,13 +205,14 @@ class Generator {
       record_.code[slot] = static_cast<double>(call.status.error_code());
       call.reply.Clear();
       const bool more = plan_.concurrency > 0 && TrySendNext();
-      const int64_t senders = plan_.concurrency == 0 ? 1 : plan_.concurrency;
-      if (in_flight_.fetch_sub(1) == 1 && !more && finished_senders_.load() == senders) cq_.Shutdown();
+      if (in_flight_.fetch_sub(1) == 1 && !more && finished_senders_.load() == senders_) cq_.Shutdown();
     }
   }
 
   const std::string method_;
   Plan plan_;
+  // Who sends: the open loop's one scheduler, or each of the closed loop's callers.
+  const int64_t senders_ = plan_.concurrency == 0 ? 1 : plan_.concurrency;
   Record record_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<grpc::GenericStub> stub_;
