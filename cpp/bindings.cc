@@ -22,16 +22,19 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "batch.h"
 #include "batcher.h"
 #include "completion_queue.h"
 #include "memory_pool.h"
+#include "model_registry.h"
 #include "request.h"
 #include "status.h"
 #include "tensor.h"
 #include "thread_pool.h"
+#include "version_stats.h"
 #ifdef ADRANK_HAVE_FRONTEND
 #include "rank_server.h"
 #endif
@@ -609,6 +612,7 @@ void BindObjects(py::module_& m) {
            py::arg("timeout_s") = py::none(), py::arg("priority") = 0, py::arg("completion_queue") = nullptr,
            py::arg("token") = 0)
       .def("stats", [](const ModelQueue& q) { return ModelStats(q.stats()); })
+      .def_property_readonly("background", &ModelQueue::background)
       .def("predict_execution_us",
            [](const ModelQueue& q, int64_t rows) { return ToMicros(q.batcher().PredictExecution(rows)); });
 
@@ -636,49 +640,184 @@ void BindObjects(py::module_& m) {
           py::return_value_policy::reference_internal);
 }
 
-// ---- the C++ gRPC front end (built when grpc++ was found) -------------------------------------
+// ---- the model registry: versions, rollout routing, version stats ---------------------------------
 
-#ifdef ADRANK_HAVE_FRONTEND
 Duration Seconds(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) throw StatusError(InvalidArgument("seconds must be finite and >= 0"));
   return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(seconds));
 }
 
-// Owns a RankServer and its registry. Everything that can block on calls in flight (whose batches may
-// need the GIL to run a Python backend) releases the GIL.
+// A removed version: `wait` returns once no request holds it any more (or the timeout passed).
+class VersionRelease {
+ public:
+  explicit VersionRelease(std::weak_ptr<const ServedModel> model) : model_(std::move(model)) {}
+  bool Wait(double timeout_s) {
+    const auto give_up = std::chrono::steady_clock::now() + Seconds(timeout_s);
+    py::gil_scoped_release release;  // the requests holding it may need the GIL to finish
+    while (!model_.expired()) {
+      if (std::chrono::steady_clock::now() >= give_up) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return true;
+  }
+  bool released() const { return model_.expired(); }
+
+ private:
+  std::weak_ptr<const ServedModel> model_;
+};
+
+py::dict SnapshotDict(const VersionStats& stats) {
+  const VersionStatsSnapshot snapshot = stats.Snapshot();
+  py::dict out;
+  out["ok"] = snapshot.ok;
+  out["failed"] = snapshot.failed;
+  out["dropped"] = snapshot.dropped;
+  out["latency_counts"] =
+      py::array_t<uint64_t>(static_cast<py::ssize_t>(snapshot.latency_counts.size()), snapshot.latency_counts.data());
+  out["compute_counts"] =
+      py::array_t<uint64_t>(static_cast<py::ssize_t>(snapshot.compute_counts.size()), snapshot.compute_counts.data());
+  out["score_counts"] =
+      py::array_t<uint64_t>(static_cast<py::ssize_t>(snapshot.score_counts.size()), snapshot.score_counts.data());
+  return out;
+}
+
+void RecordResult(VersionStats& stats, int grpc_code, int64_t queue_us, int64_t compute_us, const py::object& scores) {
+  const Status status(static_cast<StatusCode>(grpc_code), grpc_code == 0 ? "" : "failed");
+  if (scores.is_none()) {
+    stats.Record(status, queue_us, compute_us, nullptr, 0);
+    return;
+  }
+  const auto array = py::array_t < float, py::array::c_style | py::array::forcecast > ::ensure(scores);
+  if (!array) throw StatusError(InvalidArgument("record: scores must be a float32 array"));
+  stats.Record(status, queue_us, compute_us, array.data(), array.size());
+}
+
+void BindRegistry(py::module_& m) {
+  py::class_<ServedInput>(m, "ServedInput")
+      .def(py::init([](std::string name, const std::string& dtype, std::vector<int64_t> row_shape, Role role,
+                       bool allow_nonfinite, int64_t text_bytes) {
+             const std::optional<DType> parsed = ParseDType(dtype);
+             if (!parsed) throw StatusError(InvalidArgument("ServedInput '" + name + "': unknown dtype " + dtype));
+             return ServedInput{std::move(name), *parsed, std::move(row_shape), role, allow_nonfinite, text_bytes};
+           }),
+           py::arg("name"), py::arg("dtype"), py::arg("row_shape") = std::vector<int64_t>{},
+           py::arg("role") = Role::kCandidate, py::arg("allow_nonfinite") = true, py::arg("text_bytes") = 0)
+      .def_readonly("name", &ServedInput::name)
+      .def_readonly("text_bytes", &ServedInput::text_bytes);
+
+  py::class_<VersionStats, std::shared_ptr<VersionStats>>(m, "VersionStats")
+      .def(py::init([](double score_low, double score_high, int score_bins) {
+             std::shared_ptr<VersionStats> stats;
+             ThrowIfError(VersionStats::Create(VersionStatsOptions{score_low, score_high, score_bins}, &stats));
+             return stats;
+           }),
+           py::arg("score_low") = 0.0, py::arg("score_high") = 1.0, py::arg("score_bins") = 1000)
+      .def("record", &RecordResult, py::arg("grpc_code"), py::arg("queue_us") = 0, py::arg("compute_us") = 0,
+           py::arg("scores") = py::none())
+      .def("record_dropped", &VersionStats::RecordDropped)
+      .def_property("record_scores", &VersionStats::record_scores, &VersionStats::set_record_scores)
+      .def("snapshot", &SnapshotDict)
+      .def_property_readonly("score_low", [](const VersionStats& s) { return s.options().score_low; })
+      .def_property_readonly("score_high", [](const VersionStats& s) { return s.options().score_high; })
+      .def_property_readonly("score_bins", [](const VersionStats& s) { return s.options().score_bins; })
+      .def_property_readonly_static("latency_bounds_us",
+                                    [](const py::object&) { return VersionStats::LatencyBucketBounds(); });
+
+  py::class_<ServedModel, std::shared_ptr<ServedModel>>(m, "ServedModel")
+      .def_readonly("name", &ServedModel::name)
+      .def_readonly("version", &ServedModel::version)
+      .def_readonly("model", &ServedModel::queue)
+      .def_readonly("lowest_priority", &ServedModel::lowest_priority)
+      .def_readonly("stats", &ServedModel::stats);
+
+  py::class_<RolloutRoute>(m, "RolloutRoute")
+      .def(py::init(
+               [](int64_t stable, int64_t canary, int canary_basis_points, int64_t shadow, int shadow_basis_points) {
+                 return RolloutRoute{stable, canary, canary_basis_points, shadow, shadow_basis_points};
+               }),
+           py::arg("stable"), py::arg("canary") = 0, py::arg("canary_basis_points") = 0, py::arg("shadow") = 0,
+           py::arg("shadow_basis_points") = 10000)
+      .def_readonly("stable", &RolloutRoute::stable)
+      .def_readonly("canary", &RolloutRoute::canary)
+      .def_readonly("canary_basis_points", &RolloutRoute::canary_basis_points)
+      .def_readonly("shadow", &RolloutRoute::shadow)
+      .def_readonly("shadow_basis_points", &RolloutRoute::shadow_basis_points);
+
+  py::class_<VersionRelease>(m, "VersionRelease")
+      .def("wait", &VersionRelease::Wait, py::arg("timeout_s"))
+      .def_property_readonly("released", &VersionRelease::released);
+
+  py::class_<ModelRegistry, std::shared_ptr<ModelRegistry>>(m, "ModelRegistry")
+      .def(py::init<>())
+      .def(
+          "add",
+          [](ModelRegistry& r, const std::shared_ptr<ModelQueue>& queue, const std::string& name, int64_t version,
+             std::vector<ServedInput> inputs, const std::string& score_output, int64_t max_candidates,
+             int lowest_priority, std::shared_ptr<VersionStats> stats, bool serving) {
+            if (!queue) throw StatusError(InvalidArgument("add: model is None"));
+            if (version < 1) throw StatusError(InvalidArgument("add: version must be >= 1"));
+            if (max_candidates < 1) throw StatusError(InvalidArgument("add: max_candidates must be >= 1"));
+            if (!stats) throw StatusError(InvalidArgument("add: stats is None"));
+            auto model = std::make_shared<ServedModel>();
+            model->name = name;
+            model->version = version;
+            model->queue = queue;
+            model->inputs = std::move(inputs);
+            model->score_output = score_output;
+            model->max_candidates = max_candidates;
+            model->lowest_priority = lowest_priority;
+            model->stats = std::move(stats);
+            r.Add(std::move(model), serving);
+          },
+          py::arg("model"), py::arg("name"), py::arg("version"), py::arg("inputs"), py::arg("score_output"),
+          py::arg("max_candidates"), py::arg("lowest_priority"), py::arg("stats"), py::arg("serving") = false)
+      .def(
+          "remove",
+          [](ModelRegistry& r, const std::string& name, int64_t version) {
+            return VersionRelease(r.Remove(name, version));
+          },
+          py::arg("name"), py::arg("version"))
+      .def(
+          "set_rollout",
+          [](ModelRegistry& r, const std::string& name, const RolloutRoute& route) {
+            ThrowIfError(r.SetRollout(name, route));
+          },
+          py::arg("name"), py::arg("route"))
+      .def("rollout", &ModelRegistry::rollout, py::arg("name"))
+      .def(
+          "route",
+          [](const ModelRegistry& r, const std::string& name, int64_t version, const std::string& key) {
+            Routed routed;
+            ThrowIfError(r.Route(name, version, key, &routed));
+            return py::make_tuple(std::const_pointer_cast<ServedModel>(routed.model),
+                                  std::const_pointer_cast<ServedModel>(routed.shadow));
+          },
+          py::arg("name"), py::arg("version") = 0, py::arg("key") = "");
+
+  m.def("routing_bucket", &RoutingBucket, py::arg("key"), py::arg("salt") = 0,
+        "The routing bucket of a key, in [0, 10000) (cpp/model_registry.h).");
+  m.attr("SHADOW_SALT") = kShadowSalt;
+}
+
+// ---- the C++ gRPC front end (built when grpc++ was found) -------------------------------------
+
+#ifdef ADRANK_HAVE_FRONTEND
+// Owns a RankServer; the registry is shared with the Python side. Everything that can block on calls
+// in flight (whose batches may need the GIL to run a Python backend) releases the GIL.
 class PyRankServer {
  public:
-  PyRankServer(const std::string& host, int port, int max_message_bytes) {
+  PyRankServer(const std::string& host, int port, int max_message_bytes, std::shared_ptr<ModelRegistry> registry) {
     RankServerOptions options;
     options.host = host;
     options.port = port;
     options.max_message_bytes = max_message_bytes;
-    ThrowIfError(RankServer::Create(options, std::make_shared<ModelRegistry>(), &server_));
+    ThrowIfError(RankServer::Create(options, std::move(registry), &server_));
   }
   ~PyRankServer() {
     py::gil_scoped_release release;
     server_.reset();
   }
 
-  void AddModel(const std::shared_ptr<ModelQueue>& queue, const std::string& name, int64_t version,
-                std::vector<ServedInput> inputs, const std::string& score_output, int64_t max_candidates,
-                bool serving) {
-    if (!queue) throw StatusError(InvalidArgument("add_model: model is None"));
-    if (version < 1) throw StatusError(InvalidArgument("add_model: version must be >= 1"));
-    if (max_candidates < 1) throw StatusError(InvalidArgument("add_model: max_candidates must be >= 1"));
-    auto model = std::make_shared<ServedModel>();
-    model->name = name;
-    model->version = version;
-    model->queue = queue;
-    model->inputs = std::move(inputs);
-    model->score_output = score_output;
-    model->max_candidates = max_candidates;
-    server_->registry().Add(std::move(model), serving);
-  }
-  void RemoveModel(const std::string& name, int64_t version) { server_->registry().Remove(name, version); }
-  void SetServingVersion(const std::string& name, int64_t version) {
-    ThrowIfError(server_->registry().SetServing(name, version));
-  }
   void SetServing(bool serving) { server_->SetServing(serving); }
   void StartDraining() { server_->StartDraining(); }
   bool WaitDrained(double quiet_s, double grace_s) {
@@ -699,24 +838,9 @@ class PyRankServer {
 };
 
 void BindRankServer(py::module_& m) {
-  py::class_<ServedInput>(m, "ServedInput")
-      .def(py::init([](std::string name, const std::string& dtype, std::vector<int64_t> row_shape, Role role,
-                       bool allow_nonfinite, int64_t text_bytes) {
-             const std::optional<DType> parsed = ParseDType(dtype);
-             if (!parsed) throw StatusError(InvalidArgument("ServedInput '" + name + "': unknown dtype " + dtype));
-             return ServedInput{std::move(name), *parsed, std::move(row_shape), role, allow_nonfinite, text_bytes};
-           }),
-           py::arg("name"), py::arg("dtype"), py::arg("row_shape") = std::vector<int64_t>{},
-           py::arg("role") = Role::kCandidate, py::arg("allow_nonfinite") = true, py::arg("text_bytes") = 0)
-      .def_readonly("name", &ServedInput::name)
-      .def_readonly("text_bytes", &ServedInput::text_bytes);
   py::class_<PyRankServer>(m, "RankServer")
-      .def(py::init<const std::string&, int, int>(), py::arg("host") = "127.0.0.1", py::arg("port") = 8500,
-           py::arg("max_message_bytes") = 32 << 20)
-      .def("add_model", &PyRankServer::AddModel, py::arg("model"), py::arg("name"), py::arg("version"),
-           py::arg("inputs"), py::arg("score_output"), py::arg("max_candidates"), py::arg("serving"))
-      .def("remove_model", &PyRankServer::RemoveModel, py::arg("name"), py::arg("version"))
-      .def("set_serving_version", &PyRankServer::SetServingVersion, py::arg("name"), py::arg("version"))
+      .def(py::init<const std::string&, int, int, std::shared_ptr<ModelRegistry>>(), py::arg("host"), py::arg("port"),
+           py::arg("max_message_bytes"), py::arg("registry"))
       .def("set_serving", &PyRankServer::SetServing, py::arg("serving"))
       .def("start_draining", &PyRankServer::StartDraining)
       .def("wait_drained", &PyRankServer::WaitDrained, py::arg("quiet_s"), py::arg("grace_s"))
@@ -753,6 +877,7 @@ PYBIND11_MODULE(_core, m) {
 
   BindTypes(m);
   BindObjects(m);
+  BindRegistry(m);
 #ifdef ADRANK_HAVE_FRONTEND
   BindRankServer(m);
   m.attr("HAS_RANK_SERVER") = true;

@@ -1,29 +1,44 @@
-// ModelRegistry: the model versions the gRPC front end routes requests to, and each model's serving
-// version.
+// ModelRegistry: the model versions a front end routes requests to, and each model's rollout — its
+// stable version, an optional canary taking a share of the traffic, and an optional shadow that sees a
+// mirror of it.
 //
-// The Python side loads a version (backend sessions, warm-up, checks) and then registers it here as a
-// ServedModel: the core queue that batches it, plus what the front end needs to check and convert a
-// wire request without Python — each input's name, dtype, row shape and role, whether NaN and inf are
-// refused, and for a text input the width of the UTF-8 byte row it rides the core in.
+// The Python side loads a version (backend sessions, warm-up, parity check) and then registers it here
+// as a ServedModel: the core queue that batches it, what a front end needs to check and convert a wire
+// request without Python (each input's name, dtype, row shape and role, whether NaN and inf are refused,
+// and for a text input the width of the UTF-8 byte row it rides the core in), and its VersionStats.
+//
+// Routing a request (Route): a pinned version gets exactly that version and no shadow. Otherwise the
+// request's routing key (its routing_key, else its request id) picks: RoutingBucket(key) in [0, 10000)
+// below the canary's basis points goes to the canary, the rest to stable — so a key always sees the
+// same version while the split stands, and P % of keys see the canary. An empty key draws a bucket from
+// a counter (no stickiness without a key). The shadow mirrors the requests whose bucket, salted
+// differently, falls below its basis points. Routing changes (SetRollout) apply to the next request;
+// requests already routed finish on the version they got.
+//
+// A shadow version's queue is marked background (thread_pool.h): its batches run only when no other
+// model has one due, and never on every worker at once.
 //
 // Resolution takes a snapshot of the table (an immutable map behind a shared_ptr, replaced whole on
-// every change), so a request never sees a half-updated table and registrations never wait for
-// requests. A resolved ServedModel stays valid for as long as the caller holds it, even if the version
-// is removed meanwhile.
+// every change), so a request never sees a half-updated table and changes never wait for requests. A
+// routed ServedModel stays valid for as long as the caller holds it, even if removed meanwhile; Remove
+// hands back a weak reference that expires once the last request holding the version is done.
 //
 // Thread-safety: every method may be called from any thread.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "status.h"
 #include "tensor.h"
 #include "thread_pool.h"
+#include "version_stats.h"
 
 namespace adrank {
 
@@ -43,32 +58,69 @@ struct ServedModel {
   int64_t version = 0;
   std::shared_ptr<ModelQueue> queue;
   std::vector<ServedInput> inputs;
-  std::string score_output;    // the float32 output returned per candidate
-  int64_t max_candidates = 0;  // N above it: INVALID_ARGUMENT
+  std::string score_output;             // the float32 output returned per candidate
+  int64_t max_candidates = 0;           // N above it: INVALID_ARGUMENT
+  int lowest_priority = 0;              // the priority class mirrored (shadow) requests ride in
+  std::shared_ptr<VersionStats> stats;  // never null once registered
 };
+
+// A model's rollout. Versions are 0 when absent; basis points are of 10000 routing buckets.
+struct RolloutRoute {
+  int64_t stable = 0;
+  int64_t canary = 0;
+  int canary_basis_points = 0;
+  int64_t shadow = 0;
+  int shadow_basis_points = 10000;
+};
+
+struct Routed {
+  std::shared_ptr<const ServedModel> model;   // answers the request
+  std::shared_ptr<const ServedModel> shadow;  // mirrors it, or null
+};
+
+// The routing bucket of a key, in [0, 10000): FNV-1a 64 then a SplitMix64 finaliser, so that keys
+// differing in one character land far apart. The Python front end routes with this same function.
+int RoutingBucket(std::string_view key, uint64_t salt = 0);
+inline constexpr uint64_t kShadowSalt = 0x5348414457ull;  // "SHADW": shadow sampling independent of canary
 
 class ModelRegistry {
  public:
-  // Registers a version; with `serving`, it becomes the version that unpinned requests get.
-  void Add(std::shared_ptr<const ServedModel> model, bool serving);
-  // Forgets a version (a serving version leaves its model without one until SetServing).
-  void Remove(const std::string& name, int64_t version);
-  Status SetServing(const std::string& name, int64_t version);
-  // version 0: the serving version. NOT_FOUND names the model or the version.
+  // Registers a version; with `serving`, it becomes the stable version, with no canary or shadow.
+  // A version already registered is replaced. Its stats are created when the model carries none.
+  void Add(std::shared_ptr<ServedModel> model, bool serving);
+  // Forgets a version; a rollout that names it loses that role (a stable version leaves the model
+  // without one: unpinned requests get NOT_FOUND until SetRollout). The weak reference expires once
+  // no request holds the version any more.
+  std::weak_ptr<const ServedModel> Remove(const std::string& name, int64_t version);
+  // Every version the route names must be registered (NOT_FOUND otherwise); INVALID_ARGUMENT for a
+  // route without stable, basis points outside [0, 10000], or a canary or shadow equal to stable.
+  Status SetRollout(const std::string& name, const RolloutRoute& route);
+  Status SetServing(const std::string& name, int64_t version);  // stable = version, nothing else
+  RolloutRoute rollout(const std::string& name) const;
+
+  // version > 0: that version (pinned). 0: the rollout picks by `key`. NOT_FOUND names the model or the
+  // version.
+  Status Route(const std::string& name, int64_t version, std::string_view key, Routed* out) const;
+  // Route without a key or shadow: the stable version, or the pinned one.
   Status Resolve(const std::string& name, int64_t version, std::shared_ptr<const ServedModel>* out) const;
 
   // Implementation details follow. API users need not read.
  private:
   struct Entry {
-    int64_t serving = 0;
+    RolloutRoute route;
     std::map<int64_t, std::shared_ptr<const ServedModel>> versions;
   };
   using Table = std::map<std::string, Entry>;
 
   std::shared_ptr<const Table> Snapshot() const;
+  static void MarkBackground(const Entry& entry);
+  static Status FindModel(const Table& table, const std::string& name, const Entry** out);
+  static Status FindVersion(const std::string& name, const Entry& entry, int64_t version, bool pinned,
+                            std::shared_ptr<const ServedModel>* out);
 
   mutable std::mutex mu_;
   std::shared_ptr<const Table> table_ = std::make_shared<Table>();
+  mutable std::atomic<uint64_t> unkeyed_{0};
 };
 
 }  // namespace adrank

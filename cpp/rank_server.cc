@@ -86,6 +86,44 @@ class RankService final : public v1::Ranking::CallbackService {
   std::condition_variable done_;
 };
 
+// Shadow requests wait at most this long: older mirrors are shed, since a shadow that cannot keep up
+// must not pile up work behind the traffic it mirrors.
+constexpr Duration kShadowDeadline = std::chrono::milliseconds(100);
+
+// The score output of a result, or null.
+const OutputTensor* ScoreOutput(const ServedModel& model, const RequestResult& result) {
+  for (const OutputTensor& output : result.outputs) {
+    if (output.name == model.score_output && output.dtype == DType::kFloat32 && output.shape.size() == 1) {
+      return &output;
+    }
+  }
+  return nullptr;
+}
+
+void RecordOutcome(const ServedModel& model, const RequestResult& result) {
+  const OutputTensor* score = result.status.ok() ? ScoreOutput(model, result) : nullptr;
+  model.stats->Record(result.status, result.timing.queue_us, result.timing.compute_us,
+                      score ? reinterpret_cast<const float*>(score->data.data()) : nullptr,
+                      score ? score->shape[0] : 0);
+}
+
+// Mirrors a request to a shadow version at its lowest priority, unless the shadow's queue already holds
+// a batch's worth of rows (it is behind: this mirror is shed). The result is recorded, never returned.
+void SubmitShadow(ModelCall shadow) {
+  const std::shared_ptr<const ServedModel> model = shadow.model;
+  if (model->queue->stats().queued_rows >= model->queue->batcher().options().max_batch_rows) {
+    model->stats->RecordDropped();
+    return;
+  }
+  auto owner = std::make_shared<ModelCall>(std::move(shadow));
+  Request request = std::move(owner->request);
+  request.priority = model->lowest_priority;
+  request.deadline = SteadyClock::Get()->Now() + kShadowDeadline;
+  request.on_complete = [owner](RequestResult&& result) { RecordOutcome(*owner->model, result); };
+  const Status status = model->queue->Submit(std::move(request));
+  if (!status.ok()) model->stats->Record(status, 0, 0, nullptr, 0);
+}
+
 // One call: submitted to every requested model's queue; finished by the last part to complete.
 class RankCall final : public grpc::ServerUnaryReactor {
  public:
@@ -94,7 +132,8 @@ class RankCall final : public grpc::ServerUnaryReactor {
       : service_(service), context_(context), request_(request), response_(response), start_ns_(SteadyNanos()) {}
 
   void Start() {
-    Status status = PrepareRank(*request_, service_->registry(), &calls_);
+    std::vector<ModelCall> shadows;
+    Status status = PrepareRank(*request_, service_->registry(), &calls_, &shadows);
     const TimePoint deadline = CoreDeadline(*context_);
     if (status.ok() && deadline != kNoDeadline && deadline <= SteadyClock::Get()->Now()) {
       status = DeadlineExceeded("the call's deadline passed before any model ran");
@@ -113,7 +152,10 @@ class RankCall final : public grpc::ServerUnaryReactor {
       Request& request = calls_[i].request;
       request.deadline = deadline;
       request.priority = static_cast<int>(request_->priority());
-      request.on_complete = [this, i](RequestResult&& result) { Complete(i, std::move(result)); };
+      request.on_complete = [this, i](RequestResult&& result) {
+        RecordOutcome(*calls_[i].model, result);
+        Complete(i, std::move(result));
+      };
       Status failed;
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -125,6 +167,8 @@ class RankCall final : public grpc::ServerUnaryReactor {
         Complete(i, RequestResult{failed, {}, {}});  // an earlier model failed: the call fails anyway
       }
     }
+    // After the call's own parts: a mirror never delays them, and it outlives the call.
+    for (ModelCall& shadow : shadows) SubmitShadow(std::move(shadow));
     Release();
   }
 
@@ -166,6 +210,7 @@ class RankCall final : public grpc::ServerUnaryReactor {
     RequestHandle handle;
     const Status status = queue->Submit(std::move(calls_[part].request), &handle);
     if (!status.ok()) {
+      calls_[part].model->stats->Record(status, 0, 0, nullptr, 0);
       Complete(part, RequestResult{status, {}, {}});
       return;
     }
@@ -208,11 +253,8 @@ class RankCall final : public grpc::ServerUnaryReactor {
       v1::ModelScores* scores = response_->add_results();
       scores->set_model(model.name);
       scores->set_version(model.version);
-      const OutputTensor* score = nullptr;
-      for (const OutputTensor& output : r.outputs) {
-        if (output.name == model.score_output) score = &output;
-      }
-      if (score == nullptr || score->dtype != DType::kFloat32 || score->shape.size() != 1) {
+      const OutputTensor* score = ScoreOutput(model, r);
+      if (score == nullptr) {
         Finish(
             ToGrpc(Internal("model '" + model.name + "' produced no float32 [N] output '" + model.score_output + "'")));
         return;

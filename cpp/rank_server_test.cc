@@ -145,6 +145,57 @@ class RankServerTest : public ::testing::Test {
   int64_t rows_computed_ = 0;
 };
 
+// Registers version `version` of "sum" whose scores are those of version 1 plus `offset`.
+std::shared_ptr<ServedModel> AddSumVersion(ThreadPool& pool, ModelRegistry& registry, int64_t version, float offset) {
+  std::shared_ptr<const ServedModel> stable;
+  EXPECT_TRUE(registry.Resolve("sum", 1, &stable).ok());
+  ModelOptions model;
+  model.name = "sum:" + std::to_string(version);
+  model.signature = stable->queue->batcher().signature();
+  model.batching.max_queue_delay_us = 0;
+  model.batching.priority_levels = 2;
+  model.backend = [offset](BatchIO& io) {
+    const auto* x = static_cast<const float*>(io.inputs[0].data);
+    const auto* bias = static_cast<const float*>(io.inputs[1].data);
+    auto* score = static_cast<float*>(io.outputs[0].data);
+    for (int64_t r = 0; r < io.rows; ++r) score[r] = x[2 * r] + x[2 * r + 1] + bias[r] + offset;
+    return Status::Ok();
+  };
+  auto served = std::make_shared<ServedModel>(*stable);
+  EXPECT_TRUE(pool.AddModel(std::move(model), &served->queue).ok());
+  served->version = version;
+  served->lowest_priority = 1;
+  EXPECT_TRUE(VersionStats::Create(VersionStatsOptions{0, 100, 100}, &served->stats).ok());
+  registry.Add(served, false);
+  return served;
+}
+
+TEST_F(RankServerTest, CanaryAnswersAndSaysSoWhileTheShadowIsScoredButNeverReturned) {
+  server_->SetServing(true);
+  ModelRegistry& registry = server_->registry();
+  std::shared_ptr<ServedModel> canary = AddSumVersion(*pool_, registry, 2, 100.0f);
+  std::shared_ptr<ServedModel> shadow = AddSumVersion(*pool_, registry, 3, 10.0f);
+  shadow->stats->set_record_scores(true);
+  ASSERT_TRUE(registry.SetRollout("sum", RolloutRoute{1, 2, 0, 3, 10000}).ok());
+  v1::RankResponse response;
+  ASSERT_TRUE(Rank(Request(2, 0), &response).ok());
+  ASSERT_EQ(response.results_size(), 1);
+  EXPECT_EQ(response.results(0).version(), 1);
+  EXPECT_EQ(Scores(response.results(0)), (std::vector<float>{1.5f, 5.5f}));  // stable's, not the shadow's
+  // The mirror completes on its own: its two scores (11.5 and 15.5) land in the shadow's histogram.
+  for (int i = 0; i < 1000 && shadow->stats->Snapshot().ok == 0; ++i) std::this_thread::sleep_for(milliseconds(2));
+  const VersionStatsSnapshot mirrored = shadow->stats->Snapshot();
+  EXPECT_EQ(mirrored.ok, 1u);
+  EXPECT_EQ(mirrored.score_counts[12], 1u);
+  EXPECT_EQ(mirrored.score_counts[16], 1u);
+  // Every key on the canary: it answers, and the response names it.
+  ASSERT_TRUE(registry.SetRollout("sum", RolloutRoute{1, 2, 10000}).ok());
+  ASSERT_TRUE(Rank(Request(2, 0), &response).ok());
+  EXPECT_EQ(response.results(0).version(), 2);
+  EXPECT_EQ(Scores(response.results(0)), (std::vector<float>{101.5f, 105.5f}));
+  EXPECT_EQ(canary->stats->Snapshot().ok, 1u);
+}
+
 TEST_F(RankServerTest, LoadingServerAnswersUnavailableAndReportsNotServing) {
   v1::RankResponse response;
   const grpc::Status status = Rank(Request(2, 0), &response);

@@ -46,6 +46,19 @@ bool ModelQueue::Cancel(const RequestHandle& handle) {
   return never_runs;
 }
 
+void ModelQueue::SetBackground(bool background) {
+  {
+    std::lock_guard<std::mutex> lock(wakeup_->mu);
+    background_ = background;
+  }
+  wakeup_->cv.notify_all();  // a foreground model's due batch may now go first, or the reverse
+}
+
+bool ModelQueue::background() const {
+  std::lock_guard<std::mutex> lock(wakeup_->mu);
+  return background_;
+}
+
 Status ThreadPool::Create(const ThreadPoolOptions& options, std::unique_ptr<ThreadPool>* out) {
   if (options.num_workers < 0) return InvalidArgument("num_workers must be >= 0 (0: one per core)");
   std::shared_ptr<MemoryPool> memory_pool = options.memory_pool;
@@ -116,9 +129,13 @@ bool ThreadPool::AnyQueuedLocked() const {
 }
 
 ThreadPool::Dispatch ThreadPool::ReserveLocked(TimePoint now, TimePoint* wake) {
+  // Foreground first; background only when no foreground batch is due and a worker stays free for one.
+  const int background_limit = std::max(1, num_workers() - 1);
   ModelQueue* best = nullptr;
+  ModelQueue* best_background = nullptr;
   for (const auto& model : models_) {
     if (model->busy_ >= model->instances_) continue;
+    if (model->background_ && background_busy_ >= background_limit) continue;
     const bool flush = stopping_ || model->removing_;
     TimePoint ready = model->batcher_->ReadyAt(model->busy_ == 0, now);
     if (flush && ready != kNoDeadline) ready = now;
@@ -126,9 +143,11 @@ ThreadPool::Dispatch ThreadPool::ReserveLocked(TimePoint now, TimePoint* wake) {
       *wake = std::min(*wake, ready);
       continue;
     }
+    ModelQueue*& slot = model->background_ ? best_background : best;
     const double pass = std::max(model->pass_, virtual_pass_);
-    if (!best || pass < std::max(best->pass_, virtual_pass_)) best = model.get();
+    if (!slot || pass < std::max(slot->pass_, virtual_pass_)) slot = model.get();
   }
+  if (!best) best = best_background;
   Dispatch dispatch;
   if (!best) return dispatch;
   // Stride scheduling: lowest pass first; the pass advances by 1/instances per batch.
@@ -136,6 +155,8 @@ ThreadPool::Dispatch ThreadPool::ReserveLocked(TimePoint now, TimePoint* wake) {
   virtual_pass_ = start;
   best->pass_ = start + 1.0 / best->instances_;
   best->busy_++;
+  dispatch.background = best->background_;
+  if (dispatch.background) background_busy_++;
   const auto free_slot = std::find(best->instance_busy_.begin(), best->instance_busy_.end(), false);
   dispatch.instance = static_cast<int>(free_slot - best->instance_busy_.begin());
   *free_slot = true;
@@ -147,6 +168,7 @@ ThreadPool::Dispatch ThreadPool::ReserveLocked(TimePoint now, TimePoint* wake) {
 
 void ThreadPool::ReleaseLocked(const Dispatch& dispatch) {
   dispatch.model->busy_--;
+  if (dispatch.background) background_busy_--;
   dispatch.model->instance_busy_[static_cast<size_t>(dispatch.instance)] = false;
 }
 

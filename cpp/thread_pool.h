@@ -14,6 +14,10 @@
 // model returning from idle gets no burst of saved-up credit. With nothing due, a worker sleeps
 // until the earliest moment a batch becomes due or a submission wakes it.
 //
+// Background models (a rollout's shadow version, SetBackground): their batches run only when no other
+// model has one due, and on at most num_workers - 1 workers at once (1 with a single worker), so a
+// foreground batch that becomes due finds a worker free instead of waiting out a background batch.
+//
 // Running a batch: lease pooled buffers, gather, call the backend (no scheduler lock held), scatter,
 // return the buffers, fire the completions, feed the execution time to the batcher's predictor.
 //
@@ -77,6 +81,9 @@ class ModelQueue {
 
   const std::string& name() const { return name_; }
   int instances() const { return instances_; }
+  // Background: batches run only when no foreground model has one due (see ThreadPool).
+  void SetBackground(bool background);
+  bool background() const;
   BatcherStats stats() const { return batcher_->stats(); }
   const Batcher& batcher() const { return *batcher_; }
 
@@ -104,6 +111,7 @@ class ModelQueue {
   std::vector<bool> instance_busy_;
   double pass_ = 0;
   bool removing_ = false;
+  bool background_ = false;
 };
 
 class ThreadPool {
@@ -126,6 +134,7 @@ class ThreadPool {
   struct Dispatch {
     std::shared_ptr<ModelQueue> model;
     int instance = -1;
+    bool background = false;
   };
 
   ThreadPool(const ThreadPoolOptions& options, std::shared_ptr<MemoryPool> memory_pool);
@@ -146,6 +155,7 @@ class ThreadPool {
   // Guarded by wakeup_->mu.
   std::vector<std::shared_ptr<ModelQueue>> models_;
   double virtual_pass_ = 0;
+  int background_busy_ = 0;  // batches of background models running
   bool stopping_ = false;
   std::vector<std::thread> workers_;
   std::mutex shutdown_mu_;  // serialises Shutdown callers around the join

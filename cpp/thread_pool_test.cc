@@ -422,6 +422,74 @@ TEST_P(ThreadPoolTest, EndToEndEveryRequestGetsItsOwnRowsInOrder) {
   EXPECT_EQ(pool->memory_pool()->stats().in_use_bytes, 0u) << "batch buffers were not returned";
 }
 
+TEST_P(ThreadPoolTest, BackgroundModelRunsOnlyWhenNoForegroundBatchIsDue) {
+  constexpr int64_t kRows = 4;
+  constexpr int kBatches = 4;
+  auto gate = std::make_shared<Gate>();
+  std::mutex order_mu;
+  std::vector<char> order;
+  auto recording = [&](char name) {
+    return [&, name](BatchIO& io) {
+      {
+        std::lock_guard<std::mutex> lock(order_mu);
+        order.push_back(name);
+      }
+      return SumBackend(io);
+    };
+  };
+  Completions completions(1 + 2 * kBatches);
+  std::vector<SumInput> inputs;
+  for (int i = 0; i < 1 + 2 * kBatches; ++i) inputs.emplace_back(i, kRows);
+  auto pool = MakeThreadPool(1);
+  OpenOnExit open_on_exit{gate};
+  std::shared_ptr<ModelQueue> blocker, shadow, stable;
+  ASSERT_OK(pool->AddModel(GatedSumModel("blocker", gate), &blocker));
+  ModelOptions shadow_options = SumModel("shadow", recording('S'));
+  CloseOnlyWhenFull(&shadow_options, kRows);
+  ASSERT_OK(pool->AddModel(std::move(shadow_options), &shadow));
+  shadow->SetBackground(true);
+  ModelOptions stable_options = SumModel("stable", recording('F'));
+  CloseOnlyWhenFull(&stable_options, kRows);
+  ASSERT_OK(pool->AddModel(std::move(stable_options), &stable));
+
+  // The shadow's batches are queued first, yet every foreground batch runs before them.
+  ASSERT_OK(blocker->Submit(inputs[0].MakeRequest(completions.For(0))));
+  ASSERT_TRUE(gate->WaitForWaiters(1));
+  for (int i = 1; i <= kBatches; ++i) ASSERT_OK(shadow->Submit(inputs[i].MakeRequest(completions.For(i))));
+  for (int i = kBatches + 1; i <= 2 * kBatches; ++i) {
+    ASSERT_OK(stable->Submit(inputs[i].MakeRequest(completions.For(i))));
+  }
+  gate->Open();
+  ASSERT_TRUE(completions.WaitFor(inputs.size()));
+  EXPECT_EQ(std::string(order.begin(), order.end()), "FFFFSSSS");
+}
+
+TEST_P(ThreadPoolTest, BackgroundModelNeverTakesEveryWorker) {
+  constexpr int kRequests = 6;
+  std::atomic<int> running{0}, most{0};
+  auto pool = MakeThreadPool(2);
+  ModelOptions options = SumModel("shadow", [&](BatchIO& io) {
+    const int now = ++running;
+    int seen = most.load();
+    while (now > seen && !most.compare_exchange_weak(seen, now)) {
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    --running;
+    return SumBackend(io);
+  });
+  CloseOnlyWhenFull(&options, 1);
+  options.instances = 2;
+  std::shared_ptr<ModelQueue> shadow;
+  ASSERT_OK(pool->AddModel(std::move(options), &shadow));
+  shadow->SetBackground(true);
+  Completions completions(kRequests);
+  std::vector<SumInput> inputs;
+  for (int i = 0; i < kRequests; ++i) inputs.emplace_back(i, 1);
+  for (int i = 0; i < kRequests; ++i) ASSERT_OK(shadow->Submit(inputs[i].MakeRequest(completions.For(i))));
+  ASSERT_TRUE(completions.WaitFor(kRequests));
+  EXPECT_EQ(most.load(), 1);  // one of the two workers always stayed free for foreground work
+}
+
 TEST_P(ThreadPoolTest, SaturatedModelsInterleaveInProportionToInstances) {
   constexpr int64_t kRows = 4;
   constexpr int kBatchesA = 12;

@@ -256,8 +256,8 @@ Status PrepareModel(const std::shared_ptr<const ServedModel>& model, const std::
         return InvalidArgument("context tensor " + Quote(input.name) + " has shape " + ShapeString(d->shape) +
                                "; expected [1] (one text)");
       }
-      call->text_rows.push_back(TextRow(d->strings[0], input.text_bytes));
-      const std::vector<uint8_t>& row = *call->text_rows.back();
+      call->owned.push_back(TextRow(d->strings[0], input.text_bytes));
+      const std::vector<uint8_t>& row = *call->owned.back();
       views.push_back({input.name, DType::kUInt8, {1, input.text_bytes}, row.data(), row.size()});
       continue;
     }
@@ -279,8 +279,7 @@ Status PrepareModel(const std::shared_ptr<const ServedModel>& model, const std::
   return Status::Ok();
 }
 
-Status ResolveModels(const v1::RankRequest& request, const ModelRegistry& registry,
-                     std::vector<std::shared_ptr<const ServedModel>>* models) {
+Status ResolveModels(const v1::RankRequest& request, const ModelRegistry& registry, std::vector<Routed>* routed) {
   if (request.models().empty()) return InvalidArgument("models: empty; name at least one model to score");
   std::set<std::string> names;
   for (const v1::ModelSpec& spec : request.models()) {
@@ -289,13 +288,25 @@ Status ResolveModels(const v1::RankRequest& request, const ModelRegistry& regist
     }
     if (spec.version() < 0) return InvalidArgument("models: version must be >= 0 (0 picks the serving version)");
   }
+  const std::string& key = request.routing_key().empty() ? request.request_id() : request.routing_key();
   for (const v1::ModelSpec& spec : request.models()) {
-    std::shared_ptr<const ServedModel> model;
-    Status status = registry.Resolve(spec.name(), spec.version(), &model);
+    Routed route;
+    Status status = registry.Route(spec.name(), spec.version(), key, &route);
     if (!status.ok()) return status;
-    models->push_back(std::move(model));
+    routed->push_back(std::move(route));
   }
   return Status::Ok();
+}
+
+// The shadow's inputs outlive the RPC: its views are repointed at copies it owns.
+void OwnInputs(ModelCall* call) {
+  for (auto* views : {&call->request.candidates, &call->request.context}) {
+    for (TensorView& view : *views) {
+      const auto* bytes = static_cast<const uint8_t*>(view.data);
+      call->owned.push_back(std::make_unique<std::vector<uint8_t>>(bytes, bytes + view.byte_size));
+      view.data = call->owned.back()->data();
+    }
+  }
 }
 
 Status CheckUnexpected(const std::vector<std::shared_ptr<const ServedModel>>& models, const v1::RankRequest& request) {
@@ -326,10 +337,13 @@ Status CheckUnexpected(const std::vector<std::shared_ptr<const ServedModel>>& mo
 
 }  // namespace
 
-Status PrepareRank(const v1::RankRequest& request, const ModelRegistry& registry, std::vector<ModelCall>* calls) {
-  std::vector<std::shared_ptr<const ServedModel>> models;
-  Status status = ResolveModels(request, registry, &models);
+Status PrepareRank(const v1::RankRequest& request, const ModelRegistry& registry, std::vector<ModelCall>* calls,
+                   std::vector<ModelCall>* shadows) {
+  std::vector<Routed> routed;
+  Status status = ResolveModels(request, registry, &routed);
   if (!status.ok()) return status;
+  std::vector<std::shared_ptr<const ServedModel>> models;
+  for (const Routed& route : routed) models.push_back(route.model);
   std::map<std::string, Decoded> candidates, context;
   status = DecodeSection(request.candidates(), "candidates", &candidates);
   if (status.ok()) status = DecodeSection(request.context(), "context", &context);
@@ -351,6 +365,18 @@ Status PrepareRank(const v1::RankRequest& request, const ModelRegistry& registry
   for (size_t i = 0; i < models.size(); ++i) {
     status = PrepareModel(models[i], candidates, context, rows, &(*calls)[i]);
     if (!status.ok()) return status;
+  }
+  if (shadows == nullptr) return Status::Ok();
+  shadows->clear();
+  for (const Routed& route : routed) {
+    if (!route.shadow) continue;
+    ModelCall shadow;
+    if (!PrepareModel(route.shadow, candidates, context, rows, &shadow).ok()) {
+      route.shadow->stats->Record(InvalidArgument("the shadow cannot take this request"), 0, 0, nullptr, 0);
+      continue;
+    }
+    OwnInputs(&shadow);
+    shadows->push_back(std::move(shadow));
   }
   return Status::Ok();
 }

@@ -10,8 +10,14 @@
 // those of the Python front end (python/adrank/ranking_service.py, servable.py), so one test suite
 // holds both to the same contract.
 //
-// Lifetime: the core Requests borrow the RankRequest's bytes and the ModelCall's text rows; both must
-// outlive the requests' completions.
+// Routing: each model's version comes from the registry's rollout (model_registry.h), keyed by the
+// request's routing_key, else its request id. A model whose rollout mirrors the request to a shadow
+// version also gets a shadow ModelCall, which owns copies of its inputs (it outlives the RPC). A shadow
+// that cannot take the request (its signature differs) is counted failed in its stats and left out:
+// a shadow never fails a call.
+//
+// Lifetime: the core Requests borrow the RankRequest's bytes and the ModelCall's owned bytes; both
+// must outlive the requests' completions (a shadow's borrow only its own).
 //
 // Thread-safety: PrepareRank is a pure function of its arguments (the registry is read through a
 // snapshot).
@@ -31,9 +37,10 @@ namespace adrank {
 struct ModelCall {
   std::shared_ptr<const ServedModel> model;
   Request request;  // on_complete, deadline and priority are the caller's to set
-  std::vector<std::unique_ptr<std::vector<uint8_t>>> text_rows;  // what the request's text views point to
+  std::vector<std::unique_ptr<std::vector<uint8_t>>> owned;  // bytes the request's views point to (text rows)
 };
 
-Status PrepareRank(const v1::RankRequest& request, const ModelRegistry& registry, std::vector<ModelCall>* calls);
+Status PrepareRank(const v1::RankRequest& request, const ModelRegistry& registry, std::vector<ModelCall>* calls,
+                   std::vector<ModelCall>* shadows = nullptr);
 
 }  // namespace adrank

@@ -15,7 +15,7 @@ import numpy as np
 
 from adrank.backends import BackendError, create_backend
 from adrank.backends.base import ROW_REQUEST_INDEX
-from adrank.config import ModelConfig
+from adrank.repository.config import ModelConfig
 from adrank.tokenizer import QueryTokenizer
 
 

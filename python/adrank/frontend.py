@@ -7,8 +7,11 @@ against both):
 - PythonFrontend: a grpc.aio server with RankingService (ranking_service.py). Always available; costs
   about five times more CPU per call (cpp/rank_server.h says what was measured).
 
-Both: NOT_SERVING and Rank UNAVAILABLE until `set_serving`; `drain` answers new calls UNAVAILABLE while
-those in flight finish and callers go quiet, then `stop` closes the port.
+Both route through the ModelManager's registry (cpp/model_registry.h): the rollout picks each request's
+version (stable, canary by its routing key, or the pinned one) and a shadow to mirror it to, so the
+versions the manager loads and switches are served the same way by either. Both: NOT_SERVING and Rank
+UNAVAILABLE until `set_serving`; `drain` answers new calls UNAVAILABLE while those in flight finish and
+callers go quiet, then `stop` closes the port.
 """
 
 from __future__ import annotations
@@ -21,9 +24,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import adrank._core as core
-from adrank.model_manager import ModelManager
 from adrank.ranking_service import RankingService
-from adrank.servable import Servable
+from adrank.repository.manager import ModelManager
 from adrank.v1 import ranking_pb2 as pb
 from adrank.v1 import ranking_pb2_grpc as pb_grpc
 
@@ -36,49 +38,20 @@ class Frontend(Protocol):
     port: int
 
     async def start(self) -> None: ...
-    def register(self, servable: Servable) -> None: ...
     async def set_serving(self) -> None: ...
     async def drain(self, quiet_s: float, grace_s: float) -> bool: ...
     async def stop(self, grace_s: float) -> None: ...
 
 
-def served_inputs(servable: Servable) -> list[core.ServedInput]:
-    """What the C++ front end checks per input: the core's spec of it (ModelConfig.core_signature, one per
-    input, in order), whether NaN/inf are refused, and for a text input the width of its byte row."""
-    config = servable.config
-    return [
-        core.ServedInput(
-            spec.name,
-            spec.dtype,
-            spec.row_shape,
-            spec.role,
-            t.allow_nonfinite,
-            t.tokenizer.max_bytes if t.tokenizer is not None else 0,
-        )
-        for t, spec in zip(config.inputs, config.core_signature().inputs, strict=True)
-    ]
-
-
 class CppFrontend:
     kind = "cpp"
 
-    def __init__(self, host: str, port: int, max_message_bytes: int) -> None:
-        self._server = core.RankServer(host, port, max_message_bytes)
+    def __init__(self, host: str, port: int, max_message_bytes: int, registry: core.ModelRegistry) -> None:
+        self._server = core.RankServer(host, port, max_message_bytes, registry)
         self.port = self._server.port
 
     async def start(self) -> None:
         pass  # the RankServer listens from construction, in its loading state
-
-    def register(self, servable: Servable) -> None:
-        self._server.add_model(
-            servable.model,
-            servable.name,
-            servable.version,
-            served_inputs(servable),
-            servable.config.score_output,
-            servable.config.max_candidates,
-            serving=True,
-        )
 
     async def set_serving(self) -> None:
         self._server.set_serving(True)
@@ -118,9 +91,6 @@ class PythonFrontend:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
 
-    def register(self, servable: Servable) -> None:
-        pass  # RankingService resolves through the ModelManager
-
     async def set_serving(self) -> None:
         self.ranking.accepting = True
         for service in ("", RANKING_SERVICE):
@@ -144,7 +114,7 @@ def create_frontend(kind: FrontendKind, host: str, port: int, max_message_bytes:
         raise RuntimeError("this build has no C++ front end (grpc++ was not found at build time): use 'python'")
     if kind == "cpp" or (kind == "auto" and core.HAS_RANK_SERVER):
         try:
-            return CppFrontend(host, port, max_message_bytes)
+            return CppFrontend(host, port, max_message_bytes, models.registry)
         except core.CoreError as error:
             raise OSError(str(error)) from error
     return PythonFrontend(host, port, max_message_bytes, models)

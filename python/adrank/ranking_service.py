@@ -1,13 +1,16 @@
 """RankingService: the `adrank.v1.Ranking/Rank` handler, from wire request to wire response.
 
 One pass over the request, no per-candidate Python work:
-1. resolve every requested model (NOT_FOUND) — before decoding anything;
+1. route every requested model (NOT_FOUND) — before decoding anything: the rollout picks the version
+   (stable, or canary by the request's routing key) unless the request pins one, and may name a shadow;
 2. decode each tensor once (`numpy.frombuffer`), check the request's shape: one N shared by all
    candidate tensors, 1 <= N, one row per context tensor, no tensor that no requested model takes;
 3. per model, `Servable.prepare` picks and checks its inputs (tokenizes text);
 4. submit to every model's core queue at once with the caller's remaining deadline, and await them
    together: the models run concurrently on the core's workers while the event loop serves others;
-5. reply with each model's N float32 scores, the version that answered and its server timing.
+5. reply with each model's N float32 scores, the version that answered and its server timing; record
+   each version's outcome in its stats (the guardrails' input), and mirror the request to each shadow
+   at its lowest priority, as a task of its own that never delays the reply.
 
 Errors: RequestError and the core's CoreError become the gRPC status they carry, with a message that
 names the field. Nothing a request sends can fail another request or the server.
@@ -24,13 +27,15 @@ import numpy as np
 
 import adrank._core as core
 from adrank.completions import AsyncCompletions
-from adrank.model_manager import ModelManager
+from adrank.repository.manager import ModelManager, Route
 from adrank.servable import RequestError, Servable, invalid
 from adrank.v1 import ranking_pb2 as pb
 from adrank.v1 import ranking_pb2_grpc as pb_grpc
 from adrank.wire import WireError, decode
 
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+# As the C++ front end (cpp/rank_server.cc): an older mirror is shed rather than piled up.
+SHADOW_TIMEOUT_S = 0.1
 
 
 def decode_section(tensors: Sequence[pb.Tensor], section: str) -> dict[str, np.ndarray]:
@@ -93,6 +98,7 @@ class RankingService(pb_grpc.RankingServicer):
         self._idle = asyncio.Event()
         self._idle.set()
         self._last_call = 0.0  # event-loop time of the latest call's arrival
+        self._mirrors: set[asyncio.Future] = set()  # shadow requests in flight (held: tasks are weakly kept)
 
     async def drain(self, quiet_s: float) -> None:
         """Refuses new calls from now on; returns once every call in flight has been answered and no
@@ -136,7 +142,8 @@ class RankingService(pb_grpc.RankingServicer):
         )
 
     async def _rank(self, request: pb.RankRequest, context: grpc.aio.ServicerContext) -> list[pb.ModelScores]:
-        servables = self._resolve(request)
+        routes = self._route(request)
+        servables = [r.servable for r in routes]
         candidates = decode_section(request.candidates, "candidates")
         contexts = decode_section(request.context, "context")
         rows = candidate_rows(candidates)
@@ -151,13 +158,18 @@ class RankingService(pb_grpc.RankingServicer):
             completions.submit(s.model, c, x, timeout_s=timeout, priority=request.priority)
             for s, (c, x) in zip(servables, prepared, strict=True)
         ]
+        for route in routes:
+            if route.shadow is not None:
+                self._mirror(route.shadow, candidates, contexts, rows)
         outcomes = await asyncio.gather(*submitted, return_exceptions=True)
+        for route, outcome in zip(routes, outcomes, strict=True):
+            record(route.servable, outcome)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
         return [self._scores(s, r) for s, r in zip(servables, outcomes, strict=True)]
 
-    def _resolve(self, request: pb.RankRequest) -> list[Servable]:
+    def _route(self, request: pb.RankRequest) -> list[Route]:
         if not request.models:
             raise invalid("models: empty; name at least one model to score")
         names = [spec.name for spec in request.models]
@@ -166,10 +178,48 @@ class RankingService(pb_grpc.RankingServicer):
             raise invalid(f"models: model '{repeated[0]}' is named twice")
         if any(spec.version < 0 for spec in request.models):
             raise invalid("models: version must be >= 0 (0 picks the serving version)")
-        return [self._models.resolve(spec.name, spec.version) for spec in request.models]
+        key = request.routing_key or request.request_id
+        return [self._models.route(spec.name, spec.version, key) for spec in request.models]
+
+    def _mirror(
+        self, shadow: Servable, candidates: dict[str, np.ndarray], contexts: dict[str, np.ndarray], rows: int
+    ) -> None:
+        """Submits the request to a shadow version at its lowest priority; the outcome is recorded only."""
+        try:
+            c, x = shadow.prepare(candidates, contexts, rows)
+        except RequestError:
+            shadow.stats.record(grpc.StatusCode.INVALID_ARGUMENT.value[0])  # a shadow never fails the call
+            return
+        if shadow.model.stats()["queued_rows"] >= shadow.config.batching.max_batch_rows:
+            shadow.stats.record_dropped()  # behind already: shed this mirror
+            return
+        future = self._async_completions().submit(
+            shadow.model, c, x, timeout_s=SHADOW_TIMEOUT_S, priority=shadow.lowest_priority
+        )
+        task = asyncio.ensure_future(future)
+        self._mirrors.add(task)
+        task.add_done_callback(lambda t: (self._mirrors.discard(t), record(shadow, _outcome(t))))
 
     @staticmethod
     def _scores(servable: Servable, result: core.Result) -> pb.ModelScores:
         scores = np.ascontiguousarray(result.outputs[servable.config.score_output], dtype="<f4")
         timing = pb.ServerTiming(queue_us=result.queue_us, compute_us=result.compute_us, batch_rows=result.batch_rows)
         return pb.ModelScores(model=servable.name, version=servable.version, scores=scores.tobytes(), timing=timing)
+
+
+def _outcome(task: asyncio.Future) -> core.Result | BaseException:
+    if task.cancelled():
+        return core.CoreError("cancelled")
+    error = task.exception()
+    return error if error is not None else task.result()
+
+
+def record(servable: Servable, outcome: core.Result | BaseException) -> None:
+    """One request's outcome in the version's stats, as the C++ front end records it."""
+    if isinstance(outcome, core.CoreError):
+        servable.stats.record(getattr(outcome, "grpc_code", grpc.StatusCode.CANCELLED.value[0]))
+    elif isinstance(outcome, BaseException):
+        servable.stats.record(grpc.StatusCode.INTERNAL.value[0])
+    else:
+        scores = outcome.outputs[servable.config.score_output]
+        servable.stats.record(0, outcome.queue_us, outcome.compute_us, scores)

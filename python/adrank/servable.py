@@ -26,7 +26,7 @@ import numpy as np
 
 import adrank._core as core
 from adrank.backends import Session, create_backend
-from adrank.config import FLOAT_DTYPES, ModelConfig, TensorConfig
+from adrank.repository.config import FLOAT_DTYPES, ModelConfig, TensorConfig
 from adrank.tokenizer import text_row
 
 log = logging.getLogger("adrank.servable")
@@ -45,6 +45,11 @@ def invalid(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+# Scores of a model that declares no output range: wide enough for logits and cosines alike; the values
+# beyond it still count, in the histogram's outer bins.
+DEFAULT_SCORE_RANGE = (-10.0, 10.0)
+
+
 @dataclass
 class Servable:
     config: ModelConfig
@@ -52,6 +57,8 @@ class Servable:
     version_dir: Path
     model: core.Model
     sessions: list[Session]
+    # What this version did, for the rollout guardrails (cpp/version_stats.h).
+    stats: core.VersionStats
 
     @property
     def name(self) -> str:
@@ -76,7 +83,30 @@ class Servable:
             batching=config.batcher_options(),
             instances=config.instances,
         )
-        return Servable(config, version, version_dir, model, sessions)
+        low, high = config.outputs[0].range or DEFAULT_SCORE_RANGE
+        if low == high:
+            low, high = low - 1.0, high + 1.0
+        return Servable(config, version, version_dir, model, sessions, core.VersionStats(low, high))
+
+    @property
+    def lowest_priority(self) -> int:
+        """The priority class mirrored (shadow) requests ride in."""
+        return self.config.batching.priority_levels - 1
+
+    def served_inputs(self) -> list[core.ServedInput]:
+        """What a front end checks per input: the core's spec of it (ModelConfig.core_signature, one per
+        input, in order), whether NaN/inf are refused, and for a text input the width of its byte row."""
+        return [
+            core.ServedInput(
+                spec.name,
+                spec.dtype,
+                spec.row_shape,
+                spec.role,
+                t.allow_nonfinite,
+                t.tokenizer.max_bytes if t.tokenizer is not None else 0,
+            )
+            for t, spec in zip(self.config.inputs, self.config.core_signature().inputs, strict=True)
+        ]
 
     def warm_up(self) -> None:
         """One batch through the core at every preferred size (each request at most max_candidates)."""

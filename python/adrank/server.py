@@ -1,8 +1,11 @@
 """Server: the adrank process — core thread pool, loaded models, gRPC front end, HTTP port.
 
 Start-up: the gRPC port listens at once with `grpc.health.v1` saying NOT_SERVING (and Rank answering
-UNAVAILABLE) while every model's serving version loads and warms up in a worker thread; then health
-turns SERVING. A model that fails to load stops the start: a server never serves half its repository.
+UNAVAILABLE) while every model's versions load, warm up and pass their parity checks in a worker
+thread; then health turns SERVING. A model with no version that loads stops the start: a server never
+serves half its repository. From then on the ModelManager watches the repository (new versions,
+rollout.yaml) and the guardrails watch the rollouts; with an admin token, the admin gRPC service
+(admin_service.py) listens on its own port.
 
 The front end (frontend.py) is the C++ RankServer when the core was built with grpc++ ("auto"), else
 the Python grpc.aio one; both serve adrank.v1.Ranking, grpc.health.v1.Health and server reflection.
@@ -19,14 +22,14 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import adrank._core as core
 from adrank.frontend import Frontend, FrontendKind, create_frontend
 from adrank.http_endpoint import HttpEndpoint
-from adrank.model_manager import ModelManager
-from adrank.repository import ModelRepository
+from adrank.repository.layout import ModelRepository
+from adrank.repository.manager import ManagerOptions, ModelManager
 
 log = logging.getLogger("adrank.server")
 
@@ -48,13 +51,14 @@ class ServerOptions:
     # and refuses absurd messages before they are parsed.
     max_message_bytes: int = 32 * 1024 * 1024
     frontend: FrontendKind = "auto"
+    models: ManagerOptions = field(default_factory=ManagerOptions)
 
 
 class Server:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         self.pool = core.ThreadPool(num_workers=options.workers)
-        self.models = ModelManager(self.pool, ModelRepository(options.repository))
+        self.models = ModelManager(self.pool, ModelRepository(options.repository), options.models)
         self.frontend: Frontend = create_frontend(
             options.frontend, options.host, options.grpc_port, options.max_message_bytes, self.models
         )
@@ -76,8 +80,7 @@ class Server:
         except BaseException:
             await self.stop()
             raise
-        for servable in servables:
-            self.frontend.register(servable)
+        self.models.start_watching()
         await self.frontend.set_serving()
         self.ready = True
         served = ", ".join(f"{s.name} v{s.version}" for s in servables) or "no models"
@@ -102,6 +105,7 @@ class Server:
         if not await self.frontend.drain(self.options.drain_quiet_s, self.options.drain_grace_s):
             log.warning("calls still in flight after %.1f s of draining: stopping anyway", self.options.drain_grace_s)
         await self.frontend.stop(max(give_up - loop.time(), 0.0))
+        await asyncio.to_thread(self.models.stop_watching)
         await asyncio.to_thread(self.pool.shutdown)
         self._http.stop()
         log.info("stopped")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from adrank.config import TokenizerConfig
+from adrank.repository.config import TokenizerConfig
 
 
 def text_row(text: str, max_bytes: int) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import adrank
-from adrank.config import ConfigError, load_model_config
+from adrank.repository.config import ConfigError, load_model_config
 
 VALID = """
 name: ctr

@@ -13,7 +13,7 @@ import yaml
 
 import adrank
 from adrank.backends import BackendError
-from adrank.config import load_model_config
+from adrank.repository.config import load_model_config
 from adrank.servable import Servable
 from served import MODELS
 

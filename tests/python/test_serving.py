@@ -309,7 +309,7 @@ def test_raw_bytes_not_matching_the_shape_are_refused_naming_the_tensor(server):
 
 
 def test_a_deadline_already_passed_is_refused_and_the_model_never_runs_for_it(server):
-    ctr = server.server.models.resolve("ctr").model
+    ctr = server.server.models.route("ctr").servable.model
     before = ctr.stats()
     request = build_request(["ctr"], good_ctr(2000))
     with grpc.insecure_channel(server.target) as channel:
@@ -338,7 +338,7 @@ def test_the_python_servicer_refuses_a_passed_deadline_before_submitting(server)
         async def abort(self, code: grpc.StatusCode, details: str) -> None:
             raise RankError(code, details)
 
-    ctr = server.server.models.resolve("ctr").model
+    ctr = server.server.models.route("ctr").servable.model
     before = ctr.stats()["submitted"]
     with pytest.raises(RankError) as error:
         asyncio.run(server.server.frontend.ranking.Rank(build_request(["ctr"], good_ctr()), PassedDeadline()))

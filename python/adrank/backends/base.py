@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import adrank._core as core
-from adrank.config import ModelConfig
+from adrank.repository.config import ModelConfig
 
 # The graph input that receives, per candidate row, the index of its request in the batch (the
 # per_request context layout): a model that runs a context tower once per request gathers with it.

@@ -30,7 +30,7 @@ import onnxruntime as ort
 
 import adrank._core as core
 from adrank.backends.base import ROW_REQUEST_INDEX, Backend, BackendError, Session
-from adrank.config import ModelConfig
+from adrank.repository.config import ModelConfig
 from adrank.tokenizer import QueryTokenizer
 
 MODEL_FILE = "model.onnx"

@@ -120,6 +120,33 @@ class OnnxRuntimeConfig(_Strict):
     io_binding: bool | None = None
 
 
+class VersionPolicy(_Strict):
+    """Which versions of the repository a server loads (TF Serving's policy): exactly one of
+    `latest: N` (the N highest), `all: true`, or `specific: [v, ...]`. The versions a model's rollout
+    names (stable, canary, shadow) are loaded as well, whatever the policy."""
+
+    latest: int | None = Field(None, ge=1)
+    all: bool = False
+    specific: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> VersionPolicy:
+        chosen = [self.latest is not None, self.all, self.specific is not None]
+        if sum(chosen) > 1:
+            raise ValueError("give one of latest, all, specific")
+        if self.specific is not None and (not self.specific or any(v < 1 for v in self.specific)):
+            raise ValueError(f"specific {self.specific}: a non-empty list of versions >= 1")
+        return self
+
+    def select(self, versions: tuple[int, ...]) -> list[int]:
+        """The versions to load among those on disk (ascending)."""
+        if self.all:
+            return list(versions)
+        if self.specific is not None:
+            return sorted(set(self.specific) & set(versions))
+        return list(versions[-(self.latest or 1) :])
+
+
 class ModelConfig(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     platform: Literal["onnxruntime"] = "onnxruntime"
@@ -132,6 +159,11 @@ class ModelConfig(_Strict):
     # How many of this model's batches may run at once (one backend session each).
     instances: int = Field(1, ge=1, le=64)
     onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig)
+    # Default: the latest version only, as TF Serving does; a rollout adds the versions it names.
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    # A JSON file beside config.yaml with golden inputs (meta.json's `golden.inputs` format): what
+    # `adrank publish` runs a new version on when the model has no current version to take them from.
+    sample: str | None = None
 
     @model_validator(mode="after")
     def _signature(self) -> ModelConfig:

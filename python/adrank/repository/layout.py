@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from adrank.config import ModelConfig, load_model_config
+from adrank.repository.config import ModelConfig, load_model_config
 
 CONFIG_FILE = "config.yaml"
 

@@ -1,0 +1,580 @@
+"""ModelManager: the lifecycle of every model version this server loads, and the rollout that routes
+requests among them.
+
+What it keeps true (DESIGN.md, Model repository and Rollout):
+- The versions loaded are, per model, those its `version_policy` selects from the repository (latest N,
+  all, specific) plus those its rollout names (stable, canary, shadow).
+- A version becomes routable only through: load in the background → warm up at every batch size a
+  batch can close at → parity check (model.onnx hashes to meta.json's sha256, and the golden inputs,
+  replayed through the core as requests are served, give the golden outputs within `atol`) → AVAILABLE.
+  A version that fails any step is FAILED with the reason; nothing that is serving changes, and it is not
+  retried until its files change or the admin API asks.
+- Routing changes are atomic (one ModelRegistry.set_rollout): a request is routed to the old route or
+  the new one, never to a half-made one. Stable is the policy's `stable`, or, without one, the highest
+  AVAILABLE version — so a newly published version goes live once it has passed its checks.
+- A version no longer wanted is removed from the registry first (no new request reaches it), then
+  drained — every request that was routed to it finishes on it, however long it queued — then its core
+  queue and sessions are released. No request is lost across a switch.
+- Rollout changes are applied, written to the model's rollout.yaml (so a restart and the repository
+  agree) and appended to its audit log; the guardrail monitor rolls a breaching candidate back the same
+  way.
+
+The watcher polls the repository every `poll_interval_s` (configs, version folders, rollout.yaml) and
+reconciles. A config.yaml or rollout.yaml that does not validate is refused whole: the model keeps
+serving what it served, and the error is reported (`models()`, logs).
+
+Thread-safety: one change at a time (reconcile, admin calls, guardrail rollbacks hold `_lock`; loading a
+version runs under it, so changes queue behind a load — they are rare and a load takes seconds). `route`
+and `servable` are lock-free reads of copy-on-write tables, called from the front ends per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from types import MappingProxyType
+
+import grpc
+import numpy as np
+
+import adrank._core as core
+from adrank.repository.config import ConfigError, ModelConfig
+from adrank.repository.layout import ModelEntry, ModelRepository
+from adrank.repository.meta import (
+    META_FILE,
+    Golden,
+    MetaError,
+    golden_outputs,
+    golden_requests,
+    load_meta,
+    sha256_file,
+)
+from adrank.rollout.audit import AuditEntry, AuditLog
+from adrank.rollout.guardrails import Comparison, GuardrailMonitor, Verdict
+from adrank.rollout.policy import PolicyError, RolloutPolicy, load_policy, save_policy
+from adrank.servable import RequestError, Servable
+
+log = logging.getLogger("adrank.models")
+
+# 10000 routing buckets: percentages in steps of 0.01 (cpp/model_registry.h).
+BASIS_POINTS_PER_PERCENT = 100
+
+
+class VersionState(str, Enum):
+    LOADING = "LOADING"  # sessions, warm-up, parity check under way
+    AVAILABLE = "AVAILABLE"  # passed every check; routable
+    UNLOADING = "UNLOADING"  # out of the route, its requests finishing
+    FAILED = "FAILED"  # a step failed: `reason` says which
+
+
+@dataclass(frozen=True)
+class ManagerOptions:
+    # The repository is polled, not watched with inotify: it may be a network or object-store mount.
+    # 2 s: a publish goes live within seconds, and a poll (a few stat calls per model) costs nothing.
+    poll_interval_s: float = 2.0
+    # How long a removed version's requests may take to finish before its queue is closed anyway: above
+    # any caller's deadline, so in practice every request finishes.
+    drain_timeout_s: float = 30.0
+
+
+@dataclass
+class VersionStatus:
+    model: str
+    version: int
+    state: VersionState
+    reason: str = ""
+    since: float = field(default_factory=time.time)
+    signature: tuple[float, ...] = ()  # the files' mtimes when loaded: a change retries a FAILED version
+    servable: Servable | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one request goes for one model: the version that answers, and a shadow that mirrors it."""
+
+    servable: Servable
+    served: core.ServedModel  # held for the request's lifetime: the version drains only when released
+    shadow: Servable | None = None
+    shadow_served: core.ServedModel | None = None
+
+
+@dataclass
+class _Model:
+    name: str
+    path: Path
+    config: ModelConfig | None = None
+    policy: RolloutPolicy = field(default_factory=RolloutPolicy)
+    error: str = ""  # why the config or rollout on disk is not applied
+
+
+class ModelManager:
+    def __init__(self, pool: core.ThreadPool, repository: ModelRepository, options: ManagerOptions | None = None):
+        self.options = options or ManagerOptions()
+        self.registry = core.ModelRegistry()
+        self._pool = pool
+        self._repository = repository
+        self._lock = threading.RLock()
+        self._models: dict[str, _Model] = {}
+        self._versions: dict[tuple[str, int], VersionStatus] = {}
+        # (name, version) -> Servable of every registered version: read per request without the lock.
+        self._servables: Mapping[tuple[str, int], Servable] = MappingProxyType({})
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.guardrails = GuardrailMonitor(self._comparisons, self._on_breach)
+
+    # ---- start, watch, stop ------------------------------------------------------------------------
+
+    def load_all(self) -> list[Servable]:
+        """The first reconcile, at start-up; raises if a model ends up with nothing to serve."""
+        self.reconcile()
+        with self._lock:
+            for model in self._models.values():
+                if model.error:
+                    raise ConfigError(model.error)
+                if self._stable_version(model.name) is None and self._on_disk(model.name):
+                    failed = [s.reason for (n, _), s in self._versions.items() if n == model.name and s.reason]
+                    raise RuntimeError(f"model '{model.name}' has no version that loads: {'; '.join(failed)}")
+            return [s for s in self._servables.values()]
+
+    def start_watching(self) -> None:
+        self.guardrails.start()
+        if self.options.poll_interval_s > 0:
+            self._watcher = threading.Thread(target=self._watch, name="adrank-repository-watcher", daemon=True)
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.options.poll_interval_s):
+            try:
+                self.reconcile()
+            except Exception:  # the next poll retries; a bug must not stop the watcher for good
+                log.exception("repository reconcile failed")
+
+    def stop_watching(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join()
+        self.guardrails.stop()
+
+    def unload_all(self) -> None:
+        with self._lock:
+            for key in list(self._versions):
+                self._unload(*key)
+
+    # ---- the per-request path (front ends) ---------------------------------------------------------
+
+    def route(self, name: str, version: int = 0, key: str = "") -> Route:
+        """The version that answers (rollout, or pinned) and the shadow that mirrors; NOT_FOUND if none."""
+        try:
+            served, shadow = self.registry.route(name, version, key)
+        except core.CoreError as error:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, str(error)) from error
+        servable = self._servables[(name, served.version)]
+        if shadow is None:
+            return Route(servable, served)
+        return Route(servable, served, self._servables.get((name, shadow.version)), shadow)
+
+    def servables(self) -> list[Servable]:
+        return list(self._servables.values())
+
+    # ---- reconcile: the repository's wish, applied -------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Reads the repository and loads, routes and unloads to match it."""
+        with self._lock:
+            names = self._repository.model_names()
+            for name in names:
+                self._reconcile_model(name)
+            for name in [n for n in self._models if n not in names]:
+                log.warning("model %s left the repository: unloading it", name)
+                for key in [k for k in self._versions if k[0] == name]:
+                    self._unload(*key)
+                del self._models[name]
+
+    def _reconcile_model(self, name: str) -> None:
+        model = self._models.setdefault(name, _Model(name, self._repository.root / name))
+        try:
+            entry = self._repository.entry(name)
+            policy = load_policy(entry.path)
+        except (ConfigError, PolicyError, OSError) as error:
+            if str(error) != model.error:
+                log.error("model %s: %s (keeps serving what it served)", name, error)
+            model.error = str(error)
+            return
+        if model.config is not None and entry.config != model.config:
+            # A new config (batching, instances, signature) takes a reload of every version: the new ones
+            # load under it as they would for a new version; the old ones keep serving until then.
+            log.info("model %s: config.yaml changed; versions reload under it", name)
+            for (n, v), status in list(self._versions.items()):
+                if n == name and status.state == VersionState.FAILED:
+                    del self._versions[(n, v)]
+        model.config, model.policy, model.error = entry.config, policy, ""
+        wanted = self._wanted(entry, policy)
+        for version in wanted:
+            self._ensure_loaded(entry, version)
+        self._apply_route(name)
+        self._unload_unwanted(name, wanted)
+
+    def _wanted(self, entry: ModelEntry, policy: RolloutPolicy) -> list[int]:
+        chosen = set(entry.config.version_policy.select(entry.versions))
+        chosen |= policy.versions() & set(entry.versions)
+        return sorted(chosen)
+
+    def _ensure_loaded(self, entry: ModelEntry, version: int) -> None:
+        key = (entry.name, version)
+        status = self._versions.get(key)
+        signature = self._file_signature(entry.version_dir(version))
+        if status is not None and (status.state != VersionState.FAILED or status.signature == signature):
+            return
+        self._load(entry, version, signature)
+
+    @staticmethod
+    def _file_signature(version_dir: Path) -> tuple[float, ...]:
+        try:
+            return tuple(sorted(p.stat().st_mtime for p in version_dir.iterdir()))
+        except OSError:
+            return ()
+
+    def _load(self, entry: ModelEntry, version: int, signature: tuple[float, ...]) -> None:
+        key = (entry.name, version)
+        status = VersionStatus(entry.name, version, VersionState.LOADING, signature=signature)
+        self._versions[key] = status
+        version_dir = entry.version_dir(version)
+        servable: Servable | None = None
+        started = time.perf_counter()
+        try:
+            golden = self._verified_meta(entry, version_dir)
+            servable = Servable.load(self._pool, entry.config, version_dir, version)
+            servable.warm_up()
+            self._check_parity(servable, golden)
+        except Exception as error:
+            if servable is not None:
+                servable.unload(self._pool)
+            status.state, status.reason, status.since = VersionState.FAILED, str(error), time.time()
+            log.error("%s version %d FAILED: %s", entry.name, version, error)
+            AuditLog(entry.path).append(
+                AuditEntry(entry.name, "watcher", "version_failed", reason=str(error), figures={"version": version})
+            )
+            return
+        self.registry.add(
+            servable.model,
+            entry.name,
+            version,
+            servable.served_inputs(),
+            entry.config.score_output,
+            entry.config.max_candidates,
+            servable.lowest_priority,
+            servable.stats,
+        )
+        self._servables = MappingProxyType({**self._servables, key: servable})
+        status.state, status.servable, status.since = VersionState.AVAILABLE, servable, time.time()
+        log.info(
+            "%s version %d AVAILABLE (loaded, warmed up, parity checked in %.1f s) from %s",
+            entry.name,
+            version,
+            time.perf_counter() - started,
+            version_dir,
+        )
+
+    @staticmethod
+    def _verified_meta(entry: ModelEntry, version_dir: Path) -> Golden:
+        meta = load_meta(version_dir / META_FILE)
+        if meta.model != entry.name or meta.version != int(version_dir.name):
+            raise MetaError(
+                f"{version_dir / META_FILE}: says model '{meta.model}' version {meta.version}, "
+                f"but sits in {entry.name}/{version_dir.name}"
+            )
+        digest = sha256_file(version_dir / "model.onnx")
+        if digest != meta.sha256:
+            raise MetaError(
+                f"{version_dir / 'model.onnx'}: sha256 {digest[:12]}… differs from meta.json's "
+                f"{meta.sha256[:12]}… (corrupt or replaced file)"
+            )
+        return meta.golden
+
+    @staticmethod
+    def _check_parity(servable: Servable, golden: Golden) -> None:
+        expected = golden_outputs(servable.config, golden.outputs)
+        pending = []
+        for candidates, context in golden_requests(servable.config, golden.inputs):
+            rows = next(iter(candidates.values())).shape[0]
+            prepared = servable.prepare(candidates, context, rows)
+            pending.append(servable.model.submit(*prepared))
+        got = np.concatenate([p.wait().outputs[servable.config.score_output] for p in pending])
+        if got.shape != expected.shape:
+            raise MetaError(f"parity: {got.size} golden outputs, meta.json holds {expected.size}")
+        diff = np.abs(got.astype(np.float64) - expected)
+        worst = float(np.nanmax(diff)) if diff.size else 0.0
+        if not np.all(np.isfinite(got)) or worst > golden.atol:
+            row = int(np.nanargmax(diff)) if diff.size else 0
+            raise MetaError(
+                f"parity: golden row {row} scores {got[row]:.7g}, meta.json says {expected[row]:.7g} "
+                f"(|diff| {worst:.3g} > atol {golden.atol:g})"
+            )
+
+    # ---- routing ------------------------------------------------------------------------------------
+
+    def _available(self, name: str) -> list[int]:
+        return sorted(v for (n, v), s in self._versions.items() if n == name and s.state == VersionState.AVAILABLE)
+
+    def _on_disk(self, name: str) -> bool:
+        return any(n == name for (n, _) in self._versions)
+
+    def _stable_version(self, name: str) -> int | None:
+        stable = self.registry.rollout(name).stable
+        return stable or None
+
+    def _apply_route(self, name: str) -> None:
+        """Routes the model's traffic as its policy says, among the versions that are AVAILABLE."""
+        model = self._models[name]
+        available = self._available(name)
+        if not available:
+            return
+        policy = model.policy
+        current = self._stable_version(name)
+        if policy.stable in available:
+            stable = policy.stable
+        elif policy.stable is not None and current in available:
+            stable = current  # the policy's stable is not loaded (FAILED, or gone): keep what serves
+        else:
+            stable = available[-1]
+        canary = policy.canary if policy.canary and policy.canary.version in available else None
+        shadow = policy.shadow if policy.shadow and policy.shadow.version in available else None
+        canary = None if canary is not None and canary.version == stable else canary
+        shadow = None if shadow is not None and shadow.version == stable else shadow
+        route = core.RolloutRoute(
+            stable,
+            canary.version if canary else 0,
+            round(canary.percent * BASIS_POINTS_PER_PERCENT) if canary else 0,
+            shadow.version if shadow else 0,
+            round(shadow.sample_percent * BASIS_POINTS_PER_PERCENT) if shadow else 10000,
+        )
+        old = self.registry.rollout(name)
+        if (old.stable, old.canary, old.canary_basis_points, old.shadow, old.shadow_basis_points) != (
+            route.stable,
+            route.canary,
+            route.canary_basis_points,
+            route.shadow,
+            route.shadow_basis_points,
+        ):
+            self.registry.set_rollout(name, route)
+            log.info("%s routed: %s", name, _describe(route))
+        compared = {route.stable, route.canary, route.shadow} - {0}
+        for (n, v), servable in self._servables.items():
+            if n == name:
+                servable.stats.record_scores = len(compared) > 1 and v in compared
+
+    def _unload_unwanted(self, name: str, wanted: list[int]) -> None:
+        route = self.registry.rollout(name)
+        keep = set(wanted) | {route.stable, route.canary, route.shadow}
+        for key, status in list(self._versions.items()):
+            if key[0] != name or key[1] in keep:
+                continue
+            if status.state == VersionState.FAILED and key[1] in self._on_disk_versions(name):
+                continue  # keep the failure visible while its files are there
+            self._unload(*key)
+
+    def _on_disk_versions(self, name: str) -> tuple[int, ...]:
+        try:
+            return self._repository.entry(name).versions
+        except (ConfigError, OSError):
+            return ()
+
+    def _unload(self, name: str, version: int) -> None:
+        status = self._versions.get((name, version))
+        if status is None:
+            return
+        servable = status.servable
+        if servable is None:
+            del self._versions[(name, version)]
+            return
+        status.state, status.since = VersionState.UNLOADING, time.time()
+        release = self.registry.remove(name, version)
+        self._servables = MappingProxyType({k: s for k, s in self._servables.items() if k != (name, version)})
+        started = time.perf_counter()
+        if not release.wait(self.options.drain_timeout_s):
+            log.warning(
+                "%s version %d: requests still hold it after %.0f s: closing its queue anyway",
+                name,
+                version,
+                self.options.drain_timeout_s,
+            )
+        servable.unload(self._pool)  # runs whatever is still queued, then frees the sessions
+        del self._versions[(name, version)]
+        log.info("%s version %d unloaded (drained in %.3f s)", name, version, time.perf_counter() - started)
+
+    # ---- admin operations --------------------------------------------------------------------------
+
+    def set_policy(
+        self, name: str, policy: RolloutPolicy, actor: str, action: str, reason: str = "", figures: dict | None = None
+    ) -> RolloutPolicy:
+        """Applies a rollout policy now (loading what it names), writes rollout.yaml, audits it."""
+        with self._lock:
+            model = self._known(name)
+            entry = self._repository.entry(name)
+            missing = sorted(policy.versions() - set(entry.versions))
+            if missing:
+                raise RequestError(
+                    grpc.StatusCode.NOT_FOUND, f"rollout: model '{name}' has no version {missing[0]} in the repository"
+                )
+            for version in sorted(policy.versions()):
+                self._ensure_loaded(entry, version)
+                status = self._versions[(name, version)]
+                if status.state == VersionState.FAILED:
+                    raise RequestError(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"rollout: {name} version {version} is FAILED: {status.reason}",
+                    )
+            before = model.policy
+            save_policy(entry.path, policy)
+            model.policy = policy
+            self._apply_route(name)
+            self._unload_unwanted(name, self._wanted(entry, policy))
+            AuditLog(entry.path).append(
+                AuditEntry(
+                    name,
+                    actor,
+                    action,
+                    reason=reason,
+                    before=before.model_dump(mode="json"),
+                    after=policy.model_dump(mode="json"),
+                    figures=figures or {},
+                )
+            )
+            log.info("%s rollout (%s by %s): %s", name, action, actor, policy.summary())
+            return policy
+
+    def policy(self, name: str) -> RolloutPolicy:
+        with self._lock:
+            return self._known(name).policy
+
+    def load_version(self, name: str, version: int) -> VersionStatus:
+        """Loads (or retries a FAILED) version now, without routing traffic to it."""
+        with self._lock:
+            self._known(name)
+            entry = self._repository.entry(name)
+            if version not in entry.versions:
+                raise RequestError(grpc.StatusCode.NOT_FOUND, f"model '{name}' has no version {version} on disk")
+            status = self._versions.get((name, version))
+            if status is None or status.state == VersionState.FAILED:
+                self._load(entry, version, self._file_signature(entry.version_dir(version)))
+            self._apply_route(name)
+            return self._versions[(name, version)]
+
+    def unload_version(self, name: str, version: int) -> None:
+        with self._lock:
+            route = self.registry.rollout(name)
+            if version in (route.stable, route.canary, route.shadow):
+                raise RequestError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"{name} version {version} is in the rollout ({_describe(route)}): change the rollout first",
+                )
+            if (name, version) not in self._versions:
+                raise RequestError(grpc.StatusCode.NOT_FOUND, f"{name} version {version} is not loaded")
+            self._unload(name, version)
+
+    def _known(self, name: str) -> _Model:
+        model = self._models.get(name)
+        if model is None:
+            known = ", ".join(sorted(self._models)) or "none"
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"model '{name}' is not in the repository (known: {known})")
+        return model
+
+    def describe(self) -> list[dict]:
+        """Every model: its versions with their state, its route and policy, and any config error."""
+        with self._lock:
+            out = []
+            for name, model in sorted(self._models.items()):
+                route = self.registry.rollout(name)
+                versions = [
+                    {
+                        "version": v,
+                        "state": s.state.value,
+                        "reason": s.reason,
+                        "since": s.since,
+                        "role": _role(route, v),
+                    }
+                    for (n, v), s in sorted(self._versions.items())
+                    if n == name
+                ]
+                out.append(
+                    {
+                        "model": name,
+                        "versions": versions,
+                        "on_disk": list(self._on_disk_versions(name)),
+                        "policy": model.policy.model_dump(mode="json"),
+                        "route": {
+                            "stable": route.stable,
+                            "canary": route.canary,
+                            "canary_percent": route.canary_basis_points / BASIS_POINTS_PER_PERCENT,
+                            "shadow": route.shadow,
+                            "shadow_sample_percent": route.shadow_basis_points / BASIS_POINTS_PER_PERCENT,
+                        },
+                        "error": model.error,
+                    }
+                )
+            return out
+
+    # ---- guardrails --------------------------------------------------------------------------------
+
+    def _comparisons(self) -> list[Comparison]:
+        out = []
+        for name, model in list(self._models.items()):
+            route = self.registry.rollout(name)
+            stable = self._servables.get((name, route.stable))
+            if stable is None:
+                continue
+            for role, version in (("canary", route.canary), ("shadow", route.shadow)):
+                candidate = self._servables.get((name, version)) if version else None
+                if candidate is not None:
+                    out.append(
+                        Comparison(
+                            name,
+                            role,
+                            stable.stats,
+                            candidate.stats,
+                            model.policy.guardrails,
+                            (name, role, route.stable, version),
+                        )
+                    )
+        return out
+
+    def _on_breach(self, comparison: Comparison, verdict: Verdict) -> None:
+        name, role = comparison.model, comparison.role
+        with self._lock:
+            policy = self._models[name].policy
+            current = policy.canary if role == "canary" else policy.shadow
+            if current is None or current.version != comparison.key[3]:
+                return  # already changed meanwhile
+            rolled_back = policy.model_copy(update={role: None})
+            self.set_policy(
+                name,
+                rolled_back,
+                "guardrail",
+                "guardrail_rollback",
+                reason=f"{role} {current.version}: " + "; ".join(verdict.reasons),
+                figures=verdict.figures,
+            )
+
+
+def _role(route: core.RolloutRoute, version: int) -> str:
+    if version == route.stable:
+        return "stable"
+    if version == route.canary:
+        return f"canary {route.canary_basis_points / BASIS_POINTS_PER_PERCENT:g} %"
+    if version == route.shadow:
+        return "shadow"
+    return ""
+
+
+def _describe(route: core.RolloutRoute) -> str:
+    parts = [f"stable {route.stable}"]
+    if route.canary:
+        parts.append(f"canary {route.canary} at {route.canary_basis_points / BASIS_POINTS_PER_PERCENT:g} %")
+    if route.shadow:
+        parts.append(f"shadow {route.shadow} ({route.shadow_basis_points / BASIS_POINTS_PER_PERCENT:g} %)")
+    return ", ".join(parts)

@@ -1,0 +1,62 @@
+"""AuditLog: every rollout change of a model — who, when, what, why, with the figures behind it — as
+JSON lines in `<model>/rollout_history.jsonl`, the record `adrank models --history` shows.
+
+One line per change, appended with a single write() on a file opened O_APPEND, so concurrent writers
+(the server's guardrails, an engineer's CLI) never interleave within a line; fsync'd, so a change that
+was applied is on disk. Lines are never rewritten.
+
+An entry: {"time": ISO-8601 UTC, "model", "actor" (a user, "guardrail", "watcher"), "action" (canary,
+shadow, promote, rollback, guardrail_rollback, set_rollout, version_failed), "before" and "after"
+(rollout policies), "reason", "figures" (the guardrail's measurements, publish figures…)}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+HISTORY_FILE = "rollout_history.jsonl"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    model: str
+    actor: str
+    action: str
+    reason: str = ""
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    figures: dict[str, Any] = field(default_factory=dict)
+    time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+
+
+class AuditLog:
+    def __init__(self, model_dir: Path) -> None:
+        self.path = model_dir / HISTORY_FILE
+
+    def append(self, entry: AuditEntry) -> None:
+        line = (json.dumps(asdict(entry), sort_keys=True) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def entries(self, limit: int | None = None) -> list[AuditEntry]:
+        """Oldest first; the last `limit` when given. A torn last line (a crash mid-write) is skipped."""
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        entries: list[AuditEntry] = []
+        for line in lines:
+            try:
+                entries.append(AuditEntry(**json.loads(line)))
+            except (ValueError, TypeError):
+                continue
+        return entries[-limit:] if limit else entries
