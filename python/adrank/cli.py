@@ -1,16 +1,23 @@
-"""The `adrank` command line: serve a repository, embed ad texts."""
+"""The `adrank` command line: serve a repository; publish a model version; list models and change
+their rollout (on a running server through its admin API, or in the repository); embed ad texts."""
 
 from __future__ import annotations
 
 import asyncio
+import getpass
+import json
 import logging
+import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
 
 from adrank import __version__
+from adrank.repository.publish import publish_command
 
 # The bundled model repository, for commands run from the top of the checkout (as `make serve` does).
 # Relative on purpose: the installed package lives in site-packages, far from any checkout.
@@ -45,11 +52,31 @@ def main() -> None:
     show_default=True,
     help="gRPC front end: the core's C++ one (auto, when built with grpc++) or Python's grpc.aio.",
 )
+@click.option("--admin-port", default=8501, show_default=True, type=int, help="Admin gRPC port (with a token).")
+@click.option("--admin-token", default=None, help="Bearer token the admin service requires (else: no admin service).")
+@click.option(
+    "--admin-token-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="A file holding the admin token (kept out of the process list).",
+)
+@click.option("--poll-interval", default=2.0, show_default=True, type=float, help="Repository poll, s (0: off).")
 def serve(
-    repository: Path, host: str, grpc_port: int, http_port: int, workers: int, drain_grace: float, frontend: str
+    repository: Path,
+    host: str,
+    grpc_port: int,
+    http_port: int,
+    workers: int,
+    drain_grace: float,
+    frontend: str,
+    admin_port: int,
+    admin_token: str | None,
+    admin_token_file: Path | None,
+    poll_interval: float,
 ) -> None:
     """Serve the models of a repository over gRPC until SIGTERM, then drain."""
     from adrank.repository import ModelRepository
+    from adrank.repository.manager import ManagerOptions
     from adrank.server import Server, ServerOptions
     from adrank.server import serve as run_server
 
@@ -65,13 +92,18 @@ def serve(
         workers=workers,
         drain_grace_s=drain_grace,
         frontend=frontend,  # type: ignore[arg-type]  # click.Choice guarantees the literal
+        models=ManagerOptions(poll_interval_s=poll_interval),
+        admin_port=admin_port,
+        admin_token=_token(admin_token, admin_token_file),
     )
 
     def announce(server: Server) -> None:
         names = ", ".join(f"{s.name} v{s.version}" for s in server.models.servables())
         click.echo(
             f"adrank: SERVING {names} on grpc {host}:{server.grpc_port}, http {host}:{server.http_port} "
-            f"({server.frontend.kind} front end)",
+            f"({server.frontend.kind} front end"
+            + (f", admin {host}:{server.admin.port}" if server.admin else "")
+            + ")",
             err=True,
         )
 
@@ -100,3 +132,242 @@ def embed(repository: Path, model: str, version: int, output_name: str, texts: c
     embeddings = TextEmbedder(entry.version_dir(chosen), entry.config, output_name).embed(lines)
     np.save(out, embeddings)
     click.echo(f"adrank: {len(lines)} texts -> {out} float32 {list(embeddings.shape)} ({model} v{chosen})")
+
+
+main.add_command(publish_command)
+
+
+# ---- rollout: models, rollout, promote, rollback --------------------------------------------------
+
+
+def _token(token: str | None, token_file: Path | None) -> str | None:
+    if token_file is not None:
+        token = token_file.read_text().strip()
+        if not token:
+            raise click.ClickException(f"{token_file} is empty")
+    return token
+
+
+def target_options(command: Any) -> Any:
+    """Where a rollout command acts: --server (admin API, with a token) or the repository's files."""
+    options = [
+        repository_option,
+        click.option(
+            "--server", default=None, help="A running server's admin address HOST:PORT (else: the repository)."
+        ),
+        click.option(
+            "--token", default=None, help="The server's admin token (or ADRANK_ADMIN_TOKEN, or --token-file)."
+        ),
+        click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None),
+        click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _target(repository: Path, server: str | None, token: str | None, token_file: Path | None) -> Any:
+    from adrank.rollout.targets import RepositoryTarget, ServerTarget
+
+    if server is None:
+        return RepositoryTarget(repository)
+    token = _token(token, token_file) or os.environ.get("ADRANK_ADMIN_TOKEN")
+    if not token:
+        raise click.ClickException("--server needs the admin token: --token, --token-file or ADRANK_ADMIN_TOKEN")
+    return ServerTarget(server, token)
+
+
+def _emit(as_json: bool, data: Any, text: str) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else text)
+
+
+@main.command()
+@target_options
+@click.option("--history", is_flag=True, help="Show each model's rollout audit log.")
+@click.argument("name", required=False)
+def models(
+    repository: Path,
+    server: str | None,
+    token: str | None,
+    token_file: Path | None,
+    as_json: bool,
+    history: bool,
+    name: str | None,
+) -> None:
+    """List models, their versions with state and role, and their rollout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from adrank.rollout.policy import RolloutPolicy
+    from adrank.rollout.targets import TargetError
+
+    target = _target(repository, server, token, token_file)
+    try:
+        listed = [m for m in target.models() if name is None or m["model"] == name]
+        if name is not None and not listed:
+            raise click.ClickException(f"no model '{name}'")
+        if history:
+            for m in listed:
+                m["history"] = [asdict(e) for e in target.history(m["model"])]
+    except TargetError as error:
+        raise click.ClickException(str(error)) from error
+    if as_json:
+        _emit(True, listed, "")
+        return
+    console = Console()
+    for m in listed:
+        policy = RolloutPolicy.model_validate(m["policy"])
+        console.print(f"[bold]{m['model']}[/bold]: {policy.summary()}", soft_wrap=True)
+        table = Table()
+        for column in ("version", "state", "role", "reason"):
+            table.add_column(column)
+        for v in m["versions"]:
+            table.add_row(str(v["version"]), v["state"], v["role"], v["reason"])
+        console.print(table)
+        if m["error"]:
+            console.print(f"[red]not applied: {m['error']}[/red]")
+        for e in m.get("history", []):
+            figures = f" {json.dumps(e['figures'], sort_keys=True)}" if e["figures"] else ""
+            after = RolloutPolicy.model_validate(e["after"]).summary() if e["after"] else ""
+            console.print(f"  {e['time']} {e['actor']} {e['action']}: {after} {e['reason']}{figures}".rstrip())
+
+
+def _change(
+    repository: Path,
+    server: str | None,
+    token: str | None,
+    token_file: Path | None,
+    as_json: bool,
+    name: str,
+    change: Any,
+    actor: str | None,
+    reason: str,
+) -> None:
+    from adrank.rollout.changes import ChangeError
+    from adrank.rollout.targets import TargetError
+
+    target = _target(repository, server, token, token_file)
+    try:
+        policy, action = change(target)
+        applied = target.apply(name, policy, action, actor or getpass.getuser(), reason)
+    except (ChangeError, TargetError, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+    where = f"server {server}" if server else f"{repository} (servers apply it at their next poll)"
+    _emit(
+        as_json,
+        {"model": name, "action": action, "policy": applied.model_dump(mode="json")},
+        f"adrank: {name}: {action}: {applied.summary()} — on {where}",
+    )
+
+
+change_options = [
+    click.option("--actor", default=None, help="Who makes the change, for the audit log (default: your user)."),
+    click.option("--reason", default="", help="Why, for the audit log."),
+]
+
+
+def _with_change_options(command: Any) -> Any:
+    for option in reversed(change_options):
+        command = option(command)
+    return target_options(command)
+
+
+@main.command()
+@_with_change_options
+@click.argument("name")
+@click.option("--canary", "canary", type=int, default=None, help="Version to canary.")
+@click.option("--percent", type=float, default=None, help="Share of routing keys the canary takes (0 ends it).")
+@click.option("--shadow", "shadow", type=int, default=None, help="Version to mirror traffic to.")
+@click.option("--sample-percent", type=float, default=100.0, show_default=True, help="Share of requests mirrored.")
+@click.option("--no-shadow", is_flag=True, help="End the shadow.")
+def rollout(
+    repository: Path,
+    server: str | None,
+    token: str | None,
+    token_file: Path | None,
+    as_json: bool,
+    actor: str | None,
+    reason: str,
+    name: str,
+    canary: int | None,
+    percent: float | None,
+    shadow: int | None,
+    sample_percent: float,
+    no_shadow: bool,
+) -> None:
+    """Start, resize or end a canary (--canary V --percent P) or a shadow (--shadow V, --no-shadow)."""
+    from adrank.rollout.changes import set_canary, set_shadow
+
+    if (canary is None) == (shadow is None and not no_shadow):
+        raise click.UsageError("give one of --canary V --percent P, --shadow V, --no-shadow")
+    if canary is not None and percent is None:
+        raise click.UsageError("--canary needs --percent")
+
+    def change(target: Any) -> Any:
+        current = target.policy(name)
+        stable_now = target.stable_now(name)
+        if canary is not None:
+            return set_canary(current, canary, percent, stable_now)
+        return set_shadow(current, None if no_shadow else shadow, sample_percent, stable_now)
+
+    _change(repository, server, token, token_file, as_json, name, change, actor, reason)
+
+
+@main.command()
+@_with_change_options
+@click.argument("name")
+@click.argument("version", type=int)
+def promote(
+    repository: Path,
+    server: str | None,
+    token: str | None,
+    token_file: Path | None,
+    as_json: bool,
+    actor: str | None,
+    reason: str,
+    name: str,
+    version: int,
+) -> None:
+    """Make VERSION the stable version of NAME (ending a canary or shadow of it)."""
+    from adrank.rollout.changes import promote as promoted
+
+    _change(
+        repository,
+        server,
+        token,
+        token_file,
+        as_json,
+        name,
+        lambda target: promoted(target.policy(name), version),
+        actor,
+        reason,
+    )
+
+
+@main.command()
+@_with_change_options
+@click.argument("name")
+def rollback(
+    repository: Path,
+    server: str | None,
+    token: str | None,
+    token_file: Path | None,
+    as_json: bool,
+    actor: str | None,
+    reason: str,
+    name: str,
+) -> None:
+    """End NAME's canary and shadow; with neither, return stable to the version the last promote replaced."""
+    from adrank.rollout.changes import rollback as rolled_back
+
+    _change(
+        repository,
+        server,
+        token,
+        token_file,
+        as_json,
+        name,
+        lambda target: rolled_back(target.policy(name), target.history(name)),
+        actor,
+        reason,
+    )

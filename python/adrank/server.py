@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import adrank._core as core
+from adrank.admin_service import AdminServer
 from adrank.frontend import Frontend, FrontendKind, create_frontend
 from adrank.http_endpoint import HttpEndpoint
 from adrank.repository.layout import ModelRepository
@@ -52,6 +53,9 @@ class ServerOptions:
     max_message_bytes: int = 32 * 1024 * 1024
     frontend: FrontendKind = "auto"
     models: ManagerOptions = field(default_factory=ManagerOptions)
+    # The admin gRPC service (admin_service.py) listens only when given a token; 0: any free port.
+    admin_port: int = 8501
+    admin_token: str | None = None
 
 
 class Server:
@@ -65,6 +69,9 @@ class Server:
         self.grpc_port = self.frontend.port
         self.ready = False
         self._http = HttpEndpoint(options.host, options.http_port, lambda: self.ready)
+        self.admin: AdminServer | None = None
+        if options.admin_token:
+            self.admin = AdminServer(options.host, options.admin_port, options.admin_token, self.models)
         self._stopped = False
 
     @property
@@ -81,6 +88,8 @@ class Server:
             await self.stop()
             raise
         self.models.start_watching()
+        if self.admin is not None:
+            await self.admin.start()
         await self.frontend.set_serving()
         self.ready = True
         served = ", ".join(f"{s.name} v{s.version}" for s in servables) or "no models"
@@ -93,6 +102,10 @@ class Server:
             self.options.host,
             self.http_port,
         )
+        if self.admin is not None:
+            log.info("admin service on %s:%d (token required)", self.options.host, self.admin.port)
+        else:
+            log.info("no admin token given: the admin service is off (rollouts through the repository only)")
 
     async def stop(self) -> None:
         """Drains: no new calls, in-flight calls finish (up to drain_grace_s), the core empties."""
@@ -106,6 +119,8 @@ class Server:
             log.warning("calls still in flight after %.1f s of draining: stopping anyway", self.options.drain_grace_s)
         await self.frontend.stop(max(give_up - loop.time(), 0.0))
         await asyncio.to_thread(self.models.stop_watching)
+        if self.admin is not None:
+            await self.admin.stop(0)
         await asyncio.to_thread(self.pool.shutdown)
         self._http.stop()
         log.info("stopped")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,9 +19,17 @@ CRITEO = REPO.parent / "shared" / "data" / "criteo"
 
 
 class ServerThread:
-    def __init__(self, repository: Path = MODELS, workers: int = 2, frontend: FrontendKind = "python") -> None:
+    def __init__(
+        self, repository: Path = MODELS, workers: int = 2, frontend: FrontendKind = "python", **options: Any
+    ) -> None:
         self.options = ServerOptions(
-            repository=repository, grpc_port=0, http_port=0, workers=workers, drain_grace_s=5, frontend=frontend
+            repository=repository,
+            grpc_port=0,
+            http_port=0,
+            workers=workers,
+            drain_grace_s=5,
+            frontend=frontend,
+            **options,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="adrank-test-server", daemon=True)

@@ -273,7 +273,7 @@ class ModelManager:
         self._servables = MappingProxyType({**self._servables, key: servable})
         status.state, status.servable, status.since = VersionState.AVAILABLE, servable, time.time()
         log.info(
-            "%s version %d AVAILABLE (loaded, warmed up, parity checked in %.1f s) from %s",
+            "%s version %d AVAILABLE (loaded, warmed up, parity checked in %.2f s) from %s",
             entry.name,
             version,
             time.perf_counter() - started,
@@ -447,6 +447,10 @@ class ModelManager:
             )
             log.info("%s rollout (%s by %s): %s", name, action, actor, policy.summary())
             return policy
+
+    def model_dir(self, name: str) -> Path:
+        with self._lock:
+            return self._known(name).path
 
     def policy(self, name: str) -> RolloutPolicy:
         with self._lock:

@@ -1,0 +1,239 @@
+"""AdminService: `adrank.v1.Admin` — list the model versions and their state, load and unload versions,
+get and change rollouts, read the audit log — over the ModelManager.
+
+It listens on a port of its own (default 8501, loopback unless told otherwise), apart from the Rank
+traffic, and only when the server was given an admin token (`--admin-token` or `--admin-token-file`):
+every call must carry `authorization: Bearer <token>`; the comparison is constant-time
+(hmac.compare_digest), and a call without the token, or with another, is answered UNAUTHENTICATED
+before any handler runs. Rollout changes are audited with the caller's `x-adrank-actor` metadata.
+
+The handlers run the manager's blocking operations (a load takes seconds; an unload waits for the
+version's requests) in worker threads, so the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+import grpc
+
+from adrank.repository.manager import ModelManager
+from adrank.rollout import AuditLog, RolloutPolicy
+from adrank.rollout.changes import ChangeError, promote, rollback
+from adrank.rollout.policy import CanaryPolicy, GuardrailPolicy, ShadowPolicy
+from adrank.servable import RequestError
+from adrank.v1 import admin_pb2 as pb
+from adrank.v1 import admin_pb2_grpc as pb_grpc
+
+ACTOR_HEADER = "x-adrank-actor"
+DEFAULT_ACTOR = "admin-api"
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses every call that does not carry `authorization: Bearer <token>`."""
+
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise ValueError("the admin token is empty")
+        self._expected = f"Bearer {token}".encode()
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "admin: a valid 'authorization: Bearer' token is needed"
+            )
+
+        self._refusal = grpc.unary_unary_rpc_method_handler(refuse)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        given_bytes = given.encode() if isinstance(given, str) else given
+        if hmac.compare_digest(given_bytes, self._expected):
+            return await continuation(handler_call_details)
+        return self._refusal
+
+
+def rollout_message(name: str, policy: RolloutPolicy, routed_stable: int = 0) -> pb.Rollout:
+    g = policy.guardrails
+    message = pb.Rollout(
+        model=name,
+        stable=policy.stable or 0,
+        guardrails=pb.Guardrails(
+            enabled=g.enabled,
+            window_s=g.window_s,
+            interval_s=g.interval_s,
+            min_requests=g.min_requests,
+            max_latency_ratio=g.max_latency_ratio,
+            max_error_rate=g.max_error_rate,
+            max_psi=g.max_psi,
+        ),
+        routed_stable=routed_stable,
+    )
+    if policy.canary is not None:
+        message.canary.CopyFrom(pb.Canary(version=policy.canary.version, percent=policy.canary.percent))
+    if policy.shadow is not None:
+        message.shadow.CopyFrom(pb.Shadow(version=policy.shadow.version, sample_percent=policy.shadow.sample_percent))
+    return message
+
+
+def policy_of(message: pb.Rollout) -> RolloutPolicy:
+    """The policy a Rollout message asks for; ValueError (pydantic's) names the field."""
+    fields: dict[str, Any] = {"stable": message.stable or None}
+    if message.HasField("canary"):
+        fields["canary"] = CanaryPolicy(version=message.canary.version, percent=message.canary.percent)
+    if message.HasField("shadow"):
+        fields["shadow"] = ShadowPolicy(version=message.shadow.version, sample_percent=message.shadow.sample_percent)
+    if message.HasField("guardrails"):
+        g = message.guardrails
+        fields["guardrails"] = GuardrailPolicy(
+            enabled=g.enabled,
+            window_s=g.window_s,
+            interval_s=g.interval_s,
+            min_requests=g.min_requests,
+            max_latency_ratio=g.max_latency_ratio,
+            max_error_rate=g.max_error_rate,
+            max_psi=g.max_psi,
+        )
+    return RolloutPolicy(**fields)
+
+
+class AdminService(pb_grpc.AdminServicer):
+    def __init__(self, models: ModelManager) -> None:
+        self._models = models
+
+    async def _call(self, context: grpc.aio.ServicerContext, work: Callable[[], Any]) -> Any:
+        try:
+            return await asyncio.to_thread(work)
+        except RequestError as error:
+            await context.abort(error.code, error.message)
+        except ChangeError as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"rollout: {error}")
+        except ValueError as error:  # a policy that does not validate (pydantic names the field)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"rollout: {error}")
+
+    @staticmethod
+    def _actor(context: grpc.aio.ServicerContext) -> str:
+        return dict(context.invocation_metadata() or ()).get(ACTOR_HEADER, DEFAULT_ACTOR)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        described = await self._call(context, self._models.describe)
+        models = []
+        for m in described:
+            policy = RolloutPolicy.model_validate(m["policy"])
+            models.append(
+                pb.ModelStatus(
+                    name=m["model"],
+                    versions=[
+                        pb.VersionStatus(
+                            model=m["model"],
+                            version=v["version"],
+                            state=v["state"],
+                            reason=v["reason"],
+                            role=v["role"],
+                            since_unix_s=v["since"],
+                        )
+                        for v in m["versions"]
+                    ],
+                    on_disk=m["on_disk"],
+                    rollout=rollout_message(m["model"], policy, m["route"]["stable"]),
+                    error=m["error"],
+                )
+            )
+        return pb.ListModelsResponse(models=models)
+
+    async def LoadVersion(self, request: pb.VersionRequest, context: grpc.aio.ServicerContext) -> pb.VersionStatus:
+        status = await self._call(context, lambda: self._models.load_version(request.model, request.version))
+        return pb.VersionStatus(
+            model=status.model,
+            version=status.version,
+            state=status.state.value,
+            reason=status.reason,
+            since_unix_s=status.since,
+        )
+
+    async def UnloadVersion(self, request: pb.VersionRequest, context: grpc.aio.ServicerContext) -> pb.VersionStatus:
+        await self._call(context, lambda: self._models.unload_version(request.model, request.version))
+        return pb.VersionStatus(model=request.model, version=request.version, state="UNLOADED")
+
+    async def GetRollout(self, request: pb.GetRolloutRequest, context: grpc.aio.ServicerContext) -> pb.Rollout:
+        policy = await self._call(context, lambda: self._models.policy(request.model))
+        return rollout_message(request.model, policy, self._models.registry.rollout(request.model).stable)
+
+    async def SetRollout(self, request: pb.SetRolloutRequest, context: grpc.aio.ServicerContext) -> pb.Rollout:
+        name, actor = request.rollout.model, self._actor(context)
+        policy = await self._call(
+            context,
+            lambda: self._models.set_policy(
+                name, policy_of(request.rollout), actor, request.action or "set_rollout", request.reason
+            ),
+        )
+        return rollout_message(name, policy, self._models.registry.rollout(name).stable)
+
+    async def Promote(self, request: pb.PromoteRequest, context: grpc.aio.ServicerContext) -> pb.Rollout:
+        actor = self._actor(context)
+
+        def work() -> RolloutPolicy:
+            policy, action = promote(self._models.policy(request.model), request.version)
+            return self._models.set_policy(request.model, policy, actor, action, request.reason)
+
+        policy = await self._call(context, work)
+        return rollout_message(request.model, policy, self._models.registry.rollout(request.model).stable)
+
+    async def Rollback(self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext) -> pb.Rollout:
+        actor = self._actor(context)
+
+        def work() -> RolloutPolicy:
+            history = AuditLog(self._models.model_dir(request.model)).entries()
+            policy, action = rollback(self._models.policy(request.model), history)
+            return self._models.set_policy(request.model, policy, actor, action, request.reason)
+
+        policy = await self._call(context, work)
+        return rollout_message(request.model, policy, self._models.registry.rollout(request.model).stable)
+
+    async def History(self, request: pb.HistoryRequest, context: grpc.aio.ServicerContext) -> pb.HistoryResponse:
+        def work() -> list[dict[str, Any]]:
+            path = self._models.model_dir(request.model)
+            return [asdict(e) for e in AuditLog(path).entries(int(request.limit) or None)]
+
+        entries = await self._call(context, work)
+        return pb.HistoryResponse(
+            entries=[
+                pb.HistoryEntry(
+                    time=e["time"],
+                    actor=e["actor"],
+                    action=e["action"],
+                    reason=e["reason"],
+                    before_json=json.dumps(e["before"]),
+                    after_json=json.dumps(e["after"]),
+                    figures_json=json.dumps(e["figures"]),
+                )
+                for e in entries
+            ]
+        )
+
+
+class AdminServer:
+    """The admin port: AdminService behind the token check."""
+
+    def __init__(self, host: str, port: int, token: str, models: ModelManager) -> None:
+        self._server = grpc.aio.server(interceptors=[TokenInterceptor(token)])
+        pb_grpc.add_AdminServicer_to_server(AdminService(models), self._server)
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {host}:{port} for the admin service")
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self, grace_s: float) -> None:
+        await self._server.stop(grace_s)

@@ -1,0 +1,190 @@
+"""Where the rollout commands (`adrank models / rollout / promote / rollback`) act: a running server,
+through its admin API, or a repository's files directly.
+
+- ServerTarget: the admin gRPC service (admin_service.py) with the bearer token. The server applies the
+  change at once (loading a version it names first), writes rollout.yaml and audits it.
+- RepositoryTarget: rollout.yaml and the audit log in the repository. Servers watching the repository
+  apply the change at their next poll; versions have no server state here, only what is on disk.
+
+Both take the same changes (rollout/changes.py) and answer the same shapes: `models()` a list of dicts
+(model, versions with state and role, on_disk, policy, error), `history()` AuditEntry lists.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+
+from adrank.repository.layout import ModelRepository
+from adrank.rollout.audit import AuditEntry, AuditLog
+from adrank.rollout.policy import RolloutPolicy, load_policy, save_policy
+
+
+class TargetError(RuntimeError):
+    """A command the target refused; the message says why (the server's status message)."""
+
+
+class RolloutTarget(Protocol):
+    def models(self) -> list[dict[str, Any]]: ...
+    def policy(self, name: str) -> RolloutPolicy: ...
+    def history(self, name: str, limit: int | None = None) -> list[AuditEntry]: ...
+    def stable_now(self, name: str) -> int | None: ...
+    def apply(self, name: str, policy: RolloutPolicy, action: str, actor: str, reason: str) -> RolloutPolicy: ...
+
+
+class RepositoryTarget:
+    def __init__(self, root: Path) -> None:
+        self.repository = ModelRepository(root)
+
+    def _dir(self, name: str) -> Path:
+        if name not in self.repository.model_names():
+            raise TargetError(f"model '{name}' is not in {self.repository.root}")
+        return self.repository.root / name
+
+    def models(self) -> list[dict[str, Any]]:
+        out = []
+        for name in self.repository.model_names():
+            entry = self.repository.entry(name)
+            policy = load_policy(entry.path)
+            out.append(
+                {
+                    "model": name,
+                    "versions": [
+                        {"version": v, "state": "ON DISK", "reason": "", "role": _role(policy, v, entry.versions)}
+                        for v in entry.versions
+                    ],
+                    "on_disk": list(entry.versions),
+                    "policy": policy.model_dump(mode="json"),
+                    "error": "",
+                }
+            )
+        return out
+
+    def policy(self, name: str) -> RolloutPolicy:
+        return load_policy(self._dir(name))
+
+    def history(self, name: str, limit: int | None = None) -> list[AuditEntry]:
+        return AuditLog(self._dir(name)).entries(limit)
+
+    def stable_now(self, name: str) -> int | None:
+        """What servers route as stable: the policy's, else the latest version on disk."""
+        policy = self.policy(name)
+        versions = self.repository.entry(name).versions
+        return policy.stable if policy.stable is not None else (versions[-1] if versions else None)
+
+    def apply(self, name: str, policy: RolloutPolicy, action: str, actor: str, reason: str) -> RolloutPolicy:
+        path = self._dir(name)
+        on_disk = set(self.repository.entry(name).versions)
+        missing = sorted(policy.versions() - on_disk)
+        if missing:
+            raise TargetError(f"model '{name}' has no version {missing[0]} in {self.repository.root}")
+        before = load_policy(path)
+        save_policy(path, policy)
+        AuditLog(path).append(
+            AuditEntry(
+                name,
+                actor,
+                action,
+                reason=reason,
+                before=before.model_dump(mode="json"),
+                after=policy.model_dump(mode="json"),
+            )
+        )
+        return policy
+
+
+class ServerTarget:
+    def __init__(self, address: str, token: str, timeout_s: float = 120.0) -> None:
+        from adrank.v1 import admin_pb2_grpc
+
+        self._channel = grpc.insecure_channel(address)
+        self._stub = admin_pb2_grpc.AdminStub(self._channel)
+        self._token = token
+        # Long: a change that names a version not yet loaded returns once it has loaded and been checked.
+        self._timeout_s = timeout_s
+
+    def _call(self, method: str, request: Any, actor: str = "") -> Any:
+        metadata = [("authorization", f"Bearer {self._token}")]
+        if actor:
+            metadata.append(("x-adrank-actor", actor))
+        try:
+            return getattr(self._stub, method)(request, metadata=metadata, timeout=self._timeout_s)
+        except grpc.RpcError as error:
+            raise TargetError(f"{error.code().name}: {error.details()}") from error
+
+    def models(self) -> list[dict[str, Any]]:
+        from adrank.admin_service import policy_of
+        from adrank.v1 import admin_pb2 as pb
+
+        response = self._call("ListModels", pb.ListModelsRequest())
+        return [
+            {
+                "model": m.name,
+                "versions": [
+                    {"version": v.version, "state": v.state, "reason": v.reason, "role": v.role} for v in m.versions
+                ],
+                "on_disk": list(m.on_disk),
+                "policy": policy_of(m.rollout).model_dump(mode="json"),
+                "routed_stable": m.rollout.routed_stable,
+                "error": m.error,
+            }
+            for m in response.models
+        ]
+
+    def policy(self, name: str) -> RolloutPolicy:
+        from adrank.admin_service import policy_of
+        from adrank.v1 import admin_pb2 as pb
+
+        return policy_of(self._call("GetRollout", pb.GetRolloutRequest(model=name)))
+
+    def stable_now(self, name: str) -> int | None:
+        from adrank.v1 import admin_pb2 as pb
+
+        return self._call("GetRollout", pb.GetRolloutRequest(model=name)).routed_stable or None
+
+    def history(self, name: str, limit: int | None = None) -> list[AuditEntry]:
+        from adrank.v1 import admin_pb2 as pb
+
+        response = self._call("History", pb.HistoryRequest(model=name, limit=limit or 0))
+        return [
+            AuditEntry(
+                model=name,
+                actor=e.actor,
+                action=e.action,
+                reason=e.reason,
+                before=json.loads(e.before_json or "null"),
+                after=json.loads(e.after_json or "null"),
+                figures=json.loads(e.figures_json or "{}"),
+                time=e.time,
+            )
+            for e in response.entries
+        ]
+
+    def apply(self, name: str, policy: RolloutPolicy, action: str, actor: str, reason: str) -> RolloutPolicy:
+        from adrank.admin_service import policy_of, rollout_message
+        from adrank.v1 import admin_pb2 as pb
+
+        if action == "promote" and policy.stable is not None:
+            request = pb.PromoteRequest(model=name, version=policy.stable, reason=reason)
+            return policy_of(self._call("Promote", request, actor))
+        if action == "rollback":
+            return policy_of(self._call("Rollback", pb.RollbackRequest(model=name, reason=reason), actor))
+        request = pb.SetRolloutRequest(rollout=rollout_message(name, policy), reason=reason, action=action)
+        return policy_of(self._call("SetRollout", request, actor))
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def _role(policy: RolloutPolicy, version: int, on_disk: tuple[int, ...]) -> str:
+    stable = policy.stable if policy.stable is not None else (on_disk[-1] if on_disk else None)
+    if version == stable:
+        return "stable"
+    if policy.canary is not None and policy.canary.version == version:
+        return f"canary {policy.canary.percent:g} %"
+    if policy.shadow is not None and policy.shadow.version == version:
+        return "shadow"
+    return ""

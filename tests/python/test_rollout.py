@@ -1,0 +1,282 @@
+"""Rollout on a running server: canary split by routing key, shadow mirrored and judged by the
+guardrails, version switches under load, the admin API and its token, and the rollout commands."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from rollout_models import ctr_repository, publish_version, shifted_ctr
+
+import adrank._core as core
+from adrank.cli import main
+from adrank.client import RankClient, RankError
+from adrank.rollout.audit import AuditEntry
+from adrank.rollout.changes import ChangeError, promote, rollback, set_canary, set_shadow
+from adrank.rollout.guardrails import Figures, evaluate, population_stability_index, quantile_us
+from adrank.rollout.policy import GuardrailPolicy, RolloutPolicy
+from adrank.v1 import admin_pb2 as admin
+from adrank.v1 import admin_pb2_grpc as admin_grpc
+from served import FRONTENDS, ServerThread
+
+TOKEN = "test-admin-token"
+RNG = np.random.default_rng(7)
+
+
+def candidates(n: int = 20) -> dict[str, np.ndarray]:
+    dense = RNG.integers(0, 30, size=(n, 13)).astype(np.float32)
+    sparse = RNG.integers(0, 1 << 20, size=(n, 26)).astype(np.int64)
+    return {"dense": dense, "sparse": sparse}
+
+
+def write_rollout(repo: Path, policy: dict) -> None:
+    (repo / "ctr" / "rollout.yaml").write_text(yaml.safe_dump(policy))
+
+
+def history(repo: Path) -> list[dict]:
+    path = repo / "ctr" / "rollout_history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return ctr_repository(tmp_path / "repo")
+
+
+def serve(repo: Path, frontend: str, **options) -> ServerThread:
+    return ServerThread(repo, frontend=frontend, admin_port=0, admin_token=TOKEN, **options).start()
+
+
+# ---- the policy changes and the guardrail figures (pure) ------------------------------------------
+
+
+def test_changes_follow_the_rollout_rules():
+    policy, action = set_canary(RolloutPolicy(), 2, 5, stable_now=1)
+    assert (policy.stable, policy.canary.version, policy.canary.percent, action) == (1, 2, 5, "canary")
+    with pytest.raises(ChangeError, match="is the stable version"):
+        set_canary(policy, 1, 5, stable_now=1)
+    with pytest.raises(ChangeError, match="is the stable version"):
+        set_shadow(RolloutPolicy(), 3, 100, stable_now=3)  # "latest" is 3: the shadow would mirror itself
+    policy, _ = set_shadow(policy, 3, 50, stable_now=1)
+    promoted, _ = promote(policy, 2)
+    assert promoted.stable == 2 and promoted.canary is None and promoted.shadow.version == 3
+    ended, action = rollback(promoted, [])
+    assert ended.canary is None and ended.shadow is None and ended.stable == 2 and action == "rollback"
+    with pytest.raises(ChangeError, match="nothing to roll back"):
+        rollback(ended, [])
+    promotion = AuditEntry("ctr", "me", "promote", before={"stable": 1}, after={"stable": 2})
+    reverted, _ = rollback(ended, [promotion])
+    assert reverted.stable == 1
+
+
+def test_latency_quantile_and_psi_read_the_histograms():
+    bounds = np.asarray(core.VersionStats.latency_bounds_us)
+    counts = np.zeros(len(bounds) + 1, np.int64)
+    fast, slow = np.searchsorted(bounds, 500), np.searchsorted(bounds, 5000)
+    counts[fast], counts[slow] = 99, 1
+    assert bounds[fast - 1] < quantile_us(counts, 0.5) <= bounds[fast]
+    assert bounds[fast - 1] < quantile_us(counts, 0.99) <= bounds[fast]
+    assert bounds[slow - 1] < quantile_us(counts, 0.999) <= bounds[slow]
+    stable = np.bincount(RNG.integers(1, 500, 20000), minlength=1002)
+    same = np.bincount(RNG.integers(1, 500, 20000), minlength=1002)
+    shifted = np.bincount(RNG.integers(200, 700, 20000), minlength=1002)
+    assert population_stability_index(stable, same) < 0.01
+    assert population_stability_index(stable, shifted) > 1.0
+
+
+def test_evaluate_waits_for_enough_requests_then_judges_each_guardrail():
+    bounds = np.asarray(core.VersionStats.latency_bounds_us)
+
+    def figures(ok: int, failed: int, latency_us: float, scores: np.ndarray) -> Figures:
+        latency = np.zeros(len(bounds) + 1, np.int64)
+        latency[np.searchsorted(bounds, latency_us)] = ok
+        return Figures(ok, failed, 0, latency, latency, scores)
+
+    scores = np.bincount(RNG.integers(1, 500, 5000), minlength=1002)
+    policy = GuardrailPolicy(min_requests=100)
+    stable = figures(1000, 0, 500, scores)
+    assert evaluate("canary", stable, figures(50, 0, 500, scores), policy) is None
+    healthy = evaluate("canary", stable, figures(500, 0, 510, scores), policy)
+    assert healthy is not None and not healthy.breached
+    slow = evaluate("canary", stable, figures(500, 0, 2000, scores), policy)
+    assert slow.breached and "p99" in slow.reasons[0] and slow.figures["p99_ratio"] > 1.5
+    failing = evaluate("canary", stable, figures(450, 50, 500, scores), policy)
+    assert failing.breached and "error rate" in failing.reasons[0]
+
+
+# ---- on a running server ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_canary_split_is_within_two_points_over_10000_keys_sticky_and_named_in_the_response(repo, frontend):
+    publish_version(repo)
+    write_rollout(repo, {"stable": 1, "canary": {"version": 2, "percent": 10}})
+    server = serve(repo, frontend)
+    try:
+        models = server.server.models
+        routed = {f"user-{i}": models.route("ctr", 0, f"user-{i}").servable.version for i in range(10000)}
+        share = sum(v == 2 for v in routed.values()) / len(routed)
+        assert abs(share - 0.10) <= 0.02, share
+        with RankClient(server.target) as client:
+            for i in range(0, 400, 2):
+                key = f"user-{i}"
+                answers = {client.rank(["ctr"], candidates(3), routing_key=key)["ctr"].version for _ in range(2)}
+                assert answers == {routed[key]}, key  # sticky, and the response says which version answered
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_a_shadow_with_shifted_scores_is_rolled_back_by_the_guardrail_and_never_answers(repo, tmp_path, frontend):
+    publish_version(repo, shifted_ctr(tmp_path / "shifted.onnx"))
+    write_rollout(
+        repo,
+        {
+            "stable": 1,
+            "shadow": {"version": 2},
+            "guardrails": {"window_s": 10, "interval_s": 0.2, "min_requests": 30, "max_latency_ratio": 50},
+        },
+    )
+    server = serve(repo, frontend, models=_fast_polling())
+    try:
+        with RankClient(server.target) as client:
+            deadline = time.monotonic() + 30
+            while not any(e["action"] == "guardrail_rollback" for e in history(repo)):
+                assert time.monotonic() < deadline, "the guardrail never rolled the shadow back"
+                result = client.rank(["ctr"], candidates(), request_id=f"r{time.monotonic_ns()}")
+                assert result["ctr"].version == 1  # the shadow never answers
+                time.sleep(0.005)
+        entry = next(e for e in history(repo) if e["action"] == "guardrail_rollback")
+        assert entry["actor"] == "guardrail" and "PSI" in entry["reason"]
+        assert entry["figures"]["psi"] > 0.25 and entry["figures"]["role"] == "shadow"
+        assert "shadow" not in yaml.safe_load((repo / "ctr" / "rollout.yaml").read_text())
+        assert server.server.models.registry.rollout("ctr").shadow == 0
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_switching_versions_under_steady_load_loses_no_request(repo, frontend):
+    server = serve(repo, frontend, models=_fast_polling())
+    errors: list[str] = []
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def steady_load() -> None:  # a fixed rate: one request every 5 ms
+        with RankClient(server.target) as client:
+            next_send = time.monotonic()
+            while not stop.is_set():
+                try:
+                    seen.append(client.rank(["ctr"], candidates(50), timeout=5)["ctr"].version)
+                except RankError as error:
+                    errors.append(f"{error.code.name}: {error.details}")
+                next_send += 0.005
+                time.sleep(max(0.0, next_send - time.monotonic()))
+
+    load = threading.Thread(target=steady_load)
+    load.start()
+    try:
+        for version in (2, 3):
+            time.sleep(0.5)
+            publish_version(repo)
+            deadline = time.monotonic() + 30
+            while not seen or seen[-1] != version:
+                assert time.monotonic() < deadline, f"version {version} never went live"
+                time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        load.join()
+        server.stop()
+    assert errors == []
+    assert set(seen) == {1, 2, 3} and seen == sorted(seen)  # each switch is once and for all
+    assert len(seen) > 200
+
+
+def test_admin_calls_need_the_token(repo):
+    server = serve(repo, "python")
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.server.admin.port}")
+        stub = admin_grpc.AdminStub(channel)
+        for metadata in ([], [("authorization", "Bearer wrong")], [("authorization", TOKEN)]):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ListModels(admin.ListModelsRequest(), metadata=metadata, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Promote(admin.PromoteRequest(model="ctr", version=1), metadata=metadata, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        good = [("authorization", f"Bearer {TOKEN}")]
+        listed = stub.ListModels(admin.ListModelsRequest(), metadata=good, timeout=10)
+        assert [(v.version, v.state, v.role) for v in listed.models[0].versions] == [(1, "AVAILABLE", "stable")]
+        bad = admin.Rollout(model="ctr", stable=1, canary=admin.Canary(version=1, percent=250))
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.SetRollout(admin.SetRolloutRequest(rollout=bad), metadata=good, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "percent" in refused.value.details()
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Promote(admin.PromoteRequest(model="ctr", version=9), metadata=good, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND and "version 9" in refused.value.details()
+        assert history(repo) == []  # nothing refused was applied or audited
+        channel.close()
+    finally:
+        server.stop()
+
+
+def test_the_rollout_commands_act_on_a_running_server(repo):
+    publish_version(repo)
+    write_rollout(repo, {"stable": 1})
+    server = serve(repo, "python")
+    address = ["--server", f"127.0.0.1:{server.server.admin.port}", "--token", TOKEN]
+    runner = CliRunner()
+    try:
+        canary = runner.invoke(main, ["rollout", "ctr", "--canary", "2", "--percent", "25", *address, "--json"])
+        assert canary.exit_code == 0, canary.output
+        assert json.loads(canary.output)["policy"]["canary"] == {"version": 2, "percent": 25.0}
+        assert server.server.models.registry.rollout("ctr").canary_basis_points == 2500
+        listed = runner.invoke(main, ["models", *address, "--json", "--history"])
+        (ctr,) = json.loads(listed.output)
+        assert {v["version"]: v["role"] for v in ctr["versions"]} == {1: "stable", 2: "canary 25 %"}
+        assert [e["action"] for e in ctr["history"]] == ["canary"]
+        assert runner.invoke(main, ["promote", "ctr", "2", *address]).exit_code == 0
+        assert server.server.models.registry.rollout("ctr").stable == 2
+        back = runner.invoke(main, ["rollback", "ctr", *address, "--reason", "revert"])
+        assert back.exit_code == 0, back.output
+        assert server.server.models.registry.rollout("ctr").stable == 1
+        assert [e["action"] for e in history(repo)] == ["canary", "promote", "rollback"]
+        refused = runner.invoke(main, ["models", "--server", address[1], "--token", "nope"])
+        assert refused.exit_code != 0 and "UNAUTHENTICATED" in refused.output
+    finally:
+        server.stop()
+
+
+def test_the_rollout_commands_edit_the_repository_without_a_server(repo):
+    write_rollout(repo, {"stable": 1})
+    publish_version(repo)
+    runner = CliRunner()
+    where = ["--repository", str(repo)]
+    shadow = runner.invoke(
+        main, ["rollout", "ctr", "--shadow", "2", "--sample-percent", "20", *where, "--actor", "ana"]
+    )
+    assert shadow.exit_code == 0, shadow.output
+    assert yaml.safe_load((repo / "ctr" / "rollout.yaml").read_text())["shadow"] == {
+        "version": 2,
+        "sample_percent": 20.0,
+    }
+    missing = runner.invoke(main, ["rollout", "ctr", "--canary", "7", "--percent", "5", *where])
+    assert missing.exit_code != 0 and "no version 7" in missing.output
+    listed = json.loads(runner.invoke(main, ["models", *where, "--json", "--history"]).output)
+    assert listed[0]["history"][0]["actor"] == "ana" and listed[0]["history"][0]["action"] == "shadow"
+    text = runner.invoke(main, ["models", *where]).output
+    assert "stable 1, shadow 2 (20 % mirrored)" in text
+
+
+def _fast_polling():
+    from adrank.repository.manager import ManagerOptions
+
+    return ManagerOptions(poll_interval_s=0.1, drain_timeout_s=10)
