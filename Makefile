@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 JOBS ?= $(shell nproc)
 CMAKE_GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo Ninja || echo "Unix Makefiles")
 
-.PHONY: all venv install serve test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core loadgen bench bench-quick bench-env train-env clean
+.PHONY: all venv install serve test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core loadgen bench bench-rollout bench-quick bench-env train-env clean
 
 all: install
 
@@ -77,6 +77,10 @@ loadgen:
 
 bench: bench-env loadgen
 	$(PY) perf/bench.py
+
+# What a version switch and a 100 % shadow cost the traffic being served (perf/rollout_bench.py, about a minute).
+bench-rollout: install loadgen
+	$(PY) perf/rollout_bench.py
 
 bench-quick: bench-env loadgen
 	$(PY) perf/bench.py --quick

@@ -15,8 +15,9 @@
 // differently, falls below its basis points. Routing changes (SetRollout) apply to the next request;
 // requests already routed finish on the version they got.
 //
-// A shadow version's queue is marked background (thread_pool.h): its batches run only when no other
-// model has one due, and never on every worker at once.
+// A shadow version's queue is marked background (thread_pool.h): its batches run on the pool's own
+// background worker at the lowest CPU priority, never on a serving worker (requests pinned to that
+// version too, while it is the shadow).
 //
 // Resolution takes a snapshot of the table (an immutable map behind a shared_ptr, replaced whole on
 // every change), so a request never sees a half-updated table and changes never wait for requests. A

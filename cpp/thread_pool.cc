@@ -1,12 +1,27 @@
 #include "thread_pool.h"
 
 #include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <exception>
 #include <utility>
 
 namespace adrank {
+namespace {
+
+// The background worker runs at the lowest CPU weight (nice 19: ~1.5 % of a core against one busy
+// nice-0 thread, and preempted by any of them that wakes), so shadow batches use only the CPU time the
+// serving threads leave. Best effort: where it is not allowed the worker runs at normal priority.
+void LowerThisThreadsPriority() {
+#ifdef __linux__
+  setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 19);
+#endif
+}
+
+}  // namespace
 
 int AllowedCores() {
   cpu_set_t allowed;
@@ -26,12 +41,15 @@ ModelQueue::ModelQueue(ModelOptions options, std::unique_ptr<Batcher> batcher, s
 Status ModelQueue::Submit(Request request, RequestHandle* handle) {
   Status status = batcher_->Submit(std::move(request), handle);
   if (!status.ok()) return Status(status.code(), "model '" + name_ + "': " + status.message());
+  bool background = false;
   {
     // Taking the scheduler lock orders this submission against a worker that is about to sleep:
     // it either saw the request or is already waiting when the notify comes.
     std::lock_guard<std::mutex> lock(wakeup_->mu);
+    background = background_;
   }
-  wakeup_->cv.notify_one();
+  // A worker of the right kind: only the background worker runs a background model, and it alone.
+  (background ? wakeup_->background_cv : wakeup_->cv).notify_one();
   return Status::Ok();
 }
 
@@ -51,7 +69,7 @@ void ModelQueue::SetBackground(bool background) {
     std::lock_guard<std::mutex> lock(wakeup_->mu);
     background_ = background;
   }
-  wakeup_->cv.notify_all();  // a foreground model's due batch may now go first, or the reverse
+  wakeup_->NotifyAll();  // its queued batches now belong to the other kind of worker
 }
 
 bool ModelQueue::background() const {
@@ -75,7 +93,8 @@ ThreadPool::ThreadPool(const ThreadPoolOptions& options, std::shared_ptr<MemoryP
   int workers = options.num_workers;
   if (workers == 0) workers = AllowedCores();
   workers_.reserve(static_cast<size_t>(workers));
-  for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { WorkerLoop(false); });
+  background_worker_ = std::thread([this] { WorkerLoop(true); });
 }
 
 ThreadPool::~ThreadPool() { Shutdown(); }
@@ -105,7 +124,7 @@ Status ThreadPool::RemoveModel(const std::shared_ptr<ModelQueue>& model) {
   if (it == models_.end()) return Status(StatusCode::kNotFound, "model is not registered with this pool");
   model->removing_ = true;
   model->batcher_->Close();
-  wakeup_->cv.notify_all();
+  wakeup_->NotifyAll();
   wakeup_->drained.wait(lock, [&] { return model->busy_ == 0 && model->batcher_->empty(); });
   models_.erase(std::find(models_.begin(), models_.end(), model));
   return Status::Ok();
@@ -118,24 +137,21 @@ void ThreadPool::Shutdown() {
     stopping_ = true;
     for (const auto& model : models_) model->batcher_->Close();
   }
-  wakeup_->cv.notify_all();
+  wakeup_->NotifyAll();
   for (std::thread& worker : workers_) {
     if (worker.joinable()) worker.join();
   }
+  if (background_worker_.joinable()) background_worker_.join();
 }
 
 bool ThreadPool::AnyQueuedLocked() const {
   return std::any_of(models_.begin(), models_.end(), [](const auto& m) { return !m->batcher_->empty(); });
 }
 
-ThreadPool::Dispatch ThreadPool::ReserveLocked(TimePoint now, TimePoint* wake) {
-  // Foreground first; background only when no foreground batch is due and a worker stays free for one.
-  const int background_limit = std::max(1, num_workers() - 1);
+ThreadPool::Dispatch ThreadPool::ReserveLocked(TimePoint now, TimePoint* wake, bool background) {
   ModelQueue* best = nullptr;
-  ModelQueue* best_background = nullptr;
   for (const auto& model : models_) {
-    if (model->busy_ >= model->instances_) continue;
-    if (model->background_ && background_busy_ >= background_limit) continue;
+    if (model->background_ != background || model->busy_ >= model->instances_) continue;
     const bool flush = stopping_ || model->removing_;
     TimePoint ready = model->batcher_->ReadyAt(model->busy_ == 0, now);
     if (flush && ready != kNoDeadline) ready = now;
@@ -143,11 +159,9 @@ ThreadPool::Dispatch ThreadPool::ReserveLocked(TimePoint now, TimePoint* wake) {
       *wake = std::min(*wake, ready);
       continue;
     }
-    ModelQueue*& slot = model->background_ ? best_background : best;
     const double pass = std::max(model->pass_, virtual_pass_);
-    if (!slot || pass < std::max(slot->pass_, virtual_pass_)) slot = model.get();
+    if (!best || pass < std::max(best->pass_, virtual_pass_)) best = model.get();
   }
-  if (!best) best = best_background;
   Dispatch dispatch;
   if (!best) return dispatch;
   // Stride scheduling: lowest pass first; the pass advances by 1/instances per batch.
@@ -155,8 +169,6 @@ ThreadPool::Dispatch ThreadPool::ReserveLocked(TimePoint now, TimePoint* wake) {
   virtual_pass_ = start;
   best->pass_ = start + 1.0 / best->instances_;
   best->busy_++;
-  dispatch.background = best->background_;
-  if (dispatch.background) background_busy_++;
   const auto free_slot = std::find(best->instance_busy_.begin(), best->instance_busy_.end(), false);
   dispatch.instance = static_cast<int>(free_slot - best->instance_busy_.begin());
   *free_slot = true;
@@ -168,16 +180,16 @@ ThreadPool::Dispatch ThreadPool::ReserveLocked(TimePoint now, TimePoint* wake) {
 
 void ThreadPool::ReleaseLocked(const Dispatch& dispatch) {
   dispatch.model->busy_--;
-  if (dispatch.background) background_busy_--;
   dispatch.model->instance_busy_[static_cast<size_t>(dispatch.instance)] = false;
 }
 
-void ThreadPool::WorkerLoop() {
+void ThreadPool::WorkerLoop(bool background) {
+  if (background) LowerThisThreadsPriority();
   std::unique_lock<std::mutex> lock(wakeup_->mu);
   while (true) {
     TimePoint wake = kNoDeadline;
     const TimePoint now = clock_->Now();
-    Dispatch dispatch = ReserveLocked(now, &wake);
+    Dispatch dispatch = ReserveLocked(now, &wake, background);
     if (dispatch.model) {
       ModelQueue& model = *dispatch.model;
       const bool idle = model.busy_ == 1;  // only the instance just reserved
@@ -194,13 +206,13 @@ void ThreadPool::WorkerLoop() {
     if (ExpireOverdueUnlocked(lock, now, &wake)) continue;
     if (stopping_ && !AnyQueuedLocked()) break;
     if (wake == kNoDeadline) {
-      wakeup_->cv.wait(lock);
+      (background ? wakeup_->background_cv : wakeup_->cv).wait(lock);
     } else {
       // The clock may be injected; the wait itself is on the steady clock, bounded by the gap.
-      wakeup_->cv.wait_for(lock, std::max(Duration(0), wake - now));
+      (background ? wakeup_->background_cv : wakeup_->cv).wait_for(lock, std::max(Duration(0), wake - now));
     }
   }
-  wakeup_->cv.notify_all();  // let the other workers see the pool has drained
+  wakeup_->NotifyAll();  // let the other workers see the pool has drained
 }
 
 bool ThreadPool::ExpireOverdueUnlocked(std::unique_lock<std::mutex>& lock, TimePoint now, TimePoint* wake) {

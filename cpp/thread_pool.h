@@ -14,9 +14,10 @@
 // model returning from idle gets no burst of saved-up credit. With nothing due, a worker sleeps
 // until the earliest moment a batch becomes due or a submission wakes it.
 //
-// Background models (a rollout's shadow version, SetBackground): their batches run only when no other
-// model has one due, and on at most num_workers - 1 workers at once (1 with a single worker), so a
-// foreground batch that becomes due finds a worker free instead of waiting out a background batch.
+// Background models (a rollout's shadow version, SetBackground) run on a worker of their own, never on
+// the num_workers workers, at the lowest CPU priority (nice 19): the kernel gives their batches only the
+// CPU time the serving threads leave and preempts them when one wakes, so mirrored traffic takes no
+// worker from, and (measured: perf/rollout_bench.py) adds little latency to, the traffic it mirrors.
 //
 // Running a batch: lease pooled buffers, gather, call the backend (no scheduler lock held), scatter,
 // return the buffers, fire the completions, feed the execution time to the batcher's predictor.
@@ -89,8 +90,13 @@ class ModelQueue {
 
   // Implementation details follow. API users need not read.
   struct Wakeup {
-    std::mutex mu;  // also the scheduler's lock
-    std::condition_variable cv;
+    std::mutex mu;                          // also the scheduler's lock
+    std::condition_variable cv;             // the serving workers wait here
+    std::condition_variable background_cv;  // the background worker waits here
+    void NotifyAll() {
+      cv.notify_all();
+      background_cv.notify_all();
+    }
     // A model's queue or running batches shrank (a batch ended, a request was cancelled or
     // expired): a waiting RemoveModel re-checks.
     std::condition_variable drained;
@@ -134,12 +140,11 @@ class ThreadPool {
   struct Dispatch {
     std::shared_ptr<ModelQueue> model;
     int instance = -1;
-    bool background = false;
   };
 
   ThreadPool(const ThreadPoolOptions& options, std::shared_ptr<MemoryPool> memory_pool);
-  void WorkerLoop();
-  Dispatch ReserveLocked(TimePoint now, TimePoint* wake);
+  void WorkerLoop(bool background);
+  Dispatch ReserveLocked(TimePoint now, TimePoint* wake, bool background);
   void ReleaseLocked(const Dispatch& dispatch);
   void RunBatch(const Dispatch& dispatch, Batch* batch);
   bool AnyQueuedLocked() const;
@@ -155,10 +160,10 @@ class ThreadPool {
   // Guarded by wakeup_->mu.
   std::vector<std::shared_ptr<ModelQueue>> models_;
   double virtual_pass_ = 0;
-  int background_busy_ = 0;  // batches of background models running
   bool stopping_ = false;
   std::vector<std::thread> workers_;
-  std::mutex shutdown_mu_;  // serialises Shutdown callers around the join
+  std::thread background_worker_;  // runs the background models only
+  std::mutex shutdown_mu_;         // serialises Shutdown callers around the join
 };
 
 }  // namespace adrank

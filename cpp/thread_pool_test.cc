@@ -422,72 +422,70 @@ TEST_P(ThreadPoolTest, EndToEndEveryRequestGetsItsOwnRowsInOrder) {
   EXPECT_EQ(pool->memory_pool()->stats().in_use_bytes, 0u) << "batch buffers were not returned";
 }
 
-TEST_P(ThreadPoolTest, BackgroundModelRunsOnlyWhenNoForegroundBatchIsDue) {
-  constexpr int64_t kRows = 4;
-  constexpr int kBatches = 4;
+TEST_P(ThreadPoolTest, BackgroundModelRunsOnItsOwnWorkerNeverOnTheServingOnes) {
+  constexpr int kRequests = 4;
   auto gate = std::make_shared<Gate>();
-  std::mutex order_mu;
-  std::vector<char> order;
-  auto recording = [&](char name) {
-    return [&, name](BatchIO& io) {
+  std::mutex threads_mu;
+  std::vector<std::thread::id> background_threads, foreground_threads;
+  auto recording = [&](std::vector<std::thread::id>* threads) {
+    return [&, threads](BatchIO& io) {
       {
-        std::lock_guard<std::mutex> lock(order_mu);
-        order.push_back(name);
+        std::lock_guard<std::mutex> lock(threads_mu);
+        threads->push_back(std::this_thread::get_id());
       }
       return SumBackend(io);
     };
   };
-  Completions completions(1 + 2 * kBatches);
-  std::vector<SumInput> inputs;
-  for (int i = 0; i < 1 + 2 * kBatches; ++i) inputs.emplace_back(i, kRows);
   auto pool = MakeThreadPool(1);
   OpenOnExit open_on_exit{gate};
   std::shared_ptr<ModelQueue> blocker, shadow, stable;
   ASSERT_OK(pool->AddModel(GatedSumModel("blocker", gate), &blocker));
-  ModelOptions shadow_options = SumModel("shadow", recording('S'));
-  CloseOnlyWhenFull(&shadow_options, kRows);
-  ASSERT_OK(pool->AddModel(std::move(shadow_options), &shadow));
+  ASSERT_OK(pool->AddModel(SumModel("shadow", recording(&background_threads)), &shadow));
   shadow->SetBackground(true);
-  ModelOptions stable_options = SumModel("stable", recording('F'));
-  CloseOnlyWhenFull(&stable_options, kRows);
-  ASSERT_OK(pool->AddModel(std::move(stable_options), &stable));
+  ASSERT_OK(pool->AddModel(SumModel("stable", recording(&foreground_threads)), &stable));
+  Completions completions(1 + 2 * kRequests);
+  std::vector<SumInput> inputs;
+  for (int i = 0; i < 1 + 2 * kRequests; ++i) inputs.emplace_back(i, 2);
 
-  // The shadow's batches are queued first, yet every foreground batch runs before them.
+  // The only serving worker is held at the gate: the shadow's requests complete anyway, on the
+  // background worker, while the foreground ones wait for a serving worker.
   ASSERT_OK(blocker->Submit(inputs[0].MakeRequest(completions.For(0))));
   ASSERT_TRUE(gate->WaitForWaiters(1));
-  for (int i = 1; i <= kBatches; ++i) ASSERT_OK(shadow->Submit(inputs[i].MakeRequest(completions.For(i))));
-  for (int i = kBatches + 1; i <= 2 * kBatches; ++i) {
+  for (int i = 1; i <= kRequests; ++i) ASSERT_OK(shadow->Submit(inputs[i].MakeRequest(completions.For(i))));
+  for (int i = kRequests + 1; i <= 2 * kRequests; ++i) {
     ASSERT_OK(stable->Submit(inputs[i].MakeRequest(completions.For(i))));
   }
+  ASSERT_TRUE(completions.WaitFor(kRequests));
+  for (int i = 1; i <= kRequests; ++i) ExpectSumOutputs(completions.result(i), inputs[i]);
+  EXPECT_EQ(completions.done(), static_cast<size_t>(kRequests));
   gate->Open();
   ASSERT_TRUE(completions.WaitFor(inputs.size()));
-  EXPECT_EQ(std::string(order.begin(), order.end()), "FFFFSSSS");
+  std::lock_guard<std::mutex> lock(threads_mu);
+  ASSERT_FALSE(background_threads.empty());
+  ASSERT_FALSE(foreground_threads.empty());
+  for (const auto& id : background_threads) {
+    for (const auto& serving : foreground_threads) EXPECT_NE(id, serving);
+  }
 }
 
-TEST_P(ThreadPoolTest, BackgroundModelNeverTakesEveryWorker) {
-  constexpr int kRequests = 6;
-  std::atomic<int> running{0}, most{0};
-  auto pool = MakeThreadPool(2);
-  ModelOptions options = SumModel("shadow", [&](BatchIO& io) {
-    const int now = ++running;
-    int seen = most.load();
-    while (now > seen && !most.compare_exchange_weak(seen, now)) {
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    --running;
-    return SumBackend(io);
-  });
-  CloseOnlyWhenFull(&options, 1);
-  options.instances = 2;
-  std::shared_ptr<ModelQueue> shadow;
-  ASSERT_OK(pool->AddModel(std::move(options), &shadow));
+TEST_P(ThreadPoolTest, BusyBackgroundModelDelaysNoForegroundRequest) {
+  auto gate = std::make_shared<Gate>();
+  auto pool = MakeThreadPool(1);
+  OpenOnExit open_on_exit{gate};
+  std::shared_ptr<ModelQueue> shadow, stable;
+  ASSERT_OK(pool->AddModel(GatedSumModel("shadow", gate), &shadow));
   shadow->SetBackground(true);
-  Completions completions(kRequests);
-  std::vector<SumInput> inputs;
-  for (int i = 0; i < kRequests; ++i) inputs.emplace_back(i, 1);
-  for (int i = 0; i < kRequests; ++i) ASSERT_OK(shadow->Submit(inputs[i].MakeRequest(completions.For(i))));
-  ASSERT_TRUE(completions.WaitFor(kRequests));
-  EXPECT_EQ(most.load(), 1);  // one of the two workers always stayed free for foreground work
+  ASSERT_OK(pool->AddModel(SumModel("stable"), &stable));
+  Completions completions(2);
+  SumInput mirrored(0, 2), served(1, 3);
+  ASSERT_OK(shadow->Submit(mirrored.MakeRequest(completions.For(0))));
+  ASSERT_TRUE(gate->WaitForWaiters(1));  // a background batch is running (and stuck)
+  ASSERT_OK(stable->Submit(served.MakeRequest(completions.For(1))));
+  ASSERT_TRUE(completions.WaitFor(1));  // answered while the background batch still runs
+  ExpectSumOutputs(completions.result(1), served);
+  EXPECT_EQ(completions.fired(0), 0);
+  gate->Open();
+  ASSERT_TRUE(completions.WaitFor(2));
 }
 
 TEST_P(ThreadPoolTest, SaturatedModelsInterleaveInProportionToInstances) {

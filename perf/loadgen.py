@@ -148,6 +148,11 @@ class LoadGenerator:
         self._latency = self._sent_at = self._lag = np.empty(0)
         self._codes: list[grpc.StatusCode | None] = []
 
+    def record(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The last run's calls: send time (s after its start), latency (s) and whether each was OK."""
+        ok = np.array([code == grpc.StatusCode.OK for code in self._codes], dtype=bool)
+        return self._sent_at, self._latency, ok
+
     def open_loop(self, rate: float, duration_s: float, max_requests: int) -> RunResult:
         """Poisson arrivals at `rate` requests/s for at most `duration_s` seconds and `max_requests` requests."""
         count = max(1, min(max_requests, int(np.ceil(rate * duration_s))))
