@@ -146,7 +146,8 @@ class RankServerTest : public ::testing::Test {
 };
 
 // Registers version `version` of "sum" whose scores are those of version 1 plus `offset`.
-std::shared_ptr<ServedModel> AddSumVersion(ThreadPool& pool, ModelRegistry& registry, int64_t version, float offset) {
+std::shared_ptr<ServedModel> AddSumVersion(ThreadPool& pool, ModelRegistry& registry, int64_t version, float offset,
+                                           milliseconds delay = milliseconds(0), int64_t max_batch_rows = 1024) {
   std::shared_ptr<const ServedModel> stable;
   EXPECT_TRUE(registry.Resolve("sum", 1, &stable).ok());
   ModelOptions model;
@@ -154,7 +155,9 @@ std::shared_ptr<ServedModel> AddSumVersion(ThreadPool& pool, ModelRegistry& regi
   model.signature = stable->queue->batcher().signature();
   model.batching.max_queue_delay_us = 0;
   model.batching.priority_levels = 2;
-  model.backend = [offset](BatchIO& io) {
+  model.batching.max_batch_rows = max_batch_rows;
+  model.backend = [offset, delay](BatchIO& io) {
+    std::this_thread::sleep_for(delay);
     const auto* x = static_cast<const float*>(io.inputs[0].data);
     const auto* bias = static_cast<const float*>(io.inputs[1].data);
     auto* score = static_cast<float*>(io.outputs[0].data);
@@ -194,6 +197,28 @@ TEST_F(RankServerTest, CanaryAnswersAndSaysSoWhileTheShadowIsScoredButNeverRetur
   EXPECT_EQ(response.results(0).version(), 2);
   EXPECT_EQ(Scores(response.results(0)), (std::vector<float>{101.5f, 105.5f}));
   EXPECT_EQ(canary->stats->Snapshot().ok, 1u);
+}
+
+TEST_F(RankServerTest, AShadowThatFallsBehindIsShedWhileEveryCallIsAnswered) {
+  server_->SetServing(true);
+  ModelRegistry& registry = server_->registry();
+  // 50 ms a batch of at most 2 rows: far slower than the calls it mirrors.
+  std::shared_ptr<ServedModel> shadow = AddSumVersion(*pool_, registry, 2, 10.0f, milliseconds(50), 2);
+  ASSERT_TRUE(registry.SetRollout("sum", RolloutRoute{1, 0, 0, 2, 10000}).ok());
+  for (int i = 0; i < 20; ++i) {
+    v1::RankResponse response;
+    ASSERT_TRUE(Rank(Request(2, 0), &response).ok());
+    EXPECT_EQ(response.results(0).version(), 1);
+  }
+  VersionStatsSnapshot mirrored = shadow->stats->Snapshot();
+  for (int i = 0; i < 1000 && mirrored.ok + mirrored.dropped < 20; ++i) {
+    std::this_thread::sleep_for(milliseconds(5));
+    mirrored = shadow->stats->Snapshot();
+  }
+  EXPECT_EQ(mirrored.ok + mirrored.dropped, 20u);  // every mirror accounted for
+  EXPECT_GT(mirrored.dropped, 0u);                 // those that found it behind were shed
+  EXPECT_GT(mirrored.ok, 0u);
+  EXPECT_EQ(mirrored.failed, 0u);
 }
 
 TEST_F(RankServerTest, LoadingServerAnswersUnavailableAndReportsNotServing) {

@@ -206,9 +206,9 @@ class ModelManager:
             model.error = str(error)
             return
         if model.config is not None and entry.config != model.config:
-            # A new config (batching, instances, signature) takes a reload of every version: the new ones
-            # load under it as they would for a new version; the old ones keep serving until then.
-            log.info("model %s: config.yaml changed; versions reload under it", name)
+            # Versions loaded from now on use the new config (batching, instances, signature); loaded ones
+            # keep theirs until reloaded (admin unload + load, or a restart), and FAILED ones are retried.
+            log.info("model %s: config.yaml changed: versions loaded from now on use it", name)
             for (n, v), status in list(self._versions.items()):
                 if n == name and status.state == VersionState.FAILED:
                     del self._versions[(n, v)]
@@ -260,6 +260,8 @@ class ModelManager:
                 AuditEntry(entry.name, "watcher", "version_failed", reason=str(error), figures={"version": version})
             )
             return
+        # The Servable first: a request routed to the version (pinned, at once) must find it.
+        self._servables = MappingProxyType({**self._servables, key: servable})
         self.registry.add(
             servable.model,
             entry.name,
@@ -270,7 +272,6 @@ class ModelManager:
             servable.lowest_priority,
             servable.stats,
         )
-        self._servables = MappingProxyType({**self._servables, key: servable})
         status.state, status.servable, status.since = VersionState.AVAILABLE, servable, time.time()
         log.info(
             "%s version %d AVAILABLE (loaded, warmed up, parity checked in %.2f s) from %s",
@@ -394,7 +395,6 @@ class ModelManager:
             return
         status.state, status.since = VersionState.UNLOADING, time.time()
         release = self.registry.remove(name, version)
-        self._servables = MappingProxyType({k: s for k, s in self._servables.items() if k != (name, version)})
         started = time.perf_counter()
         if not release.wait(self.options.drain_timeout_s):
             log.warning(
@@ -403,6 +403,8 @@ class ModelManager:
                 version,
                 self.options.drain_timeout_s,
             )
+        # Only now: a request routed before the removal finds its Servable until it is done.
+        self._servables = MappingProxyType({k: s for k, s in self._servables.items() if k != (name, version)})
         servable.unload(self._pool)  # runs whatever is still queued, then frees the sessions
         del self._versions[(name, version)]
         log.info("%s version %d unloaded (drained in %.3f s)", name, version, time.perf_counter() - started)

@@ -70,7 +70,6 @@ STEPS = ("checked", "copied", "loaded", "golden", "benchmarked", "meta_written",
 KILL_ENV = "ADRANK_PUBLISH_KILL_AT"
 STAGING_PREFIX = ".publish-"
 _STAGING_NAME = re.compile(r"^\.publish-(\d+)-(\d+)$")
-ROLLOUT_FILE = "rollout.yaml"
 MODEL_FILE = "model.onnx"
 # 10 % slower is within what a retrained model of the same architecture may cost; beyond it a person decides.
 DEFAULT_MAX_SLOWDOWN = 1.10
@@ -332,17 +331,14 @@ def _alive(pid: int) -> bool:
 
 def _current_version(entry: ModelEntry) -> int | None:
     """The rollout's stable version if rollout.yaml names an existing one, else the latest; None if none."""
-    import yaml
+    from adrank.rollout.policy import PolicyError, load_policy
 
-    rollout = entry.path / ROLLOUT_FILE
-    if rollout.is_file():
-        try:
-            raw = yaml.safe_load(rollout.read_text())
-        except (OSError, yaml.YAMLError) as error:
-            raise PublishError(f"{rollout}: cannot read: {error}") from error
-        stable = raw.get("stable") if isinstance(raw, dict) else None
-        if isinstance(stable, int) and not isinstance(stable, bool) and stable in entry.versions:
-            return stable
+    try:
+        stable = load_policy(entry.path).stable
+    except PolicyError as error:
+        raise PublishError(str(error)) from error
+    if stable in entry.versions:
+        return stable
     return entry.versions[-1] if entry.versions else None
 
 
