@@ -119,6 +119,10 @@ class AdminService(pb_grpc.AdminServicer):
         except ValueError as error:  # a policy that does not validate (pydantic names the field)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"rollout: {error}")
 
+    def _as_applied(self, name: str, policy: RolloutPolicy) -> pb.Rollout:
+        """The policy, with the stable version routed now."""
+        return rollout_message(name, policy, self._models.registry.rollout(name).stable)
+
     @staticmethod
     def _actor(context: grpc.aio.ServicerContext) -> str:
         return dict(context.invocation_metadata() or ()).get(ACTOR_HEADER, DEFAULT_ACTOR)
@@ -167,7 +171,7 @@ class AdminService(pb_grpc.AdminServicer):
 
     async def GetRollout(self, request: pb.GetRolloutRequest, context: grpc.aio.ServicerContext) -> pb.Rollout:
         policy = await self._call(context, lambda: self._models.policy(request.model))
-        return rollout_message(request.model, policy, self._models.registry.rollout(request.model).stable)
+        return self._as_applied(request.model, policy)
 
     async def SetRollout(self, request: pb.SetRolloutRequest, context: grpc.aio.ServicerContext) -> pb.Rollout:
         name, actor = request.rollout.model, self._actor(context)
@@ -177,7 +181,7 @@ class AdminService(pb_grpc.AdminServicer):
                 name, policy_of(request.rollout), actor, request.action or "set_rollout", request.reason
             ),
         )
-        return rollout_message(name, policy, self._models.registry.rollout(name).stable)
+        return self._as_applied(name, policy)
 
     async def Promote(self, request: pb.PromoteRequest, context: grpc.aio.ServicerContext) -> pb.Rollout:
         actor = self._actor(context)
@@ -187,7 +191,7 @@ class AdminService(pb_grpc.AdminServicer):
             return self._models.set_policy(request.model, policy, actor, action, request.reason)
 
         policy = await self._call(context, work)
-        return rollout_message(request.model, policy, self._models.registry.rollout(request.model).stable)
+        return self._as_applied(request.model, policy)
 
     async def Rollback(self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext) -> pb.Rollout:
         actor = self._actor(context)
@@ -198,7 +202,7 @@ class AdminService(pb_grpc.AdminServicer):
             return self._models.set_policy(request.model, policy, actor, action, request.reason)
 
         policy = await self._call(context, work)
-        return rollout_message(request.model, policy, self._models.registry.rollout(request.model).stable)
+        return self._as_applied(request.model, policy)
 
     async def History(self, request: pb.HistoryRequest, context: grpc.aio.ServicerContext) -> pb.HistoryResponse:
         def work() -> list[dict[str, Any]]:

@@ -4,12 +4,13 @@ their rollout (on a running server through its admin API, or in the repository);
 from __future__ import annotations
 
 import asyncio
+import functools
 import getpass
 import json
 import logging
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +149,46 @@ def _token(token: str | None, token_file: Path | None) -> str | None:
     return token
 
 
+@dataclass(frozen=True)
+class Where:
+    """Where a rollout command acts: a running server (--server, admin API with a token) or the
+    repository's files; and whether it answers in JSON."""
+
+    repository: Path
+    server: str | None
+    token: str | None
+    token_file: Path | None
+    as_json: bool
+
+    def target(self) -> Any:
+        from adrank.rollout.targets import RepositoryTarget, ServerTarget
+
+        if self.server is None:
+            return RepositoryTarget(self.repository)
+        token = _token(self.token, self.token_file) or os.environ.get("ADRANK_ADMIN_TOKEN")
+        if not token:
+            raise click.ClickException("--server needs the admin token: --token, --token-file or ADRANK_ADMIN_TOKEN")
+        return ServerTarget(self.server, token)
+
+    def describe(self) -> str:
+        return f"server {self.server}" if self.server else f"{self.repository} (servers apply it at their next poll)"
+
+
 def target_options(command: Any) -> Any:
-    """Where a rollout command acts: --server (admin API, with a token) or the repository's files."""
+    """Adds the options that say where a rollout command acts; the command receives them as `where`."""
+
+    @functools.wraps(command)
+    def with_where(
+        *args: Any,
+        repository: Path,
+        server: str | None,
+        token: str | None,
+        token_file: Path | None,
+        as_json: bool,
+        **kwargs: Any,
+    ) -> Any:
+        return command(*args, where=Where(repository, server, token, token_file, as_json), **kwargs)
+
     options = [
         repository_option,
         click.option(
@@ -162,19 +201,8 @@ def target_options(command: Any) -> Any:
         click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
     ]
     for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def _target(repository: Path, server: str | None, token: str | None, token_file: Path | None) -> Any:
-    from adrank.rollout.targets import RepositoryTarget, ServerTarget
-
-    if server is None:
-        return RepositoryTarget(repository)
-    token = _token(token, token_file) or os.environ.get("ADRANK_ADMIN_TOKEN")
-    if not token:
-        raise click.ClickException("--server needs the admin token: --token, --token-file or ADRANK_ADMIN_TOKEN")
-    return ServerTarget(server, token)
+        with_where = option(with_where)
+    return with_where
 
 
 def _emit(as_json: bool, data: Any, text: str) -> None:
@@ -185,15 +213,7 @@ def _emit(as_json: bool, data: Any, text: str) -> None:
 @target_options
 @click.option("--history", is_flag=True, help="Show each model's rollout audit log.")
 @click.argument("name", required=False)
-def models(
-    repository: Path,
-    server: str | None,
-    token: str | None,
-    token_file: Path | None,
-    as_json: bool,
-    history: bool,
-    name: str | None,
-) -> None:
+def models(where: Where, history: bool, name: str | None) -> None:
     """List models, their versions with state and role, and their rollout."""
     from rich.console import Console
     from rich.table import Table
@@ -201,7 +221,7 @@ def models(
     from adrank.rollout.policy import RolloutPolicy
     from adrank.rollout.targets import TargetError
 
-    target = _target(repository, server, token, token_file)
+    target = where.target()
     try:
         listed = [m for m in target.models() if name is None or m["model"] == name]
         if name is not None and not listed:
@@ -211,7 +231,7 @@ def models(
                 m["history"] = [asdict(e) for e in target.history(m["model"])]
     except TargetError as error:
         raise click.ClickException(str(error)) from error
-    if as_json:
+    if where.as_json:
         _emit(True, listed, "")
         return
     console = Console()
@@ -232,31 +252,20 @@ def models(
             console.print(f"  {e['time']} {e['actor']} {e['action']}: {after} {e['reason']}{figures}".rstrip())
 
 
-def _change(
-    repository: Path,
-    server: str | None,
-    token: str | None,
-    token_file: Path | None,
-    as_json: bool,
-    name: str,
-    change: Any,
-    actor: str | None,
-    reason: str,
-) -> None:
+def _change(where: Where, name: str, change: Any, actor: str | None, reason: str) -> None:
     from adrank.rollout.changes import ChangeError
     from adrank.rollout.targets import TargetError
 
-    target = _target(repository, server, token, token_file)
+    target = where.target()
     try:
         policy, action = change(target)
         applied = target.apply(name, policy, action, actor or getpass.getuser(), reason)
     except (ChangeError, TargetError, ValueError) as error:
         raise click.ClickException(str(error)) from error
-    where = f"server {server}" if server else f"{repository} (servers apply it at their next poll)"
     _emit(
-        as_json,
+        where.as_json,
         {"model": name, "action": action, "policy": applied.model_dump(mode="json")},
-        f"adrank: {name}: {action}: {applied.summary()} — on {where}",
+        f"adrank: {name}: {action}: {applied.summary()} — on {where.describe()}",
     )
 
 
@@ -281,11 +290,7 @@ def _with_change_options(command: Any) -> Any:
 @click.option("--sample-percent", type=float, default=100.0, show_default=True, help="Share of requests mirrored.")
 @click.option("--no-shadow", is_flag=True, help="End the shadow.")
 def rollout(
-    repository: Path,
-    server: str | None,
-    token: str | None,
-    token_file: Path | None,
-    as_json: bool,
+    where: Where,
     actor: str | None,
     reason: str,
     name: str,
@@ -310,64 +315,25 @@ def rollout(
             return set_canary(current, canary, percent, stable_now)
         return set_shadow(current, None if no_shadow else shadow, sample_percent, stable_now)
 
-    _change(repository, server, token, token_file, as_json, name, change, actor, reason)
+    _change(where, name, change, actor, reason)
 
 
 @main.command()
 @_with_change_options
 @click.argument("name")
 @click.argument("version", type=int)
-def promote(
-    repository: Path,
-    server: str | None,
-    token: str | None,
-    token_file: Path | None,
-    as_json: bool,
-    actor: str | None,
-    reason: str,
-    name: str,
-    version: int,
-) -> None:
+def promote(where: Where, actor: str | None, reason: str, name: str, version: int) -> None:
     """Make VERSION the stable version of NAME (ending a canary or shadow of it)."""
     from adrank.rollout.changes import promote as promoted
 
-    _change(
-        repository,
-        server,
-        token,
-        token_file,
-        as_json,
-        name,
-        lambda target: promoted(target.policy(name), version),
-        actor,
-        reason,
-    )
+    _change(where, name, lambda target: promoted(target.policy(name), version), actor, reason)
 
 
 @main.command()
 @_with_change_options
 @click.argument("name")
-def rollback(
-    repository: Path,
-    server: str | None,
-    token: str | None,
-    token_file: Path | None,
-    as_json: bool,
-    actor: str | None,
-    reason: str,
-    name: str,
-) -> None:
+def rollback(where: Where, actor: str | None, reason: str, name: str) -> None:
     """End NAME's canary and shadow; with neither, return stable to the version the last promote replaced."""
     from adrank.rollout.changes import rollback as rolled_back
 
-    _change(
-        repository,
-        server,
-        token,
-        token_file,
-        as_json,
-        name,
-        lambda target: rolled_back(target.policy(name), target.history(name)),
-        actor,
-        reason,
-    )
+    _change(where, name, lambda target: rolled_back(target.policy(name), target.history(name)), actor, reason)

@@ -136,7 +136,7 @@ class ModelManager:
             for model in self._models.values():
                 if model.error:
                     raise ConfigError(model.error)
-                if self._stable_version(model.name) is None and self._on_disk(model.name):
+                if self._stable_version(model.name) is None and self._on_disk_versions(model.name):
                     failed = [s.reason for (n, _), s in self._versions.items() if n == model.name and s.reason]
                     raise RuntimeError(f"model '{model.name}' has no version that loads: {'; '.join(failed)}")
             return [s for s in self._servables.values()]
@@ -217,7 +217,7 @@ class ModelManager:
         for version in wanted:
             self._ensure_loaded(entry, version)
         self._apply_route(name)
-        self._unload_unwanted(name, wanted)
+        self._unload_unwanted(entry, wanted)
 
     def _wanted(self, entry: ModelEntry, policy: RolloutPolicy) -> list[int]:
         chosen = set(entry.config.version_policy.select(entry.versions))
@@ -322,9 +322,6 @@ class ModelManager:
     def _available(self, name: str) -> list[int]:
         return sorted(v for (n, v), s in self._versions.items() if n == name and s.state == VersionState.AVAILABLE)
 
-    def _on_disk(self, name: str) -> bool:
-        return any(n == name for (n, _) in self._versions)
-
     def _stable_version(self, name: str) -> int | None:
         stable = self.registry.rollout(name).stable
         return stable or None
@@ -369,13 +366,13 @@ class ModelManager:
             if n == name:
                 servable.stats.record_scores = len(compared) > 1 and v in compared
 
-    def _unload_unwanted(self, name: str, wanted: list[int]) -> None:
-        route = self.registry.rollout(name)
+    def _unload_unwanted(self, entry: ModelEntry, wanted: list[int]) -> None:
+        route = self.registry.rollout(entry.name)
         keep = set(wanted) | {route.stable, route.canary, route.shadow}
         for key, status in list(self._versions.items()):
-            if key[0] != name or key[1] in keep:
+            if key[0] != entry.name or key[1] in keep:
                 continue
-            if status.state == VersionState.FAILED and key[1] in self._on_disk_versions(name):
+            if status.state == VersionState.FAILED and key[1] in entry.versions:
                 continue  # keep the failure visible while its files are there
             self._unload(*key)
 
@@ -435,7 +432,7 @@ class ModelManager:
             save_policy(entry.path, policy)
             model.policy = policy
             self._apply_route(name)
-            self._unload_unwanted(name, self._wanted(entry, policy))
+            self._unload_unwanted(entry, self._wanted(entry, policy))
             AuditLog(entry.path).append(
                 AuditEntry(
                     name,
