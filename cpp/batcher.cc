@@ -33,7 +33,24 @@ Status CheckOptions(const BatcherOptions& o) {
   return Status::Ok();
 }
 
+size_t BatchRowsBucket(int64_t rows) {
+  const std::vector<int64_t>& bounds = BatchRowsBucketBounds();
+  return static_cast<size_t>(std::lower_bound(bounds.begin(), bounds.end(), rows) - bounds.begin());
+}
+
 }  // namespace
+
+const std::vector<int64_t>& BatchRowsBucketBounds() {
+  static const std::vector<int64_t> bounds = [] {
+    std::vector<int64_t> b = {1};
+    for (int64_t p = 2; p <= 4096; p *= 2) {
+      if (p >= 4) b.push_back(p / 4 * 3);  // 1.5x the previous power of two
+      b.push_back(p);
+    }
+    return b;
+  }();
+  return bounds;
+}
 
 Duration DeadlineSlack(Duration predicted_exec) {
   return std::max<Duration>(std::chrono::microseconds(kMinDeadlineSlackUs), predicted_exec / 10);
@@ -295,6 +312,7 @@ std::unique_ptr<Batch> Batcher::FormLocked(TimePoint now, std::vector<Dropped>* 
   batch->formed_at = now;
   submit_stats_.batches++;
   submit_stats_.batch_rows += static_cast<uint64_t>(batch->rows);
+  submit_stats_.batch_rows_counts[BatchRowsBucket(batch->rows)]++;
   return batch;
 }
 

@@ -64,6 +64,7 @@
 // and an injected Clock makes every timing decision testable without sleeping.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -99,6 +100,12 @@ struct BatcherOptions {
   ContextLayout context_layout = ContextLayout::kBroadcast;
 };
 
+// The batch-rows histogram: upper bounds (rows) of its buckets, ascending — powers of two and 1.5x them,
+// 1 to 4096, so that a preferred size of a power of two, or halfway between two, has a bucket of its own.
+// BatcherStats::batch_rows_counts has one more bucket, above the last bound.
+const std::vector<int64_t>& BatchRowsBucketBounds();
+constexpr size_t kBatchRowsBuckets = 25;
+
 struct BatcherStats {
   uint64_t submitted = 0;            // accepted by Submit
   uint64_t rejected_invalid = 0;     // refused at Submit: INVALID_ARGUMENT
@@ -112,7 +119,8 @@ struct BatcherStats {
   uint64_t shed = 0;       // shed: deadline ahead but unreachable, never computed
   uint64_t cancelled = 0;  // cancelled before any row ran
   uint64_t batches = 0;
-  uint64_t batch_rows = 0;  // real rows over all batches
+  uint64_t batch_rows = 0;                                      // real rows over all batches
+  std::array<uint64_t, kBatchRowsBuckets> batch_rows_counts{};  // batches by real rows (see above)
   int64_t queued_rows = 0;
   int64_t queued_requests = 0;
 };

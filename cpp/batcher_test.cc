@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -162,6 +163,34 @@ TEST_F(BatcherTest, SmallRequestsMergeUpToMaxBatchRows) {
   ExpectServed(r3);
   EXPECT_EQ(r4.call->fired, 0);
   EXPECT_EQ(b->stats().queued_rows, 3);
+}
+
+TEST_F(BatcherTest, BatchRowsHistogramCountsEachBatchInTheFirstBucketThatHoldsItsRealRows) {
+  const std::vector<int64_t>& bounds = BatchRowsBucketBounds();
+  ASSERT_EQ(bounds.size() + 1, kBatchRowsBuckets);
+  EXPECT_EQ(bounds.front(), 1);
+  EXPECT_EQ(bounds.back(), 4096);
+  BatcherOptions options = BaseOptions();
+  options.max_batch_rows = 32;
+  auto b = Make(options);
+  for (int64_t rows : {1, 5, 6, 32}) {
+    Owned& o = NewRequest(rows, 0);
+    ASSERT_TRUE(Submit(*b, o).ok());
+    auto batch = b->NextBatch(false, true);
+    ASSERT_TRUE(batch);
+    Run(*b, *batch);
+  }
+  const BatcherStats s = b->stats();
+  auto count_at = [&](int64_t bound) {
+    return s.batch_rows_counts[static_cast<size_t>(std::find(bounds.begin(), bounds.end(), bound) - bounds.begin())];
+  };
+  EXPECT_EQ(count_at(1), 1u);
+  EXPECT_EQ(count_at(6), 2u);  // 5 and 6 rows: the bucket (4, 6]
+  EXPECT_EQ(count_at(32), 1u);
+  uint64_t total = 0;
+  for (uint64_t c : s.batch_rows_counts) total += c;
+  EXPECT_EQ(total, s.batches);
+  EXPECT_EQ(s.batch_rows, 44u);
 }
 
 TEST_F(BatcherTest, MaxBatchRequestsBoundsTheRequestsOfABatchAndClosesItWhenReached) {

@@ -460,6 +460,11 @@ class PyThreadPool {
   std::unique_ptr<ThreadPool> pool_;
 };
 
+template <typename Counts>
+py::array_t<uint64_t> CountsArray(const Counts& counts) {
+  return py::array_t<uint64_t>(static_cast<py::ssize_t>(counts.size()), counts.data());
+}
+
 py::dict MemoryStats(const MemoryPoolStats& s) {
   py::dict d;
   d["total_bytes"] = s.total_bytes;
@@ -489,6 +494,7 @@ py::dict ModelStats(const BatcherStats& s) {
   d["cancelled"] = s.cancelled;
   d["batches"] = s.batches;
   d["batch_rows"] = s.batch_rows;
+  d["batch_rows_counts"] = CountsArray(s.batch_rows_counts);
   d["queued_rows"] = s.queued_rows;
   d["queued_requests"] = s.queued_requests;
   return d;
@@ -672,24 +678,36 @@ py::dict SnapshotDict(const VersionStats& stats) {
   out["ok"] = snapshot.ok;
   out["failed"] = snapshot.failed;
   out["dropped"] = snapshot.dropped;
-  out["latency_counts"] =
-      py::array_t<uint64_t>(static_cast<py::ssize_t>(snapshot.latency_counts.size()), snapshot.latency_counts.data());
-  out["compute_counts"] =
-      py::array_t<uint64_t>(static_cast<py::ssize_t>(snapshot.compute_counts.size()), snapshot.compute_counts.data());
-  out["score_counts"] =
-      py::array_t<uint64_t>(static_cast<py::ssize_t>(snapshot.score_counts.size()), snapshot.score_counts.data());
+  out["shadow_shed"] = snapshot.shadow_shed;
+  out["codes"] = CountsArray(snapshot.codes);
+  out["candidates"] = snapshot.candidates;
+  out["request_counts"] = CountsArray(snapshot.request_counts);
+  out["queue_counts"] = CountsArray(snapshot.queue_counts);
+  out["compute_counts"] = CountsArray(snapshot.compute_counts);
+  out["latency_counts"] = CountsArray(snapshot.latency_counts);
+  out["request_us_sum"] = snapshot.request_us_sum;
+  out["queue_us_sum"] = snapshot.queue_us_sum;
+  out["compute_us_sum"] = snapshot.compute_us_sum;
+  out["score_counts"] = CountsArray(snapshot.score_counts);
   return out;
 }
 
-void RecordResult(VersionStats& stats, int grpc_code, int64_t queue_us, int64_t compute_us, const py::object& scores) {
-  const Status status(static_cast<StatusCode>(grpc_code), grpc_code == 0 ? "" : "failed");
-  if (scores.is_none()) {
-    stats.Record(status, queue_us, compute_us, nullptr, 0);
-    return;
+void RecordResult(VersionStats& stats, int grpc_code, int64_t queue_us, int64_t compute_us, const py::object& scores,
+                  int64_t request_us, int64_t candidates) {
+  RequestRecord record;
+  record.code = static_cast<StatusCode>(grpc_code);
+  record.request_us = request_us;
+  record.queue_us = queue_us;
+  record.compute_us = compute_us;
+  record.candidates = candidates;
+  py::array_t<float, py::array::c_style | py::array::forcecast> array;
+  if (!scores.is_none()) {
+    array = py::array_t < float, py::array::c_style | py::array::forcecast > ::ensure(scores);
+    if (!array) throw StatusError(InvalidArgument("record: scores must be a float32 array"));
+    record.scores = array.data();
+    record.candidates = array.size();
   }
-  const auto array = py::array_t < float, py::array::c_style | py::array::forcecast > ::ensure(scores);
-  if (!array) throw StatusError(InvalidArgument("record: scores must be a float32 array"));
-  stats.Record(status, queue_us, compute_us, array.data(), array.size());
+  stats.Record(record);
 }
 
 void BindRegistry(py::module_& m) {
@@ -713,8 +731,9 @@ void BindRegistry(py::module_& m) {
            }),
            py::arg("score_low") = 0.0, py::arg("score_high") = 1.0, py::arg("score_bins") = 1000)
       .def("record", &RecordResult, py::arg("grpc_code"), py::arg("queue_us") = 0, py::arg("compute_us") = 0,
-           py::arg("scores") = py::none())
-      .def("record_dropped", &VersionStats::RecordDropped)
+           py::arg("scores") = py::none(), py::kw_only(), py::arg("request_us") = 0, py::arg("candidates") = 0)
+      .def("record_shadow_shed", &VersionStats::RecordShadowShed)
+      .def_property("enabled", &VersionStats::enabled, &VersionStats::set_enabled)
       .def_property("record_scores", &VersionStats::record_scores, &VersionStats::set_record_scores)
       .def("snapshot", &SnapshotDict)
       .def_property_readonly("score_low", [](const VersionStats& s) { return s.options().score_low; })
@@ -832,6 +851,7 @@ class PyRankServer {
   }
   int port() const { return server_->port(); }
   int64_t in_flight() const { return server_->in_flight(); }
+  py::array_t<uint64_t> CallCounts() const { return CountsArray(server_->CallCounts()); }
 
  private:
   std::unique_ptr<RankServer> server_;
@@ -846,7 +866,8 @@ void BindRankServer(py::module_& m) {
       .def("wait_drained", &PyRankServer::WaitDrained, py::arg("quiet_s"), py::arg("grace_s"))
       .def("shutdown", &PyRankServer::Shutdown, py::arg("grace_s") = 0.0)
       .def_property_readonly("port", &PyRankServer::port)
-      .def_property_readonly("in_flight", &PyRankServer::in_flight);
+      .def_property_readonly("in_flight", &PyRankServer::in_flight)
+      .def("call_counts", &PyRankServer::CallCounts);
 }
 #endif
 
@@ -878,6 +899,7 @@ PYBIND11_MODULE(_core, m) {
   BindTypes(m);
   BindObjects(m);
   BindRegistry(m);
+  m.attr("BATCH_ROWS_BOUNDS") = BatchRowsBucketBounds();
 #ifdef ADRANK_HAVE_FRONTEND
   BindRankServer(m);
   m.attr("HAS_RANK_SERVER") = true;

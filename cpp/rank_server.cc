@@ -75,6 +75,19 @@ class RankService final : public v1::Ranking::CallbackService {
 
   const ModelRegistry& registry() const { return *registry_; }
 
+  // Every call ends here: counted by its status code, then finished.
+  void Reply(grpc::ServerUnaryReactor* reactor, const grpc::Status& status) {
+    const auto code = static_cast<size_t>(status.error_code());
+    calls_by_code_[code < kStatusCodeCount ? code : 2].fetch_add(1, std::memory_order_relaxed);
+    reactor->Finish(status);
+  }
+
+  std::array<uint64_t, kStatusCodeCount> CallCounts() const {
+    std::array<uint64_t, kStatusCodeCount> counts{};
+    for (size_t i = 0; i < counts.size(); ++i) counts[i] = calls_by_code_[i].load(std::memory_order_relaxed);
+    return counts;
+  }
+
  private:
   friend class RankCall;
   int64_t QuietFor() const { return SteadyNanos() - last_call_ns_.load(std::memory_order_acquire); }
@@ -84,6 +97,7 @@ class RankService final : public v1::Ranking::CallbackService {
   std::atomic<int64_t> last_call_ns_{0};
   std::mutex mu_;
   std::condition_variable done_;
+  std::array<std::atomic<uint64_t>, kStatusCodeCount> calls_by_code_{};
 };
 
 // Shadow requests wait at most this long: older mirrors are shed, since a shadow that cannot keep up
@@ -100,11 +114,23 @@ const OutputTensor* ScoreOutput(const ServedModel& model, const RequestResult& r
   return nullptr;
 }
 
-void RecordOutcome(const ServedModel& model, const RequestResult& result) {
+// A part's outcome in its version's stats; `start_ns` is when the call (or the mirror) arrived.
+void RecordOutcome(const ServedModel& model, const RequestResult& result, int64_t start_ns) {
   const OutputTensor* score = result.status.ok() ? ScoreOutput(model, result) : nullptr;
-  model.stats->Record(result.status, result.timing.queue_us, result.timing.compute_us,
-                      score ? reinterpret_cast<const float*>(score->data.data()) : nullptr,
-                      score ? score->shape[0] : 0);
+  RequestRecord record;
+  record.code = result.status.code();
+  record.request_us = (SteadyNanos() - start_ns) / 1000;
+  record.queue_us = result.timing.queue_us;
+  record.compute_us = result.timing.compute_us;
+  if (score != nullptr) {
+    record.candidates = score->shape[0];
+    record.scores = reinterpret_cast<const float*>(score->data.data());
+  }
+  model.stats->Record(record);
+}
+
+void RecordRefused(const ServedModel& model, const Status& status) {
+  model.stats->Record(RequestRecord{status.code()});
 }
 
 // Mirrors a request to a shadow version at its lowest priority, unless the shadow's queue already holds
@@ -112,16 +138,17 @@ void RecordOutcome(const ServedModel& model, const RequestResult& result) {
 void SubmitShadow(ModelCall shadow) {
   const std::shared_ptr<const ServedModel> model = shadow.model;
   if (model->queue->stats().queued_rows >= model->queue->batcher().options().max_batch_rows) {
-    model->stats->RecordDropped();
+    model->stats->RecordShadowShed();
     return;
   }
   auto owner = std::make_shared<ModelCall>(std::move(shadow));
   Request request = std::move(owner->request);
   request.priority = model->lowest_priority;
   request.deadline = SteadyClock::Get()->Now() + kShadowDeadline;
-  request.on_complete = [owner](RequestResult&& result) { RecordOutcome(*owner->model, result); };
+  const int64_t start_ns = SteadyNanos();
+  request.on_complete = [owner, start_ns](RequestResult&& result) { RecordOutcome(*owner->model, result, start_ns); };
   const Status status = model->queue->Submit(std::move(request));
-  if (!status.ok()) model->stats->Record(status, 0, 0, nullptr, 0);
+  if (!status.ok()) RecordRefused(*model, status);
 }
 
 // One call: submitted to every requested model's queue; finished by the last part to complete.
@@ -139,7 +166,7 @@ class RankCall final : public grpc::ServerUnaryReactor {
       status = DeadlineExceeded("the call's deadline passed before any model ran");
     }
     if (!status.ok()) {
-      Finish(ToGrpc(status));
+      service_->Reply(this, ToGrpc(status));
       return;
     }
     const size_t parts = calls_.size();
@@ -153,7 +180,7 @@ class RankCall final : public grpc::ServerUnaryReactor {
       request.deadline = deadline;
       request.priority = static_cast<int>(request_->priority());
       request.on_complete = [this, i](RequestResult&& result) {
-        RecordOutcome(*calls_[i].model, result);
+        RecordOutcome(*calls_[i].model, result, start_ns_);
         Complete(i, std::move(result));
       };
       Status failed;
@@ -210,7 +237,7 @@ class RankCall final : public grpc::ServerUnaryReactor {
     RequestHandle handle;
     const Status status = queue->Submit(std::move(calls_[part].request), &handle);
     if (!status.ok()) {
-      calls_[part].model->stats->Record(status, 0, 0, nullptr, 0);
+      RecordRefused(*calls_[part].model, status);
       Complete(part, RequestResult{status, {}, {}});
       return;
     }
@@ -243,7 +270,7 @@ class RankCall final : public grpc::ServerUnaryReactor {
     if (remaining_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
     // The last one: every part has completed and Start has returned; nothing else touches the call.
     if (!first_error_.ok()) {
-      Finish(ToGrpc(first_error_));
+      service_->Reply(this, ToGrpc(first_error_));
       return;
     }
     response_->set_request_id(request_->request_id());
@@ -255,8 +282,8 @@ class RankCall final : public grpc::ServerUnaryReactor {
       scores->set_version(model.version);
       const OutputTensor* score = ScoreOutput(model, r);
       if (score == nullptr) {
-        Finish(
-            ToGrpc(Internal("model '" + model.name + "' produced no float32 [N] output '" + model.score_output + "'")));
+        service_->Reply(this, ToGrpc(Internal("model '" + model.name + "' produced no float32 [N] output '" +
+                                              model.score_output + "'")));
         return;
       }
       scores->set_scores(score->data.data(), score->data.size());
@@ -266,7 +293,7 @@ class RankCall final : public grpc::ServerUnaryReactor {
       timing->set_batch_rows(r.timing.batch_rows);
     }
     response_->set_server_us((SteadyNanos() - start_ns_) / 1000);
-    Finish(grpc::Status::OK);
+    service_->Reply(this, grpc::Status::OK);
   }
 
   RankService* const service_;
@@ -294,7 +321,7 @@ grpc::ServerUnaryReactor* RankService::Rank(grpc::CallbackServerContext* context
     CallDone();
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     const char* why = state == State::kLoading ? "loading its models" : "draining (shutting down)";
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string("the server is ") + why));
+    Reply(reactor, grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string("the server is ") + why));
     return reactor;
   }
   auto* call = new RankCall(this, context, request, response);  // deletes itself in OnDone
@@ -352,5 +379,7 @@ void RankServer::Shutdown(Duration grace) {
 }
 
 int64_t RankServer::in_flight() const { return service_->in_flight(); }
+
+std::array<uint64_t, kStatusCodeCount> RankServer::CallCounts() const { return service_->CallCounts(); }
 
 }  // namespace adrank

@@ -26,6 +26,7 @@
 // completed on the core's workers.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -36,6 +37,7 @@
 #include "clock.h"
 #include "model_registry.h"
 #include "status.h"
+#include "version_stats.h"
 
 namespace grpc {
 class Server;
@@ -73,6 +75,9 @@ class RankServer {
   void Shutdown(Duration grace);
 
   int64_t in_flight() const;
+  // Rank calls answered so far, by status code (gRPC's numbering), including those refused before any
+  // model ran (unknown model, malformed request, loading, draining).
+  std::array<uint64_t, kStatusCodeCount> CallCounts() const;
 
   // Implementation details follow. API users need not read.
  private:

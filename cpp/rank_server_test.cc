@@ -269,6 +269,18 @@ TEST_F(RankServerTest, BadRequestsGetTheirStatusAndTheServerKeepsServing) {
   request.set_priority(9);
   EXPECT_EQ(Rank(request, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_TRUE(Rank(Request(3, 0), &response).ok());
+  // Every call is counted by its code; only the one that reached the model is in the version's stats.
+  const auto calls = server_->CallCounts();
+  EXPECT_EQ(calls[static_cast<size_t>(StatusCode::kOk)], 1u);
+  EXPECT_EQ(calls[static_cast<size_t>(StatusCode::kNotFound)], 1u);
+  EXPECT_EQ(calls[static_cast<size_t>(StatusCode::kInvalidArgument)], 2u);
+  std::shared_ptr<const ServedModel> sum;
+  ASSERT_TRUE(server_->registry().Resolve("sum", 0, &sum).ok());
+  const VersionStatsSnapshot stats = sum->stats->Snapshot();
+  EXPECT_EQ(stats.ok, 1u);
+  EXPECT_EQ(stats.candidates, 3u);
+  // The request's time in the server holds its queueing and compute.
+  EXPECT_GE(stats.request_us_sum, stats.queue_us_sum + stats.compute_us_sum);
 }
 
 TEST_F(RankServerTest, ACallWhoseDeadlinePassesInTheQueueIsNeverComputed) {

@@ -27,8 +27,11 @@ Status VersionStats::Create(const VersionStatsOptions& options, std::shared_ptr<
 }
 
 VersionStats::VersionStats(const VersionStatsOptions& options) : options_(options) {
-  counts_.latency_counts.assign(LatencyBucketBounds().size() + 1, 0);
-  counts_.compute_counts.assign(LatencyBucketBounds().size() + 1, 0);
+  const size_t buckets = LatencyBucketBounds().size() + 1;
+  counts_.request_counts.assign(buckets, 0);
+  counts_.queue_counts.assign(buckets, 0);
+  counts_.compute_counts.assign(buckets, 0);
+  counts_.latency_counts.assign(buckets, 0);
   counts_.score_counts.assign(static_cast<size_t>(options.score_bins) + 2, 0);
 }
 
@@ -42,20 +45,37 @@ size_t VersionStats::LatencyBucket(int64_t us) {
   return static_cast<size_t>(std::lower_bound(bounds.begin(), bounds.end(), static_cast<double>(us)) - bounds.begin());
 }
 
-void VersionStats::Record(const Status& status, int64_t queue_us, int64_t compute_us, const float* scores, int64_t n) {
-  const size_t latency_bucket = LatencyBucket(queue_us + compute_us);
-  const size_t compute_bucket = LatencyBucket(compute_us);
-  const bool with_scores = status.ok() && scores != nullptr && record_scores();
-  const double scale = options_.score_bins / (options_.score_high - options_.score_low);
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!status.ok()) {
-    (Dropped(status.code()) ? counts_.dropped : counts_.failed)++;
+void VersionStats::Record(const RequestRecord& r) {
+  if (!enabled()) return;
+  const auto code_index = static_cast<size_t>(r.code);
+  const size_t code = code_index < kStatusCodeCount ? code_index : 2;  // UNKNOWN
+  if (r.code != StatusCode::kOk) {
+    std::lock_guard<std::mutex> lock(mu_);
+    counts_.codes[code]++;
+    (Dropped(r.code) ? counts_.dropped : counts_.failed)++;
     return;
   }
+  const size_t request_bucket = LatencyBucket(r.request_us);
+  const size_t queue_bucket = LatencyBucket(r.queue_us);
+  const size_t compute_bucket = LatencyBucket(r.compute_us);
+  const size_t latency_bucket = LatencyBucket(r.queue_us + r.compute_us);
+  const bool with_scores = r.scores != nullptr && record_scores();
+  std::lock_guard<std::mutex> lock(mu_);
+  counts_.codes[code]++;
   counts_.ok++;
-  counts_.latency_counts[latency_bucket]++;
+  counts_.candidates += static_cast<uint64_t>(std::max<int64_t>(r.candidates, 0));
+  counts_.request_counts[request_bucket]++;
+  counts_.queue_counts[queue_bucket]++;
   counts_.compute_counts[compute_bucket]++;
-  if (!with_scores) return;
+  counts_.latency_counts[latency_bucket]++;
+  counts_.request_us_sum += static_cast<double>(r.request_us);
+  counts_.queue_us_sum += static_cast<double>(r.queue_us);
+  counts_.compute_us_sum += static_cast<double>(r.compute_us);
+  if (with_scores) BinScoresLocked(r.scores, r.candidates);
+}
+
+void VersionStats::BinScoresLocked(const float* scores, int64_t n) {
+  const double scale = options_.score_bins / (options_.score_high - options_.score_low);
   const auto last = static_cast<int64_t>(options_.score_bins) + 1;
   for (int64_t i = 0; i < n; ++i) {
     const double x = scores[i];
@@ -69,9 +89,11 @@ void VersionStats::Record(const Status& status, int64_t queue_us, int64_t comput
   }
 }
 
-void VersionStats::RecordDropped() {
+void VersionStats::RecordShadowShed() {
+  if (!enabled()) return;
   std::lock_guard<std::mutex> lock(mu_);
   counts_.dropped++;
+  counts_.shadow_shed++;
 }
 
 VersionStatsSnapshot VersionStats::Snapshot() const {

@@ -16,24 +16,87 @@ std::shared_ptr<VersionStats> Make(int bins = 10) {
   return stats;
 }
 
+RequestRecord Ok(int64_t queue_us, int64_t compute_us, int64_t request_us = 0, int64_t candidates = 1) {
+  RequestRecord r;
+  r.queue_us = queue_us;
+  r.compute_us = compute_us;
+  r.request_us = request_us;
+  r.candidates = candidates;
+  return r;
+}
+
+// The bucket index a histogram's only count is in.
+size_t OnlyBucket(const std::vector<uint64_t>& counts) {
+  size_t found = counts.size();
+  for (size_t i = 0; i < counts.size(); ++i) {
+    if (counts[i] == 0) continue;
+    EXPECT_EQ(found, counts.size()) << "more than one bucket counted";
+    found = i;
+  }
+  return found;
+}
+
 TEST(VersionStatsTest, CountsOutcomesApart) {
   auto stats = Make();
-  stats->Record(Status::Ok(), 100, 400, nullptr, 0);
-  stats->Record(Internal("backend failed"), 0, 0, nullptr, 0);
-  stats->Record(Status(StatusCode::kInvalidArgument, "x"), 0, 0, nullptr, 0);
-  stats->Record(DeadlineExceeded("late"), 0, 0, nullptr, 0);
-  stats->Record(ResourceExhausted("full"), 0, 0, nullptr, 0);
-  stats->RecordDropped();
+  stats->Record(Ok(100, 400, 600, 50));
+  stats->Record(RequestRecord{StatusCode::kInternal});
+  stats->Record(RequestRecord{StatusCode::kInvalidArgument});
+  stats->Record(RequestRecord{StatusCode::kDeadlineExceeded});
+  stats->Record(RequestRecord{StatusCode::kResourceExhausted});
+  stats->Record(RequestRecord{static_cast<StatusCode>(99)});  // not a gRPC code: UNKNOWN
+  stats->RecordShadowShed();
   const VersionStatsSnapshot s = stats->Snapshot();
   EXPECT_EQ(s.ok, 1u);
-  EXPECT_EQ(s.failed, 2u);
+  EXPECT_EQ(s.failed, 3u);
   EXPECT_EQ(s.dropped, 3u);
+  EXPECT_EQ(s.shadow_shed, 1u);
+  EXPECT_EQ(s.codes[0], 1u);
+  EXPECT_EQ(s.codes[2], 1u);
+  EXPECT_EQ(s.codes[static_cast<size_t>(StatusCode::kInternal)], 1u);
+  EXPECT_EQ(s.codes[static_cast<size_t>(StatusCode::kInvalidArgument)], 1u);
+  EXPECT_EQ(s.codes[static_cast<size_t>(StatusCode::kDeadlineExceeded)], 1u);
+  EXPECT_EQ(s.codes[static_cast<size_t>(StatusCode::kResourceExhausted)], 1u);
+  uint64_t by_code = 0;
+  for (uint64_t c : s.codes) by_code += c;
+  EXPECT_EQ(by_code, s.ok + s.failed + s.dropped - s.shadow_shed);  // a shed mirror has no code
+  EXPECT_EQ(s.candidates, 50u);                                     // OK requests only
+  EXPECT_EQ(s.request_us_sum, 600.0);
+  EXPECT_EQ(s.queue_us_sum, 100.0);
+  EXPECT_EQ(s.compute_us_sum, 400.0);
+}
+
+TEST(VersionStatsTest, DisabledRecordsNothing) {
+  auto stats = Make();
+  stats->set_enabled(false);
+  stats->Record(Ok(1, 2, 3));
+  stats->Record(RequestRecord{StatusCode::kInternal});
+  stats->RecordShadowShed();
+  const VersionStatsSnapshot s = stats->Snapshot();
+  EXPECT_EQ(s.ok + s.failed + s.dropped, 0u);
+  stats->set_enabled(true);
+  stats->Record(Ok(1, 2, 3));
+  EXPECT_EQ(stats->Snapshot().ok, 1u);
+}
+
+TEST(VersionStatsTest, EachPhaseHasItsOwnHistogram) {
+  auto stats = Make();
+  stats->Record(Ok(9000, 1000, 12000));
+  const VersionStatsSnapshot s = stats->Snapshot();
+  const std::vector<double>& bounds = VersionStats::LatencyBucketBounds();
+  const auto holds = [&](size_t bucket, double us) {
+    EXPECT_GE(bounds[bucket], us);
+    EXPECT_LT(bounds[bucket - 1], us);
+  };
+  holds(OnlyBucket(s.request_counts), 12000);
+  holds(OnlyBucket(s.queue_counts), 9000);
+  holds(OnlyBucket(s.compute_counts), 1000);
+  holds(OnlyBucket(s.latency_counts), 10000);  // service: queue + compute
 }
 
 TEST(VersionStatsTest, LatencyLandsInTheFirstBucketWhoseBoundHoldsIt) {
   auto stats = Make();
-  stats->Record(Status::Ok(), 0, 1000, nullptr, 0);
-  stats->Record(Status::Ok(), 0, 1'000'000'000, nullptr, 0);  // beyond every bound
+  stats->Record(Ok(0, 1000));
+  stats->Record(Ok(0, 1'000'000'000));  // beyond every bound
   const std::vector<double>& bounds = VersionStats::LatencyBucketBounds();
   const VersionStatsSnapshot s = stats->Snapshot();
   ASSERT_EQ(s.latency_counts.size(), bounds.size() + 1);
@@ -51,10 +114,12 @@ TEST(VersionStatsTest, LatencyLandsInTheFirstBucketWhoseBoundHoldsIt) {
 TEST(VersionStatsTest, ScoresAreBinnedOnlyWhileRecordingThem) {
   auto stats = Make(10);
   const std::vector<float> scores = {0.0f, 0.05f, 0.55f, 1.0f, -0.1f, 1.5f, std::numeric_limits<float>::quiet_NaN()};
-  stats->Record(Status::Ok(), 0, 10, scores.data(), static_cast<int64_t>(scores.size()));
+  RequestRecord record = Ok(0, 10, 10, static_cast<int64_t>(scores.size()));
+  record.scores = scores.data();
+  stats->Record(record);
   for (uint64_t c : stats->Snapshot().score_counts) EXPECT_EQ(c, 0u);
   stats->set_record_scores(true);
-  stats->Record(Status::Ok(), 0, 10, scores.data(), static_cast<int64_t>(scores.size()));
+  stats->Record(record);
   const std::vector<uint64_t> counts = stats->Snapshot().score_counts;
   ASSERT_EQ(counts.size(), 12u);
   EXPECT_EQ(counts[0], 1u);   // -0.1: below low
@@ -62,21 +127,6 @@ TEST(VersionStatsTest, ScoresAreBinnedOnlyWhileRecordingThem) {
   EXPECT_EQ(counts[6], 1u);   // 0.55
   EXPECT_EQ(counts[10], 1u);  // 1.0: the top bin holds its upper edge
   EXPECT_EQ(counts[11], 2u);  // 1.5 and NaN
-}
-
-TEST(VersionStatsTest, ServiceLatencyAddsQueueingToCompute) {
-  auto stats = Make();
-  stats->Record(Status::Ok(), 9000, 1000, nullptr, 0);
-  const VersionStatsSnapshot s = stats->Snapshot();
-  const std::vector<double>& bounds = VersionStats::LatencyBucketBounds();
-  for (size_t i = 0; i < bounds.size(); ++i) {
-    if (s.latency_counts[i]) {
-      EXPECT_GE(bounds[i], 10000.0);
-    }
-    if (s.compute_counts[i]) {
-      EXPECT_LT(bounds[i], 1200.0);
-    }
-  }
 }
 
 TEST(VersionStatsTest, RefusesAnEmptyScoreRange) {

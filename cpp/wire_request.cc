@@ -372,7 +372,7 @@ Status PrepareRank(const v1::RankRequest& request, const ModelRegistry& registry
     if (!route.shadow) continue;
     ModelCall shadow;
     if (!PrepareModel(route.shadow, candidates, context, rows, &shadow).ok()) {
-      route.shadow->stats->Record(InvalidArgument("the shadow cannot take this request"), 0, 0, nullptr, 0);
+      route.shadow->stats->Record(RequestRecord{StatusCode::kInvalidArgument});
       continue;
     }
     OwnInputs(&shadow);

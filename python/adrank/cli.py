@@ -43,7 +43,13 @@ def main() -> None:
 @repository_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address both ports bind.")
 @click.option("--grpc-port", default=8500, show_default=True, type=int, help="gRPC port (0: any free port).")
-@click.option("--http-port", default=8000, show_default=True, type=int, help="HTTP port for /healthz, /readyz.")
+@click.option(
+    "--http-port",
+    default=8000,
+    show_default=True,
+    type=int,
+    help="HTTP port: /healthz, /readyz, /metrics (Prometheus), /dashboard.",
+)
 @click.option("--workers", default=0, show_default=True, type=int, help="Core worker threads (0: one per core).")
 @click.option("--drain-grace", default=30.0, show_default=True, type=float, help="Seconds in-flight calls get.")
 @click.option(
@@ -62,6 +68,12 @@ def main() -> None:
     help="A file holding the admin token (kept out of the process list).",
 )
 @click.option("--poll-interval", default=2.0, show_default=True, type=float, help="Repository poll, s (0: off).")
+@click.option(
+    "--metrics/--no-metrics",
+    default=True,
+    show_default=True,
+    help="Per-version counting in the core, /metrics and /dashboard.",
+)
 def serve(
     repository: Path,
     host: str,
@@ -74,8 +86,10 @@ def serve(
     admin_token: str | None,
     admin_token_file: Path | None,
     poll_interval: float,
+    metrics: bool,
 ) -> None:
     """Serve the models of a repository over gRPC until SIGTERM, then drain."""
+    from adrank.metrics.history import MetricsOptions
     from adrank.repository import ModelRepository
     from adrank.repository.manager import ManagerOptions
     from adrank.server import Server, ServerOptions
@@ -96,6 +110,7 @@ def serve(
         models=ManagerOptions(poll_interval_s=poll_interval),
         admin_port=admin_port,
         admin_token=_token(admin_token, admin_token_file),
+        metrics=MetricsOptions(enabled=metrics),
     )
 
     def announce(server: Server) -> None:

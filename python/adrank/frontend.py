@@ -41,6 +41,9 @@ class Frontend(Protocol):
     async def set_serving(self) -> None: ...
     async def drain(self, quiet_s: float, grace_s: float) -> bool: ...
     async def stop(self, grace_s: float) -> None: ...
+    def call_counts(self) -> list[int]:
+        """Rank calls answered so far by status code (gRPC's numbering, 0..16)."""
+        ...
 
 
 class CppFrontend:
@@ -62,6 +65,9 @@ class CppFrontend:
 
     async def stop(self, grace_s: float) -> None:
         await asyncio.to_thread(self._server.shutdown, grace_s)
+
+    def call_counts(self) -> list[int]:
+        return [int(c) for c in self._server.call_counts()]
 
 
 class PythonFrontend:
@@ -106,6 +112,9 @@ class PythonFrontend:
 
     async def stop(self, grace_s: float) -> None:
         await self._server.stop(grace_s)
+
+    def call_counts(self) -> list[int]:
+        return list(self.ranking.call_counts)  # a copy: read from the HTTP thread
 
 
 def create_frontend(kind: FrontendKind, host: str, port: int, max_message_bytes: int, models: ModelManager) -> Frontend:

@@ -1,41 +1,51 @@
-"""HttpEndpoint: the operators' HTTP port: `/healthz` (the process is up) and `/readyz` (every model is
-loaded and warmed up, and the server is not draining: 200, else 503).
+"""HttpEndpoint: the operators' HTTP port: `/healthz` (the process is up), `/readyz` (every model is
+loaded and warmed up, and the server is not draining: 200, else 503), and the pages it is given —
+`/metrics` and `/dashboard` (metrics/pages.py) unless the server runs without metrics.
 
-It runs on its own thread (the standard library's ThreadingHTTPServer), so a busy event loop never
-delays a health probe, and it binds the same host as the gRPC port.
+It runs on its own threads (the standard library's ThreadingHTTPServer), so a busy event loop never
+delays a health probe or a scrape, and it binds the same host as the gRPC port.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from adrank.metrics.pages import Reply, text
+
+# A GET of a path, its query and headers -> the reply, or None: not a page of theirs.
+Pages = Callable[[str, Mapping[str, list[str]], Mapping[str, str]], Reply | None]
 
 
 class HttpEndpoint:
-    def __init__(self, host: str, port: int, ready: Callable[[], bool]) -> None:
+    def __init__(self, host: str, port: int, ready: Callable[[], bool], pages: Pages | None = None) -> None:
         is_ready = ready
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path == "/healthz":
-                    self._reply(200, "ok\n")
-                elif self.path == "/readyz":
+                url = urlsplit(self.path)
+                if url.path == "/healthz":
+                    self._reply(text(200, "ok\n"))
+                elif url.path == "/readyz":
                     ok = is_ready()
-                    self._reply(200 if ok else 503, "ready\n" if ok else "not ready\n")
+                    self._reply(text(200 if ok else 503, "ready\n" if ok else "not ready\n"))
                 else:
-                    self._reply(404, f"no such page: {self.path}\n")
+                    reply = pages(url.path, parse_qs(url.query), self.headers) if pages is not None else None
+                    self._reply(reply or text(404, f"no such page: {url.path}\n"))
 
-            def _reply(self, status: int, body: str) -> None:
-                data = body.encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
+            def _reply(self, reply: Reply) -> None:
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.content_type)
+                self.send_header("Content-Length", str(len(reply.body)))
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(data)
+                self.wfile.write(reply.body)
 
             def log_message(self, format: str, *args: object) -> None:
-                pass  # probes every few seconds would drown the server's log
+                pass  # probes and scrapes every few seconds would drown the server's log
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True

@@ -34,6 +34,7 @@ from adrank.v1 import ranking_pb2_grpc as pb_grpc
 from adrank.wire import WireError, decode
 
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+STATUS_CODES = 17  # gRPC's codes are 0..16 (cpp/version_stats.h kStatusCodeCount)
 # As the C++ front end (cpp/rank_server.cc): an older mirror is shed rather than piled up.
 SHADOW_TIMEOUT_S = 0.1
 
@@ -99,6 +100,8 @@ class RankingService(pb_grpc.RankingServicer):
         self._idle.set()
         self._last_call = 0.0  # event-loop time of the latest call's arrival
         self._mirrors: set[asyncio.Future] = set()  # shadow requests in flight (held: tasks are weakly kept)
+        # Rank calls answered, by status code: touched only on the event loop's thread.
+        self.call_counts = [0] * STATUS_CODES
 
     async def drain(self, quiet_s: float) -> None:
         """Refuses new calls from now on; returns once every call in flight has been answered and no
@@ -124,24 +127,32 @@ class RankingService(pb_grpc.RankingServicer):
         self._last_call = asyncio.get_running_loop().time()
         if not self.accepting:
             state = "loading its models" if self.accepting is None else "draining (shutting down)"
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the server is {state}")
+            await self._abort(context, grpc.StatusCode.UNAVAILABLE, f"the server is {state}")
         self._in_flight += 1
         self._idle.clear()
         try:
-            results = await self._rank(request, context)
+            results = await self._rank(request, context, start)
         except RequestError as error:
-            await context.abort(error.code, error.message)
+            await self._abort(context, error.code, error.message)
         except core.CoreError as error:
-            await context.abort(_STATUS_BY_NUMBER.get(error.grpc_code, grpc.StatusCode.INTERNAL), str(error))
+            code = _STATUS_BY_NUMBER.get(error.grpc_code, grpc.StatusCode.INTERNAL)
+            await self._abort(context, code, str(error))
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
+        self.call_counts[0] += 1
         return pb.RankResponse(
             request_id=request.request_id, results=results, server_us=(time.perf_counter_ns() - start) // 1000
         )
 
-    async def _rank(self, request: pb.RankRequest, context: grpc.aio.ServicerContext) -> list[pb.ModelScores]:
+    async def _abort(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> None:
+        self.call_counts[code.value[0]] += 1
+        await context.abort(code, message)
+
+    async def _rank(
+        self, request: pb.RankRequest, context: grpc.aio.ServicerContext, start_ns: int
+    ) -> list[pb.ModelScores]:
         routes = self._route(request)
         servables = [r.servable for r in routes]
         candidates = decode_section(request.candidates, "candidates")
@@ -163,7 +174,7 @@ class RankingService(pb_grpc.RankingServicer):
                 self._mirror(route.shadow, candidates, contexts, rows)
         outcomes = await asyncio.gather(*submitted, return_exceptions=True)
         for route, outcome in zip(routes, outcomes, strict=True):
-            record(route.servable, outcome)
+            record(route.servable, outcome, start_ns)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -191,14 +202,15 @@ class RankingService(pb_grpc.RankingServicer):
             shadow.stats.record(grpc.StatusCode.INVALID_ARGUMENT.value[0])  # a shadow never fails the call
             return
         if shadow.model.stats()["queued_rows"] >= shadow.config.batching.max_batch_rows:
-            shadow.stats.record_dropped()  # behind already: shed this mirror
+            shadow.stats.record_shadow_shed()  # behind already: shed this mirror
             return
         future = self._async_completions().submit(
             shadow.model, c, x, timeout_s=SHADOW_TIMEOUT_S, priority=shadow.lowest_priority
         )
         task = asyncio.ensure_future(future)
         self._mirrors.add(task)
-        task.add_done_callback(lambda t: (self._mirrors.discard(t), record(shadow, _outcome(t))))
+        start_ns = time.perf_counter_ns()
+        task.add_done_callback(lambda t: (self._mirrors.discard(t), record(shadow, _outcome(t), start_ns)))
 
     @staticmethod
     def _scores(servable: Servable, result: core.Result) -> pb.ModelScores:
@@ -214,12 +226,14 @@ def _outcome(task: asyncio.Future) -> core.Result | BaseException:
     return error if error is not None else task.result()
 
 
-def record(servable: Servable, outcome: core.Result | BaseException) -> None:
-    """One request's outcome in the version's stats, as the C++ front end records it."""
+def record(servable: Servable, outcome: core.Result | BaseException, start_ns: int) -> None:
+    """One request's outcome in the version's stats, as the C++ front end records it; `start_ns` is when
+    the call (or the mirror) arrived, on time.perf_counter_ns's clock."""
     if isinstance(outcome, core.CoreError):
         servable.stats.record(getattr(outcome, "grpc_code", grpc.StatusCode.CANCELLED.value[0]))
     elif isinstance(outcome, BaseException):
         servable.stats.record(grpc.StatusCode.INTERNAL.value[0])
     else:
         scores = outcome.outputs[servable.config.score_output]
-        servable.stats.record(0, outcome.queue_us, outcome.compute_us, scores)
+        request_us = (time.perf_counter_ns() - start_ns) // 1000
+        servable.stats.record(0, outcome.queue_us, outcome.compute_us, scores, request_us=request_us)

@@ -22,13 +22,17 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import adrank._core as core
 from adrank.admin_service import AdminServer
 from adrank.frontend import Frontend, FrontendKind, create_frontend
 from adrank.http_endpoint import HttpEndpoint
+from adrank.metrics.exporter import create_registry
+from adrank.metrics.history import MetricsHistory, MetricsOptions
+from adrank.metrics.pages import ObservabilityPages
+from adrank.metrics.sample import MetricsSource
 from adrank.repository.layout import ModelRepository
 from adrank.repository.manager import ManagerOptions, ModelManager
 
@@ -56,19 +60,28 @@ class ServerOptions:
     # The admin gRPC service (admin_service.py) listens only when given a token; 0: any free port.
     admin_port: int = 8501
     admin_token: str | None = None
+    # /metrics, /dashboard and the core's per-version counting (metrics/history.py MetricsOptions).
+    metrics: MetricsOptions = field(default_factory=MetricsOptions)
 
 
 class Server:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         self.pool = core.ThreadPool(num_workers=options.workers)
-        self.models = ModelManager(self.pool, ModelRepository(options.repository), options.models)
+        manager_options = replace(options.models, metrics=options.metrics.enabled)
+        self.models = ModelManager(self.pool, ModelRepository(options.repository), manager_options)
         self.frontend: Frontend = create_frontend(
             options.frontend, options.host, options.grpc_port, options.max_message_bytes, self.models
         )
         self.grpc_port = self.frontend.port
         self.ready = False
-        self._http = HttpEndpoint(options.host, options.http_port, lambda: self.ready)
+        self.history: MetricsHistory | None = None
+        pages = None
+        if options.metrics.enabled:
+            source = MetricsSource(self.models, self.pool, self.frontend.call_counts)
+            self.history = MetricsHistory(source, options.metrics)
+            pages = ObservabilityPages(create_registry(source), self.history).handle
+        self._http = HttpEndpoint(options.host, options.http_port, lambda: self.ready, pages)
         self.admin: AdminServer | None = None
         if options.admin_token:
             self.admin = AdminServer(options.host, options.admin_port, options.admin_token, self.models)
@@ -82,6 +95,8 @@ class Server:
         """Listens, loads and warms every model, then reports SERVING."""
         await self.frontend.start()
         self._http.start()
+        if self.history is not None:
+            self.history.start()
         try:
             servables = await asyncio.to_thread(self.models.load_all)
         except BaseException:
@@ -122,6 +137,8 @@ class Server:
         if self.admin is not None:
             await self.admin.stop(0)
         await asyncio.to_thread(self.pool.shutdown)
+        if self.history is not None:
+            await asyncio.to_thread(self.history.stop)
         self._http.stop()
         log.info("stopped")
 

@@ -80,6 +80,10 @@ class ManagerOptions:
     # How long a removed version's requests may take to finish before its queue is closed anyway: above
     # any caller's deadline, so in practice every request finishes.
     drain_timeout_s: float = 30.0
+    # Count every version's requests and latencies for the metrics (cpp/version_stats.h). False (a
+    # server started with --no-metrics) counts only the versions a rollout compares: the guardrails
+    # need them.
+    metrics: bool = True
 
 
 @dataclass
@@ -180,6 +184,14 @@ class ModelManager:
 
     def servables(self) -> list[Servable]:
         return list(self._servables.values())
+
+    def version_states(self) -> list[tuple[str, int, VersionState]]:
+        """Every known version's lifecycle state, without waiting for a load in progress (the metrics
+        read it at each scrape): the copies are atomic under the GIL, and a state is one reference."""
+        return [(s.model, s.version, s.state) for s in list(self._versions.values())]
+
+    def model_names(self) -> list[str]:
+        return list(self._models)
 
     # ---- reconcile: the repository's wish, applied -------------------------------------------------
 
@@ -365,6 +377,7 @@ class ModelManager:
         for (n, v), servable in self._servables.items():
             if n == name:
                 servable.stats.record_scores = len(compared) > 1 and v in compared
+                servable.stats.enabled = self.options.metrics or servable.stats.record_scores
 
     def _unload_unwanted(self, entry: ModelEntry, wanted: list[int]) -> None:
         route = self.registry.rollout(entry.name)

@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 
 import adrank._core as core
+from adrank.metrics.histogram import LATENCY_BOUNDS_US, quantile
 from adrank.rollout.policy import GuardrailPolicy
 
 log = logging.getLogger("adrank.guardrails")
 
-LATENCY_BOUNDS_US = np.asarray(core.VersionStats.latency_bounds_us, dtype=np.float64)
 # A proportion of 0 would make the PSI infinite; 1e-4 is the customary floor.
 PSI_FLOOR = 1e-4
 
@@ -85,19 +85,7 @@ class Figures:
 
 def quantile_us(counts: np.ndarray, q: float) -> float:
     """The q-quantile of a latency histogram (VersionStats buckets), interpolated within its bucket."""
-    total = int(counts.sum())
-    if total == 0:
-        return math.nan
-    rank = q * total
-    cumulative = np.cumsum(counts)
-    i = int(np.searchsorted(cumulative, rank, side="left"))
-    if i >= len(LATENCY_BOUNDS_US):
-        return float(LATENCY_BOUNDS_US[-1])
-    upper = LATENCY_BOUNDS_US[i]
-    lower = LATENCY_BOUNDS_US[i - 1] if i > 0 else 0.0
-    before = cumulative[i - 1] if i > 0 else 0
-    share = (rank - before) / counts[i] if counts[i] else 1.0
-    return float(lower + (upper - lower) * share)
+    return float(quantile(counts, q, LATENCY_BOUNDS_US))
 
 
 def population_stability_index(expected: np.ndarray, actual: np.ndarray, groups: int = 10) -> float:
@@ -186,7 +174,8 @@ class GuardrailMonitor:
         self._last_run: dict[tuple[str, str, int, int], float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="adrank-guardrails", daemon=True)
-        self.last_verdicts: dict[str, Verdict] = {}  # by "model/role", for the admin API and logs
+        # The latest verdict by (model, role, candidate version) while the comparison lasts: the metrics.
+        self.last_verdicts: dict[tuple[str, str, int], Verdict] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -211,6 +200,10 @@ class GuardrailMonitor:
             if key not in live:
                 del self._windows[key]
                 self._last_run.pop(key, None)
+        live_candidates = {(model, role, version) for model, role, _, version in live}
+        for key in list(self.last_verdicts):
+            if key not in live_candidates:
+                del self.last_verdicts[key]
         for c in comparisons:
             if not c.policy.enabled or now - self._last_run.get(c.key, -math.inf) < c.policy.interval_s:
                 continue
@@ -226,7 +219,7 @@ class GuardrailMonitor:
             verdict = evaluate(c.role, stable_new - stable_old, candidate_new - candidate_old, c.policy)
             if verdict is None:
                 continue
-            self.last_verdicts[f"{c.model}/{c.role}"] = verdict
+            self.last_verdicts[(c.model, c.role, c.key[3])] = verdict
             if verdict.breached:
                 log.warning("guardrail breach: %s %s: %s", c.model, c.role, "; ".join(verdict.reasons))
                 del self._windows[c.key]

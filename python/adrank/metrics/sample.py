@@ -1,0 +1,118 @@
+"""Sample: one bulk read of everything the metrics show, taken in a few calls into the core.
+
+The core counts per request and per batch, in C++ and without the GIL (cpp/version_stats.h,
+cpp/batcher.h, cpp/memory_pool.h, the front ends' call counts); a sample copies those cumulative
+counters once — a snapshot per served version, its queue's stats, the memory pool, the routes — so a
+scrape or a dashboard tick costs a handful of calls, whatever the traffic.
+
+Reading never waits for the model manager's lock (a version may take seconds to load): the version
+list and states are read from the manager's atomically replaced mappings.
+
+Thread-safety: `MetricsSource.sample` may be called from any thread, concurrently.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import adrank._core as core
+from adrank.repository.manager import BASIS_POINTS_PER_PERCENT, ModelManager
+from adrank.rollout.guardrails import Verdict
+
+
+@dataclass(frozen=True)
+class VersionSample:
+    model: str
+    version: int
+    role: str  # "stable", "canary", "shadow", or "" (loaded, not routed)
+    stats: dict[str, Any]  # VersionStats.snapshot(): outcomes by code, histograms
+    queue: dict[str, Any]  # the version's core queue: Model.stats()
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """A model's rollout: the share of routing keys each routed version takes."""
+
+    model: str
+    version: int
+    role: str
+    percent: float
+
+
+@dataclass(frozen=True)
+class Sample:
+    time: float  # unix seconds
+    versions: list[VersionSample]
+    states: list[tuple[str, int, str]]  # (model, version, lifecycle state) of every known version
+    traffic: list[Traffic]
+    verdicts: list[tuple[str, int, str, Verdict]]  # (model, version, role, the guardrails' latest verdict)
+    memory_pool: dict[str, Any]
+    calls: list[int]  # Rank calls by status code
+
+
+def route_role(route: core.RolloutRoute, version: int) -> str:
+    if version == route.stable:
+        return "stable"
+    if version == route.canary:
+        return "canary"
+    if version == route.shadow:
+        return "shadow"
+    return ""
+
+
+def route_traffic(model: str, route: core.RolloutRoute) -> list[Traffic]:
+    if not route.stable:
+        return []
+    canary = route.canary_basis_points / BASIS_POINTS_PER_PERCENT if route.canary else 0.0
+    out = [Traffic(model, route.stable, "stable", 100.0 - canary)]
+    if route.canary:
+        out.append(Traffic(model, route.canary, "canary", canary))
+    if route.shadow:
+        out.append(Traffic(model, route.shadow, "shadow", route.shadow_basis_points / BASIS_POINTS_PER_PERCENT))
+    return out
+
+
+class MetricsSource:
+    def __init__(self, manager: ModelManager, pool: core.ThreadPool, call_counts: Callable[[], list[int]]) -> None:
+        self._manager = manager
+        self._pool = pool
+        self._call_counts = call_counts
+
+    def sample(self) -> Sample:
+        registry = self._manager.registry
+        routes = {name: registry.rollout(name) for name in self._manager.model_names()}
+        versions = []
+        for servable in self._manager.servables():
+            route = routes.get(servable.name)
+            versions.append(
+                VersionSample(
+                    servable.name,
+                    servable.version,
+                    route_role(route, servable.version) if route is not None else "",
+                    servable.stats.snapshot(),
+                    servable.model.stats(),
+                )
+            )
+        traffic = [t for name, route in routes.items() for t in route_traffic(name, route)]
+        return Sample(
+            time=time.time(),
+            versions=versions,
+            states=[(m, v, state.value) for m, v, state in self._manager.version_states()],
+            traffic=traffic,
+            verdicts=self._verdicts(traffic),
+            memory_pool=self._pool.memory_pool.stats(),
+            calls=self._call_counts(),
+        )
+
+    def _verdicts(self, traffic: list[Traffic]) -> list[tuple[str, int, str, Verdict]]:
+        """The guardrails' latest verdict on each canary and shadow still routed."""
+        latest = dict(self._manager.guardrails.last_verdicts)
+        out = []
+        for t in traffic:
+            verdict = latest.get((t.model, t.role, t.version))
+            if t.role != "stable" and verdict is not None:
+                out.append((t.model, t.version, t.role, verdict))
+        return out
