@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 JOBS ?= $(shell nproc)
 CMAKE_GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo Ninja || echo "Unix Makefiles")
 
-.PHONY: all venv install serve test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core loadgen bench bench-rollout bench-quick bench-env train-env clean
+.PHONY: all venv install serve test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core loadgen bench bench-rollout bench-metrics bench-quick bench-env train-env clean
 
 all: install
 
@@ -81,6 +81,11 @@ bench: bench-env loadgen
 # What a version switch and a 100 % shadow cost the traffic being served (perf/rollout_bench.py, about a minute).
 bench-rollout: install loadgen
 	$(PY) perf/rollout_bench.py
+
+# What metrics cost at saturation: the same server with metrics on (scraped every second) and off, alternating
+# rounds (perf/metrics_bench.py, about two minutes).
+bench-metrics: install loadgen
+	$(PY) perf/metrics_bench.py
 
 bench-quick: bench-env loadgen
 	$(PY) perf/bench.py --quick

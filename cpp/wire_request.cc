@@ -364,7 +364,11 @@ Status PrepareRank(const v1::RankRequest& request, const ModelRegistry& registry
   calls->resize(models.size());
   for (size_t i = 0; i < models.size(); ++i) {
     status = PrepareModel(models[i], candidates, context, rows, &(*calls)[i]);
-    if (!status.ok()) return status;
+    if (!status.ok()) {
+      // Refused by this model's own checks (its inputs, N, finiteness): counted at the version.
+      models[i]->stats->Record(RequestRecord{status.code()});
+      return status;
+    }
   }
   if (shadows == nullptr) return Status::Ok();
   shadows->clear();

@@ -14,7 +14,9 @@
 // request's routing_key, else its request id. A model whose rollout mirrors the request to a shadow
 // version also gets a shadow ModelCall, which owns copies of its inputs (it outlives the RPC). A shadow
 // that cannot take the request (its signature differs) is counted failed in its stats and left out:
-// a shadow never fails a call.
+// a shadow never fails a call. A request refused by a model's own checks (its inputs, N against its
+// max_candidates, finiteness) is counted in that version's stats under its code; errors of the call as
+// a whole (decoding, N disagreeing across tensors, unknown model or tensor) belong to no version.
 //
 // Lifetime: the core Requests borrow the RankRequest's bytes and the ModelCall's owned bytes; both
 // must outlive the requests' completions (a shadow's borrow only its own).

@@ -160,7 +160,7 @@ class RankingService(pb_grpc.RankingServicer):
         rows = candidate_rows(candidates)
         check_context(contexts)
         check_unexpected(servables, candidates, contexts)
-        prepared = [s.prepare(candidates, contexts, rows) for s in servables]
+        prepared = [prepare(s, candidates, contexts, rows) for s in servables]
         timeout = context.time_remaining()
         if timeout is not None and timeout <= 0:
             raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before any model ran")
@@ -224,6 +224,18 @@ def _outcome(task: asyncio.Future) -> core.Result | BaseException:
         return core.CoreError("cancelled")
     error = task.exception()
     return error if error is not None else task.result()
+
+
+def prepare(
+    servable: Servable, candidates: dict[str, np.ndarray], contexts: dict[str, np.ndarray], rows: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """`Servable.prepare`; a refusal by the model's own checks is counted at the version, as the C++ front
+    end counts it."""
+    try:
+        return servable.prepare(candidates, contexts, rows)
+    except RequestError as error:
+        servable.stats.record(error.code.value[0])
+        raise
 
 
 def record(servable: Servable, outcome: core.Result | BaseException, start_ns: int) -> None:

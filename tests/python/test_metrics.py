@@ -132,6 +132,8 @@ def test_metrics_move_by_exactly_what_was_served(server):
     assert moved("adrank_rank_calls_total", code="OK") == len(sizes)
     assert moved("adrank_rank_calls_total", code="NOT_FOUND") == 1
     assert moved("adrank_rank_calls_total", code="INVALID_ARGUMENT") == 1
+    # the NaN was refused by ctr's own checks: counted at the version too; the unknown model is not a version
+    assert moved("adrank_requests_total", code="INVALID_ARGUMENT", **ctr) == 1
     assert value(after, "adrank_queue_rows", **ctr) == 0
     assert value(after, "adrank_model_state", state="AVAILABLE", **ctr) == 1
     assert value(after, "adrank_model_state", state="FAILED", **ctr) == 0
@@ -191,6 +193,17 @@ def test_dashboard_data_follows_the_traffic(server):
     assert status == 400 and b"minutes" in body
     status, _, body = get(port, "/dashboard/data?minutes=99")
     assert status == 400 and b"minutes" in body
+
+
+def test_the_dashboard_page_and_its_files_are_served_and_nothing_else(server):
+    port = server.server.http_port
+    status, headers, body = get(port, "/dashboard")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b"/dashboard/dashboard.js" in body
+    status, headers, _ = get(port, "/dashboard/dashboard.js")
+    assert status == 200 and headers["Content-Type"].startswith("text/javascript")
+    for path in ("/dashboard/../server.py", "/dashboard/%2e%2e/server.py", "/dashboard/nope.js", "/metricz"):
+        assert get(port, path)[0] == 404, path
 
 
 def test_a_full_queue_is_counted_as_shed(tmp_path: Path):

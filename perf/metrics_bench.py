@@ -1,0 +1,237 @@
+"""`make bench-metrics`: what metrics cost at saturation — the same server with metrics on and off.
+
+Two `adrank serve` processes of this checkout run the ctr model on core 0 (`taskset -c 0`, one core
+worker each): one with metrics (`--metrics`, the default), one with `--no-metrics` (no per-version
+counting in the core, no /metrics, no dashboard history). This process and the load generator's C++
+sender run on core 1. Only one server is loaded at a time; the other idles.
+
+Rounds alternate on / off (`--rounds` of each, `--round-s` seconds), each a closed loop of
+`--concurrency` callers over the bench's ctr request set (the same set the perf harness uses): enough
+callers to keep the server's core busy, so the achieved candidates/s is its throughput ceiling. While
+the metrics server is loaded it is scraped as a demanding Prometheus would be and watched by an open
+dashboard: GET /metrics every `--scrape-s` (1 s; Prometheus' default is 15 s) and /dashboard/data every
+2 s. Alternating rounds spread the machine's drift over both; the figures are medians over rounds.
+
+Output: perf/results/metrics-<date>-<sha>.{json,md}: per round candidates/s, p50 and p99; the
+on/off ratio of the medians (target: throughput >= 0.98).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import the perf package from the checkout
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from perf import requests as request_sets
+from perf.loadgen import LoadGenerator, find_sender
+from perf.rollout_bench import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "perf" / "results"
+
+
+class Served:
+    """One `adrank serve` of the bundled ctr model on core 0."""
+
+    def __init__(self, work: Path, metrics: bool) -> None:
+        self.metrics = metrics
+        self.grpc_port, self.http_port = free_port(), free_port()
+        repo = work / "repo"
+        if not repo.exists():
+            repo.mkdir(parents=True)
+            (repo / "ctr").symlink_to(REPO / "models" / "ctr")
+        command = [
+            "taskset", "-c", "0", str(Path(sys.executable).parent / "adrank"), "serve", "--repository", str(repo),
+            "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port), "--workers", "1",
+            "--poll-interval", "0", "--metrics" if metrics else "--no-metrics",
+        ]  # fmt: skip
+        self.log_path = work / f"server-{'on' if metrics else 'off'}.log"
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def wait_serving(self) -> None:
+        from adrank.client import RankClient
+
+        with RankClient(self.target) as client:
+            deadline = time.monotonic() + 120
+            while not client.serving():
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start:\n{self.log_path.read_text()[-3000:]}")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+class Watcher:
+    """A scraper and an open dashboard on the metrics server, while a round runs."""
+
+    def __init__(self, http_port: int, scrape_s: float) -> None:
+        self._base = f"http://127.0.0.1:{http_port}"
+        self._scrape_s = scrape_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.scrapes = 0
+        self.scrape_bytes = 0
+        self.dashboard_polls = 0
+
+    def __enter__(self) -> Watcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        next_dashboard = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            request = urllib.request.Request(f"{self._base}/metrics", headers={"Accept-Encoding": "gzip"})
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                self.scrape_bytes += len(reply.read())
+            self.scrapes += 1
+            if now >= next_dashboard:
+                with urllib.request.urlopen(f"{self._base}/dashboard/data?minutes=10", timeout=5) as reply:
+                    reply.read()
+                self.dashboard_polls += 1
+                next_dashboard = now + 2.0
+            self._stop.wait(max(0.0, now + self._scrape_s - time.monotonic()))
+
+
+def one_round(generator: LoadGenerator, args: argparse.Namespace) -> dict[str, float]:
+    result = generator.closed_loop(args.concurrency, args.round_s, int(args.round_s * 20000))
+    errors = sum(result.errors.values()) if result.errors else 0
+    return {
+        "candidates_per_s": result.candidates_per_s,
+        "requests_per_s": result.achieved_rate,
+        "p50_ms": result.latency_ms["p50"],
+        "p99_ms": result.latency_ms["p99"],
+        "errors": errors,
+    }
+
+
+def median(rounds: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rounds)
+
+
+def markdown(report: dict) -> str:
+    on, off = report["on"], report["off"]
+    lines = [
+        f"# Metrics cost at saturation, {report['date']} at {report['commit']}",
+        "",
+        f"`{report['command']}` — two servers of this checkout on core 0 (one worker each), load generator on "
+        f"core 1, ctr, closed loop of {report['concurrency']} callers, {report['rounds']} alternating rounds of "
+        f"{report['round_s']:g} s each. With metrics, /metrics scraped every {report['scrape_s']:g} s and "
+        "/dashboard/data polled every 2 s during its rounds.",
+        "",
+        "| round | metrics | candidates/s | requests/s | p50 ms | p99 ms | errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for i, (a, b) in enumerate(zip(on, off, strict=True)):
+        for name, r in (("on", a), ("off", b)):
+            lines.append(
+                f"| {i + 1} | {name} | {r['candidates_per_s']:,.0f} | {r['requests_per_s']:,.0f} | "
+                f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['errors']} |"
+            )
+    ratio = report["ratio"]
+    lines += [
+        "",
+        "| median | candidates/s | p50 ms | p99 ms |",
+        "| --- | ---: | ---: | ---: |",
+        f"| metrics on | {median(on, 'candidates_per_s'):,.0f} | {median(on, 'p50_ms'):.3f} | "
+        f"{median(on, 'p99_ms'):.3f} |",
+        f"| metrics off | {median(off, 'candidates_per_s'):,.0f} | {median(off, 'p50_ms'):.3f} | "
+        f"{median(off, 'p99_ms'):.3f} |",
+        f"| on / off | {ratio['candidates_per_s']:.3f} | {ratio['p50_ms']:.3f} | {ratio['p99_ms']:.3f} |",
+        "",
+        f"Scrapes during the metrics rounds: {report['scrapes']} ({report['scrape_kib']:.0f} KiB gzipped each); "
+        f"dashboard polls: {report['dashboard_polls']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of each, alternating")
+    parser.add_argument("--round-s", type=float, default=6.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--scrape-s", type=float, default=1.0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {1 % os.cpu_count()})
+    built = request_sets.build("ctr", 500)
+    sender = find_sender()
+    on: list[dict[str, float]] = []
+    off: list[dict[str, float]] = []
+    scrapes = scrape_bytes = polls = 0
+    with tempfile.TemporaryDirectory(prefix="adrank-metrics-bench-") as tmp:
+        servers = [Served(Path(tmp), metrics=True), Served(Path(tmp), metrics=False)]
+        try:
+            for server in servers:
+                server.wait_serving()
+            generators = [
+                LoadGenerator(s.target, built.method, built.payloads, built.candidates, sender=sender) for s in servers
+            ]
+            for g in generators:  # warm both: connections, allocator, the predictor's samples
+                g.closed_loop(args.concurrency, 2.0, 40000)
+            for i in range(args.rounds):
+                # Alternate which goes first, so neither always follows the other.
+                order = (0, 1) if i % 2 == 0 else (1, 0)
+                for k in order:
+                    if servers[k].metrics:
+                        with Watcher(servers[k].http_port, args.scrape_s) as watcher:
+                            on.append(one_round(generators[k], args))
+                        scrapes += watcher.scrapes
+                        scrape_bytes += watcher.scrape_bytes
+                        polls += watcher.dashboard_polls
+                    else:
+                        off.append(one_round(generators[k], args))
+                print(f"round {i + 1}: on {on[-1]['candidates_per_s']:,.0f}, off {off[-1]['candidates_per_s']:,.0f}")
+        finally:
+            for server in servers:
+                server.stop()
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    report = {
+        "date": dt.date.today().isoformat(),
+        "commit": commit.stdout.strip(),
+        "command": "python perf/metrics_bench.py " + " ".join(sys.argv[1:]),
+        "sender": "grpc++ (adrank_loadgen)" if sender else "grpc.aio",
+        "rounds": args.rounds,
+        "round_s": args.round_s,
+        "concurrency": args.concurrency,
+        "scrape_s": args.scrape_s,
+        "on": on,
+        "off": off,
+        "ratio": {k: median(on, k) / median(off, k) for k in ("candidates_per_s", "p50_ms", "p99_ms")},
+        "scrapes": scrapes,
+        "scrape_kib": scrape_bytes / max(scrapes, 1) / 1024,
+        "dashboard_polls": polls,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"metrics-{report['date']}-{report['commit']}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

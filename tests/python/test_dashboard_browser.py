@@ -1,0 +1,321 @@
+"""The live dashboard (`/dashboard`) in a real headless Chromium, against a real server under ctr traffic.
+
+The page must draw every chart from `/dashboard/data`, name models and versions in its legends, label
+its axes with units and clock times, hide what the selectors hide, show a failed fetch on the page and
+recover from it, and do all of it without a console error, an uncaught exception or a failed request.
+A screenshot of the page is saved to $ADRANK_TEST_ARTIFACTS (else the test's temporary folder).
+
+Needs Python Playwright (the test extra) and Debian's Chromium at /usr/bin/chromium, never a browser
+downloaded by Playwright: without them the test is skipped, except where CI=true (CI installs both).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adrank.client import RankClient, RankError
+from adrank.criteo import read_rows
+from served import CRITEO, MODELS, ServerThread
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the background-networking flags Chromium keeps dialling Google's services, which this closed
+# network refuses; the rest keep a headless run quiet and reproducible.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LINE_CHARTS = ["latency", "throughput", "candidates", "errors", "queue-compute", "queue-rows"]
+CLOCK = re.compile(r"^\d\d:\d\d:\d\d$")
+INJECTED = "x-adrank-test-injected"  # marks the replies this test fails on purpose
+
+
+def missing(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}, and CI=true: CI installs it, so its absence is a broken CI setup", pytrace=False)
+    pytest.skip(reason)
+
+
+def latest_version(model: str) -> int:
+    return max(int(p.name) for p in (MODELS / model).iterdir() if p.name.isdigit())
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("Python Playwright is not installed (pip install playwright==1.65.2: the test extra)")
+    if not CHROMIUM.is_file():
+        missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    with sync_playwright() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerThread]:
+    running = ServerThread(frontend="python").start()
+    yield running
+    running.stop()
+
+
+class Traffic:
+    """ctr requests of real Criteo rows, 1 to 64 candidates each; every 10th one has a deadline too short
+    for its 64 rows, so the server sheds it and the errors-and-shed chart has something to show."""
+
+    def __init__(self, target: str) -> None:
+        path = CRITEO / "sample_200.csv"
+        if not path.is_file():
+            pytest.fail(f"{path} is missing: the Criteo rows live in ../shared/data/criteo beside the checkout")
+        self.rows = read_rows(path)
+        self.target = target
+        self.ok = 0
+        self.refused = 0
+        self.failure: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dashboard-traffic", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            with RankClient(self.target) as client:
+                client.wait_until_serving(timeout=60)
+                for i in range(1_000_000):
+                    if self._stop.is_set():
+                        return
+                    self._send(client, i)
+                    time.sleep(0.004)
+        except BaseException as error:  # reported by the test, not lost in a thread
+            self.failure = error
+
+    def _send(self, client: RankClient, i: int) -> None:
+        shed = i % 10 == 9
+        n = 64 if shed else (1, 3, 8, 20, 40, 64)[i % 6]
+        start = (i * 7) % (len(self.rows) - n)
+        batch = self.rows.take(slice(start, start + n))
+        try:
+            client.rank(["ctr"], {"dense": batch.dense, "sparse": batch.sparse}, timeout=0.0003 if shed else 5)
+            self.ok += 1
+        except RankError:
+            if not shed:
+                raise
+            self.refused += 1
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def traffic(server) -> Iterator[Traffic]:
+    with Traffic(server.target) as sending:
+        yield sending
+
+
+@dataclass
+class Dashboard:
+    """The open page and everything bad it reported: console errors, uncaught errors, failed requests."""
+
+    page: Any
+    url: str
+    console_errors: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+    failed_requests: list[str] = field(default_factory=list)
+
+    def watch(self) -> None:
+        self.page.on("console", self._on_console)
+        self.page.on("pageerror", lambda error: self.page_errors.append(str(error)))
+        self.page.on("requestfailed", lambda request: self.failed_requests.append(f"{request.url}: {request.failure}"))
+        self.page.on("response", self._on_response)
+
+    def _on_console(self, message: Any) -> None:
+        if message.type != "error":
+            return
+        # Chromium itself logs the 503s this test injects; only those are expected.
+        if "status of 503" in message.text and "/dashboard/data" in message.location.get("url", ""):
+            return
+        self.console_errors.append(f"{message.text} at {message.location}")
+
+    def _on_response(self, response: Any) -> None:
+        if response.status >= 400 and INJECTED not in response.headers:
+            self.failed_requests.append(f"{response.url}: HTTP {response.status}")
+
+    def assert_clean(self) -> None:
+        assert self.console_errors == []
+        assert self.page_errors == []
+        assert self.failed_requests == []
+
+    def count(self, selector: str) -> int:
+        return self.page.locator(selector).count()
+
+    def texts(self, selector: str) -> list[str]:
+        return [text.strip() for text in self.page.locator(selector).all_text_contents()]
+
+
+CTR_P99_DRAWN = """() => {
+  const path = document.querySelector(
+    'section.chart[data-chart="latency"][data-model="ctr"] path.series[data-metric="request_p99_ms"]');
+  return Boolean(path && path.getAttribute("d")) && document.querySelector("rect.bar") !== null;
+}"""
+
+
+@pytest.fixture(scope="module")
+def dashboard(playwright, server, traffic, tmp_path_factory) -> Iterator[Dashboard]:
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.set_default_timeout(15_000)
+    opened = Dashboard(page, f"http://127.0.0.1:{server.server.http_port}/dashboard")
+    opened.watch()
+    page.goto(opened.url)
+    page.select_option("#window-minutes", "1")  # the traffic is seconds old: the shortest window shows it best
+    # The server samples every 2 s and the page polls every 2 s: the first figures take a few seconds.
+    page.wait_for_function(CTR_P99_DRAWN, timeout=20_000)
+    yield opened
+    folder = Path(os.environ.get("ADRANK_TEST_ARTIFACTS") or tmp_path_factory.mktemp("dashboard"))
+    folder.mkdir(parents=True, exist_ok=True)
+    screenshot = folder / "dashboard.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    print(f"dashboard screenshot: {screenshot}")
+    browser.close()
+
+
+def test_every_chart_draws_the_live_traffic_with_legends_and_axes(dashboard, traffic):
+    assert traffic.failure is None and traffic.ok > 0
+    version = str(latest_version("ctr"))
+    ctr = 'section.chart[data-model="ctr"]'
+    for chart in LINE_CHARTS:
+        paths = dashboard.page.locator(f'{ctr}[data-chart="{chart}"] path.series[data-version="{version}"]')
+        assert paths.count() > 0, chart
+        assert all(d for d in (paths.nth(i).get_attribute("d") for i in range(paths.count()))), chart
+
+    bars = dashboard.page.locator(f'{ctr}[data-chart="batch-rows"] rect.bar[data-version="{version}"]')
+    assert bars.count() > 0
+    assert sum(int(bars.nth(i).get_attribute("data-count")) for i in range(bars.count())) > 0
+    assert all(float(bars.nth(i).get_attribute("height")) > 0 for i in range(bars.count()))
+
+    memory = dashboard.page.locator('section.chart[data-chart="memory-pool"] path.series')
+    assert sorted(memory.nth(i).get_attribute("data-metric") for i in range(memory.count())) == [
+        "in_use_bytes",
+        "locked_bytes",
+        "total_bytes",
+    ]
+    assert all(memory.nth(i).get_attribute("d") for i in range(memory.count()))
+
+    # Legends name the model and the version; the latency one lists each quantile.
+    legend = dashboard.texts(f'{ctr}[data-chart="latency"] .legend-label')
+    assert {label.split()[-1] for label in legend} == {"p50", "p95", "p99"}
+    assert all(label.startswith(f"ctr v{version}") for label in legend)
+    assert any(f"ctr v{version}" in label for label in dashboard.texts(f'{ctr}[data-chart="batch-rows"] .legend-label'))
+
+    # Axes: clock times along x, numbers along y, the unit as the y axis' title.
+    ticks = dashboard.texts(f'{ctr}[data-chart="latency"] .axis[data-axis="x"] .tick-label')
+    assert len(ticks) >= 3 and all(CLOCK.match(t) for t in ticks), ticks
+    values = dashboard.texts(f'{ctr}[data-chart="latency"] .axis[data-axis="y"] .tick-label')
+    assert len(values) >= 3 and all(float(v) >= 0 for v in values), values
+    units = {
+        chart: dashboard.texts(f'section.chart[data-chart="{chart}"] .axis-title[data-axis="y"]')[0]
+        for chart in ["latency", "throughput", "batch-rows", "queue-rows", "memory-pool"]
+    }
+    assert units["latency"] == "ms" and units["throughput"] == "req/s" and units["queue-rows"] == "rows"
+    assert units["batch-rows"] == "batches" and units["memory-pool"] in {"B", "KiB", "MiB", "GiB"}
+
+    # No relevance traffic: its quantiles are null, drawn as a gap and not as zeros.
+    assert dashboard.count('section.chart[data-chart="latency"][data-model="relevance"] path.series') == 0
+    assert dashboard.texts('section.chart[data-chart="latency"][data-model="relevance"] .empty') == [
+        "no traffic in this window"
+    ]
+
+    assert dashboard.page.get_attribute("#status", "data-state") == "live"
+    assert CLOCK.match(dashboard.page.text_content("#last-update") or "")
+    dashboard.assert_clean()
+
+
+def test_unchecking_a_version_or_a_model_hides_its_series_across_polls(dashboard):
+    page, version = dashboard.page, str(latest_version("ctr"))
+    series = f'path.series[data-model="ctr"][data-version="{version}"]'
+    toggle = f'input.version-toggle[data-model="ctr"][data-version="{version}"]'
+    assert page.is_checked(toggle) and dashboard.count(series) > 0
+
+    page.uncheck(toggle)  # the page redraws at once from the data it holds
+    assert dashboard.count(series) == 0
+    assert dashboard.count(f'.legend-item[data-model="ctr"][data-version="{version}"]') == 0
+    wait_for_next_poll(page)  # which must not bring them back
+    assert dashboard.count(series) == 0
+    page.check(toggle)
+    assert dashboard.count(series) > 0
+
+    page.uncheck('input.model-toggle[data-model="ctr"]')
+    assert page.locator('section.panel[data-model="ctr"]').is_hidden()
+    assert dashboard.count('path.series[data-model="ctr"]') == 0
+    assert dashboard.count('section.chart[data-model="relevance"] path.series') > 0  # the other model stays
+    page.check('input.model-toggle[data-model="ctr"]')
+    assert page.locator('section.panel[data-model="ctr"]').is_visible()
+    assert dashboard.count(series) > 0
+    dashboard.assert_clean()
+
+
+def wait_for_next_poll(page: Any) -> None:
+    before = page.get_attribute("#last-update", "data-fetched-at")
+    page.wait_for_function(
+        "(before) => document.getElementById('last-update').dataset.fetchedAt !== before", arg=before
+    )
+
+
+def clock_span(labels: list[str]) -> int:
+    seconds = [int(h) * 3600 + int(m) * 60 + int(s) for h, m, s in (label.split(":") for label in labels)]
+    return (seconds[-1] - seconds[0]) % 86400
+
+
+def test_the_window_selector_fetches_and_draws_that_many_minutes(dashboard):
+    page = dashboard.page
+    ticks = 'section.chart[data-chart="memory-pool"] .axis[data-axis="x"] .tick-label'
+    assert clock_span(dashboard.texts(ticks)) <= 60
+    with page.expect_request(lambda request: "/dashboard/data?minutes=5" in request.url):
+        page.select_option("#window-minutes", "5")
+    page.wait_for_function(
+        """(selector) => {
+             const labels = [...document.querySelectorAll(selector)].map((t) => t.textContent);
+             const s = labels.map((l) => l.split(":").reduce((a, p) => a * 60 + Number(p), 0));
+             return s.length >= 3 && (s[s.length - 1] - s[0] + 86400) % 86400 >= 180;
+           }""",
+        arg=ticks,
+    )
+    with page.expect_request(lambda request: "/dashboard/data?minutes=1" in request.url):
+        page.select_option("#window-minutes", "1")
+    page.wait_for_function(CTR_P99_DRAWN)
+    dashboard.assert_clean()
+
+
+def test_a_failed_fetch_is_shown_on_the_page_and_the_page_recovers(dashboard):
+    page = dashboard.page
+
+    def unavailable(route: Any) -> None:
+        route.fulfill(status=503, body="down for the test\n", headers={INJECTED: "1"})
+
+    page.route("**/dashboard/data*", unavailable)
+    try:
+        page.wait_for_selector('#status[data-state="error"]')
+        assert "503" in (page.text_content("#status") or "")
+        # The last figures stay on screen while the server cannot be read.
+        assert dashboard.count('section.chart[data-chart="latency"][data-model="ctr"] path.series') > 0
+    finally:
+        page.unroute("**/dashboard/data*", unavailable)
+    page.wait_for_selector('#status[data-state="live"]')
+    assert page.text_content("#status") == "live"
+    dashboard.assert_clean()
