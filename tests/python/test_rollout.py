@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 from rollout_models import ctr_repository, publish_version, shifted_ctr
 
 import adrank._core as core
@@ -34,6 +36,18 @@ def candidates(n: int = 20) -> dict[str, np.ndarray]:
     dense = RNG.integers(0, 30, size=(n, 13)).astype(np.float32)
     sparse = RNG.integers(0, 1 << 20, size=(n, 26)).astype(np.int64)
     return {"dense": dense, "sparse": sparse}
+
+
+def scrape(http_port: int) -> dict[tuple[str, str, str], float]:
+    """ctr's samples of /metrics by (name, version, role or code)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as reply:
+        body = reply.read().decode()
+    return {
+        (s.name, s.labels["version"], s.labels.get("role") or s.labels.get("code", "")): s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+        if s.labels.get("model") == "ctr"
+    }
 
 
 def write_rollout(repo: Path, policy: dict) -> None:
@@ -129,6 +143,13 @@ def test_canary_split_is_within_two_points_over_10000_keys_sticky_and_named_in_t
                 key = f"user-{i}"
                 answers = {client.rank(["ctr"], candidates(3), routing_key=key)["ctr"].version for _ in range(2)}
                 assert answers == {routed[key]}, key  # sticky, and the response says which version answered
+        # The metrics show the split and count each version's answers.
+        metrics = scrape(server.server.http_port)
+        to_canary = 2 * sum(routed[f"user-{i}"] == 2 for i in range(0, 400, 2))
+        assert metrics[("adrank_rollout_traffic_percent", "1", "stable")] == 90
+        assert metrics[("adrank_rollout_traffic_percent", "2", "canary")] == 10
+        assert metrics[("adrank_requests_total", "2", "OK")] == to_canary
+        assert metrics[("adrank_requests_total", "1", "OK")] == 400 - to_canary
     finally:
         server.stop()
 
