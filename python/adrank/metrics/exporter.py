@@ -35,6 +35,7 @@ Metrics (labels model, version unless said otherwise; deploy/ has the Grafana pa
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -81,9 +82,12 @@ class ServerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         sample = self._source.sample()
-        yield from version_metrics(sample)
-        yield from server_metrics(sample)
-        yield from rollout_metrics(sample)
+        for family in (*version_metrics(sample), *server_metrics(sample), *rollout_metrics(sample)):
+            yield family
+            # The exposition is formatted family by family as they are yielded: letting go of the GIL
+            # between them keeps a scrape from holding up a backend call (which needs the GIL) for more
+            # than one family's formatting, a fraction of a millisecond.
+            time.sleep(0)
 
 
 def _labels(v: VersionSample) -> list[str]:

@@ -1,11 +1,11 @@
 """MetricsHistory: the last minutes of samples, for the live dashboard (`/dashboard/data`).
 
 Every `interval_s` a thread takes a Sample (sample.py) and keeps, per served version, its cumulative
-counters and histograms; samples older than `history_s` are dropped. The dashboard's figures for a
-point are the newest-minus-older difference over the `window_s` before it — rates per second and
-p50/p95/p99 read from the difference of histograms — computed for every point of every series in a
-few array operations, and cached until the next sample, so any number of open dashboards cost one
-computation per tick.
+counters and histograms; samples older than `history_s` are dropped. A point's figures are the
+difference between its sample and the one `window_s` before it — rates per second, and p50/p95/p99
+read from the difference of histograms — computed once, when the sample is taken (~0.2 ms a version).
+A dashboard request only lays the stored figures out as JSON, cached until the next sample, so any
+number of open dashboards cost one layout per tick.
 
 Options (defaults and why):
   enabled = True       False (`adrank serve --no-metrics`): no /metrics, no dashboard, no history
@@ -37,6 +37,12 @@ log = logging.getLogger("adrank.metrics")
 
 PHASES = ("request", "queue", "compute")
 QUANTILES = {"request": (50, 95, 99), "queue": (50, 99), "compute": (50, 99)}
+RATES = ("requests_per_s", "errors_per_s", "shed_per_s", "candidates_per_s")  # of _VersionPoint.counters
+FIELDS = (
+    *RATES,
+    *(f"{phase}_p{q}_ms" for phase in PHASES for q in QUANTILES[phase]),
+    "queue_rows",
+)
 BATCH_ROWS_WINDOW_S = 60.0
 
 
@@ -51,10 +57,10 @@ class MetricsOptions:
 @dataclass(frozen=True)
 class _VersionPoint:
     role: str
-    counters: np.ndarray  # requests, errors, shed, candidates
-    latency: np.ndarray  # [len(PHASES), buckets]
-    batch_rows: np.ndarray
-    queue_rows: int
+    counters: np.ndarray  # cumulative: requests, errors, shed, candidates
+    latency: np.ndarray  # cumulative histograms, [len(PHASES), buckets]
+    batch_rows: np.ndarray  # cumulative histogram
+    figures: dict[str, float | None]  # FIELDS over the window before this point
 
 
 @dataclass(frozen=True)
@@ -66,18 +72,48 @@ class _Point:
     states: dict[tuple[str, int], str]
 
 
-def _point(sample: Sample) -> _Point:
+def _rounded(value: float, digits: int = 3) -> float | None:
+    """JSON-ready: NaN (no data in the window) becomes null."""
+    return round(float(value), digits) if np.isfinite(value) else None
+
+
+def _figures(
+    counters: np.ndarray, latency: np.ndarray, queue_rows: int, before: _VersionPoint | None, seconds: float
+) -> dict[str, float | None]:
+    """The window's figures: this version's counters and histograms minus those `seconds` earlier (a
+    version absent then counts from zero: it was loaded within the window)."""
+    figures: dict[str, float | None] = dict.fromkeys(FIELDS)
+    figures["queue_rows"] = queue_rows
+    if seconds <= 0:
+        return figures
+    rates = (counters - (before.counters if before else 0)) / seconds
+    for name, rate in zip(RATES, rates, strict=True):
+        figures[name] = _rounded(rate, 1 if name == "candidates_per_s" else 3)
+    window = latency - (before.latency if before else 0)
+    for p, phase in enumerate(PHASES):
+        for q in QUANTILES[phase]:
+            figures[f"{phase}_p{q}_ms"] = _rounded(quantile(window[p], q / 100, LATENCY_BOUNDS_US) / 1000.0)
+    return figures
+
+
+def _point(sample: Sample, start: _Point | None) -> _Point:
+    """The sample's point, its figures over the window since `start` (None: the first sample)."""
     versions = {}
+    seconds = sample.time - start.time if start is not None else 0.0
     for v in sample.versions:
+        key = (v.model, v.version)
         stats = v.stats
-        requests = int(np.sum(stats["codes"]))
-        shed = int(stats["dropped"])  # deadline, queue full, cancelled, unavailable, and shed mirrors
-        counters = np.array(
-            [requests + int(stats["shadow_shed"]), int(stats["failed"]), shed, int(stats["candidates"])]
-        )
+        requests = int(np.sum(stats["codes"])) + int(stats["shadow_shed"])
+        # shed: deadline, queue full, cancelled, unavailable, and shed mirrors
+        counters = np.array([requests, int(stats["failed"]), int(stats["dropped"]), int(stats["candidates"])])
         latency = np.stack([np.asarray(stats[f"{p}_counts"], dtype=np.int64) for p in PHASES])
-        versions[(v.model, v.version)] = _VersionPoint(
-            v.role, counters, latency, np.asarray(v.queue["batch_rows_counts"], dtype=np.int64), v.queue["queued_rows"]
+        before = start.versions.get(key) if start is not None else None
+        versions[key] = _VersionPoint(
+            v.role,
+            counters,
+            latency,
+            np.asarray(v.queue["batch_rows_counts"], dtype=np.int64),
+            _figures(counters, latency, int(v.queue["queued_rows"]), before, seconds),
         )
     pool = sample.memory_pool
     return _Point(
@@ -87,11 +123,6 @@ def _point(sample: Sample) -> _Point:
         pool["allocator"],
         {(m, v): s for m, v, s in sample.states},
     )
-
-
-def _rounded(values: np.ndarray, digits: int = 3) -> list[float | None]:
-    """A JSON-ready list: NaN (no data in the window) becomes null."""
-    return [None if not np.isfinite(x) else round(float(x), digits) for x in values]
 
 
 class MetricsHistory:
@@ -122,12 +153,22 @@ class MetricsHistory:
 
     def take(self) -> None:
         """Adds a sample now (the thread does it every interval_s)."""
-        point = _point(self._source.sample())
+        sample = self._source.sample()
         with self._lock:
+            point = _point(sample, self._window_start(sample.time))
             self._points.append(point)
             while self._points and self._points[0].time < point.time - self.options.history_s:
                 self._points.popleft()
             self._cache.clear()
+
+    def _window_start(self, now: float) -> _Point | None:
+        """The newest sample at least window_s old; the first one while the history is younger."""
+        start = None
+        for point in reversed(self._points):
+            start = point
+            if point.time <= now - self.options.window_s:
+                break
+        return start
 
     def dashboard(self, minutes: int = 10) -> bytes:
         """The JSON of `/dashboard/data` over the last `minutes` (python/adrank/dashboard/ draws it)."""
@@ -138,74 +179,45 @@ class MetricsHistory:
             cached = self._cache.get(minutes)
             if cached is not None and cached[0] == newest:
                 return cached[1]
-        body = json.dumps(self._figures(points, minutes), separators=(",", ":")).encode()
+        body = json.dumps(self._layout(points, minutes), separators=(",", ":")).encode()
         with self._lock:
             self._cache[minutes] = (newest, body)
         return body
 
-    def _figures(self, points: list[_Point], minutes: int) -> dict[str, Any]:
+    def _layout(self, points: list[_Point], minutes: int) -> dict[str, Any]:
+        options = {"interval_s": self.options.interval_s, "window_s": self.options.window_s}
         if not points:
-            return {
-                "now": None,
-                "interval_s": self.options.interval_s,
-                "window_s": self.options.window_s,
-                "series": [],
-                "memory_pool": None,
-            }
-        times = np.array([p.time for p in points])
-        shown = np.flatnonzero(times >= times[-1] - minutes * 60.0)
-        # Each shown point's window starts at the newest sample at least window_s older (or at the first
-        # sample, while the history is younger than a window).
-        start = np.maximum(np.searchsorted(times, times[shown] - self.options.window_s, side="right") - 1, 0)
+            return {"now": None, **options, "series": [], "memory_pool": None}
+        shown = [p for p in points if p.time >= points[-1].time - minutes * 60.0]
         keys = sorted({k for p in points for k in p.versions})
-        last = points[-1]
-        memory = np.array([points[i].memory for i in shown])
         return {
-            "now": float(times[-1]),
-            "interval_s": self.options.interval_s,
-            "window_s": self.options.window_s,
-            "series": [self._series(points, key, shown, start, times) for key in keys],
+            "now": points[-1].time,
+            **options,
+            "series": [self._series(points, shown, key) for key in keys],
             "memory_pool": {
-                "allocator": last.allocator,
-                "t": _rounded(times[shown]),
-                "total_bytes": memory[:, 0].tolist(),
-                "in_use_bytes": memory[:, 1].tolist(),
-                "locked_bytes": memory[:, 2].tolist(),
+                "allocator": points[-1].allocator,
+                "t": [round(p.time, 3) for p in shown],
+                "total_bytes": [p.memory[0] for p in shown],
+                "in_use_bytes": [p.memory[1] for p in shown],
+                "locked_bytes": [p.memory[2] for p in shown],
             },
         }
 
-    def _series(
-        self, points: list[_Point], key: tuple[str, int], shown: np.ndarray, start: np.ndarray, times: np.ndarray
-    ) -> dict[str, Any]:
-        present = np.array([key in p.versions for p in points])
-        first = next(p.versions[key] for p in points if key in p.versions)
-        zero = _VersionPoint(
-            "", np.zeros_like(first.counters), np.zeros_like(first.latency), np.zeros_like(first.batch_rows), 0
-        )
-        at = [p.versions.get(key, zero) for p in points]  # a version counts from zero before it loaded
-        counters = np.stack([a.counters for a in at]).astype(np.float64)
-        latency = np.stack([a.latency for a in at])
-        seconds = times[shown] - times[start]
-        valid = present[shown] & (seconds > 0)
-        span = np.where(valid, seconds, np.nan)
-        rates = (counters[shown] - counters[start]) / span[:, None]
-        window = latency[shown] - latency[start]
-        out: dict[str, Any] = {
-            "t": _rounded(times[shown]),
-            "requests_per_s": _rounded(rates[:, 0]),
-            "errors_per_s": _rounded(rates[:, 1]),
-            "shed_per_s": _rounded(rates[:, 2]),
-            "candidates_per_s": _rounded(rates[:, 3], 1),
-        }
-        for p, phase in enumerate(PHASES):
-            for q in QUANTILES[phase]:
-                ms = quantile(window[:, p], q / 100, LATENCY_BOUNDS_US) / 1000.0
-                out[f"{phase}_p{q}_ms"] = _rounded(np.where(valid, ms, np.nan))
-        out["queue_rows"] = [at[i].queue_rows if present[i] else None for i in shown]
+    @staticmethod
+    def _series(points: list[_Point], shown: list[_Point], key: tuple[str, int]) -> dict[str, Any]:
+        at = [p.versions.get(key) for p in shown]
+        out: dict[str, Any] = {"t": [round(p.time, 3) for p in shown]}
+        for name in FIELDS:
+            out[name] = [v.figures[name] if v is not None else None for v in at]
         newest = points[-1]
-        older = np.searchsorted(times, times[-1] - BATCH_ROWS_WINDOW_S, side="right") - 1
-        batch_rows = at[-1].batch_rows - at[max(older, 0)].batch_rows
         latest = newest.versions.get(key)
+        # Batches of the last minute: the newest histogram minus the one a minute before.
+        older = next((p for p in reversed(points) if p.time <= newest.time - BATCH_ROWS_WINDOW_S), points[0])
+        if latest is not None:
+            before = older.versions.get(key)
+            batch_rows = latest.batch_rows - (before.batch_rows if before is not None else 0)
+        else:
+            batch_rows = np.zeros(len(BATCH_ROWS_BOUNDS) + 1, dtype=np.int64)
         return {
             "model": key[0],
             "version": key[1],
