@@ -82,9 +82,11 @@ bench: bench-env loadgen
 bench-rollout: install loadgen
 	$(PY) perf/rollout_bench.py
 
-# What metrics cost at saturation: the same server with metrics on (scraped every second) and off, alternating
-# rounds (perf/metrics_bench.py, about two minutes).
+# What metrics cost at saturation (about five minutes): flipped on / off every half second inside one server
+# (perf/metrics_cost.py, the throughput ratio), then two servers, with and without, in alternating rounds
+# (perf/metrics_bench.py, latency too).
 bench-metrics: install loadgen
+	$(PY) perf/metrics_cost.py --duration-s 180
 	$(PY) perf/metrics_bench.py
 
 bench-quick: bench-env loadgen
