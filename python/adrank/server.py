@@ -5,7 +5,8 @@ UNAVAILABLE) while every model's versions load, warm up and pass their parity ch
 thread; then health turns SERVING. A model with no version that loads stops the start: a server never
 serves half its repository. From then on the ModelManager watches the repository (new versions,
 rollout.yaml) and the guardrails watch the rollouts; with an admin token, the admin gRPC service
-(admin_service.py) listens on its own port.
+(admin_service.py) listens on its own port. The HTTP port serves /healthz and /readyz, and with metrics
+on (the default) /metrics and /dashboard (metrics/).
 
 The front end (frontend.py) is the C++ RankServer when the core was built with grpc++ ("auto"), else
 the Python grpc.aio one; both serve adrank.v1.Ranking, grpc.health.v1.Health and server reflection.
@@ -136,9 +137,9 @@ class Server:
         await asyncio.to_thread(self.models.stop_watching)
         if self.admin is not None:
             await self.admin.stop(0)
-        await asyncio.to_thread(self.pool.shutdown)
         if self.history is not None:
             await asyncio.to_thread(self.history.stop)
+        await asyncio.to_thread(self.pool.shutdown)
         self._http.stop()
         log.info("stopped")
 
