@@ -47,7 +47,7 @@ if __package__ in (None, ""):  # run as a script: import the perf package from t
 
 from perf import requests as request_sets
 from perf.loadgen import LoadGenerator, RunResult, find_built, find_sender
-from perf.report import MAX_ERROR_FRACTION, P99_BOUND_MS, finite, markdown, plot, targets
+from perf.report import MAX_ERROR_FRACTION, P99_BOUND_MS, finite, markdown, plot, save, targets
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "perf" / "results"
@@ -224,6 +224,16 @@ class ServerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
         with suppress(subprocess.TimeoutExpired):
             self.process.wait(10)
+
+
+ADRANK_READY = r"adrank: SERVING .* on grpc (?P<host>[\d.]+):(?P<port>\d+)"
+
+
+def adrank_server(name: str, repository: Path, options: list[str], core: int, log_file: Path) -> ServerProcess:
+    """`adrank serve` of `repository` on loopback, any free gRPC and HTTP port unless `options` name them."""
+    command = [*_console_script("adrank"), "serve", "--repository", str(repository), "--host", "127.0.0.1"]
+    command += ["--grpc-port", "0", "--http-port", "0", *options]  # click takes the last of a repeated option
+    return ServerProcess(name, command, ADRANK_READY, core, log_file, None)
 
 
 @contextmanager
@@ -528,7 +538,7 @@ class Bench:
                 command = [*_console_script("adrank"), "serve", "--repository", str(repository)]
                 command += ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"]
                 command += ["--workers", str(s.adrank_workers)]
-                ready = r"adrank: SERVING .* on grpc (?P<host>[\d.]+):(?P<port>\d+)"
+                ready = ADRANK_READY
             elif kind == "echo-cpp":
                 command = [str(find_built("adrank_echo")), "0"]
                 ready = r"echo: SERVING on grpc (?P<host>[\d.]+):(?P<port>\d+)"
@@ -650,10 +660,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     # The full sweep owns <date>-<sha>; a quick or smoke run never overwrites it.
     stem = args.out / f"{date}-{git['sha']}{'' if settings.mode == 'full' else '-' + settings.mode}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
+    save(report, stem, markdown(report))
     plot(report, stem.with_suffix(".png"))
-    print(stem.with_suffix(".md").read_text())
     log(f"wrote {stem}.json, .md, .png in {report['seconds']:.0f} s")
     return 0
 

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
+import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,8 +36,9 @@ if __package__ in (None, ""):  # run as a script: import the perf package from t
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from perf import requests as request_sets
+from perf.bench import adrank_server, free_port, git_info
 from perf.loadgen import LoadGenerator, find_sender
-from perf.rollout_bench import free_port
+from perf.report import save
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "perf" / "results"
@@ -46,54 +46,41 @@ METRICS = ("candidates_per_s", "server_cpu_us_per_request", "p50_ms", "p99_ms")
 
 
 class Served:
-    """One `adrank serve` of the bundled ctr model on core 0."""
+    """One `adrank serve` of the bundled ctr model on core 0, with or without metrics."""
 
     def __init__(self, work: Path, metrics: bool) -> None:
         self.metrics = metrics
-        self.grpc_port, self.http_port = free_port(), free_port()
+        self.http_port = free_port()
         repo = work / "repo"
         if not repo.exists():
             repo.mkdir(parents=True)
             (repo / "ctr").symlink_to(REPO / "models" / "ctr")
-        command = [
-            "taskset", "-c", "0", str(Path(sys.executable).parent / "adrank"), "serve", "--repository", str(repo),
-            "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port), "--workers", "1",
-            "--poll-interval", "0", "--metrics" if metrics else "--no-metrics",
-        ]  # fmt: skip
-        self.log_path = work / f"server-{'on' if metrics else 'off'}.log"
-        with self.log_path.open("w") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        options = ["--http-port", str(self.http_port), "--workers", "1", "--poll-interval", "0"]
+        options.append("--metrics" if metrics else "--no-metrics")
+        name = f"adrank-metrics-{'on' if metrics else 'off'}"
+        self.process = adrank_server(name, repo, options, 0, work / f"{name}.log")
+        self.target = ""
 
     def wait_serving(self) -> None:
-        from adrank.client import RankClient
-
-        with RankClient(self.target) as client:
-            deadline = time.monotonic() + 120
-            while not client.serving():
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not start:\n{self.log_path.read_text()[-3000:]}")
-                time.sleep(0.2)
+        self.target = self.process.wait_ready()
 
     def cpu_s(self) -> float:
-        """The server's CPU time so far (user + system, all threads)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        """The server's CPU time so far (user + system, all threads): taskset exec'd it, same pid."""
+        fields = Path(f"/proc/{self.process.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
+        self.process.stop()
 
 
 class Watcher:
-    """A scraper and an open dashboard on the metrics server, while a round runs."""
+    """A scraper and an open dashboard on a metrics server: GET /metrics every `scrape_s` and
+    /dashboard/data every 2 s, as Prometheus and an open page would; with `active`, only while it is set."""
 
-    def __init__(self, http_port: int, scrape_s: float) -> None:
+    def __init__(self, http_port: int, scrape_s: float, active: threading.Event | None = None) -> None:
         self._base = f"http://127.0.0.1:{http_port}"
         self._scrape_s = scrape_s
+        self._active = active
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.scrapes = 0
@@ -109,19 +96,25 @@ class Watcher:
         self._thread.join()
 
     def _run(self) -> None:
-        next_dashboard = 0.0
+        next_scrape = next_poll = 0.0
+        # Gated, it looks again every 20 ms, so that it stops soon after `active` is cleared.
+        step = 0.02 if self._active is not None else math.inf
         while not self._stop.is_set():
+            if self._active is not None and not self._active.wait(0.05):
+                continue
             now = time.monotonic()
-            request = urllib.request.Request(f"{self._base}/metrics", headers={"Accept-Encoding": "gzip"})
-            with urllib.request.urlopen(request, timeout=5) as reply:
-                self.scrape_bytes += len(reply.read())
-            self.scrapes += 1
-            if now >= next_dashboard:
+            if now >= next_scrape:
+                request = urllib.request.Request(f"{self._base}/metrics", headers={"Accept-Encoding": "gzip"})
+                with urllib.request.urlopen(request, timeout=5) as reply:
+                    self.scrape_bytes += len(reply.read())
+                self.scrapes += 1
+                next_scrape = now + self._scrape_s
+            if now >= next_poll:
                 with urllib.request.urlopen(f"{self._base}/dashboard/data?minutes=10", timeout=5) as reply:
                     reply.read()
                 self.dashboard_polls += 1
-                next_dashboard = now + 2.0
-            self._stop.wait(max(0.0, now + self._scrape_s - time.monotonic()))
+                next_poll = now + 2.0
+            self._stop.wait(min(step, max(0.0, min(next_scrape, next_poll) - time.monotonic())))
 
 
 def one_round(server: Served, generator: LoadGenerator, args: argparse.Namespace) -> dict[str, float]:
@@ -228,10 +221,9 @@ def main() -> None:
         finally:
             for server in servers:
                 server.stop()
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=REPO)
     report = {
         "date": dt.date.today().isoformat(),
-        "commit": commit.stdout.strip(),
+        "commit": git_info()["sha"],
         "command": "python perf/metrics_bench.py " + " ".join(sys.argv[1:]),
         "sender": "grpc++ (adrank_loadgen)" if sender else "grpc.aio",
         "rounds": args.rounds,
@@ -245,11 +237,7 @@ def main() -> None:
         "scrape_kib": scrape_bytes / max(scrapes, 1) / 1024,
         "dashboard_polls": polls,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"metrics-{report['date']}-{report['commit']}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    save(report, args.out / f"metrics-{report['date']}-{report['commit']}", markdown(report))
 
 
 if __name__ == "__main__":

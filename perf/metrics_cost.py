@@ -21,47 +21,27 @@ Output: perf/results/metrics-cost-<date>-<sha>.{json,md}. Bounded: `--duration-s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
-import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: import the perf package from the checkout
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from perf import requests as request_sets
+from perf.bench import git_info
 from perf.loadgen import LoadGenerator, find_sender
+from perf.metrics_bench import Watcher
+from perf.report import save
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "perf" / "results"
 sys.path.insert(0, str(REPO / "tests" / "python"))
-
-
-def scrape_and_poll(http_port: int, scrape_s: float, active: threading.Event, stop: threading.Event) -> None:
-    """While `active`: GET /metrics every scrape_s and /dashboard/data every 2 s, as Prometheus and an
-    open dashboard would."""
-    base = f"http://127.0.0.1:{http_port}"
-    next_scrape = next_poll = 0.0
-    while not stop.is_set():
-        if not active.wait(0.05):
-            continue
-        now = time.monotonic()
-        if now >= next_scrape:
-            request = urllib.request.Request(f"{base}/metrics", headers={"Accept-Encoding": "gzip"})
-            with urllib.request.urlopen(request, timeout=5) as reply:
-                reply.read()
-            next_scrape = now + scrape_s
-        if now >= next_poll:
-            with urllib.request.urlopen(f"{base}/dashboard/data?minutes=10", timeout=5) as reply:
-                reply.read()
-            next_poll = now + 2.0
-        stop.wait(0.02)
 
 
 def rows_done(servables: list) -> int:
@@ -160,27 +140,23 @@ def main() -> None:
         generator.closed_loop(args.concurrency, 2.0, 40000)  # warm
         servables = server.server.models.servables()
         stop, active = threading.Event(), threading.Event()
-        watcher = threading.Thread(
-            target=scrape_and_poll, args=(server.server.http_port, args.scrape_s, active, stop), daemon=True
-        )
-        if args.scrape_s > 0:
-            watcher.start()
         slots: list = []
         control = threading.Thread(target=lambda: slots.extend(run_slots(servables, active, args, stop)))
-        control.start()
-        result = generator.closed_loop(args.concurrency, args.duration_s, int(args.duration_s * 20000))
-        stop.set()
-        control.join()
-        if watcher.is_alive():
-            watcher.join()
+        watcher = None
+        with contextlib.ExitStack() as watching:
+            if args.scrape_s > 0:
+                watcher = watching.enter_context(Watcher(server.server.http_port, args.scrape_s, active))
+            control.start()
+            result = generator.closed_loop(args.concurrency, args.duration_s, int(args.duration_s * 20000))
+            stop.set()
+            control.join()
     finally:
         server.stop()
         (repo / "ctr").unlink()
         repo.rmdir()
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=REPO)
     report = {
         "date": dt.date.today().isoformat(),
-        "commit": commit.stdout.strip(),
+        "commit": git_info()["sha"],
         "command": "python perf/metrics_cost.py " + " ".join(sys.argv[1:]),
         "concurrency": args.concurrency,
         "duration_s": args.duration_s,
@@ -189,13 +165,11 @@ def main() -> None:
         "scrape_s": args.scrape_s,
         "errors": result.errors,
         "summary": summarize(slots),
+        "scrapes": watcher.scrapes if watcher else 0,
+        "dashboard_polls": watcher.dashboard_polls if watcher else 0,
         "slots": slots,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"metrics-cost-{report['date']}-{report['commit']}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    save(report, args.out / f"metrics-cost-{report['date']}-{report['commit']}", markdown(report))
 
 
 if __name__ == "__main__":

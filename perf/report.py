@@ -7,6 +7,7 @@ cannot be evaluated (a system that did not run) is reported as such, never as a 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -225,3 +226,11 @@ def plot(report: dict[str, object], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def save(report: dict[str, object], stem: Path, text: str) -> None:
+    """Writes a run's `<stem>.json` (the report) and `<stem>.md` (its Markdown `text`), and prints the text."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(text)
+    print(text)

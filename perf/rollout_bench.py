@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,21 +35,15 @@ if __package__ in (None, ""):  # run as a script: import the perf package from t
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from perf import requests as request_sets
+from perf.bench import adrank_server, free_port, git_info, running
 from perf.loadgen import LoadGenerator, find_sender
+from perf.report import save
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "perf" / "results"
 TOKEN = "rollout-bench"
 SWITCH_WINDOW_S = 2.0
 START_MARGIN_S = 0.2  # the sender's start lags its launch by a few tens of ms: windows open this early
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prepare(work: Path) -> tuple[Path, list[Path]]:
@@ -189,37 +181,18 @@ def main() -> None:
     sender = find_sender()
     with tempfile.TemporaryDirectory(prefix="adrank-rollout-bench-") as tmp:
         served, ready = prepare(Path(tmp))
-        grpc_port, admin_port = free_port(), free_port()
-        command = [
-            "taskset", "-c", "0", str(Path(sys.executable).parent / "adrank"), "serve", "--repository", str(served),
-            "--grpc-port", str(grpc_port), "--http-port", "0", "--admin-port", str(admin_port),
-            "--admin-token", TOKEN, "--poll-interval", "0.2",
-        ]  # fmt: skip
+        admin_port = free_port()
+        options = ["--admin-port", str(admin_port), "--admin-token", TOKEN, "--poll-interval", "0.2"]
         log_path = Path(tmp) / "server.log"
-        with log_path.open("w") as log:
-            server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            from adrank.client import RankClient
-
-            with RankClient(f"127.0.0.1:{grpc_port}") as client:
-                deadline = time.monotonic() + 120
-                while not client.serving():
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"the server did not start:\n{log_path.read_text()[-3000:]}")
-                    time.sleep(0.2)
-            generator = LoadGenerator(
-                f"127.0.0.1:{grpc_port}", built.method, built.payloads, built.candidates, sender=sender
-            )
+        with running(adrank_server("adrank", served, options, 0, log_path)) as server:
+            target = server.wait_ready()
+            generator = LoadGenerator(target, built.method, built.payloads, built.candidates, sender=sender)
             switch = run_switch(generator, served, ready, args.rate, args.phase_s)
             shadow = run_shadow(generator, served, ready, admin_port, args.rate, args.phase_s)
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
         server_log = log_path.read_text()
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=REPO)
     report = {
         "date": dt.date.today().isoformat(),
-        "commit": commit.stdout.strip(),
+        "commit": git_info()["sha"],
         "command": "python perf/rollout_bench.py " + " ".join(sys.argv[1:]),
         "rate": args.rate,
         "phase_s": args.phase_s,
@@ -228,11 +201,7 @@ def main() -> None:
         "shadow": shadow,
         "server_log_tail": server_log.splitlines()[-30:],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"rollout-{report['date']}-{report['commit']}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    save(report, args.out / f"rollout-{report['date']}-{report['commit']}", markdown(report))
 
 
 if __name__ == "__main__":
