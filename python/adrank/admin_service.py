@@ -61,20 +61,17 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         return self._refusal
 
 
+# The guardrail settings, named alike in admin.proto's Guardrails and in GuardrailPolicy (a test holds
+# the two to the same names).
+GUARDRAIL_FIELDS = tuple(f.name for f in pb.Guardrails.DESCRIPTOR.fields)
+
+
 def rollout_message(name: str, policy: RolloutPolicy, routed_stable: int = 0) -> pb.Rollout:
     g = policy.guardrails
     message = pb.Rollout(
         model=name,
         stable=policy.stable or 0,
-        guardrails=pb.Guardrails(
-            enabled=g.enabled,
-            window_s=g.window_s,
-            interval_s=g.interval_s,
-            min_requests=g.min_requests,
-            max_latency_ratio=g.max_latency_ratio,
-            max_error_rate=g.max_error_rate,
-            max_psi=g.max_psi,
-        ),
+        guardrails=pb.Guardrails(**{field: getattr(g, field) for field in GUARDRAIL_FIELDS}),
         routed_stable=routed_stable,
     )
     if policy.canary is not None:
@@ -93,15 +90,7 @@ def policy_of(message: pb.Rollout) -> RolloutPolicy:
         fields["shadow"] = ShadowPolicy(version=message.shadow.version, sample_percent=message.shadow.sample_percent)
     if message.HasField("guardrails"):
         g = message.guardrails
-        fields["guardrails"] = GuardrailPolicy(
-            enabled=g.enabled,
-            window_s=g.window_s,
-            interval_s=g.interval_s,
-            min_requests=g.min_requests,
-            max_latency_ratio=g.max_latency_ratio,
-            max_error_rate=g.max_error_rate,
-            max_psi=g.max_psi,
-        )
+        fields["guardrails"] = GuardrailPolicy(**{field: getattr(g, field) for field in GUARDRAIL_FIELDS})
     return RolloutPolicy(**fields)
 
 

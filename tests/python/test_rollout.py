@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rollout_models import ctr_repository, publish_version, shifted_ctr
 
 import adrank._core as core
+from adrank.admin_service import GUARDRAIL_FIELDS, policy_of, rollout_message
 from adrank.cli import main
 from adrank.client import RankClient, RankError
 from adrank.rollout.audit import AuditEntry
@@ -88,6 +89,20 @@ def test_changes_follow_the_rollout_rules():
     promotion = AuditEntry("ctr", "me", "promote", before={"stable": 1}, after={"stable": 2})
     reverted, _ = rollback(ended, [promotion])
     assert reverted.stable == 1
+
+
+def test_a_rollout_policy_survives_the_admin_message_both_ways():
+    assert set(GUARDRAIL_FIELDS) == set(GuardrailPolicy.model_fields)
+    policy = RolloutPolicy.model_validate(
+        {
+            "stable": 3,
+            "canary": {"version": 4, "percent": 12.5},
+            "shadow": {"version": 5, "sample_percent": 40},
+            "guardrails": {"enabled": False, "window_s": 30, "interval_s": 0.5, "min_requests": 50,
+                           "max_latency_ratio": 1.2, "max_error_rate": 0.02, "max_psi": 0.1},
+        }
+    )  # fmt: skip
+    assert policy_of(rollout_message("ctr", policy)) == policy
 
 
 def test_latency_quantile_and_psi_read_the_histograms():
