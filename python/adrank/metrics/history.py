@@ -32,6 +32,7 @@ import numpy as np
 
 from adrank.metrics.histogram import BATCH_ROWS_BOUNDS, LATENCY_BOUNDS_US, quantile
 from adrank.metrics.sample import MetricsSource, Sample
+from adrank.ticker import Ticker
 
 log = logging.getLogger("adrank.metrics")
 
@@ -132,24 +133,14 @@ class MetricsHistory:
         self._lock = threading.Lock()
         self._points: deque[_Point] = deque()
         self._cache: dict[int, tuple[float, bytes]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="adrank-metrics-history", daemon=True)
+        self._ticker = Ticker("adrank-metrics-history", self.options.interval_s, self.take, log)
 
     def start(self) -> None:
         self.take()
-        self._thread.start()
+        self._ticker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.options.interval_s):
-            try:
-                self.take()
-            except Exception:  # a bug here must not end the history for good
-                log.exception("metrics sample failed")
+        self._ticker.stop()
 
     def take(self) -> None:
         """Adds a sample now (the thread does it every interval_s)."""

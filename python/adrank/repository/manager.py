@@ -58,6 +58,7 @@ from adrank.rollout.audit import AuditEntry, AuditLog
 from adrank.rollout.guardrails import Comparison, GuardrailMonitor, Verdict
 from adrank.rollout.policy import PolicyError, RolloutPolicy, load_policy, save_policy
 from adrank.servable import RequestError, Servable
+from adrank.ticker import Ticker
 
 log = logging.getLogger("adrank.models")
 
@@ -127,8 +128,7 @@ class ModelManager:
         self._versions: dict[tuple[str, int], VersionStatus] = {}
         # (name, version) -> Servable of every registered version: read per request without the lock.
         self._servables: Mapping[tuple[str, int], Servable] = MappingProxyType({})
-        self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
+        self._watcher: Ticker | None = None
         self.guardrails = GuardrailMonitor(self._comparisons, self._on_breach)
 
     # ---- start, watch, stop ------------------------------------------------------------------------
@@ -148,20 +148,13 @@ class ModelManager:
     def start_watching(self) -> None:
         self.guardrails.start()
         if self.options.poll_interval_s > 0:
-            self._watcher = threading.Thread(target=self._watch, name="adrank-repository-watcher", daemon=True)
+            # A failed reconcile is logged; the next poll retries.
+            self._watcher = Ticker("adrank-repository-watcher", self.options.poll_interval_s, self.reconcile, log)
             self._watcher.start()
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self.options.poll_interval_s):
-            try:
-                self.reconcile()
-            except Exception:  # the next poll retries; a bug must not stop the watcher for good
-                log.exception("repository reconcile failed")
-
     def stop_watching(self) -> None:
-        self._stop.set()
         if self._watcher is not None:
-            self._watcher.join()
+            self._watcher.stop()
         self.guardrails.stop()
 
     def unload_all(self) -> None:

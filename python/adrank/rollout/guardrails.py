@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +33,7 @@ import numpy as np
 import adrank._core as core
 from adrank.metrics.histogram import LATENCY_BOUNDS_US, quantile
 from adrank.rollout.policy import GuardrailPolicy
+from adrank.ticker import Ticker
 
 log = logging.getLogger("adrank.guardrails")
 
@@ -169,28 +169,17 @@ class GuardrailMonitor:
     ) -> None:
         self._comparisons = comparisons
         self._on_breach = on_breach
-        self._tick_s = tick_s
         self._windows: dict[tuple[str, str, int, int], deque[tuple[float, Figures, Figures]]] = {}
         self._last_run: dict[tuple[str, str, int, int], float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="adrank-guardrails", daemon=True)
+        self._ticker = Ticker("adrank-guardrails", tick_s, lambda: self.check(time.monotonic()), log)
         # The latest verdict by (model, role, candidate version) while the comparison lasts: the metrics.
         self.last_verdicts: dict[tuple[str, str, int], Verdict] = {}
 
     def start(self) -> None:
-        self._thread.start()
+        self._ticker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._tick_s):
-            try:
-                self.check(time.monotonic())
-            except Exception:  # a bug here must not stop the guardrails for good
-                log.exception("guardrail evaluation failed")
+        self._ticker.stop()
 
     def check(self, now: float) -> None:
         """One pass: snapshot every compared version that is due, judge the windows."""
