@@ -439,17 +439,7 @@ class ModelManager:
             model.policy = policy
             self._apply_route(name)
             self._unload_unwanted(entry, self._wanted(entry, policy))
-            AuditLog(entry.path).append(
-                AuditEntry(
-                    name,
-                    actor,
-                    action,
-                    reason=reason,
-                    before=before.model_dump(mode="json"),
-                    after=policy.model_dump(mode="json"),
-                    figures=figures or {},
-                )
-            )
+            AuditLog(entry.path).append(AuditEntry.change(name, actor, action, before, policy, reason, figures))
             log.info("%s rollout (%s by %s): %s", name, action, actor, policy.summary())
             return policy
 

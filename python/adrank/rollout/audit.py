@@ -17,7 +17,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from adrank.rollout.policy import RolloutPolicy
 
 HISTORY_FILE = "rollout_history.jsonl"
 
@@ -32,6 +35,27 @@ class AuditEntry:
     after: dict[str, Any] | None = None
     figures: dict[str, Any] = field(default_factory=dict)
     time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+
+    @staticmethod
+    def change(
+        model: str,
+        actor: str,
+        action: str,
+        before: RolloutPolicy,
+        after: RolloutPolicy,
+        reason: str = "",
+        figures: dict[str, Any] | None = None,
+    ) -> AuditEntry:
+        """The entry of a rollout policy changed from `before` to `after`."""
+        return AuditEntry(
+            model,
+            actor,
+            action,
+            reason=reason,
+            before=before.model_dump(mode="json"),
+            after=after.model_dump(mode="json"),
+            figures=figures or {},
+        )
 
 
 class AuditLog:

@@ -83,16 +83,7 @@ class RepositoryTarget:
             raise TargetError(f"model '{name}' has no version {missing[0]} in {self.repository.root}")
         before = load_policy(path)
         save_policy(path, policy)
-        AuditLog(path).append(
-            AuditEntry(
-                name,
-                actor,
-                action,
-                reason=reason,
-                before=before.model_dump(mode="json"),
-                after=policy.model_dump(mode="json"),
-            )
-        )
+        AuditLog(path).append(AuditEntry.change(name, actor, action, before, policy, reason))
         return policy
 
 
