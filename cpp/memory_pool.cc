@@ -1,6 +1,5 @@
 #include "memory_pool.h"
 
-#include <dlfcn.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -15,51 +14,10 @@
 #include <utility>
 #include <vector>
 
+#include "cuda_runtime.h"
+
 namespace adrank {
 namespace {
-
-// Declared by hand so that building needs no CUDA headers; cudaError_t is an enum whose success is 0.
-using CudaGetDeviceCountFn = int (*)(int* count);
-using CudaHostAllocFn = int (*)(void** ptr, size_t bytes, unsigned int flags);
-using CudaFreeHostFn = int (*)(void* ptr);
-
-// Portable: the block is pinned for every CUDA context, not only the current one.
-constexpr unsigned int kCudaHostAllocPortable = 0x01;
-constexpr const char* kCudaRuntimeNames[] = {"libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0"};
-
-struct DlCloser {
-  void operator()(void* handle) const { dlclose(handle); }
-};
-
-// A CUDA runtime found at run time; `handle` is null when there is none (or no device).
-struct CudaRuntime {
-  std::unique_ptr<void, DlCloser> handle;
-  CudaHostAllocFn host_alloc = nullptr;
-  CudaFreeHostFn free_host = nullptr;
-};
-
-template <typename Fn>
-Fn Symbol(void* handle, const char* name) {
-  return reinterpret_cast<Fn>(dlsym(handle, name));
-}
-
-CudaRuntime ProbeCudaRuntime() {
-  for (const char* name : kCudaRuntimeNames) {
-    std::unique_ptr<void, DlCloser> handle(dlopen(name, RTLD_NOW | RTLD_LOCAL));
-    if (!handle) continue;
-    auto device_count = Symbol<CudaGetDeviceCountFn>(handle.get(), "cudaGetDeviceCount");
-    auto host_alloc = Symbol<CudaHostAllocFn>(handle.get(), "cudaHostAlloc");
-    auto free_host = Symbol<CudaFreeHostFn>(handle.get(), "cudaFreeHost");
-    int count = 0;
-    if (!device_count || !host_alloc || !free_host || device_count(&count) != 0 || count <= 0) continue;
-    CudaRuntime runtime;
-    runtime.handle = std::move(handle);
-    runtime.host_alloc = host_alloc;
-    runtime.free_host = free_host;
-    return runtime;
-  }
-  return CudaRuntime();
-}
 
 enum class Allocator { kCudaHost, kMlock, kMmap };
 
@@ -121,7 +79,7 @@ struct MemoryPool::Shared {
     int lock_error = 0;
   };
 
-  Shared(const MemoryPoolOptions& options, CudaRuntime cuda);
+  Shared(const MemoryPoolOptions& options, std::shared_ptr<const CudaRuntime> cuda);
   ~Shared();
 
   Status Acquire(size_t bytes, Grant* grant);
@@ -141,8 +99,8 @@ struct MemoryPool::Shared {
 
   const MemoryPoolOptions options_;
   const int num_classes_;
-  // Declared before the blocks so that it is destroyed (dlclose) after the destructor has freed them.
-  const CudaRuntime cuda_;
+  // Null unless blocks come from cudaHostAlloc; kept loaded until the destructor has freed them.
+  const std::shared_ptr<const CudaRuntime> cuda_;
   const Allocator allocator_;
   std::atomic<bool> warned_{false};
 
@@ -159,11 +117,11 @@ struct MemoryPool::Shared {
   uint64_t lock_failures_ = 0;
 };
 
-MemoryPool::Shared::Shared(const MemoryPoolOptions& options, CudaRuntime cuda)
+MemoryPool::Shared::Shared(const MemoryPoolOptions& options, std::shared_ptr<const CudaRuntime> cuda)
     : options_(options),
       num_classes_(CountSizeClasses(options)),
       cuda_(std::move(cuda)),
-      allocator_(cuda_.handle          ? Allocator::kCudaHost
+      allocator_(cuda_                 ? Allocator::kCudaHost
                  : options.lock_memory ? Allocator::kMlock
                                        : Allocator::kMmap),
       free_lists_(num_classes_),
@@ -308,11 +266,8 @@ MemoryPoolStats MemoryPool::Shared::Stats() const {
 Status MemoryPool::Shared::Allocate(size_t bytes, Block* block, int* lock_error) const {
   if (allocator_ == Allocator::kCudaHost) {
     void* data = nullptr;
-    const int error = cuda_.host_alloc(&data, bytes, kCudaHostAllocPortable);
-    if (error != 0 || data == nullptr) {
-      return ResourceExhausted("MemoryPool: cudaHostAlloc of " + std::to_string(bytes) +
-                               " bytes failed with CUDA error " + std::to_string(error));
-    }
+    Status status = cuda_->HostAlloc(bytes, &data);
+    if (!status.ok()) return ResourceExhausted("MemoryPool: " + status.message());
     *block = Block{data, bytes, true};
     return Status::Ok();
   }
@@ -331,7 +286,7 @@ Status MemoryPool::Shared::Allocate(size_t bytes, Block* block, int* lock_error)
 
 void MemoryPool::Shared::Free(const Block& block) const {
   if (allocator_ == Allocator::kCudaHost) {
-    cuda_.free_host(block.data);
+    cuda_->FreeHost(block.data);
   } else {
     munmap(block.data, block.bytes);  // also unlocks
   }
@@ -391,7 +346,7 @@ Status MemoryPool::Create(const MemoryPoolOptions& options, std::shared_ptr<Memo
   Status status = ValidateOptions(options);
   if (!status.ok()) return status;
   // cudaHostAlloc always pins, so it is only tried when page-locking was asked for.
-  CudaRuntime cuda = options.use_cuda && options.lock_memory ? ProbeCudaRuntime() : CudaRuntime();
+  std::shared_ptr<const CudaRuntime> cuda = options.use_cuda && options.lock_memory ? CudaRuntime::Default() : nullptr;
   // std::make_shared cannot reach the private constructor; the pointer is owned at once.
   std::shared_ptr<MemoryPool> pool(new MemoryPool(options));
   pool->shared_ = std::make_shared<Shared>(options, std::move(cuda));

@@ -8,7 +8,7 @@
 // still keeps the hot buffers resident.
 //
 // Where the memory comes from, in order:
-//   1. cudaHostAlloc, when `use_cuda` and a CUDA runtime (libcudart) can be dlopen'ed at run time
+//   1. cudaHostAlloc, when `use_cuda` and a CUDA runtime (cpp/cuda_runtime.h) loads at run time
 //      and reports a device. No CUDA is needed to build.
 //   2. mmap + mlock, when `lock_memory`.
 //   3. If mlock fails (RLIMIT_MEMLOCK, no CAP_IPC_LOCK), the mmap'ed block is kept unlocked, the
