@@ -28,7 +28,7 @@ class TextEmbedder:
         self._config = config
         self._output = output
         self._tokenizer = QueryTokenizer(version_dir, self._text.tokenizer)
-        self._session = create_backend(config.platform).load(version_dir, config, instance=0)
+        self._session = create_backend(config.backend).load(version_dir, config, instance=0)
 
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """float32 [len(texts), dim], one row per text."""

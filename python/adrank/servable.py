@@ -70,7 +70,7 @@ class Servable:
 
     @staticmethod
     def load(pool: core.ThreadPool, config: ModelConfig, version_dir: Path, version: int) -> Servable:
-        backend = create_backend(config.platform)
+        backend = create_backend(config.backend)
         sessions = [backend.load(version_dir, config, i) for i in range(config.instances)]
 
         def run(batch: core.Batch) -> None:
@@ -87,6 +87,13 @@ class Servable:
         if low == high:
             low, high = low - 1.0, high + 1.0
         return Servable(config, version, version_dir, model, sessions, core.VersionStats(low, high))
+
+    def parity_atol(self, golden_atol: float) -> float:
+        """The load-time parity check's tolerance: the config's `parity_atol` if set, else the golden one
+        (made on a CPU) widened to what this version's sessions compute with (a GPU's arithmetic)."""
+        if self.config.parity_atol is not None:
+            return self.config.parity_atol
+        return max([golden_atol, *(s.parity_atol for s in self.sessions if s.parity_atol is not None)])
 
     @property
     def lowest_priority(self) -> int:

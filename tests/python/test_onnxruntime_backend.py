@@ -81,7 +81,7 @@ def test_both_run_paths_equal_onnxruntime_run_directly(tmp_path, pool, io_bindin
                     {"name": "sparse", "dtype": "int64", "shape": [26]},
                 ]
             },
-            "graph input 'dense' has type tensor(float)",
+            "graph input 'dense' has type float32, the config says float64",
         ),
         ({"outputs": [{"name": "score", "dtype": "float32"}]}, "output 'score'"),
         ({"onnxruntime": {"execution_providers": ["NoSuchExecutionProvider"]}}, "NoSuchExecutionProvider"),

@@ -207,7 +207,10 @@ def test_a_corrupt_file_is_refused_and_the_repository_is_unchanged(repo: Path, t
     [
         (scoring_graph(0.5, dense="dense_features"), "graph input 'dense_features'"),
         (scoring_graph(0.5, width=12), "graph input 'dense'"),
-        (scoring_graph(0.5, dense_type=TensorProto.DOUBLE), "graph input 'dense' has type tensor(double)"),
+        (
+            scoring_graph(0.5, dense_type=TensorProto.DOUBLE),
+            "graph input 'dense' has type float64, the config says float32",
+        ),
         (scoring_graph(0.5, output="score"), "output 'ctr'"),
     ],
     ids=["renamed input", "wrong width", "wrong dtype", "renamed output"],

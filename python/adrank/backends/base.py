@@ -28,6 +28,12 @@ from adrank.repository.config import ModelConfig
 # The graph input that receives, per candidate row, the index of its request in the batch (the
 # per_request context layout): a model that runs a context tower once per request gathers with it.
 ROW_REQUEST_INDEX = "row_request_index"
+MODEL_FILE = "model.onnx"
+# Scores of an fp32 GPU session against the CPU's golden ones (other kernels, other summation order):
+# ~1e-6 on an MLP; 1e-4 leaves room for deeper graphs without letting a different model through.
+GPU_FP32_ATOL = 1e-4
+# TF32 or fp16 arithmetic keeps 10 mantissa bits: ~1e-3 relative.
+GPU_REDUCED_ATOL = 1e-2
 
 
 class BackendError(RuntimeError):
@@ -44,6 +50,12 @@ class Session(ABC):
     @abstractmethod
     def run_arrays(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the graph on plain arrays (warm-up, parity checks, offline tools); returns every output."""
+
+    @property
+    def parity_atol(self) -> float | None:
+        """How far this session's scores may lie from golden outputs computed on the CPU, when its arithmetic
+        differs (a GPU's kernels, TF32, fp16); None when it computes as the CPU does."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook: most sessions free everything when dropped
         """Releases what the session holds beyond its Python references."""

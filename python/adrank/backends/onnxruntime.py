@@ -1,8 +1,11 @@
 """OnnxRuntimeBackend: runs `model.onnx` in ONNX Runtime, fed straight from the core's pooled buffers.
 
-Execution providers: the config's list, or TensorRT, CUDA, CPU in that order as this ONNX Runtime
-build has them (the CPU build has only the last). Thread counts and the graph optimisation level come
-from the config's `onnxruntime` section.
+Execution providers: the config's list, or, by default, TensorRT, CUDA, CPU in that order as this
+process can use them. A device provider is only chosen by default when the ONNX Runtime build has it
+(the `onnxruntime-gpu` wheel), a CUDA device is present (cpp/cuda_runtime.h), and for TensorRT when
+its Python package loads (backends/tensorrt.py). A provider the config names that cannot run here fails
+the load with a BackendError saying why: ONNX Runtime itself would fall back to the CPU with only a
+log line, and a GPU model silently serving from the CPU is an outage in waiting.
 
 Fed from the core's pooled buffers, no extra copies of the inputs:
 - CPU execution provider: `session.run` with the batch's numpy views. ONNX Runtime's Python binding
@@ -10,31 +13,48 @@ Fed from the core's pooled buffers, no extra copies of the inputs:
   4 bytes a row, are copied into the pooled output buffer. Measured on this machine (ctr, 1 thread):
   an IOBinding bound to the same addresses costs ~10 us more per call at 1-8 rows (its per-call Python
   binding work) and gains nothing at 64-1024 rows, so the CPU path does not use one.
-- Device execution providers (CUDA, TensorRT): an IOBinding whose inputs and outputs are bound to the
-  raw addresses of the pooled (page-locked) buffers, so the copies to and from the device are the
-  provider's own asynchronous ones.
+- CUDA and TensorRT execution providers: each instance owns a CUDA stream, given to the provider as its
+  `user_compute_stream`, and device buffers for every input and output (backends/device_io.py). A batch
+  is copied from its page-locked pooled buffers to the device on that stream, bound by device address
+  in an IOBinding, run, and its scores copied back into the pooled output buffer on the same stream:
+  no allocation, no synchronisation with other instances.
 Text inputs arrive as UTF-8 byte rows, one per request (tokenizer.py); the session tokenizes the batch's
 R texts in one call, padded to the longest.
 
+Numerics: on the CUDA provider TF32 is off unless `onnxruntime.use_tf32`, and TensorRT builds fp32
+unless `tensorrt.precision: fp16`; `parity_atol` states how far such a session's scores may be from the
+CPU's golden ones (1e-4 in fp32, 1e-2 with TF32 or fp16).
+
 Thread-safety: one session per model instance; `run` is called by one core worker at a time per
-instance and releases the GIL while ONNX Runtime computes.
+instance and releases the GIL while ONNX Runtime computes (and while the stream is awaited).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 import adrank._core as core
-from adrank.backends.base import ROW_REQUEST_INDEX, Backend, BackendError, Session
+from adrank.backends import tensorrt_engine
+from adrank.backends.base import GPU_FP32_ATOL, GPU_REDUCED_ATOL, MODEL_FILE, Backend, BackendError, Session
+from adrank.backends.device_io import DeviceIO, cuda_unavailable_reason
+from adrank.backends.graph import GraphTensor, ModelGraph, onnx_graph_tensors
 from adrank.repository.config import ModelConfig
-from adrank.tokenizer import QueryTokenizer
 
-MODEL_FILE = "model.onnx"
-PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+log = logging.getLogger("adrank.backends.onnxruntime")
+
+TENSORRT_EP = "TensorrtExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+PREFERRED_PROVIDERS = (TENSORRT_EP, CUDA_EP, CPU_EP)
+DEVICE_PROVIDERS = (TENSORRT_EP, CUDA_EP)
 _OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -55,103 +75,181 @@ _ORT_TYPES = {
 }
 
 
-def select_providers(requested: list[str] | None) -> list[str]:
+@dataclass(frozen=True)
+class ProviderPlan:
+    """The execution providers a session is created with, and why the device ones were left out."""
+
+    names: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def on_device(self) -> bool:
+        return self.names[0] in DEVICE_PROVIDERS
+
+
+def _device_provider_problem(name: str) -> str | None:
+    """Why a device provider cannot run in this process, or None when it can."""
+    reason = cuda_unavailable_reason()
+    if reason is not None:
+        return f"no CUDA device ({reason})"
+    if name == TENSORRT_EP:
+        return tensorrt_engine.unavailable_reason()
+    return None
+
+
+def plan_providers(requested: list[str] | None) -> ProviderPlan:
     available = ort.get_available_providers()
     if requested is None:
-        return [p for p in PREFERRED_PROVIDERS if p in available]
+        names: list[str] = []
+        skipped: dict[str, str] = {}
+        for name in PREFERRED_PROVIDERS:
+            if name not in available:
+                continue
+            problem = _device_provider_problem(name) if name in DEVICE_PROVIDERS else None
+            if problem is None:
+                names.append(name)
+            else:
+                skipped[name] = problem
+        return ProviderPlan(names, skipped)
     missing = [p for p in requested if p not in available]
     if missing:
         raise BackendError(f"onnxruntime.execution_providers: {missing} not in this build ({available})")
-    return list(requested)
+    for name in requested:
+        problem = _device_provider_problem(name) if name in DEVICE_PROVIDERS else None
+        if problem is not None:
+            raise BackendError(f"onnxruntime.execution_providers: {name} cannot run here: {problem}")
+    return ProviderPlan(list(requested))
 
 
-def _check_dims(where: str, declared: list[int], graph_shape: list[object]) -> None:
-    """Graph dims after the row dim must equal the declared row shape where the graph fixes them."""
-    trailing = graph_shape[1:]
-    if len(trailing) != len(declared):
-        raise BackendError(f"{where}: graph rank {len(graph_shape)} but the config declares row shape {declared}")
-    for graph_dim, dim in zip(trailing, declared, strict=True):
-        if isinstance(graph_dim, int) and graph_dim != dim:
-            raise BackendError(f"{where}: graph shape {graph_shape} but the config declares row shape {declared}")
+@cache
+def _preload_cuda_libraries() -> None:
+    """Makes the CUDA and cuDNN libraries of the `nvidia-*` wheels (the `gpu` extra) findable by the CUDA
+    provider, once per process; a system-wide CUDA needs nothing."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload(cuda=True, cudnn=True)
+
+
+def _graph_tensor(node: Any) -> GraphTensor:
+    shape = tuple(dim if isinstance(dim, int) else None for dim in node.shape)
+    return GraphTensor(node.name, _ORT_TYPES.get(node.type), shape)
 
 
 class OnnxRuntimeSession(Session):
-    def __init__(self, path: Path, config: ModelConfig, providers: list[str]) -> None:
-        self._tokenizers = {t.name: QueryTokenizer(path.parent, t.tokenizer) for t in config.inputs if t.tokenizer}
+    def __init__(self, path: Path, config: ModelConfig, plan: ProviderPlan) -> None:
+        self._config = config
+        self._stream = core.CudaStream(config.device_id) if plan.on_device else None
+        if plan.on_device:
+            _preload_cuda_libraries()
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.onnxruntime.intra_op_num_threads
         options.inter_op_num_threads = config.onnxruntime.inter_op_num_threads
         options.graph_optimization_level = _OPTIMIZATION[config.onnxruntime.graph_optimization_level]
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            self._session = ort.InferenceSession(
+                str(path), sess_options=options, providers=self._providers(path, config, plan)
+            )
         except Exception as error:  # ORT raises its own exception types for bad files
             raise BackendError(f"{path}: ONNX Runtime cannot load it: {error}") from error
-        self._output_names = [t.name for t in config.outputs]
-        self._graph_inputs = self._check_signature(path, config)
         self.providers = self._session.get_providers()
+        if self.providers[0] != plan.names[0]:
+            # ONNX Runtime logs a failed provider and goes on without it; this server does not.
+            raise BackendError(
+                f"{path}: ONNX Runtime could not start {plan.names[0]} (it fell back to {self.providers}); "
+                "its log above says why (missing CUDA, cuDNN or TensorRT libraries: install adrank's gpu extra)"
+            )
+        self.graph = ModelGraph(
+            path,
+            config,
+            [_graph_tensor(n) for n in self._session.get_inputs()],
+            [_graph_tensor(n) for n in self._session.get_outputs()],
+        )
         io_binding = config.onnxruntime.io_binding
-        self._bind = self.providers[0] != "CPUExecutionProvider" if io_binding is None else io_binding
+        self._bind = plan.on_device if io_binding is None else io_binding
+        self._device = None
+        if plan.on_device and self._bind:
+            rows = config.batching.max_batch_rows
+            output_bytes = {t.name: _row_bytes(t.dtype, t.shape) * rows for t in config.outputs}
+            self._device = DeviceIO(self.graph, self._stream, output_bytes)
 
-    def _check_signature(self, path: Path, config: ModelConfig) -> list[str]:
-        declared = {spec.name: spec for spec in config.core_signature().inputs if spec.name not in self._tokenizers}
-        tokens = {n for t in self._tokenizers.values() for n in (t.config.input_ids, t.config.attention_mask)}
-        graph_inputs = {i.name: i for i in self._session.get_inputs()}
-        for name, node in graph_inputs.items():
-            where = f"{path}: graph input '{name}'"
-            if name == ROW_REQUEST_INDEX:
-                if config.batching.context_layout != "per_request" or node.type != "tensor(int64)":
-                    raise BackendError(f"{where} needs batching.context_layout per_request and int64")
-                continue
-            if name in tokens:
-                # [requests, tokens]: each batch pads its texts to the longest, so the length must be free.
-                if node.type != "tensor(int64)" or len(node.shape) != 2 or isinstance(node.shape[1], int):
-                    raise BackendError(f"{where} takes token ids: int64 [R, L] with L dynamic, not {node.shape}")
-                tokens.discard(name)
-                continue
-            spec = declared.get(name)
-            if spec is None:
-                raise BackendError(f"{where} is not an input of the config")
-            if _ORT_TYPES.get(node.type) != spec.dtype:
-                raise BackendError(f"{where} has type {node.type}, the config says {spec.dtype}")
-            _check_dims(where, spec.row_shape, list(node.shape))
-        unused = sorted((set(declared) | tokens) - set(graph_inputs))
-        if unused:
-            raise BackendError(f"{path}: config inputs {unused} are not inputs of the graph")
-        graph_outputs = {o.name: o for o in self._session.get_outputs()}
-        for spec in config.outputs:
-            node = graph_outputs.get(spec.name)
-            if node is None:
-                raise BackendError(f"{path}: output '{spec.name}' of the config is not an output of the graph")
-            if _ORT_TYPES.get(node.type) != spec.dtype:
-                raise BackendError(f"{path}: graph output '{spec.name}' has type {node.type}, not {spec.dtype}")
-        return list(graph_inputs)
+    def _providers(self, path: Path, config: ModelConfig, plan: ProviderPlan) -> list[tuple[str, dict[str, Any]]]:
+        """Each provider with its options: the instance's stream and device, and TensorRT's build settings."""
+        providers: list[tuple[str, dict[str, Any]]] = []
+        for name in plan.names:
+            if name == CUDA_EP:
+                providers.append((name, self._cuda_options(config)))
+            elif name == TENSORRT_EP:
+                dims = ModelGraph(path, config, *onnx_graph_tensors(path)).dims
+                options = tensorrt_engine.execution_provider_options(path, config, dims)
+                options.update(device_id=config.device_id, user_compute_stream=str(self._stream.handle))
+                providers.append((name, options))
+            else:
+                providers.append((name, {}))
+        return providers
+
+    def _cuda_options(self, config: ModelConfig) -> dict[str, Any]:
+        return {
+            "device_id": config.device_id,
+            # Kernels run on this instance's stream, after the copies DeviceIO enqueues there.
+            "user_compute_stream": str(self._stream.handle),
+            "use_tf32": int(config.onnxruntime.use_tf32),
+        }
+
+    @property
+    def parity_atol(self) -> float | None:
+        first = self.providers[0]
+        if first == CPU_EP:
+            return None
+        reduced = (first == CUDA_EP and self._config.onnxruntime.use_tf32) or (
+            first == TENSORRT_EP and self._config.tensorrt.precision == "fp16"
+        )
+        return GPU_REDUCED_ATOL if reduced else GPU_FP32_ATOL
 
     def run(self, batch: core.Batch) -> None:
-        inputs = dict(batch.inputs)
-        for name, tokenizer in self._tokenizers.items():
-            inputs.update(tokenizer.encode_rows(inputs.pop(name)))
-        if batch.row_request_index is not None:
-            inputs[ROW_REQUEST_INDEX] = batch.row_request_index
-        feeds = {name: inputs[name] for name in self._graph_inputs}
-        if not self._bind:
-            results = self._session.run(self._output_names, feeds)
-            for name, result in zip(self._output_names, results, strict=True):
+        feeds = self.graph.feeds(batch)
+        if self._device is not None:
+            self._run_on_device(feeds, batch.outputs)
+        elif self._bind:
+            self._run_bound_to_host(feeds, batch.outputs)
+        else:
+            results = self._session.run(self.graph.output_names, feeds)
+            for name, result in zip(self.graph.output_names, results, strict=True):
                 batch.outputs[name][:] = result
-            return
+
+    def _run_on_device(self, feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+        device = self._device
+        binding = self._session.io_binding()
+        try:
+            device.stage_inputs(feeds)
+            for name, array in feeds.items():
+                binding.bind_input(name, "cuda", device.device_id, array.dtype, array.shape, device.inputs[name].ptr)
+            for name in self.graph.output_names:
+                array = outputs[name]
+                binding.bind_output(name, "cuda", device.device_id, array.dtype, array.shape, device.outputs[name].ptr)
+            self._session.run_with_iobinding(binding)
+            device.fetch_outputs({name: outputs[name] for name in self.graph.output_names})
+        finally:
+            # Also on failure: the pooled buffers go back to the pool only once no copy touches them.
+            device.synchronize()
+
+    def _run_bound_to_host(self, feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
         binding = self._session.io_binding()
         for name, array in feeds.items():
             binding.bind_input(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
-        for name in self._output_names:
-            array = batch.outputs[name]
+        for name in self.graph.output_names:
+            array = outputs[name]
             binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
         self._session.run_with_iobinding(binding)
 
     def run_arrays(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the graph itself: text inputs given already tokenized (graph input names)."""
-        feeds = {name: inputs[name] for name in self._graph_inputs}
         names = [o.name for o in self._session.get_outputs()]
-        return dict(zip(names, self._session.run(names, feeds), strict=True))
+        return dict(zip(names, self._session.run(names, self.graph.select(inputs)), strict=True))
+
+
+def _row_bytes(dtype: str, shape: list[int]) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
 class OnnxRuntimeBackend(Backend):
@@ -159,4 +257,10 @@ class OnnxRuntimeBackend(Backend):
         path = version_dir / MODEL_FILE
         if not path.is_file():
             raise BackendError(f"{path} is missing")
-        return OnnxRuntimeSession(path, config, select_providers(config.onnxruntime.execution_providers))
+        plan = plan_providers(config.onnxruntime.execution_providers)
+        if instance == 0 and plan.skipped:
+            log.info("%s: %s not used: %s", config.name, ", ".join(plan.skipped), "; ".join(plan.skipped.values()))
+        try:
+            return OnnxRuntimeSession(path, config, plan)
+        except core.CoreError as error:
+            raise BackendError(f"{path}: device {config.device_id}: {error}") from error

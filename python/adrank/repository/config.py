@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 import adrank._core as core
 
@@ -118,6 +118,24 @@ class OnnxRuntimeConfig(_Strict):
     # Run batches through an IOBinding over the pooled buffers. None: only when the first provider is a
     # device's (there it saves the copies); on the CPU plain runs are cheaper (backends/onnxruntime.py).
     io_binding: bool | None = None
+    # CUDA EP only: TF32 matmuls are ~2x faster on Ampere and later but round inputs to 10 mantissa bits,
+    # so scores move by ~1e-3 against the CPU's: off unless asked for (then parity allows 1e-2).
+    use_tf32: bool = False
+
+
+class TensorRtConfig(_Strict):
+    """TensorRT: the native backend (`backend: tensorrt`) and ONNX Runtime's TensorRT execution provider."""
+
+    # fp16 kernels roughly double throughput and halve memory traffic, but move scores by ~1e-3: only when
+    # the config asks. fp32 also keeps TF32 off, so that scores match the CPU's within 1e-4.
+    precision: Literal["fp32", "fp16"] = "fp32"
+    # Scratch memory the builder's tactics may use; 1 GiB lets every tactic of these small models compete.
+    workspace_mb: int = Field(1024, ge=16)
+    # TensorRT's default (3): level 5 searches longer (minutes) for a few percent.
+    builder_optimization_level: int = Field(3, ge=0, le=5)
+    # Keep a built engine beside the model (`<version>/tensorrt/`) so that the next load deserializes it
+    # in milliseconds instead of building for seconds to minutes.
+    cache: bool = True
 
 
 class VersionPolicy(_Strict):
@@ -149,7 +167,13 @@ class VersionPolicy(_Strict):
 
 class ModelConfig(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
-    platform: Literal["onnxruntime"] = "onnxruntime"
+    # What runs the model: ONNX Runtime (CPU, or a GPU through its CUDA/TensorRT execution providers), or
+    # TensorRT itself (GPU only). `platform` is accepted as the older spelling.
+    backend: Literal["onnxruntime", "tensorrt"] = Field(
+        "onnxruntime", validation_alias=AliasChoices("backend", "platform")
+    )
+    # The GPU this model's instances run on (GPU backends and execution providers only).
+    device_id: int = Field(0, ge=0)
     # Largest N one request may carry (INVALID_ARGUMENT beyond): bounds the memory a request pins.
     max_candidates: int = Field(2048, ge=1)
     inputs: list[TensorConfig] = Field(min_length=1)
@@ -159,6 +183,11 @@ class ModelConfig(_Strict):
     # How many of this model's batches may run at once (one backend session each).
     instances: int = Field(1, ge=1, le=64)
     onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig)
+    tensorrt: TensorRtConfig = Field(default_factory=TensorRtConfig)
+    # The load-time parity check's tolerance, when meta.json's golden `atol` (set for the CPU that made the
+    # goldens) is not the right one for this config's device; by default a GPU session widens it to what
+    # its arithmetic warrants (backends/base.py: Session.parity_atol).
+    parity_atol: float | None = Field(None, gt=0)
     # Default: the latest version only, as TF Serving does; a rollout adds the versions it names.
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
     # A JSON file beside config.yaml with golden inputs (meta.json's `golden.inputs` format): what

@@ -315,11 +315,12 @@ class ModelManager:
             raise MetaError(f"parity: {got.size} golden outputs, meta.json holds {expected.size}")
         diff = np.abs(got.astype(np.float64) - expected)
         worst = float(np.nanmax(diff)) if diff.size else 0.0
-        if not np.all(np.isfinite(got)) or worst > golden.atol:
+        atol = servable.parity_atol(golden.atol)
+        if not np.all(np.isfinite(got)) or worst > atol:
             row = int(np.nanargmax(diff)) if diff.size else 0
             raise MetaError(
                 f"parity: golden row {row} scores {got[row]:.7g}, meta.json says {expected[row]:.7g} "
-                f"(|diff| {worst:.3g} > atol {golden.atol:g})"
+                f"(|diff| {worst:.3g} > atol {atol:g})"
             )
 
     # ---- routing ------------------------------------------------------------------------------------
