@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 JOBS ?= $(shell nproc)
 CMAKE_GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo Ninja || echo "Unix Makefiles")
 
-.PHONY: all venv install serve test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core loadgen bench bench-rollout bench-metrics bench-quick bench-env train-env clean
+.PHONY: all venv install install-gpu serve serve-gpu test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core loadgen bench bench-rollout bench-metrics bench-quick bench-env train-env clean
 
 all: install
 
@@ -22,7 +22,20 @@ venv: $(VENV)/.ready
 install: venv
 	$(PY) -m pip install --quiet --no-build-isolation ".[test]"
 
+# On a GPU machine: the package with its gpu extra, then ONNX Runtime's CUDA build alone in the `onnxruntime`
+# package (both builds install there; the base dependencies pin the CPU one). `pip check` then reports the
+# CPU build as missing: expected.
+install-gpu: install
+	$(PY) -m pip install --quiet --no-build-isolation ".[test,gpu]"
+	$(PY) -m pip uninstall --quiet --yes onnxruntime onnxruntime-gpu
+	$(PY) -m pip install --quiet --no-deps "$$($(PY) -c "import tomllib; print(next(r for r in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['gpu'] if r.startswith('onnxruntime-gpu')).replace('[cuda,cudnn]', ''))")"
+	$(PY) -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())"
+
 serve: install
+	$(VENV)/bin/adrank serve
+
+# `make serve` would put the CPU build of ONNX Runtime back: on a GPU machine, this instead.
+serve-gpu: install-gpu
 	$(VENV)/bin/adrank serve
 
 test: test-cpp test-python

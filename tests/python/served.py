@@ -3,19 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import adrank._core as core
 from adrank.frontend import FrontendKind
+from adrank.repository.config import ModelConfig, load_model_config
 from adrank.server import Server, ServerOptions
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
 CRITEO = REPO.parent / "shared" / "data" / "criteo"
+
+
+def copy_model(tmp_path: Path, name: str, **overrides: Any) -> tuple[ModelConfig, Path]:
+    """A bundled model in a repository of its own under `tmp_path`, its config changed by `overrides`
+    (`section__field=value` sets one field of a section); returns its config and version 1's folder."""
+    shutil.copytree(MODELS / name, tmp_path / name, ignore=shutil.ignore_patterns("*.py", "README.md"))
+    path = tmp_path / name / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            config.setdefault(section, {})[field] = value
+        else:
+            config[section] = value
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    return load_model_config(path), tmp_path / name / "1"
 
 
 class ServerThread:

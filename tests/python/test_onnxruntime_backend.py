@@ -4,33 +4,19 @@ run directly."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import onnxruntime as ort
 import pytest
-import yaml
 
 import adrank
 from adrank.backends import BackendError
 from adrank.repository.config import load_model_config
 from adrank.servable import Servable
-from served import MODELS
+from served import MODELS, copy_model
 
 
 def copy_ctr(tmp_path, **overrides):
-    """The bundled ctr model in a repository of its own, its config changed by `overrides`."""
-    shutil.copytree(MODELS / "ctr", tmp_path / "ctr", ignore=shutil.ignore_patterns("*.py", "README.md"))
-    path = tmp_path / "ctr" / "config.yaml"
-    config = yaml.safe_load(path.read_text())
-    for key, value in overrides.items():
-        section, _, field = key.partition("__")
-        if field:
-            config.setdefault(section, {})[field] = value
-        else:
-            config[section] = value
-    path.write_text(yaml.safe_dump(config))
-    return load_model_config(path), tmp_path / "ctr" / "1"
+    return copy_model(tmp_path, "ctr", **overrides)
 
 
 @pytest.mark.parametrize("io_binding", [False, True])

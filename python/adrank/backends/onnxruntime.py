@@ -35,6 +35,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,25 @@ def _preload_cuda_libraries() -> None:
     preload = getattr(ort, "preload_dlls", None)
     if preload is not None:
         preload(cuda=True, cudnn=True)
+
+
+@cache
+def _check_one_build() -> None:
+    """Both ONNX Runtime builds install into the `onnxruntime` package; with both, which one a process
+    gets depends on the order pip wrote them. Said once per process, with the fix."""
+    installed = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            installed.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    if len(installed) > 1:
+        log.warning(
+            "%s are both installed into one `onnxruntime` package (this process has the %s build): "
+            "`make install-gpu` (README: GPU serving) keeps the GPU build alone",
+            " and ".join(installed),
+            "GPU" if CUDA_EP in ort.get_available_providers() else "CPU",
+        )
 
 
 def _graph_tensor(node: Any) -> GraphTensor:
@@ -257,6 +277,7 @@ class OnnxRuntimeBackend(Backend):
         path = version_dir / MODEL_FILE
         if not path.is_file():
             raise BackendError(f"{path} is missing")
+        _check_one_build()
         plan = plan_providers(config.onnxruntime.execution_providers)
         if instance == 0 and plan.skipped:
             log.info("%s: %s not used: %s", config.name, ", ".join(plan.skipped), "; ".join(plan.skipped.values()))
