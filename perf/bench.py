@@ -444,11 +444,12 @@ def _log_point(name: str, point: dict[str, object]) -> None:
 
 
 class Bench:
-    def __init__(self, settings: Settings, out: Path, pytriton_venv: Path) -> None:
+    def __init__(self, settings: Settings, out: Path, pytriton_venv: Path, repository: Path = REPO / "models") -> None:
         self.settings = settings
         self.out = out
         self.pytriton_venv = pytriton_venv
         self.work = Path(tempfile.mkdtemp(prefix="adrank-bench-"))
+        self.repository = repository.resolve()
         self.systems: dict[str, SystemResult] = {}
         self.engine: dict[str, dict[str, object]] = {}
         self.request_sets: dict[str, request_sets.RequestSet] = {}
@@ -493,6 +494,7 @@ class Bench:
         out = self.work / f"{label.replace(' ', '-')}-{model}.json"
         command = ["taskset", "-c", str(s.server_core), sys.executable, str(REPO / "perf" / "engine.py")]
         command += ["--model", model, "--requests", str(s.requests[model]), "--out", str(out), *options]
+        command += ["--repository", str(self.repository)]
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{label} {model} failed: {done.stderr.strip()[-500:]}")
@@ -534,7 +536,7 @@ class Bench:
                 repository.mkdir(exist_ok=True)
                 link = repository / model
                 if not link.exists():
-                    link.symlink_to(REPO / "models" / model)
+                    link.symlink_to(self.repository / model)
                 command = [*_console_script("adrank"), "serve", "--repository", str(repository)]
                 command += ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"]
                 command += ["--workers", str(s.adrank_workers)]
@@ -601,6 +603,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-pytriton", action="store_true", help="skip PyTriton")
     parser.add_argument("--pytriton-venv", type=Path, default=None, help="throwaway environment for PyTriton")
     parser.add_argument("--models", default=None, help="comma-separated subset of ctr,relevance")
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=REPO / "models",
+        help="the repository adrank and the engine-only session load the models from (e.g. one whose configs "
+        "run on a GPU: README, GPU serving)",
+    )
     parser.add_argument("--adrank-workers", type=int, default=1, help="adrank serve --workers")
     args = parser.parse_args(argv)
     settings = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
@@ -615,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = replace(settings, server_core=cores[0], generator_core=cores[min(1, len(cores) - 1)])
     from perf.baselines.pytriton.setup_venv import DEFAULT_VENV
 
-    bench = Bench(settings, args.out, args.pytriton_venv or DEFAULT_VENV)
+    bench = Bench(settings, args.out, args.pytriton_venv or DEFAULT_VENV, args.repository)
     date = dt.date.today().isoformat()
     git = git_info()
     report: dict[str, object] = {

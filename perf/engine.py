@@ -14,8 +14,9 @@ servers get):
   milliseconds idle takes 2-3x as long as one straight after another (the core's caches and clock go cold), so
   the light-load reference is the paced figure at the rate of the server's 10 % point.
 
-Inputs are built before any timing; the session options match adrank's ONNX Runtime backend (the config's
-`onnxruntime` section, sequential execution).
+Inputs are built before any timing. The session is adrank's own backend session for the model's config
+(`Session.run_arrays`): ONNX Runtime with the config's threads and providers, or TensorRT for `backend: tensorrt`,
+so that with `--repository` naming a repository whose configs run on a GPU the ceiling is the GPU's.
 """
 
 from __future__ import annotations
@@ -37,32 +38,23 @@ if __package__ in (None, ""):  # run as a script: import the perf package from t
 from perf import requests as request_sets
 
 ROW_REQUEST_INDEX = "row_request_index"
-_OPTIMIZATION = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
 
 
 class Engine:
-    """One model's ONNX Runtime session with the options adrank's backend gives it."""
+    """One model's backend session, as adrank creates it from the model's config (ONNX Runtime on the CPU or
+    a GPU, or TensorRT), run with no server in between."""
 
     def __init__(self, model: str, models: Path = request_sets.MODELS, intra_op_threads: int | None = None) -> None:
+        from adrank.backends import create_backend
         from adrank.repository import ModelRepository
 
         entry = ModelRepository(models).entry(model)
         version_dir = entry.version_dir(entry.versions[-1])
-        self.config = entry.config
-        options = ort.SessionOptions()
-        self.intra_op_threads = intra_op_threads or entry.config.onnxruntime.intra_op_num_threads
-        options.intra_op_num_threads = self.intra_op_threads
-        options.inter_op_num_threads = entry.config.onnxruntime.inter_op_num_threads
-        options.graph_optimization_level = _OPTIMIZATION[entry.config.onnxruntime.graph_optimization_level]
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(
-            str(version_dir / "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        config = entry.config
+        self.intra_op_threads = intra_op_threads or config.onnxruntime.intra_op_num_threads
+        threads = config.onnxruntime.model_copy(update={"intra_op_num_threads": self.intra_op_threads})
+        self.config = config.model_copy(update={"onnxruntime": threads})
+        self.session = create_backend(self.config.backend).load(version_dir, self.config, 0)
         self.outputs = [t.name for t in entry.config.outputs]
         self.text = next((t for t in entry.config.inputs if t.tokenizer is not None), None)
         self.tokenizer = None
@@ -98,7 +90,7 @@ class Engine:
         return {name: np.ascontiguousarray(array) for name, array in feed.items()}
 
     def run(self, feed: dict[str, np.ndarray]) -> None:
-        self.session.run(self.outputs, feed)
+        self.session.run_arrays(feed)
 
 
 def _rows(requests: request_sets.RequestSet, index: int, rows: slice) -> int:
@@ -196,11 +188,12 @@ def measure(
     seconds: float,
     direct_count: int,
     threads: Sequence[int] = (1,),
+    models: Path = request_sets.MODELS,
 ) -> dict[str, object]:
     requests = request_sets.build(model, count)
     sweep = []
     for intra in threads:
-        engine = Engine(model, intra_op_threads=intra)
+        engine = Engine(model, models, intra_op_threads=intra)
         for size in sizes:
             sweep.append({"intra_op_threads": intra, **ceiling(engine, requests, size, seconds)})
     best = max(sweep, key=lambda point: float(point["candidates_per_s"]))
@@ -212,7 +205,7 @@ def measure(
         "batch_sweep": sweep,
         "best": best,
         "ceiling_candidates_per_s": best["candidates_per_s"],
-        "direct": direct(Engine(model, intra_op_threads=int(best["intra_op_threads"])), requests, direct_count),
+        "direct": direct(Engine(model, models, intra_op_threads=int(best["intra_op_threads"])), requests, direct_count),
     }
 
 
@@ -226,9 +219,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--direct", type=int, default=500, help="requests timed one at a time")
     parser.add_argument("--paced", type=float, help="only the direct latency, calls paced at this many requests/s")
     parser.add_argument("--out", type=Path, help="write the JSON here (default: stdout)")
+    parser.add_argument("--repository", type=Path, default=request_sets.MODELS, help="the model repository")
     args = parser.parse_args(argv)
     if args.paced:
-        engine = Engine(args.model, intra_op_threads=int(args.threads.split(",")[0]))
+        engine = Engine(args.model, args.repository, intra_op_threads=int(args.threads.split(",")[0]))
         paced = direct(engine, request_sets.build(args.model, args.requests), args.direct, rate=args.paced)
         _write(json.dumps({"model": args.model, "direct": paced}, indent=2), args.out)
         return
@@ -239,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.seconds,
         args.direct,
         [int(t) for t in args.threads.split(",")],
+        args.repository,
     )
     _write(json.dumps(result, indent=2), args.out)
 
