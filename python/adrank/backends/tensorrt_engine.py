@@ -282,7 +282,8 @@ def build_serialized_engine(trt: ModuleType, graph: ModelGraph, profiles: list[P
         trt_profile = builder.create_optimization_profile()
         for name, (low, opt, high) in profile.shapes.items():
             trt_profile.set_shape(name, low, opt, high)
-        builder_config.add_optimization_profile(trt_profile)
+        if builder_config.add_optimization_profile(trt_profile) < 0:
+            raise BackendError(f"{graph.path}: TensorRT refused the profile for rows {profile.low}..{profile.high}")
     log.info("%s: building a TensorRT engine (%s, %d profiles)", graph.path, settings.precision, len(profiles))
     serialized = builder.build_serialized_network(network, builder_config)
     if serialized is None:
@@ -291,8 +292,8 @@ def build_serialized_engine(trt: ModuleType, graph: ModelGraph, profiles: list[P
 
 
 def _parser_error(error: Any) -> str:
-    node = error.node_name() if hasattr(error, "node_name") else error.node()
-    return f"node {node}: {error.desc()}"
+    # str() names the node, its name and operator, and the description, whatever the accessors' form.
+    return str(error)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
