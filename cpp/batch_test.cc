@@ -9,14 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "status_testing.h"
+
 namespace adrank {
 namespace {
-
-#define ASSERT_OK(expr)                              \
-  do {                                               \
-    const Status status_ = (expr);                   \
-    ASSERT_TRUE(status_.ok()) << status_.ToString(); \
-  } while (0)
 
 constexpr int64_t kAdWidth = 2;   // candidate "ad": float32 [rows, 2]
 constexpr int64_t kCtxWidth = 3;  // context "user": float32 [1, 3]

@@ -7,16 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "status_testing.h"
+
 namespace adrank {
 namespace {
-
-#define ASSERT_OK(expr)                              \
-  do {                                               \
-    const Status status_ = (expr);                   \
-    ASSERT_TRUE(status_.ok()) << status_.ToString(); \
-  } while (0)
-
-bool Contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // The GPU tests need a CUDA runtime that reports a device; elsewhere they skip and say why.
 #define REQUIRE_CUDA_DEVICE()                                                      \

@@ -20,21 +20,15 @@
 #include <vector>
 
 #include "cuda_runtime.h"
+#include "status_testing.h"
 
 namespace adrank {
 namespace {
 
 using Lease = MemoryPool::Lease;
 
-#define ASSERT_OK(expr)                              \
-  do {                                               \
-    const Status status_ = (expr);                   \
-    ASSERT_TRUE(status_.ok()) << status_.ToString(); \
-  } while (0)
-
 constexpr size_t kPage = 4096;
 
-bool Contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 constexpr uid_t kNobody = 65534;
 
 // CUDA off so that results do not depend on the machine; warnings collected rather than printed.

@@ -6,10 +6,10 @@
 #include <string>
 #include <vector>
 
+#include "status_testing.h"
+
 namespace adrank {
 namespace {
-
-bool Contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 class ModelRegistryTest : public ::testing::Test {
  protected:

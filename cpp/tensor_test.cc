@@ -6,10 +6,10 @@
 #include <string>
 #include <vector>
 
+#include "status_testing.h"
+
 namespace adrank {
 namespace {
-
-bool Contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // Every rejection must go back to the caller as is, so it has to say which tensor was wrong.
 void ExpectInvalid(const Status& status, const std::string& name, const std::string& detail = "") {

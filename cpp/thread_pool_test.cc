@@ -20,14 +20,10 @@
 #include <thread>
 #include <vector>
 
+#include "status_testing.h"
+
 namespace adrank {
 namespace {
-
-#define ASSERT_OK(expr)                              \
-  do {                                               \
-    const Status status_ = (expr);                   \
-    ASSERT_TRUE(status_.ok()) << status_.ToString(); \
-  } while (0)
 
 // Generous: only a hang (a lost request or wake-up) gets anywhere near it.
 constexpr auto kTimeout = std::chrono::seconds(30);
@@ -35,8 +31,6 @@ constexpr auto kTimeout = std::chrono::seconds(30);
 // the model is idle (where enabled) or when flushed by RemoveModel/Shutdown.
 constexpr int64_t kNeverUs = 60'000'000;
 constexpr int64_t kAdWidth = 4;
-
-bool Contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // The model every test serves unless it needs another: candidate "ad" float32 [4], context "ctx"
 // float32 [ctx_width]; output "score" float32 [] and "echo" float32 [2].
