@@ -166,9 +166,12 @@ class OnnxRuntimeSession(Session):
         options.inter_op_num_threads = config.onnxruntime.inter_op_num_threads
         options.graph_optimization_level = _OPTIMIZATION[config.onnxruntime.graph_optimization_level]
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # The TensorRT provider's profiles need the graph's inputs before the session exists: read them from the
+        # file then, and check the graph once, from that reading (it agrees with ONNX Runtime's).
+        graph = ModelGraph(path, config, *onnx_graph_tensors(path)) if TENSORRT_EP in plan.names else None
         try:
             self._session = ort.InferenceSession(
-                str(path), sess_options=options, providers=self._providers(path, config, plan)
+                str(path), sess_options=options, providers=self._providers(path, config, plan, graph)
             )
         except Exception as error:  # ORT raises its own exception types for bad files
             raise BackendError(f"{path}: ONNX Runtime cannot load it: {error}") from error
@@ -179,7 +182,7 @@ class OnnxRuntimeSession(Session):
                 f"{path}: ONNX Runtime could not start {plan.names[0]} (it fell back to {self.providers}); "
                 "its log above says why (missing CUDA, cuDNN or TensorRT libraries: install adrank's gpu extra)"
             )
-        self.graph = ModelGraph(
+        self.graph = graph or ModelGraph(
             path,
             config,
             [_graph_tensor(n) for n in self._session.get_inputs()],
@@ -193,15 +196,17 @@ class OnnxRuntimeSession(Session):
             output_bytes = {t.name: _row_bytes(t.dtype, t.shape) * rows for t in config.outputs}
             self._device = DeviceIO(self.graph, self._stream, output_bytes)
 
-    def _providers(self, path: Path, config: ModelConfig, plan: ProviderPlan) -> list[tuple[str, dict[str, Any]]]:
+    def _providers(
+        self, path: Path, config: ModelConfig, plan: ProviderPlan, graph: ModelGraph | None
+    ) -> list[tuple[str, dict[str, Any]]]:
         """Each provider with its options: the instance's stream and device, and TensorRT's build settings."""
         providers: list[tuple[str, dict[str, Any]]] = []
         for name in plan.names:
             if name == CUDA_EP:
                 providers.append((name, self._cuda_options(config)))
             elif name == TENSORRT_EP:
-                dims = ModelGraph(path, config, *onnx_graph_tensors(path)).dims
-                options = tensorrt_engine.execution_provider_options(path, config, dims)
+                assert graph is not None  # read in __init__ whenever TensorRT is planned
+                options = tensorrt_engine.execution_provider_options(path, config, graph.dims)
                 options.update(device_id=config.device_id, user_compute_stream=str(self._stream.handle))
                 providers.append((name, options))
             else:
