@@ -80,7 +80,7 @@ class BatchTest : public ::testing::Test {
       t->result = std::move(result);
     };
     const std::vector<RequestState::InputSlot> slots = {{Role::kCandidate, 0}, {Role::kContext, 0}};
-    t->state = std::make_shared<RequestState>(std::move(req), rows, slots, counters_, enqueue_time_);
+    t->state = std::make_shared<RequestState>(std::move(req), rows, slots, counters_, nullptr, 0, enqueue_time_);
     t->state->AllocateOutputs(signature_);
     requests_.push_back(std::move(request));
     return t;

@@ -23,6 +23,17 @@
 //   max_queue_rows = 32768       Rows queued (not yet in a batch) beyond which Submit refuses with
 //                                RESOURCE_EXHAUSTED at once: an overloaded server must say no in
 //                                microseconds rather than time every caller out.
+//   max_predicted_wait_us = 50000  The queue's bound in time: Submit refuses with RESOURCE_EXHAUSTED a
+//                                request whose rows ahead (admission, below) are predicted to take longer
+//                                than this, whatever its deadline (its own rows do not count: a slow
+//                                model's lone request is not refused by a bound on queueing). Rows alone are a poor
+//                                bound: 32768 rows of one model are ~90 ms of work, of another seconds. 50 ms is ten
+//                                times a typical auction's budget: a caller with a long deadline still gets an answer
+//                                while it matters, or a refusal it can retry elsewhere. 0: no bound.
+//   default_deadline_us = 1000000  The deadline of a request that comes without one. The queue
+//                                admits by deadline, so a request without one must get one: 1 s is longer
+//                                than any ads server waits for an auction's scores, and bounds what a
+//                                forgotten timeout can hold. 0: such requests have none.
 //   max_request_rows = 4096      Largest N accepted (INVALID_ARGUMENT beyond): a bound on the
 //                                memory one request pins; must be <= max_queue_rows.
 //   max_batch_requests = 0       Most requests in one batch; 0 is no limit. For a model whose per-request
@@ -30,15 +41,55 @@
 //                                another) merging requests buys nothing, and every request in a batch
 //                                waits for all of its batch-mates' towers: 1 gives each its own batch.
 //                                A batch closes at once when this many requests are queued.
-//   priority_levels = 2          Priority classes, 0 the highest. A batch takes every queued row
-//                                of class 0 (oldest first) before any of class 1, and so on.
-//                                Class 1 is where shadow traffic rides.
+//   priority_levels = 3          Priority classes, 0 the highest. A batch takes every queued row
+//                                of class 0 before any of class 1, and so on. Three: a class above
+//                                the default for the tenants configured for it, the default, and one
+//                                below it where shadow (mirrored) traffic rides.
+//   default_priority = 1         The class of a request that asks for none (kDefaultPriority). A class
+//                                above it (a smaller number) is allowed only to a tenant whose policy
+//                                names it (tenants.h): PERMISSION_DENIED otherwise.
+//   adaptive_lifo_us = 2000      When a tenant's oldest queued request of a class has waited longer than
+//                                this, that queue is served newest first (adaptive LIFO; see Overload).
+//                                2 ms: under ten batches of a CPU model, far above a calm queue's wait
+//                                (one batch), far below the 10-20 ms deadlines ads servers give. 0: FIFO.
+//   instances = 1                How many of the model's batches run at once (the thread pool sets it
+//                                from the model's instances): the queue drains that many times faster.
+//   tenants                      Weights and limits per tenant (tenants.h).
 //   idle_dispatch = true         When none of the model's instances is running, close a partial
 //                                batch at once: at low load this removes the queue delay entirely;
 //                                under load batches grow by themselves to what arrives during one
 //                                execution. false gives the classic timeout-only batcher.
 //   pad_to_preferred = false     See preferred_batch_rows.
 //   context_layout = kBroadcast  How context rows reach the backend (see batch.h).
+//
+// Tenants. Each class holds one queue per tenant (tenants.h). A batch takes the rows of a class from
+// its tenants by weighted fair sharing (start-time fair queueing on rows: the tenant whose rows taken
+// so far, divided by its weight, are fewest goes next; a tenant returning from idle starts level with
+// the others, never with saved-up credit). So a tenant with work queued gets at least its weight's
+// share of a saturated model's rows however much another tenant queues, and all of it when alone.
+// A tenant's requests beyond its max_queued_rows or max_in_flight are refused with RESOURCE_EXHAUSTED
+// naming the tenant: its own excess, not the other tenants' requests, is what gets refused.
+//
+// Admission (what a request is promised). Submit predicts when the request would be done: the rows that
+// will run before its last row — every queued row of a higher class, its tenant's own queued rows of its
+// class, each other tenant's queued rows of its class up to that tenant's fair share of the same span,
+// and the rows of the batches now running — plus its own, at the predicted execution time per batch of
+// `max_batch_rows` (exec_time_predictor.h), divided by `instances`. A request predicted to miss its
+// deadline is refused at once with DEADLINE_EXCEEDED (counted as shed: it is never computed and holds no
+// queue rows), one predicted to wait beyond max_predicted_wait_us with RESOURCE_EXHAUSTED. Before the
+// model has run a batch nothing is refused on a prediction. So an admitted request is expected, not
+// guaranteed, to make its deadline: the prediction is refreshed by every batch, and one that turns out
+// unreachable is still never computed (below).
+//
+// Overload. Admission keeps the queue at most about a deadline's worth of work, so the server spends its
+// core on requests that can still be answered in time instead of on ones that will miss anyway. Inside
+// that bound, each tenant's queue of a class is FIFO while it is calm and LIFO once its oldest request has
+// waited adaptive_lifo_us (adaptive LIFO, as large RPC fleets run it): under a standing queue the newest
+// request has the most time left, so serving it first turns the queue's wait into answers that are on
+// time for most and a deadline miss, uncomputed, for the oldest few, instead of answers that are all
+// late. CoDel (drop from the head when the standing delay stays above a target) was the alternative; with
+// every request carrying a deadline and admission already bounding the queue by prediction, a second
+// time target would refuse work that the deadline still allows, so the deadline is the only target here.
 //
 // Latency contract. When the model is not overloaded (queued rows fit in the next batch), a request
 // waits at most max_queue_delay_us (zero when idle_dispatch finds the model idle) plus the execution
@@ -56,8 +107,10 @@
 //
 // Rejections at Submit (the completion never fires): INVALID_ARGUMENT (names the tensor and what is
 // wrong: zero rows, unknown or wrong dtype, negative or mismatched dims, byte size that does not
-// match shape and dtype, missing or unexpected tensor, bad priority), RESOURCE_EXHAUSTED (queue
-// full), DEADLINE_EXCEEDED (deadline already passed), UNAVAILABLE (closed).
+// match shape and dtype, missing or unexpected tensor, bad priority or tenant name),
+// RESOURCE_EXHAUSTED (queue full in rows or predicted wait, the tenant's limits, too many tenants),
+// DEADLINE_EXCEEDED (deadline already passed, or predicted to be missed), PERMISSION_DENIED (a class
+// above the default for a tenant not configured for it), UNAVAILABLE (closed).
 //
 // Thread-safety: every method may be called from any thread; one mutex guards the queue. The
 // batcher never calls the backend: a scheduler (thread_pool.h) asks it for batches and runs them,
@@ -67,6 +120,7 @@
 #include <array>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -78,6 +132,7 @@
 #include "exec_time_predictor.h"
 #include "request.h"
 #include "status.h"
+#include "tenants.h"
 #include "tensor.h"
 
 namespace adrank {
@@ -92,9 +147,15 @@ struct BatcherOptions {
   std::vector<int64_t> preferred_batch_rows;
   int64_t max_queue_delay_us = 200;
   int64_t max_queue_rows = 32768;
+  int64_t max_predicted_wait_us = 50000;
+  int64_t default_deadline_us = 1000000;
   int64_t max_request_rows = 4096;
   int64_t max_batch_requests = 0;
-  int priority_levels = 2;
+  int priority_levels = 3;
+  int default_priority = 1;
+  int64_t adaptive_lifo_us = 2000;
+  int instances = 1;
+  TenantOptions tenants;
   bool idle_dispatch = true;
   bool pad_to_preferred = false;
   ContextLayout context_layout = ContextLayout::kBroadcast;
@@ -112,17 +173,34 @@ struct BatcherStats {
   uint64_t rejected_queue_full = 0;  // refused at Submit: RESOURCE_EXHAUSTED
   uint64_t rejected_expired = 0;     // refused at Submit: deadline already passed
   uint64_t rejected_closed = 0;      // refused at Submit: UNAVAILABLE
+  uint64_t rejected_tenant = 0;      // refused at Submit: a tenant's limit (RESOURCE_EXHAUSTED)
+  uint64_t rejected_denied = 0;      // refused at Submit: PERMISSION_DENIED (priority class)
   uint64_t completed_ok = 0;
   uint64_t failed = 0;
   uint64_t late = 0;       // computed, completed after the deadline
   uint64_t expired = 0;    // missed: deadline passed while queued, never computed
-  uint64_t shed = 0;       // shed: deadline ahead but unreachable, never computed
+  uint64_t shed = 0;       // shed: deadline ahead but predicted unreachable (at Submit or in a batch), never computed
   uint64_t cancelled = 0;  // cancelled before any row ran
   uint64_t batches = 0;
   uint64_t batch_rows = 0;                                      // real rows over all batches
   std::array<uint64_t, kBatchRowsBuckets> batch_rows_counts{};  // batches by real rows (see above)
   int64_t queued_rows = 0;
   int64_t queued_requests = 0;
+};
+
+// One tenant's share of one model (tenants.h TenantCounters, read once).
+struct TenantStats {
+  std::string tenant;
+  int64_t queued_rows = 0;
+  int64_t queued_requests = 0;
+  int64_t in_flight = 0;
+  uint64_t submitted = 0;
+  uint64_t rows = 0;
+  uint64_t completed_ok = 0;
+  uint64_t deadline = 0;
+  uint64_t refused_limit = 0;
+  uint64_t refused_denied = 0;
+  uint64_t failed = 0;
 };
 
 class Batcher {
@@ -155,9 +233,12 @@ class Batcher {
   // callers at their deadline and frees their queue rows.
   void ExpireOverdue();
 
-  // Feeds the execution-time predictor with a batch the backend ran.
-  void RecordExecution(int64_t padded_rows, Duration elapsed);
+  // A batch this batcher formed has ended: its rows no longer count as running, and when it
+  // `succeeded` its time feeds the execution-time predictor.
+  void RecordExecution(int64_t padded_rows, Duration elapsed, bool succeeded = true);
   Duration PredictExecution(int64_t rows) const;
+  // The predicted time to run `rows` rows in batches of at most max_batch_rows, one after another.
+  Duration PredictRows(int64_t rows) const;
 
   // Refuse further submissions with UNAVAILABLE (already queued requests stay queued).
   void Close();
@@ -165,6 +246,8 @@ class Batcher {
   void FailQueued(const Status& status);
 
   BatcherStats stats() const;
+  // Every tenant the batcher has seen, configured ones first.
+  std::vector<TenantStats> tenant_stats() const;
   bool empty() const;
   const BatcherOptions& options() const { return options_; }
   const ModelSignature& signature() const { return signature_; }
@@ -181,13 +264,44 @@ class Batcher {
     Status status;
   };
 
+  // One tenant's queues in this model, one per class. Never removed (bounded by max_tenants), so a
+  // request's tenant_index stays valid.
+  struct TenantQueue {
+    std::string name;
+    TenantPolicy policy;
+    std::shared_ptr<TenantCounters> counters = std::make_shared<TenantCounters>();
+    std::vector<std::deque<RequestHandle>> queues;  // by class, in arrival order
+    std::vector<int64_t> rows_by_class;             // queued rows
+    std::vector<double> pass;                       // by class: rows taken / weight (fair-share time)
+    int64_t queued_rows = 0;
+    int64_t queued_requests = 0;
+  };
+
+  // What Submit resolved of a request before admitting it.
+  struct Admission {
+    int64_t rows = 0;
+    size_t tenant = 0;
+    TimePoint deadline = kNoDeadline;
+    int priority = 0;
+  };
+
   Status Validate(const Request& request, int64_t* rows, std::vector<RequestState::InputSlot>* slots) const;
-  // The closed and queue-full checks of Submit; counts a refusal.
-  Status AdmitLocked(int64_t rows);
+  Status ResolvePriority(int requested, const TenantPolicy& policy, const std::string& tenant, int* out) const;
+  // Finds or creates the tenant's queue; RESOURCE_EXHAUSTED beyond max_tenants.
+  Status TenantLocked(const std::string& name, size_t* index);
+  // The closed, queue-full, tenant-limit and predicted-wait checks of Submit; counts a refusal.
+  Status AdmitLocked(const Admission& admission, TimePoint now);
+  Status CheckPredictedWaitLocked(const Admission& admission, TimePoint now);
+  int64_t RowsAheadLocked(const Admission& admission) const;
   int64_t CloseRows() const;
   int64_t PaddedRows(int64_t rows) const;
   TimePoint ReadyAtLocked(bool model_idle, TimePoint now) const;
   std::unique_ptr<Batch> FormLocked(TimePoint now, std::vector<Dropped>* finished);
+  // The tenant of class `level` whose turn it is (lowest fair-share pass), or SIZE_MAX.
+  size_t NextTenantLocked(size_t level) const;
+  void EnqueueLocked(const RequestHandle& request);
+  void DeactivateIfEmptyLocked(size_t tenant, size_t level);
+  void TakeRowsLocked(const RequestHandle& request, int64_t rows);
   void ShedUnreachableLocked(Batch* batch, TimePoint now, std::vector<Dropped>* finished);
   void RemoveLocked(const RequestHandle& request);
   void ForgetLocked(const RequestHandle& request);  // the accounting of RemoveLocked, for a request already erased
@@ -201,10 +315,16 @@ class Batcher {
 
   mutable std::mutex mu_;
   bool closed_ = false;
-  std::vector<std::deque<RequestHandle>> queues_;  // one per priority class, oldest first
-  std::multiset<TimePoint> deadlines_;             // of queued requests that have one
+  std::vector<TenantQueue> tenants_;
+  std::map<std::string, size_t, std::less<>> tenant_index_;
+  std::vector<std::vector<size_t>> active_;  // by class: the tenants with requests queued in it
+  std::vector<int64_t> class_rows_;          // by class: queued rows over all tenants
+  std::vector<double> class_pass_;           // by class: the pass of the tenant served last
+  std::multiset<TimePoint> deadlines_;       // of queued requests that have one
+  std::multiset<TimePoint> enqueued_;        // arrival times of queued requests
   int64_t queued_rows_ = 0;
   int64_t queued_requests_ = 0;
+  int64_t running_rows_ = 0;  // padded rows of the batches formed and not yet ended
   ExecTimePredictor predictor_;
   BatcherStats submit_stats_;  // the Submit-side and batch counters; outcomes live in counters_
 };

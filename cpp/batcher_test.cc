@@ -9,6 +9,8 @@
 #include <memory>
 #include <vector>
 
+#include "status_testing.h"
+
 namespace adrank {
 namespace {
 
@@ -53,6 +55,13 @@ BatcherOptions BaseOptions() {
   o.max_queue_rows = 64;
   o.max_request_rows = 32;
   o.idle_dispatch = false;
+  // The tests of batching itself: two classes, every caller in the default one at the top, FIFO, and
+  // neither a default deadline nor a bound in time (the admission tests below set those).
+  o.priority_levels = 2;
+  o.default_priority = 0;
+  o.adaptive_lifo_us = 0;
+  o.default_deadline_us = 0;
+  o.max_predicted_wait_us = 0;
   return o;
 }
 
@@ -83,8 +92,9 @@ class BatcherTest : public ::testing::Test {
     return o;
   }
 
-  static Request ToRequest(Owned& o, int priority = 0, TimePoint deadline = kNoDeadline) {
+  static Request ToRequest(Owned& o, int priority = 0, TimePoint deadline = kNoDeadline, std::string tenant = "") {
     Request request;
+    request.tenant = std::move(tenant);
     const int64_t rows = static_cast<int64_t>(o.x.size() / 2);
     request.candidates.push_back({"x", DType::kFloat32, {rows, 2}, o.x.data(), o.x.size() * sizeof(float)});
     request.context.push_back({"ctx", DType::kFloat32, {1, 1}, o.ctx.data(), sizeof(float)});
@@ -101,6 +111,26 @@ class BatcherTest : public ::testing::Test {
   Status Submit(Batcher& b, Owned& o, int priority = 0, TimePoint deadline = kNoDeadline,
                 RequestHandle* handle = nullptr) {
     return b.Submit(ToRequest(o, priority, deadline), handle);
+  }
+
+  Status SubmitAs(Batcher& b, Owned& o, const std::string& tenant, int priority = kDefaultPriority,
+                  TimePoint deadline = kNoDeadline) {
+    return b.Submit(ToRequest(o, priority, deadline, tenant));
+  }
+
+  // Teaches the predictor 100 us per row and nothing fixed (batches of 2, 4 and 8 rows).
+  void TrainHundredMicrosPerRow(Batcher& b) {
+    for (int64_t rows : {2, 4, 8}) b.RecordExecution(rows, microseconds(100 * rows));
+    ASSERT_EQ(b.PredictExecution(8), microseconds(800));
+  }
+
+  // The request ids ("base" values) of a batch's slices, in order.
+  static std::vector<float> SliceBases(const Batch& batch) {
+    std::vector<float> bases;
+    for (const BatchSlice& s : batch.slices) {
+      bases.push_back(static_cast<const float*>(s.request->input(0).data)[0]);
+    }
+    return bases;
   }
 
   // Runs a batch as a worker would; the backend "takes" exec_us of fake time.
@@ -400,10 +430,13 @@ TEST_F(BatcherTest, UnreachableDeadlineIsShedNotComputedAndCountedApart) {
   EXPECT_EQ(b->PredictExecution(4), microseconds(400));
   const int calls_before = backend_calls_;
 
-  Owned& doomed = NewRequest(4, 0);  // needs ~400 us, has 300
-  Owned& fine = NewRequest(4, 10);   // has no deadline
-  ASSERT_TRUE(Submit(*b, doomed, 0, clock_.Now() + microseconds(300)).ok());
+  // Admitted (alone it needs ~400 us of its 500), then the batch it would ride in grows to 8 rows
+  // (~800 us) while 100 us pass: unreachable when the batch forms.
+  Owned& doomed = NewRequest(4, 0);
+  Owned& fine = NewRequest(4, 10);  // has no deadline
+  ASSERT_TRUE(Submit(*b, doomed, 0, clock_.Now() + microseconds(500)).ok());
   ASSERT_TRUE(Submit(*b, fine).ok());
+  clock_.AdvanceMicros(100);
   auto batch = b->NextBatch(true);
   ASSERT_TRUE(batch);
   EXPECT_EQ(batch->rows, 4) << "the doomed request rides in no batch";
@@ -734,6 +767,249 @@ TEST_F(BatcherTest, ClosedBatcherRefusesAndFailQueuedCompletesEveryQueuedRequest
   ASSERT_EQ(queued.call->fired, 1);
   EXPECT_EQ(queued.call->result.status.code(), StatusCode::kUnavailable);
   EXPECT_TRUE(b->empty());
+}
+
+// ---- admission by predicted wait, the default deadline, tenants, priority classes, adaptive LIFO ----
+
+TEST_F(BatcherTest, ARequestPredictedToMissItsDeadlineIsRefusedAtSubmitAndNeverComputed) {
+  auto b = Make(BaseOptions());
+  TrainHundredMicrosPerRow(*b);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Submit(*b, NewRequest(8, 100 * i)).ok());  // 24 rows: ~2400 us ahead
+  const uint64_t submitted = b->stats().submitted;
+
+  Owned& doomed = NewRequest(4, 7);  // ~2400 + 400 us of work, 2000 us left
+  const Status status = Submit(*b, doomed, 0, clock_.Now() + microseconds(2000));
+  EXPECT_EQ(status.code(), StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(Contains(status.message(), "predicted")) << status.message();
+  EXPECT_TRUE(Contains(status.message(), "24 rows ahead")) << status.message();
+  EXPECT_EQ(doomed.call->fired, 0) << "a refusal at Submit never fires the completion";
+  BatcherStats s = b->stats();
+  EXPECT_EQ(s.shed, 1u);
+  EXPECT_EQ(s.submitted, submitted);
+  EXPECT_EQ(s.queued_rows, 24) << "a refused request holds no queue rows";
+
+  EXPECT_TRUE(Submit(*b, NewRequest(4, 8), 0, clock_.Now() + microseconds(3000)).ok()) << "2800 us fit in 3000";
+}
+
+TEST_F(BatcherTest, NothingIsRefusedOnAGuessBeforeTheModelHasRunABatch) {
+  auto b = Make(BaseOptions());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Submit(*b, NewRequest(8, 0)).ok());
+  EXPECT_TRUE(Submit(*b, NewRequest(4, 0), 0, clock_.Now() + microseconds(1)).ok());
+}
+
+TEST_F(BatcherTest, ARequestWithoutADeadlineGetsTheModelsDefault) {
+  BatcherOptions o = BaseOptions();
+  o.default_deadline_us = 1000;
+  auto b = Make(o);
+  Owned& request = NewRequest(2, 0);
+  const TimePoint submitted_at = clock_.Now();
+  ASSERT_TRUE(Submit(*b, request).ok());
+  EXPECT_EQ(b->EarliestDeadline(), submitted_at + microseconds(1000));
+  clock_.AdvanceMicros(1000);
+  b->ExpireOverdue();
+  ASSERT_EQ(request.call->fired, 1);
+  EXPECT_EQ(request.call->result.status.code(), StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(b->stats().expired, 1u);
+
+  o.default_deadline_us = 0;  // none: the request waits as long as it takes
+  auto unbounded = Make(o);
+  ASSERT_TRUE(Submit(*unbounded, NewRequest(2, 0)).ok());
+  EXPECT_EQ(unbounded->EarliestDeadline(), kNoDeadline);
+}
+
+TEST_F(BatcherTest, AQueueLongerThanItsBoundInTimeRefusesWithResourceExhausted) {
+  BatcherOptions o = BaseOptions();
+  o.max_predicted_wait_us = 1000;
+  auto b = Make(o);
+  TrainHundredMicrosPerRow(*b);
+  ASSERT_TRUE(Submit(*b, NewRequest(8, 0)).ok());
+  ASSERT_TRUE(Submit(*b, NewRequest(2, 0)).ok()) << "800 us ahead: inside the bound";
+  const Status status = Submit(*b, NewRequest(1, 0));  // 1000 us ahead, with a row of its own beyond
+  ASSERT_TRUE(status.ok()) << "the request's own rows do not count against the queue's bound";
+  const Status full = Submit(*b, NewRequest(1, 0));
+  EXPECT_EQ(full.code(), StatusCode::kResourceExhausted);
+  EXPECT_TRUE(Contains(full.message(), "max_predicted_wait_us")) << full.message();
+  EXPECT_EQ(b->stats().rejected_queue_full, 1u);
+}
+
+TEST_F(BatcherTest, ALightTenantIsServedNextWhateverAHeavyOneHasQueued) {
+  BatcherOptions o = BaseOptions();
+  o.max_queue_rows = 1024;
+  auto b = Make(o);
+  TrainHundredMicrosPerRow(*b);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(SubmitAs(*b, NewRequest(32, 1000 + i), "heavy").ok());  // 16 batches
+  // FIFO, it would wait ~12.8 ms behind the heavy rows; fair shared, only for its share of one batch.
+  Owned& light = NewRequest(2, 1);
+  ASSERT_TRUE(SubmitAs(*b, light, "light", kDefaultPriority, clock_.Now() + microseconds(2000)).ok());
+  auto first = b->NextBatch(false);
+  ASSERT_TRUE(first);
+  Run(*b, *first);
+  auto second = b->NextBatch(false);
+  ASSERT_TRUE(second);
+  const std::vector<float> bases = SliceBases(*second);
+  EXPECT_TRUE(std::find(bases.begin(), bases.end(), 1.0f) != bases.end() ||
+              std::find(SliceBases(*first).begin(), SliceBases(*first).end(), 1.0f) != SliceBases(*first).end())
+      << "the light request rides in one of the first two batches";
+  Run(*b, *second);
+  ExpectServed(light);
+}
+
+TEST_F(BatcherTest, SaturatingTenantsShareRowsByWeight) {
+  BatcherOptions o = BaseOptions();
+  o.max_queue_rows = 1024;
+  o.tenants.tenants["big"].weight = 3;
+  o.tenants.tenants["small"].weight = 1;
+  auto b = Make(o);
+  for (int i = 0; i < 64; ++i) {
+    ASSERT_TRUE(SubmitAs(*b, NewRequest(1, 1000 + i), "big").ok());
+    ASSERT_TRUE(SubmitAs(*b, NewRequest(1, 2000 + i), "small").ok());
+  }
+  int big = 0, small = 0;
+  for (int batch = 0; batch < 4; ++batch) {
+    auto formed = b->NextBatch(false);
+    ASSERT_TRUE(formed);
+    for (float base : SliceBases(*formed)) (base >= 2000 ? small : big)++;
+    Run(*b, *formed);
+  }
+  EXPECT_EQ(big + small, 32);
+  EXPECT_NEAR(big, 24, 1) << "weight 3 of 4";
+  EXPECT_NEAR(small, 8, 1) << "weight 1 of 4";
+}
+
+TEST_F(BatcherTest, ATenantReturningFromIdleGetsNoSavedUpCredit) {
+  BatcherOptions o = BaseOptions();
+  o.max_queue_rows = 1024;
+  auto b = Make(o);
+  for (int i = 0; i < 32; ++i) ASSERT_TRUE(SubmitAs(*b, NewRequest(1, 1000 + i), "steady").ok());
+  for (int batch = 0; batch < 3; ++batch) Run(*b, *b->NextBatch(false));  // "steady" alone: 24 rows
+  for (int i = 0; i < 16; ++i) ASSERT_TRUE(SubmitAs(*b, NewRequest(1, 2000 + i), "late").ok());
+  auto formed = b->NextBatch(false);
+  ASSERT_TRUE(formed);
+  int late = 0;
+  for (float base : SliceBases(*formed)) late += base >= 2000 ? 1 : 0;
+  EXPECT_NEAR(late, 4, 1) << "an even split from now on, not 24 rows of catching up";
+}
+
+TEST_F(BatcherTest, ATenantBeyondItsLimitsIsRefusedNamingItWhileOthersGetIn) {
+  BatcherOptions o = BaseOptions();
+  o.max_queue_rows = 1024;
+  o.tenants.tenants["greedy"].max_queued_rows = 16;
+  o.tenants.tenants["greedy"].max_in_flight = 3;
+  auto b = Make(o);
+  ASSERT_TRUE(SubmitAs(*b, NewRequest(8, 0), "greedy").ok());
+  ASSERT_TRUE(SubmitAs(*b, NewRequest(8, 0), "greedy").ok());
+  Status status = SubmitAs(*b, NewRequest(1, 0), "greedy");
+  EXPECT_EQ(status.code(), StatusCode::kResourceExhausted);
+  EXPECT_TRUE(Contains(status.message(), "tenant 'greedy'")) << status.message();
+  EXPECT_TRUE(Contains(status.message(), "max_queued_rows (16)")) << status.message();
+  EXPECT_TRUE(SubmitAs(*b, NewRequest(8, 0), "modest").ok()) << "another tenant is not refused for it";
+
+  Run(*b, *b->NextBatch(false));  // one greedy request done: 8 rows and one in flight freed
+  ASSERT_TRUE(SubmitAs(*b, NewRequest(1, 0), "greedy").ok());
+  ASSERT_TRUE(SubmitAs(*b, NewRequest(1, 0), "greedy").ok());
+  status = SubmitAs(*b, NewRequest(1, 0), "greedy");  // 3 accepted and unanswered: at max_in_flight
+  EXPECT_EQ(status.code(), StatusCode::kResourceExhausted);
+  EXPECT_TRUE(Contains(status.message(), "max_in_flight (3)")) << status.message();
+  auto modest = b->NextBatch(false);  // fair share: "modest" is behind, its 8 rows go next
+  ASSERT_TRUE(modest);
+  EXPECT_EQ(SliceRows(*modest), std::vector<int64_t>{8});
+  Run(*b, *modest);
+  Run(*b, *b->NextBatch(false));  // greedy's second 8 rows: answered
+  EXPECT_TRUE(SubmitAs(*b, NewRequest(1, 0), "greedy").ok()) << "an answered request frees its place";
+
+  bool found = false;
+  for (const TenantStats& t : b->tenant_stats()) {
+    if (t.tenant != "greedy") continue;
+    found = true;
+    EXPECT_EQ(t.refused_limit, 2u);
+    EXPECT_EQ(t.submitted, 5u);
+    EXPECT_EQ(t.completed_ok, 2u);
+    EXPECT_EQ(t.in_flight, 3);
+  }
+  EXPECT_TRUE(found);
+}
+
+TEST_F(BatcherTest, AClassAboveTheDefaultNeedsATenantConfiguredForIt) {
+  BatcherOptions o = BaseOptions();
+  o.priority_levels = 3;
+  o.default_priority = 1;
+  o.tenants.tenants["gold"].highest_priority = 0;
+  auto b = Make(o);
+  Status status = SubmitAs(*b, NewRequest(2, 0), "", 0);
+  EXPECT_EQ(status.code(), StatusCode::kPermissionDenied);
+  EXPECT_TRUE(Contains(status.message(), "tenant 'default'")) << status.message();
+  EXPECT_TRUE(Contains(status.message(), "priority class 0")) << status.message();
+  EXPECT_EQ(b->stats().rejected_denied, 1u);
+
+  ASSERT_TRUE(SubmitAs(*b, NewRequest(2, 10), "bulk", 2).ok()) << "a lower class is open to all";
+  ASSERT_TRUE(SubmitAs(*b, NewRequest(2, 20), "").ok()) << "no class asked: the default";
+  ASSERT_TRUE(SubmitAs(*b, NewRequest(2, 30), "gold", 0).ok());
+  EXPECT_EQ(SubmitAs(*b, NewRequest(2, 0), "", 3).code(), StatusCode::kInvalidArgument);
+  auto batch = b->NextBatch(false, /*flush=*/true);
+  ASSERT_TRUE(batch);
+  EXPECT_EQ(SliceBases(*batch), (std::vector<float>{30, 20, 10})) << "gold's class 0, the default, then class 2";
+}
+
+TEST_F(BatcherTest, AStandingQueueIsServedNewestFirst) {
+  for (int64_t lifo_us : {int64_t{0}, int64_t{1000}}) {
+    BatcherOptions o = BaseOptions();
+    o.max_batch_rows = 2;
+    o.adaptive_lifo_us = lifo_us;
+    auto b = Make(o);
+    for (int i = 0; i < 4; ++i) {
+      ASSERT_TRUE(Submit(*b, NewRequest(2, 10 * i)).ok());
+      clock_.AdvanceMicros(10);
+    }
+    auto first = b->NextBatch(false);
+    ASSERT_TRUE(first);
+    EXPECT_EQ(SliceBases(*first), std::vector<float>{0}) << "calm: oldest first";
+    clock_.AdvanceMicros(1000);
+    auto second = b->NextBatch(false);
+    ASSERT_TRUE(second);
+    if (lifo_us == 0) {
+      EXPECT_EQ(SliceBases(*second), std::vector<float>{10}) << "adaptive LIFO off: FIFO throughout";
+    } else {
+      EXPECT_EQ(SliceBases(*second), std::vector<float>{30}) << "oldest waited > 1 ms: newest first";
+    }
+  }
+}
+
+TEST_F(BatcherTest, TenantNamesAreCheckedAndTheirNumberBounded) {
+  BatcherOptions o = BaseOptions();
+  o.tenants.max_tenants = 2;  // "default" and one more
+  auto b = Make(o);
+  Status status = SubmitAs(*b, NewRequest(1, 0), "no/slashes");
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Contains(status.message(), "x-adrank-tenant")) << status.message();
+  ASSERT_TRUE(SubmitAs(*b, NewRequest(1, 0), "first").ok());
+  status = SubmitAs(*b, NewRequest(1, 0), "second");
+  EXPECT_EQ(status.code(), StatusCode::kResourceExhausted);
+  EXPECT_TRUE(Contains(status.message(), "max_tenants (2)")) << status.message();
+  EXPECT_TRUE(SubmitAs(*b, NewRequest(1, 0), "first").ok()) << "a tenant already seen still gets in";
+  EXPECT_TRUE(SubmitAs(*b, NewRequest(1, 0), "").ok()) << "and so does the default one";
+}
+
+TEST_F(BatcherTest, InvalidTenantOrAdmissionOptionsAreRefusedNamingTheOption) {
+  struct OptCase {
+    const char* name;
+    void (*spoil)(BatcherOptions&);
+  };
+  const std::vector<OptCase> cases = {
+      {"default_priority", [](BatcherOptions& o) { o.default_priority = o.priority_levels; }},
+      {"max_predicted_wait_us", [](BatcherOptions& o) { o.max_predicted_wait_us = -1; }},
+      {"default_deadline_us", [](BatcherOptions& o) { o.default_deadline_us = -1; }},
+      {"adaptive_lifo_us", [](BatcherOptions& o) { o.adaptive_lifo_us = -1; }},
+      {"instances", [](BatcherOptions& o) { o.instances = 0; }},
+      {"weight", [](BatcherOptions& o) { o.tenants.tenants["x"].weight = -1; }},
+  };
+  for (const OptCase& c : cases) {
+    BatcherOptions o = BaseOptions();
+    c.spoil(o);
+    std::unique_ptr<Batcher> b;
+    Status status = Batcher::Create(o, TestSignature(), &clock_, &b);
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << c.name;
+    EXPECT_TRUE(Contains(status.message(), c.name)) << status.message();
+  }
 }
 
 }  // namespace

@@ -276,7 +276,8 @@ void AddViews(const py::handle& mapping, Role role, std::vector<TensorView>* vie
 
 std::unique_ptr<PendingRequest> Submit(const std::shared_ptr<ModelQueue>& model, const py::object& candidates,
                                        const py::object& context, std::optional<double> timeout_s, int priority,
-                                       std::shared_ptr<CompletionQueue> completion_queue, uint64_t token) {
+                                       std::string tenant, std::shared_ptr<CompletionQueue> completion_queue,
+                                       uint64_t token) {
   const Timeout timeout = ParseTimeout(timeout_s);
   auto state = std::make_shared<PendingState>();
   auto pending = std::make_unique<PendingRequest>(state, model, token);
@@ -284,6 +285,7 @@ std::unique_ptr<PendingRequest> Submit(const std::shared_ptr<ModelQueue>& model,
   AddViews(candidates, Role::kCandidate, &request.candidates, &pending->keepalive_);
   AddViews(context, Role::kContext, &request.context, &pending->keepalive_);
   request.priority = priority;
+  request.tenant = std::move(tenant);
   // A timeout already passed keeps deadline <= now: the core refuses it with DEADLINE_EXCEEDED.
   if (timeout.kind == Timeout::kPassed) request.deadline = SteadyClock::Get()->Now();
   if (timeout.kind == Timeout::kAfter) request.deadline = SteadyClock::Get()->Now() + timeout.after;
@@ -487,6 +489,8 @@ py::dict ModelStats(const BatcherStats& s) {
   d["rejected_queue_full"] = s.rejected_queue_full;
   d["rejected_expired"] = s.rejected_expired;
   d["rejected_closed"] = s.rejected_closed;
+  d["rejected_tenant"] = s.rejected_tenant;
+  d["rejected_denied"] = s.rejected_denied;
   d["completed_ok"] = s.completed_ok;
   d["failed"] = s.failed;
   d["late"] = s.late;
@@ -499,6 +503,26 @@ py::dict ModelStats(const BatcherStats& s) {
   d["queued_rows"] = s.queued_rows;
   d["queued_requests"] = s.queued_requests;
   return d;
+}
+
+py::list TenantStatsList(const std::vector<TenantStats>& tenants) {
+  py::list out;
+  for (const TenantStats& t : tenants) {
+    py::dict d;
+    d["tenant"] = t.tenant;
+    d["queued_rows"] = t.queued_rows;
+    d["queued_requests"] = t.queued_requests;
+    d["in_flight"] = t.in_flight;
+    d["submitted"] = t.submitted;
+    d["rows"] = t.rows;
+    d["completed_ok"] = t.completed_ok;
+    d["deadline"] = t.deadline;
+    d["refused_limit"] = t.refused_limit;
+    d["refused_denied"] = t.refused_denied;
+    d["failed"] = t.failed;
+    out.append(std::move(d));
+  }
+  return out;
 }
 
 void LogWarning(const std::string& message) {
@@ -542,6 +566,21 @@ void BindTypes(py::module_& m) {
       .def_readonly("inputs", &ModelSignature::inputs)
       .def_readonly("outputs", &ModelSignature::outputs);
 
+  py::class_<TenantPolicy>(m, "TenantPolicy")
+      .def(py::init<>())
+      .def_readwrite("weight", &TenantPolicy::weight)
+      .def_readwrite("max_queued_rows", &TenantPolicy::max_queued_rows)
+      .def_readwrite("max_in_flight", &TenantPolicy::max_in_flight)
+      .def_readwrite("highest_priority", &TenantPolicy::highest_priority);
+  py::class_<TenantOptions>(m, "TenantOptions")
+      .def(py::init<>())
+      .def_readwrite("defaults", &TenantOptions::defaults)
+      .def_readwrite("tenants", &TenantOptions::tenants)
+      .def_readwrite("max_tenants", &TenantOptions::max_tenants)
+      .def("validate", [](const TenantOptions& o) { ThrowIfError(o.Validate()); });
+  m.attr("DEFAULT_PRIORITY") = kDefaultPriority;
+  m.attr("DEFAULT_TENANT") = kDefaultTenant;
+
   py::class_<BatcherOptions>(m, "BatcherOptions")
       .def(py::init<>())
       .def_readwrite("max_batch_rows", &BatcherOptions::max_batch_rows)
@@ -551,6 +590,11 @@ void BindTypes(py::module_& m) {
       .def_readwrite("max_request_rows", &BatcherOptions::max_request_rows)
       .def_readwrite("max_batch_requests", &BatcherOptions::max_batch_requests)
       .def_readwrite("priority_levels", &BatcherOptions::priority_levels)
+      .def_readwrite("default_priority", &BatcherOptions::default_priority)
+      .def_readwrite("max_predicted_wait_us", &BatcherOptions::max_predicted_wait_us)
+      .def_readwrite("default_deadline_us", &BatcherOptions::default_deadline_us)
+      .def_readwrite("adaptive_lifo_us", &BatcherOptions::adaptive_lifo_us)
+      .def_readwrite("tenants", &BatcherOptions::tenants)
       .def_readwrite("idle_dispatch", &BatcherOptions::idle_dispatch)
       .def_readwrite("pad_to_preferred", &BatcherOptions::pad_to_preferred)
       .def_readwrite("context_layout", &BatcherOptions::context_layout);
@@ -616,9 +660,10 @@ void BindObjects(py::module_& m) {
       .def_property_readonly("name", &ModelQueue::name)
       .def_property_readonly("instances", &ModelQueue::instances)
       .def("submit", &Submit, py::arg("candidates"), py::arg("context") = py::none(), py::kw_only(),
-           py::arg("timeout_s") = py::none(), py::arg("priority") = 0, py::arg("completion_queue") = nullptr,
-           py::arg("token") = 0)
+           py::arg("timeout_s") = py::none(), py::arg("priority") = kDefaultPriority, py::arg("tenant") = "",
+           py::arg("completion_queue") = nullptr, py::arg("token") = 0)
       .def("stats", [](const ModelQueue& q) { return ModelStats(q.stats()); })
+      .def("tenant_stats", [](const ModelQueue& q) { return TenantStatsList(q.batcher().tenant_stats()); })
       .def_property_readonly("background", &ModelQueue::background)
       .def("predict_execution_us",
            [](const ModelQueue& q, int64_t rows) { return ToMicros(q.batcher().PredictExecution(rows)); });

@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 #include <utility>
@@ -32,6 +33,13 @@ TimePoint CoreDeadline(const grpc::CallbackServerContext& context) {
   if (deadline == std::chrono::system_clock::time_point::max()) return kNoDeadline;
   const auto remaining = deadline - std::chrono::system_clock::now();
   return SteadyClock::Get()->Now() + std::chrono::duration_cast<Duration>(remaining);
+}
+
+// The caller's tenant (tenants.h): its `x-adrank-tenant` metadata, else empty ("default").
+std::string CallTenant(const grpc::CallbackServerContext& context) {
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find(kTenantMetadataKey);
+  return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
 }
 
 }  // namespace
@@ -169,6 +177,9 @@ class RankCall final : public grpc::ServerUnaryReactor {
       service_->Reply(this, ToGrpc(status));
       return;
     }
+    const std::string tenant = CallTenant(*context_);
+    const int priority = request_->has_priority() ? static_cast<int>(std::min<uint32_t>(request_->priority(), 1 << 20))
+                                                  : kDefaultPriority;
     const size_t parts = calls_.size();
     results_.resize(parts);
     handles_.resize(parts);
@@ -178,7 +189,8 @@ class RankCall final : public grpc::ServerUnaryReactor {
     for (size_t i = 0; i < parts; ++i) {
       Request& request = calls_[i].request;
       request.deadline = deadline;
-      request.priority = static_cast<int>(request_->priority());
+      request.priority = priority;
+      request.tenant = tenant;
       request.on_complete = [this, i](RequestResult&& result) {
         RecordOutcome(*calls_[i].model, result, start_ns_);
         Complete(i, std::move(result));

@@ -15,6 +15,8 @@
 // States: loading (Rank answers UNAVAILABLE, health NOT_SERVING) until SetServing(true); serving;
 // draining after StartDraining (health NOT_SERVING, new calls UNAVAILABLE, calls in flight finish).
 // Cancellation (the client's, or the deadline's) cancels the call's requests not yet in a batch.
+// The caller's tenant is its `x-adrank-tenant` metadata; the priority class is the request's, or the
+// model's default when it sets none; both go to the batcher, which checks and shares by them.
 //
 // Options (defaults and why):
 //   host = "127.0.0.1"           Loopback unless told otherwise.
@@ -44,6 +46,9 @@ class Server;
 }
 
 namespace adrank {
+
+// The request metadata that names the caller's tenant (tenants.h).
+inline constexpr char kTenantMetadataKey[] = "x-adrank-tenant";
 
 struct RankServerOptions {
   std::string host = "127.0.0.1";

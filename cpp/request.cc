@@ -6,10 +6,13 @@
 namespace adrank {
 
 RequestState::RequestState(Request request, int64_t rows, const std::vector<InputSlot>& input_slots,
-                           std::shared_ptr<RequestCounters> counters, TimePoint enqueue_time)
+                           std::shared_ptr<RequestCounters> counters, std::shared_ptr<TenantCounters> tenant,
+                           size_t tenant_index, TimePoint enqueue_time)
     : request_(std::move(request)),
       rows_(rows),
       counters_(std::move(counters)),
+      tenant_(std::move(tenant)),
+      tenant_index_(tenant_index),
       enqueue_time_(enqueue_time),
       rows_pending_(rows) {
   // Pointers are taken after the move: they point into request_'s own vectors.
@@ -55,16 +58,22 @@ void RequestState::Fire(TimePoint now) {
     case StatusCode::kOk:
       counters_->completed_ok.fetch_add(1, std::memory_order_relaxed);
       if (now > request_.deadline) counters_->late.fetch_add(1, std::memory_order_relaxed);
+      if (tenant_) tenant_->completed_ok.fetch_add(1, std::memory_order_relaxed);
       break;
     case StatusCode::kCancelled:
       counters_->cancelled.fetch_add(1, std::memory_order_relaxed);
+      if (tenant_) tenant_->failed.fetch_add(1, std::memory_order_relaxed);
       break;
     case StatusCode::kDeadlineExceeded:
-      break;  // counted where it was dropped, as expired or shed
+      // Counted in the model's counters where it was dropped, as expired or shed.
+      if (tenant_) tenant_->deadline.fetch_add(1, std::memory_order_relaxed);
+      break;
     default:
       counters_->failed.fetch_add(1, std::memory_order_relaxed);
+      if (tenant_) tenant_->failed.fetch_add(1, std::memory_order_relaxed);
       break;
   }
+  if (tenant_) tenant_->in_flight.fetch_sub(1, std::memory_order_relaxed);
   if (!result_.status.ok()) result_.outputs.clear();
   Completion on_complete = std::move(request_.on_complete);
   if (on_complete) on_complete(std::move(result_));

@@ -22,6 +22,7 @@
 
 #include "clock.h"
 #include "status.h"
+#include "tenants.h"
 #include "tensor.h"
 
 namespace adrank {
@@ -49,11 +50,15 @@ struct RequestResult {
 
 using Completion = std::function<void(RequestResult&&)>;
 
+// A request's priority when the caller asked for none: the model's default class (batcher.h).
+inline constexpr int kDefaultPriority = -1;
+
 struct Request {
   std::vector<TensorView> candidates;  // leading dim N, every one the same N
   std::vector<TensorView> context;     // leading dim 1
-  TimePoint deadline = kNoDeadline;
-  int priority = 0;  // 0 is the highest class
+  TimePoint deadline = kNoDeadline;    // kNoDeadline: the model's default deadline applies
+  int priority = kDefaultPriority;     // 0 is the highest class; the batcher resolves the default
+  std::string tenant;                  // the caller (tenants.h); empty: "default"
   Completion on_complete;
 };
 
@@ -78,14 +83,18 @@ class RequestState {
     size_t index;
   };
 
+  // `request` arrives with its priority class, deadline and tenant resolved by the batcher.
   RequestState(Request request, int64_t rows, const std::vector<InputSlot>& input_slots,
-               std::shared_ptr<RequestCounters> counters, TimePoint enqueue_time);
+               std::shared_ptr<RequestCounters> counters, std::shared_ptr<TenantCounters> tenant, size_t tenant_index,
+               TimePoint enqueue_time);
 
   const Request& request() const { return request_; }
   int64_t rows() const { return rows_; }
   TimePoint enqueue_time() const { return enqueue_time_; }
   TimePoint deadline() const { return request_.deadline; }
   int priority() const { return request_.priority; }
+  // The batcher's index of the request's tenant queue.
+  size_t tenant_index() const { return tenant_index_; }
   // The caller's tensor for signature input i.
   const TensorView& input(size_t i) const { return *inputs_by_spec_[i]; }
   std::vector<OutputTensor>& outputs() { return result_.outputs; }
@@ -112,6 +121,8 @@ class RequestState {
   const int64_t rows_;
   std::vector<const TensorView*> inputs_by_spec_;
   std::shared_ptr<RequestCounters> counters_;
+  std::shared_ptr<TenantCounters> tenant_;
+  const size_t tenant_index_;
   const TimePoint enqueue_time_;
 
   std::atomic<int64_t> rows_pending_;

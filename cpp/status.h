@@ -17,6 +17,7 @@ enum class StatusCode : int {
   kInvalidArgument = 3,
   kDeadlineExceeded = 4,
   kNotFound = 5,
+  kPermissionDenied = 7,
   kResourceExhausted = 8,
   kFailedPrecondition = 9,
   kInternal = 13,
@@ -50,6 +51,9 @@ inline Status DeadlineExceeded(std::string message) {
   return Status(StatusCode::kDeadlineExceeded, std::move(message));
 }
 inline Status Unavailable(std::string message) { return Status(StatusCode::kUnavailable, std::move(message)); }
+inline Status PermissionDenied(std::string message) {
+  return Status(StatusCode::kPermissionDenied, std::move(message));
+}
 inline Status Cancelled(std::string message) { return Status(StatusCode::kCancelled, std::move(message)); }
 inline Status Internal(std::string message) { return Status(StatusCode::kInternal, std::move(message)); }
 

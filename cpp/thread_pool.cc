@@ -103,6 +103,8 @@ Status ThreadPool::AddModel(ModelOptions options, std::shared_ptr<ModelQueue>* o
   if (options.name.empty()) return InvalidArgument("model name is empty");
   if (options.instances < 1) return InvalidArgument("model '" + options.name + "': instances must be >= 1");
   if (!options.backend) return InvalidArgument("model '" + options.name + "': no backend");
+  // The batcher predicts waits from how many of the model's batches run at once.
+  options.batching.instances = options.instances;
   std::unique_ptr<Batcher> batcher;
   Status status = Batcher::Create(options.batching, options.signature, clock_, &batcher);
   if (!status.ok()) return Status(status.code(), "model '" + options.name + "': " + status.message());
@@ -260,7 +262,7 @@ void ThreadPool::RunBatch(const Dispatch& dispatch, Batch* batch) {
   }
   const TimePoint end = clock_->Now();
   const Duration elapsed = end - batch->started_at;
-  if (status.ok()) model.batcher_->RecordExecution(batch->padded_rows, elapsed);
+  model.batcher_->RecordExecution(batch->padded_rows, elapsed, status.ok());
   batch->Finish(status, elapsed, end);
 }
 

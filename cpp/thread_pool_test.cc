@@ -238,6 +238,12 @@ ModelOptions SumModel(const std::string& name, Backend backend = SumBackend) {
   model.batching.max_queue_delay_us = kNeverUs;
   model.batching.max_queue_rows = 1 << 20;
   model.batching.max_request_rows = 4096;
+  // The scheduling tests: one tenant that may fill the whole queue, no admission by prediction (a
+  // steady clock's timings would make the refusals depend on the machine).
+  model.batching.tenants.defaults.max_queued_rows = model.batching.max_queue_rows;
+  model.batching.tenants.defaults.max_in_flight = 1 << 20;
+  model.batching.max_predicted_wait_us = 0;
+  model.batching.default_deadline_us = 0;
   model.backend = std::move(backend);
   return model;
 }

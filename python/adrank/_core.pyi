@@ -35,6 +35,24 @@ class ModelSignature:
     @property
     def outputs(self) -> list[TensorSpec]: ...
 
+DEFAULT_PRIORITY: int  # a request's priority when it asks for none: the model's default class
+DEFAULT_TENANT: str  # the tenant of a request that names none
+
+class TenantPolicy:
+    weight: float
+    max_queued_rows: int
+    max_in_flight: int
+    highest_priority: int  # -1: no class above the model's default
+    def __init__(self) -> None: ...
+
+class TenantOptions:
+    defaults: TenantPolicy
+    tenants: dict[str, TenantPolicy]
+    max_tenants: int
+    def __init__(self) -> None: ...
+    def validate(self) -> None:
+        """CoreError INVALID_ARGUMENT naming the tenant and field that is wrong."""
+
 class BatcherOptions:
     max_batch_rows: int
     preferred_batch_rows: list[int]
@@ -43,6 +61,11 @@ class BatcherOptions:
     max_request_rows: int
     max_batch_requests: int
     priority_levels: int
+    default_priority: int
+    max_predicted_wait_us: int
+    default_deadline_us: int
+    adaptive_lifo_us: int
+    tenants: TenantOptions
     idle_dispatch: bool
     pad_to_preferred: bool
     context_layout: ContextLayout
@@ -117,14 +140,18 @@ class Model:
         context: Mapping[str, np.ndarray] | None = None,
         *,
         timeout_s: float | None = None,
-        priority: int = 0,
+        priority: int = ...,
+        tenant: str = "",
         completion_queue: CompletionQueue | None = None,
         token: int = 0,
     ) -> PendingRequest:
         """Queues one request. `candidates`/`context`: any Mapping of name -> array. `timeout_s` sets the
-        deadline: <= 0 is already passed (CoreError DEADLINE_EXCEEDED); None, +inf or beyond a year is no
-        deadline; NaN is CoreError INVALID_ARGUMENT. Refusals raise CoreError at once."""
+        deadline: <= 0 is already passed (CoreError DEADLINE_EXCEEDED); None, +inf or beyond a year is the
+        model's default deadline; NaN is CoreError INVALID_ARGUMENT. `priority`: DEFAULT_PRIORITY is the
+        model's default class. `tenant`: "" is DEFAULT_TENANT. Refusals raise CoreError at once."""
     def stats(self) -> dict[str, int]: ...
+    def tenant_stats(self) -> list[dict[str, int | str]]:
+        """Per tenant the model has seen: queued rows/requests, in flight, and its outcome counters."""
     def predict_execution_us(self, rows: int) -> int: ...
 
 Backend = Callable[[Batch], Mapping[str, np.ndarray] | Sequence[np.ndarray] | None]

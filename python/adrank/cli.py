@@ -74,6 +74,13 @@ def main() -> None:
     show_default=True,
     help="Per-version counting in the core, /metrics and /dashboard.",
 )
+@click.option(
+    "--tenants",
+    "tenants_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="YAML of the callers' (x-adrank-tenant) weights, limits and priority classes (else: the defaults).",
+)
 def serve(
     repository: Path,
     host: str,
@@ -87,6 +94,7 @@ def serve(
     admin_token_file: Path | None,
     poll_interval: float,
     metrics: bool,
+    tenants_file: Path | None,
 ) -> None:
     """Serve the models of a repository over gRPC until SIGTERM, then drain."""
     from adrank.metrics.history import MetricsOptions
@@ -94,11 +102,16 @@ def serve(
     from adrank.repository.manager import ManagerOptions
     from adrank.server import Server, ServerOptions
     from adrank.server import serve as run_server
+    from adrank.tenants import TenantsConfig, TenantsConfigError, load_tenants
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not ModelRepository(repository).model_names():
         click.echo(f"adrank: no models yet in {repository}: nothing to serve.")
         return
+    try:
+        tenants = load_tenants(tenants_file) if tenants_file is not None else TenantsConfig()
+    except TenantsConfigError as error:
+        raise click.ClickException(str(error)) from error
     options = ServerOptions(
         repository=repository,
         host=host,
@@ -107,7 +120,7 @@ def serve(
         workers=workers,
         drain_grace_s=drain_grace,
         frontend=frontend,  # type: ignore[arg-type]  # click.Choice guarantees the literal
-        models=ManagerOptions(poll_interval_s=poll_interval),
+        models=ManagerOptions(poll_interval_s=poll_interval, tenants=tenants),
         admin_port=admin_port,
         admin_token=_token(admin_token, admin_token_file),
         metrics=MetricsOptions(enabled=metrics),

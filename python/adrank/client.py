@@ -23,6 +23,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from adrank.tenants import TENANT_METADATA_KEY
 from adrank.v1 import ranking_pb2 as pb
 from adrank.v1 import ranking_pb2_grpc as pb_grpc
 from adrank.wire import encode_all
@@ -73,9 +74,11 @@ def build_request(
     context: Tensors | None = None,
     *,
     request_id: str = "",
-    priority: int = 0,
+    priority: int | None = None,
     routing_key: str = "",
 ) -> pb.RankRequest:
+    """`priority` None: the model's default class (0 is the highest; classes above the default need a
+    tenant configured for them)."""
     specs = [pb.ModelSpec(name=m) if isinstance(m, str) else pb.ModelSpec(name=m[0], version=m[1]) for m in models]
     return pb.RankRequest(
         request_id=request_id,
@@ -85,6 +88,10 @@ def build_request(
         priority=priority,
         routing_key=routing_key,
     )
+
+
+def _metadata(tenant: str | None) -> tuple[tuple[str, str], ...] | None:
+    return None if tenant is None else ((TENANT_METADATA_KEY, tenant),)
 
 
 def parse_response(response: pb.RankResponse) -> RankResult:
@@ -107,7 +114,10 @@ def _error(error: grpc.RpcError) -> RankError:
 
 
 class RankClient:
-    def __init__(self, target: str, *, channel: grpc.Channel | None = None) -> None:
+    """`tenant`: sent as `x-adrank-tenant` with every call (None: the server's "default" tenant)."""
+
+    def __init__(self, target: str, *, channel: grpc.Channel | None = None, tenant: str | None = None) -> None:
+        self._metadata = _metadata(tenant)
         self._channel = channel or grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._stub = pb_grpc.RankingStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -120,14 +130,14 @@ class RankClient:
         *,
         timeout: float | None = None,
         request_id: str = "",
-        priority: int = 0,
+        priority: int | None = None,
         routing_key: str = "",
     ) -> RankResult:
         request = build_request(
             models, candidates, context, request_id=request_id, priority=priority, routing_key=routing_key
         )
         try:
-            return parse_response(self._stub.Rank(request, timeout=timeout))
+            return parse_response(self._stub.Rank(request, timeout=timeout, metadata=self._metadata))
         except grpc.RpcError as error:
             raise _error(error) from None
 
@@ -158,7 +168,8 @@ class RankClient:
 
 
 class AsyncRankClient:
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, tenant: str | None = None) -> None:
+        self._metadata = _metadata(tenant)
         self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._stub = pb_grpc.RankingStub(self._channel)
 
@@ -170,14 +181,14 @@ class AsyncRankClient:
         *,
         timeout: float | None = None,
         request_id: str = "",
-        priority: int = 0,
+        priority: int | None = None,
         routing_key: str = "",
     ) -> RankResult:
         request = build_request(
             models, candidates, context, request_id=request_id, priority=priority, routing_key=routing_key
         )
         try:
-            return parse_response(await self._stub.Rank(request, timeout=timeout))
+            return parse_response(await self._stub.Rank(request, timeout=timeout, metadata=self._metadata))
         except grpc.RpcError as error:
             raise _error(error) from None
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from adrank._core import CompletionQueue, Model, PendingRequest, Result
+from adrank._core import DEFAULT_PRIORITY, CompletionQueue, Model, PendingRequest, Result
 
 
 class AsyncCompletions:
@@ -36,7 +36,8 @@ class AsyncCompletions:
         context: Mapping[str, np.ndarray] | None = None,
         *,
         timeout_s: float | None = None,
-        priority: int = 0,
+        priority: int = DEFAULT_PRIORITY,
+        tenant: str = "",
     ) -> Result:
         """Scores one request; raises adrank.CoreError with the core's status on failure.
 
@@ -48,6 +49,7 @@ class AsyncCompletions:
             None if context is None else dict(context),
             timeout_s=timeout_s,
             priority=priority,
+            tenant=tenant,
             completion_queue=self._queue,
             token=token,
         )

@@ -29,6 +29,7 @@ import adrank._core as core
 from adrank.completions import AsyncCompletions
 from adrank.repository.manager import ModelManager, Route
 from adrank.servable import RequestError, Servable, invalid
+from adrank.tenants import TENANT_METADATA_KEY
 from adrank.v1 import ranking_pb2 as pb
 from adrank.v1 import ranking_pb2_grpc as pb_grpc
 from adrank.wire import WireError, decode
@@ -86,6 +87,15 @@ def check_unexpected(
     both = sorted(set(candidates) & set(context))
     if both:
         raise invalid(f"tensor '{both[0]}' is sent both in candidates and in context")
+
+
+def call_tenant(context: grpc.aio.ServicerContext) -> str:
+    """The caller's tenant (tenants.py): its `x-adrank-tenant` metadata, else "" (the core's default). The
+    core checks the name."""
+    for key, value in context.invocation_metadata() or ():
+        if key == TENANT_METADATA_KEY:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return ""
 
 
 class RankingService(pb_grpc.RankingServicer):
@@ -165,8 +175,10 @@ class RankingService(pb_grpc.RankingServicer):
         if timeout is not None and timeout <= 0:
             raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before any model ran")
         completions = self._async_completions()
+        priority = request.priority if request.HasField("priority") else core.DEFAULT_PRIORITY
+        tenant = call_tenant(context)
         submitted = [
-            completions.submit(s.model, c, x, timeout_s=timeout, priority=request.priority)
+            completions.submit(s.model, c, x, timeout_s=timeout, priority=priority, tenant=tenant)
             for s, (c, x) in zip(servables, prepared, strict=True)
         ]
         for route in routes:

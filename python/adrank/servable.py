@@ -69,7 +69,13 @@ class Servable:
         return {t.name for t in self.config.inputs}
 
     @staticmethod
-    def load(pool: core.ThreadPool, config: ModelConfig, version_dir: Path, version: int) -> Servable:
+    def load(
+        pool: core.ThreadPool,
+        config: ModelConfig,
+        version_dir: Path,
+        version: int,
+        tenants: core.TenantOptions | None = None,
+    ) -> Servable:
         backend = create_backend(config.backend)
         sessions = [backend.load(version_dir, config, i) for i in range(config.instances)]
 
@@ -80,7 +86,7 @@ class Servable:
             f"{config.name}:{version}",
             config.core_signature(),
             run,
-            batching=config.batcher_options(),
+            batching=config.batcher_options(tenants),
             instances=config.instances,
         )
         low, high = config.outputs[0].range or DEFAULT_SCORE_RANGE

@@ -66,3 +66,17 @@ def pool() -> Iterator[adrank.ThreadPool]:
 @pytest.fixture
 def matmul() -> MatmulModel:
     return MatmulModel.create()
+
+
+def scheduling_batching(**overrides: object) -> adrank.BatcherOptions:
+    """Batcher options for tests of batching, scheduling and completion: no admission by predicted wait and
+    no default deadline (on a loaded machine those refuse by its timing, cpp/batcher.h), and the default
+    tenant may fill the queue. The admission tests set their own."""
+    options = adrank.BatcherOptions()
+    options.max_predicted_wait_us = 0
+    options.default_deadline_us = 0
+    options.tenants.defaults.max_queued_rows = options.max_queue_rows
+    options.tenants.defaults.max_in_flight = 1 << 20
+    for name, value in overrides.items():
+        setattr(options, name, value)
+    return options

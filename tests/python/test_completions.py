@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import adrank
-from conftest import make_request
+from conftest import make_request, scheduling_batching
 
 
 def test_completion_queue_signals_its_fd_and_drains_in_order():
@@ -22,7 +22,7 @@ def test_completion_queue_signals_its_fd_and_drains_in_order():
 
 
 def test_many_concurrent_requests_resolve_with_their_own_rows(pool, matmul):
-    model = pool.add_model("matmul", matmul.signature(), matmul)
+    model = pool.add_model("matmul", matmul.signature(), matmul, scheduling_batching())
 
     async def main() -> None:
         completions = adrank.AsyncCompletions()
@@ -40,7 +40,7 @@ def test_many_concurrent_requests_resolve_with_their_own_rows(pool, matmul):
 
 
 def test_errors_surface_as_core_errors(pool, matmul):
-    model = pool.add_model("boom", matmul.signature(), lambda batch: 1 / 0)
+    model = pool.add_model("boom", matmul.signature(), lambda batch: 1 / 0, scheduling_batching())
 
     async def main() -> None:
         completions = adrank.AsyncCompletions()
@@ -61,7 +61,7 @@ def test_cancelling_the_awaiting_task_cancels_the_queued_request(pool, matmul):
         seen.append(batch.inputs["row_id"].copy())
         matmul(batch)
 
-    model = pool.add_model("gated", matmul.signature(), gated)
+    model = pool.add_model("gated", matmul.signature(), gated, scheduling_batching())
 
     async def main() -> None:
         completions = adrank.AsyncCompletions()

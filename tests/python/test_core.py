@@ -17,14 +17,11 @@ import numpy as np
 import pytest
 
 import adrank
-from conftest import DENSE, USER, MatmulModel, make_request
+from conftest import DENSE, USER, MatmulModel, make_request, scheduling_batching
 
 
 def batching(**overrides: object) -> adrank.BatcherOptions:
-    options = adrank.BatcherOptions()
-    for name, value in overrides.items():
-        setattr(options, name, value)
-    return options
+    return scheduling_batching(**overrides)
 
 
 class Gate:
@@ -44,7 +41,7 @@ class Gate:
 
 
 def test_scores_match_the_model_with_context_broadcast(pool, matmul):
-    model = pool.add_model("matmul", matmul.signature(), matmul)
+    model = pool.add_model("matmul", matmul.signature(), matmul, scheduling_batching())
     rng = np.random.default_rng(1)
     candidates, context = make_request(rng, 250, 0)
     result = model.submit(candidates, context, timeout_s=5).wait(10)
@@ -102,7 +99,7 @@ def test_backend_gets_views_over_pooled_buffers_that_are_reused(pool, matmul):
         seen.append((batch.inputs["dense"].flags.owndata, batch.outputs["score"].flags.owndata))
         matmul(batch)
 
-    model = pool.add_model("matmul", matmul.signature(), backend)
+    model = pool.add_model("matmul", matmul.signature(), backend, scheduling_batching())
     rng = np.random.default_rng(3)
     model.submit(*make_request(rng, 50, 0)).wait(10)
     misses = pool.memory_pool.stats()["misses"]
@@ -124,14 +121,19 @@ def test_backend_may_return_outputs_instead_of_writing_them(pool, matmul):
 
     candidates, context = make_request(np.random.default_rng(4), 30, 7)
     for name, backend in [("dict", returns_dict), ("list", returns_list)]:
-        model = pool.add_model(name, matmul.signature(), backend)
+        model = pool.add_model(name, matmul.signature(), backend, scheduling_batching())
         result = model.submit(candidates, context).wait(10)
         np.testing.assert_allclose(result.outputs["score"], matmul.expected(candidates["dense"], context["user"]))
         np.testing.assert_array_equal(result.outputs["row_id_out"], candidates["row_id"])
 
 
 def test_backend_returning_a_wrong_shape_fails_the_batch_with_internal(pool, matmul):
-    model = pool.add_model("bad", matmul.signature(), lambda batch: {"score": np.zeros(3), "row_id_out": np.zeros(3)})
+    model = pool.add_model(
+        "bad",
+        matmul.signature(),
+        lambda batch: {"score": np.zeros(3), "row_id_out": np.zeros(3)},
+        scheduling_batching(),
+    )
     with pytest.raises(adrank.CoreError) as error:
         model.submit(*make_request(np.random.default_rng(5), 10, 0)).wait(10)
     assert error.value.code == "INTERNAL"
@@ -147,7 +149,7 @@ def test_backend_exception_fails_its_batch_and_the_model_keeps_serving(pool, mat
             raise ValueError("boom in the model")
         matmul(batch)
 
-    model = pool.add_model("flaky", matmul.signature(), flaky)
+    model = pool.add_model("flaky", matmul.signature(), flaky, scheduling_batching())
     rng = np.random.default_rng(6)
     with pytest.raises(adrank.CoreError) as error:
         model.submit(*make_request(rng, 10, 0)).wait(10)
@@ -178,7 +180,7 @@ def test_backend_exception_fails_its_batch_and_the_model_keeps_serving(pool, mat
     ],
 )
 def test_bad_input_is_refused_with_a_code_and_the_tensor_name(pool, matmul, spoil, code, names):
-    model = pool.add_model("matmul", matmul.signature(), matmul)
+    model = pool.add_model("matmul", matmul.signature(), matmul, scheduling_batching())
     candidates, context = make_request(np.random.default_rng(7), 10, 0)
     spoil(candidates, context)
     with pytest.raises(adrank.CoreError) as error:
@@ -190,7 +192,7 @@ def test_bad_input_is_refused_with_a_code_and_the_tensor_name(pool, matmul, spoi
 
 
 def test_non_contiguous_input_is_accepted_and_scored_correctly(pool, matmul):
-    model = pool.add_model("matmul", matmul.signature(), matmul)
+    model = pool.add_model("matmul", matmul.signature(), matmul, scheduling_batching())
     candidates, context = make_request(np.random.default_rng(8), 20, 0)
     candidates["dense"] = np.asfortranarray(candidates["dense"])
     result = model.submit(candidates, context).wait(10)
@@ -218,7 +220,7 @@ def test_queue_full_is_refused_at_once_with_resource_exhausted(pool, matmul):
 
 def test_deadline_missed_in_queue_is_never_computed(pool, matmul):
     gate = Gate(matmul)
-    model = pool.add_model("gated", matmul.signature(), gate)
+    model = pool.add_model("gated", matmul.signature(), gate, scheduling_batching())
     rng = np.random.default_rng(10)
     blocker = model.submit(*make_request(rng, 5, 0))
     assert gate.entered.wait(10)
@@ -240,7 +242,7 @@ def test_deadline_missed_in_queue_is_never_computed(pool, matmul):
 
 def test_wait_timeout_raises_timeout_error_and_the_request_still_completes(pool, matmul):
     gate = Gate(matmul)
-    model = pool.add_model("gated", matmul.signature(), gate)
+    model = pool.add_model("gated", matmul.signature(), gate, scheduling_batching())
     pending = model.submit(*make_request(np.random.default_rng(11), 5, 0))
     with pytest.raises(TimeoutError):
         pending.wait(0.05)
@@ -251,7 +253,7 @@ def test_wait_timeout_raises_timeout_error_and_the_request_still_completes(pool,
 
 def test_cancelled_request_never_runs(pool, matmul):
     gate = Gate(matmul)
-    model = pool.add_model("gated", matmul.signature(), gate)
+    model = pool.add_model("gated", matmul.signature(), gate, scheduling_batching())
     rng = np.random.default_rng(12)
     blocker = model.submit(*make_request(rng, 5, 0))
     assert gate.entered.wait(10)
@@ -274,7 +276,7 @@ def test_waiting_releases_the_gil(pool, matmul):
         released.set()
         matmul(batch)
 
-    model = pool.add_model("matmul", matmul.signature(), backend)
+    model = pool.add_model("matmul", matmul.signature(), backend, scheduling_batching())
     model.submit(*make_request(np.random.default_rng(13), 5, 0)).wait(10)
     assert released.is_set()
 
@@ -294,7 +296,7 @@ def test_a_worker_keeps_its_python_thread_state_between_batches(matmul):
     options.use_cuda = False
     one_worker = adrank.ThreadPool(num_workers=1, memory_pool=adrank.MemoryPool(options))
     try:
-        model = one_worker.add_model("matmul", matmul.signature(), backend)
+        model = one_worker.add_model("matmul", matmul.signature(), backend, scheduling_batching())
         for seed in range(3):
             model.submit(*make_request(np.random.default_rng(seed), 4, 0)).wait(10)
     finally:
@@ -304,7 +306,7 @@ def test_a_worker_keeps_its_python_thread_state_between_batches(matmul):
 
 def test_dropping_a_pending_request_keeps_its_inputs_alive_until_done(pool, matmul):
     gate = Gate(matmul)
-    model = pool.add_model("gated", matmul.signature(), gate)
+    model = pool.add_model("gated", matmul.signature(), gate, scheduling_batching())
     rng = np.random.default_rng(14)
     threading.Timer(0.1, gate.open.set).start()
     for i in range(5):
@@ -335,7 +337,7 @@ def test_per_request_context_layout_gives_a_row_index(pool, matmul):
 def test_shutdown_finishes_accepted_requests_and_refuses_new_ones(matmul):
     pool = adrank.ThreadPool(num_workers=1)
     gate = Gate(matmul)
-    model = pool.add_model("gated", matmul.signature(), gate)
+    model = pool.add_model("gated", matmul.signature(), gate, scheduling_batching())
     rng = np.random.default_rng(16)
     pendings = [model.submit(*make_request(rng, 5, 10 * i)) for i in range(6)]
     assert gate.entered.wait(10)
@@ -350,8 +352,8 @@ def test_shutdown_finishes_accepted_requests_and_refuses_new_ones(matmul):
 
 
 def test_remove_model_drains_and_refuses(pool, matmul):
-    model = pool.add_model("old", matmul.signature(), matmul)
-    other = pool.add_model("other", matmul.signature(), matmul)
+    model = pool.add_model("old", matmul.signature(), matmul, scheduling_batching())
+    other = pool.add_model("other", matmul.signature(), matmul, scheduling_batching())
     rng = np.random.default_rng(17)
     pending = model.submit(*make_request(rng, 5, 0))
     pool.remove_model(model)
@@ -369,7 +371,7 @@ def test_memory_pool_cap_fails_only_the_batch_that_does_not_fit(matmul):
     memory = adrank.MemoryPool(options)
     pool = adrank.ThreadPool(num_workers=1, memory_pool=memory)
     try:
-        model = pool.add_model("matmul", matmul.signature(), matmul)
+        model = pool.add_model("matmul", matmul.signature(), matmul, scheduling_batching())
         rng = np.random.default_rng(18)
         with pytest.raises(adrank.CoreError) as error:
             model.submit(*make_request(rng, 2000, 0)).wait(10)  # 2000 x 104 B of dense alone
@@ -398,9 +400,9 @@ def test_invalid_configuration_is_refused(pool, matmul):
         )
     with pytest.raises(ValueError, match="unknown dtype"):
         adrank.TensorSpec("a", "float128")
-    pool.add_model("m", matmul.signature(), matmul)
+    pool.add_model("m", matmul.signature(), matmul, scheduling_batching())
     with pytest.raises(adrank.CoreError, match="already registered"):
-        pool.add_model("m", matmul.signature(), matmul)
+        pool.add_model("m", matmul.signature(), matmul, scheduling_batching())
 
 
 class ReadOnlyMapping(Mapping):
@@ -420,7 +422,7 @@ class ReadOnlyMapping(Mapping):
 
 
 def test_any_mapping_is_accepted_for_candidates_and_context(pool, matmul):
-    model = pool.add_model("matmul", matmul.signature(), matmul)
+    model = pool.add_model("matmul", matmul.signature(), matmul, scheduling_batching())
     candidates, context = make_request(np.random.default_rng(19), 20, 40)
     for wrap in (types.MappingProxyType, ReadOnlyMapping):
         result = model.submit(wrap(candidates), wrap(context)).wait(10)
@@ -434,7 +436,7 @@ def test_any_mapping_is_accepted_for_candidates_and_context(pool, matmul):
 
 @pytest.mark.parametrize("timeout_s", [math.inf, 1e300, 2.0**63, 4e7, 3600.0])
 def test_infinite_or_huge_timeout_means_no_deadline(pool, matmul, timeout_s):
-    model = pool.add_model("matmul", matmul.signature(), matmul)
+    model = pool.add_model("matmul", matmul.signature(), matmul, scheduling_batching())
     candidates, context = make_request(np.random.default_rng(20), 5, 0)
     result = model.submit(candidates, context, timeout_s=timeout_s).wait(10)
     np.testing.assert_array_equal(result.outputs["row_id_out"], candidates["row_id"])
@@ -444,7 +446,7 @@ def test_infinite_or_huge_timeout_means_no_deadline(pool, matmul, timeout_s):
 
 @pytest.mark.parametrize("timeout_s", [0.0, -0.0, -1.0, -1e300, -math.inf])
 def test_timeout_not_above_zero_has_already_passed_at_submit(pool, matmul, timeout_s):
-    model = pool.add_model("matmul", matmul.signature(), matmul)
+    model = pool.add_model("matmul", matmul.signature(), matmul, scheduling_batching())
     with pytest.raises(adrank.CoreError) as error:
         model.submit(*make_request(np.random.default_rng(21), 5, 0), timeout_s=timeout_s)
     assert error.value.code == "DEADLINE_EXCEEDED"
@@ -452,7 +454,7 @@ def test_timeout_not_above_zero_has_already_passed_at_submit(pool, matmul, timeo
 
 
 def test_nan_timeout_is_refused_naming_timeout_s(pool, matmul):
-    model = pool.add_model("matmul", matmul.signature(), matmul)
+    model = pool.add_model("matmul", matmul.signature(), matmul, scheduling_batching())
     rng = np.random.default_rng(22)
     with pytest.raises(adrank.CoreError) as error:
         model.submit(*make_request(rng, 5, 0), timeout_s=math.nan)
@@ -469,7 +471,7 @@ def test_nan_timeout_is_refused_naming_timeout_s(pool, matmul):
 
 def test_wait_timeouts_from_zero_to_infinite(pool, matmul):
     gate = Gate(matmul)
-    model = pool.add_model("gated", matmul.signature(), gate)
+    model = pool.add_model("gated", matmul.signature(), gate, scheduling_batching())
     pending = model.submit(*make_request(np.random.default_rng(23), 5, 0))
     assert gate.entered.wait(10)
     for already_passed in (0.0, -0.0, -math.inf):

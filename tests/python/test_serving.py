@@ -290,7 +290,7 @@ BAD_REQUESTS = {
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 def test_bad_requests_get_the_right_status_naming_the_field_and_the_server_stays_healthy(client, case):
     models, candidates, context, code, field = BAD_REQUESTS[case]
-    priority = 7 if case == "priority out of range" else 0
+    priority = 7 if case == "priority out of range" else None
     with pytest.raises(RankError) as error:
         client.rank(models, candidates, context, timeout=30, priority=priority)
     assert error.value.code == code, error.value.details

@@ -134,6 +134,8 @@ def version_metrics(sample: Sample) -> Iterator[Metric]:
         queue_requests.add_metric(labels, q["queued_requests"])
         for reason, count in (
             ("queue_full", q["rejected_queue_full"]),
+            ("tenant_limit", q["rejected_tenant"]),
+            ("priority_denied", q["rejected_denied"]),
             ("deadline_expired", q["expired"] + q["rejected_expired"]),
             ("deadline_unreachable", q["shed"]),
             ("shadow", v.stats["shadow_shed"]),
@@ -141,6 +143,40 @@ def version_metrics(sample: Sample) -> Iterator[Metric]:
             shed.add_metric([*labels, reason], int(count))
         late.add_metric(labels, q["late"])
     yield from (requests, candidates, *latencies.values(), batch_rows, batches, queue_rows, queue_requests, shed, late)
+    yield from tenant_metrics(sample)
+
+
+# A tenant's requests by how they ended (cpp/tenants.h TenantCounters).
+TENANT_OUTCOMES = ("completed_ok", "deadline", "refused_limit", "refused_denied", "failed")
+
+
+def tenant_metrics(sample: Sample) -> Iterator[Metric]:
+    """Per tenant of each version's queue: outcomes, rows, what it holds now. A tenant shows once it has
+    sent a request (its names are bounded by the core's max_tenants)."""
+    labels = [*VERSION_LABELS, "tenant"]
+    requests = CounterMetricFamily(
+        "adrank_tenant_requests", "A tenant's requests to a model version, by outcome.", labels=[*labels, "outcome"]
+    )
+    rows = CounterMetricFamily(
+        "adrank_tenant_rows", "Candidate rows a tenant's accepted requests carried.", labels=labels
+    )
+    queued = GaugeMetricFamily(
+        "adrank_tenant_queued_rows", "Rows a tenant has queued, not yet in a batch.", labels=labels
+    )
+    in_flight = GaugeMetricFamily(
+        "adrank_tenant_in_flight", "A tenant's requests accepted, not yet answered.", labels=labels
+    )
+    for v in sample.versions:
+        for t in v.tenants:
+            if not (t["submitted"] or t["refused_limit"] or t["refused_denied"]):
+                continue
+            tenant_labels = [*_labels(v), str(t["tenant"])]
+            for outcome in TENANT_OUTCOMES:
+                requests.add_metric([*tenant_labels, outcome], int(t[outcome]))
+            rows.add_metric(tenant_labels, int(t["rows"]))
+            queued.add_metric(tenant_labels, int(t["queued_rows"]))
+            in_flight.add_metric(tenant_labels, int(t["in_flight"]))
+    yield from (requests, rows, queued, in_flight)
 
 
 def server_metrics(sample: Sample) -> Iterator[Metric]:

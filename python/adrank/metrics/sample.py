@@ -30,6 +30,7 @@ class VersionSample:
     role: str  # "stable", "canary", "shadow", or "" (loaded, not routed)
     stats: dict[str, Any]  # VersionStats.snapshot(): outcomes by code, histograms
     queue: dict[str, Any]  # the version's core queue: Model.stats()
+    tenants: list[dict[str, Any]]  # the queue's tenants: Model.tenant_stats()
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class MetricsSource:
                     route_role(route, servable.version) if route is not None else "",
                     servable.stats.snapshot(),
                     servable.model.stats(),
+                    servable.model.tenant_stats(),
                 )
             )
         traffic = [t for name, route in routes.items() for t in route_traffic(name, route)]

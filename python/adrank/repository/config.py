@@ -90,7 +90,15 @@ class BatchingConfig(_Strict):
     max_queue_rows: int = Field(32768, ge=1)
     # 0: no limit. 1 for a model whose per-request work does not batch (cpp/batcher.h).
     max_batch_requests: int = Field(0, ge=0)
-    priority_levels: int = Field(2, ge=1, le=16)
+    # The queue's bound in time, the deadline of a request that sets none, and when a standing queue
+    # turns newest-first (cpp/batcher.h: Admission, Overload). 0 turns each off.
+    max_predicted_wait_us: int = Field(50_000, ge=0)
+    default_deadline_us: int = Field(1_000_000, ge=0)
+    adaptive_lifo_us: int = Field(2_000, ge=0)
+    # A class above the default for the tenants allowed it, the default, and one below for shadow traffic.
+    priority_levels: int = Field(3, ge=1, le=16)
+    # The class of a request that asks for none; None: 1, or 0 for a model with one class.
+    default_priority: int | None = Field(None, ge=0)
     idle_dispatch: bool = True
     pad_to_preferred: bool = False
     context_layout: Literal["broadcast", "per_request"] = "broadcast"
@@ -100,7 +108,16 @@ class BatchingConfig(_Strict):
         sizes = self.preferred_batch_rows
         if sizes != sorted(set(sizes)) or any(s < 1 or s > self.max_batch_rows for s in sizes):
             raise ValueError(f"preferred_batch_rows {sizes} must be ascending, distinct and in [1, max_batch_rows]")
+        if self.default_priority is not None and self.default_priority >= self.priority_levels:
+            raise ValueError(
+                f"default_priority {self.default_priority} must be below priority_levels ({self.priority_levels})"
+            )
         return self
+
+    @property
+    def default_class(self) -> int:
+        """The priority class of a request that asks for none."""
+        return min(1, self.priority_levels - 1) if self.default_priority is None else self.default_priority
 
     def warmup_sizes(self) -> list[int]:
         """One warm-up run per size a batch can close at."""
@@ -231,7 +248,8 @@ class ModelConfig(_Strict):
         outputs = [core.TensorSpec(t.name, t.dtype, t.shape) for t in self.outputs]
         return core.ModelSignature(inputs=specs, outputs=outputs)
 
-    def batcher_options(self) -> core.BatcherOptions:
+    def batcher_options(self, tenants: core.TenantOptions | None = None) -> core.BatcherOptions:
+        """The core batcher's options; `tenants` (the server's, adrank/tenants.py) default to the core's."""
         options = core.BatcherOptions()
         b = self.batching
         options.max_batch_rows = b.max_batch_rows
@@ -241,6 +259,12 @@ class ModelConfig(_Strict):
         options.max_request_rows = self.max_candidates
         options.max_batch_requests = b.max_batch_requests
         options.priority_levels = b.priority_levels
+        options.default_priority = b.default_class
+        options.max_predicted_wait_us = b.max_predicted_wait_us
+        options.default_deadline_us = b.default_deadline_us
+        options.adaptive_lifo_us = b.adaptive_lifo_us
+        if tenants is not None:
+            options.tenants = tenants
         options.idle_dispatch = b.idle_dispatch
         options.pad_to_preferred = b.pad_to_preferred
         options.context_layout = (

@@ -58,6 +58,7 @@ from adrank.rollout.audit import AuditEntry, AuditLog
 from adrank.rollout.guardrails import Comparison, GuardrailMonitor, Verdict
 from adrank.rollout.policy import PolicyError, RolloutPolicy, load_policy, save_policy
 from adrank.servable import RequestError, Servable
+from adrank.tenants import TenantsConfig
 from adrank.ticker import Ticker
 
 log = logging.getLogger("adrank.models")
@@ -85,6 +86,8 @@ class ManagerOptions:
     # server started with --no-metrics) counts only the versions a rollout compares: the guardrails
     # need them.
     metrics: bool = True
+    # The callers' weights, limits and priority classes, taken by every version's batcher (tenants.py).
+    tenants: TenantsConfig = field(default_factory=TenantsConfig)
 
 
 @dataclass
@@ -121,6 +124,7 @@ class ModelManager:
     def __init__(self, pool: core.ThreadPool, repository: ModelRepository, options: ManagerOptions | None = None):
         self.options = options or ManagerOptions()
         self.registry = core.ModelRegistry()
+        self._tenants = self.options.tenants.to_core()
         self._pool = pool
         self._repository = repository
         self._lock = threading.RLock()
@@ -253,7 +257,7 @@ class ModelManager:
         started = time.perf_counter()
         try:
             golden = self._verified_meta(entry, version_dir)
-            servable = Servable.load(self._pool, entry.config, version_dir, version)
+            servable = Servable.load(self._pool, entry.config, version_dir, version, self._tenants)
             servable.warm_up()
             self._check_parity(servable, golden)
         except Exception as error:
