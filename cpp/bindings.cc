@@ -884,6 +884,7 @@ class PyRankServer {
   }
 
   void SetServing(bool serving) { server_->SetServing(serving); }
+  void SetServiceServing(const std::string& service, bool serving) { server_->SetServiceServing(service, serving); }
   void StartDraining() { server_->StartDraining(); }
   bool WaitDrained(double quiet_s, double grace_s) {
     const Duration quiet = Seconds(quiet_s), grace = Seconds(grace_s);
@@ -908,6 +909,7 @@ void BindRankServer(py::module_& m) {
       .def(py::init<const std::string&, int, int, std::shared_ptr<ModelRegistry>>(), py::arg("host"), py::arg("port"),
            py::arg("max_message_bytes"), py::arg("registry"))
       .def("set_serving", &PyRankServer::SetServing, py::arg("serving"))
+      .def("set_service_serving", &PyRankServer::SetServiceServing, py::arg("service"), py::arg("serving"))
       .def("start_draining", &PyRankServer::StartDraining)
       .def("wait_drained", &PyRankServer::WaitDrained, py::arg("quiet_s"), py::arg("grace_s"))
       .def("shutdown", &PyRankServer::Shutdown, py::arg("grace_s") = 0.0)

@@ -367,17 +367,27 @@ Status RankServer::Create(const RankServerOptions& options, std::shared_ptr<Mode
 RankServer::~RankServer() { Shutdown(Duration::zero()); }
 
 void RankServer::SetServing(bool serving) {
+  std::lock_guard<std::mutex> lock(health_mu_);
   service_->set_state(serving ? RankService::State::kServing : RankService::State::kLoading);
+  health_.emplace("", true);
+  health_.emplace(kRankingService, true);
+  health_shown_ = serving;
+  // Service by service: grpc's SetServingStatus(bool) would set every service, models included.
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
-  health->SetServingStatus(serving);
-  health->SetServingStatus(kRankingService, serving);
+  for (const auto& [service, status] : health_) health->SetServingStatus(service, serving && status);
+}
+
+void RankServer::SetServiceServing(const std::string& service, bool serving) {
+  std::lock_guard<std::mutex> lock(health_mu_);
+  health_[service] = serving;
+  server_->GetHealthCheckService()->SetServingStatus(service, health_shown_ && serving);
 }
 
 void RankServer::StartDraining() {
+  std::lock_guard<std::mutex> lock(health_mu_);
   service_->set_state(RankService::State::kDraining);
-  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
-  health->SetServingStatus(false);
-  health->SetServingStatus(kRankingService, false);
+  health_shown_ = false;
+  server_->GetHealthCheckService()->Shutdown();  // every service NOT_SERVING; later updates are ignored
 }
 
 bool RankServer::WaitDrained(Duration quiet, Duration grace) { return service_->WaitDrained(quiet, grace); }

@@ -14,6 +14,10 @@
 //
 // States: loading (Rank answers UNAVAILABLE, health NOT_SERVING) until SetServing(true); serving;
 // draining after StartDraining (health NOT_SERVING, new calls UNAVAILABLE, calls in flight finish).
+// Health is per service: "" (the server), "adrank.v1.Ranking", and whatever else SetServiceServing names
+// (the Python server names each model, SERVING while it has a version that serves, and turns "" and
+// adrank.v1.Ranking NOT_SERVING while any model has none). While loading every service says NOT_SERVING;
+// once serving, each says what it was last set to ("" and adrank.v1.Ranking: SERVING unless set).
 // Cancellation (the client's, or the deadline's) cancels the call's requests not yet in a batch.
 // The caller's tenant is its `x-adrank-tenant` metadata; the priority class is the request's, or the
 // model's default when it sets none; both go to the batcher, which checks and shares by them.
@@ -32,6 +36,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -68,9 +73,14 @@ class RankServer {
   int port() const { return port_; }
   ModelRegistry& registry() { return *registry_; }
 
-  // Health SERVING (and Rank accepting) or NOT_SERVING (Rank: UNAVAILABLE, "loading").
+  // Rank accepting, and every service's health as last set (SetServiceServing); or every service
+  // NOT_SERVING and Rank UNAVAILABLE ("loading").
   void SetServing(bool serving);
-  // Health NOT_SERVING; new calls get UNAVAILABLE ("draining"); calls in flight go on.
+  // One service's health: shown at once while serving, kept for SetServing(true) while loading, ignored
+  // once draining. Only the named service changes (never the others, whatever grpc's "" means).
+  void SetServiceServing(const std::string& service, bool serving);
+  // Health NOT_SERVING for every service, for good; new calls get UNAVAILABLE ("draining"); calls in
+  // flight go on.
   void StartDraining();
   // Blocks until no call is in flight and none has arrived for `quiet`, or `grace` has passed; true
   // if it drained. A call that reaches gRPC just as the server stops would be cancelled unseen, so the
@@ -92,6 +102,10 @@ class RankServer {
   std::unique_ptr<RankService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
+  // Orders the health updates of concurrent callers; guards what follows.
+  std::mutex health_mu_;
+  std::map<std::string, bool> health_;  // each service's status once serving
+  bool health_shown_ = false;           // serving: health_ is what the health service says
   std::mutex shutdown_mu_;
   bool shut_down_ = false;
 };

@@ -1,5 +1,6 @@
 #include "rank_server.h"
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <gtest/gtest.h>
@@ -9,7 +10,9 @@
 #include <condition_variable>
 #include <cstring>
 #include <ctime>
+#include <future>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -226,6 +229,71 @@ TEST_F(RankServerTest, LoadingServerAnswersUnavailableAndReportsNotServing) {
   const grpc::Status status = Rank(Request(2, 0), &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_NE(status.error_message().find("loading"), std::string::npos);
+}
+
+// grpc.health.v1.Health/Check for `service`, by hand (grpc++ ships no health stubs): the request is
+// field 1 (the service name), the reply field 1 (1 SERVING, 2 NOT_SERVING); "NOT_FOUND" for a service
+// the server does not know.
+std::string HealthOf(const std::shared_ptr<grpc::Channel>& channel, const std::string& service) {
+  std::string request;
+  if (!service.empty()) request = std::string(1, '\x0a') + static_cast<char>(service.size()) + service;
+  const grpc::Slice slice(request);
+  const grpc::ByteBuffer request_buffer(&slice, 1);
+  grpc::ByteBuffer reply_buffer;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  std::promise<grpc::Status> done;
+  grpc::GenericStub stub(channel);
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request_buffer, &reply_buffer,
+                 [&done](grpc::Status status) { done.set_value(std::move(status)); });
+  const grpc::Status status = done.get_future().get();
+  if (status.error_code() == grpc::StatusCode::NOT_FOUND) return "NOT_FOUND";
+  if (!status.ok()) return "error: " + status.error_message();
+  std::vector<grpc::Slice> slices;
+  EXPECT_TRUE(reply_buffer.Dump(&slices).ok());
+  std::string reply;
+  for (const grpc::Slice& s : slices) reply.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  if (reply == std::string("\x08\x01", 2)) return "SERVING";
+  if (reply == std::string("\x08\x02", 2)) return "NOT_SERVING";
+  return "unexpected reply of " + std::to_string(reply.size()) + " bytes";
+}
+
+TEST_F(RankServerTest, HealthIsPerServiceShownOnceServingAndEndsWithTheDrain) {
+  const std::shared_ptr<grpc::Channel>& channel = channel_;
+  EXPECT_EQ(HealthOf(channel, ""), "NOT_SERVING");
+  EXPECT_EQ(HealthOf(channel, "adrank.v1.Ranking"), "NOT_SERVING");
+  EXPECT_EQ(HealthOf(channel, "sum"), "NOT_FOUND");
+  // Set while loading: kept, not shown.
+  server_->SetServiceServing("sum", true);
+  server_->SetServiceServing("strict", false);
+  server_->SetServiceServing("", false);
+  server_->SetServiceServing("adrank.v1.Ranking", false);
+  EXPECT_EQ(HealthOf(channel, "sum"), "NOT_SERVING");
+  server_->SetServing(true);
+  // Serving shows each service as last set: SetServing(true) turns no service SERVING on its own.
+  EXPECT_EQ(HealthOf(channel, "sum"), "SERVING");
+  EXPECT_EQ(HealthOf(channel, "strict"), "NOT_SERVING");
+  EXPECT_EQ(HealthOf(channel, ""), "NOT_SERVING");
+  EXPECT_EQ(HealthOf(channel, "adrank.v1.Ranking"), "NOT_SERVING");
+  v1::RankResponse response;
+  EXPECT_TRUE(Rank(Request(2, 0), &response).ok()) << "health is not admission: Rank serves the models it has";
+  // While serving a change shows at once, and only the service named changes.
+  server_->SetServiceServing("strict", true);
+  server_->SetServiceServing("", true);
+  server_->SetServiceServing("adrank.v1.Ranking", true);
+  EXPECT_EQ(HealthOf(channel, "strict"), "SERVING");
+  EXPECT_EQ(HealthOf(channel, ""), "SERVING");
+  server_->SetServiceServing("sum", false);
+  EXPECT_EQ(HealthOf(channel, "sum"), "NOT_SERVING");
+  EXPECT_EQ(HealthOf(channel, "strict"), "SERVING");
+  EXPECT_EQ(HealthOf(channel, ""), "SERVING");
+  // Draining: every service NOT_SERVING, and no later update brings one back.
+  server_->StartDraining();
+  server_->SetServiceServing("sum", true);
+  server_->SetServiceServing("", true);
+  for (const char* service : {"", "adrank.v1.Ranking", "sum", "strict"}) {
+    EXPECT_EQ(HealthOf(channel, service), "NOT_SERVING") << "service '" << service << "'";
+  }
 }
 
 TEST_F(RankServerTest, ServesEachCallItsOwnScoresWithTiming) {

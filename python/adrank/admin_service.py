@@ -5,7 +5,9 @@ It listens on a port of its own (default 8501, loopback unless told otherwise), 
 traffic, and only when the server was given an admin token (`--admin-token` or `--admin-token-file`):
 every call must carry `authorization: Bearer <token>`; the comparison is constant-time
 (hmac.compare_digest), and a call without the token, or with another, is answered UNAUTHENTICATED
-before any handler runs. Rollout changes are audited with the caller's `x-adrank-actor` metadata.
+before any handler runs. Rollout changes are audited with the caller's `x-adrank-actor` metadata. A model
+name that is not one (repository/config.py: `check_model_name`; a path, say) is INVALID_ARGUMENT before
+anything looks it up.
 
 The handlers run the manager's blocking operations (a load takes seconds; an unload waits for the
 version's requests) in worker threads, so the event loop keeps serving.
@@ -22,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from adrank.repository.config import ModelNameError, check_model_name
 from adrank.repository.manager import ModelManager
 from adrank.rollout import AuditLog, RolloutPolicy
 from adrank.rollout.changes import ChangeError, promote, rollback
@@ -98,8 +101,16 @@ class AdminService(pb_grpc.AdminServicer):
     def __init__(self, models: ModelManager) -> None:
         self._models = models
 
-    async def _call(self, context: grpc.aio.ServicerContext, work: Callable[[], Any]) -> Any:
+    async def _call(
+        self, context: grpc.aio.ServicerContext, work: Callable[[], Any], model: tuple[str, str] | None = None
+    ) -> Any:
+        """Runs `work` in a thread, its errors as statuses; `model`: (field, name) to check first."""
         try:
+            if model is not None:
+                try:
+                    check_model_name(model[1])
+                except ModelNameError as error:
+                    raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{model[0]}: {error}") from error
             return await asyncio.to_thread(work)
         except RequestError as error:
             await context.abort(error.code, error.message)
@@ -145,7 +156,9 @@ class AdminService(pb_grpc.AdminServicer):
         return pb.ListModelsResponse(models=models)
 
     async def LoadVersion(self, request: pb.VersionRequest, context: grpc.aio.ServicerContext) -> pb.VersionStatus:
-        status = await self._call(context, lambda: self._models.load_version(request.model, request.version))
+        status = await self._call(
+            context, lambda: self._models.load_version(request.model, request.version), ("model", request.model)
+        )
         return pb.VersionStatus(
             model=status.model,
             version=status.version,
@@ -155,11 +168,13 @@ class AdminService(pb_grpc.AdminServicer):
         )
 
     async def UnloadVersion(self, request: pb.VersionRequest, context: grpc.aio.ServicerContext) -> pb.VersionStatus:
-        await self._call(context, lambda: self._models.unload_version(request.model, request.version))
+        await self._call(
+            context, lambda: self._models.unload_version(request.model, request.version), ("model", request.model)
+        )
         return pb.VersionStatus(model=request.model, version=request.version, state="UNLOADED")
 
     async def GetRollout(self, request: pb.GetRolloutRequest, context: grpc.aio.ServicerContext) -> pb.Rollout:
-        policy = await self._call(context, lambda: self._models.policy(request.model))
+        policy = await self._call(context, lambda: self._models.policy(request.model), ("model", request.model))
         return self._as_applied(request.model, policy)
 
     async def SetRollout(self, request: pb.SetRolloutRequest, context: grpc.aio.ServicerContext) -> pb.Rollout:
@@ -169,6 +184,7 @@ class AdminService(pb_grpc.AdminServicer):
             lambda: self._models.set_policy(
                 name, policy_of(request.rollout), actor, request.action or "set_rollout", request.reason
             ),
+            ("rollout.model", name),
         )
         return self._as_applied(name, policy)
 
@@ -179,7 +195,7 @@ class AdminService(pb_grpc.AdminServicer):
             policy, action = promote(self._models.policy(request.model), request.version)
             return self._models.set_policy(request.model, policy, actor, action, request.reason)
 
-        policy = await self._call(context, work)
+        policy = await self._call(context, work, ("model", request.model))
         return self._as_applied(request.model, policy)
 
     async def Rollback(self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext) -> pb.Rollout:
@@ -190,7 +206,7 @@ class AdminService(pb_grpc.AdminServicer):
             policy, action = rollback(self._models.policy(request.model), history)
             return self._models.set_policy(request.model, policy, actor, action, request.reason)
 
-        policy = await self._call(context, work)
+        policy = await self._call(context, work, ("model", request.model))
         return self._as_applied(request.model, policy)
 
     async def History(self, request: pb.HistoryRequest, context: grpc.aio.ServicerContext) -> pb.HistoryResponse:
@@ -198,7 +214,7 @@ class AdminService(pb_grpc.AdminServicer):
             path = self._models.model_dir(request.model)
             return [asdict(e) for e in AuditLog(path).entries(int(request.limit) or None)]
 
-        entries = await self._call(context, work)
+        entries = await self._call(context, work, ("model", request.model))
         return pb.HistoryResponse(
             entries=[
                 pb.HistoryEntry(

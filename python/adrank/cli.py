@@ -1,5 +1,10 @@
 """The `adrank` command line: serve a repository; publish a model version; list models and change
-their rollout (on a running server through its admin API, or in the repository); embed ad texts."""
+their rollout (on a running server through its admin API, or in the repository); embed ad texts.
+
+Every command exits 0 when it did what it was asked, else non-zero with a one-line `Error: ...` (a
+repository that cannot be read, a model name that is not one, an option out of range: click's usage
+error, exit 2), never with a traceback for a mistake of the caller's.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,27 @@ from adrank.repository.publish import publish_command
 # Relative on purpose: the installed package lives in site-packages, far from any checkout.
 BUNDLED_REPOSITORY = Path("models")
 
+
+def _model_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from adrank.repository.config import ModelNameError, check_model_name
+
+    try:
+        return value if value is None else check_model_name(value)
+    except ModelNameError as error:
+        raise click.BadParameter(str(error)) from error
+
+
+def _model_names(repository: Path) -> list[str]:
+    """The repository's models; a one-line error if it cannot be read."""
+    from adrank.repository.layout import ModelRepository, RepositoryError
+
+    try:
+        return ModelRepository(repository).model_names()
+    except RepositoryError as error:
+        raise click.ClickException(str(error)) from error
+
+
+PORT = click.IntRange(0, 65535)
 repository_option = click.option(
     "--repository",
     type=click.Path(file_okay=False, path_type=Path),
@@ -42,16 +68,20 @@ def main() -> None:
 @main.command()
 @repository_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address both ports bind.")
-@click.option("--grpc-port", default=8500, show_default=True, type=int, help="gRPC port (0: any free port).")
+@click.option("--grpc-port", default=8500, show_default=True, type=PORT, help="gRPC port (0: any free port).")
 @click.option(
     "--http-port",
     default=8000,
     show_default=True,
-    type=int,
+    type=PORT,
     help="HTTP port: /healthz, /readyz, /metrics (Prometheus), /dashboard.",
 )
-@click.option("--workers", default=0, show_default=True, type=int, help="Core worker threads (0: one per core).")
-@click.option("--drain-grace", default=30.0, show_default=True, type=float, help="Seconds in-flight calls get.")
+@click.option(
+    "--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Core worker threads (0: one per core)."
+)
+@click.option(
+    "--drain-grace", default=30.0, show_default=True, type=click.FloatRange(min=0), help="Seconds in-flight calls get."
+)
 @click.option(
     "--frontend",
     type=click.Choice(["auto", "cpp", "python"]),
@@ -59,7 +89,7 @@ def main() -> None:
     show_default=True,
     help="gRPC front end: the core's C++ one (auto, when built with grpc++) or Python's grpc.aio.",
 )
-@click.option("--admin-port", default=8501, show_default=True, type=int, help="Admin gRPC port (with a token).")
+@click.option("--admin-port", default=8501, show_default=True, type=PORT, help="Admin gRPC port (with a token).")
 @click.option("--admin-token", default=None, help="Bearer token the admin service requires (else: no admin service).")
 @click.option(
     "--admin-token-file",
@@ -67,7 +97,9 @@ def main() -> None:
     default=None,
     help="A file holding the admin token (kept out of the process list).",
 )
-@click.option("--poll-interval", default=2.0, show_default=True, type=float, help="Repository poll, s (0: off).")
+@click.option(
+    "--poll-interval", default=2.0, show_default=True, type=click.FloatRange(min=0), help="Repository poll, s (0: off)."
+)
 @click.option(
     "--metrics/--no-metrics",
     default=True,
@@ -96,16 +128,18 @@ def serve(
     metrics: bool,
     tenants_file: Path | None,
 ) -> None:
-    """Serve the models of a repository over gRPC until SIGTERM, then drain."""
+    """Serve the models of a repository over gRPC until SIGTERM, then drain.
+
+    Exits 1 when the repository cannot be read or none of its models has a version that loads (a model
+    with nothing to serve while others serve leaves the server running, not ready)."""
     from adrank.metrics.history import MetricsOptions
-    from adrank.repository import ModelRepository
-    from adrank.repository.manager import ManagerOptions
+    from adrank.repository.manager import ManagerOptions, NothingToServe
     from adrank.server import Server, ServerOptions
     from adrank.server import serve as run_server
     from adrank.tenants import TenantsConfig, TenantsConfigError, load_tenants
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not ModelRepository(repository).model_names():
+    if not _model_names(repository):
         click.echo(f"adrank: no models yet in {repository}: nothing to serve.")
         return
     try:
@@ -136,12 +170,18 @@ def serve(
             err=True,
         )
 
-    sys.exit(asyncio.run(run_server(options, on_ready=announce)))
+    try:
+        status = asyncio.run(run_server(options, on_ready=announce))
+    except (NothingToServe, OSError) as error:  # OSError: a port taken, the repository gone meanwhile
+        raise click.ClickException(str(error)) from error
+    sys.exit(status)
 
 
 @main.command()
 @repository_option
-@click.option("--model", default="relevance", show_default=True, help="A model with one text input.")
+@click.option(
+    "--model", default="relevance", show_default=True, callback=_model_name, help="A model with one text input."
+)
 @click.option("--version", "version", default=0, type=int, help="Version (0: the latest).")
 @click.option("--output", "output_name", default="query_embedding", show_default=True, help="Graph output to keep.")
 @click.argument("texts", type=click.File("r"))
@@ -149,9 +189,14 @@ def serve(
 def embed(repository: Path, model: str, version: int, output_name: str, texts: click.File, out: Path) -> None:
     """Embed ad texts (one per line of TEXTS, '-' for stdin) into a float32 [n, dim] .npy file."""
     from adrank.embed import TextEmbedder
-    from adrank.repository import ModelRepository
+    from adrank.repository import ConfigError, ModelRepository
 
-    entry = ModelRepository(repository).entry(model)
+    if model not in _model_names(repository):
+        raise click.ClickException(f"no model '{model}' in {repository}")
+    try:
+        entry = ModelRepository(repository).entry(model)
+    except (ConfigError, OSError) as error:
+        raise click.ClickException(str(error)) from error
     if not entry.versions:
         raise click.ClickException(f"model '{model}' has no version in {entry.path}")
     chosen = version or entry.versions[-1]
@@ -192,6 +237,7 @@ class Where:
         from adrank.rollout.targets import RepositoryTarget, ServerTarget
 
         if self.server is None:
+            _model_names(self.repository)  # a one-line error if it cannot be read
             return RepositoryTarget(self.repository)
         token = _token(self.token, self.token_file) or os.environ.get("ADRANK_ADMIN_TOKEN")
         if not token:
@@ -240,7 +286,7 @@ def _emit(as_json: bool, data: Any, text: str) -> None:
 @main.command()
 @target_options
 @click.option("--history", is_flag=True, help="Show each model's rollout audit log.")
-@click.argument("name", required=False)
+@click.argument("name", required=False, callback=_model_name)
 def models(where: Where, history: bool, name: str | None) -> None:
     """List models, their versions with state and role, and their rollout."""
     from rich.console import Console
@@ -311,7 +357,7 @@ def _with_change_options(command: Any) -> Any:
 
 @main.command()
 @_with_change_options
-@click.argument("name")
+@click.argument("name", callback=_model_name)
 @click.option("--canary", "canary", type=int, default=None, help="Version to canary.")
 @click.option("--percent", type=float, default=None, help="Share of routing keys the canary takes (0 ends it).")
 @click.option("--shadow", "shadow", type=int, default=None, help="Version to mirror traffic to.")
@@ -348,7 +394,7 @@ def rollout(
 
 @main.command()
 @_with_change_options
-@click.argument("name")
+@click.argument("name", callback=_model_name)
 @click.argument("version", type=int)
 def promote(where: Where, actor: str | None, reason: str, name: str, version: int) -> None:
     """Make VERSION the stable version of NAME (ending a canary or shadow of it)."""
@@ -359,7 +405,7 @@ def promote(where: Where, actor: str | None, reason: str, name: str, version: in
 
 @main.command()
 @_with_change_options
-@click.argument("name")
+@click.argument("name", callback=_model_name)
 def rollback(where: Where, actor: str | None, reason: str, name: str) -> None:
     """End NAME's canary and shadow; with neither, return stable to the version the last promote replaced."""
     from adrank.rollout.changes import rollback as rolled_back

@@ -12,11 +12,16 @@ version (stable, canary by its routing key, or the pinned one) and a shadow to m
 versions the manager loads and switches are served the same way by either. Both: NOT_SERVING and Rank
 UNAVAILABLE until `set_serving`; `drain` answers new calls UNAVAILABLE while those in flight finish and
 callers go quiet, then `stop` closes the port.
+
+Health is per service (`set_health`: "", adrank.v1.Ranking, and each model by its name; the server decides
+the statuses, server.py): every service says NOT_SERVING until `set_serving`, then what it was last set to
+("" and adrank.v1.Ranking SERVING unless set otherwise); `drain` turns every one NOT_SERVING for good.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Literal, Protocol
 
 import grpc
@@ -39,6 +44,10 @@ class Frontend(Protocol):
 
     async def start(self) -> None: ...
     async def set_serving(self) -> None: ...
+    async def set_health(self, services: Mapping[str, bool]) -> None:
+        """Each named service SERVING (True) or NOT_SERVING; the others keep theirs."""
+        ...
+
     async def drain(self, quiet_s: float, grace_s: float) -> bool: ...
     async def stop(self, grace_s: float) -> None: ...
     def call_counts(self) -> list[int]:
@@ -59,6 +68,10 @@ class CppFrontend:
     async def set_serving(self) -> None:
         self._server.set_serving(True)
 
+    async def set_health(self, services: Mapping[str, bool]) -> None:
+        for service, serving in services.items():
+            self._server.set_service_serving(service, serving)
+
     async def drain(self, quiet_s: float, grace_s: float) -> bool:
         self._server.start_draining()
         return await asyncio.to_thread(self._server.wait_drained, quiet_s, grace_s)
@@ -76,6 +89,7 @@ class PythonFrontend:
     def __init__(self, host: str, port: int, max_message_bytes: int, models: ModelManager) -> None:
         self.ranking = RankingService(models)
         self.health = health.aio.HealthServicer()
+        self._health_set = {"": True, RANKING_SERVICE: True}  # shown once serving
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -93,14 +107,22 @@ class PythonFrontend:
             raise OSError(f"cannot listen on {host}:{port} for gRPC")
 
     async def start(self) -> None:
-        for service in ("", RANKING_SERVICE):
-            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._show_health()
         await self._server.start()
 
     async def set_serving(self) -> None:
         self.ranking.accepting = True
-        for service in ("", RANKING_SERVICE):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self._show_health()
+
+    async def set_health(self, services: Mapping[str, bool]) -> None:
+        self._health_set.update(services)
+        await self._show_health()
+
+    async def _show_health(self) -> None:
+        for service in list(self._health_set):
+            serving = self.ranking.accepting and self._health_set[service]
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            await self.health.set(service, status)
 
     async def drain(self, quiet_s: float, grace_s: float) -> bool:
         await self.health.enter_graceful_shutdown()

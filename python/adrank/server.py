@@ -2,11 +2,18 @@
 
 Start-up: the gRPC port listens at once with `grpc.health.v1` saying NOT_SERVING (and Rank answering
 UNAVAILABLE) while every model's versions load, warm up and pass their parity checks in a worker
-thread; then health turns SERVING. A model with no version that loads stops the start: a server never
-serves half its repository. From then on the ModelManager watches the repository (new versions,
-rollout.yaml) and the guardrails watch the rollouts; with an admin token, the admin gRPC service
-(admin_service.py) listens on its own port. The HTTP port serves /healthz and /readyz, and with metrics
-on (the default) /metrics and /dashboard (metrics/).
+thread; then Rank serves. A version that does not load is FAILED (the model falls back to its previous
+version that loads, manager.py) and the others serve; the start fails only when no model has anything
+to serve, or the repository cannot be read. From then on the ModelManager watches the repository (new
+versions, rollout.yaml) and the guardrails watch the rollouts; with an admin token, the admin gRPC
+service (admin_service.py) listens on its own port. The HTTP port serves /healthz and /readyz, and with
+metrics on (the default) /metrics and /dashboard (metrics/).
+
+Health follows the manager's readiness (a model is ready while it has a version that serves): each
+model's own health service (`service` = its name) is SERVING while it is ready; "" and adrank.v1.Ranking,
+and /readyz (200 / 503), only while every model of the repository is: a model with nothing to serve
+(every version FAILED, a config that does not validate, no version yet) makes the server not ready
+though Rank keeps answering for the others, and its first version that loads makes it ready again.
 
 The front end (frontend.py) is the C++ RankServer when the core was built with grpc++ ("auto"), else
 the Python grpc.aio one; both serve adrank.v1.Ranking, grpc.health.v1.Health and server reflection.
@@ -28,7 +35,7 @@ from pathlib import Path
 
 import adrank._core as core
 from adrank.admin_service import AdminServer
-from adrank.frontend import Frontend, FrontendKind, create_frontend
+from adrank.frontend import RANKING_SERVICE, Frontend, FrontendKind, create_frontend
 from adrank.http_endpoint import HttpEndpoint
 from adrank.metrics.exporter import create_registry
 from adrank.metrics.history import MetricsHistory, MetricsOptions
@@ -82,18 +89,26 @@ class Server:
             source = MetricsSource(self.models, self.pool, self.frontend.call_counts)
             self.history = MetricsHistory(source, options.metrics)
             pages = ObservabilityPages(create_registry(source), self.history).handle
-        self._http = HttpEndpoint(options.host, options.http_port, lambda: self.ready, pages)
+        self._http = HttpEndpoint(options.host, options.http_port, lambda: self.ready and self.models.ready(), pages)
         self.admin: AdminServer | None = None
         if options.admin_token:
             self.admin = AdminServer(options.host, options.admin_port, options.admin_token, self.models)
         self._stopped = False
+        self._health_models: set[str] = set()  # every model health was ever set for
+        self._health_updates: set[asyncio.Task[None]] = set()
+        self._health_lock = asyncio.Lock()
 
     @property
     def http_port(self) -> int:
         return self._http.port
 
     async def start(self) -> None:
-        """Listens, loads and warms every model, then reports SERVING."""
+        """Listens, loads and warms every model, then serves (health: as ready as the models are).
+
+        Raises (repository/manager.py) NothingToServe when no model has a version that serves, and
+        RepositoryError when the repository cannot be read."""
+        loop = asyncio.get_running_loop()
+        self.models.on_readiness(lambda _: self._readiness_changed(loop))
         await self.frontend.start()
         self._http.start()
         if self.history is not None:
@@ -106,8 +121,12 @@ class Server:
         self.models.start_watching()
         if self.admin is not None:
             await self.admin.start()
+        await self._update_health()  # before serving: it shows the models' health from the first moment
         await self.frontend.set_serving()
         self.ready = True
+        unready = sorted(name for name, ready in self.models.readiness().items() if not ready)
+        if unready:
+            log.warning("not ready: %s with no version that serves (health NOT_SERVING)", ", ".join(unready))
         served = ", ".join(f"{s.name} v{s.version}" for s in servables) or "no models"
         log.info(
             "SERVING %s: gRPC %s:%d (%s front end), HTTP %s:%d",
@@ -122,6 +141,28 @@ class Server:
             log.info("admin service on %s:%d (token required)", self.options.host, self.admin.port)
         else:
             log.info("no admin token given: the admin service is off (rollouts through the repository only)")
+
+    def _readiness_changed(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The manager's listener (any thread, under its lock): hands the update to the event loop."""
+        if not self._stopped:
+            loop.call_soon_threadsafe(self._schedule_health_update)
+
+    def _schedule_health_update(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._update_health())
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
+    async def _update_health(self) -> None:
+        """Sets every service's health from the manager's readiness now; one update at a time, each from
+        the latest readiness, so that the last one applied is the newest."""
+        async with self._health_lock:
+            readiness = self.models.readiness()
+            ready = all(readiness.values())
+            services = {name: False for name in self._health_models - readiness.keys()}  # gone: NOT_SERVING
+            services.update(readiness)
+            services.update({"": ready, RANKING_SERVICE: ready})
+            self._health_models |= readiness.keys()
+            await self.frontend.set_health(services)
 
     async def stop(self) -> None:
         """Drains: no new calls, in-flight calls finish (up to drain_grace_s), the core empties."""

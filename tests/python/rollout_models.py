@@ -1,8 +1,10 @@
-"""Repositories and model variants for the lifecycle and rollout tests: a copy of the bundled ctr model,
-and versions of it published the way an engineer would (`adrank publish`), some of them changed."""
+"""Repositories and model variants for the lifecycle, rollout and health tests: a copy of the bundled ctr
+model, versions of it published the way an engineer would (`adrank publish`), some of them changed, a
+second model made of it, and model files damaged after their publish."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -44,3 +46,22 @@ def publish_version(repository: Path, onnx_file: Path | None = None, version: in
         bench_reps=3,
     )
     return publish(options).version
+
+
+def corrupt(model_file: Path) -> bytes:
+    """Damages a published model.onnx (its sha256 no longer matches meta.json); returns the good bytes."""
+    good = model_file.read_bytes()
+    model_file.write_bytes(good[:-100] + b"\0" * 100)
+    return good
+
+
+def second_model(repo: Path, name: str = "ctr2") -> Path:
+    """A copy of ctr (version 1) under another name."""
+    shutil.copytree(repo / "ctr", repo / name)
+    config = repo / name / "config.yaml"
+    config.write_text(config.read_text().replace("name: ctr", f"name: {name}", 1))
+    meta_file = repo / name / "1" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["model"] = name
+    meta_file.write_text(json.dumps(meta))
+    return repo / name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import adrank
-from adrank.repository.config import ConfigError, load_model_config
+from adrank.repository.config import ConfigError, ModelNameError, check_model_name, load_model_config
 
 VALID = """
 name: ctr
@@ -96,3 +96,20 @@ def test_unreadable_yaml_is_refused_naming_the_file(tmp_path):
         load_model_config(path)
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_model_config(write(tmp_path, "- a list\n"))
+
+
+@pytest.mark.parametrize("name", ["ctr", "ctr-v2", "ctr_2", "ctr.eu", "2025ctr", "C"])
+def test_a_model_name_is_letters_digits_and_underscore_dot_dash(name):
+    assert check_model_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "../../x", "..", ".", "a/b", "/abs", ".hidden", "_ctr", "-ctr", "ctr x", "c\n"])
+def test_a_path_or_anything_else_is_not_a_model_name(name):
+    with pytest.raises(ModelNameError, match="is not a model name"):
+        check_model_name(name)
+
+
+def test_a_config_whose_name_is_not_a_model_name_is_refused_naming_the_field(tmp_path):
+    path = write(tmp_path, VALID.replace("name: ctr\n", "name: _ctr\n", 1), model="_ctr")
+    with pytest.raises(ConfigError, match=r"config\.yaml: name: String should match pattern"):
+        load_model_config(path)

@@ -5,6 +5,8 @@ config that fails leaves what serves untouched."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -12,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from rollout_models import ctr_repository, publish_version
+from rollout_models import corrupt, ctr_repository, publish_version, second_model
 
 import adrank._core as core
-from adrank.repository.layout import ModelRepository
-from adrank.repository.manager import ManagerOptions, ModelManager, VersionState
+from adrank.repository.layout import ModelRepository, RepositoryError
+from adrank.repository.manager import ManagerOptions, ModelManager, NothingToServe, VersionState
 from adrank.servable import RequestError
 
 
@@ -38,9 +40,9 @@ def manager(pool: core.ThreadPool, repo: Path) -> ModelManager:
     return models
 
 
-def states(models: ModelManager) -> dict[int, str]:
-    (ctr,) = models.describe()
-    return {v["version"]: v["state"] for v in ctr["versions"]}
+def states(models: ModelManager, name: str = "ctr") -> dict[int, str]:
+    (model,) = [m for m in models.describe() if m["model"] == name]
+    return {v["version"]: v["state"] for v in model["versions"]}
 
 
 def score(models: ModelManager, version: int = 0) -> int:
@@ -121,11 +123,76 @@ def test_a_bad_config_is_refused_naming_file_and_field_and_nothing_changes(pool,
     models.unload_all()
 
 
-def test_a_bad_config_at_start_stops_the_start(pool, repo):
+def test_a_start_with_nothing_to_serve_fails_naming_each_models_reason(pool, repo):
     (repo / "ctr" / "config.yaml").write_text("name: ctr\ninputs: []\n")
     models = ModelManager(pool, ModelRepository(repo), ManagerOptions(poll_interval_s=0))
-    with pytest.raises(ValueError, match=r"config\.yaml: inputs"):
+    with pytest.raises(NothingToServe, match=r"model 'ctr': .*config\.yaml: inputs"):
         models.load_all()
+    with pytest.raises(RepositoryError, match="cannot read it"):
+        ModelManager(pool, ModelRepository(repo / "gone"), ManagerOptions(poll_interval_s=0)).load_all()
+
+
+def test_a_start_whose_newest_version_is_corrupt_serves_the_previous_one_and_reports_it_failed(pool, repo):
+    version = publish_version(repo)
+    corrupt(repo / "ctr" / str(version) / "model.onnx")
+    models = manager(pool, repo)  # the default policy wants only the newest version
+    assert states(models) == {1: "AVAILABLE", version: "FAILED"}
+    assert score(models) == 1 and dict(models.readiness()) == {"ctr": True}
+    (ctr,) = models.describe()
+    assert "sha256" in {v["version"]: v for v in ctr["versions"]}[version]["reason"]
+    models.unload_all()
+
+
+def test_a_model_with_no_version_that_loads_leaves_the_others_serving_and_is_not_ready_until_one_does(pool, repo):
+    second_model(repo)
+    good = corrupt(repo / "ctr" / "1" / "model.onnx")
+    seen: list[dict[str, bool]] = []
+    models = ModelManager(pool, ModelRepository(repo), ManagerOptions(poll_interval_s=0, drain_timeout_s=5))
+    models.on_readiness(lambda readiness: seen.append(dict(readiness)))
+    assert [s.name for s in models.load_all()] == ["ctr2"]
+    assert dict(models.readiness()) == {"ctr": False, "ctr2": True} and not models.ready()
+    assert states(models, "ctr") == {1: "FAILED"}
+    with pytest.raises(RequestError, match="ctr"):
+        models.route("ctr")
+    (repo / "ctr" / "1" / "model.onnx").write_bytes(good)  # fixed: its files changed, so it is retried
+    models.reconcile()
+    assert states(models, "ctr") == {1: "AVAILABLE"} and models.ready()
+    shutil.rmtree(repo / "ctr2")  # a model folder removed from a readable repository unloads
+    models.reconcile()
+    assert dict(models.readiness()) == {"ctr": True} and score(models) == 1
+    assert seen == [{"ctr": False, "ctr2": True}, {"ctr": True, "ctr2": True}, {"ctr": True}]
+    models.unload_all()
+
+
+@pytest.mark.parametrize("outage", ["removed", "replaced by a file", "unreadable"])
+def test_a_repository_that_cannot_be_read_keeps_every_loaded_version_and_counts_each_poll(pool, repo, outage):
+    models = manager(pool, repo)
+    moved = repo.parent / "moved"
+    repo.rename(moved)
+    if outage == "replaced by a file":
+        repo.write_text("")
+    elif outage == "unreadable":
+        repo.mkdir()
+        os.chmod(repo, 0)
+        if os.access(repo, os.R_OK):  # root reads anything: make it a folder that cannot be listed
+            repo.rmdir()
+            repo.symlink_to(repo)
+    try:
+        for polls in (1, 2):
+            models.reconcile()
+            assert models.repository_errors == polls
+            assert states(models) == {1: "AVAILABLE"} and score(models) == 1 and models.ready()
+    finally:
+        if repo.is_symlink() or repo.is_file():
+            repo.unlink()
+        elif repo.exists():
+            os.chmod(repo, 0o755)
+            repo.rmdir()
+    moved.rename(repo)
+    publish_version(repo)  # polling resumes where it stopped
+    models.reconcile()
+    assert states(models) == {2: "AVAILABLE"} and models.repository_errors == 2
+    models.unload_all()
 
 
 def test_a_bad_rollout_file_is_refused_naming_the_field(pool, repo):

@@ -319,6 +319,32 @@ def test_an_unknown_model_and_an_unknown_kill_step_are_refused(repo: Path, monke
         publish(PublishOptions("ctr", CTR_ONNX, repo))
 
 
+@pytest.mark.parametrize("model", ["../outside", "ctr/../../outside", "/abs", ".publish-1-1"])
+def test_a_model_name_that_is_a_path_is_refused_and_nothing_is_written_anywhere(repo: Path, model: str):
+    # A model folder beside the repository: "../outside" would have published into it.
+    outside = repo.parent / "outside"
+    outside.mkdir()
+    config = (repo / "ctr" / "config.yaml").read_text().replace("name: ctr", "name: outside", 1)
+    (outside / "config.yaml").write_text(config)
+    before, before_outside = snapshot(repo), snapshot(outside)
+    result = CliRunner().invoke(publish_command, [str(CTR_ONNX), "--model", model, "--repository", str(repo)])
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith(f"Error: --model: {model!r} is not a model name: letters, digits"), line
+    assert snapshot(repo) == before and snapshot(outside) == before_outside
+    with pytest.raises(PublishError, match="is not a model name"):
+        publish(PublishOptions(model, CTR_ONNX, repo))
+
+
+def test_a_missing_repository_is_refused_naming_it(tmp_path: Path):
+    result = CliRunner().invoke(
+        publish_command, [str(CTR_ONNX), "--model", "ctr", "--repository", str(tmp_path / "no")]
+    )
+    assert result.exit_code == 1 and result.output.splitlines() == [
+        f"Error: repository {tmp_path / 'no'}: no such folder"
+    ]
+
+
 def publish_process(repo: Path, model_file: Path, *args: str, kill_at: str | None = None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
     if kill_at is not None:

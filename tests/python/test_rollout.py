@@ -258,6 +258,16 @@ def test_admin_calls_need_the_token(repo):
         with pytest.raises(grpc.RpcError) as refused:
             stub.Promote(admin.PromoteRequest(model="ctr", version=9), metadata=good, timeout=10)
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND and "version 9" in refused.value.details()
+        # A model name that is a path is refused as one, before anything looks it up.
+        for call, request, field in (
+            (stub.LoadVersion, admin.VersionRequest(model="../ctr", version=1), "model"),
+            (stub.History, admin.HistoryRequest(model="ctr/.."), "model"),
+            (stub.SetRollout, admin.SetRolloutRequest(rollout=admin.Rollout(model="/ctr", stable=1)), "rollout.model"),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                call(request, metadata=good, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert refused.value.details().startswith(f"{field}: ") and "is not a model name" in refused.value.details()
         assert history(repo) == []  # nothing refused was applied or audited
         channel.close()
     finally:

@@ -1,8 +1,11 @@
-"""`adrank serve` as a process: it reaches SERVING, answers health probes, and SIGTERM drains it."""
+"""`adrank serve` as a process: it reaches SERVING, answers health probes, and SIGTERM drains it; a bad
+version does not stop the start, and a start with nothing to serve exits 1 saying why in one line."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,11 +13,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from click.testing import CliRunner
+from rollout_models import corrupt, ctr_repository
 
+from adrank.cli import main
 from adrank.client import RankClient, RankError
 from served import MODELS
 
@@ -29,12 +36,14 @@ def http_status(url: str) -> int:
         return error.code
 
 
-@pytest.fixture
-def process():
-    command = [sys.executable, "-c", "from adrank.cli import main; main()", "serve", "--repository", str(MODELS)]
-    command += ["--grpc-port", "0", "--http-port", "0", "--workers", "2"]
-    started = time.monotonic()
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+def serve_command(repository: Path, *args: str) -> list[str]:
+    command = [sys.executable, "-c", "from adrank.cli import main; main()", "serve", "--repository", str(repository)]
+    return [*command, "--grpc-port", "0", "--http-port", "0", "--workers", "2", *args]
+
+
+def start(repository: Path, *args: str) -> tuple[subprocess.Popen, re.Match, list[str]]:
+    """`adrank serve` started and SERVING; its stderr lines until then."""
+    proc = subprocess.Popen(serve_command(repository, *args), stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     match = None
     while match is None:
@@ -44,10 +53,21 @@ def process():
         lines.append(line)
         match = SERVING_LINE.search(line)
     threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
-    yield proc, match, time.monotonic() - started
+    return proc, match, lines
+
+
+def end(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture
+def process():
+    started = time.monotonic()
+    proc, match, _ = start(MODELS)
+    yield proc, match, time.monotonic() - started
+    end(proc)
 
 
 def test_serve_reaches_serving_quickly_and_reports_health(process):
@@ -101,3 +121,40 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(process):
     assert ok_after_sigterm >= 1
     assert len(refused) == len(threads)
     assert [r for r in refused if not r.startswith(grpc.StatusCode.UNAVAILABLE.name)] == []
+
+
+def second_version(repo: Path) -> Path:
+    """ctr's version 1 copied as version 2 (what a publish of the same file writes); its model.onnx."""
+    shutil.copytree(repo / "ctr" / "1", repo / "ctr" / "2")
+    meta_file = repo / "ctr" / "2" / "meta.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "version": 2}))
+    return repo / "ctr" / "2" / "model.onnx"
+
+
+def test_a_start_with_a_corrupt_version_serves_the_previous_one_and_reports_the_bad_one_failed(tmp_path):
+    repo = ctr_repository(tmp_path / "repo")
+    corrupt(second_version(repo))
+    proc, match, lines = start(repo, "--admin-port", "0", "--admin-token", "t")
+    try:
+        assert match["models"] == "ctr v1"
+        assert any("ctr version 2 FAILED" in line and "sha256" in line for line in lines), "".join(lines)
+        admin = re.search(r"admin (\S+)\)", match.string)
+        listed = CliRunner().invoke(main, ["models", "--server", admin[1], "--token", "t", "--json"])
+        (ctr,) = json.loads(listed.output)
+        states = {v["version"]: (v["state"], v["role"]) for v in ctr["versions"]}
+        assert states == {1: ("AVAILABLE", "stable"), 2: ("FAILED", "")}
+        assert "corrupt" in ctr["versions"][1]["reason"]
+        with RankClient(match["grpc"]) as client:
+            assert client.serving() and client.serving("ctr")
+    finally:
+        end(proc)
+
+
+def test_a_start_with_nothing_to_serve_exits_1_with_one_line(tmp_path):
+    repo = ctr_repository(tmp_path / "repo")
+    corrupt(repo / "ctr" / "1" / "model.onnx")
+    done = subprocess.run(serve_command(repo), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("Error: nothing to serve: model 'ctr': version 1 FAILED: ") and "sha256" in last, last
+    assert "Traceback" not in done.stderr

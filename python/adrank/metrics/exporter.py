@@ -23,6 +23,8 @@ Metrics (labels model, version unless said otherwise; deploy/ has the Grafana pa
                                           could not finish in time), shadow (mirror shed, queue behind)
   adrank_late_total                       computed, but finished after the caller's deadline
   adrank_rank_calls_total{code}           whole Rank calls, including those refused before any model
+  adrank_repository_errors_total          (no labels) repository polls that could not read the repository;
+                                          every loaded version kept serving
   adrank_memory_pool_bytes{state}         total, in_use, locked
   adrank_memory_pool_leases_total, adrank_memory_pool_misses_total, adrank_memory_pool_cap_rejections_total
   adrank_memory_pool_info{allocator}
@@ -185,6 +187,11 @@ def server_metrics(sample: Sample) -> Iterator[Metric]:
         if count or number == 0:
             calls.add_metric([CODE_NAMES.get(number, str(number))], count)
     yield calls
+    yield CounterMetricFamily(
+        "adrank_repository_errors",
+        "Repository polls that could not read the repository (loaded versions kept serving).",
+        value=sample.repository_errors,
+    )
     pool = sample.memory_pool
     memory = GaugeMetricFamily("adrank_memory_pool_bytes", "Batch buffer memory, by state.", labels=["state"])
     for state in ("total", "in_use", "locked"):

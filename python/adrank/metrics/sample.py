@@ -52,6 +52,7 @@ class Sample:
     verdicts: list[tuple[str, int, str, Verdict]]  # (model, version, role, the guardrails' latest verdict)
     memory_pool: dict[str, Any]
     calls: list[int]  # Rank calls by status code
+    repository_errors: int = 0  # polls that could not read the repository
 
 
 def route_role(route: core.RolloutRoute, version: int) -> str:
@@ -107,6 +108,7 @@ class MetricsSource:
             verdicts=self._verdicts(traffic),
             memory_pool=self._pool.memory_pool.stats(),
             calls=self._call_counts(),
+            repository_errors=self._manager.repository_errors,
         )
 
     def _verdicts(self, traffic: list[Traffic]) -> list[tuple[str, int, str, Verdict]]:

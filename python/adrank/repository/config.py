@@ -10,6 +10,7 @@ Contract: configs are immutable once loaded (frozen models); loading is pure (re
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -23,10 +24,32 @@ import adrank._core as core
 DType = Literal["bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64", "string"]
 FLOAT_DTYPES = ("float16", "float32", "float64")
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+# A model's name is a folder of the repository, a key of the routing table and a health service name, and it
+# comes from operators (publish, the admin API): one path component, never "..", no separator, no leading
+# dot (hidden folders and a publish's staging folders are not models).
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 
 
 class ConfigError(ValueError):
     """A config.yaml that cannot be used; the message names the file and the field."""
+
+
+class ModelNameError(ValueError):
+    """A model name that is not one: the message quotes it and states the rule."""
+
+
+def is_model_name(name: str) -> bool:
+    return _MODEL_NAME.fullmatch(name) is not None
+
+
+def check_model_name(name: str) -> str:
+    """The name, if it is a model name; else ModelNameError (every entry point checks with this)."""
+    if not is_model_name(name):
+        raise ModelNameError(
+            f"{name!r} is not a model name: letters, digits, '_', '.' and '-', starting with a letter or digit"
+        )
+    return name
 
 
 class _Strict(BaseModel):
@@ -183,7 +206,7 @@ class VersionPolicy(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
     # What runs the model: ONNX Runtime (CPU, or a GPU through its CUDA/TensorRT execution providers), or
     # TensorRT itself (GPU only). `platform` is accepted as the older spelling.
     backend: Literal["onnxruntime", "tensorrt"] = Field(

@@ -8,7 +8,8 @@ What it keeps true (DESIGN.md, Model repository and Rollout):
   batch can close at → parity check (model.onnx hashes to meta.json's sha256, and the golden inputs,
   replayed through the core as requests are served, give the golden outputs within `atol`) → AVAILABLE.
   A version that fails any step is FAILED with the reason; nothing that is serving changes, and it is not
-  retried until its files change or the admin API asks.
+  retried until its files change or the admin API asks. A model left with no version that serves (at
+  start-up, its newest version FAILED) falls back to its next newest version on disk that loads.
 - Routing changes are atomic (one ModelRegistry.set_rollout): a request is routed to the old route or
   the new one, never to a half-made one. Stable is the policy's `stable`, or, without one, the highest
   AVAILABLE version — so a newly published version goes live once it has passed its checks.
@@ -21,11 +22,23 @@ What it keeps true (DESIGN.md, Model repository and Rollout):
 
 The watcher polls the repository every `poll_interval_s` (configs, version folders, rollout.yaml) and
 reconciles. A config.yaml or rollout.yaml that does not validate is refused whole: the model keeps
-serving what it served, and the error is reported (`models()`, logs).
+serving what it served, and the error is reported (`describe()`, logs). A repository that cannot be read
+at all (the folder vanished, a mount went away, permissions) changes nothing: every loaded version keeps
+serving, the failed poll is logged and counted (`repository_errors`, adrank_repository_errors_total), and
+the next poll tries again. Only a model folder gone from a repository that reads unloads that model.
+
+Start-up (`load_all`) serves every model that has a version that loads and reports the others (FAILED
+versions, config errors); it raises only when no model can serve, or the repository cannot be read.
+
+Readiness: a model is ready when it has a routable (stable) version. `readiness()` maps every model of
+the repository to that; `on_readiness` listeners hear each change of it (the front ends' per-model health
+and the server's overall health and /readyz are made from it; this package knows nothing of gRPC health).
 
 Thread-safety: one change at a time (reconcile, admin calls, guardrail rollbacks hold `_lock`; loading a
-version runs under it, so changes queue behind a load — they are rare and a load takes seconds). `route`
-and `servable` are lock-free reads of copy-on-write tables, called from the front ends per request.
+version runs under it, so changes queue behind a load — they are rare and a load takes seconds). `route`,
+`servables` and `readiness` are lock-free reads of copy-on-write tables, called from the front ends per
+request and from the HTTP threads per probe. Readiness listeners are called under `_lock`, on the thread
+that made the change: they must only record or hand off (never block, never call back into the manager).
 """
 
 from __future__ import annotations
@@ -33,7 +46,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -44,7 +57,7 @@ import numpy as np
 
 import adrank._core as core
 from adrank.repository.config import ConfigError, ModelConfig
-from adrank.repository.layout import ModelEntry, ModelRepository
+from adrank.repository.layout import ModelEntry, ModelRepository, RepositoryError
 from adrank.repository.meta import (
     META_FILE,
     Golden,
@@ -65,6 +78,13 @@ log = logging.getLogger("adrank.models")
 
 # 10000 routing buckets: percentages in steps of 0.01 (cpp/model_registry.h).
 BASIS_POINTS_PER_PERCENT = 100
+
+# Every model of the repository -> whether it has a version that serves.
+Readiness = Mapping[str, bool]
+
+
+class NothingToServe(RuntimeError):
+    """At start-up, no model of the repository has a version that serves; the message says why, per model."""
 
 
 class VersionState(str, Enum):
@@ -134,20 +154,41 @@ class ModelManager:
         self._servables: Mapping[tuple[str, int], Servable] = MappingProxyType({})
         self._watcher: Ticker | None = None
         self.guardrails = GuardrailMonitor(self._comparisons, self._on_breach)
+        self._readiness: Readiness = MappingProxyType({})
+        self._readiness_listeners: list[Callable[[Readiness], None]] = []
+        # Polls that could not read the repository (read by the metrics without the lock).
+        self.repository_errors = 0
+        self._repository_error = ""  # the current outage's error, logged once
 
     # ---- start, watch, stop ------------------------------------------------------------------------
 
     def load_all(self) -> list[Servable]:
-        """The first reconcile, at start-up; raises if a model ends up with nothing to serve."""
-        self.reconcile()
+        """The first reconcile, at start-up: loads what every model serves and reports what cannot serve.
+
+        RepositoryError if the repository cannot be read; NothingToServe if it holds models and none of
+        them has a version that serves. A model with nothing to serve while others serve is logged (and
+        the server is not ready until it has a version)."""
         with self._lock:
-            for model in self._models.values():
-                if model.error:
-                    raise ConfigError(model.error)
-                if self._stable_version(model.name) is None and self._on_disk_versions(model.name):
-                    failed = [s.reason for (n, _), s in self._versions.items() if n == model.name and s.reason]
-                    raise RuntimeError(f"model '{model.name}' has no version that loads: {'; '.join(failed)}")
+            self._reconcile(self._repository.model_names())
+            unservable = {name: self._why_unservable(name) for name, ok in self._readiness.items() if not ok}
+            for name, why in unservable.items():
+                log.error("model %s has nothing to serve: %s (the server is not ready until it has)", name, why)
+            if unservable and len(unservable) == len(self._models):
+                raise NothingToServe(
+                    "nothing to serve: " + "; ".join(f"model '{name}': {why}" for name, why in unservable.items())
+                )
             return [s for s in self._servables.values()]
+
+    def _why_unservable(self, name: str) -> str:
+        model = self._models[name]
+        if model.error:
+            return model.error
+        failed = [
+            f"version {v} FAILED: {s.reason}"
+            for (n, v), s in sorted(self._versions.items())
+            if n == name and s.state == VersionState.FAILED
+        ]
+        return "; ".join(failed) or f"no version in {model.path}"
 
     def start_watching(self) -> None:
         self.guardrails.start()
@@ -165,6 +206,7 @@ class ModelManager:
         with self._lock:
             for key in list(self._versions):
                 self._unload(*key)
+            self._update_readiness()
 
     # ---- the per-request path (front ends) ---------------------------------------------------------
 
@@ -190,12 +232,54 @@ class ModelManager:
     def model_names(self) -> list[str]:
         return list(self._models)
 
+    # ---- readiness (health) ------------------------------------------------------------------------
+
+    def readiness(self) -> Readiness:
+        """Every model of the repository -> whether it has a version that serves (lock-free)."""
+        return self._readiness
+
+    def ready(self) -> bool:
+        """Every model of the repository has a version that serves."""
+        return all(self._readiness.values())
+
+    def on_readiness(self, listener: Callable[[Readiness], None]) -> None:
+        """Calls `listener` with the new readiness at each change of it (see Thread-safety)."""
+        with self._lock:
+            self._readiness_listeners.append(listener)
+
+    def _update_readiness(self) -> None:
+        """Recomputes readiness after a change (under `_lock`) and tells the listeners if it moved."""
+        readiness = {name: self.registry.rollout(name).stable != 0 for name in sorted(self._models)}
+        if readiness == dict(self._readiness):
+            return
+        for name, ok in readiness.items():
+            if self._readiness.get(name, True) != ok:
+                log.info("model %s %s", name, "is ready" if ok else "has no version that serves: not ready")
+        self._readiness = MappingProxyType(readiness)
+        for listener in self._readiness_listeners:
+            listener(self._readiness)
+
     # ---- reconcile: the repository's wish, applied -------------------------------------------------
 
     def reconcile(self) -> None:
-        """Reads the repository and loads, routes and unloads to match it."""
+        """Reads the repository and loads, routes and unloads to match it; a repository that cannot be
+        read changes nothing (logged once per outage, counted per poll)."""
         with self._lock:
-            names = self._repository.model_names()
+            try:
+                names = self._repository.model_names()
+            except RepositoryError as error:
+                self.repository_errors += 1
+                if str(error) != self._repository_error:
+                    log.error("%s: keeps serving every loaded version and polls again", error)
+                self._repository_error = str(error)
+                return
+            if self._repository_error:
+                log.info("repository %s readable again: reconciling", self._repository.root)
+                self._repository_error = ""
+            self._reconcile(names)
+
+    def _reconcile(self, names: list[str]) -> None:
+        try:
             for name in names:
                 self._reconcile_model(name)
             for name in [n for n in self._models if n not in names]:
@@ -203,6 +287,8 @@ class ModelManager:
                 for key in [k for k in self._versions if k[0] == name]:
                     self._unload(*key)
                 del self._models[name]
+        finally:
+            self._update_readiness()
 
     def _reconcile_model(self, name: str) -> None:
         model = self._models.setdefault(name, _Model(name, self._repository.root / name))
@@ -225,8 +311,20 @@ class ModelManager:
         wanted = self._wanted(entry, policy)
         for version in wanted:
             self._ensure_loaded(entry, version)
+        self._fall_back(entry, wanted)
         self._apply_route(name)
         self._unload_unwanted(entry, wanted)
+
+    def _fall_back(self, entry: ModelEntry, wanted: list[int]) -> None:
+        """With no version of the model serving or AVAILABLE, loads the newest other version on disk that
+        loads: a bad new version must not leave a model with nothing (at start-up, nothing else is)."""
+        if self._stable_version(entry.name) is not None or self._available(entry.name):
+            return
+        for version in sorted(set(entry.versions) - set(wanted), reverse=True):
+            self._ensure_loaded(entry, version)
+            if self._versions[(entry.name, version)].state == VersionState.AVAILABLE:
+                log.warning("%s: no wanted version %s loads: serving version %d instead", entry.name, wanted, version)
+                return
 
     def _wanted(self, entry: ModelEntry, policy: RolloutPolicy) -> list[int]:
         chosen = set(entry.config.version_policy.select(entry.versions))
@@ -446,6 +544,7 @@ class ModelManager:
             self._unload_unwanted(entry, self._wanted(entry, policy))
             AuditLog(entry.path).append(AuditEntry.change(name, actor, action, before, policy, reason, figures))
             log.info("%s rollout (%s by %s): %s", name, action, actor, policy.summary())
+            self._update_readiness()
             return policy
 
     def model_dir(self, name: str) -> Path:
@@ -467,6 +566,7 @@ class ModelManager:
             if status is None or status.state == VersionState.FAILED:
                 self._load(entry, version, self._file_signature(entry.version_dir(version)))
             self._apply_route(name)
+            self._update_readiness()
             return self._versions[(name, version)]
 
     def unload_version(self, name: str, version: int) -> None:

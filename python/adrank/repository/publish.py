@@ -284,9 +284,15 @@ def _kill_step() -> str | None:
 
 
 def _model_entry(repository: Path, model: str) -> ModelEntry:
-    from adrank.repository.config import ConfigError
+    from adrank.repository.config import ConfigError, ModelNameError, check_model_name
     from adrank.repository.layout import CONFIG_FILE, ModelRepository
 
+    try:
+        check_model_name(model)  # before any path is made of it: "../x" would write outside the repository
+    except ModelNameError as error:
+        raise PublishError(f"--model: {error}") from error
+    if not repository.is_dir():
+        raise PublishError(f"repository {repository}: no such folder")
     config = repository / model / CONFIG_FILE
     if not config.is_file():
         raise PublishError(f"model '{model}': no {config} (a model is a folder of the repository with a config.yaml)")
