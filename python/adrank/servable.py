@@ -45,6 +45,11 @@ def invalid(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+# The server's own requests (warm-up, parity checks, publish's benchmark) run on an idle model but may be
+# the first it ever runs (sessions initialising): far longer than the model's default deadline allows a
+# caller, and nobody waits on them but the loader.
+INTERNAL_TIMEOUT_S = 300.0
+
 # Scores of a model that declares no output range: wide enough for logits and cosines alike; the values
 # beyond it still count, in the histogram's outer bins.
 DEFAULT_SCORE_RANGE = (-10.0, 10.0)
@@ -129,7 +134,7 @@ class Servable:
             while remaining > 0:
                 n = min(remaining, self.config.max_candidates)
                 candidates, context = self.synthetic_request(n)
-                pending.append(self.model.submit(candidates, context))
+                pending.append(self.model.submit(candidates, context, timeout_s=INTERNAL_TIMEOUT_S))
                 remaining -= n
             for request in pending:
                 request.wait()

@@ -70,7 +70,7 @@ from adrank.repository.meta import (
 from adrank.rollout.audit import AuditEntry, AuditLog
 from adrank.rollout.guardrails import Comparison, GuardrailMonitor, Verdict
 from adrank.rollout.policy import PolicyError, RolloutPolicy, load_policy, save_policy
-from adrank.servable import RequestError, Servable
+from adrank.servable import INTERNAL_TIMEOUT_S, RequestError, Servable
 from adrank.tenants import TenantsConfig
 from adrank.ticker import Ticker
 
@@ -411,7 +411,7 @@ class ModelManager:
         for candidates, context in golden_requests(servable.config, golden.inputs):
             rows = next(iter(candidates.values())).shape[0]
             prepared = servable.prepare(candidates, context, rows)
-            pending.append(servable.model.submit(*prepared))
+            pending.append(servable.model.submit(*prepared, timeout_s=INTERNAL_TIMEOUT_S))
         got = np.concatenate([p.wait().outputs[servable.config.score_output] for p in pending])
         if got.shape != expected.shape:
             raise MetaError(f"parity: {got.size} golden outputs, meta.json holds {expected.size}")

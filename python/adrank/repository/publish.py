@@ -439,7 +439,7 @@ def _check_golden(
 
     import adrank._core as core
     from adrank.repository.meta import MetaError, golden_requests
-    from adrank.servable import RequestError
+    from adrank.servable import INTERNAL_TIMEOUT_S, RequestError
 
     config = servable.config
     try:
@@ -452,7 +452,7 @@ def _check_golden(
             rows = len(next(iter(candidates.values())))
             try:
                 prepared = servable.prepare(candidates, context, rows)
-                result = servable.model.submit(*prepared).wait()
+                result = servable.model.submit(*prepared, timeout_s=INTERNAL_TIMEOUT_S).wait()
             except (RequestError, core.CoreError) as error:
                 raise PublishError(f"golden inputs from {origin}: the model cannot run them: {error}") from error
             scores.append(np.array(result.outputs[config.score_output], dtype=np.float32).reshape(-1))
@@ -489,6 +489,8 @@ def _compare_latency(
     new: Servable, current: Servable, options: PublishOptions, progress: PublishProgress
 ) -> LatencyComparison:
     """Median compute time of each version at each batch size, the two interleaved run by run."""
+    from adrank.servable import INTERNAL_TIMEOUT_S
+
     config = new.config
     # A request holds at most max_candidates rows; one request per batch is what makes compute_us the batch's.
     sizes = sorted({min(rows, config.max_candidates) for rows in config.batching.warmup_sizes()})
@@ -501,7 +503,9 @@ def _compare_latency(
                 # Alternate which goes first, so that neither always runs on caches the other warmed.
                 order = (new, current) if rep % 2 == 0 else (current, new)
                 for servable in order:
-                    times[servable.version].append(servable.model.submit(*request).wait().compute_us)
+                    times[servable.version].append(
+                        servable.model.submit(*request, timeout_s=INTERNAL_TIMEOUT_S).wait().compute_us
+                    )
                 advance()
             new_us = float(statistics.median(times[new.version]))
             current_us = float(statistics.median(times[current.version]))
