@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 import adrank._core as core
+from adrank.config_file import read_yaml
 
 # As the core checks it (cpp/tenants.h): tenant names become metric labels.
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -77,19 +77,7 @@ class TenantsConfig(BaseModel):
 
 def load_tenants(path: Path) -> TenantsConfig:
     """Parses and validates a tenants file; TenantsConfigError names the file and the field."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise TenantsConfigError(f"{path}: cannot read: {error}") from error
-    if not isinstance(raw, dict):
-        raise TenantsConfigError(f"{path}: expected a mapping of fields, got {type(raw).__name__}")
-    try:
-        config = TenantsConfig.model_validate(raw)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in error.errors()
-        )
-        raise TenantsConfigError(f"{path}: {problems}") from error
+    config = read_yaml(path, TenantsConfig, TenantsConfigError)
     try:
         config.to_core()  # the core's own checks: tenant names, counts
     except core.CoreError as error:

@@ -14,10 +14,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 import adrank._core as core
+from adrank.config_file import read_yaml
 
 # numpy names, as the core and the wire contract spell them. "string" is text: it never reaches the
 # core; a tokenizer turns it into integer tensors first.
@@ -296,26 +296,9 @@ class ModelConfig(_Strict):
         return options
 
 
-def _field_path(location: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in location:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "(top level)"
-
-
 def load_model_config(path: Path) -> ModelConfig:
     """Parses and validates one config.yaml; ConfigError names the file and the field."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: cannot read: {error}") from error
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of fields, got {type(raw).__name__}")
-    try:
-        config = ModelConfig.model_validate(raw)
-    except ValidationError as error:
-        problems = "; ".join(f"{_field_path(e['loc'])}: {e['msg']}" for e in error.errors())
-        raise ConfigError(f"{path}: {problems}") from error
+    config = read_yaml(path, ModelConfig, ConfigError)
     if config.name != path.parent.name:
         raise ConfigError(f"{path}: name: '{config.name}' must equal the model's folder name '{path.parent.name}'")
     return config

@@ -1,0 +1,39 @@
+"""A YAML file read into a pydantic schema in one step, with errors that name the file and the field.
+
+Every configuration file adrank reads (a model's config.yaml, the tenants file) is refused whole when any
+field is wrong: the error says `<file>: <field.path>: <what is wrong>` for each problem, and nothing of the
+file is used. Reading is pure: one file, no side effects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+Schema = TypeVar("Schema", bound=BaseModel)
+
+
+def field_path(location: tuple[int | str, ...]) -> str:
+    """pydantic's error location as a path: `batching.preferred_batch_rows[1]`."""
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"
+
+
+def read_yaml(path: Path, schema: type[Schema], error: type[ValueError]) -> Schema:
+    """The file parsed and validated as `schema`; `error` (a ValueError subclass) names the file and fields."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as cause:
+        raise error(f"{path}: cannot read: {cause}") from cause
+    if not isinstance(raw, dict):
+        raise error(f"{path}: expected a mapping of fields, got {type(raw).__name__}")
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as cause:
+        problems = "; ".join(f"{field_path(e['loc'])}: {e['msg']}" for e in cause.errors())
+        raise error(f"{path}: {problems}") from cause
