@@ -162,8 +162,12 @@ class LoadGenerator:
         # The grpc.aio sender keeps perf_counter readings, the C++ one seconds after its start (self._start = 0).
         return self._sent_at - self._start, self._latency, ok
 
-    def open_loop(self, rate: float, duration_s: float, max_requests: int) -> RunResult:
-        """Poisson arrivals at `rate` requests/s for at most `duration_s` seconds and `max_requests` requests."""
+    def open_loop(self, rate: float, duration_s: float, max_requests: int, start_s: float = 0.0) -> RunResult:
+        """Poisson arrivals at `rate` requests/s for at most `duration_s` seconds and `max_requests` requests.
+
+        With `start_s`, the arrivals begin that long after the run's start. The sender connects and warms up at
+        once: a run meant to begin while another loads the server is launched beside it, not into its queue.
+        """
         count = max(1, min(max_requests, int(np.ceil(rate * duration_s))))
         # Drawn from the seed and the rate alone: every system offered the same rate gets the same requests at the
         # same moments, whatever ran before.
@@ -173,8 +177,9 @@ class LoadGenerator:
         order = rng.integers(0, len(self.payloads), size=len(schedule))
         # Poisson counts vary (+-5 % over 400 arrivals): the send rate is checked against this draw, not `rate`.
         self._scheduled_rate = (len(schedule) - 1) / (schedule[-1] - schedule[0]) if len(schedule) > 2 else rate
+        schedule = schedule + start_s
         if self.sender is not None:
-            return self._run_sender("open", rate, None, order, schedule, duration_s)
+            return self._run_sender("open", rate, None, order, schedule, start_s + duration_s)
         return asyncio.run(self._run("open", rate, None, order, lambda: self._open(schedule, order)))
 
     def closed_loop(self, concurrency: int, duration_s: float, max_requests: int) -> RunResult:

@@ -129,3 +129,12 @@ def test_record_times_are_on_this_processs_clock(target: str, sender: object) ->
     sent, latency, _ = generator.record()
     assert before < generator.started_at < after
     assert generator.started_at + np.nanmax(sent + latency) < after
+
+
+@pytest.mark.parametrize("sender", _senders())
+def test_open_loop_begins_at_its_start_offset(target: str, sender: object) -> None:
+    generator = LoadGenerator(target, METHOD, PAYLOADS, CANDIDATES, timeout_s=2.0, sender=sender)  # type: ignore[arg-type]
+    result = generator.open_loop(rate=200.0, duration_s=0.3, max_requests=1000, start_s=0.4)
+    sent, _, _ = generator.record()
+    assert 20 <= result.sent <= 120  # Poisson around 60: the offset does not eat into the duration
+    assert np.nanmin(sent) >= 0.4 and np.nanmax(sent) <= 0.75
