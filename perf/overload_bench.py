@@ -61,7 +61,7 @@ from perf.bench import (
     running,
 )
 from perf.loadgen import LoadGenerator, RunResult, find_sender
-from perf.overload_report import markdown, plot, recovery_time, refusal_bound, rss_growth, targets
+from perf.overload_report import markdown, plot, probe_windows, recovery_time, refusal_bound, rss_growth, targets
 from perf.report import finite, save
 
 REPO = Path(__file__).resolve().parents[1]
@@ -366,9 +366,8 @@ class System:
         probe_sent, probe_latency, probe_ok = probe.record()
         probe_at = probe.started_at + probe_sent
         seen = ~np.isnan(probe_at)
-        recovered = recovery_time(
-            probe_at[seen], probe_latency[seen], probe_ok[seen], stop_at, self.idle_p50_s, s.recovery_window_s
-        )
+        windows = probe_windows(probe_at[seen], probe_latency[seen], probe_ok[seen], stop_at, s.recovery_window_s)
+        recovered = recovery_time(windows, self.idle_p50_s, s.recovery_window_s)
         notes = []
         if seen.any() and np.nanmin(probe_at) > stop_at:
             notes.append("the probes started after the load's last send")
@@ -409,6 +408,9 @@ class System:
                     else None
                 ),
                 "probe_errors": probe_run.errors,
+                "windows": [  # (start after the load's last send s, p50 ms, probes)
+                    (round(start, 3), p50 * 1e3, count) for start, p50, count in windows
+                ],
             },
             "run": run.to_json(),
         }
@@ -529,8 +531,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the .json, .md and .png go")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     parser.add_argument("--adrank-workers", type=int, default=1, help="adrank serve --workers")
+    parser.add_argument(
+        "--load-s", type=float, default=None, help="seconds of every load instead of the mode's (a shorter trial)"
+    )
+    parser.add_argument(
+        "--python-sender", action="store_true", help="send with grpc.aio even if adrank_loadgen is built"
+    )
     args = parser.parse_args(argv)
     settings = MODES["smoke" if args.smoke else "full"]
+    if args.load_s is not None:
+        settings = replace(settings, loads=tuple((multiple, args.load_s) for multiple, _ in settings.loads))
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         log(f"only core {cores[0]} is available: the server and the generator will share it")
@@ -546,8 +556,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"mode {settings.mode}: servers on core {settings.server_core}, generator on core {settings.generator_core}")
     light = request_sets.build("ctr", settings.requests, candidates=settings.candidates)
     heavy = request_sets.build("ctr", 4, seed=3, candidates=settings.heavy_rows)
-    sender = find_sender()
-    log(f"load generator: {sender or 'grpc.aio in this process (adrank_loadgen is not built)'}")
+    sender = None if args.python_sender else find_sender()
+    fallback = "grpc.aio in this process" + ("" if args.python_sender else " (adrank_loadgen is not built)")
+    log(f"load generator: {sender or fallback}")
     work = Path(tempfile.mkdtemp(prefix="adrank-overload-"))
     systems: dict[str, dict[str, object]] = {}
     try:

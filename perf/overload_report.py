@@ -38,33 +38,35 @@ def refusal_bound(saturation: float, refusals_per_s: float, cpu_per_refusal_s: f
     return max(0.0, saturation * (1.0 - refusals_per_s * cpu_per_refusal_s))
 
 
-def recovery_time(
-    sent_at: np.ndarray,
-    latency_s: np.ndarray,
-    ok: np.ndarray,
-    stop_at: float,
-    idle_p50_s: float,
-    window_s: float,
-    factor: float = RECOVERY_FACTOR,
-) -> float | None:
-    """Seconds after `stop_at` until the probes' p50 stays within `factor` x `idle_p50_s` (None: it never did).
+def probe_windows(
+    sent_at: np.ndarray, latency_s: np.ndarray, ok: np.ndarray, stop_at: float, window_s: float
+) -> list[tuple[float, float, int]]:
+    """(window start after `stop_at` in s, p50 in s, probes) of the probes sent from `stop_at` on, in order.
 
-    `sent_at` are the probes' send times on the same clock as `stop_at`; windows without a probe are skipped.
+    `sent_at` are the probes' send times on the same clock as `stop_at`; windows without a probe are left out, and
+    a failed probe (deadline, refusal) counts as infinitely slow: it is no sign of recovery.
     """
     after = sent_at >= stop_at
-    if not after.any():
-        return None
-    slow = np.where(ok, latency_s, np.inf)  # a failed probe (deadline, refusal) is no sign of recovery
+    slow = np.where(ok, latency_s, np.inf)[after]
     index = np.floor((sent_at[after] - stop_at) / window_s).astype(np.int64)
-    windows = sorted(set(index.tolist()))
-    within = {w: float(np.median(slow[after][index == w])) <= factor * idle_p50_s for w in windows}
-    recovered: int | None = None
-    for w in windows:
-        if not within[w]:
+    return [
+        (float(w * window_s), float(np.median(slow[index == w])), int((index == w).sum()))
+        for w in sorted(set(index.tolist()))
+    ]
+
+
+def recovery_time(
+    windows: Sequence[tuple[float, float, int]], idle_p50_s: float, window_s: float, factor: float = RECOVERY_FACTOR
+) -> float | None:
+    """Seconds after the stop until the probes' p50 stays within `factor` x `idle_p50_s` (None: it never did):
+    the end of the first of `windows` (probe_windows) from which on every window is within."""
+    recovered: float | None = None
+    for start, p50, _ in windows:
+        if p50 > factor * idle_p50_s:
             recovered = None
         elif recovered is None:
-            recovered = w
-    return None if recovered is None else (recovered + 1) * window_s
+            recovered = start
+    return None if recovered is None else recovered + window_s
 
 
 def rss_growth(samples: Sequence[tuple[float, int]]) -> float | None:
@@ -77,6 +79,8 @@ def rss_growth(samples: Sequence[tuple[float, int]]) -> float | None:
 
 
 def _row(target: str, value: float | None, threshold: float, unit: str, higher_is_better: bool) -> dict[str, object]:
+    if value is not None and math.isnan(value):  # e.g. the p99 of no OK answer: not measured
+        value = None
     passed = None if value is None else (value >= threshold if higher_is_better else value <= threshold)
     return {
         "target": target,

@@ -11,19 +11,20 @@ import math
 import numpy as np
 import pytest
 
-from perf.overload_report import markdown, recovery_time, refusal_bound, rss_growth, targets
+from perf.overload_report import markdown, probe_windows, recovery_time, refusal_bound, rss_growth, targets
 
 IDLE_P50 = 0.001  # s
 WINDOW = 0.1
 
 
-def _probes(latency_at: dict[float, float], ok_until: float = math.inf) -> tuple[np.ndarray, ...]:
+def _recovery(latency_at: dict[float, float], stop: float, ok_until: float = math.inf) -> float | None:
     """Probes every 10 ms over 2 s, between window edges; latency_at maps a send time to the latency from then on."""
     sent = np.arange(200) * 0.01 + 0.005
     latency = np.zeros_like(sent)
     for start, value in sorted(latency_at.items()):
         latency[sent >= start] = value
-    return sent, latency, np.ones_like(sent, dtype=bool) if math.isinf(ok_until) else sent >= ok_until
+    ok = np.ones_like(sent, dtype=bool) if math.isinf(ok_until) else sent >= ok_until
+    return recovery_time(probe_windows(sent, latency, ok, stop, WINDOW), IDLE_P50, WINDOW)
 
 
 def test_refusal_bound_is_what_the_core_has_left_after_refusing() -> None:
@@ -34,25 +35,32 @@ def test_refusal_bound_is_what_the_core_has_left_after_refusing() -> None:
 
 def test_recovery_is_the_end_of_the_first_window_from_which_every_window_is_normal() -> None:
     stop = 0.5
-    fast = _probes({0.0: 0.02, 0.5: 0.0011})  # slow before the stop, normal at once after it
-    assert recovery_time(*fast, stop, IDLE_P50, WINDOW) == pytest.approx(0.1)
-    later = _probes({0.0: 0.02, 0.8: 0.0012})  # normal from 0.3 s after the stop: its window ends at 0.4 s
-    assert recovery_time(*later, stop, IDLE_P50, WINDOW) == pytest.approx(0.4)
+    # Slow before the stop, normal at once after it: one window.
+    assert _recovery({0.0: 0.02, 0.5: 0.0011}, stop) == pytest.approx(0.1)
+    # Normal from 0.3 s after the stop: its window ends at 0.4 s.
+    assert _recovery({0.0: 0.02, 0.8: 0.0012}, stop) == pytest.approx(0.4)
     # Normal from 0.35 s: the window of 0.3-0.4 s is half slow, so its median is not normal yet.
-    assert recovery_time(*_probes({0.0: 0.02, 0.85: 0.0012}), stop, IDLE_P50, WINDOW) == pytest.approx(0.5)
-    relapse = _probes({0.0: 0.02, 0.5: 0.001, 0.8: 0.02, 1.2: 0.001})  # normal, slow again, then normal for good
-    assert recovery_time(*relapse, stop, IDLE_P50, WINDOW) == pytest.approx(0.8)
+    assert _recovery({0.0: 0.02, 0.85: 0.0012}, stop) == pytest.approx(0.5)
+    # Normal, slow again, then normal for good: counted from the last time.
+    assert _recovery({0.0: 0.02, 0.5: 0.001, 0.8: 0.02, 1.2: 0.001}, stop) == pytest.approx(0.8)
 
 
 def test_failed_probes_are_no_sign_of_recovery() -> None:
     # Quick answers that are refusals (deadline, overload) until 1.0 s: recovered only when they are OK.
-    refused = _probes({0.0: 0.0005}, ok_until=1.0)
-    assert recovery_time(*refused, 0.5, IDLE_P50, WINDOW) == pytest.approx(0.6)
+    assert _recovery({0.0: 0.0005}, 0.5, ok_until=1.0) == pytest.approx(0.6)
+
+
+def test_probe_windows_are_the_p50_of_each_window_after_the_stop() -> None:
+    sent = np.array([0.9, 1.01, 1.02, 1.03, 1.25, 1.26])
+    latency = np.array([9.0, 0.001, 0.003, 0.5, 0.002, 0.004])
+    ok = np.array([True, True, True, False, True, True])
+    windows = probe_windows(sent, latency, ok, 1.0, WINDOW)
+    assert [(round(start, 3), p50, n) for start, p50, n in windows] == [(0.0, 0.003, 3), (0.2, 0.003, 2)]
 
 
 def test_no_recovery_is_none() -> None:
-    assert recovery_time(*_probes({0.0: 0.02}), 0.5, IDLE_P50, WINDOW) is None
-    assert recovery_time(*_probes({0.0: 0.001}), 5.0, IDLE_P50, WINDOW) is None  # no probe after the stop
+    assert _recovery({0.0: 0.02}, 0.5) is None
+    assert _recovery({0.0: 0.001}, 5.0) is None  # no probe after the stop
 
 
 def test_rss_growth_tells_a_growing_queue_from_a_bounded_one() -> None:
