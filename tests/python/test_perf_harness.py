@@ -1,8 +1,11 @@
-"""Smoke test of the benchmark harness (perf/bench.py --smoke): it runs end to end and writes its three files.
+"""Smoke tests of the benchmark harnesses (perf/bench.py and perf/overload_bench.py, --smoke): each runs end to
+end and writes its three files.
 
-Not a benchmark: the sweep is tiny and its figures mean nothing. It checks that the engine-only run, the naive
-baseline and adrank (ctr) are measured, that the JSON holds finite figures and successful requests for each,
-and that the Markdown table and the PNG plot exist. PyTriton is never involved (--smoke skips it).
+Not benchmarks: the runs are tiny and their figures mean nothing. The serving bench: the engine-only run, the naive
+baseline and adrank (ctr) are measured, the JSON holds finite figures and successful requests for each, and the
+Markdown table and the PNG plot exist; PyTriton is never involved (--smoke skips it). The overload bench: every
+phase ran against both servers (saturation, refusals, idle probes, both loads, adrank's tenants) and every target
+is evaluated, whether the server at this commit passes it or not.
 """
 
 from __future__ import annotations
