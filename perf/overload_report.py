@@ -206,7 +206,7 @@ def markdown(report: dict[str, object]) -> str:
         "## Loads",
         "",
         "| system | load | offered (req/s) | s | goodput (req/s) | / saturation | bound (req/s) | / bound | statuses"
-        " | OK p50 / p99 (ms) | server CPU | RSS before / peak / after (MB) | RSS growth | recovery (s) | notes |",
+        " | OK p50 / p99 (ms) | server CPU (cores) | RSS before / peak / after (MB) | RSS growth | recovery (s) | notes |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, system in systems.items():
