@@ -23,7 +23,7 @@ SIGTERM (killed if it lingers) and its exit code reported. Everything is loopbac
 
 Output in --out (default perf/results/): overload-<date>-<git sha>.json (everything), .md (tables and the
 targets pass/fail), .png (goodput against offered load, each system's ideal min(offered, saturation) and
-adrank's refusal bound). Modes: default (full: 0.5x and 1x for 10 s, 1.5x and 2x for 60 s; about 8 minutes),
+adrank's refusal bound). Modes: default (full: 0.5x and 1x for 10 s, 1.5x and 2x for 60 s; about 7 minutes),
 --smoke (seconds per phase; files end in -smoke).
 """
 
@@ -99,7 +99,7 @@ class Settings:
     # is later than theirs (it makes one call object per request first: ~1 s for 450k).
     probe_lead_s: float = 0.5
     probe_margin_s: float = 2.0
-    recovery_window_s: float = 0.1
+    recovery_window_s: float = 0.2  # ~25 probes at 130/s: a p50 that one slow call does not move
     rss_sample_s: float = 0.25
     heavy_in_flight: int = 32
     heavy_rows: int = 2048
@@ -367,7 +367,9 @@ class System:
         probe_at = probe.started_at + probe_sent
         seen = ~np.isnan(probe_at)
         windows = probe_windows(probe_at[seen], probe_latency[seen], probe_ok[seen], stop_at, s.recovery_window_s)
-        recovered = recovery_time(windows, self.idle_p50_s, s.recovery_window_s)
+        recovered = recovery_time(
+            probe_at[seen], probe_latency[seen], probe_ok[seen], stop_at, self.idle_p50_s, s.recovery_window_s
+        )
         notes = []
         if seen.any() and np.nanmin(probe_at) > stop_at:
             notes.append("the probes started after the load's last send")
@@ -552,6 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         generator_core=cores[min(1, len(cores) - 1)],
     )
     started = time.perf_counter()
+    machine = machine_info()  # the load average before the run: other work on the machine skews every figure
     os.sched_setaffinity(0, {settings.generator_core})
     log(f"mode {settings.mode}: servers on core {settings.server_core}, generator on core {settings.generator_core}")
     light = request_sets.build("ctr", settings.requests, candidates=settings.candidates)
@@ -589,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 *(argv if argv is not None else sys.argv[1:]),
             ]
         ),
-        "machine": machine_info(),
+        "machine": machine,
         "pinning": {
             "server_core": settings.server_core,
             "generator_core": settings.generator_core,

@@ -7,8 +7,9 @@ from the records, so that it can be checked apart from any server:
   at `refusals/s` refusals of `c` CPU seconds each the core has `1 - refusals/s * c` of itself left for
   answers: bound = saturation * (1 - refusals/s * c); the goodput target is >= GOODPUT_OF_BOUND of it;
 - recovery: the light probes sent after the load stopped, in windows of `window_s` by send time; the server
-  has recovered at the end of the first window from which on every window's p50 (a failed probe counts as
-  infinitely slow) is within RECOVERY_FACTOR of the idle p50 (resolution: one window);
+  has recovered at the end of the first window whose p50 is within RECOVERY_FACTOR of the idle p50 and from
+  whose start on the p50 of all the probes is too (a failed probe counts as infinitely slow; resolution: one
+  window);
 - RSS bounded: the peak RSS in the second half of a load's samples over the peak in its first half; a queue
   or a leak that grows with the overload grows past RSS_GROWTH_LIMIT, a bounded one levels off.
 
@@ -56,17 +57,32 @@ def probe_windows(
 
 
 def recovery_time(
-    windows: Sequence[tuple[float, float, int]], idle_p50_s: float, window_s: float, factor: float = RECOVERY_FACTOR
+    sent_at: np.ndarray,
+    latency_s: np.ndarray,
+    ok: np.ndarray,
+    stop_at: float,
+    idle_p50_s: float,
+    window_s: float,
+    factor: float = RECOVERY_FACTOR,
 ) -> float | None:
-    """Seconds after the stop until the probes' p50 stays within `factor` x `idle_p50_s` (None: it never did):
-    the end of the first of `windows` (probe_windows) from which on every window is within."""
-    recovered: float | None = None
-    for start, p50, _ in windows:
-        if p50 > factor * idle_p50_s:
-            recovered = None
-        elif recovered is None:
-            recovered = start
-    return None if recovered is None else recovered + window_s
+    """Seconds after `stop_at` until the probes are back to normal (None: not within the probes' time).
+
+    Normal: within `factor` x `idle_p50_s`. The answer is the end of the first window (of `window_s`, by send time)
+    whose p50 is normal and from whose start on the p50 of all the probes is normal too: a lucky window amid a
+    backlog does not count, and one slow window later (a neighbour's process on the core) does not undo a recovery.
+    `sent_at` are on `stop_at`'s clock; a failed probe (deadline, refusal) counts as infinitely slow.
+    """
+    after = sent_at >= stop_at
+    order = np.argsort(sent_at[after], kind="stable")
+    times = sent_at[after][order]
+    slow = np.where(ok, latency_s, np.inf)[after][order]
+    index = np.floor((times - stop_at) / window_s).astype(np.int64)
+    limit = factor * idle_p50_s
+    for w in sorted(set(index.tolist())):
+        first = int(np.searchsorted(index, w))
+        if np.median(slow[index == w]) <= limit and np.median(slow[first:]) <= limit:
+            return (w + 1) * window_s
+    return None
 
 
 def rss_growth(samples: Sequence[tuple[float, int]]) -> float | None:
@@ -205,8 +221,9 @@ def markdown(report: dict[str, object]) -> str:
         "",
         "## Loads",
         "",
-        "| system | load | offered (req/s) | s | goodput (req/s) | / saturation | bound (req/s) | / bound | statuses"
-        " | OK p50 / p99 (ms) | server CPU (cores) | RSS before / peak / after (MB) | RSS growth | recovery (s) | notes |",
+        "| system | load | offered (req/s) | s | goodput (req/s) | / saturation | bound (req/s) | / bound"
+        " | statuses | OK p50 / p99 (ms) | server CPU (cores) | RSS before / peak / after (MB) | RSS growth"
+        " | recovery (s) | notes |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, system in systems.items():
@@ -284,8 +301,9 @@ def markdown(report: dict[str, object]) -> str:
         " loop of requests naming a model the server does not serve (refused at once), less its idle CPU rate,"
         " over the refusals",
         f"- recovery: light probes (one {report['candidates']}-candidate request, 1 s deadline) from shortly before"
-        f" the load's last send; windows of {report['settings']['recovery_window_s']:g} s; recovered when every"  # type: ignore[index]
-        f" window's p50 from then on is within {RECOVERY_FACTOR:g}x the idle probes' p50",
+        f" the load's last send; windows of {report['settings']['recovery_window_s']:g} s; recovered at the end of"  # type: ignore[index]
+        f" the first window whose p50, and the p50 of all the probes from it on, are within {RECOVERY_FACTOR:g}x the"
+        " idle probes' p50",
         "- RSS: /proc/PID/status VmRSS sampled during each load; growth = second half's peak / first half's peak",
     ]
     return "\n".join(lines) + "\n"
