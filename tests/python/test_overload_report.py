@@ -132,6 +132,7 @@ def test_targets_pass_and_fail_on_the_measured_figures() -> None:
     rows = {row["target"]: row["pass"] for row in targets(_report(adrank))}
     assert [v for k, v in rows.items() if k.startswith("1.5x")] == [True] * 5
     assert [v for k, v in rows.items() if k.startswith("2x")] == [False] * 5  # never recovered: a fail, not n/a
+    assert "2x saturation: recovery to normal latency after the load stops (not back to normal while probed)" in rows
     assert rows["server crashes over the run"] is True
     assert [v for k, v in rows.items() if k.startswith("tenants")] == [True, True]
     adrank["tenants"]["light"]["ok_fraction"] = 0.9
