@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 JOBS ?= $(shell nproc)
 CMAKE_GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo Ninja || echo "Unix Makefiles")
 
-.PHONY: all venv install install-gpu serve serve-gpu test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core loadgen bench bench-rollout bench-metrics bench-quick bench-env train-env clean
+.PHONY: all venv install install-gpu serve serve-gpu test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core loadgen bench bench-rollout bench-metrics bench-overload bench-quick bench-env train-env clean
 
 all: install
 
@@ -101,6 +101,11 @@ bench-rollout: install loadgen
 bench-metrics: install loadgen
 	$(PY) perf/metrics_cost.py --duration-s 180
 	$(PY) perf/metrics_bench.py
+
+# Overload (perf/overload_bench.py, about 7 minutes): adrank and the naive server at 0.5x-2x of adrank's saturation
+# with 20 ms deadlines, CPU per refusal and its bound, recovery, RSS, and a light tenant beside a heavy one.
+bench-overload: install loadgen
+	$(PY) perf/overload_bench.py
 
 bench-quick: bench-env loadgen
 	$(PY) perf/bench.py --quick

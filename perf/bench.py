@@ -207,6 +207,22 @@ class ServerProcess:
             raise RuntimeError(f"{self.name} did not become ready (exit {self.process.poll()}): {tail}")
         return self.target
 
+    def tail(self, lines: int = 20) -> list[str]:
+        """The last lines the server printed (at most 40 are kept)."""
+        return self._lines[-lines:]
+
+    def cpu_s(self) -> float:
+        """The server's CPU time so far (user + system, all threads): taskset exec'd it, so the pid is the server's."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_bytes(self) -> int:
+        """The server's resident set size now (VmRSS)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"{self.name}: no VmRSS in /proc/{self.process.pid}/status (exit {self.process.poll()})")
+
     def stop(self, grace_s: float = 20.0) -> int | None:
         """SIGTERM, then SIGKILL to its process group if it is still there after `grace_s`."""
         if self.process.poll() is None:
@@ -227,6 +243,7 @@ class ServerProcess:
 
 
 ADRANK_READY = r"adrank: SERVING .* on grpc (?P<host>[\d.]+):(?P<port>\d+)"
+NAIVE_READY = r"naive: SERVING .* on grpc (?P<host>[\d.]+):(?P<port>\d+)"
 
 
 def adrank_server(name: str, repository: Path, options: list[str], core: int, log_file: Path) -> ServerProcess:
@@ -547,7 +564,7 @@ class Bench:
             elif kind in ("naive", "echo"):
                 command = [sys.executable, str(REPO / "perf" / "baselines" / "naive_server.py"), "--models", model]
                 command += ["--host", "127.0.0.1", "--port", "0", *(["--echo"] if kind == "echo" else [])]
-                ready = r"naive: SERVING .* on grpc (?P<host>[\d.]+):(?P<port>\d+)"
+                ready = NAIVE_READY
             else:
                 triton = prepare_pytriton(requests, self.work, self.pytriton_venv)
                 payloads, candidates, method = triton.payloads, triton.candidates, request_sets.KSERVE_METHOD

@@ -5,7 +5,8 @@ its scheduled time t_i (exponential gaps at the target rate, drawn before the cl
 are still in flight. Closed loop (C callers, each sending its next request when the previous one answers) is the
 comparison: it finds a server's throughput but hides queueing (a slow server slows its own load).
 
-Two senders carry out the same plan (schedule, order, deadline, bounds) and fill the same record:
+Two senders carry out the same plan (schedule, order, deadline, bounds, the gRPC metadata every call carries,
+e.g. the tenant header) and fill the same record:
 - `adrank_loadgen` (perf/loadgen_client.cc, built by `make bench` and by the C++ test build): grpc++ on a completion
   queue, tens of microseconds of CPU per call. Used whenever it is built (`find_sender`), because a grpc.aio client
   adds a few hundred microseconds of its own to every latency it records and saturates its core at a few thousand
@@ -20,7 +21,9 @@ What keeps the generator out of the measurement:
   achieved send rate and the generator's own CPU use are recorded, and a run whose generator fell behind (lag p99
   over 5 ms, under 95 % of the scheduled sends, or over 90 % of its core busy) is flagged `generator_saturated`.
 
-Latency is per request from send to reply (perf_counter); percentiles come from the full record. Failed calls
+Latency is per request from send to reply (perf_counter); percentiles come from the full record. The record's times
+are seconds after the run's start, `started_at` on perf_counter's clock (CLOCK_MONOTONIC, which the C++ sender's
+steady_clock shares), so the records of generators run side by side share one time line. Failed calls
 are counted by status code and kept out of the latency percentiles; `error_fraction` tells them apart.
 Everything is bounded: a run stops sending at `duration_s` or `max_requests`, whichever comes first, and each
 call has a deadline (`timeout_s`). Targets must be loopback addresses.
@@ -129,8 +132,11 @@ class LoadGenerator:
         timeout_s: float = 1.0,
         seed: int = 7,
         sender: Path | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """`sender`: the C++ sender's binary (find_sender()); None sends from this process with grpc.aio."""
+        """`sender`: the C++ sender's binary (find_sender()); None sends from this process with grpc.aio.
+        `metadata`: gRPC metadata (lower-case keys) sent with every call, warm-up included: one generator is one
+        client, e.g. one tenant (`x-adrank-tenant`)."""
         _check_loopback(target)
         if len(payloads) != len(candidates) or not payloads:
             raise ValueError("payloads and candidates must be non-empty and of the same length")
@@ -141,6 +147,8 @@ class LoadGenerator:
         self.timeout_s = timeout_s
         self.seed = seed
         self.sender = sender
+        self.metadata = tuple((str(key), str(value)) for key, value in metadata)
+        self.started_at = 0.0  # perf_counter seconds at which the last run's record times are 0
         self._start = 0.0
         self._cpu = 0.0
         self._scheduled_rate = 0.0
@@ -151,10 +159,15 @@ class LoadGenerator:
     def record(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The last run's calls: send time (s after its start), latency (s) and whether each was OK."""
         ok = np.array([code == grpc.StatusCode.OK for code in self._codes], dtype=bool)
-        return self._sent_at, self._latency, ok
+        # The grpc.aio sender keeps perf_counter readings, the C++ one seconds after its start (self._start = 0).
+        return self._sent_at - self._start, self._latency, ok
 
-    def open_loop(self, rate: float, duration_s: float, max_requests: int) -> RunResult:
-        """Poisson arrivals at `rate` requests/s for at most `duration_s` seconds and `max_requests` requests."""
+    def open_loop(self, rate: float, duration_s: float, max_requests: int, start_s: float = 0.0) -> RunResult:
+        """Poisson arrivals at `rate` requests/s for at most `duration_s` seconds and `max_requests` requests.
+
+        With `start_s`, the arrivals begin that long after the run's start. The sender connects and warms up at
+        once: a run meant to begin while another loads the server is launched beside it, not into its queue.
+        """
         count = max(1, min(max_requests, int(np.ceil(rate * duration_s))))
         # Drawn from the seed and the rate alone: every system offered the same rate gets the same requests at the
         # same moments, whatever ran before.
@@ -164,8 +177,9 @@ class LoadGenerator:
         order = rng.integers(0, len(self.payloads), size=len(schedule))
         # Poisson counts vary (+-5 % over 400 arrivals): the send rate is checked against this draw, not `rate`.
         self._scheduled_rate = (len(schedule) - 1) / (schedule[-1] - schedule[0]) if len(schedule) > 2 else rate
+        schedule = schedule + start_s
         if self.sender is not None:
-            return self._run_sender("open", rate, None, order, schedule, duration_s)
+            return self._run_sender("open", rate, None, order, schedule, start_s + duration_s)
         return asyncio.run(self._run("open", rate, None, order, lambda: self._open(schedule, order)))
 
     def closed_loop(self, concurrency: int, duration_s: float, max_requests: int) -> RunResult:
@@ -197,7 +211,7 @@ class LoadGenerator:
             gc.disable()
             try:
                 cpu = time.process_time()
-                self._start = time.perf_counter()
+                self._start = self.started_at = time.perf_counter()
                 await body()
                 self._cpu = (time.process_time() - cpu) / max(time.perf_counter() - self._start, 1e-9)
             finally:
@@ -230,6 +244,7 @@ class LoadGenerator:
             columns = np.fromfile(record, dtype=np.float64).reshape(4, count)
         summary = json.loads(done.stdout)
         self._start = 0.0  # the record's times are seconds after the sender's start
+        self.started_at = summary["start_s"]
         self._sent_at, self._latency, self._lag, codes = columns
         self._codes = [None if code < 0 else _STATUS_BY_VALUE[int(code)] for code in codes]
         self._done_at = summary["done_at_s"]
@@ -242,11 +257,23 @@ class LoadGenerator:
         """The plan file loadgen_client.cc reads (its header comment gives the layout)."""
         offsets = np.cumsum([0, *(len(p) for p in self.payloads)]).astype("<i8")
         header = np.array(
-            [len(self.payloads), len(order), concurrency, round(self.timeout_s * 1e6), round(duration_s * 1e6)],
+            [
+                len(self.payloads),
+                len(order),
+                concurrency,
+                round(self.timeout_s * 1e6),
+                round(duration_s * 1e6),
+                len(self.metadata),
+            ],
             dtype="<i8",
         )
         with path.open("wb") as out:
-            for array in (header, schedule.astype("<f8"), order.astype("<i8"), offsets):
+            out.write(header.tobytes())
+            for key, value in self.metadata:
+                encoded = key.encode(), value.encode()
+                out.write(np.array([len(encoded[0]), len(encoded[1])], dtype="<i8").tobytes())
+                out.write(encoded[0] + encoded[1])
+            for array in (schedule.astype("<f8"), order.astype("<i8"), offsets):
                 out.write(array.tobytes())
             for payload in self.payloads:
                 out.write(payload)
@@ -256,13 +283,13 @@ class LoadGenerator:
         await asyncio.wait_for(channel.channel_ready(), 30)
         for i in range(min(4, len(self.payloads))):
             with contextlib.suppress(grpc.aio.AioRpcError):
-                await self._call(self.payloads[i], timeout=max(self.timeout_s, 5.0))
+                await self._call(self.payloads[i], timeout=max(self.timeout_s, 5.0), metadata=self.metadata or None)
 
     async def _one(self, slot: int, payload: bytes) -> None:
         sent = time.perf_counter()
         self._sent_at[slot] = sent
         try:
-            await self._call(payload, timeout=self.timeout_s)
+            await self._call(payload, timeout=self.timeout_s, metadata=self.metadata or None)
             code = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as error:
             code = error.code()

@@ -7,13 +7,16 @@
 //
 // Usage: adrank_loadgen TARGET METHOD PLAN RECORD
 //   PLAN (written by loadgen.py, little-endian):
-//     int64 n_payloads, count, concurrency (0: open loop), timeout_us, duration_us
+//     int64 n_payloads, count, concurrency (0: open loop), timeout_us, duration_us, n_metadata
+//     n_metadata times: int64 key_size, value_size; key, value bytes   gRPC metadata sent with every call
 //     float64 schedule[count]      open loop: seconds after the start at which call i is sent
 //     int64 order[count]           call i sends payload order[i]
 //     int64 offsets[n_payloads+1]  payload j is blob[offsets[j], offsets[j+1])
 //     uint8 blob[]
 //   RECORD (written here): float64 sent[count], latency[count], lag[count], code[count], each relative to the
-//     start in seconds; NaN (code: -1) for calls never sent. stdout: {"cpu_s":..,"wall_s":..,"done_at_s":..}.
+//     start in seconds; NaN (code: -1) for calls never sent. stdout: {"cpu_s":..,"wall_s":..,"done_at_s":..,
+//     "start_s":..}, start_s being the start on CLOCK_MONOTONIC (steady_clock, as Python's perf_counter), so that
+//     the records of senders running side by side can be put on one time line.
 //
 // Open loop: one thread sends call i at its scheduled time whatever is in flight (sleeping until then); another
 // reaps completions. Closed loop: `concurrency` calls in flight, each completion sends the next. Either way the
@@ -35,6 +38,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -46,6 +50,8 @@ struct Plan {
   int64_t concurrency = 0;
   std::chrono::microseconds timeout{0};
   std::chrono::microseconds duration{0};
+  // Sent with every call (e.g. the tenant header): per plan, because one sender is one client.
+  std::vector<std::pair<std::string, std::string>> metadata;
   std::vector<double> schedule;
   std::vector<int64_t> order;
   std::vector<grpc::ByteBuffer> payloads;
@@ -78,14 +84,23 @@ std::vector<T> ReadArray(std::ifstream& in, int64_t n) {
 Plan ReadPlan(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot open plan " + path);
-  const std::vector<int64_t> header = ReadArray<int64_t>(in, 5);
+  const std::vector<int64_t> header = ReadArray<int64_t>(in, 6);
   Plan plan;
   const int64_t n_payloads = header[0];
   plan.count = header[1];
   plan.concurrency = header[2];
   plan.timeout = std::chrono::microseconds(header[3]);
   plan.duration = std::chrono::microseconds(header[4]);
-  if (n_payloads <= 0 || plan.count <= 0 || plan.concurrency < 0) throw std::runtime_error("bad plan header");
+  if (n_payloads <= 0 || plan.count <= 0 || plan.concurrency < 0 || header[5] < 0) {
+    throw std::runtime_error("bad plan header");
+  }
+  for (int64_t i = 0; i < header[5]; ++i) {
+    const std::vector<int64_t> sizes = ReadArray<int64_t>(in, 2);
+    if (sizes[0] <= 0 || sizes[1] < 0) throw std::runtime_error("bad plan metadata");
+    const std::vector<char> key = ReadArray<char>(in, sizes[0]);
+    const std::vector<char> value = ReadArray<char>(in, sizes[1]);
+    plan.metadata.emplace_back(std::string(key.begin(), key.end()), std::string(value.begin(), value.end()));
+  }
   plan.schedule = ReadArray<double>(in, plan.count);
   plan.order = ReadArray<int64_t>(in, plan.count);
   const std::vector<int64_t> offsets = ReadArray<int64_t>(in, n_payloads + 1);
@@ -124,6 +139,7 @@ class Generator {
     for (size_t i = 0; i < std::min<size_t>(4, plan_.payloads.size()); ++i) {
       Call call;
       call.context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      for (const auto& [key, value] : plan_.metadata) call.context.AddMetadata(key, value);
       call.reader = stub_->PrepareUnaryCall(&call.context, method_, plan_.payloads[i], &cq);
       call.reader->StartCall();
       call.reader->Finish(&call.reply, &call.status, &call);
@@ -148,6 +164,7 @@ class Generator {
 
   const Record& record() const { return record_; }
   double done_at_s() const { return Seconds(done_at_); }
+  double start_s() const { return std::chrono::duration<double>(start_.time_since_epoch()).count(); }
 
  private:
   double Seconds(Clock::time_point t) const { return std::chrono::duration<double>(t - start_).count(); }
@@ -158,6 +175,7 @@ class Generator {
     call.sent_at = Clock::now();
     // gRPC takes deadlines on the system clock; latency is measured on the steady one.
     call.context.set_deadline(std::chrono::system_clock::now() + plan_.timeout);
+    for (const auto& [key, value] : plan_.metadata) call.context.AddMetadata(key, value);
     record_.sent[static_cast<size_t>(slot)] = Seconds(call.sent_at);
     in_flight_.fetch_add(1);
     call.reader = stub_->PrepareUnaryCall(&call.context, method_, plan_.payloads[plan_.order[slot]], &cq_);
@@ -254,8 +272,8 @@ int main(int argc, char** argv) {
     generator.Run();
     const double wall_s = std::chrono::duration<double>(Clock::now() - wall).count();
     WriteRecord(argv[4], generator.record());
-    std::printf("{\"cpu_s\": %.6f, \"wall_s\": %.6f, \"done_at_s\": %.6f}\n", CpuSeconds() - cpu, wall_s,
-                generator.done_at_s());
+    std::printf("{\"cpu_s\": %.6f, \"wall_s\": %.6f, \"done_at_s\": %.6f, \"start_s\": %.9f}\n", CpuSeconds() - cpu,
+                wall_s, generator.done_at_s(), generator.start_s());
   } catch (const std::exception& error) {
     std::fprintf(stderr, "adrank_loadgen: %s\n", error.what());
     return 1;

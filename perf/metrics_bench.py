@@ -65,9 +65,7 @@ class Served:
         self.target = self.process.wait_ready()
 
     def cpu_s(self) -> float:
-        """The server's CPU time so far (user + system, all threads): taskset exec'd it, same pid."""
-        fields = Path(f"/proc/{self.process.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return self.process.cpu_s()
 
     def stop(self) -> None:
         self.process.stop()

@@ -5,7 +5,8 @@ request, its candidate count N (lognormal: median 100, p99 about 1000, capped at
 model consumes (for the engine-only runs, which feed ONNX Runtime directly) and the request already serialized
 to the bytes a server reads, so the load generator sends bytes and never serializes on the clock.
 
-- ctr: N rows sampled (with replacement) from the real Criteo rows in `../shared/data/criteo/train_1999.csv`.
+- ctr: N rows sampled (with replacement) from the real Criteo rows in `../shared/data/criteo/train_1999.csv`;
+  or every request of one fixed N (`candidates=`), where a benchmark counts requests/s of one size (overload).
 - relevance: a query from `models/relevance/texts.json` ("queries") and N ad embeddings made once, with
   adrank's own `TextEmbedder`, from the ad titles there ("ads").
 - KServe v2 (`inference.GRPCInferenceService/ModelInfer`, what Triton / PyTriton speak): the same ctr arrays as
@@ -74,13 +75,16 @@ def candidate_counts(count: int, seed: int) -> np.ndarray:
     return np.clip(np.rint(draws), 1, MAX_CANDIDATES).astype(np.int64)
 
 
-def ctr_requests(count: int, seed: int = 1, criteo_file: Path = CRITEO_FILE) -> RequestSet:
-    """`count` Rank requests for `ctr`: dense f32 [N, 13] and sparse i64 [N, 26] from real Criteo rows."""
+def ctr_requests(
+    count: int, seed: int = 1, criteo_file: Path = CRITEO_FILE, candidates: int | None = None
+) -> RequestSet:
+    """`count` Rank requests for `ctr`: dense f32 [N, 13] and sparse i64 [N, 26] from real Criteo rows; N drawn
+    by `candidate_counts`, or `candidates` for every request."""
     from adrank.client import build_request
     from adrank.criteo import read_rows
 
     rows = read_rows(criteo_file)
-    sizes = candidate_counts(count, seed)
+    sizes = candidate_counts(count, seed) if candidates is None else np.full(count, candidates, dtype=np.int64)
     rng = np.random.default_rng(seed + 1)
     payloads: list[bytes] = []
     feeds: list[dict[str, np.ndarray]] = []
@@ -128,9 +132,12 @@ def relevance_requests(count: int, seed: int = 2, models: Path = MODELS) -> Requ
     return RequestSet("relevance", RANK_METHOD, payloads, sizes, feeds, context)
 
 
-def build(model: str, count: int, seed: int | None = None) -> RequestSet:
+def build(model: str, count: int, seed: int | None = None, candidates: int | None = None) -> RequestSet:
+    """`count` requests of `model`; `candidates`: every request of that many (ctr only)."""
     if model == "ctr":
-        return ctr_requests(count, 1 if seed is None else seed)
+        return ctr_requests(count, 1 if seed is None else seed, candidates=candidates)
+    if candidates is not None:
+        raise ValueError(f"requests of a fixed candidate count are built for 'ctr' only, not '{model}'")
     if model == "relevance":
         return relevance_requests(count, 2 if seed is None else seed)
     raise ValueError(f"no request builder for model '{model}'")

@@ -2,8 +2,9 @@
 
 Both senders carry out the same plan, so for the same open-loop rate they send the same number of calls in the same
 order and must report the same status counts; closed loop must stop at `max_requests`; failed calls are counted by
-their status code, not as latency. The C++ sender is built by `make test-cpp` (which `make test` runs first) and
-by `make bench`; without a build its tests skip, saying so.
+their status code, not as latency; every call carries the generator's metadata (the tenant header); the record's
+times are placed on this process's perf_counter clock. The C++ sender is built by `make test-cpp` (which `make test`
+runs first) and by `make bench`; without a build its tests skip, saying so.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ METHOD = "/test.Echo/Call"
 
 
 class _Echo(grpc.GenericRpcHandler):
-    """Echoes the payload; a payload starting with b'bad' gets INVALID_ARGUMENT, b'slow' waits out its deadline."""
+    """Echoes the payload; a payload starting with b'bad' gets INVALID_ARGUMENT, b'slow' waits out its deadline,
+    b'tenant' gets PERMISSION_DENIED unless the call's `x-adrank-tenant` metadata is 'light'."""
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         if details.method != METHOD:
@@ -35,6 +37,10 @@ class _Echo(grpc.GenericRpcHandler):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad payload")
         if payload.startswith(b"slow"):
             time.sleep(0.5)  # past the tests' 0.2 s deadline, short enough for the senders' warm-up
+        if payload.startswith(b"tenant"):
+            tenant = dict(context.invocation_metadata()).get("x-adrank-tenant")
+            if tenant != "light":
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, f"tenant {tenant!r}")
         return payload
 
 
@@ -97,3 +103,38 @@ def test_deadline_is_counted_as_deadline_exceeded(target: str, sender: object) -
     generator = LoadGenerator(target, METHOD, [b"slow"], np.array([1]), timeout_s=0.2, sender=sender)  # type: ignore[arg-type]
     result = generator.closed_loop(concurrency=2, duration_s=10.0, max_requests=4)
     assert result.errors == {"DEADLINE_EXCEEDED": 4} and result.ok == 0
+
+
+@pytest.mark.parametrize("sender", _senders())
+def test_every_call_carries_the_generators_metadata(target: str, sender: object) -> None:
+    def generator(metadata: list[tuple[str, str]]) -> LoadGenerator:
+        payloads, candidates = [b"tenant-1", b"tenant-22"], np.array([1, 2])
+        return LoadGenerator(target, METHOD, payloads, candidates, timeout_s=2.0, sender=sender, metadata=metadata)  # type: ignore[arg-type]
+
+    light = generator([("x-adrank-tenant", "light")])
+    assert light.closed_loop(concurrency=2, duration_s=10.0, max_requests=6).ok == 6
+    opened = light.open_loop(rate=100.0, duration_s=0.3, max_requests=100)
+    assert opened.sent > 0 and opened.ok == opened.sent
+    assert generator([]).closed_loop(concurrency=2, duration_s=10.0, max_requests=6).errors == {"PERMISSION_DENIED": 6}
+    heavy = generator([("x-adrank-tenant", "heavy")])
+    assert heavy.closed_loop(concurrency=2, duration_s=10.0, max_requests=6).errors == {"PERMISSION_DENIED": 6}
+
+
+@pytest.mark.parametrize("sender", _senders())
+def test_record_times_are_on_this_processs_clock(target: str, sender: object) -> None:
+    generator = LoadGenerator(target, METHOD, PAYLOADS, CANDIDATES, timeout_s=2.0, sender=sender)  # type: ignore[arg-type]
+    before = time.perf_counter()
+    generator.open_loop(rate=100.0, duration_s=0.5, max_requests=100)
+    after = time.perf_counter()
+    sent, latency, _ = generator.record()
+    assert before < generator.started_at < after
+    assert generator.started_at + np.nanmax(sent + latency) < after
+
+
+@pytest.mark.parametrize("sender", _senders())
+def test_open_loop_begins_at_its_start_offset(target: str, sender: object) -> None:
+    generator = LoadGenerator(target, METHOD, PAYLOADS, CANDIDATES, timeout_s=2.0, sender=sender)  # type: ignore[arg-type]
+    result = generator.open_loop(rate=200.0, duration_s=0.3, max_requests=1000, start_s=0.4)
+    sent, _, _ = generator.record()
+    assert 20 <= result.sent <= 120  # Poisson around 60: the offset does not eat into the duration
+    assert np.nanmin(sent) >= 0.4 and np.nanmax(sent) <= 0.75

@@ -1,8 +1,11 @@
-"""Smoke test of the benchmark harness (perf/bench.py --smoke): it runs end to end and writes its three files.
+"""Smoke tests of the benchmark harnesses (perf/bench.py and perf/overload_bench.py, --smoke): each runs end to
+end and writes its three files.
 
-Not a benchmark: the sweep is tiny and its figures mean nothing. It checks that the engine-only run, the naive
-baseline and adrank (ctr) are measured, that the JSON holds finite figures and successful requests for each,
-and that the Markdown table and the PNG plot exist. PyTriton is never involved (--smoke skips it).
+Not benchmarks: the runs are tiny and their figures mean nothing. The serving bench: the engine-only run, the naive
+baseline and adrank (ctr) are measured, the JSON holds finite figures and successful requests for each, and the
+Markdown table and the PNG plot exist; PyTriton is never involved (--smoke skips it). The overload bench: every
+phase ran against both servers (saturation, refusals, idle probes, both loads, adrank's tenants) and every target
+is evaluated, whether the server at this commit passes it or not.
 """
 
 from __future__ import annotations
@@ -67,4 +70,64 @@ def test_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
 
     markdown = json_file.with_suffix(".md").read_text()
     assert "| adrank-ctr | ctr |" in markdown and "| naive | ctr |" in markdown and "## Targets" in markdown
+    assert json_file.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(not CRITEO.is_file(), reason=f"the Criteo rows are not at {CRITEO}")
+def test_overload_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
+    """perf/overload_bench.py --smoke: every phase runs against adrank and the naive server, whatever their figures."""
+    pytest.importorskip("matplotlib")
+    from perf.overload_report import refusal_bound
+
+    done = subprocess.run(
+        [sys.executable, str(REPO / "perf" / "overload_bench.py"), "--smoke", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    (json_file,) = tmp_path.glob("overload-*-smoke.json")
+    report = json.loads(json_file.read_text())
+    systems = report["systems"]
+    assert set(systems) == {"adrank", "naive"}
+    saturation = systems["adrank"]["saturation"]["rate"]
+    assert saturation > 0
+    for name, system in systems.items():
+        assert system["status"] == "ok", (name, system["status"], system["log_tail"])
+        assert system["crashes"] == 0 and system["exit_code"] == 0
+        refusal = system["refusal"]
+        # Every call of the refusal run names a model the server does not have: all refused, none computed.
+        assert refusal["fractions"] == {"NOT_FOUND": 1.0} and refusal["refusals"] > 0
+        assert 0 < refusal["cpu_per_refusal_s"] < 0.01
+        assert math.isfinite(system["idle_probe"]["p50_ms"])
+        assert [load["multiple"] for load in system["loads"]] == [1.5, 2.0]
+        for load in system["loads"]:
+            # The naive server is offered the same rates as adrank: multiples of adrank's saturation.
+            assert load["offered_rate"] == pytest.approx(load["multiple"] * saturation)
+            assert load["run"]["sent"] > 0 and sum(load["fractions"].values()) == pytest.approx(1.0)
+            assert math.isfinite(load["goodput"]) and load["goodput"] >= 0
+            own = system["saturation"]["rate"]
+            assert load["bound"] == pytest.approx(
+                refusal_bound(own, load["refusals_per_s"], refusal["cpu_per_refusal_s"])
+            )
+            assert 0 < load["rss"]["before"] <= load["rss"]["peak"] and load["rss"]["after"] > 0
+            assert 0 < load["server_cpu"] <= 1.2  # one core, give or take the sampling
+            assert load["recovery"]["probe_rate"] > 0 and math.isfinite(load["recovery"]["idle_p50_ms"])
+    tenants = systems["adrank"]["tenants"]
+    assert tenants["light"]["sent"] > 0 and tenants["heavy"]["sent"] > 0
+    assert tenants["heavy"]["covered_light_run"], tenants["timeline_s"]
+    assert "tenants" not in systems["naive"]
+    rows = {row["target"]: row for row in report["targets"]}
+    # Every target is evaluated; only a p99 of no OK answer at all (the light tenant on a server without tenant
+    # isolation) is n/a.
+    assert len(rows) == 13, rows
+    for name, row in rows.items():
+        assert row["pass"] in (True, False) or ("p99" in name and row["value"] is None), row
+
+    markdown = json_file.with_suffix(".md").read_text()
+    assert "| adrank | 1.5x |" in markdown and "| naive | 2x |" in markdown
+    assert "## Tenants" in markdown and "## Targets (adrank)" in markdown
     assert json_file.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
