@@ -256,12 +256,17 @@ Status Batcher::AdmitLocked(const Admission& admission, TimePoint now) {
   const int64_t rows = admission.rows;
   TenantQueue& tenant = tenants_[admission.tenant];
   if (queued_rows_ + rows > options_.max_queue_rows) {
-    submit_stats_.rejected_queue_full++;
-    tenant.counters->refused_limit.fetch_add(1, std::memory_order_relaxed);
-    return ResourceExhausted("queue full: " + std::to_string(queued_rows_) + " rows queued, " + std::to_string(rows) +
-                             " more would exceed max_queue_rows (" + std::to_string(options_.max_queue_rows) + ")");
+    const int64_t share = QueueShareLocked(admission.tenant);
+    if (tenant.queued_rows + rows > share) {
+      submit_stats_.rejected_queue_full++;
+      tenant.counters->refused_limit.fetch_add(1, std::memory_order_relaxed);
+      return ResourceExhausted("queue full: " + std::to_string(queued_rows_) + " rows queued, " + std::to_string(rows) +
+                               " more would exceed max_queue_rows (" + std::to_string(options_.max_queue_rows) +
+                               "), and tenant '" + tenant.name + "' holds " + std::to_string(tenant.queued_rows) +
+                               ", its share being " + std::to_string(share));
+    }
   }
-  if (tenant.queued_rows + rows > tenant.policy.max_queued_rows) {
+  if (tenant.policy.max_queued_rows > 0 && tenant.queued_rows + rows > tenant.policy.max_queued_rows) {
     submit_stats_.rejected_tenant++;
     tenant.counters->refused_limit.fetch_add(1, std::memory_order_relaxed);
     return ResourceExhausted("tenant '" + tenant.name + "' has " + std::to_string(tenant.queued_rows) +
@@ -277,6 +282,15 @@ Status Batcher::AdmitLocked(const Admission& admission, TimePoint now) {
                              ")");
   }
   return CheckPredictedWaitLocked(admission, now);
+}
+
+int64_t Batcher::QueueShareLocked(size_t tenant) const {
+  // The weights of the tenants with rows queued in any class, this one included.
+  double total = tenants_[tenant].policy.weight;
+  for (size_t t = 0; t < tenants_.size(); ++t) {
+    if (t != tenant && tenants_[t].queued_rows > 0) total += tenants_[t].policy.weight;
+  }
+  return static_cast<int64_t>(static_cast<double>(options_.max_queue_rows) * tenants_[tenant].policy.weight / total);
 }
 
 int64_t Batcher::RowsAheadLocked(const Admission& admission) const {
@@ -300,7 +314,6 @@ int64_t Batcher::RowsAheadLocked(const Admission& admission) const {
 Status Batcher::CheckPredictedWaitLocked(const Admission& admission, TimePoint now) {
   if (!predictor_.has_samples()) return Status::Ok();  // nothing is refused on a guess
   const int64_t ahead = RowsAheadLocked(admission);
-  const Duration wait = PredictRows(ahead) / options_.instances;
   const Duration done = PredictRows(ahead + admission.rows) / options_.instances;
   if (now + done > admission.deadline) {
     counters_->shed.fetch_add(1, std::memory_order_relaxed);
@@ -310,11 +323,15 @@ Status Batcher::CheckPredictedWaitLocked(const Admission& admission, TimePoint n
                             std::to_string(ToMicros(done)) + " us, " +
                             std::to_string(ToMicros(admission.deadline - now)) + " us remain; not computed");
   }
+  // The bound in time is on the wait others impose: the tenant's own queued rows are its own backlog,
+  // bounded by its deadlines and its share of the queue (tenants.h, max_queued_rows).
+  const int64_t others = ahead - tenants_[admission.tenant].rows_by_class[static_cast<size_t>(admission.priority)];
+  const Duration wait = PredictRows(others) / options_.instances;
   if (options_.max_predicted_wait_us > 0 && ToMicros(wait) > options_.max_predicted_wait_us) {
     submit_stats_.rejected_queue_full++;
     tenants_[admission.tenant].counters->refused_limit.fetch_add(1, std::memory_order_relaxed);
-    return ResourceExhausted("queue full: " + std::to_string(ahead) + " rows ahead are predicted to take " +
-                             std::to_string(ToMicros(wait)) + " us, more than max_predicted_wait_us (" +
+    return ResourceExhausted("queue full: " + std::to_string(others) + " rows of other requests ahead are predicted " +
+                             "to take " + std::to_string(ToMicros(wait)) + " us, more than max_predicted_wait_us (" +
                              std::to_string(options_.max_predicted_wait_us) + ")");
   }
   return Status::Ok();

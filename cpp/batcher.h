@@ -20,16 +20,21 @@
 //   max_queue_delay_us = 200     How long the oldest queued request may wait for company. 200 µs is
 //                                ~10 % of a small batch's CPU execution: enough to merge bursts,
 //                                small against a 5–10 ms budget. 0 closes every batch at once.
-//   max_queue_rows = 32768       Rows queued (not yet in a batch) beyond which Submit refuses with
-//                                RESOURCE_EXHAUSTED at once: an overloaded server must say no in
-//                                microseconds rather than time every caller out.
+//   max_queue_rows = 131072      Rows queued (not yet in a batch) beyond which Submit refuses with
+//                                RESOURCE_EXHAUSTED at once — but only a tenant holding its weighted share
+//                                of this bound or more (tenants.h), so that one tenant cannot lock the others
+//                                out; the queue may then hold up to twice this. A bound on the memory queued
+//                                work pins, not on its time: deadlines and max_predicted_wait_us keep work
+//                                that cannot finish in time out. 131072 rows of ctr are 34 MB of inputs, and
+//                                hold 32 callers of 4096 rows each queued instead of refused and resent.
 //   max_predicted_wait_us = 50000  The queue's bound in time: Submit refuses with RESOURCE_EXHAUSTED a
-//                                request whose rows ahead (admission, below) are predicted to take longer
-//                                than this, whatever its deadline (its own rows do not count: a slow
-//                                model's lone request is not refused by a bound on queueing). Rows alone are a poor
-//                                bound: 32768 rows of one model are ~90 ms of work, of another seconds. 50 ms is ten
-//                                times a typical auction's budget: a caller with a long deadline still gets an answer
-//                                while it matters, or a refusal it can retry elsewhere. 0: no bound.
+//                                request that other requests' rows ahead (admission, below) are predicted to
+//                                hold up longer than this, whatever its deadline. Its own rows, and its
+//                                tenant's own backlog, do not count: a slow model's lone request is not
+//                                refused by a bound on queueing, and a tenant's backlog is bounded by its
+//                                deadlines and its share of the queue. 50 ms is ten times a typical auction's
+//                                budget: a caller with a long deadline still gets an answer while it
+//                                matters, or a refusal it can retry elsewhere. 0: no bound.
 //   default_deadline_us = 1000000  The deadline of a request that comes without one. The queue
 //                                admits by deadline, so a request without one must get one: 1 s is longer
 //                                than any ads server waits for an auction's scores, and bounds what a
@@ -67,8 +72,9 @@
 // so far, divided by its weight, are fewest goes next; a tenant returning from idle starts level with
 // the others, never with saved-up credit). So a tenant with work queued gets at least its weight's
 // share of a saturated model's rows however much another tenant queues, and all of it when alone.
-// A tenant's requests beyond its max_queued_rows or max_in_flight are refused with RESOURCE_EXHAUSTED
-// naming the tenant: its own excess, not the other tenants' requests, is what gets refused.
+// A tenant's requests beyond its max_in_flight (or a max_queued_rows configured for it), or beyond its
+// share of a full queue, are refused with RESOURCE_EXHAUSTED naming the tenant: its own excess, not the
+// other tenants' requests, is what gets refused.
 //
 // Admission (what a request is promised). Submit predicts when the request would be done: the rows that
 // will run before its last row — every queued row of a higher class, its tenant's own queued rows of its
@@ -76,7 +82,7 @@
 // and the rows of the batches now running — plus its own, at the predicted execution time per batch of
 // `max_batch_rows` (exec_time_predictor.h), divided by `instances`. A request predicted to miss its
 // deadline is refused at once with DEADLINE_EXCEEDED (counted as shed: it is never computed and holds no
-// queue rows), one predicted to wait beyond max_predicted_wait_us with RESOURCE_EXHAUSTED. Before the
+// queue rows), one that others' rows would hold up beyond max_predicted_wait_us with RESOURCE_EXHAUSTED. Before the
 // model has run a batch nothing is refused on a prediction. So an admitted request is expected, not
 // guaranteed, to make its deadline: the prediction is refreshed by every batch, and one that turns out
 // unreachable is still never computed (below).
@@ -146,7 +152,7 @@ struct BatcherOptions {
   int64_t max_batch_rows = 1024;
   std::vector<int64_t> preferred_batch_rows;
   int64_t max_queue_delay_us = 200;
-  int64_t max_queue_rows = 32768;
+  int64_t max_queue_rows = 131072;
   int64_t max_predicted_wait_us = 50000;
   int64_t default_deadline_us = 1000000;
   int64_t max_request_rows = 4096;
@@ -293,6 +299,8 @@ class Batcher {
   Status AdmitLocked(const Admission& admission, TimePoint now);
   Status CheckPredictedWaitLocked(const Admission& admission, TimePoint now);
   int64_t RowsAheadLocked(const Admission& admission) const;
+  // The tenant's weighted share of max_queue_rows among the tenants with rows queued.
+  int64_t QueueShareLocked(size_t tenant) const;
   int64_t CloseRows() const;
   int64_t PaddedRows(int64_t rows) const;
   TimePoint ReadyAtLocked(bool model_idle, TimePoint now) const;

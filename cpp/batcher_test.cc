@@ -817,19 +817,47 @@ TEST_F(BatcherTest, ARequestWithoutADeadlineGetsTheModelsDefault) {
   EXPECT_EQ(unbounded->EarliestDeadline(), kNoDeadline);
 }
 
-TEST_F(BatcherTest, AQueueLongerThanItsBoundInTimeRefusesWithResourceExhausted) {
+TEST_F(BatcherTest, OthersWorkAheadBeyondTheBoundInTimeRefusesWithResourceExhausted) {
   BatcherOptions o = BaseOptions();
   o.max_predicted_wait_us = 1000;
   auto b = Make(o);
   TrainHundredMicrosPerRow(*b);
+  constexpr int kLower = 1;  // the probes ride below class 0, whose rows all run first
   ASSERT_TRUE(Submit(*b, NewRequest(8, 0)).ok());
-  ASSERT_TRUE(Submit(*b, NewRequest(2, 0)).ok()) << "800 us ahead: inside the bound";
-  const Status status = Submit(*b, NewRequest(1, 0));  // 1000 us ahead, with a row of its own beyond
-  ASSERT_TRUE(status.ok()) << "the request's own rows do not count against the queue's bound";
-  const Status full = Submit(*b, NewRequest(1, 0));
+  ASSERT_TRUE(SubmitAs(*b, NewRequest(1, 0), "probe", kLower).ok()) << "800 us ahead: inside the bound";
+  ASSERT_TRUE(Submit(*b, NewRequest(2, 0)).ok());
+  ASSERT_TRUE(SubmitAs(*b, NewRequest(4, 0), "probe", kLower).ok())
+      << "1000 us of others' rows ahead: at the bound; its own rows and its tenant's backlog do not count";
+  ASSERT_TRUE(Submit(*b, NewRequest(1, 0)).ok());
+  const Status full = SubmitAs(*b, NewRequest(1, 0), "probe", kLower);
   EXPECT_EQ(full.code(), StatusCode::kResourceExhausted);
   EXPECT_TRUE(Contains(full.message(), "max_predicted_wait_us")) << full.message();
   EXPECT_EQ(b->stats().rejected_queue_full, 1u);
+}
+
+TEST_F(BatcherTest, ATenantsOwnBacklogIsBoundedByItsDeadlinesNotByTheBoundInTime) {
+  BatcherOptions o = BaseOptions();
+  o.max_predicted_wait_us = 1000;
+  o.max_queue_rows = 1024;
+  auto b = Make(o);
+  TrainHundredMicrosPerRow(*b);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(SubmitAs(*b, NewRequest(8, 0), "backlog").ok());  // 3200 us
+  EXPECT_TRUE(SubmitAs(*b, NewRequest(8, 0), "backlog").ok()) << "queued behind its own rows, not refused";
+  EXPECT_EQ(SubmitAs(*b, NewRequest(8, 0), "backlog", kDefaultPriority, clock_.Now() + microseconds(3000)).code(),
+            StatusCode::kDeadlineExceeded)
+      << "but a deadline its own backlog cannot meet still refuses it";
+}
+
+TEST_F(BatcherTest, AFullQueueRefusesOnlyATenantHoldingItsShare) {
+  auto b = Make(BaseOptions());  // max_queue_rows 64
+  for (int i = 0; i < 8; ++i) ASSERT_TRUE(SubmitAs(*b, NewRequest(8, 0), "flood").ok());
+  Status status = SubmitAs(*b, NewRequest(8, 0), "flood");
+  EXPECT_EQ(status.code(), StatusCode::kResourceExhausted);
+  EXPECT_TRUE(Contains(status.message(), "tenant 'flood' holds 64")) << status.message();
+  ASSERT_TRUE(SubmitAs(*b, NewRequest(8, 1), "other").ok()) << "under its share (32 of 64): admitted";
+  ASSERT_TRUE(SubmitAs(*b, NewRequest(8, 1), "other").ok());
+  EXPECT_EQ(b->stats().queued_rows, 80) << "the bound is exceeded by tenants within their share only";
+  EXPECT_EQ(SubmitAs(*b, NewRequest(8, 0), "flood").code(), StatusCode::kResourceExhausted);
 }
 
 TEST_F(BatcherTest, ALightTenantIsServedNextWhateverAHeavyOneHasQueued) {

@@ -12,7 +12,7 @@ bool IsNameChar(char c, bool first) {
 
 Status ValidatePolicy(const std::string& who, const TenantPolicy& p) {
   if (!(p.weight > 0) || !std::isfinite(p.weight)) return InvalidArgument(who + ": weight must be a positive number");
-  if (p.max_queued_rows < 1) return InvalidArgument(who + ": max_queued_rows must be >= 1");
+  if (p.max_queued_rows < 0) return InvalidArgument(who + ": max_queued_rows must be >= 0 (0: no cap of its own)");
   if (p.max_in_flight < 1) return InvalidArgument(who + ": max_in_flight must be >= 1");
   if (p.highest_priority < -1) return InvalidArgument(who + ": highest_priority must be >= 0 (or -1: the default)");
   return Status::Ok();

@@ -10,15 +10,22 @@
 //   weight = 1                 Share of a saturated model's rows relative to the other tenants with
 //                              queued work: two tenants of weight 1 and 3 get 1/4 and 3/4 of the rows
 //                              while both have work queued; an idle tenant's share goes to the others.
-//   max_queued_rows = 8192     Rows one tenant may have queued (not yet in a batch) in one model. A
-//                              quarter of the model's default queue (32768 rows): four callers at their
-//                              limit still fit, and one caller alone cannot fill it.
+//   max_queued_rows = 0        Rows one tenant may have queued (not yet in a batch) in one model; 0: no
+//                              cap of its own. Either way, once the model's queue is full (its
+//                              max_queue_rows, batcher.h) only a tenant holding less than its weighted
+//                              share of that bound is admitted, so one tenant alone cannot lock the others
+//                              out. A cap of its own refuses the tenant at once even while the queue has
+//                              room: refused at once, a client that keeps its requests in flight resends at
+//                              once, and each resend costs the transport again (measured: perf/
+//                              overload_bench.py's heavy tenant, refused at a cap of 8192 rows, resent
+//                              ~1500 calls/s of 532 KB, 800 MB/s into the server's one core, and took the
+//                              light tenant beside it from 100 % to 86 % OK). Queued, it waits its share.
 //   max_in_flight = 1024       Requests one tenant may have accepted and not yet answered by one model
 //                              (queued or running). Callers that send no tenant all share "default",
 //                              which may be the whole legitimate load: at this server's capacity on one
 //                              core (~4k requests/s) and its 50 ms bound on queueing (batcher.h) that is
 //                              ~200 in flight. 1024 leaves room for that on more cores and still bounds
-//                              a runaway client; a tenant that keeps more in flight only builds a queue.
+//                              a runaway client's memory; its rows meanwhile wait their share.
 //   highest_priority = -1      The highest priority class (0 is the highest) the tenant may ask for.
 //                              -1: none above the model's default class; a request for a class above it
 //                              is refused with PERMISSION_DENIED naming the tenant. Lower classes than
@@ -53,7 +60,7 @@ inline constexpr size_t kMaxTenantNameBytes = 64;
 
 struct TenantPolicy {
   double weight = 1.0;
-  int64_t max_queued_rows = 8192;
+  int64_t max_queued_rows = 0;
   int64_t max_in_flight = 1024;
   int highest_priority = -1;
 };

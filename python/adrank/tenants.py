@@ -9,7 +9,7 @@ here. The file (YAML):
 
     defaults:            # every tenant not listed below (and "default" unless listed)
       weight: 1
-      max_queued_rows: 8192
+      max_queued_rows: 0     # 0: no cap of its own, only its share of a full queue
       max_in_flight: 1024
     max_tenants: 1024
     tenants:
@@ -45,7 +45,7 @@ class TenantPolicyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     weight: float = Field(_CORE_POLICY.weight, gt=0)
-    max_queued_rows: int = Field(_CORE_POLICY.max_queued_rows, ge=1)
+    max_queued_rows: int = Field(_CORE_POLICY.max_queued_rows, ge=0)
     max_in_flight: int = Field(_CORE_POLICY.max_in_flight, ge=1)
     # The highest class the tenant may ask for (0 is the highest); None: none above the model's default.
     highest_priority: int | None = Field(None, ge=0)

@@ -110,7 +110,7 @@ class BatchingConfig(_Strict):
     max_batch_rows: int = Field(1024, ge=1)
     preferred_batch_rows: list[int] = Field(default_factory=list)
     max_queue_delay_us: int = Field(200, ge=0)
-    max_queue_rows: int = Field(32768, ge=1)
+    max_queue_rows: int = Field(131072, ge=1)
     # 0: no limit. 1 for a model whose per-request work does not batch (cpp/batcher.h).
     max_batch_requests: int = Field(0, ge=0)
     # The queue's bound in time, the deadline of a request that sets none, and when a standing queue
