@@ -1,5 +1,6 @@
 #include "rank_server.h"
 
+#include <google/protobuf/stubs/logging.h>
 #include <grpc/grpc.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -9,6 +10,8 @@
 #include <chrono>
 #include <climits>
 #include <cstdint>
+#include <cstdio>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
@@ -37,6 +40,18 @@ TimePoint CoreDeadline(const grpc::CallbackServerContext& context) {
   if (deadline == std::chrono::system_clock::time_point::max()) return kNoDeadline;
   const auto remaining = deadline - std::chrono::system_clock::now();
   return SteadyClock::Get()->Now() + std::chrono::duration_cast<Duration>(remaining);
+}
+
+// protobuf logs every string field that is not UTF-8 as an ERROR, one line per such request, which a
+// client could send by the thousand to flood the log. Those requests are answered INVALID_ARGUMENT and
+// counted; the rest of protobuf's log is written as its default handler writes it.
+void LogUnlessInvalidUtf8(google::protobuf::LogLevel level, const char* filename, int line,
+                          const std::string& message) {
+  if (message.find("invalid UTF-8") != std::string::npos) return;
+  static const char* const kLevels[] = {"INFO", "WARNING", "ERROR", "FATAL"};
+  const char* name = level >= 0 && level < 4 ? kLevels[level] : "?";
+  std::fprintf(stderr, "[libprotobuf %s %s:%d] %s\n", name, filename, line, message.c_str());
+  std::fflush(stderr);
 }
 
 }  // namespace
@@ -207,6 +222,11 @@ class RankCall final : public grpc::ServerUnaryReactor {
 
   void Start() {
     Status status = Parse();
+    if (status.ok() && request_.priority() > static_cast<uint32_t>(INT32_MAX)) {
+      // The core's priorities are ints; the models' own ranges are the batchers' to check.
+      status = InvalidArgument("priority " + std::to_string(request_.priority()) + " is outside [0, " +
+                               std::to_string(INT32_MAX) + "]");
+    }
     std::vector<ModelCall> shadows;
     if (status.ok()) status = PrepareRank(request_, service_->registry(), &calls_, &shadows);
     const TimePoint deadline = CoreDeadline(*context_);
@@ -353,8 +373,8 @@ class RankCall final : public grpc::ServerUnaryReactor {
       scores->set_version(model.version);
       const OutputTensor* score = ScoreOutput(model, r);
       if (score == nullptr) {
-        Answer(ToGrpc(Internal("model '" + model.name + "' produced no float32 [N] output '" + model.score_output +
-                               "'")));
+        Answer(
+            ToGrpc(Internal("model '" + model.name + "' produced no float32 [N] output '" + model.score_output + "'")));
         return;
       }
       scores->set_scores(score->data.data(), score->data.size());
@@ -408,7 +428,8 @@ grpc::ServerUnaryReactor* RankService::Rank(grpc::CallbackServerContext* context
   if (!ReserveBytes(bytes)) {
     CallDone();
     return Refuse(context, grpc::StatusCode::RESOURCE_EXHAUSTED,
-                  "request: " + std::to_string(bytes) + " bytes would pass the server's bound on request bytes in flight (" +
+                  "request: " + std::to_string(bytes) +
+                      " bytes would pass the server's bound on request bytes in flight (" +
                       std::to_string(max_in_flight_bytes_) + ", max_in_flight_bytes); retry shortly");
   }
   auto* call = new RankCall(this, context, request, response, bytes);  // deletes itself in OnDone
@@ -429,6 +450,8 @@ Status RankServer::Create(const RankServerOptions& options, std::shared_ptr<Mode
   if (keepalive_ms < 1 || timeout_ms < 1 || keepalive_ms > INT32_MAX || timeout_ms > INT32_MAX) {
     return InvalidArgument("keepalive_time and keepalive_timeout must be in [1 ms, 24 days]");
   }
+  static std::once_flag quiet_log;
+  std::call_once(quiet_log, [] { google::protobuf::SetLogHandler(&LogUnlessInvalidUtf8); });
   std::unique_ptr<RankServer> server(new RankServer(std::move(registry), options));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

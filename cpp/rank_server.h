@@ -100,8 +100,8 @@ class RankServer {
   // Health NOT_SERVING; new calls get UNAVAILABLE ("draining"); calls in flight go on.
   void StartDraining();
   // Blocks until no call is in flight (its work done: see in_flight) and none has arrived for `quiet`,
-  // or `grace` has passed; true if it drained. A call that reaches gRPC just as the server stops would be cancelled unseen, so the
-  // port closes only after callers have gone quiet.
+  // or `grace` has passed; true if it drained. A call that reaches gRPC just as the server stops would be cancelled
+  // unseen, so the port closes only after callers have gone quiet.
   bool WaitDrained(Duration quiet, Duration grace);
   // Stops listening; calls still running, or whose replies their clients have not taken, get `grace`,
   // then are cancelled. Idempotent.

@@ -448,7 +448,8 @@ TEST_F(RankServerTest, RequestBytesInFlightPastTheBoundAreRefusedUntilTheCallsHo
   std::unique_ptr<RankServer> bounded;
   ASSERT_TRUE(RankServer::Create(options, registry_, &bounded).ok());
   bounded->SetServing(true);
-  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(bounded->port()), grpc::InsecureChannelCredentials());
+  auto channel =
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(bounded->port()), grpc::InsecureChannelCredentials());
   CloseGate();
   std::promise<grpc::Status> first;
   std::thread holder([&] { first.set_value(RankBytes(one, nullptr, channel)); });

@@ -11,6 +11,9 @@
 namespace adrank {
 namespace {
 
+constexpr size_t kMaxDims = 32;  // numpy's limit, so that both front ends refuse the same shapes
+constexpr int64_t kMaxElements = int64_t{1} << 40;
+
 // A tensor of the request, decoded: numeric ones are views of raw_data; a text is its one string.
 struct Decoded {
   const v1::Tensor* tensor = nullptr;
@@ -254,10 +257,16 @@ Status Decode(const v1::Tensor& tensor, const std::string& section, Decoded* d) 
   d->where = section + " tensor " + Quote(tensor.name());
   d->shape.assign(tensor.shape().begin(), tensor.shape().end());
   if (d->shape.empty()) return InvalidArgument(d->where + ": shape is empty; the leading dimension is the row count");
+  if (d->shape.size() > kMaxDims) {
+    return InvalidArgument(d->where + ": shape has " + std::to_string(d->shape.size()) + " dimensions; at most " +
+                           std::to_string(kMaxDims));
+  }
   int64_t count = 1;
   for (int64_t dim : d->shape) {
     if (dim < 0) return InvalidArgument(d->where + ": shape " + ShapeString(d->shape) + " has a negative dimension");
-    if (dim != 0 && count > (int64_t{1} << 40) / dim) {
+    // No tensor of more than 2^40 elements, zero-sized or not (the Python front end's numpy could not
+    // even describe its shape).
+    if (dim > kMaxElements || (dim != 0 && count > kMaxElements / dim)) {
       return InvalidArgument(d->where + ": shape " + ShapeString(d->shape) + " is too large");
     }
     count *= dim;

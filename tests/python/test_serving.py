@@ -338,10 +338,14 @@ def test_the_python_servicer_refuses_a_passed_deadline_before_submitting(server)
         async def abort(self, code: grpc.StatusCode, details: str) -> None:
             raise RankError(code, details)
 
+        def add_done_callback(self, callback) -> None:
+            callback(self)
+
     ctr = server.server.models.route("ctr").servable.model
     before = ctr.stats()["submitted"]
     with pytest.raises(RankError) as error:
-        asyncio.run(server.server.frontend.ranking.Rank(build_request(["ctr"], good_ctr()), PassedDeadline()))
+        request = build_request(["ctr"], good_ctr()).SerializeToString()  # the method takes bytes
+        asyncio.run(server.server.frontend.ranking.Rank(request, PassedDeadline()))
     assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert ctr.stats()["submitted"] == before
 
