@@ -463,6 +463,9 @@ Status RankServer::Create(const RankServerOptions& options, std::shared_ptr<Mode
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(keepalive_ms));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(timeout_ms));
+  // Newer grpc-core waits on any unanswered ping (a BDP probe too) before the next keepalive, for this
+  // long (default a minute): the same bound. grpc-core 1.51 does not know it and ignores it.
+  builder.AddChannelArgument("grpc.http2.ping_timeout_ms", static_cast<int>(timeout_ms));
   // Pings go on while a connection sends no data (its client's window may be 0: that is the case the
   // keepalive is for), and on connections with no call.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);

@@ -461,7 +461,16 @@ TEST_F(RankServerTest, RequestBytesInFlightPastTheBoundAreRefusedUntilTheCallsHo
   OpenGate();
   EXPECT_TRUE(first.get_future().get().ok());
   holder.join();
+  // The bytes are released when gRPC is done with the call, which may be just after its client has
+  // the reply.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (bounded->in_flight_bytes() != 0 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
   EXPECT_TRUE(RankBytes(one, nullptr, channel).ok());  // freed: served again
+  while (bounded->in_flight_bytes() != 0 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
   EXPECT_EQ(bounded->in_flight_bytes(), 0);
   EXPECT_EQ(bounded->released_bytes(), 2 * one.size());  // the refused one never held any
   bounded->Shutdown(Duration::zero());

@@ -56,6 +56,9 @@ class TransportOptions:
             ("grpc.max_concurrent_streams", self.max_concurrent_streams),
             ("grpc.keepalive_time_ms", max(1, round(self.keepalive_time_s * 1000))),
             ("grpc.keepalive_timeout_ms", max(1, round(self.keepalive_timeout_s * 1000))),
+            # Newer grpc-core waits on any unanswered ping (a BDP probe too) before the next keepalive,
+            # for this long (default a minute): the same bound.
+            ("grpc.http2.ping_timeout_ms", max(1, round(self.keepalive_timeout_s * 1000))),
             # Pings go on while a connection sends no data (its client's window may be 0: the case the
             # keepalive is for), and on connections with no call.
             ("grpc.http2.max_pings_without_data", 0),
