@@ -857,7 +857,9 @@ void BindRegistry(py::module_& m) {
             return py::make_tuple(std::const_pointer_cast<ServedModel>(routed.model),
                                   std::const_pointer_cast<ServedModel>(routed.shadow));
           },
-          py::arg("name"), py::arg("version") = 0, py::arg("key") = "");
+          py::arg("name"), py::arg("version") = 0, py::arg("key") = "")
+      .def_property_readonly("max_request_bytes", &ModelRegistry::max_request_bytes,
+                             "The largest request the served models take together (cpp/model_registry.h).");
 
   m.def("routing_bucket", &RoutingBucket, py::arg("key"), py::arg("salt") = 0,
         "The routing bucket of a key, in [0, 10000) (cpp/model_registry.h).");
@@ -871,11 +873,17 @@ void BindRegistry(py::module_& m) {
 // in flight (whose batches may need the GIL to run a Python backend) releases the GIL.
 class PyRankServer {
  public:
-  PyRankServer(const std::string& host, int port, int max_message_bytes, std::shared_ptr<ModelRegistry> registry) {
+  PyRankServer(const std::string& host, int port, int max_message_bytes, std::shared_ptr<ModelRegistry> registry,
+               int max_concurrent_streams, int64_t max_in_flight_bytes, double keepalive_time_s,
+               double keepalive_timeout_s) {
     RankServerOptions options;
     options.host = host;
     options.port = port;
     options.max_message_bytes = max_message_bytes;
+    options.max_concurrent_streams = max_concurrent_streams;
+    options.max_in_flight_bytes = max_in_flight_bytes;
+    options.keepalive_time = Seconds(keepalive_time_s);
+    options.keepalive_timeout = Seconds(keepalive_timeout_s);
     ThrowIfError(RankServer::Create(options, std::move(registry), &server_));
   }
   ~PyRankServer() {
@@ -898,6 +906,8 @@ class PyRankServer {
   }
   int port() const { return server_->port(); }
   int64_t in_flight() const { return server_->in_flight(); }
+  int64_t in_flight_bytes() const { return server_->in_flight_bytes(); }
+  uint64_t released_bytes() const { return server_->released_bytes(); }
   py::array_t<uint64_t> CallCounts() const { return CountsArray(server_->CallCounts()); }
 
  private:
@@ -906,8 +916,10 @@ class PyRankServer {
 
 void BindRankServer(py::module_& m) {
   py::class_<PyRankServer>(m, "RankServer")
-      .def(py::init<const std::string&, int, int, std::shared_ptr<ModelRegistry>>(), py::arg("host"), py::arg("port"),
-           py::arg("max_message_bytes"), py::arg("registry"))
+      .def(py::init<const std::string&, int, int, std::shared_ptr<ModelRegistry>, int, int64_t, double, double>(),
+           py::arg("host"), py::arg("port"), py::arg("max_message_bytes"), py::arg("registry"),
+           py::arg("max_concurrent_streams"), py::arg("max_in_flight_bytes"), py::arg("keepalive_time_s"),
+           py::arg("keepalive_timeout_s"))
       .def("set_serving", &PyRankServer::SetServing, py::arg("serving"))
       .def("set_service_serving", &PyRankServer::SetServiceServing, py::arg("service"), py::arg("serving"))
       .def("start_draining", &PyRankServer::StartDraining)
@@ -915,6 +927,8 @@ void BindRankServer(py::module_& m) {
       .def("shutdown", &PyRankServer::Shutdown, py::arg("grace_s") = 0.0)
       .def_property_readonly("port", &PyRankServer::port)
       .def_property_readonly("in_flight", &PyRankServer::in_flight)
+      .def_property_readonly("in_flight_bytes", &PyRankServer::in_flight_bytes)
+      .def_property_readonly("released_bytes", &PyRankServer::released_bytes)
       .def("call_counts", &PyRankServer::CallCounts);
 }
 #endif

@@ -1,5 +1,6 @@
 #include "model_registry.h"
 
+#include <algorithm>
 #include <utility>
 
 namespace adrank {
@@ -29,6 +30,31 @@ int RoutingBucket(std::string_view key, uint64_t salt) {
   return static_cast<int>(h % kBuckets);
 }
 
+int64_t MaxRequestBytes(const ServedModel& model) {
+  int64_t bytes = kRequestEnvelopeBytes;
+  for (const ServedInput& input : model.inputs) {
+    if (input.text_bytes > 0) {
+      bytes += 4 + std::max(input.text_bytes, kMaxTextWireBytes);  // one STRING: its length, then the text
+      continue;
+    }
+    int64_t row = static_cast<int64_t>(DTypeSize(input.dtype));
+    for (int64_t dim : input.row_shape) row *= dim;
+    bytes += input.role == Role::kContext ? row : row * model.max_candidates;
+  }
+  return bytes;
+}
+
+void ModelRegistry::Replace(std::shared_ptr<const Table> table) {
+  int64_t total = 0;
+  for (const auto& [name, entry] : *table) {
+    int64_t largest = 0;
+    for (const auto& [version, model] : entry.versions) largest = std::max(largest, MaxRequestBytes(*model));
+    total += largest;
+  }
+  table_ = std::move(table);
+  max_request_bytes_.store(total, std::memory_order_release);
+}
+
 std::shared_ptr<const ModelRegistry::Table> ModelRegistry::Snapshot() const {
   std::lock_guard<std::mutex> lock(mu_);
   return table_;
@@ -48,7 +74,7 @@ void ModelRegistry::Add(std::shared_ptr<ServedModel> model, bool serving) {
   if (serving) entry.route = RolloutRoute{model->version};
   entry.versions[model->version] = std::move(model);
   MarkBackground(entry);
-  table_ = std::move(table);
+  Replace(std::move(table));
 }
 
 std::weak_ptr<const ServedModel> ModelRegistry::Remove(const std::string& name, int64_t version) {
@@ -66,7 +92,7 @@ std::weak_ptr<const ServedModel> ModelRegistry::Remove(const std::string& name, 
   if (entry.route.canary == version) entry.route.canary = 0, entry.route.canary_basis_points = 0;
   if (entry.route.shadow == version) entry.route.shadow = 0;
   if (entry.versions.empty()) table->erase(it);
-  table_ = std::move(table);
+  Replace(std::move(table));
   return removed;
 }
 

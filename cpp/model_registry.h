@@ -19,6 +19,10 @@
 // background worker at the lowest CPU priority, never on a serving worker (requests pinned to that
 // version too, while it is the shadow).
 //
+// The largest request (MaxRequestBytes): what a front end refuses unparsed. A wire request naming every
+// served model, each at its max_candidates rows, is the largest any client can usefully send; a larger
+// message is refused by its declared size before any byte of it is parsed.
+//
 // Resolution takes a snapshot of the table (an immutable map behind a shared_ptr, replaced whole on
 // every change), so a request never sees a half-updated table and changes never wait for requests. A
 // routed ServedModel stays valid for as long as the caller holds it, even if removed meanwhile; Remove
@@ -65,6 +69,17 @@ struct ServedModel {
   std::shared_ptr<VersionStats> stats;  // never null once registered
 };
 
+// Room for what a request carries besides its tensors' bytes: ids, the routing key, model and tensor
+// names, shapes and protobuf framing. Generous: real ones take well under 1 KiB.
+inline constexpr int64_t kRequestEnvelopeBytes = 64 << 10;
+// A text input's string on the wire may be longer than the row it rides the core in (it is cut): a
+// query of this many bytes is far beyond any a model reads whole.
+inline constexpr int64_t kMaxTextWireBytes = 64 << 10;
+
+// The largest wire request this version takes whole: max_candidates rows of each candidate input, one
+// row of each context input, a text of kMaxTextWireBytes, and kRequestEnvelopeBytes.
+int64_t MaxRequestBytes(const ServedModel& model);
+
 // A model's rollout. Versions are 0 when absent; basis points are of 10000 routing buckets.
 struct RolloutRoute {
   int64_t stable = 0;
@@ -104,6 +119,9 @@ class ModelRegistry {
   Status Route(const std::string& name, int64_t version, std::string_view key, Routed* out) const;
   // Route without a key or shadow: the stable version, or the pinned one.
   Status Resolve(const std::string& name, int64_t version, std::shared_ptr<const ServedModel>* out) const;
+  // The sum over served models of their largest version's MaxRequestBytes (a request may name every
+  // model); 0 with none registered. Kept up to date as versions come and go: a read costs one load.
+  int64_t max_request_bytes() const { return max_request_bytes_.load(std::memory_order_acquire); }
 
   // Implementation details follow. API users need not read.
  private:
@@ -115,6 +133,7 @@ class ModelRegistry {
 
   std::shared_ptr<const Table> Snapshot() const;
   static void MarkBackground(const Entry& entry);
+  void Replace(std::shared_ptr<const Table> table);  // with mu_ held
   static Status FindModel(const Table& table, const std::string& name, const Entry** out);
   static Status FindVersion(const std::string& name, const Entry& entry, int64_t version, bool pinned,
                             std::shared_ptr<const ServedModel>* out);
@@ -122,6 +141,7 @@ class ModelRegistry {
   mutable std::mutex mu_;
   std::shared_ptr<const Table> table_ = std::make_shared<Table>();
   mutable std::atomic<uint64_t> unkeyed_{0};
+  std::atomic<int64_t> max_request_bytes_{0};
 };
 
 }  // namespace adrank

@@ -1,11 +1,19 @@
 #include "rank_server.h"
 
+#include <google/protobuf/stubs/logging.h>
+#include <grpc/grpc.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/support/proto_buffer_reader.h>
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
+#include <cstdint>
+#include <cstdio>
+#include <mutex>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -42,17 +50,39 @@ std::string CallTenant(const grpc::CallbackServerContext& context) {
   return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
 }
 
+// protobuf logs every string field that is not UTF-8 as an ERROR, one line per such request, which a
+// client could send by the thousand to flood the log. Those requests are answered INVALID_ARGUMENT and
+// counted; the rest of protobuf's log is written as its default handler writes it.
+void LogUnlessInvalidUtf8(google::protobuf::LogLevel level, const char* filename, int line,
+                          const std::string& message) {
+  if (message.find("invalid UTF-8") != std::string::npos) return;
+  static const char* const kLevels[] = {"INFO", "WARNING", "ERROR", "FATAL"};
+  const char* name = level >= 0 && level < 4 ? kLevels[level] : "?";
+  std::fprintf(stderr, "[libprotobuf %s %s:%d] %s\n", name, filename, line, message.c_str());
+  std::fflush(stderr);
+}
+
 }  // namespace
 
-// The Ranking service: one RankCall reactor per call.
-class RankService final : public v1::Ranking::CallbackService {
+// The request's bytes in one piece: only to explain a parse failure.
+std::string Flatten(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  std::string bytes;
+  if (!buffer.Dump(&slices).ok()) return bytes;
+  for (const grpc::Slice& slice : slices) bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  return bytes;
+}
+
+// The Ranking service, its Rank method raw (rank_server.h: the server parses): one RankCall per call.
+class RankService final : public v1::Ranking::WithRawCallbackMethod_Rank<v1::Ranking::Service> {
  public:
   enum class State { kLoading, kServing, kDraining };
 
-  explicit RankService(std::shared_ptr<ModelRegistry> registry) : registry_(std::move(registry)) {}
+  RankService(std::shared_ptr<ModelRegistry> registry, const RankServerOptions& options)
+      : registry_(std::move(registry)), max_in_flight_bytes_(options.max_in_flight_bytes) {}
 
-  grpc::ServerUnaryReactor* Rank(grpc::CallbackServerContext* context, const v1::RankRequest* request,
-                                 v1::RankResponse* response) override;
+  grpc::ServerUnaryReactor* Rank(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                 grpc::ByteBuffer* response) override;
 
   void set_state(State state) { state_.store(state, std::memory_order_seq_cst); }
   int64_t in_flight() const { return in_flight_.load(std::memory_order_acquire); }
@@ -75,19 +105,42 @@ class RankService final : public v1::Ranking::CallbackService {
     }
   }
 
+  // The call's work is done (it is answered): the drain no longer waits for it.
   void CallDone() {
     std::lock_guard<std::mutex> lock(mu_);
     in_flight_.fetch_sub(1, std::memory_order_acq_rel);
     done_.notify_all();
   }
 
+  // Reserves a request's bytes against max_in_flight_bytes; false (nothing reserved) beyond it.
+  bool ReserveBytes(int64_t bytes) {
+    const int64_t before = in_flight_bytes_.fetch_add(bytes, std::memory_order_acq_rel);
+    if (before + bytes <= max_in_flight_bytes_) return true;
+    in_flight_bytes_.fetch_sub(bytes, std::memory_order_acq_rel);
+    return false;
+  }
+  void ReleaseBytes(int64_t bytes) {
+    in_flight_bytes_.fetch_sub(bytes, std::memory_order_acq_rel);
+    released_bytes_.fetch_add(static_cast<uint64_t>(bytes), std::memory_order_relaxed);
+  }
+  int64_t in_flight_bytes() const { return in_flight_bytes_.load(std::memory_order_acquire); }
+  uint64_t released_bytes() const { return released_bytes_.load(std::memory_order_relaxed); }
+  int64_t max_in_flight_bytes() const { return max_in_flight_bytes_; }
+
   const ModelRegistry& registry() const { return *registry_; }
 
-  // Every call ends here: counted by its status code, then finished.
+  // Every call ends here: counted by its status code, then finished. A call refused before it got a
+  // RankCall (and so before it was counted in flight) is answered on gRPC's default reactor.
   void Reply(grpc::ServerUnaryReactor* reactor, const grpc::Status& status) {
     const auto code = static_cast<size_t>(status.error_code());
     calls_by_code_[code < kStatusCodeCount ? code : 2].fetch_add(1, std::memory_order_relaxed);
     reactor->Finish(status);
+  }
+  grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context, grpc::StatusCode code,
+                                   const std::string& message) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    Reply(reactor, grpc::Status(code, message));
+    return reactor;
   }
 
   std::array<uint64_t, kStatusCodeCount> CallCounts() const {
@@ -103,6 +156,9 @@ class RankService final : public v1::Ranking::CallbackService {
   std::atomic<State> state_{State::kLoading};
   std::atomic<int64_t> in_flight_{0};
   std::atomic<int64_t> last_call_ns_{0};
+  const int64_t max_in_flight_bytes_;
+  std::atomic<int64_t> in_flight_bytes_{0};
+  std::atomic<uint64_t> released_bytes_{0};
   std::mutex mu_;
   std::condition_variable done_;
   std::array<std::atomic<uint64_t>, kStatusCodeCount> calls_by_code_{};
@@ -159,27 +215,38 @@ void SubmitShadow(ModelCall shadow) {
   if (!status.ok()) RecordRefused(*model, status);
 }
 
-// One call: submitted to every requested model's queue; finished by the last part to complete.
+// One call: parsed, then submitted to every requested model's queue; finished by the last part to
+// complete. It holds its request's bytes (reserved by RankService::Rank) until gRPC is done with it.
 class RankCall final : public grpc::ServerUnaryReactor {
  public:
-  RankCall(RankService* service, grpc::CallbackServerContext* context, const v1::RankRequest* request,
-           v1::RankResponse* response)
-      : service_(service), context_(context), request_(request), response_(response), start_ns_(SteadyNanos()) {}
+  RankCall(RankService* service, grpc::CallbackServerContext* context, const grpc::ByteBuffer* bytes,
+           grpc::ByteBuffer* reply, int64_t reserved)
+      : service_(service),
+        context_(context),
+        bytes_(bytes),
+        reply_(reply),
+        reserved_(reserved),
+        start_ns_(SteadyNanos()) {}
 
   void Start() {
+    Status status = Parse();
+    if (status.ok() && request_.priority() > static_cast<uint32_t>(INT32_MAX)) {
+      // The core's priorities are ints; the models' own ranges are the batchers' to check.
+      status = InvalidArgument("priority " + std::to_string(request_.priority()) + " is outside [0, " +
+                               std::to_string(INT32_MAX) + "]");
+    }
     std::vector<ModelCall> shadows;
-    Status status = PrepareRank(*request_, service_->registry(), &calls_, &shadows);
+    if (status.ok()) status = PrepareRank(request_, service_->registry(), &calls_, &shadows);
     const TimePoint deadline = CoreDeadline(*context_);
     if (status.ok() && deadline != kNoDeadline && deadline <= SteadyClock::Get()->Now()) {
       status = DeadlineExceeded("the call's deadline passed before any model ran");
     }
     if (!status.ok()) {
-      service_->Reply(this, ToGrpc(status));
+      Answer(ToGrpc(status));
       return;
     }
     const std::string tenant = CallTenant(*context_);
-    const int priority = request_->has_priority() ? static_cast<int>(std::min<uint32_t>(request_->priority(), 1 << 20))
-                                                  : kDefaultPriority;
+    const int priority = request_.has_priority() ? static_cast<int>(request_.priority()) : kDefaultPriority;
     const size_t parts = calls_.size();
     results_.resize(parts);
     handles_.resize(parts);
@@ -223,11 +290,34 @@ class RankCall final : public grpc::ServerUnaryReactor {
 
   void OnDone() override {
     RankService* service = service_;
+    const int64_t reserved = reserved_;
     delete this;
-    service->CallDone();
+    service->ReleaseBytes(reserved);
   }
 
  private:
+  // The request's bytes into request_; INVALID_ARGUMENT naming where they stop being a RankRequest.
+  Status Parse() {
+    grpc::ProtoBufferReader reader(const_cast<grpc::ByteBuffer*>(bytes_));
+    if (request_.ParseFromZeroCopyStream(&reader)) return Status::Ok();
+    return ParseError(Flatten(*bytes_));
+  }
+
+  // The call's answer: its work is done (the drain stops waiting for it), then gRPC sends it.
+  void Answer(const grpc::Status& status) {
+    if (status.ok()) {
+      bool own_buffer = false;
+      const grpc::Status serialized =
+          grpc::SerializationTraits<v1::RankResponse>::Serialize(response_, reply_, &own_buffer);
+      if (!serialized.ok()) {
+        Answer(grpc::Status(grpc::StatusCode::INTERNAL, "response: " + serialized.error_message()));
+        return;
+      }
+    }
+    service_->CallDone();
+    service_->Reply(this, status);
+  }
+
   using QueuedPart = std::pair<std::shared_ptr<ModelQueue>, RequestHandle>;
 
   // The parts submitted and not yet completed. Call with mu_ held.
@@ -282,20 +372,20 @@ class RankCall final : public grpc::ServerUnaryReactor {
     if (remaining_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
     // The last one: every part has completed and Start has returned; nothing else touches the call.
     if (!first_error_.ok()) {
-      service_->Reply(this, ToGrpc(first_error_));
+      Answer(ToGrpc(first_error_));
       return;
     }
-    response_->set_request_id(request_->request_id());
+    response_.set_request_id(request_.request_id());
     for (size_t i = 0; i < calls_.size(); ++i) {
       const ServedModel& model = *calls_[i].model;
       const RequestResult& r = results_[i];
-      v1::ModelScores* scores = response_->add_results();
+      v1::ModelScores* scores = response_.add_results();
       scores->set_model(model.name);
       scores->set_version(model.version);
       const OutputTensor* score = ScoreOutput(model, r);
       if (score == nullptr) {
-        service_->Reply(this, ToGrpc(Internal("model '" + model.name + "' produced no float32 [N] output '" +
-                                              model.score_output + "'")));
+        Answer(
+            ToGrpc(Internal("model '" + model.name + "' produced no float32 [N] output '" + model.score_output + "'")));
         return;
       }
       scores->set_scores(score->data.data(), score->data.size());
@@ -304,15 +394,18 @@ class RankCall final : public grpc::ServerUnaryReactor {
       timing->set_compute_us(r.timing.compute_us);
       timing->set_batch_rows(r.timing.batch_rows);
     }
-    response_->set_server_us((SteadyNanos() - start_ns_) / 1000);
-    service_->Reply(this, grpc::Status::OK);
+    response_.set_server_us((SteadyNanos() - start_ns_) / 1000);
+    Answer(grpc::Status::OK);
   }
 
   RankService* const service_;
   grpc::CallbackServerContext* const context_;
-  const v1::RankRequest* const request_;
-  v1::RankResponse* const response_;
+  const grpc::ByteBuffer* const bytes_;
+  grpc::ByteBuffer* const reply_;
+  const int64_t reserved_;
   const int64_t start_ns_;
+  v1::RankRequest request_;  // the core Requests view its bytes: it lives as long as the call
+  v1::RankResponse response_;
   std::vector<ModelCall> calls_;
   std::vector<RequestResult> results_;
   std::atomic<int> remaining_{0};
@@ -322,8 +415,8 @@ class RankCall final : public grpc::ServerUnaryReactor {
   Status first_error_;
 };
 
-grpc::ServerUnaryReactor* RankService::Rank(grpc::CallbackServerContext* context, const v1::RankRequest* request,
-                                            v1::RankResponse* response) {
+grpc::ServerUnaryReactor* RankService::Rank(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                            grpc::ByteBuffer* response) {
   last_call_ns_.store(SteadyNanos(), std::memory_order_seq_cst);
   // Counted before the state is read, so that a drain that sees no call in flight never misses one
   // that is about to start.
@@ -331,22 +424,46 @@ grpc::ServerUnaryReactor* RankService::Rank(grpc::CallbackServerContext* context
   const State state = state_.load(std::memory_order_seq_cst);
   if (state != State::kServing) {
     CallDone();
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     const char* why = state == State::kLoading ? "loading its models" : "draining (shutting down)";
-    Reply(reactor, grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string("the server is ") + why));
-    return reactor;
+    return Refuse(context, grpc::StatusCode::UNAVAILABLE, std::string("the server is ") + why);
   }
-  auto* call = new RankCall(this, context, request, response);  // deletes itself in OnDone
+  // By its declared size, before a byte of it is parsed or any memory is reserved for it.
+  const auto bytes = static_cast<int64_t>(request->Length());
+  const int64_t largest = registry_->max_request_bytes();
+  if (largest > 0 && bytes > largest) {  // with no model served, routing says so (NOT_FOUND)
+    CallDone();
+    return Refuse(context, grpc::StatusCode::RESOURCE_EXHAUSTED,
+                  "request: " + std::to_string(bytes) + " bytes exceed the largest request the served models take (" +
+                      std::to_string(largest) + " bytes: every model at its max_candidates)");
+  }
+  if (!ReserveBytes(bytes)) {
+    CallDone();
+    return Refuse(context, grpc::StatusCode::RESOURCE_EXHAUSTED,
+                  "request: " + std::to_string(bytes) +
+                      " bytes would pass the server's bound on request bytes in flight (" +
+                      std::to_string(max_in_flight_bytes_) + ", max_in_flight_bytes); retry shortly");
+  }
+  auto* call = new RankCall(this, context, request, response, bytes);  // deletes itself in OnDone
   call->Start();
   return call;
 }
 
-RankServer::RankServer(std::shared_ptr<ModelRegistry> registry)
-    : registry_(std::move(registry)), service_(std::make_unique<RankService>(registry_)) {}
+RankServer::RankServer(std::shared_ptr<ModelRegistry> registry, const RankServerOptions& options)
+    : registry_(std::move(registry)), service_(std::make_unique<RankService>(registry_, options)) {}
 
 Status RankServer::Create(const RankServerOptions& options, std::shared_ptr<ModelRegistry> registry,
                           std::unique_ptr<RankServer>* out) {
-  std::unique_ptr<RankServer> server(new RankServer(std::move(registry)));
+  if (options.max_message_bytes < 1) return InvalidArgument("max_message_bytes must be >= 1");
+  if (options.max_concurrent_streams < 1) return InvalidArgument("max_concurrent_streams must be >= 1");
+  if (options.max_in_flight_bytes < 1) return InvalidArgument("max_in_flight_bytes must be >= 1");
+  const auto keepalive_ms = std::chrono::duration_cast<std::chrono::milliseconds>(options.keepalive_time).count();
+  const auto timeout_ms = std::chrono::duration_cast<std::chrono::milliseconds>(options.keepalive_timeout).count();
+  if (keepalive_ms < 1 || timeout_ms < 1 || keepalive_ms > INT32_MAX || timeout_ms > INT32_MAX) {
+    return InvalidArgument("keepalive_time and keepalive_timeout must be in [1 ms, 24 days]");
+  }
+  static std::once_flag quiet_log;
+  std::call_once(quiet_log, [] { google::protobuf::SetLogHandler(&LogUnlessInvalidUtf8); });
+  std::unique_ptr<RankServer> server(new RankServer(std::move(registry), options));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -354,6 +471,16 @@ Status RankServer::Create(const RankServerOptions& options, std::shared_ptr<Mode
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &server->port_);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(keepalive_ms));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(timeout_ms));
+  // Newer grpc-core waits on any unanswered ping (a BDP probe too) before the next keepalive, for this
+  // long (default a minute): the same bound. grpc-core 1.51 does not know it and ignores it.
+  builder.AddChannelArgument("grpc.http2.ping_timeout_ms", static_cast<int>(timeout_ms));
+  // Pings go on while a connection sends no data (its client's window may be 0: that is the case the
+  // keepalive is for), and on connections with no call.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {
@@ -401,6 +528,10 @@ void RankServer::Shutdown(Duration grace) {
 }
 
 int64_t RankServer::in_flight() const { return service_->in_flight(); }
+
+int64_t RankServer::in_flight_bytes() const { return service_->in_flight_bytes(); }
+
+uint64_t RankServer::released_bytes() const { return service_->released_bytes(); }
 
 std::array<uint64_t, kStatusCodeCount> RankServer::CallCounts() const { return service_->CallCounts(); }
 

@@ -6,11 +6,29 @@
 // before any work (measured with a do-nothing handler), a grpc++ callback server ~65 us. With the
 // server on one core that difference decides how much of the core the model gets.
 //
-// A call: PrepareRank (wire_request.h) resolves the models and turns the request into one core Request
-// per model (views of the request's bytes, no copy); each is submitted to its model's queue with the
-// call's deadline and priority; the models run concurrently; the last completion fills the response
-// (N float32 scores per model, the version that answered, server timing) and finishes the call.
-// Errors are the core's Status codes, which are gRPC's.
+// A call: the Rank method is taken raw (its bytes, not a message gRPC parsed), so that the server
+// decides what an unparseable request gets: checked by its declared size first, then counted against
+// the bytes in flight, then parsed (INVALID_ARGUMENT naming the field and byte where the bytes stop
+// being an adrank.v1.RankRequest, never gRPC's UNIMPLEMENTED or INTERNAL). PrepareRank (wire_request.h)
+// resolves the models and turns the request into one core Request per model (views of the request's
+// bytes, no copy); each is submitted to its model's queue with the call's deadline and priority; the
+// models run concurrently; the last completion fills the response (N float32 scores per model, the
+// version that answered, server timing) and finishes the call. Errors are the core's Status codes,
+// which are gRPC's. No client input yields UNKNOWN, INTERNAL or UNIMPLEMENTED.
+//
+// Transport bounds, so that no client can take the server's memory or threads from the others:
+//   - a message larger than the registry's max_request_bytes (model_registry.h: the largest request the
+//     served models take together) is refused by its size, RESOURCE_EXHAUSTED, before it is parsed;
+//     larger than max_message_bytes, gRPC refuses it the same way before the handler sees it;
+//   - at most max_concurrent_streams calls at once on one connection (HTTP/2 SETTINGS; streams beyond
+//     it are refused by the transport, and grpc clients queue them on their side);
+//   - at most max_in_flight_bytes of requests held by calls not yet done, across all connections: a
+//     call that would pass it gets RESOURCE_EXHAUSTED at once (retryable) before it is parsed. A call
+//     holds its bytes until gRPC is done with it, its reply sent or the call cancelled: a client that
+//     stops reading keeps its own calls' bytes and no more;
+//   - HTTP/2 keepalive: a connection whose client does not answer a ping within keepalive_timeout is
+//     closed and its calls cancelled, their memory freed. A client that opens streams and never reads
+//     the socket (its window stays 0), or vanishes without a FIN, is found this way.
 //
 // States: loading (Rank answers UNAVAILABLE, health NOT_SERVING) until SetServing(true); serving;
 // draining after StartDraining (health NOT_SERVING, new calls UNAVAILABLE, calls in flight finish).
@@ -18,7 +36,8 @@
 // (the Python server names each model, SERVING while it has a version that serves, and turns "" and
 // adrank.v1.Ranking NOT_SERVING while any model has none). While loading every service says NOT_SERVING;
 // once serving, each says what it was last set to ("" and adrank.v1.Ranking: SERVING unless set).
-// Cancellation (the client's, or the deadline's) cancels the call's requests not yet in a batch.
+// Cancellation (the client's, the deadline's, a closed connection's) cancels the call's requests not
+// yet in a batch.
 // The caller's tenant is its `x-adrank-tenant` metadata; the priority class is the request's, or the
 // model's default when it sets none; both go to the batcher, which checks and shares by them.
 //
@@ -27,6 +46,14 @@
 //   port = 8500                  0 picks a free port (tests); port() says which.
 //   max_message_bytes = 32 MiB   2048 candidates of a 384-float embedding are 3 MiB; 32 MiB leaves room
 //                                for several models' inputs and refuses absurd messages unparsed.
+//   max_concurrent_streams = 100 An ad server multiplexing its auctions on one channel at 100 in flight
+//                                runs ~10^4 calls/s at ~10 ms each, more than one replica serves; more
+//                                from one connection is a runaway client, whose excess waits on its side.
+//   max_in_flight_bytes = 256 MiB  64 of the largest bundled requests (4 MiB) at once: far more work than
+//                                the models' queues hold within any caller's deadline, and a bound on
+//                                what calls can pin (a parsed request costs about its size again).
+//   keepalive_time = 10 s        How often an idle-looking connection is pinged: cheap (one frame), and
+//   keepalive_timeout = 5 s      a client that does not answer within this is dead or not reading.
 //
 // Thread-safety: every method may be called from any thread. Calls are served on gRPC's threads and
 // completed on the core's workers.
@@ -59,13 +86,18 @@ struct RankServerOptions {
   std::string host = "127.0.0.1";
   int port = 8500;
   int max_message_bytes = 32 << 20;
+  int max_concurrent_streams = 100;
+  int64_t max_in_flight_bytes = int64_t{256} << 20;
+  Duration keepalive_time = std::chrono::seconds(10);
+  Duration keepalive_timeout = std::chrono::seconds(5);
 };
 
 class RankService;
 
 class RankServer {
  public:
-  // Binds, starts serving calls (in the loading state) and returns; UNAVAILABLE if it cannot listen.
+  // Binds, starts serving calls (in the loading state) and returns; UNAVAILABLE if it cannot listen,
+  // INVALID_ARGUMENT for an option out of range (naming it).
   static Status Create(const RankServerOptions& options, std::shared_ptr<ModelRegistry> registry,
                        std::unique_ptr<RankServer>* out);
   ~RankServer();  // Shutdown(0)
@@ -82,21 +114,28 @@ class RankServer {
   // Health NOT_SERVING for every service, for good; new calls get UNAVAILABLE ("draining"); calls in
   // flight go on.
   void StartDraining();
-  // Blocks until no call is in flight and none has arrived for `quiet`, or `grace` has passed; true
-  // if it drained. A call that reaches gRPC just as the server stops would be cancelled unseen, so the
-  // port closes only after callers have gone quiet.
+  // Blocks until no call is in flight (its work done: see in_flight) and none has arrived for `quiet`,
+  // or `grace` has passed; true if it drained. A call that reaches gRPC just as the server stops would be cancelled
+  // unseen, so the port closes only after callers have gone quiet.
   bool WaitDrained(Duration quiet, Duration grace);
-  // Stops listening; calls still running get `grace` to finish, then are cancelled. Idempotent.
+  // Stops listening; calls still running, or whose replies their clients have not taken, get `grace`,
+  // then are cancelled. Idempotent.
   void Shutdown(Duration grace);
 
+  // Calls whose work is not done: received and not yet answered. A call answered but whose reply its
+  // client has not taken is not counted (it waits on the client, not the server).
   int64_t in_flight() const;
+  // Request bytes held by calls gRPC is not done with (answered or not): what max_in_flight_bytes bounds.
+  int64_t in_flight_bytes() const;
+  // Request bytes released so far, all calls together (a memory trimmer's cue: see server.py).
+  uint64_t released_bytes() const;
   // Rank calls answered so far, by status code (gRPC's numbering), including those refused before any
   // model ran (unknown model, malformed request, loading, draining).
   std::array<uint64_t, kStatusCodeCount> CallCounts() const;
 
   // Implementation details follow. API users need not read.
  private:
-  RankServer(std::shared_ptr<ModelRegistry> registry);
+  RankServer(std::shared_ptr<ModelRegistry> registry, const RankServerOptions& options);
 
   std::shared_ptr<ModelRegistry> registry_;
   std::unique_ptr<RankService> service_;

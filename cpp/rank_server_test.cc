@@ -60,7 +60,8 @@ class RankServerTest : public ::testing::Test {
                       {"bias", DType::kFloat32, {}, Role::kContext, true, 0}};
     served->score_output = "score";
     served->max_candidates = 4096;
-    auto registry = std::make_shared<ModelRegistry>();
+    registry_ = std::make_shared<ModelRegistry>();
+    auto& registry = registry_;
     registry->Add(served, true);
     // "strict": the same model, but its batcher refuses requests of more than 2 rows at Submit.
     ModelOptions strict_options;
@@ -131,6 +132,28 @@ class RankServerTest : public ::testing::Test {
     return stub_->Rank(&context, request, response);
   }
 
+  // Sends `bytes` as they are (no client-side serialization), on `channel` (default: the test's).
+  grpc::Status RankBytes(const std::string& bytes, std::string* reply = nullptr,
+                         std::shared_ptr<grpc::Channel> channel = nullptr) {
+    grpc::GenericStub stub(channel ? channel : channel_);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer request(&slice, 1), response;
+    std::promise<grpc::Status> done;
+    stub.UnaryCall(&context, "/adrank.v1.Ranking/Rank", grpc::StubOptions(), &request, &response,
+                   [&done](grpc::Status status) { done.set_value(std::move(status)); });
+    const grpc::Status status = done.get_future().get();
+    if (reply != nullptr) {
+      std::vector<grpc::Slice> slices;
+      reply->clear();
+      if (response.Dump(&slices).ok()) {
+        for (const auto& piece : slices) reply->append(reinterpret_cast<const char*>(piece.begin()), piece.size());
+      }
+    }
+    return status;
+  }
+
   static std::vector<float> Scores(const v1::ModelScores& scores) {
     std::vector<float> out(scores.scores().size() / 4);
     std::memcpy(out.data(), scores.scores().data(), scores.scores().size());
@@ -138,6 +161,7 @@ class RankServerTest : public ::testing::Test {
   }
 
   std::unique_ptr<ThreadPool> pool_;
+  std::shared_ptr<ModelRegistry> registry_;
   std::unique_ptr<RankServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Ranking::Stub> stub_;
@@ -424,6 +448,111 @@ TEST_F(RankServerTest, WaitDrainedWithNoQuietPeriodDoesNotSpinWhileACallRuns) {
   OpenGate();
   caller.join();
   EXPECT_TRUE(server_->WaitDrained(milliseconds(0), std::chrono::seconds(10)));
+}
+
+}  // namespace
+}  // namespace adrank
+
+namespace adrank {
+namespace {
+
+TEST_F(RankServerTest, UnparseableBytesGetInvalidArgumentNamingTheFieldNeverUnimplemented) {
+  server_->SetServing(true);
+  const std::string good = Request(2, 0).SerializeAsString();
+  // Cut inside the candidates tensor: the message says which field and where.
+  grpc::Status status = RankBytes(good.substr(0, good.size() - 20));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_NE(status.error_message().find("not an adrank.v1.RankRequest"), std::string::npos) << status.error_message();
+  EXPECT_NE(status.error_message().find("at byte"), std::string::npos) << status.error_message();
+  // A tensor name that is not UTF-8 (proto3 strings must be).
+  v1::RankRequest request = Request(2, 0);
+  request.mutable_candidates(0)->set_name("x");
+  std::string bytes = request.SerializeAsString();
+  const size_t at = bytes.find(std::string("\x0a\x01x", 3));
+  ASSERT_NE(at, std::string::npos);
+  bytes[at + 2] = '\xff';
+  status = RankBytes(bytes);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("candidates[0].name"), std::string::npos) << status.error_message();
+  EXPECT_NE(status.error_message().find("UTF-8"), std::string::npos) << status.error_message();
+  // Random bytes: an invalid wire type.
+  status = RankBytes(std::string("\x0f\x0f\x0f", 3));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  // The server still serves, and the answer is a RankResponse.
+  std::string reply;
+  ASSERT_TRUE(RankBytes(good, &reply).ok());
+  v1::RankResponse response;
+  ASSERT_TRUE(response.ParseFromString(reply));
+  EXPECT_EQ(response.request_id(), "r2");
+  ASSERT_EQ(response.results_size(), 1);
+  EXPECT_EQ(Scores(response.results(0)), (std::vector<float>{1.5f, 5.5f}));
+  EXPECT_EQ(server_->CallCounts()[static_cast<size_t>(StatusCode::kInvalidArgument)], 3u);
+}
+
+TEST_F(RankServerTest, AMessageLargerThanAnyServedModelTakesIsRefusedByItsSizeUnparsed) {
+  server_->SetServing(true);
+  const int64_t largest = registry_->max_request_bytes();
+  // sum and strict: 4096 rows of 2 float32 and one float32 of context each, plus the envelope.
+  EXPECT_EQ(largest, 2 * (kRequestEnvelopeBytes + 4096 * 8 + 4));
+  // Garbage past the bound: parsed, it would be INVALID_ARGUMENT; refused by size, it never is.
+  const grpc::Status status = RankBytes(std::string(static_cast<size_t>(largest) + 1, '\xff'));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_NE(status.error_message().find(std::to_string(largest + 1) + " bytes"), std::string::npos)
+      << status.error_message();
+  EXPECT_EQ(server_->in_flight_bytes(), 0);
+  // At the bound exactly: parsed (and refused for what it is).
+  EXPECT_EQ(RankBytes(std::string(static_cast<size_t>(largest), '\xff')).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(RankServerTest, RequestBytesInFlightPastTheBoundAreRefusedUntilTheCallsHoldingThemFinish) {
+  const std::string one = Request(64, 0).SerializeAsString();  // 64 rows of 2 float32: ~550 bytes
+  RankServerOptions options;
+  options.port = 0;
+  options.max_in_flight_bytes = static_cast<int64_t>(one.size()) * 3 / 2;  // one call fits, two do not
+  std::unique_ptr<RankServer> bounded;
+  ASSERT_TRUE(RankServer::Create(options, registry_, &bounded).ok());
+  bounded->SetServing(true);
+  auto channel =
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(bounded->port()), grpc::InsecureChannelCredentials());
+  CloseGate();
+  std::promise<grpc::Status> first;
+  std::thread holder([&] { first.set_value(RankBytes(one, nullptr, channel)); });
+  WaitEntered(1);  // the first call is in the backend, its bytes reserved
+  EXPECT_EQ(bounded->in_flight_bytes(), static_cast<int64_t>(one.size()));
+  const grpc::Status refused = RankBytes(one, nullptr, channel);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused.error_message();
+  EXPECT_NE(refused.error_message().find("max_in_flight_bytes"), std::string::npos) << refused.error_message();
+  OpenGate();
+  EXPECT_TRUE(first.get_future().get().ok());
+  holder.join();
+  // The bytes are released when gRPC is done with the call, which may be just after its client has
+  // the reply.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (bounded->in_flight_bytes() != 0 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+  EXPECT_TRUE(RankBytes(one, nullptr, channel).ok());  // freed: served again
+  while (bounded->in_flight_bytes() != 0 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+  EXPECT_EQ(bounded->in_flight_bytes(), 0);
+  EXPECT_EQ(bounded->released_bytes(), 2 * one.size());  // the refused one never held any
+  bounded->Shutdown(Duration::zero());
+}
+
+TEST_F(RankServerTest, OptionsOutOfRangeAreRefusedNamingThem) {
+  RankServerOptions options;
+  options.port = 0;
+  options.max_concurrent_streams = 0;
+  std::unique_ptr<RankServer> server;
+  Status status = RankServer::Create(options, registry_, &server);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("max_concurrent_streams"), std::string::npos);
+  options.max_concurrent_streams = 1;
+  options.max_in_flight_bytes = 0;
+  status = RankServer::Create(options, registry_, &server);
+  EXPECT_NE(status.message().find("max_in_flight_bytes"), std::string::npos);
 }
 
 }  // namespace

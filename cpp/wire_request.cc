@@ -11,6 +11,9 @@
 namespace adrank {
 namespace {
 
+constexpr size_t kMaxDims = 32;  // numpy's limit, so that both front ends refuse the same shapes
+constexpr int64_t kMaxElements = int64_t{1} << 40;
+
 // A tensor of the request, decoded: numeric ones are views of raw_data; a text is its one string.
 struct Decoded {
   const v1::Tensor* tensor = nullptr;
@@ -86,6 +89,140 @@ bool ValidUtf8(std::string_view data) {
   return true;
 }
 
+// Walks wire bytes by a descriptor to say where and why protobuf refused them. Only on the error path.
+class ParseWalker {
+ public:
+  explicit ParseWalker(std::string_view data) : data_(data) {}
+
+  // False with why() set at the first defect.
+  bool Message(size_t pos, size_t end, const google::protobuf::Descriptor* type, const std::string& path, int depth,
+               int group = 0) {
+    if (depth > kMaxDepth) return Fail(pos, path, "nested more than " + std::to_string(kMaxDepth) + " deep");
+    std::map<int, int> seen;  // repeated fields' next index
+    while (pos < end) {
+      const size_t tag_at = pos;
+      uint64_t tag = 0;
+      if (!Varint(&pos, end, &tag)) return Fail(tag_at, path, "a field tag is cut off or over-long");
+      const uint64_t number = tag >> 3;
+      const int wire = static_cast<int>(tag & 7);
+      if (number == 0 || number > 536870911) return Fail(tag_at, path, "field number " + std::to_string(number));
+      const google::protobuf::FieldDescriptor* field =
+          type != nullptr ? type->FindFieldByNumber(static_cast<int>(number)) : nullptr;
+      std::string where = Join(path, field != nullptr ? field->name() : "field " + std::to_string(number));
+      if (field != nullptr && field->is_repeated()) where += "[" + std::to_string(seen[field->number()]++) + "]";
+      switch (wire) {
+        case 0: {
+          uint64_t ignored = 0;
+          if (!Varint(&pos, end, &ignored)) return Fail(tag_at, where, "its varint is cut off or over-long");
+          break;
+        }
+        case 1:
+        case 5: {
+          const size_t width = wire == 1 ? 8 : 4;
+          if (end - pos < width) return Fail(tag_at, where, "its " + std::to_string(width) + " bytes are cut off");
+          pos += width;
+          break;
+        }
+        case 2: {
+          uint64_t length = 0;
+          if (!Varint(&pos, end, &length)) return Fail(tag_at, where, "its length is cut off or over-long");
+          if (length > end - pos) {
+            return Fail(tag_at, where,
+                        "claims " + std::to_string(length) + " bytes, " + std::to_string(end - pos) + " remain");
+          }
+          if (field != nullptr && !Payload(pos, pos + length, field, where, depth)) return false;
+          pos += length;
+          break;
+        }
+        case 3: {
+          // A group (proto2's, unknown here): its fields up to the matching end tag.
+          size_t inner = pos;
+          if (!Message(pos, end, nullptr, where, depth + 1, static_cast<int>(number), &inner)) return false;
+          pos = inner;
+          break;
+        }
+        case 4:
+          if (group == static_cast<int>(number)) {
+            group_end_ = pos;
+            return true;
+          }
+          return Fail(tag_at, where, "an end-group tag with no group open");
+        default:
+          return Fail(tag_at, where, "invalid wire type " + std::to_string(wire));
+      }
+    }
+    if (group != 0) return Fail(end, path, "group " + std::to_string(group) + " is never closed");
+    return true;
+  }
+
+  bool Message(size_t pos, size_t end, const google::protobuf::Descriptor* type, const std::string& path, int depth,
+               int group, size_t* after) {
+    if (!Message(pos, end, type, path, depth, group)) return false;
+    *after = group_end_;
+    return true;
+  }
+
+  const std::string& why() const { return why_; }
+
+ private:
+  static constexpr int kMaxDepth = 100;  // protobuf's own recursion limit
+
+  static std::string Join(const std::string& path, const std::string& name) {
+    return path.empty() ? name : path + "." + name;
+  }
+
+  bool Fail(size_t at, const std::string& where, const std::string& what) {
+    why_ = (where.empty() ? std::string("the message") : where) + " at byte " + std::to_string(at) + ": " + what;
+    return false;
+  }
+
+  bool Varint(size_t* pos, size_t end, uint64_t* value) {
+    *value = 0;
+    for (int shift = 0; shift < 70; shift += 7) {
+      if (*pos >= end) return false;
+      const auto byte = static_cast<unsigned char>(data_[(*pos)++]);
+      if (shift == 63 && byte > 1) return false;  // beyond 64 bits
+      *value |= static_cast<uint64_t>(byte & 0x7F) << shift;
+      if ((byte & 0x80) == 0) return true;
+    }
+    return false;
+  }
+
+  // A length-delimited known field: a message, a string (UTF-8), or packed varints.
+  bool Payload(size_t pos, size_t end, const google::protobuf::FieldDescriptor* field, const std::string& where,
+               int depth) {
+    using FD = google::protobuf::FieldDescriptor;
+    switch (field->type()) {
+      case FD::TYPE_MESSAGE:
+        return Message(pos, end, field->message_type(), where, depth + 1);
+      case FD::TYPE_STRING:
+        if (!ValidUtf8(data_.substr(pos, end - pos))) return Fail(pos, where, "a string that is not valid UTF-8");
+        return true;
+      case FD::TYPE_INT32:
+      case FD::TYPE_INT64:
+      case FD::TYPE_UINT32:
+      case FD::TYPE_UINT64:
+      case FD::TYPE_SINT32:
+      case FD::TYPE_SINT64:
+      case FD::TYPE_BOOL:
+      case FD::TYPE_ENUM:
+        if (!field->is_repeated()) return true;  // parsed as an unknown field
+        while (pos < end) {
+          uint64_t ignored = 0;
+          const size_t at = pos;
+          if (!Varint(&pos, end, &ignored)) return Fail(at, where, "a packed varint is cut off or over-long");
+        }
+        return true;
+      default:
+        return true;
+    }
+  }
+
+  std::string_view data_;
+  std::string why_;
+  size_t group_end_ = 0;
+};
+
 Status DecodeStrings(Decoded* d, int64_t count) {
   const std::string& raw = d->tensor->raw_data();
   size_t offset = 0;
@@ -120,10 +257,16 @@ Status Decode(const v1::Tensor& tensor, const std::string& section, Decoded* d) 
   d->where = section + " tensor " + Quote(tensor.name());
   d->shape.assign(tensor.shape().begin(), tensor.shape().end());
   if (d->shape.empty()) return InvalidArgument(d->where + ": shape is empty; the leading dimension is the row count");
+  if (d->shape.size() > kMaxDims) {
+    return InvalidArgument(d->where + ": shape has " + std::to_string(d->shape.size()) + " dimensions; at most " +
+                           std::to_string(kMaxDims));
+  }
   int64_t count = 1;
   for (int64_t dim : d->shape) {
     if (dim < 0) return InvalidArgument(d->where + ": shape " + ShapeString(d->shape) + " has a negative dimension");
-    if (dim != 0 && count > (int64_t{1} << 40) / dim) {
+    // No tensor of more than 2^40 elements, zero-sized or not (the Python front end's numpy could not
+    // even describe its shape).
+    if (dim > kMaxElements || (dim != 0 && count > kMaxElements / dim)) {
       return InvalidArgument(d->where + ": shape " + ShapeString(d->shape) + " is too large");
     }
     count *= dim;
@@ -336,6 +479,13 @@ Status CheckUnexpected(const std::vector<std::shared_ptr<const ServedModel>>& mo
 }
 
 }  // namespace
+
+Status ParseError(std::string_view bytes) {
+  ParseWalker walker(bytes);
+  std::string why = "protobuf refused it";
+  if (!walker.Message(0, bytes.size(), v1::RankRequest::descriptor(), "", 0)) why = walker.why();
+  return InvalidArgument("request: not an adrank.v1.RankRequest (" + std::to_string(bytes.size()) + " bytes): " + why);
+}
 
 Status PrepareRank(const v1::RankRequest& request, const ModelRegistry& registry, std::vector<ModelCall>* calls,
                    std::vector<ModelCall>* shadows) {

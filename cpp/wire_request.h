@@ -21,12 +21,19 @@
 // Lifetime: the core Requests borrow the RankRequest's bytes and the ModelCall's owned bytes; both
 // must outlive the requests' completions (a shadow's borrow only its own).
 //
-// Thread-safety: PrepareRank is a pure function of its arguments (the registry is read through a
+// Parsing: the front end parses the request's bytes itself (rank_server.h). Bytes that protobuf refuses
+// are explained by ParseError, which walks them by the message's descriptor: the field path (e.g.
+// "candidates[1].name") and byte offset where they stop being an adrank.v1.RankRequest and why (cut
+// off, over-long varint, invalid wire type, a string that is not UTF-8, nesting too deep). The Python
+// front end (wire.py parse_error) words it the same.
+//
+// Thread-safety: PrepareRank and ParseError are pure functions of its arguments (the registry is read through a
 // snapshot).
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include "adrank/v1/ranking.pb.h"
@@ -41,6 +48,10 @@ struct ModelCall {
   Request request;  // on_complete, deadline and priority are the caller's to set
   std::vector<std::unique_ptr<std::vector<uint8_t>>> owned;  // bytes the request's views point to (text rows)
 };
+
+// INVALID_ARGUMENT "request: not an adrank.v1.RankRequest (N bytes): <field> at byte <k>: <why>", for
+// bytes that failed to parse.
+Status ParseError(std::string_view bytes);
 
 Status PrepareRank(const v1::RankRequest& request, const ModelRegistry& registry, std::vector<ModelCall>* calls,
                    std::vector<ModelCall>* shadows = nullptr);

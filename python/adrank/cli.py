@@ -83,6 +83,34 @@ def main() -> None:
     "--drain-grace", default=30.0, show_default=True, type=click.FloatRange(min=0), help="Seconds in-flight calls get."
 )
 @click.option(
+    "--max-concurrent-streams",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Calls at once on one client connection (more wait on the client's side).",
+)
+@click.option(
+    "--max-in-flight-mib",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Request MiB held by calls not yet done, all clients together (beyond: RESOURCE_EXHAUSTED).",
+)
+@click.option(
+    "--keepalive",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="Seconds between pings on a connection; one unanswered for --keepalive-timeout is closed.",
+)
+@click.option(
+    "--keepalive-timeout",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="Seconds a client has to answer a ping before its connection is closed and its calls cancelled.",
+)
+@click.option(
     "--frontend",
     type=click.Choice(["auto", "cpp", "python"]),
     default="auto",
@@ -120,6 +148,10 @@ def serve(
     http_port: int,
     workers: int,
     drain_grace: float,
+    max_concurrent_streams: int,
+    max_in_flight_mib: int,
+    keepalive: float,
+    keepalive_timeout: float,
     frontend: str,
     admin_port: int,
     admin_token: str | None,
@@ -153,6 +185,10 @@ def serve(
         http_port=http_port,
         workers=workers,
         drain_grace_s=drain_grace,
+        max_concurrent_streams=max_concurrent_streams,
+        max_in_flight_bytes=max_in_flight_mib << 20,
+        keepalive_time_s=keepalive,
+        keepalive_timeout_s=keepalive_timeout,
         frontend=frontend,  # type: ignore[arg-type]  # click.Choice guarantees the literal
         models=ManagerOptions(poll_interval_s=poll_interval, tenants=tenants),
         admin_port=admin_port,

@@ -16,12 +16,20 @@ callers go quiet, then `stop` closes the port.
 Health is per service (`set_health`: "", adrank.v1.Ranking, and each model by its name; the server decides
 the statuses, server.py): every service says NOT_SERVING until `set_serving`, then what it was last set to
 ("" and adrank.v1.Ranking SERVING unless set otherwise); `drain` turns every one NOT_SERVING for good.
+
+callers go quiet (a call answered whose client has not taken the reply is not waited for), then `stop`
+closes the port, cancelling what is left after its grace.
+
+Both take Rank's bytes raw and parse them themselves, and hold the same transport bounds
+(TransportOptions; cpp/rank_server.h says why each default): streams per connection, request bytes in
+flight, the declared size against the largest request the served models take, keepalive.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import grpc
@@ -29,13 +37,40 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import adrank._core as core
-from adrank.ranking_service import RankingService
+from adrank.ranking_service import RANKING_SERVICE, RankingService, add_to_server
 from adrank.repository.manager import ModelManager
-from adrank.v1 import ranking_pb2 as pb
-from adrank.v1 import ranking_pb2_grpc as pb_grpc
 
 FrontendKind = Literal["auto", "cpp", "python"]
-RANKING_SERVICE = pb.DESCRIPTOR.services_by_name["Ranking"].full_name
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """The gRPC port's bounds; cpp/rank_server.h RankServerOptions gives each default's reason."""
+
+    host: str = "127.0.0.1"
+    port: int = 8500  # 0: any free port
+    max_message_bytes: int = 32 << 20
+    max_concurrent_streams: int = 100
+    max_in_flight_bytes: int = 256 << 20
+    keepalive_time_s: float = 10.0
+    keepalive_timeout_s: float = 5.0
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """The grpc channel arguments a Python grpc server takes for these (the C++ one sets the same)."""
+        return [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.keepalive_time_ms", max(1, round(self.keepalive_time_s * 1000))),
+            ("grpc.keepalive_timeout_ms", max(1, round(self.keepalive_timeout_s * 1000))),
+            # Newer grpc-core waits on any unanswered ping (a BDP probe too) before the next keepalive,
+            # for this long (default a minute): the same bound.
+            ("grpc.http2.ping_timeout_ms", max(1, round(self.keepalive_timeout_s * 1000))),
+            # Pings go on while a connection sends no data (its client's window may be 0: the case the
+            # keepalive is for), and on connections with no call.
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
 
 
 class Frontend(Protocol):
@@ -54,12 +89,29 @@ class Frontend(Protocol):
         """Rank calls answered so far by status code (gRPC's numbering, 0..16)."""
         ...
 
+    def in_flight_bytes(self) -> int:
+        """Request bytes held by calls grpc is not done with."""
+        ...
+
+    def released_bytes(self) -> int:
+        """Request bytes released so far, all calls together."""
+        ...
+
 
 class CppFrontend:
     kind = "cpp"
 
-    def __init__(self, host: str, port: int, max_message_bytes: int, registry: core.ModelRegistry) -> None:
-        self._server = core.RankServer(host, port, max_message_bytes, registry)
+    def __init__(self, options: TransportOptions, registry: core.ModelRegistry) -> None:
+        self._server = core.RankServer(
+            options.host,
+            options.port,
+            options.max_message_bytes,
+            registry,
+            max_concurrent_streams=options.max_concurrent_streams,
+            max_in_flight_bytes=options.max_in_flight_bytes,
+            keepalive_time_s=options.keepalive_time_s,
+            keepalive_timeout_s=options.keepalive_timeout_s,
+        )
         self.port = self._server.port
 
     async def start(self) -> None:
@@ -82,29 +134,31 @@ class CppFrontend:
     def call_counts(self) -> list[int]:
         return [int(c) for c in self._server.call_counts()]
 
+    def in_flight_bytes(self) -> int:
+        return self._server.in_flight_bytes
+
+    def released_bytes(self) -> int:
+        return self._server.released_bytes
+
 
 class PythonFrontend:
     kind = "python"
 
-    def __init__(self, host: str, port: int, max_message_bytes: int, models: ModelManager) -> None:
-        self.ranking = RankingService(models)
+    def __init__(self, options: TransportOptions, models: ModelManager) -> None:
+        self.ranking = RankingService(models, options.max_in_flight_bytes)
         self.health = health.aio.HealthServicer()
         self._health_set = {"": True, RANKING_SERVICE: True}  # shown once serving
-        self._server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-            ]
-        )
-        pb_grpc.add_RankingServicer_to_server(self.ranking, self._server)
+        self._server = grpc.aio.server(options=options.grpc_options())
+        add_to_server(self.ranking, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             [RANKING_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             self._server,
         )
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        address = f"{options.host}:{options.port}"
+        self.port = self._server.add_insecure_port(address)
         if self.port == 0:
-            raise OSError(f"cannot listen on {host}:{port} for gRPC")
+            raise OSError(f"cannot listen on {address} for gRPC")
 
     async def start(self) -> None:
         await self._show_health()
@@ -138,14 +192,20 @@ class PythonFrontend:
     def call_counts(self) -> list[int]:
         return list(self.ranking.call_counts)  # a copy: read from the HTTP thread
 
+    def in_flight_bytes(self) -> int:
+        return self.ranking.in_flight_bytes
 
-def create_frontend(kind: FrontendKind, host: str, port: int, max_message_bytes: int, models: ModelManager) -> Frontend:
+    def released_bytes(self) -> int:
+        return self.ranking.released_bytes
+
+
+def create_frontend(kind: FrontendKind, options: TransportOptions, models: ModelManager) -> Frontend:
     """The front end asked for; "auto" is the C++ one when the core was built with it."""
     if kind == "cpp" and not core.HAS_RANK_SERVER:
         raise RuntimeError("this build has no C++ front end (grpc++ was not found at build time): use 'python'")
     if kind == "cpp" or (kind == "auto" and core.HAS_RANK_SERVER):
         try:
-            return CppFrontend(host, port, max_message_bytes, models.registry)
+            return CppFrontend(options, models.registry)
         except core.CoreError as error:
             raise OSError(str(error)) from error
-    return PythonFrontend(host, port, max_message_bytes, models)
+    return PythonFrontend(options, models)

@@ -1,5 +1,12 @@
 """RankingService: the `adrank.v1.Ranking/Rank` handler, from wire request to wire response.
 
+The method is registered raw (`add_to_server`: bytes in, so that this handler, not grpc, decides what
+an unparseable request gets). Before any parsing, the request's size is checked against the largest
+request the served models take (the registry's max_request_bytes: RESOURCE_EXHAUSTED naming the size)
+and reserved against max_in_flight_bytes (RESOURCE_EXHAUSTED, retryable, beyond it); the reservation
+holds until grpc is done with the call (its reply sent, or the call cancelled), as in the C++ front end.
+Then it is parsed (wire.parse_request: INVALID_ARGUMENT naming the field and byte), and:
+
 One pass over the request, no per-candidate Python work:
 1. route every requested model (NOT_FOUND) — before decoding anything: the rollout picks the version
    (stable, or canary by the request's routing key) unless the request pins one, and may name a shadow;
@@ -13,7 +20,8 @@ One pass over the request, no per-candidate Python work:
    at its lowest priority, as a task of its own that never delays the reply.
 
 Errors: RequestError and the core's CoreError become the gRPC status they carry, with a message that
-names the field. Nothing a request sends can fail another request or the server.
+names the field. Nothing a request sends can fail another request or the server, nor yield UNKNOWN or
+INTERNAL.
 """
 
 from __future__ import annotations
@@ -31,13 +39,14 @@ from adrank.repository.manager import ModelManager, Route
 from adrank.servable import RequestError, Servable, invalid
 from adrank.tenants import TENANT_METADATA_KEY
 from adrank.v1 import ranking_pb2 as pb
-from adrank.v1 import ranking_pb2_grpc as pb_grpc
-from adrank.wire import WireError, decode
+from adrank.wire import WireError, decode, parse_request
 
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 STATUS_CODES = 17  # gRPC's codes are 0..16 (cpp/version_stats.h kStatusCodeCount)
 # As the C++ front end (cpp/rank_server.cc): an older mirror is shed rather than piled up.
 SHADOW_TIMEOUT_S = 0.1
+INT32_MAX = 2**31 - 1
+RANKING_SERVICE = pb.DESCRIPTOR.services_by_name["Ranking"].full_name
 
 
 def decode_section(tensors: Sequence[pb.Tensor], section: str) -> dict[str, np.ndarray]:
@@ -98,9 +107,13 @@ def call_tenant(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
-class RankingService(pb_grpc.RankingServicer):
-    def __init__(self, models: ModelManager) -> None:
+class RankingService:
+    def __init__(self, models: ModelManager, max_in_flight_bytes: int = 256 << 20) -> None:
         self._models = models
+        # Request bytes held by calls grpc is not done with (cpp/rank_server.h max_in_flight_bytes).
+        self.max_in_flight_bytes = max_in_flight_bytes
+        self.in_flight_bytes = 0
+        self.released_bytes = 0  # all calls together: the memory trimmer's cue (memory_release.py)
         self._completions: AsyncCompletions | None = None
         # None while the server loads its models; then True; False once it drains. Calls that find it
         # not accepting get UNAVAILABLE, which tells a client that another replica may take them.
@@ -132,16 +145,20 @@ class RankingService(pb_grpc.RankingServicer):
             self._completions = AsyncCompletions()
         return self._completions
 
-    async def Rank(self, request: pb.RankRequest, context: grpc.aio.ServicerContext) -> pb.RankResponse:
+    async def Rank(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.RankResponse:
         start = time.perf_counter_ns()
         self._last_call = asyncio.get_running_loop().time()
         if not self.accepting:
             state = "loading its models" if self.accepting is None else "draining (shutting down)"
             await self._abort(context, grpc.StatusCode.UNAVAILABLE, f"the server is {state}")
+        await self._reserve(len(request), context)
         self._in_flight += 1
         self._idle.clear()
         try:
-            results = await self._rank(request, context, start)
+            message = parse_request(request)
+            results = await self._rank(message, context, start)
+        except WireError as error:
+            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except RequestError as error:
             await self._abort(context, error.code, error.message)
         except core.CoreError as error:
@@ -153,8 +170,34 @@ class RankingService(pb_grpc.RankingServicer):
                 self._idle.set()
         self.call_counts[0] += 1
         return pb.RankResponse(
-            request_id=request.request_id, results=results, server_us=(time.perf_counter_ns() - start) // 1000
+            request_id=message.request_id, results=results, server_us=(time.perf_counter_ns() - start) // 1000
         )
+
+    async def _reserve(self, size: int, context: grpc.aio.ServicerContext) -> None:
+        """The request's bytes, by their declared size and before any parsing: refused beyond the largest
+        request the served models take, or beyond max_in_flight_bytes; else held until grpc is done with
+        the call."""
+        largest = self._models.registry.max_request_bytes
+        if largest and size > largest:  # with no model served, routing says so (NOT_FOUND)
+            await self._abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request: {size} bytes exceed the largest request the served models take ({largest} bytes: "
+                "every model at its max_candidates)",
+            )
+        if self.in_flight_bytes + size > self.max_in_flight_bytes:
+            await self._abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request: {size} bytes would pass the server's bound on request bytes in flight "
+                f"({self.max_in_flight_bytes}, max_in_flight_bytes); retry shortly",
+            )
+        self.in_flight_bytes += size
+        context.add_done_callback(lambda _: self._release(size))
+
+    def _release(self, size: int) -> None:
+        self.in_flight_bytes -= size
+        self.released_bytes += size
 
     async def _abort(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> None:
         self.call_counts[code.value[0]] += 1
@@ -163,6 +206,8 @@ class RankingService(pb_grpc.RankingServicer):
     async def _rank(
         self, request: pb.RankRequest, context: grpc.aio.ServicerContext, start_ns: int
     ) -> list[pb.ModelScores]:
+        if request.priority > INT32_MAX:  # the core's priorities are ints (as the C++ front end checks)
+            raise invalid(f"priority {request.priority} is outside [0, {INT32_MAX}]")
         routes = self._route(request)
         servables = [r.servable for r in routes]
         candidates = decode_section(request.candidates, "candidates")
@@ -261,3 +306,10 @@ def record(servable: Servable, outcome: core.Result | BaseException, start_ns: i
         scores = outcome.outputs[servable.config.score_output]
         request_us = (time.perf_counter_ns() - start_ns) // 1000
         servable.stats.record(0, outcome.queue_us, outcome.compute_us, scores, request_us=request_us)
+
+
+def add_to_server(service: RankingService, server: grpc.aio.Server) -> None:
+    """Registers `service.Rank` raw: it receives the request's bytes (no deserializer); it returns a
+    RankResponse."""
+    rank = grpc.unary_unary_rpc_method_handler(service.Rank, response_serializer=pb.RankResponse.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(RANKING_SERVICE, {"Rank": rank}),))

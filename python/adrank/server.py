@@ -21,7 +21,12 @@ the Python grpc.aio one; both serve adrank.v1.Ranking, grpc.health.v1.Health and
 Shutdown (SIGTERM or SIGINT, or `stop`): health turns NOT_SERVING and /readyz 503; new Rank calls are
 answered UNAVAILABLE (another replica may take them) while the calls in flight finish normally, until
 none is left and callers have gone quiet (`drain_quiet_s`), for at most `drain_grace_s`; then the gRPC
-port closes, the core drains and its workers exit. `serve` returns 0.
+port closes, giving replies not yet taken by their clients at most REPLY_FLUSH_S (a client that does not
+read is not waited for: its calls are cancelled), the core drains and its workers exit. `serve` returns 0.
+
+Transport bounds (frontend.TransportOptions; cpp/rank_server.h says why each default): streams per
+connection, request bytes in flight, keepalive. Freed request memory goes back to the system
+(memory_release.py), so that RSS falls back after a burst or a mass cancellation.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ from pathlib import Path
 
 import adrank._core as core
 from adrank.admin_service import AdminServer
-from adrank.frontend import RANKING_SERVICE, Frontend, FrontendKind, create_frontend
+from adrank.frontend import RANKING_SERVICE, Frontend, FrontendKind, TransportOptions, create_frontend
 from adrank.http_endpoint import HttpEndpoint
+from adrank.memory_release import MemoryRelease
 from adrank.metrics.exporter import create_registry
 from adrank.metrics.history import MetricsHistory, MetricsOptions
 from adrank.metrics.pages import ObservabilityPages
@@ -45,6 +51,9 @@ from adrank.repository.layout import ModelRepository
 from adrank.repository.manager import ManagerOptions, ModelManager
 
 log = logging.getLogger("adrank.server")
+# After the drain, how long replies may take to reach their clients: a reading client takes one in
+# milliseconds; one that stopped reading would otherwise hold the process for the rest of the grace.
+REPLY_FLUSH_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,14 @@ class ServerOptions:
     # 2048 candidates of a 384-float embedding are 3 MiB; 32 MiB leaves room for several models' inputs
     # and refuses absurd messages before they are parsed.
     max_message_bytes: int = 32 * 1024 * 1024
+    # The transport's bounds (cpp/rank_server.h RankServerOptions gives the reasons): calls at once on
+    # one connection; request bytes held by calls not yet done, all connections together (beyond it:
+    # RESOURCE_EXHAUSTED); a connection whose client does not answer a ping within the timeout is
+    # closed and its calls cancelled (a client that stopped reading, or vanished).
+    max_concurrent_streams: int = 100
+    max_in_flight_bytes: int = 256 * 1024 * 1024
+    keepalive_time_s: float = 10.0
+    keepalive_timeout_s: float = 5.0
     frontend: FrontendKind = "auto"
     models: ManagerOptions = field(default_factory=ManagerOptions)
     # The admin gRPC service (admin_service.py) listens only when given a token; 0: any free port.
@@ -78,10 +95,18 @@ class Server:
         self.pool = core.ThreadPool(num_workers=options.workers)
         manager_options = replace(options.models, metrics=options.metrics.enabled)
         self.models = ModelManager(self.pool, ModelRepository(options.repository), manager_options)
-        self.frontend: Frontend = create_frontend(
-            options.frontend, options.host, options.grpc_port, options.max_message_bytes, self.models
+        transport = TransportOptions(
+            host=options.host,
+            port=options.grpc_port,
+            max_message_bytes=options.max_message_bytes,
+            max_concurrent_streams=options.max_concurrent_streams,
+            max_in_flight_bytes=options.max_in_flight_bytes,
+            keepalive_time_s=options.keepalive_time_s,
+            keepalive_timeout_s=options.keepalive_timeout_s,
         )
+        self.frontend: Frontend = create_frontend(options.frontend, transport, self.models)
         self.grpc_port = self.frontend.port
+        self.memory = MemoryRelease(self.frontend.released_bytes)
         self.ready = False
         self.history: MetricsHistory | None = None
         pages = None
@@ -110,6 +135,7 @@ class Server:
         loop = asyncio.get_running_loop()
         self.models.on_readiness(lambda _: self._readiness_changed(loop))
         await self.frontend.start()
+        self.memory.start()
         self._http.start()
         if self.history is not None:
             self.history.start()
@@ -174,7 +200,8 @@ class Server:
         give_up = loop.time() + self.options.drain_grace_s
         if not await self.frontend.drain(self.options.drain_quiet_s, self.options.drain_grace_s):
             log.warning("calls still in flight after %.1f s of draining: stopping anyway", self.options.drain_grace_s)
-        await self.frontend.stop(max(give_up - loop.time(), 0.0))
+        await self.frontend.stop(min(max(give_up - loop.time(), 0.0), REPLY_FLUSH_S))
+        self.memory.stop()
         await asyncio.to_thread(self.models.stop_watching)
         if self.admin is not None:
             await self.admin.stop(0)

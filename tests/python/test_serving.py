@@ -338,10 +338,14 @@ def test_the_python_servicer_refuses_a_passed_deadline_before_submitting(server)
         async def abort(self, code: grpc.StatusCode, details: str) -> None:
             raise RankError(code, details)
 
+        def add_done_callback(self, callback) -> None:
+            callback(self)
+
     ctr = server.server.models.route("ctr").servable.model
     before = ctr.stats()["submitted"]
     with pytest.raises(RankError) as error:
-        asyncio.run(server.server.frontend.ranking.Rank(build_request(["ctr"], good_ctr()), PassedDeadline()))
+        request = build_request(["ctr"], good_ctr()).SerializeToString()  # the method takes bytes
+        asyncio.run(server.server.frontend.ranking.Rank(request, PassedDeadline()))
     assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert ctr.stats()["submitted"] == before
 
@@ -383,3 +387,21 @@ def test_the_example_scores_real_rows_against_a_running_server(server):
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("auction ")]
     assert len(lines) == 3 and all("ctr v" in line and "relevance mean" in line for line in lines), done.stdout
+
+
+@pytest.mark.parametrize("defect", ["cut off", "not UTF-8", "invalid wire type", "group never closed"])
+def test_unparseable_bytes_get_invalid_argument_in_the_same_words_on_both_front_ends(server, defect):
+    from adrank.wire import parse_error
+
+    good = build_request(["ctr"], good_ctr(), request_id="r").SerializeToString()
+    data = {
+        "cut off": good[:-7],
+        "not UTF-8": good.replace(b"\x0a\x05dense", b"\x0a\x05d\xffnse"),
+        "invalid wire type": good + b"\x0f",
+        "group never closed": good + b"\x0b\x08\x01",
+    }[defect]
+    with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as error:
+        channel.unary_unary("/adrank.v1.Ranking/Rank")(data, timeout=30)
+    assert error.value.code() == INVALID
+    assert error.value.details() == parse_error(data)
+    assert "not an adrank.v1.RankRequest" in error.value.details()
