@@ -523,6 +523,7 @@ std::unique_ptr<Batch> Batcher::FormLocked(TimePoint now, std::vector<Dropped>* 
     }
   }
   ShedUnreachableLocked(batch.get(), now, finished);
+  ShedStrandedLocked(batch->rows, now, finished);
   if (batch->rows == 0) return nullptr;
   batch->padded_rows = PaddedRows(batch->rows);
   batch->formed_at = now;
@@ -531,6 +532,39 @@ std::unique_ptr<Batch> Batcher::FormLocked(TimePoint now, std::vector<Dropped>* 
   submit_stats_.batch_rows += static_cast<uint64_t>(batch->rows);
   submit_stats_.batch_rows_counts[BatchRowsBucket(batch->rows)]++;
   return batch;
+}
+
+void Batcher::ShedStrandedLocked(int64_t batch_rows, TimePoint now, std::vector<Dropped>* finished) {
+  // A queued request can start no earlier than the batch being formed ends, and needs a batch of its own
+  // after it: one whose deadline comes sooner is answered now rather than at its deadline, which it would
+  // reach without having run (most often the oldest of a queue served newest first).
+  const Duration exec = predictor_.Predict(PaddedRows(std::max<int64_t>(batch_rows, 1)));
+  if (exec.count() == 0 || deadlines_.empty()) return;
+  const TimePoint cutoff = now + 2 * exec;
+  if (*deadlines_.begin() >= cutoff) return;
+  for (size_t level = 0; level < active_.size(); ++level) {
+    const std::vector<size_t> active = active_[level];  // a copy: shedding may empty a queue
+    for (size_t tenant : active) {
+      auto& queue = tenants_[tenant].queues[level];
+      for (auto it = queue.begin(); it != queue.end();) {
+        const RequestHandle request = *it;
+        if (request->deadline() >= cutoff || request->any_row_batched) {
+          ++it;
+          continue;
+        }
+        it = queue.erase(it);
+        const int64_t rows = request->rows() - request->next_row;
+        ForgetLocked(request);
+        counters_->shed.fetch_add(1, std::memory_order_relaxed);
+        finished->push_back(
+            {request, rows,
+             DeadlineExceeded("deadline cannot be met: " + std::to_string(ToMicros(request->deadline() - now)) +
+                              " us remain, less than the batch now forming and one more take (" +
+                              std::to_string(ToMicros(2 * exec)) + " us predicted); not computed")});
+      }
+      DeactivateIfEmptyLocked(tenant, level);
+    }
+  }
 }
 
 void Batcher::ShedUnreachableLocked(Batch* batch, TimePoint now, std::vector<Dropped>* finished) {

@@ -93,8 +93,11 @@
 // waited adaptive_lifo_us (adaptive LIFO, as large RPC fleets run it): under a standing queue the newest
 // request has the most time left, so serving it first turns the queue's wait into answers that are on
 // time for most and a deadline miss, uncomputed, for the oldest few, instead of answers that are all
-// late. CoDel (drop from the head when the standing delay stays above a target) was the alternative; with
-// every request carrying a deadline and admission already bounding the queue by prediction, a second
+// late. Those are answered as soon as they are stranded — when a batch forms and a queued request's
+// deadline comes before that batch and one more could run (twice the batch's predicted time) — rather
+// than at their deadline: the caller learns at once, and the call ends without the transport's
+// cancellation (counted as shed). CoDel (drop from the head when the standing delay stays above a target) was the
+// alternative; with every request carrying a deadline and admission already bounding the queue by prediction, a second
 // time target would refuse work that the deadline still allows, so the deadline is the only target here.
 //
 // Latency contract. When the model is not overloaded (queued rows fit in the next batch), a request
@@ -311,6 +314,8 @@ class Batcher {
   void DeactivateIfEmptyLocked(size_t tenant, size_t level);
   void TakeRowsLocked(const RequestHandle& request, int64_t rows);
   void ShedUnreachableLocked(Batch* batch, TimePoint now, std::vector<Dropped>* finished);
+  // Sheds the queued requests that can no longer make their deadline behind a batch of `batch_rows`.
+  void ShedStrandedLocked(int64_t batch_rows, TimePoint now, std::vector<Dropped>* finished);
   void RemoveLocked(const RequestHandle& request);
   void ForgetLocked(const RequestHandle& request);  // the accounting of RemoveLocked, for a request already erased
   Dropped ExpireLocked(const RequestHandle& request, TimePoint now);

@@ -791,6 +791,28 @@ TEST_F(BatcherTest, ARequestPredictedToMissItsDeadlineIsRefusedAtSubmitAndNeverC
   EXPECT_TRUE(Submit(*b, NewRequest(4, 8), 0, clock_.Now() + microseconds(3000)).ok()) << "2800 us fit in 3000";
 }
 
+TEST_F(BatcherTest, AQueuedRequestStrandedBehindTheFormingBatchIsAnsweredAtOnce) {
+  auto b = Make(BaseOptions());  // batches of at most 8 rows
+  TrainHundredMicrosPerRow(*b);
+  Owned& first = NewRequest(8, 0);
+  Owned& stranded = NewRequest(8, 100);  // needs a batch after the first: ~1600 us
+  Owned& patient = NewRequest(8, 200);
+  ASSERT_TRUE(Submit(*b, first, 0, clock_.Now() + microseconds(10000)).ok());
+  ASSERT_TRUE(Submit(*b, stranded, 0, clock_.Now() + microseconds(2000)).ok()) << "admitted: 1600 of 2000 us";
+  ASSERT_TRUE(Submit(*b, patient, 0, clock_.Now() + microseconds(10000)).ok());
+  // The first batch forms 500 us late and takes "first" only: 1500 us are left to "stranded", which needs 1600.
+  clock_.AdvanceMicros(500);
+  auto batch = b->NextBatch(false);
+  ASSERT_TRUE(batch);
+  EXPECT_EQ(SliceBases(*batch), std::vector<float>{0});
+  ASSERT_EQ(stranded.call->fired, 1) << "answered when the batch formed, not at its deadline";
+  EXPECT_EQ(stranded.call->result.status.code(), StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(Contains(stranded.call->result.status.message(), "cannot be met"));
+  EXPECT_EQ(b->stats().shed, 1u);
+  EXPECT_EQ(b->stats().queued_rows, 8) << "the patient request stays queued";
+  EXPECT_EQ(patient.call->fired, 0);
+}
+
 TEST_F(BatcherTest, NothingIsRefusedOnAGuessBeforeTheModelHasRunABatch) {
   auto b = Make(BaseOptions());
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(Submit(*b, NewRequest(8, 0)).ok());
