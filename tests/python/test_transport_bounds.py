@@ -12,12 +12,9 @@ take is refused by its size, before it is parsed.
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 
@@ -29,11 +26,11 @@ import h2.exceptions
 import h2.settings
 import numpy as np
 import pytest
+from test_serve_process import start
 
 from adrank.client import RankClient, RankError, build_request
 from served import FRONTENDS, MODELS
 
-SERVING_LINE = re.compile(r"SERVING .* on grpc (?P<grpc>\S+), http")
 KEEPALIVE_S = 2.0  # the processes' keepalive interval and timeout: a dead client is found in ~4 s
 GRACE_S = 5.0
 RANK_PATH = "/adrank.v1.Ranking/Rank"
@@ -56,20 +53,10 @@ class Served:
 
 
 def serve(frontend: str, *flags: str) -> Iterator[Served]:
-    command = [sys.executable, "-c", "from adrank.cli import main; main()", "serve", "--repository", str(MODELS)]
-    command += ["--grpc-port", "0", "--http-port", "0", "--workers", "2", "--frontend", frontend, "--no-metrics"]
-    command += ["--keepalive", str(KEEPALIVE_S), "--keepalive-timeout", str(KEEPALIVE_S)]
-    command += ["--drain-grace", str(GRACE_S), *flags]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    match = None
-    while match is None:
-        line = proc.stderr.readline()
-        if not line:
-            pytest.fail(f"adrank serve exited ({proc.wait()}) before SERVING:\n{''.join(lines)}")
-        lines.append(line)
-        match = SERVING_LINE.search(line)
-    threading.Thread(target=proc.stderr.read, daemon=True).start()
+    keepalive = ["--keepalive", str(KEEPALIVE_S), "--keepalive-timeout", str(KEEPALIVE_S)]
+    proc, match, _ = start(
+        MODELS, "--frontend", frontend, "--no-metrics", *keepalive, "--drain-grace", str(GRACE_S), *flags
+    )
     try:
         yield Served(proc, match["grpc"])
     finally:
