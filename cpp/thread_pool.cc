@@ -1,27 +1,14 @@
 #include "thread_pool.h"
 
 #include <sched.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <exception>
 #include <utility>
 
+#include "thread_priority.h"
+
 namespace adrank {
-namespace {
-
-// The background worker runs at the lowest CPU weight (nice 19: ~1.5 % of a core against one busy
-// nice-0 thread, and preempted by any of them that wakes), so shadow batches use only the CPU time the
-// serving threads leave. Best effort: where it is not allowed the worker runs at normal priority.
-void LowerThisThreadsPriority() {
-#ifdef __linux__
-  setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 19);
-#endif
-}
-
-}  // namespace
 
 int AllowedCores() {
   cpu_set_t allowed;
@@ -186,7 +173,13 @@ void ThreadPool::ReleaseLocked(const Dispatch& dispatch) {
 }
 
 void ThreadPool::WorkerLoop(bool background) {
-  if (background) LowerThisThreadsPriority();
+  // Serving workers run ahead of the transport's threads, whatever policy they inherited; the background
+  // worker only on what the serving threads leave (thread_priority.h).
+  if (background) {
+    RunAsBackgroundThread();
+  } else {
+    RunAsServingThread();
+  }
   std::unique_lock<std::mutex> lock(wakeup_->mu);
   while (true) {
     TimePoint wake = kNoDeadline;

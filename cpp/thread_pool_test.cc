@@ -2,10 +2,14 @@
 
 #include <gtest/gtest.h>
 #include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -21,6 +25,7 @@
 #include <vector>
 
 #include "status_testing.h"
+#include "thread_priority.h"
 
 namespace adrank {
 namespace {
@@ -465,6 +470,49 @@ TEST_P(ThreadPoolTest, BackgroundModelRunsOnItsOwnWorkerNeverOnTheServingOnes) {
   ASSERT_FALSE(foreground_threads.empty());
   for (const auto& id : background_threads) {
     for (const auto& serving : foreground_threads) EXPECT_NE(id, serving);
+  }
+}
+
+TEST_P(ThreadPoolTest, ServingWorkersRunAheadOfTheTransportWhateverTheyInherit) {
+  // Workers created by a thread under ScopedYieldingThreads (as a transport's threads are) inherit
+  // SCHED_BATCH; the serving ones must run SCHED_OTHER, the background one SCHED_OTHER at nice 19.
+  std::mutex mu;
+  std::vector<std::pair<int, int>> serving, background;  // (policy, nice) per batch
+  auto recording = [&](std::vector<std::pair<int, int>>* into) {
+    return [&, into](BatchIO& io) {
+      errno = 0;
+      const int nice = getpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)));
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        into->emplace_back(ThisThreadsPolicy(), nice);
+      }
+      return SumBackend(io);
+    };
+  };
+  std::unique_ptr<ThreadPool> pool;
+  {
+    ScopedYieldingThreads yielding;
+    ASSERT_TRUE(yielding.active()) << "SCHED_BATCH needs no privilege on Linux";
+    ASSERT_EQ(ThisThreadsPolicy(), SCHED_BATCH);
+    pool = MakeThreadPool(1);
+  }
+  EXPECT_EQ(ThisThreadsPolicy(), SCHED_OTHER) << "the creating thread's policy is restored";
+  std::shared_ptr<ModelQueue> shadow, stable;
+  ASSERT_OK(pool->AddModel(SumModel("shadow", recording(&background)), &shadow));
+  shadow->SetBackground(true);
+  ASSERT_OK(pool->AddModel(SumModel("stable", recording(&serving)), &stable));
+  Completions completions(2);
+  const SumInput a(1, 2), b(2, 2);
+  ASSERT_OK(stable->Submit(a.MakeRequest(completions.For(0))));
+  ASSERT_OK(shadow->Submit(b.MakeRequest(completions.For(1))));
+  ASSERT_TRUE(completions.WaitFor(2));
+  std::lock_guard<std::mutex> lock(mu);
+  ASSERT_FALSE(serving.empty());
+  ASSERT_FALSE(background.empty());
+  for (const auto& [policy, nice] : serving) EXPECT_EQ(policy, SCHED_OTHER);
+  for (const auto& [policy, nice] : background) {
+    EXPECT_EQ(policy, SCHED_OTHER);
+    EXPECT_EQ(nice, 19);
   }
 }
 
