@@ -875,7 +875,7 @@ class PyRankServer {
  public:
   PyRankServer(const std::string& host, int port, int max_message_bytes, std::shared_ptr<ModelRegistry> registry,
                int max_concurrent_streams, int64_t max_in_flight_bytes, double keepalive_time_s,
-               double keepalive_timeout_s) {
+               double keepalive_timeout_s, bool yield_to_workers, double reply_margin_s) {
     RankServerOptions options;
     options.host = host;
     options.port = port;
@@ -884,6 +884,8 @@ class PyRankServer {
     options.max_in_flight_bytes = max_in_flight_bytes;
     options.keepalive_time = Seconds(keepalive_time_s);
     options.keepalive_timeout = Seconds(keepalive_timeout_s);
+    options.yield_to_workers = yield_to_workers;
+    options.reply_margin = Seconds(reply_margin_s);
     ThrowIfError(RankServer::Create(options, std::move(registry), &server_));
   }
   ~PyRankServer() {
@@ -916,10 +918,11 @@ class PyRankServer {
 
 void BindRankServer(py::module_& m) {
   py::class_<PyRankServer>(m, "RankServer")
-      .def(py::init<const std::string&, int, int, std::shared_ptr<ModelRegistry>, int, int64_t, double, double>(),
+      .def(py::init<const std::string&, int, int, std::shared_ptr<ModelRegistry>, int, int64_t, double, double, bool,
+                    double>(),
            py::arg("host"), py::arg("port"), py::arg("max_message_bytes"), py::arg("registry"),
            py::arg("max_concurrent_streams"), py::arg("max_in_flight_bytes"), py::arg("keepalive_time_s"),
-           py::arg("keepalive_timeout_s"))
+           py::arg("keepalive_timeout_s"), py::arg("yield_to_workers") = true, py::arg("reply_margin_s") = 0.001)
       .def("set_serving", &PyRankServer::SetServing, py::arg("serving"))
       .def("set_service_serving", &PyRankServer::SetServiceServing, py::arg("service"), py::arg("serving"))
       .def("start_draining", &PyRankServer::StartDraining)

@@ -14,12 +14,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "adrank/v1/ranking.grpc.pb.h"
+#include "thread_priority.h"
 #include "wire_request.h"
 
 namespace adrank {
@@ -36,12 +38,13 @@ int64_t SteadyNanos() {
       .count();
 }
 
-// The call's gRPC deadline on the core's clock; kNoDeadline when the caller set none.
-TimePoint CoreDeadline(const grpc::CallbackServerContext& context) {
+// The time the core has for the call on its clock: the gRPC deadline less the reply's margin (rank_server.h);
+// kNoDeadline when the caller set none.
+TimePoint CoreDeadline(const grpc::CallbackServerContext& context, Duration reply_margin) {
   const auto deadline = context.deadline();
   if (deadline == std::chrono::system_clock::time_point::max()) return kNoDeadline;
   const auto remaining = deadline - std::chrono::system_clock::now();
-  return SteadyClock::Get()->Now() + std::chrono::duration_cast<Duration>(remaining);
+  return SteadyClock::Get()->Now() + std::chrono::duration_cast<Duration>(remaining) - reply_margin;
 }
 
 // The caller's tenant (tenants.h): its `x-adrank-tenant` metadata, else empty ("default").
@@ -80,7 +83,9 @@ class RankService final : public v1::Ranking::WithRawCallbackMethod_Rank<v1::Ran
   enum class State { kLoading, kServing, kDraining };
 
   RankService(std::shared_ptr<ModelRegistry> registry, const RankServerOptions& options)
-      : registry_(std::move(registry)), max_in_flight_bytes_(options.max_in_flight_bytes) {}
+      : registry_(std::move(registry)),
+        max_in_flight_bytes_(options.max_in_flight_bytes),
+        reply_margin_(options.reply_margin) {}
 
   grpc::ServerUnaryReactor* Rank(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                                  grpc::ByteBuffer* response) override;
@@ -127,6 +132,7 @@ class RankService final : public v1::Ranking::WithRawCallbackMethod_Rank<v1::Ran
   int64_t in_flight_bytes() const { return in_flight_bytes_.load(std::memory_order_acquire); }
   uint64_t released_bytes() const { return released_bytes_.load(std::memory_order_relaxed); }
   int64_t max_in_flight_bytes() const { return max_in_flight_bytes_; }
+  Duration reply_margin() const { return reply_margin_; }
 
   const ModelRegistry& registry() const { return *registry_; }
 
@@ -158,6 +164,7 @@ class RankService final : public v1::Ranking::WithRawCallbackMethod_Rank<v1::Ran
   std::atomic<int64_t> in_flight_{0};
   std::atomic<int64_t> last_call_ns_{0};
   const int64_t max_in_flight_bytes_;
+  const Duration reply_margin_;
   std::atomic<int64_t> in_flight_bytes_{0};
   std::atomic<uint64_t> released_bytes_{0};
   std::mutex mu_;
@@ -238,9 +245,10 @@ class RankCall final : public grpc::ServerUnaryReactor {
     }
     std::vector<ModelCall> shadows;
     if (status.ok()) status = PrepareRank(request_, service_->registry(), &calls_, &shadows);
-    const TimePoint deadline = CoreDeadline(*context_);
+    const TimePoint deadline = CoreDeadline(*context_, service_->reply_margin());
     if (status.ok() && deadline != kNoDeadline && deadline <= SteadyClock::Get()->Now()) {
-      status = DeadlineExceeded("the call's deadline passed before any model ran");
+      status = DeadlineExceeded("the call's deadline leaves no time to run a model and reply (reply margin " +
+                                std::to_string(ToMicros(service_->reply_margin())) + " µs)");
     }
     if (!status.ok()) {
       Answer(ToGrpc(status));
@@ -457,6 +465,7 @@ Status RankServer::Create(const RankServerOptions& options, std::shared_ptr<Mode
   if (options.max_message_bytes < 1) return InvalidArgument("max_message_bytes must be >= 1");
   if (options.max_concurrent_streams < 1) return InvalidArgument("max_concurrent_streams must be >= 1");
   if (options.max_in_flight_bytes < 1) return InvalidArgument("max_in_flight_bytes must be >= 1");
+  if (options.reply_margin < Duration::zero()) return InvalidArgument("reply_margin must be >= 0");
   const auto keepalive_ms = std::chrono::duration_cast<std::chrono::milliseconds>(options.keepalive_time).count();
   const auto timeout_ms = std::chrono::duration_cast<std::chrono::milliseconds>(options.keepalive_timeout).count();
   if (keepalive_ms < 1 || timeout_ms < 1 || keepalive_ms > INT32_MAX || timeout_ms > INT32_MAX) {
@@ -464,6 +473,10 @@ Status RankServer::Create(const RankServerOptions& options, std::shared_ptr<Mode
   }
   static std::once_flag quiet_log;
   std::call_once(quiet_log, [] { google::protobuf::SetLogHandler(&LogUnlessInvalidUtf8); });
+  // From before gRPC's first use (its executor and timer threads) to its pollers' start: every thread gRPC
+  // creates inherits the policy; those it creates later are created by these.
+  std::optional<ScopedYieldingThreads> yielding;
+  if (options.yield_to_workers) yielding.emplace();
   std::unique_ptr<RankServer> server(new RankServer(std::move(registry), options));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

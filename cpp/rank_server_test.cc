@@ -553,6 +553,11 @@ TEST_F(RankServerTest, OptionsOutOfRangeAreRefusedNamingThem) {
   options.max_in_flight_bytes = 0;
   status = RankServer::Create(options, registry_, &server);
   EXPECT_NE(status.message().find("max_in_flight_bytes"), std::string::npos);
+  options.max_in_flight_bytes = 1;
+  options.reply_margin = std::chrono::milliseconds(-1);
+  status = RankServer::Create(options, registry_, &server);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("reply_margin"), std::string::npos);
 }
 
 }  // namespace

@@ -111,6 +111,19 @@ def main() -> None:
     help="Seconds a client has to answer a ping before its connection is closed and its calls cancelled.",
 )
 @click.option(
+    "--yield-to-workers/--no-yield-to-workers",
+    default=True,
+    show_default=True,
+    help="The C++ front end's threads run SCHED_BATCH: they wait for a model batch instead of preempting it.",
+)
+@click.option(
+    "--reply-margin-ms",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Each call's deadline less this is what the models get: the reply still has to reach the caller.",
+)
+@click.option(
     "--frontend",
     type=click.Choice(["auto", "cpp", "python"]),
     default="auto",
@@ -152,6 +165,8 @@ def serve(
     max_in_flight_mib: int,
     keepalive: float,
     keepalive_timeout: float,
+    yield_to_workers: bool,
+    reply_margin_ms: float,
     frontend: str,
     admin_port: int,
     admin_token: str | None,
@@ -189,6 +204,8 @@ def serve(
         max_in_flight_bytes=max_in_flight_mib << 20,
         keepalive_time_s=keepalive,
         keepalive_timeout_s=keepalive_timeout,
+        yield_to_workers=yield_to_workers,
+        reply_margin_s=reply_margin_ms / 1000,
         frontend=frontend,  # type: ignore[arg-type]  # click.Choice guarantees the literal
         models=ManagerOptions(poll_interval_s=poll_interval, tenants=tenants),
         admin_port=admin_port,

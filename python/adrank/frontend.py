@@ -54,6 +54,8 @@ class TransportOptions:
     max_in_flight_bytes: int = 256 << 20
     keepalive_time_s: float = 10.0
     keepalive_timeout_s: float = 5.0
+    yield_to_workers: bool = True  # the C++ front end's threads run SCHED_BATCH (cpp/thread_priority.h)
+    reply_margin_s: float = 0.001  # the core gets the call's deadline less this: the reply still has to travel
 
     def grpc_options(self) -> list[tuple[str, int]]:
         """The grpc channel arguments a Python grpc server takes for these (the C++ one sets the same)."""
@@ -111,6 +113,8 @@ class CppFrontend:
             max_in_flight_bytes=options.max_in_flight_bytes,
             keepalive_time_s=options.keepalive_time_s,
             keepalive_timeout_s=options.keepalive_timeout_s,
+            yield_to_workers=options.yield_to_workers,
+            reply_margin_s=options.reply_margin_s,
         )
         self.port = self._server.port
 
@@ -145,7 +149,7 @@ class PythonFrontend:
     kind = "python"
 
     def __init__(self, options: TransportOptions, models: ModelManager) -> None:
-        self.ranking = RankingService(models, options.max_in_flight_bytes)
+        self.ranking = RankingService(models, options.max_in_flight_bytes, options.reply_margin_s)
         self.health = health.aio.HealthServicer()
         self._health_set = {"": True, RANKING_SERVICE: True}  # shown once serving
         self._server = grpc.aio.server(options=options.grpc_options())

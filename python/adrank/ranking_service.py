@@ -108,8 +108,12 @@ def call_tenant(context: grpc.aio.ServicerContext) -> str:
 
 
 class RankingService:
-    def __init__(self, models: ModelManager, max_in_flight_bytes: int = 256 << 20) -> None:
+    def __init__(
+        self, models: ModelManager, max_in_flight_bytes: int = 256 << 20, reply_margin_s: float = 0.001
+    ) -> None:
         self._models = models
+        # The models get the call's deadline less this (cpp/rank_server.h reply_margin).
+        self.reply_margin_s = reply_margin_s
         # Request bytes held by calls grpc is not done with (cpp/rank_server.h max_in_flight_bytes).
         self.max_in_flight_bytes = max_in_flight_bytes
         self.in_flight_bytes = 0
@@ -216,9 +220,14 @@ class RankingService:
         check_context(contexts)
         check_unexpected(servables, candidates, contexts)
         prepared = [prepare(s, candidates, contexts, rows) for s in servables]
-        timeout = context.time_remaining()
+        remaining = context.time_remaining()
+        timeout = None if remaining is None else remaining - self.reply_margin_s
         if timeout is not None and timeout <= 0:
-            raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before any model ran")
+            raise RequestError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "the call's deadline leaves no time to run a model and reply"
+                f" (reply margin {self.reply_margin_s * 1e6:.0f} µs)",
+            )
         completions = self._async_completions()
         priority = request.priority if request.HasField("priority") else core.DEFAULT_PRIORITY
         tenant = call_tenant(context)

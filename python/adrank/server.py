@@ -80,6 +80,10 @@ class ServerOptions:
     max_in_flight_bytes: int = 256 * 1024 * 1024
     keepalive_time_s: float = 10.0
     keepalive_timeout_s: float = 5.0
+    # The C++ front end's threads wait for a model worker's batch rather than preempt it (cpp/thread_priority.h).
+    yield_to_workers: bool = True
+    # Both front ends hand the core the call's deadline less this (cpp/rank_server.h says why).
+    reply_margin_s: float = 0.001
     frontend: FrontendKind = "auto"
     models: ManagerOptions = field(default_factory=ManagerOptions)
     # The admin gRPC service (admin_service.py) listens only when given a token; 0: any free port.
@@ -103,6 +107,8 @@ class Server:
             max_in_flight_bytes=options.max_in_flight_bytes,
             keepalive_time_s=options.keepalive_time_s,
             keepalive_timeout_s=options.keepalive_timeout_s,
+            yield_to_workers=options.yield_to_workers,
+            reply_margin_s=options.reply_margin_s,
         )
         self.frontend: Frontend = create_frontend(options.frontend, transport, self.models)
         self.grpc_port = self.frontend.port

@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 from rollout_models import corrupt, ctr_repository
 
+import adrank._core as core
 from adrank.cli import main
 from adrank.client import RankClient, RankError
 from served import MODELS
@@ -158,3 +159,41 @@ def test_a_start_with_nothing_to_serve_exits_1_with_one_line(tmp_path):
     last = done.stderr.splitlines()[-1]
     assert last.startswith("Error: nothing to serve: model 'ctr': version 1 FAILED: ") and "sha256" in last, last
     assert "Traceback" not in done.stderr
+
+
+SCHED_OTHER, SCHED_BATCH = 0, 3
+TRANSPORT_THREADS = ("nexting_thread", "default-executo", "grpcpp_sync_ser", "grpc_global_tim")
+
+
+def thread_policies(pid: int) -> list[tuple[str, int]]:
+    """(comm, scheduling policy) of each of the process's threads, from /proc/PID/task/*/stat (proc(5))."""
+    threads = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        text = stat.read_text()
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        threads.append((comm, int(text[text.rindex(")") + 2 :].split()[38])))  # field 41, policy
+    return threads
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread policies are read from Linux's /proc")
+@pytest.mark.parametrize("yielding", [True, False])
+def test_the_transport_threads_yield_to_the_model_workers_unless_told_not_to(tmp_path, yielding):
+    """cpp/thread_priority.h: with the C++ front end, gRPC's threads run SCHED_BATCH and the model workers
+    (and the Python threads) SCHED_OTHER; --no-yield-to-workers leaves every thread SCHED_OTHER."""
+    if not core.HAS_RANK_SERVER:
+        pytest.skip("this build has no C++ front end (no grpc++): the policy is the C++ front end's")
+    flag = "--yield-to-workers" if yielding else "--no-yield-to-workers"
+    proc, match, _ = start(MODELS, "--frontend", "cpp", flag)
+    try:
+        with RankClient(match["grpc"]) as client:
+            client.rank(["ctr"], {"dense": np.ones((4, 13), np.float32), "sparse": np.zeros((4, 26), np.int64)})
+        threads = thread_policies(proc.pid)
+        own = Path(f"/proc/{proc.pid}/comm").read_text().strip()
+    finally:
+        end(proc)
+    transport = [policy for comm, policy in threads if comm in TRANSPORT_THREADS]
+    # Threads the process starts itself (the model workers, Python's) carry its name; gRPC names its own.
+    workers = [policy for comm, policy in threads if comm == own]
+    assert transport and workers, threads
+    assert set(workers) == {SCHED_OTHER}, threads
+    assert set(transport) == ({SCHED_BATCH} if yielding else {SCHED_OTHER}), threads
