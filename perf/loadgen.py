@@ -133,11 +133,15 @@ class LoadGenerator:
         seed: int = 7,
         sender: Path | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        connections: int = 1,
     ) -> None:
         """`sender`: the C++ sender's binary (find_sender()); None sends from this process with grpc.aio.
         `metadata`: gRPC metadata (lower-case keys) sent with every call, warm-up included: one generator is one
-        client, e.g. one tenant (`x-adrank-tenant`)."""
+        client, e.g. one tenant (`x-adrank-tenant`). `connections`: the C++ sender spreads its calls round-robin
+        over this many HTTP/2 connections, as a client's channel pool does; the grpc.aio sender has one."""
         _check_loopback(target)
+        if connections < 1 or (connections > 1 and sender is None):
+            raise ValueError(f"connections={connections}: >= 1, and more than one needs the C++ sender")
         if len(payloads) != len(candidates) or not payloads:
             raise ValueError("payloads and candidates must be non-empty and of the same length")
         self.target = target
@@ -148,6 +152,7 @@ class LoadGenerator:
         self.seed = seed
         self.sender = sender
         self.metadata = tuple((str(key), str(value)) for key, value in metadata)
+        self.connections = connections
         self.started_at = 0.0  # perf_counter seconds at which the last run's record times are 0
         self._start = 0.0
         self._cpu = 0.0
@@ -233,7 +238,7 @@ class LoadGenerator:
             plan, record = Path(work) / "plan.bin", Path(work) / "record.bin"
             self._write_plan(plan, order, schedule, concurrency or 0, duration_s)
             done = subprocess.run(
-                [str(self.sender), self.target, self.method, str(plan), str(record)],
+                [str(self.sender), self.target, self.method, str(plan), str(record), str(self.connections)],
                 capture_output=True,
                 text=True,
                 timeout=duration_s + self.timeout_s + 120,

@@ -5,7 +5,9 @@
 // queue costs tens of microseconds, so the latency recorded is the server's and the transport's, not the
 // generator's, and one core offers several thousand calls per second.
 //
-// Usage: adrank_loadgen TARGET METHOD PLAN RECORD
+// Usage: adrank_loadgen TARGET METHOD PLAN RECORD [CONNECTIONS]
+//   CONNECTIONS (default 1): calls go round-robin over this many HTTP/2 connections, as a client's channel pool
+//     spreads them; a server reads each connection in turn, so one connection can hold back what it is sent.
 //   PLAN (written by loadgen.py, little-endian):
 //     int64 n_payloads, count, concurrency (0: open loop), timeout_us, duration_us, n_metadata
 //     n_metadata times: int64 key_size, value_size; key, value bytes   gRPC metadata sent with every call
@@ -32,6 +34,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <limits>
@@ -119,29 +122,36 @@ Plan ReadPlan(const std::string& path) {
 
 class Generator {
  public:
-  Generator(const std::string& target, std::string method, Plan plan)
+  Generator(const std::string& target, std::string method, Plan plan, int connections)
       : method_(std::move(method)), plan_(std::move(plan)), record_(plan_.count) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(-1);
     args.SetMaxSendMessageSize(-1);
     args.SetInt(GRPC_ARG_ENABLE_HTTP_PROXY, 0);
-    channel_ = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-    stub_ = std::make_unique<grpc::GenericStub>(channel_);
+    // Each channel its own connection: channels with equal arguments would share one subchannel.
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    for (int i = 0; i < connections; ++i) {
+      channels_.push_back(grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
+      stubs_.push_back(std::make_unique<grpc::GenericStub>(channels_.back()));
+    }
     calls_.resize(static_cast<size_t>(plan_.count));
     for (auto& call : calls_) call = std::make_unique<Call>();
   }
 
   // Connects and sends a few calls off the clock: the first call pays for the connection.
   void WarmUp() {
-    if (!channel_->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(30))) {
-      throw std::runtime_error("cannot connect");
+    for (const auto& channel : channels_) {
+      if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(30))) {
+        throw std::runtime_error("cannot connect");
+      }
     }
     grpc::CompletionQueue cq;
-    for (size_t i = 0; i < std::min<size_t>(4, plan_.payloads.size()); ++i) {
+    for (size_t i = 0; i < std::max<size_t>(4, stubs_.size()); ++i) {
       Call call;
       call.context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
       for (const auto& [key, value] : plan_.metadata) call.context.AddMetadata(key, value);
-      call.reader = stub_->PrepareUnaryCall(&call.context, method_, plan_.payloads[i], &cq);
+      call.reader = stubs_[i % stubs_.size()]->PrepareUnaryCall(&call.context, method_,
+                                                                plan_.payloads[i % plan_.payloads.size()], &cq);
       call.reader->StartCall();
       call.reader->Finish(&call.reply, &call.status, &call);
       void* tag = nullptr;
@@ -179,7 +189,8 @@ class Generator {
     for (const auto& [key, value] : plan_.metadata) call.context.AddMetadata(key, value);
     record_.sent[static_cast<size_t>(slot)] = Seconds(call.sent_at);
     in_flight_.fetch_add(1);
-    call.reader = stub_->PrepareUnaryCall(&call.context, method_, plan_.payloads[plan_.order[slot]], &cq_);
+    auto& stub = *stubs_[static_cast<size_t>(slot) % stubs_.size()];
+    call.reader = stub.PrepareUnaryCall(&call.context, method_, plan_.payloads[plan_.order[slot]], &cq_);
     call.reader->StartCall();
     call.reader->Finish(&call.reply, &call.status, &call);
   }
@@ -233,8 +244,8 @@ class Generator {
   // Who sends: the open loop's one scheduler, or each of the closed loop's callers.
   const int64_t senders_ = plan_.concurrency == 0 ? 1 : plan_.concurrency;
   Record record_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<grpc::GenericStub> stub_;
+  std::vector<std::shared_ptr<grpc::Channel>> channels_;
+  std::vector<std::unique_ptr<grpc::GenericStub>> stubs_;
   grpc::CompletionQueue cq_;
   std::vector<std::unique_ptr<Call>> calls_;
   Clock::time_point start_, stop_, done_at_;
@@ -261,15 +272,16 @@ void WriteRecord(const std::string& path, const Record& record) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 5) {
-    std::fprintf(stderr, "usage: %s TARGET METHOD PLAN RECORD\n", argv[0]);
+  const int connections = argc == 6 ? std::atoi(argv[5]) : 1;
+  if ((argc != 5 && argc != 6) || connections < 1) {
+    std::fprintf(stderr, "usage: %s TARGET METHOD PLAN RECORD [CONNECTIONS >= 1]\n", argv[0]);
     return 2;
   }
   // As in the server (rank_server.cc): the distribution's absl is built with lock-order checking on, which
   // costs ~10 % of the sender's core in absl::GraphCycles (perf, 4,000 calls/s) and proves nothing here.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   try {
-    Generator generator(argv[1], argv[2], ReadPlan(argv[3]));
+    Generator generator(argv[1], argv[2], ReadPlan(argv[3]), connections);
     generator.WarmUp();
     const double cpu = CpuSeconds();
     const auto wall = Clock::now();

@@ -138,3 +138,39 @@ def test_open_loop_begins_at_its_start_offset(target: str, sender: object) -> No
     sent, _, _ = generator.record()
     assert 20 <= result.sent <= 120  # Poisson around 60: the offset does not eat into the duration
     assert np.nanmin(sent) >= 0.4 and np.nanmax(sent) <= 0.75
+
+
+class _Peers(grpc.GenericRpcHandler):
+    """Echoes, and keeps the peer (client address and port: one per connection) of every call."""
+
+    def __init__(self) -> None:
+        self.peers: set[str] = set()
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        return grpc.unary_unary_rpc_method_handler(self._call) if details.method == METHOD else None
+
+    def _call(self, payload: bytes, context: grpc.ServicerContext) -> bytes:
+        self.peers.add(context.peer())
+        return payload
+
+
+def test_the_cpp_sender_spreads_its_calls_over_the_connections_asked_for() -> None:
+    sender = find_sender()
+    if sender is None:
+        pytest.skip("adrank_loadgen is not built (make test-cpp or make bench builds it)")
+    handler = _Peers()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        for connections in (1, 3):
+            handler.peers.clear()
+            generator = LoadGenerator(
+                f"127.0.0.1:{port}", METHOD, [b"a", b"b"], np.array([1, 1]), sender=sender, connections=connections
+            )
+            assert generator.closed_loop(concurrency=3, duration_s=10.0, max_requests=30).ok == 30
+            assert len(handler.peers) == connections, handler.peers
+    finally:
+        server.stop(grace=None)
+    with pytest.raises(ValueError, match="C\\+\\+ sender"):
+        LoadGenerator(f"127.0.0.1:{port}", METHOD, [b"a"], np.array([1]), sender=None, connections=2)
