@@ -107,10 +107,10 @@ class Settings:
     heavy_lead_s: float = 1.5  # the heavy tenant fills its queue before the light one starts
     server_core: int = 0
     generator_core: int = 1
-    # Each generator spreads its calls over this many connections, as an ads server's channel pool does: the
-    # server reads one connection's calls in turn, and a single connection at 1.5x-2x held back what it was sent
-    # (the sender fell behind its schedule at 0.65 of its core; goodput at 2x 2,661 -> 3,271/s with 4, 12 s runs).
-    connections: int = 4
+    # Connections per generator (a client's channel pool). One: in 12 s runs 4 connections raised adrank's goodput at
+    # 2x from 2,661 to 3,271/s, but the full run with 4 gave 0.65 of saturation at 1.5x against 0.79 with one
+    # (2026-12-03/04, one run each): no gain shown beyond this machine's noise.
+    connections: int = 1
     adrank_workers: int = 1
 
 
