@@ -5,6 +5,10 @@ hold per impression a click label, 13 integer features I1..I13 and 26 categorica
 (32-bit hashes written as 8 hex digits). Missing values become 0, integers are kept raw (the model's
 graph applies its own log transform), and hashes are parsed from hex: exactly what an ads server would
 send. Both files' headers are understood (`Id,Label,...` and `label,...`, integers written as floats).
+
+It lives beside the example rather than in the adrank package because the server never reads these files:
+`rank_example.py` imports it as `criteo` (its own directory), the tests and the benchmarks as `examples.criteo`
+(the checkout's root is on their path).
 """
 
 from __future__ import annotations

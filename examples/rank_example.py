@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from criteo import read_rows  # examples/criteo.py, beside this script
 
 from adrank.client import RankClient
-from adrank.criteo import read_rows
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "criteo" / "sample_200.csv"
 AD_TITLES = [

@@ -81,7 +81,7 @@ def ctr_requests(
     """`count` Rank requests for `ctr`: dense f32 [N, 13] and sparse i64 [N, 26] from real Criteo rows; N drawn
     by `candidate_counts`, or `candidates` for every request."""
     from adrank.client import build_request
-    from adrank.criteo import read_rows
+    from examples.criteo import read_rows
 
     rows = read_rows(criteo_file)
     sizes = candidate_counts(count, seed) if candidates is None else np.full(count, candidates, dtype=np.int64)

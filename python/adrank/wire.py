@@ -171,14 +171,6 @@ class _ParseWalker:
         return None
 
 
-def dtype_name(wire_dtype: int) -> str:
-    """The numpy-style name of a wire dtype ("float32", "string"), or its number if unknown."""
-    if wire_dtype == pb.DATA_TYPE_STRING:
-        return "string"
-    dtype = _DTYPES.get(wire_dtype)
-    return dtype.name if dtype is not None else f"unknown dtype {wire_dtype}"
-
-
 def _element_count(where: str, shape: list[int]) -> int:
     if len(shape) > _MAX_DIMS:
         raise WireError(f"{where}: shape has {len(shape)} dimensions; at most {_MAX_DIMS}")

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from adrank.client import RankClient, RankError
-from adrank.criteo import read_rows
+from examples.criteo import read_rows
 from served import CRITEO, MODELS, ServerThread
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -19,8 +19,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from adrank.client import AsyncRankClient, RankClient, RankError, build_request
-from adrank.criteo import CriteoRows, read_rows
 from adrank.v1 import ranking_pb2_grpc as pb_grpc
+from examples.criteo import CriteoRows, read_rows
 from served import CRITEO, FRONTENDS, MODELS, ServerThread
 
 

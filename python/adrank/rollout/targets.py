@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 
@@ -25,14 +25,6 @@ from adrank.rollout.policy import RolloutPolicy, load_policy, save_policy
 
 class TargetError(RuntimeError):
     """A command the target refused; the message says why (the server's status message)."""
-
-
-class RolloutTarget(Protocol):
-    def models(self) -> list[dict[str, Any]]: ...
-    def policy(self, name: str) -> RolloutPolicy: ...
-    def history(self, name: str, limit: int | None = None) -> list[AuditEntry]: ...
-    def stable_now(self, name: str) -> int | None: ...
-    def apply(self, name: str, policy: RolloutPolicy, action: str, actor: str, reason: str) -> RolloutPolicy: ...
 
 
 class RepositoryTarget:
