@@ -65,6 +65,7 @@ test-sanitize: test-asan test-tsan
 lint: install
 	$(VENV)/bin/ruff check python tests perf examples models
 	$(VENV)/bin/ruff format --check python tests perf examples models
+	$(VENV)/bin/mypy
 	$(VENV)/bin/clang-format --dry-run -Werror cpp/*.h cpp/*.cc perf/*.cc
 
 format: install

@@ -17,7 +17,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 import numpy as np
@@ -239,7 +239,7 @@ def serve(
 @click.option("--output", "output_name", default="query_embedding", show_default=True, help="Graph output to keep.")
 @click.argument("texts", type=click.File("r"))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .npy to write.")
-def embed(repository: Path, model: str, version: int, output_name: str, texts: click.File, out: Path) -> None:
+def embed(repository: Path, model: str, version: int, output_name: str, texts: TextIO, out: Path) -> None:
     """Embed ad texts (one per line of TEXTS, '-' for stdin) into a float32 [n, dim] .npy file."""
     from adrank.embed import TextEmbedder
     from adrank.repository import ConfigError, ModelRepository
@@ -439,6 +439,7 @@ def rollout(
         current = target.policy(name)
         stable_now = target.stable_now(name)
         if canary is not None:
+            assert percent is not None  # checked above
             return set_canary(current, canary, percent, stable_now)
         return set_shadow(current, None if no_shadow else shadow, sample_percent, stable_now)
 

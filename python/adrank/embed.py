@@ -25,6 +25,7 @@ class TextEmbedder:
         if len(text_inputs) != 1:
             raise BackendError(f"model '{config.name}' has {len(text_inputs)} text inputs; embedding needs one")
         self._text = text_inputs[0]
+        assert self._text.tokenizer is not None, "config validation gives every string input a tokenizer"
         self._config = config
         self._output = output
         self._tokenizer = QueryTokenizer(version_dir, self._text.tokenizer)

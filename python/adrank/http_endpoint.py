@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 from adrank.metrics.pages import Reply, text
@@ -33,7 +34,9 @@ class HttpEndpoint:
                     ok = is_ready()
                     self._reply(text(200 if ok else 503, "ready\n" if ok else "not ready\n"))
                 else:
-                    reply = pages(url.path, parse_qs(url.query), self.headers) if pages is not None else None
+                    # The request's headers (an email Message) read as a case-insensitive mapping.
+                    headers = cast(Mapping[str, str], self.headers)
+                    reply = pages(url.path, parse_qs(url.query), headers) if pages is not None else None
                     self._reply(reply or text(404, f"no such page: {url.path}\n"))
 
             def _reply(self, reply: Reply) -> None:

@@ -241,10 +241,12 @@ class RankingService:
         outcomes = await asyncio.gather(*submitted, return_exceptions=True)
         for route, outcome in zip(routes, outcomes, strict=True):
             record(route.servable, outcome, start_ns)
+        results: list[core.Result] = []
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        return [self._scores(s, r) for s, r in zip(servables, outcomes, strict=True)]
+            results.append(outcome)
+        return [self._scores(s, r) for s, r in zip(servables, results, strict=True)]
 
     def _route(self, request: pb.RankRequest) -> list[Route]:
         if not request.models:
@@ -276,7 +278,12 @@ class RankingService:
         task = asyncio.ensure_future(future)
         self._mirrors.add(task)
         start_ns = time.perf_counter_ns()
-        task.add_done_callback(lambda t: (self._mirrors.discard(t), record(shadow, _outcome(t), start_ns)))
+
+        def mirrored(done: asyncio.Future[core.Result]) -> None:
+            self._mirrors.discard(done)
+            record(shadow, _outcome(done), start_ns)
+
+        task.add_done_callback(mirrored)
 
     @staticmethod
     def _scores(servable: Servable, result: core.Result) -> pb.ModelScores:

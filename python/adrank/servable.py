@@ -185,6 +185,7 @@ class Servable:
             raise invalid(f"context tensor '{spec.name}' has dtype {value.dtype}; model '{self.name}' expects string")
         if value.shape != (1,):
             raise invalid(f"context tensor '{spec.name}' has shape {list(value.shape)}; expected [1] (one text)")
+        assert spec.tokenizer is not None, "config validation gives every string input a tokenizer"
         return text_row(value[0], spec.tokenizer.max_bytes)
 
     def _check_values(self, spec: TensorConfig, value: np.ndarray) -> None:

@@ -245,7 +245,9 @@ def encode(name: str, value: np.ndarray | list[str] | str) -> pb.Tensor:
     if code is None:
         raise WireError(f"tensor '{name}': dtype {array.dtype} has no wire type")
     little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-    return pb.Tensor(name=name, dtype=code, shape=array.shape, raw_data=np.ascontiguousarray(little).tobytes())
+    return pb.Tensor(
+        name=name, dtype=pb.DataType.Name(code), shape=array.shape, raw_data=np.ascontiguousarray(little).tobytes()
+    )
 
 
 def encode_all(tensors: Mapping[str, np.ndarray | list[str] | str] | None) -> list[pb.Tensor]:

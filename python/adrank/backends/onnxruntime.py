@@ -194,7 +194,7 @@ class OnnxRuntimeSession(Session):
         if plan.on_device and self._bind:
             rows = config.batching.max_batch_rows
             output_bytes = {t.name: _row_bytes(t.dtype, t.shape) * rows for t in config.outputs}
-            self._device = DeviceIO(self.graph, self._stream, output_bytes)
+            self._device = DeviceIO(self.graph, self._device_stream, output_bytes)
 
     def _providers(
         self, path: Path, config: ModelConfig, plan: ProviderPlan, graph: ModelGraph | None
@@ -207,7 +207,7 @@ class OnnxRuntimeSession(Session):
             elif name == TENSORRT_EP:
                 assert graph is not None  # read in __init__ whenever TensorRT is planned
                 options = tensorrt_engine.execution_provider_options(path, config, graph.dims)
-                options.update(device_id=config.device_id, user_compute_stream=str(self._stream.handle))
+                options.update(device_id=config.device_id, user_compute_stream=str(self._device_stream.handle))
                 providers.append((name, options))
             else:
                 providers.append((name, {}))
@@ -217,9 +217,15 @@ class OnnxRuntimeSession(Session):
         return {
             "device_id": config.device_id,
             # Kernels run on this instance's stream, after the copies DeviceIO enqueues there.
-            "user_compute_stream": str(self._stream.handle),
+            "user_compute_stream": str(self._device_stream.handle),
             "use_tf32": int(config.onnxruntime.use_tf32),
         }
+
+    @property
+    def _device_stream(self) -> core.CudaStream:
+        """The instance's stream; only the device paths (a provider on a GPU) ask for it."""
+        assert self._stream is not None, "a GPU provider is planned only with a stream (plan.on_device)"
+        return self._stream
 
     @property
     def parity_atol(self) -> float | None:
@@ -244,6 +250,7 @@ class OnnxRuntimeSession(Session):
 
     def _run_on_device(self, feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
         device = self._device
+        assert device is not None  # run() takes this path only with device buffers
         binding = self._session.io_binding()
         try:
             device.stage_inputs(feeds)

@@ -207,7 +207,7 @@ class _Logger:
     """TensorRT's log, into this server's (`adrank.backends.tensorrt`)."""
 
     @staticmethod
-    def create(trt: ModuleType) -> Any:
+    def create(trt: Any) -> Any:  # the tensorrt module (untyped): its ILogger is subclassed here
         levels = {
             trt.ILogger.Severity.INTERNAL_ERROR: logging.CRITICAL,
             trt.ILogger.Severity.ERROR: logging.ERROR,

@@ -206,13 +206,13 @@ def server_metrics(sample: Sample) -> Iterator[Metric]:
     info = GaugeMetricFamily("adrank_memory_pool_info", "The pool's allocator.", labels=["allocator"])
     info.add_metric([pool["allocator"]], 1)
     yield info
-    state = GaugeMetricFamily(
+    lifecycle = GaugeMetricFamily(
         "adrank_model_state", "1 for a version's lifecycle state, 0 for the others.", labels=[*VERSION_LABELS, "state"]
     )
     for model, version, current in sample.states:
         for s in STATES:
-            state.add_metric([model, str(version), s], 1 if s == current else 0)
-    yield state
+            lifecycle.add_metric([model, str(version), s], 1 if s == current else 0)
+    yield lifecycle
 
 
 def rollout_metrics(sample: Sample) -> Iterator[Metric]:

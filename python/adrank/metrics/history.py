@@ -89,11 +89,11 @@ def _figures(
         return figures
     rates = (counters - (before.counters if before else 0)) / seconds
     for name, rate in zip(RATES, rates, strict=True):
-        figures[name] = _rounded(rate, 1 if name == "candidates_per_s" else 3)
+        figures[name] = _rounded(float(rate), 1 if name == "candidates_per_s" else 3)
     window = latency - (before.latency if before else 0)
     for p, phase in enumerate(PHASES):
         for q in QUANTILES[phase]:
-            figures[f"{phase}_p{q}_ms"] = _rounded(quantile(window[p], q / 100, LATENCY_BOUNDS_US) / 1000.0)
+            figures[f"{phase}_p{q}_ms"] = _rounded(float(quantile(window[p], q / 100, LATENCY_BOUNDS_US)) / 1000.0)
     return figures
 
 

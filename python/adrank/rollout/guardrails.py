@@ -190,9 +190,9 @@ class GuardrailMonitor:
                 del self._windows[key]
                 self._last_run.pop(key, None)
         live_candidates = {(model, role, version) for model, role, _, version in live}
-        for key in list(self.last_verdicts):
-            if key not in live_candidates:
-                del self.last_verdicts[key]
+        for verdict_key in list(self.last_verdicts):
+            if verdict_key not in live_candidates:
+                del self.last_verdicts[verdict_key]
         for c in comparisons:
             if not c.policy.enabled or now - self._last_run.get(c.key, -math.inf) < c.policy.interval_s:
                 continue
