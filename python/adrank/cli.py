@@ -23,7 +23,7 @@ import click
 import numpy as np
 
 from adrank import __version__
-from adrank.repository.publish import publish_command
+from adrank.cli_publish import publish_command
 
 # The bundled model repository, for commands run from the top of the checkout (as `make serve` does).
 # Relative on purpose: the installed package lives in site-packages, far from any checkout.

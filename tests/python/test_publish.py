@@ -25,16 +25,10 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
+from adrank.cli_publish import publish_command
 from adrank.repository import ModelRepository
 from adrank.repository.meta import load_meta, sha256_file
-from adrank.repository.publish import (
-    KILL_ENV,
-    STEPS,
-    PublishError,
-    PublishOptions,
-    publish,
-    publish_command,
-)
+from adrank.repository.publish import KILL_ENV, STEPS, PublishError, PublishOptions, publish
 from served import MODELS
 
 CTR_ONNX = MODELS / "ctr" / "1" / "model.onnx"
@@ -42,7 +36,7 @@ FAST = ["--bench-reps", "3"]  # the gate tests below use models many times slowe
 # Same-model publishes must not depend on how busy the machine is: the gate has its own tests.
 LENIENT = [*FAST, "--max-slowdown", "3"]
 # Run as the CLI runs it, in a process of its own that the kill tests can kill.
-PUBLISH_MAIN = "from adrank.repository.publish import publish_command; publish_command(prog_name='adrank publish')"
+PUBLISH_MAIN = "from adrank.cli_publish import publish_command; publish_command(prog_name='adrank publish')"
 
 
 @pytest.fixture
