@@ -24,12 +24,13 @@ from typing import Any
 
 import grpc
 
+from adrank.ranking_service import grpc_status
 from adrank.repository.config import ModelNameError, check_model_name
 from adrank.repository.manager import ModelManager
 from adrank.rollout import AuditLog, RolloutPolicy
 from adrank.rollout.changes import ChangeError, promote, rollback
 from adrank.rollout.policy import CanaryPolicy, GuardrailPolicy, ShadowPolicy
-from adrank.servable import RequestError
+from adrank.status import RequestError, StatusCode
 from adrank.v1 import admin_pb2 as pb
 from adrank.v1 import admin_pb2_grpc as pb_grpc
 
@@ -110,10 +111,10 @@ class AdminService(pb_grpc.AdminServicer):
                 try:
                     check_model_name(model[1])
                 except ModelNameError as error:
-                    raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{model[0]}: {error}") from error
+                    raise RequestError(StatusCode.INVALID_ARGUMENT, f"{model[0]}: {error}") from error
             return await asyncio.to_thread(work)
         except RequestError as error:
-            await context.abort(error.code, error.message)
+            await context.abort(grpc_status(error.code), error.message)
         except ChangeError as error:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"rollout: {error}")
         except ValueError as error:  # a policy that does not validate (pydantic names the field)

@@ -287,7 +287,8 @@ class Where:
     as_json: bool
 
     def target(self) -> Any:
-        from adrank.rollout.targets import RepositoryTarget, ServerTarget
+        from adrank.admin_client import ServerTarget
+        from adrank.rollout.targets import RepositoryTarget
 
         if self.server is None:
             _model_names(self.repository)  # a one-line error if it cannot be read

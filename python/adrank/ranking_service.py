@@ -36,12 +36,20 @@ import numpy as np
 import adrank._core as core
 from adrank.completions import AsyncCompletions
 from adrank.repository.manager import ModelManager, Route
-from adrank.servable import RequestError, Servable, invalid
+from adrank.servable import Servable, invalid
+from adrank.status import RequestError, StatusCode
 from adrank.tenants import TENANT_METADATA_KEY
 from adrank.v1 import ranking_pb2 as pb
 from adrank.wire import WireError, decode, parse_request
 
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def grpc_status(code: int) -> grpc.StatusCode:
+    """The gRPC status of a contract status (status.StatusCode) or a core error's number; INTERNAL if none."""
+    return _STATUS_BY_NUMBER.get(int(code), grpc.StatusCode.INTERNAL)
+
+
 STATUS_CODES = 17  # gRPC's codes are 0..16 (cpp/version_stats.h kStatusCodeCount)
 # As the C++ front end (cpp/rank_server.cc): an older mirror is shed rather than piled up.
 SHADOW_TIMEOUT_S = 0.1
@@ -164,9 +172,9 @@ class RankingService:
         except WireError as error:
             await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except RequestError as error:
-            await self._abort(context, error.code, error.message)
+            await self._abort(context, grpc_status(error.code), error.message)
         except core.CoreError as error:
-            code = _STATUS_BY_NUMBER.get(error.grpc_code, grpc.StatusCode.INTERNAL)
+            code = grpc_status(error.grpc_code)
             await self._abort(context, code, str(error))
         finally:
             self._in_flight -= 1
@@ -224,7 +232,7 @@ class RankingService:
         timeout = None if remaining is None else remaining - self.reply_margin_s
         if timeout is not None and timeout <= 0:
             raise RequestError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
+                StatusCode.DEADLINE_EXCEEDED,
                 "the call's deadline leaves no time to run a model and reply"
                 f" (reply margin {self.reply_margin_s * 1e6:.0f} µs)",
             )
@@ -307,7 +315,7 @@ def prepare(
     try:
         return servable.prepare(candidates, contexts, rows)
     except RequestError as error:
-        servable.stats.record(error.code.value[0])
+        servable.stats.record(int(error.code))
         raise
 
 

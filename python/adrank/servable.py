@@ -21,28 +21,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 import adrank._core as core
 from adrank.backends import Session, create_backend
 from adrank.repository.config import FLOAT_DTYPES, ModelConfig, TensorConfig
+from adrank.status import RequestError, StatusCode
 from adrank.tokenizer import text_row
 
 log = logging.getLogger("adrank.servable")
 
 
-class RequestError(Exception):
-    """A request this server must refuse, with the gRPC status to answer."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def invalid(message: str) -> RequestError:
-    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+    return RequestError(StatusCode.INVALID_ARGUMENT, message)
 
 
 # The server's own requests (warm-up, parity checks, publish's benchmark) run on an idle model but may be

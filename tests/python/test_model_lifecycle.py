@@ -19,7 +19,7 @@ from rollout_models import corrupt, ctr_repository, publish_version, second_mode
 import adrank._core as core
 from adrank.repository.layout import ModelRepository, RepositoryError
 from adrank.repository.manager import ManagerOptions, ModelManager, NothingToServe, VersionState
-from adrank.servable import RequestError
+from adrank.status import RequestError
 
 
 @pytest.fixture

@@ -40,7 +40,6 @@ import math
 import time
 from collections.abc import Iterator
 
-import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -55,8 +54,9 @@ from adrank.metrics.histogram import (
 )
 from adrank.metrics.sample import MetricsSource, Sample, VersionSample
 from adrank.repository.manager import VersionState
+from adrank.status import StatusCode
 
-CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+CODE_NAMES = {int(code): code.name for code in StatusCode}
 STATES = [s.value for s in VersionState]
 VERSION_LABELS = ["model", "version"]
 LATENCY_LE = [f"{b / 1e6:.6g}" for b in LATENCY_BOUNDS_US[EXPORTED_LATENCY_INDEX]] + ["+Inf"]

@@ -131,7 +131,8 @@ def check_golden(
 
     import adrank._core as core
     from adrank.repository.meta import MetaError, golden_requests
-    from adrank.servable import INTERNAL_TIMEOUT_S, RequestError
+    from adrank.servable import INTERNAL_TIMEOUT_S
+    from adrank.status import RequestError
 
     config = servable.config
     try:

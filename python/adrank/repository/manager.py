@@ -52,7 +52,6 @@ from enum import Enum
 from pathlib import Path
 from types import MappingProxyType
 
-import grpc
 import numpy as np
 
 import adrank._core as core
@@ -70,7 +69,8 @@ from adrank.repository.meta import (
 from adrank.rollout.audit import AuditEntry, AuditLog
 from adrank.rollout.guardrails import Comparison, GuardrailMonitor, Verdict
 from adrank.rollout.policy import PolicyError, RolloutPolicy, load_policy, save_policy
-from adrank.servable import INTERNAL_TIMEOUT_S, RequestError, Servable
+from adrank.servable import INTERNAL_TIMEOUT_S, Servable
+from adrank.status import RequestError, StatusCode
 from adrank.tenants import TenantsConfig
 from adrank.ticker import Ticker
 
@@ -215,7 +215,7 @@ class ModelManager:
         try:
             served, shadow = self.registry.route(name, version, key)
         except core.CoreError as error:
-            raise RequestError(grpc.StatusCode.NOT_FOUND, str(error)) from error
+            raise RequestError(StatusCode.NOT_FOUND, str(error)) from error
         servable = self._servables[(name, served.version)]
         if shadow is None:
             return Route(servable, served)
@@ -527,14 +527,14 @@ class ModelManager:
             missing = sorted(policy.versions() - set(entry.versions))
             if missing:
                 raise RequestError(
-                    grpc.StatusCode.NOT_FOUND, f"rollout: model '{name}' has no version {missing[0]} in the repository"
+                    StatusCode.NOT_FOUND, f"rollout: model '{name}' has no version {missing[0]} in the repository"
                 )
             for version in sorted(policy.versions()):
                 self._ensure_loaded(entry, version)
                 status = self._versions[(name, version)]
                 if status.state == VersionState.FAILED:
                     raise RequestError(
-                        grpc.StatusCode.FAILED_PRECONDITION,
+                        StatusCode.FAILED_PRECONDITION,
                         f"rollout: {name} version {version} is FAILED: {status.reason}",
                     )
             before = model.policy
@@ -561,7 +561,7 @@ class ModelManager:
             self._known(name)
             entry = self._repository.entry(name)
             if version not in entry.versions:
-                raise RequestError(grpc.StatusCode.NOT_FOUND, f"model '{name}' has no version {version} on disk")
+                raise RequestError(StatusCode.NOT_FOUND, f"model '{name}' has no version {version} on disk")
             status = self._versions.get((name, version))
             if status is None or status.state == VersionState.FAILED:
                 self._load(entry, version, self._file_signature(entry.version_dir(version)))
@@ -574,18 +574,18 @@ class ModelManager:
             route = self.registry.rollout(name)
             if version in (route.stable, route.canary, route.shadow):
                 raise RequestError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
+                    StatusCode.FAILED_PRECONDITION,
                     f"{name} version {version} is in the rollout ({_describe(route)}): change the rollout first",
                 )
             if (name, version) not in self._versions:
-                raise RequestError(grpc.StatusCode.NOT_FOUND, f"{name} version {version} is not loaded")
+                raise RequestError(StatusCode.NOT_FOUND, f"{name} version {version} is not loaded")
             self._unload(name, version)
 
     def _known(self, name: str) -> _Model:
         model = self._models.get(name)
         if model is None:
             known = ", ".join(sorted(self._models)) or "none"
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"model '{name}' is not in the repository (known: {known})")
+            raise RequestError(StatusCode.NOT_FOUND, f"model '{name}' is not in the repository (known: {known})")
         return model
 
     def describe(self) -> list[dict]:

@@ -1,0 +1,87 @@
+"""ServerTarget: the rollout commands' target (rollout/targets.py) on a running server, through its admin gRPC
+service (admin_service.py) with the bearer token. The server applies a change at once (loading a version it
+names first), writes rollout.yaml and audits it; a refusal becomes TargetError with the server's status and
+message. It answers the same shapes as RepositoryTarget: `models()` dicts, `history()` AuditEntry lists.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+
+from adrank.admin_service import policy_of, rollout_message
+from adrank.rollout.audit import AuditEntry
+from adrank.rollout.policy import RolloutPolicy
+from adrank.rollout.targets import TargetError
+from adrank.v1 import admin_pb2 as pb
+from adrank.v1 import admin_pb2_grpc
+
+
+class ServerTarget:
+    def __init__(self, address: str, token: str, timeout_s: float = 120.0) -> None:
+        self._channel = grpc.insecure_channel(address)
+        self._stub = admin_pb2_grpc.AdminStub(self._channel)
+        self._token = token
+        # Long: a change that names a version not yet loaded returns once it has loaded and been checked.
+        self._timeout_s = timeout_s
+
+    def _call(self, method: str, request: Any, actor: str = "") -> Any:
+        metadata = [("authorization", f"Bearer {self._token}")]
+        if actor:
+            metadata.append(("x-adrank-actor", actor))
+        try:
+            return getattr(self._stub, method)(request, metadata=metadata, timeout=self._timeout_s)
+        except grpc.RpcError as error:
+            raise TargetError(f"{error.code().name}: {error.details()}") from error
+
+    def models(self) -> list[dict[str, Any]]:
+        response = self._call("ListModels", pb.ListModelsRequest())
+        return [
+            {
+                "model": m.name,
+                "versions": [
+                    {"version": v.version, "state": v.state, "reason": v.reason, "role": v.role} for v in m.versions
+                ],
+                "on_disk": list(m.on_disk),
+                "policy": policy_of(m.rollout).model_dump(mode="json"),
+                "routed_stable": m.rollout.routed_stable,
+                "error": m.error,
+            }
+            for m in response.models
+        ]
+
+    def policy(self, name: str) -> RolloutPolicy:
+        return policy_of(self._call("GetRollout", pb.GetRolloutRequest(model=name)))
+
+    def stable_now(self, name: str) -> int | None:
+        return self._call("GetRollout", pb.GetRolloutRequest(model=name)).routed_stable or None
+
+    def history(self, name: str, limit: int | None = None) -> list[AuditEntry]:
+        response = self._call("History", pb.HistoryRequest(model=name, limit=limit or 0))
+        return [
+            AuditEntry(
+                model=name,
+                actor=e.actor,
+                action=e.action,
+                reason=e.reason,
+                before=json.loads(e.before_json or "null"),
+                after=json.loads(e.after_json or "null"),
+                figures=json.loads(e.figures_json or "{}"),
+                time=e.time,
+            )
+            for e in response.entries
+        ]
+
+    def apply(self, name: str, policy: RolloutPolicy, action: str, actor: str, reason: str) -> RolloutPolicy:
+        if action == "promote" and policy.stable is not None:
+            request = pb.PromoteRequest(model=name, version=policy.stable, reason=reason)
+            return policy_of(self._call("Promote", request, actor))
+        if action == "rollback":
+            return policy_of(self._call("Rollback", pb.RollbackRequest(model=name, reason=reason), actor))
+        request = pb.SetRolloutRequest(rollout=rollout_message(name, policy), reason=reason, action=action)
+        return policy_of(self._call("SetRollout", request, actor))
+
+    def close(self) -> None:
+        self._channel.close()
