@@ -699,25 +699,6 @@ Duration Seconds(double seconds) {
   return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(seconds));
 }
 
-// A removed version: `wait` returns once no request holds it any more (or the timeout passed).
-class VersionRelease {
- public:
-  explicit VersionRelease(std::weak_ptr<const ServedModel> model) : model_(std::move(model)) {}
-  bool Wait(double timeout_s) {
-    const auto give_up = std::chrono::steady_clock::now() + Seconds(timeout_s);
-    py::gil_scoped_release release;  // the requests holding it may need the GIL to finish
-    while (!model_.expired()) {
-      if (std::chrono::steady_clock::now() >= give_up) return false;
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    return true;
-  }
-  bool released() const { return model_.expired(); }
-
- private:
-  std::weak_ptr<const ServedModel> model_;
-};
-
 py::dict SnapshotDict(const VersionStats& stats) {
   const VersionStatsSnapshot snapshot = stats.Snapshot();
   py::dict out;
@@ -809,7 +790,14 @@ void BindRegistry(py::module_& m) {
       .def_readonly("shadow_basis_points", &RolloutRoute::shadow_basis_points);
 
   py::class_<VersionRelease>(m, "VersionRelease")
-      .def("wait", &VersionRelease::Wait, py::arg("timeout_s"))
+      .def(
+          "wait",
+          [](const VersionRelease& release, double timeout_s) {
+            const Duration timeout = Seconds(timeout_s);
+            py::gil_scoped_release unlocked;  // the requests holding it may need the GIL to finish
+            return release.Wait(timeout);
+          },
+          py::arg("timeout_s"))
       .def_property_readonly("released", &VersionRelease::released);
 
   py::class_<ModelRegistry, std::shared_ptr<ModelRegistry>>(m, "ModelRegistry")
@@ -837,10 +825,7 @@ void BindRegistry(py::module_& m) {
           py::arg("model"), py::arg("name"), py::arg("version"), py::arg("inputs"), py::arg("score_output"),
           py::arg("max_candidates"), py::arg("lowest_priority"), py::arg("stats"), py::arg("serving") = false)
       .def(
-          "remove",
-          [](ModelRegistry& r, const std::string& name, int64_t version) {
-            return VersionRelease(r.Remove(name, version));
-          },
+          "remove", [](ModelRegistry& r, const std::string& name, int64_t version) { return r.Remove(name, version); },
           py::arg("name"), py::arg("version"))
       .def(
           "set_rollout",

@@ -77,7 +77,25 @@ void ModelRegistry::Add(std::shared_ptr<ServedModel> model, bool serving) {
   Replace(std::move(table));
 }
 
-std::weak_ptr<const ServedModel> ModelRegistry::Remove(const std::string& name, int64_t version) {
+void ReleaseLatch::Release() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    released_ = true;
+  }
+  cv_.notify_all();
+}
+
+bool ReleaseLatch::WaitFor(Duration timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_for(lock, timeout, [this] { return released_; });
+}
+
+bool ReleaseLatch::released() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return released_;
+}
+
+VersionRelease ModelRegistry::Remove(const std::string& name, int64_t version) {
   std::lock_guard<std::mutex> lock(mu_);
   auto table = std::make_shared<Table>(*table_);
   auto it = table->find(name);
@@ -85,7 +103,7 @@ std::weak_ptr<const ServedModel> ModelRegistry::Remove(const std::string& name, 
   Entry& entry = it->second;
   auto found = entry.versions.find(version);
   if (found == entry.versions.end()) return {};
-  std::weak_ptr<const ServedModel> removed = found->second;
+  VersionRelease removed(*found->second);
   found->second->queue->SetBackground(false);
   entry.versions.erase(found);
   if (entry.route.stable == version) entry.route.stable = 0;

@@ -32,6 +32,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -40,6 +41,7 @@
 #include <string_view>
 #include <vector>
 
+#include "clock.h"
 #include "status.h"
 #include "tensor.h"
 #include "thread_pool.h"
@@ -58,6 +60,34 @@ struct ServedInput {
   int64_t text_bytes = 0;
 };
 
+// Signals once a removed version is no longer held by any request: the ServedModel's last owner
+// releases it. Waiters block on a condition variable, never poll.
+class ReleaseLatch {
+ public:
+  void Release();
+  bool WaitFor(Duration timeout);  // true once released; false if the timeout passed first
+  bool released() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool released_ = false;
+};
+
+// A ServedModel's member: releases its latch when the model is destroyed. A copy of a model is another
+// model, with a latch of its own: it never releases the original's.
+class ReleaseOnDestroy {
+ public:
+  ReleaseOnDestroy() : latch_(std::make_shared<ReleaseLatch>()) {}
+  ~ReleaseOnDestroy() { latch_->Release(); }
+  ReleaseOnDestroy(const ReleaseOnDestroy&) : ReleaseOnDestroy() {}
+  ReleaseOnDestroy& operator=(const ReleaseOnDestroy&) { return *this; }
+  const std::shared_ptr<ReleaseLatch>& latch() const { return latch_; }
+
+ private:
+  std::shared_ptr<ReleaseLatch> latch_;
+};
+
 struct ServedModel {
   std::string name;
   int64_t version = 0;
@@ -67,6 +97,20 @@ struct ServedModel {
   int64_t max_candidates = 0;           // N above it: INVALID_ARGUMENT
   int lowest_priority = 0;              // the priority class mirrored (shadow) requests ride in
   std::shared_ptr<VersionStats> stats;  // never null once registered
+  ReleaseOnDestroy release;             // what VersionRelease waits on
+};
+
+// A removed version (ModelRegistry::Remove): Wait returns once no request holds it any more. A version that
+// was not registered is released from the start.
+class VersionRelease {
+ public:
+  VersionRelease() = default;
+  explicit VersionRelease(const ServedModel& model) : latch_(model.release.latch()) {}
+  bool Wait(Duration timeout) const { return latch_ == nullptr || latch_->WaitFor(timeout); }
+  bool released() const { return latch_ == nullptr || latch_->released(); }
+
+ private:
+  std::shared_ptr<ReleaseLatch> latch_;
 };
 
 // Room for what a request carries besides its tensors' bytes: ids, the routing key, model and tensor
@@ -105,9 +149,9 @@ class ModelRegistry {
   // A version already registered is replaced. Its stats are created when the model carries none.
   void Add(std::shared_ptr<ServedModel> model, bool serving);
   // Forgets a version; a rollout that names it loses that role (a stable version leaves the model
-  // without one: unpinned requests get NOT_FOUND until SetRollout). The weak reference expires once
-  // no request holds the version any more.
-  std::weak_ptr<const ServedModel> Remove(const std::string& name, int64_t version);
+  // without one: unpinned requests get NOT_FOUND until SetRollout). The release is signalled once no
+  // request holds the version any more.
+  VersionRelease Remove(const std::string& name, int64_t version);
   // Every version the route names must be registered (NOT_FOUND otherwise); INVALID_ARGUMENT for a
   // route without stable, basis points outside [0, 10000], or a canary or shadow equal to stable.
   Status SetRollout(const std::string& name, const RolloutRoute& route);

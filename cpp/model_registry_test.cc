@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "status_testing.h"
@@ -140,12 +141,22 @@ TEST_F(ModelRegistryTest, RemovedVersionIsReleasedWhenItsLastRequestIsDone) {
   ASSERT_TRUE(registry_.SetRollout("ctr", RolloutRoute{1, 2, 5000}).ok());
   std::shared_ptr<const ServedModel> in_flight;
   ASSERT_TRUE(registry_.Resolve("ctr", 2, &in_flight).ok());
-  std::weak_ptr<const ServedModel> removed = registry_.Remove("ctr", 2);
-  EXPECT_FALSE(removed.expired());  // a request still holds it
+  const VersionRelease removed = registry_.Remove("ctr", 2);
+  EXPECT_FALSE(removed.released());  // a request still holds it
+  EXPECT_FALSE(removed.Wait(std::chrono::milliseconds(20)));
   EXPECT_EQ(registry_.rollout("ctr").canary, 0);
   for (int i = 0; i < 100; ++i) ASSERT_EQ(RoutedVersion("user-" + std::to_string(i)), 1);
-  in_flight.reset();
-  EXPECT_TRUE(removed.expired());
+  // The last holder lets go on another thread: the waiter wakes for it, well before its timeout.
+  std::thread last_request([&in_flight] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    in_flight.reset();
+  });
+  const auto started = std::chrono::steady_clock::now();
+  EXPECT_TRUE(removed.Wait(std::chrono::seconds(30)));
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(10));
+  last_request.join();
+  EXPECT_TRUE(removed.released());
+  EXPECT_TRUE(registry_.Remove("ctr", 7).released());  // never registered: nothing to wait for
 }
 
 TEST_F(ModelRegistryTest, RemovingTheStableVersionLeavesUnpinnedRequestsNotFound) {
@@ -158,4 +169,16 @@ TEST_F(ModelRegistryTest, RemovingTheStableVersionLeavesUnpinnedRequestsNotFound
 }
 
 }  // namespace
+TEST(VersionReleaseTest, ACopyOfAModelNeverReleasesTheOriginal) {
+  auto original = std::make_shared<ServedModel>();
+  const VersionRelease release(*original);
+  {
+    const ServedModel copy = *original;
+  }  // a test's template model, say
+  EXPECT_FALSE(release.released());
+  original.reset();
+  EXPECT_TRUE(release.released());
+  EXPECT_TRUE(release.Wait(Duration::zero()));
+}
+
 }  // namespace adrank
