@@ -50,7 +50,7 @@ def grpc_status(code: int) -> grpc.StatusCode:
     return _STATUS_BY_NUMBER.get(int(code), grpc.StatusCode.INTERNAL)
 
 
-STATUS_CODES = 17  # gRPC's codes are 0..16 (cpp/version_stats.h kStatusCodeCount)
+STATUS_CODES = len(StatusCode)  # 0..16, as cpp/version_stats.h kStatusCodeCount
 # As the C++ front end (cpp/rank_server.cc): an older mirror is shed rather than piled up.
 SHADOW_TIMEOUT_S = 0.1
 INT32_MAX = 2**31 - 1
