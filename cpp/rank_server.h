@@ -57,7 +57,7 @@
 //   yield_to_workers = true      gRPC's threads are created SCHED_BATCH (thread_priority.h): on a core shared
 //                                with a model worker they wait for its batch instead of preempting it per
 //                                call. Measured (perf/overload_bench.py, one core): closed-loop saturation
-//                                2,616 -> ~4,400-4,950 req/s, CPU per refusal 81.5 -> 52 µs.
+//                                2,616 -> 4,625-5,076 req/s, CPU per refusal 81.5 -> 44-54 µs.
 //   reply_margin = 1 ms          The core is handed the call's deadline less this: the answer still has to be
 //                                serialized, written and read by the caller (~0.1 ms idle; up to a worker's
 //                                slice, ~1-3 ms, while the transport yields to a busy worker), and an answer
