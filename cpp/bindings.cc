@@ -27,6 +27,7 @@
 
 #include "batch.h"
 #include "batcher.h"
+#include "bindings_common.h"
 #include "completion_queue.h"
 #include "cuda_runtime.h"
 #include "memory_pool.h"
@@ -36,25 +37,11 @@
 #include "tensor.h"
 #include "thread_pool.h"
 #include "version_stats.h"
-#ifdef ADRANK_HAVE_FRONTEND
-#include "rank_server.h"
-#endif
 
 namespace py = pybind11;
 
 namespace adrank {
 namespace {
-
-// Carries a non-OK Status to the exception translator, which raises adrank._core.CoreError.
-struct StatusError : std::exception {
-  explicit StatusError(Status s) : status(std::move(s)) {}
-  const char* what() const noexcept override { return status.message().c_str(); }
-  Status status;
-};
-
-void ThrowIfError(const Status& status) {
-  if (!status.ok()) throw StatusError(status);
-}
 
 // ---- dtypes ---------------------------------------------------------------------------------
 
@@ -92,31 +79,6 @@ DType ParseDTypeOrThrow(const std::string& name) {
   std::optional<DType> dtype = ParseDType(name);
   if (!dtype) throw py::value_error("unknown dtype '" + name + "'");
   return *dtype;
-}
-
-// ---- timeouts -------------------------------------------------------------------------------
-
-// Beyond a year a timeout means "none": no caller means a longer one, and capping it keeps deadline
-// and wait arithmetic in nanoseconds far from overflow (~292 years). +inf and 1e300, common ways of
-// saying "never", land here too.
-constexpr double kMaxTimeoutS = 365.0 * 24 * 3600;
-
-// A caller's timeout_s, checked before any arithmetic on it: converting NaN, inf or an out-of-range
-// double to a Duration is undefined behaviour.
-struct Timeout {
-  enum Kind { kNone, kPassed, kAfter } kind = kNone;
-  Duration after{0};  // for kAfter
-};
-
-Timeout ParseTimeout(std::optional<double> timeout_s) {
-  if (!timeout_s) return {};
-  const double seconds = *timeout_s;
-  if (std::isnan(seconds)) {
-    throw StatusError(InvalidArgument("timeout_s is NaN: pass a number of seconds, or None for no timeout"));
-  }
-  if (seconds <= 0) return {Timeout::kPassed};  // -0.0 and -inf included
-  if (seconds > kMaxTimeoutS) return {};        // +inf included
-  return {Timeout::kAfter, std::chrono::duration_cast<Duration>(std::chrono::duration<double>(seconds))};
 }
 
 // ---- outputs and results --------------------------------------------------------------------
@@ -286,9 +248,7 @@ std::unique_ptr<PendingRequest> Submit(const std::shared_ptr<ModelQueue>& model,
   AddViews(context, Role::kContext, &request.context, &pending->keepalive_);
   request.priority = priority;
   request.tenant = std::move(tenant);
-  // A timeout already passed keeps deadline <= now: the core refuses it with DEADLINE_EXCEEDED.
-  if (timeout.kind == Timeout::kPassed) request.deadline = SteadyClock::Get()->Now();
-  if (timeout.kind == Timeout::kAfter) request.deadline = SteadyClock::Get()->Now() + timeout.after;
+  request.deadline = DeadlineOf(timeout);
   request.on_complete = [state, completion_queue, token](RequestResult&& result) {
     {
       std::lock_guard<std::mutex> lock(state->mu);
@@ -462,11 +422,6 @@ class PyThreadPool {
  private:
   std::unique_ptr<ThreadPool> pool_;
 };
-
-template <typename Counts>
-py::array_t<uint64_t> CountsArray(const Counts& counts) {
-  return py::array_t<uint64_t>(static_cast<py::ssize_t>(counts.size()), counts.data());
-}
 
 py::dict MemoryStats(const MemoryPoolStats& s) {
   py::dict d;
@@ -694,11 +649,6 @@ void BindObjects(py::module_& m) {
 
 // ---- the model registry: versions, rollout routing, version stats ---------------------------------
 
-Duration Seconds(double seconds) {
-  if (!std::isfinite(seconds) || seconds < 0) throw StatusError(InvalidArgument("seconds must be finite and >= 0"));
-  return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(seconds));
-}
-
 py::dict SnapshotDict(const VersionStats& stats) {
   const VersionStatsSnapshot snapshot = stats.Snapshot();
   py::dict out;
@@ -717,24 +667,6 @@ py::dict SnapshotDict(const VersionStats& stats) {
   out["compute_us_sum"] = snapshot.compute_us_sum;
   out["score_counts"] = CountsArray(snapshot.score_counts);
   return out;
-}
-
-void RecordResult(VersionStats& stats, int grpc_code, int64_t queue_us, int64_t compute_us, const py::object& scores,
-                  int64_t request_us, int64_t candidates) {
-  RequestRecord record;
-  record.code = static_cast<StatusCode>(grpc_code);
-  record.request_us = request_us;
-  record.queue_us = queue_us;
-  record.compute_us = compute_us;
-  record.candidates = candidates;
-  py::array_t<float, py::array::c_style | py::array::forcecast> array;
-  if (!scores.is_none()) {
-    array = py::array_t < float, py::array::c_style | py::array::forcecast > ::ensure(scores);
-    if (!array) throw StatusError(InvalidArgument("record: scores must be a float32 array"));
-    record.scores = array.data();
-    record.candidates = array.size();
-  }
-  stats.Record(record);
 }
 
 void BindRegistry(py::module_& m) {
@@ -757,9 +689,6 @@ void BindRegistry(py::module_& m) {
              return stats;
            }),
            py::arg("score_low") = 0.0, py::arg("score_high") = 1.0, py::arg("score_bins") = 1000)
-      .def("record", &RecordResult, py::arg("grpc_code"), py::arg("queue_us") = 0, py::arg("compute_us") = 0,
-           py::arg("scores") = py::none(), py::kw_only(), py::arg("request_us") = 0, py::arg("candidates") = 0)
-      .def("record_shadow_shed", &VersionStats::RecordShadowShed)
       .def_property("enabled", &VersionStats::enabled, &VersionStats::set_enabled)
       .def_property("record_scores", &VersionStats::record_scores, &VersionStats::set_record_scores)
       .def("snapshot", &SnapshotDict)
@@ -850,76 +779,6 @@ void BindRegistry(py::module_& m) {
         "The routing bucket of a key, in [0, 10000) (cpp/model_registry.h).");
   m.attr("SHADOW_SALT") = kShadowSalt;
 }
-
-// ---- the C++ gRPC front end (built when grpc++ was found) -------------------------------------
-
-#ifdef ADRANK_HAVE_FRONTEND
-// Owns a RankServer; the registry is shared with the Python side. Everything that can block on calls
-// in flight (whose batches may need the GIL to run a Python backend) releases the GIL.
-class PyRankServer {
- public:
-  PyRankServer(const std::string& host, int port, int max_message_bytes, std::shared_ptr<ModelRegistry> registry,
-               int max_concurrent_streams, int64_t max_in_flight_bytes, double keepalive_time_s,
-               double keepalive_timeout_s, bool yield_to_workers, double reply_margin_s) {
-    RankServerOptions options;
-    options.host = host;
-    options.port = port;
-    options.max_message_bytes = max_message_bytes;
-    options.max_concurrent_streams = max_concurrent_streams;
-    options.max_in_flight_bytes = max_in_flight_bytes;
-    options.keepalive_time = Seconds(keepalive_time_s);
-    options.keepalive_timeout = Seconds(keepalive_timeout_s);
-    options.yield_to_workers = yield_to_workers;
-    options.reply_margin = Seconds(reply_margin_s);
-    ThrowIfError(RankServer::Create(options, std::move(registry), &server_));
-  }
-  ~PyRankServer() {
-    py::gil_scoped_release release;
-    server_.reset();
-  }
-
-  void SetServing(bool serving) { server_->SetServing(serving); }
-  void SetServiceServing(const std::string& service, bool serving) { server_->SetServiceServing(service, serving); }
-  void StartDraining() { server_->StartDraining(); }
-  bool WaitDrained(double quiet_s, double grace_s) {
-    const Duration quiet = Seconds(quiet_s), grace = Seconds(grace_s);
-    py::gil_scoped_release release;
-    return server_->WaitDrained(quiet, grace);
-  }
-  void Shutdown(double grace_s) {
-    const Duration grace = Seconds(grace_s);
-    py::gil_scoped_release release;
-    server_->Shutdown(grace);
-  }
-  int port() const { return server_->port(); }
-  int64_t in_flight() const { return server_->in_flight(); }
-  int64_t in_flight_bytes() const { return server_->in_flight_bytes(); }
-  uint64_t released_bytes() const { return server_->released_bytes(); }
-  py::array_t<uint64_t> CallCounts() const { return CountsArray(server_->CallCounts()); }
-
- private:
-  std::unique_ptr<RankServer> server_;
-};
-
-void BindRankServer(py::module_& m) {
-  py::class_<PyRankServer>(m, "RankServer")
-      .def(py::init<const std::string&, int, int, std::shared_ptr<ModelRegistry>, int, int64_t, double, double, bool,
-                    double>(),
-           py::arg("host"), py::arg("port"), py::arg("max_message_bytes"), py::arg("registry"),
-           py::arg("max_concurrent_streams"), py::arg("max_in_flight_bytes"), py::arg("keepalive_time_s"),
-           py::arg("keepalive_timeout_s"), py::arg("yield_to_workers") = true, py::arg("reply_margin_s") = 0.001)
-      .def("set_serving", &PyRankServer::SetServing, py::arg("serving"))
-      .def("set_service_serving", &PyRankServer::SetServiceServing, py::arg("service"), py::arg("serving"))
-      .def("start_draining", &PyRankServer::StartDraining)
-      .def("wait_drained", &PyRankServer::WaitDrained, py::arg("quiet_s"), py::arg("grace_s"))
-      .def("shutdown", &PyRankServer::Shutdown, py::arg("grace_s") = 0.0)
-      .def_property_readonly("port", &PyRankServer::port)
-      .def_property_readonly("in_flight", &PyRankServer::in_flight)
-      .def_property_readonly("in_flight_bytes", &PyRankServer::in_flight_bytes)
-      .def_property_readonly("released_bytes", &PyRankServer::released_bytes)
-      .def("call_counts", &PyRankServer::CallCounts);
-}
-#endif
 
 // ---- CUDA: what the GPU backends need, from the runtime found at run time ----------------------
 
@@ -1051,10 +910,5 @@ PYBIND11_MODULE(_core, m) {
   BindRegistry(m);
   BindCuda(m);
   m.attr("BATCH_ROWS_BOUNDS") = BatchRowsBucketBounds();
-#ifdef ADRANK_HAVE_FRONTEND
-  BindRankServer(m);
-  m.attr("HAS_RANK_SERVER") = true;
-#else
-  m.attr("HAS_RANK_SERVER") = false;
-#endif
+  BindRank(m);
 }

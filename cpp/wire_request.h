@@ -6,9 +6,8 @@
 // every candidate tensor, 1 <= N <= the model's max_candidates, one row per context tensor, no tensor
 // that no requested model takes) and each model's own rules (dtype, role, NaN and inf where refused).
 // Names, trailing dims and byte sizes against the signature are the batcher's to check at Submit.
-// Every error is INVALID_ARGUMENT or NOT_FOUND with a message that names the field; the messages are
-// those of the Python front end (python/adrank/ranking_service.py, servable.py), so one test suite
-// holds both to the same contract.
+// Every error is INVALID_ARGUMENT or NOT_FOUND with a message that names the field. Both front ends reach
+// this through RankCall (rank_call.h): the messages exist once.
 //
 // Routing: each model's version comes from the registry's rollout (model_registry.h), keyed by the
 // request's routing_key, else its request id. A model whose rollout mirrors the request to a shadow
@@ -21,11 +20,10 @@
 // Lifetime: the core Requests borrow the RankRequest's bytes and the ModelCall's owned bytes; both
 // must outlive the requests' completions (a shadow's borrow only its own).
 //
-// Parsing: the front end parses the request's bytes itself (rank_server.h). Bytes that protobuf refuses
+// Parsing: RankCall parses the request's bytes itself (rank_call.h). Bytes that protobuf refuses
 // are explained by ParseError, which walks them by the message's descriptor: the field path (e.g.
 // "candidates[1].name") and byte offset where they stop being an adrank.v1.RankRequest and why (cut
-// off, over-long varint, invalid wire type, a string that is not UTF-8, nesting too deep). The Python
-// front end (wire.py parse_error) words it the same.
+// off, over-long varint, invalid wire type, a string that is not UTF-8, nesting too deep).
 //
 // Thread-safety: PrepareRank and ParseError are pure functions of its arguments (the registry is read through a
 // snapshot).

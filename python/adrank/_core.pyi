@@ -224,17 +224,6 @@ class ServedInput:
 
 class VersionStats:
     def __init__(self, score_low: float = 0.0, score_high: float = 1.0, score_bins: int = 1000) -> None: ...
-    def record(
-        self,
-        grpc_code: int,
-        queue_us: int = 0,
-        compute_us: int = 0,
-        scores: np.ndarray | None = None,
-        *,
-        request_us: int = 0,
-        candidates: int = 0,
-    ) -> None: ...
-    def record_shadow_shed(self) -> None: ...
     enabled: bool
     record_scores: bool
     def snapshot(self) -> dict[str, object]: ...
@@ -304,20 +293,61 @@ class ModelRegistry:
     @property
     def max_request_bytes(self) -> int: ...
 
+# The Rank contract (cpp/rank_call.h): what both front ends hand a call to.
+class PendingRank:
+    def done(self) -> bool: ...
+    def result(self) -> bytes: ...  # the serialized RankResponse; CoreError with the call's status
+    def cancel(self) -> None: ...
+    @property
+    def token(self) -> int: ...
+
+def start_rank(
+    registry: ModelRegistry,
+    request: bytes,
+    *,
+    timeout_s: float | None = None,
+    reply_margin_s: float = 0.0,
+    tenant: str = "",
+    completion_queue: CompletionQueue | None = None,
+    token: int = 0,
+) -> PendingRank: ...
+
+# Which calls a server takes (cpp/rank_admission.h).
+class RankAdmission:
+    def __init__(self, registry: ModelRegistry, max_in_flight_bytes: int = 268435456) -> None: ...
+    def admit(self, bytes: int) -> None: ...  # CoreError UNAVAILABLE or RESOURCE_EXHAUSTED
+    def call_done(self) -> None: ...
+    def release_bytes(self, bytes: int) -> None: ...
+    def answered(self, code: int) -> None: ...
+    def set_serving(self) -> None: ...
+    def start_draining(self) -> None: ...
+    @property
+    def state(self) -> str: ...  # "loading", "serving" or "draining"
+    def wait_drained(self, quiet_s: float, grace_s: float) -> bool: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def in_flight_bytes(self) -> int: ...
+    @property
+    def released_bytes(self) -> int: ...
+    @property
+    def max_in_flight_bytes(self) -> int: ...
+    def call_counts(self) -> list[int]: ...
+
+class RankServerOptions:
+    host: str
+    port: int
+    max_message_bytes: int
+    max_concurrent_streams: int
+    max_in_flight_bytes: int
+    keepalive_time_s: float
+    keepalive_timeout_s: float
+    yield_to_workers: bool
+    reply_margin_s: float
+    def __init__(self) -> None: ...
+
 class RankServer:
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        max_message_bytes: int,
-        registry: ModelRegistry,
-        max_concurrent_streams: int,
-        max_in_flight_bytes: int,
-        keepalive_time_s: float,
-        keepalive_timeout_s: float,
-        yield_to_workers: bool = True,
-        reply_margin_s: float = 0.001,
-    ) -> None: ...
+    def __init__(self, options: RankServerOptions, registry: ModelRegistry) -> None: ...
     def set_serving(self, serving: bool) -> None: ...
     def set_service_serving(self, service: str, serving: bool) -> None: ...
     def start_draining(self) -> None: ...

@@ -1,4 +1,4 @@
-"""AsyncCompletions: await the core's requests from an asyncio event loop.
+"""AsyncCompletions: await the core's requests and Rank calls from an asyncio event loop.
 
 The core completes requests on its worker threads, which never take the GIL for that. Each
 completion pushes a token onto a CompletionQueue and, once per burst, writes its eventfd; the event
@@ -13,10 +13,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from adrank._core import DEFAULT_PRIORITY, CompletionQueue, Model, PendingRequest, Result
+from adrank._core import (
+    DEFAULT_PRIORITY,
+    CompletionQueue,
+    Model,
+    ModelRegistry,
+    PendingRank,
+    PendingRequest,
+    Result,
+    start_rank,
+)
 
 
 class AsyncCompletions:
@@ -26,7 +36,7 @@ class AsyncCompletions:
         self._loop = loop or asyncio.get_running_loop()
         self._queue = CompletionQueue()
         self._tokens = itertools.count(1)
-        self._waiting: dict[int, tuple[PendingRequest, asyncio.Future[Result]]] = {}
+        self._waiting: dict[int, tuple[PendingRequest | PendingRank, asyncio.Future]] = {}
         self._loop.add_reader(self._queue.fd, self._drain)
 
     async def submit(
@@ -43,7 +53,6 @@ class AsyncCompletions:
 
         Cancelling the awaiting task cancels the request in the core if it has not started.
         """
-        token = next(self._tokens)
         pending = model.submit(
             dict(candidates),
             None if context is None else dict(context),
@@ -51,10 +60,40 @@ class AsyncCompletions:
             priority=priority,
             tenant=tenant,
             completion_queue=self._queue,
-            token=token,
+            token=next(self._tokens),
         )
-        future: asyncio.Future[Result] = self._loop.create_future()
-        self._waiting[token] = (pending, future)
+        return await self._await(pending)
+
+    async def rank(
+        self,
+        registry: ModelRegistry,
+        request: bytes,
+        *,
+        timeout_s: float | None = None,
+        reply_margin_s: float = 0.0,
+        tenant: str = "",
+    ) -> bytes:
+        """One Rank call through the core's contract (cpp/rank_call.h): the serialized RankResponse; raises
+        adrank.CoreError with the call's status on failure.
+
+        Cancelling the awaiting task cancels the call's parts not yet in a batch.
+        """
+        pending = start_rank(
+            registry,
+            request,
+            timeout_s=timeout_s,
+            reply_margin_s=reply_margin_s,
+            tenant=tenant,
+            completion_queue=self._queue,
+            token=next(self._tokens),
+        )
+        return await self._await(pending)
+
+    async def _await(self, pending: PendingRequest | PendingRank) -> Any:
+        # Registered before the loop runs again: a call refused at once has pushed its token already, and
+        # the loop drains it only after this.
+        future: asyncio.Future = self._loop.create_future()
+        self._waiting[pending.token] = (pending, future)
         try:
             return await future
         except asyncio.CancelledError:

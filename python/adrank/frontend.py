@@ -104,18 +104,17 @@ class CppFrontend:
     kind = "cpp"
 
     def __init__(self, options: TransportOptions, registry: core.ModelRegistry) -> None:
-        self._server = core.RankServer(
-            options.host,
-            options.port,
-            options.max_message_bytes,
-            registry,
-            max_concurrent_streams=options.max_concurrent_streams,
-            max_in_flight_bytes=options.max_in_flight_bytes,
-            keepalive_time_s=options.keepalive_time_s,
-            keepalive_timeout_s=options.keepalive_timeout_s,
-            yield_to_workers=options.yield_to_workers,
-            reply_margin_s=options.reply_margin_s,
-        )
+        server = core.RankServerOptions()
+        server.host = options.host
+        server.port = options.port
+        server.max_message_bytes = options.max_message_bytes
+        server.max_concurrent_streams = options.max_concurrent_streams
+        server.max_in_flight_bytes = options.max_in_flight_bytes
+        server.keepalive_time_s = options.keepalive_time_s
+        server.keepalive_timeout_s = options.keepalive_timeout_s
+        server.yield_to_workers = options.yield_to_workers
+        server.reply_margin_s = options.reply_margin_s
+        self._server = core.RankServer(server, registry)
         self.port = self._server.port
 
     async def start(self) -> None:
@@ -149,7 +148,7 @@ class PythonFrontend:
     kind = "python"
 
     def __init__(self, options: TransportOptions, models: ModelManager) -> None:
-        self.ranking = RankingService(models, options.max_in_flight_bytes, options.reply_margin_s)
+        self.ranking = RankingService(models.registry, options.max_in_flight_bytes, options.reply_margin_s)
         self.health = health.aio.HealthServicer()
         self._health_set = {"": True, RANKING_SERVICE: True}  # shown once serving
         self._server = grpc.aio.server(options=options.grpc_options())
@@ -169,7 +168,7 @@ class PythonFrontend:
         await self._server.start()
 
     async def set_serving(self) -> None:
-        self.ranking.accepting = True
+        self.ranking.set_serving()
         await self._show_health()
 
     async def set_health(self, services: Mapping[str, bool]) -> None:
@@ -178,29 +177,25 @@ class PythonFrontend:
 
     async def _show_health(self) -> None:
         for service in list(self._health_set):
-            serving = self.ranking.accepting and self._health_set[service]
+            serving = self.ranking.serving and self._health_set[service]
             status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
             await self.health.set(service, status)
 
     async def drain(self, quiet_s: float, grace_s: float) -> bool:
         await self.health.enter_graceful_shutdown()
-        try:
-            await asyncio.wait_for(self.ranking.drain(quiet_s), grace_s)
-        except TimeoutError:
-            return False
-        return True
+        return await self.ranking.drain(quiet_s, grace_s)
 
     async def stop(self, grace_s: float) -> None:
         await self._server.stop(grace_s)
 
     def call_counts(self) -> list[int]:
-        return list(self.ranking.call_counts)  # a copy: read from the HTTP thread
+        return [int(c) for c in self.ranking.admission.call_counts()]
 
     def in_flight_bytes(self) -> int:
-        return self.ranking.in_flight_bytes
+        return self.ranking.admission.in_flight_bytes
 
     def released_bytes(self) -> int:
-        return self.ranking.released_bytes
+        return self.ranking.admission.released_bytes
 
 
 def create_frontend(kind: FrontendKind, options: TransportOptions, models: ModelManager) -> Frontend:

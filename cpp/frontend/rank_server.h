@@ -7,25 +7,22 @@
 // server on one core that difference decides how much of the core the model gets.
 //
 // A call: the Rank method is taken raw (its bytes, not a message gRPC parsed), so that the server
-// decides what an unparseable request gets: checked by its declared size first, then counted against
-// the bytes in flight, then parsed (INVALID_ARGUMENT naming the field and byte where the bytes stop
-// being an adrank.v1.RankRequest, never gRPC's UNIMPLEMENTED or INTERNAL). PrepareRank (wire_request.h)
-// resolves the models and turns the request into one core Request per model (views of the request's
-// bytes, no copy); each is submitted to its model's queue with the call's deadline and priority; the
-// models run concurrently; the last completion fills the response (N float32 scores per model, the
-// version that answered, server timing) and finishes the call. Errors are the core's Status codes,
-// which are gRPC's. No client input yields UNKNOWN, INTERNAL or UNIMPLEMENTED.
+// decides what an unparseable request gets. RankAdmission (rank_admission.h) admits it by its declared
+// size (the server's state, the largest request the models take, the bytes in flight); the contract's
+// RankCall (rank_call.h) then parses it from gRPC's buffer, checks, routes, submits, mirrors, records and
+// answers it, exactly as for the Python front end. This file is only the transport: the call's deadline
+// and tenant from gRPC's context, the reply serialized into gRPC's buffer, cancellation from OnCancel,
+// the request's bytes released in OnDone. Errors are the core's Status codes, which are gRPC's. No client
+// input yields UNKNOWN, INTERNAL or UNIMPLEMENTED.
 //
 // Transport bounds, so that no client can take the server's memory or threads from the others:
-//   - a message larger than the registry's max_request_bytes (model_registry.h: the largest request the
-//     served models take together) is refused by its size, RESOURCE_EXHAUSTED, before it is parsed;
-//     larger than max_message_bytes, gRPC refuses it the same way before the handler sees it;
+//   - a message larger than the registry's max_request_bytes is refused by its size before it is parsed
+//     (rank_admission.h); larger than max_message_bytes, gRPC refuses it the same way before the handler
+//     sees it;
 //   - at most max_concurrent_streams calls at once on one connection (HTTP/2 SETTINGS; streams beyond
 //     it are refused by the transport, and grpc clients queue them on their side);
-//   - at most max_in_flight_bytes of requests held by calls not yet done, across all connections: a
-//     call that would pass it gets RESOURCE_EXHAUSTED at once (retryable) before it is parsed. A call
-//     holds its bytes until gRPC is done with it, its reply sent or the call cancelled: a client that
-//     stops reading keeps its own calls' bytes and no more;
+//   - at most max_in_flight_bytes of requests held by calls gRPC is not done with, across all connections
+//     (rank_admission.h): a client that stops reading keeps its own calls' bytes and no more;
 //   - HTTP/2 keepalive: a connection whose client does not answer a ping within keepalive_timeout is
 //     closed and its calls cancelled, their memory freed. A client that opens streams and never reads
 //     the socket (its window stays 0), or vanishes without a FIN, is found this way.
@@ -49,17 +46,15 @@
 //   max_concurrent_streams = 100 An ad server multiplexing its auctions on one channel at 100 in flight
 //                                runs ~10^4 calls/s at ~10 ms each, more than one replica serves; more
 //                                from one connection is a runaway client, whose excess waits on its side.
-//   max_in_flight_bytes = 256 MiB  64 of the largest bundled requests (4 MiB) at once: far more work than
-//                                the models' queues hold within any caller's deadline, and a bound on
-//                                what calls can pin (a parsed request costs about its size again).
+//   max_in_flight_bytes = 256 MiB  RankAdmissionOptions' (rank_admission.h says why).
 //   keepalive_time = 10 s        How often an idle-looking connection is pinged: cheap (one frame), and
 //   keepalive_timeout = 5 s      a client that does not answer within this is dead or not reading.
 //   yield_to_workers = true      gRPC's threads are created SCHED_BATCH (thread_priority.h): on a core shared
 //                                with a model worker they wait for its batch instead of preempting it per
 //                                call. Measured (perf/overload_bench.py, one core): closed-loop saturation
 //                                2,616 -> 4,625-5,076 req/s, CPU per refusal 81.5 -> 44-54 µs.
-//   reply_margin = 1 ms          The core is handed the call's deadline less this: the answer still has to be
-//                                serialized, written and read by the caller (~0.1 ms idle; up to a worker's
+//   reply_margin = 1 ms          The models get the call's deadline less this (rank_call.h): the answer still
+//                                has to be serialized, written and read by the caller (~0.1 ms idle; up to a worker's
 //                                slice, ~1-3 ms, while the transport yields to a busy worker), and an answer
 //                                that arrives after the deadline is as lost as a refusal, only dearer. A call
 //                                with less than this left is refused at once (DEADLINE_EXCEEDED).

@@ -1,0 +1,78 @@
+// What the binding's files share (bindings.cc, bindings_rank.cc): the error that becomes
+// adrank._core.CoreError, Python's timeouts and durations checked before any arithmetic on them, and
+// the entry points each file binds. Binding only: the logic lives in the plain C++ the tests use.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <exception>
+#include <optional>
+#include <utility>
+
+#include "clock.h"
+#include "status.h"
+
+namespace adrank {
+
+// Carries a non-OK Status to the exception translator, which raises adrank._core.CoreError.
+struct StatusError : std::exception {
+  explicit StatusError(Status s) : status(std::move(s)) {}
+  const char* what() const noexcept override { return status.message().c_str(); }
+  Status status;
+};
+
+inline void ThrowIfError(const Status& status) {
+  if (!status.ok()) throw StatusError(status);
+}
+
+// Beyond a year a timeout means "none": no caller means a longer one, and capping it keeps deadline
+// and wait arithmetic in nanoseconds far from overflow (~292 years). +inf and 1e300, common ways of
+// saying "never", land here too.
+inline constexpr double kMaxTimeoutS = 365.0 * 24 * 3600;
+
+// A caller's timeout_s, checked before any arithmetic on it: converting NaN, inf or an out-of-range
+// double to a Duration is undefined behaviour.
+struct Timeout {
+  enum Kind { kNone, kPassed, kAfter } kind = kNone;
+  Duration after{0};  // for kAfter
+};
+
+inline Timeout ParseTimeout(std::optional<double> timeout_s) {
+  if (!timeout_s) return {};
+  const double seconds = *timeout_s;
+  if (std::isnan(seconds)) {
+    throw StatusError(InvalidArgument("timeout_s is NaN: pass a number of seconds, or None for no timeout"));
+  }
+  if (seconds <= 0) return {Timeout::kPassed};  // -0.0 and -inf included
+  if (seconds > kMaxTimeoutS) return {};        // +inf included
+  return {Timeout::kAfter, std::chrono::duration_cast<Duration>(std::chrono::duration<double>(seconds))};
+}
+
+// The deadline a timeout sets on the core's clock: kNoDeadline for none, now for one already passed (the
+// core then refuses with DEADLINE_EXCEEDED).
+inline TimePoint DeadlineOf(const Timeout& timeout) {
+  if (timeout.kind == Timeout::kNone) return kNoDeadline;
+  const TimePoint now = SteadyClock::Get()->Now();
+  return timeout.kind == Timeout::kPassed ? now : now + timeout.after;
+}
+
+inline Duration Seconds(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) throw StatusError(InvalidArgument("seconds must be finite and >= 0"));
+  return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(seconds));
+}
+
+inline double ToSeconds(Duration d) { return std::chrono::duration<double>(d).count(); }
+
+template <typename Counts>
+pybind11::array_t<uint64_t> CountsArray(const Counts& counts) {
+  return pybind11::array_t<uint64_t>(static_cast<pybind11::ssize_t>(counts.size()), counts.data());
+}
+
+// bindings_rank.cc: the Rank contract (RankAdmission, start_rank) and, when built, the C++ front end.
+void BindRank(pybind11::module_& m);
+
+}  // namespace adrank

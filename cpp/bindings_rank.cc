@@ -1,0 +1,268 @@
+// adrank._core's Rank bindings: the contract that both front ends hand a call to (rank_call.h,
+// rank_admission.h) and, when grpc++ was found at build time, the C++ front end (rank_server.h).
+//
+// The Python front end's call: `start_rank` takes the request's bytes with the GIL, releases it to parse,
+// check, route and submit (rank_call.h), and returns a PendingRank at once. The answer is made on the
+// worker that completes the call's last part, without the GIL: the response is serialized there, the
+// outcome stored, and the call's token pushed to the CompletionQueue that the event loop watches
+// (completions.py). The call owns itself until it has answered; the PendingRank only reads the outcome
+// and may cancel, whichever is dropped first.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "bindings_common.h"
+#include "completion_queue.h"
+#include "model_registry.h"
+#include "rank_admission.h"
+#include "rank_call.h"
+#ifdef ADRANK_HAVE_FRONTEND
+#include "rank_server.h"
+#endif
+
+namespace py = pybind11;
+
+namespace adrank {
+namespace {
+
+// A call's answer, as the Python side reads it once the token arrives.
+struct RankOutcome {
+  std::mutex mu;
+  bool done = false;
+  Status status;
+  std::string reply;  // the serialized RankResponse, when OK
+};
+
+class PyRankCall final : public RankCall {
+ public:
+  // Started and owning itself until it answers; the returned weak reference may cancel it until then.
+  static std::weak_ptr<PyRankCall> Start(std::string_view bytes, const ModelRegistry& registry,
+                                         const RankCallOptions& options, std::shared_ptr<RankOutcome> outcome,
+                                         std::shared_ptr<CompletionQueue> queue, uint64_t token) {
+    auto call = std::make_shared<PyRankCall>(std::move(outcome), std::move(queue), token);
+    call->self_ = call;
+    std::weak_ptr<PyRankCall> handle = call;
+    call->Parse(bytes);
+    call->RankCall::Start(registry, options);
+    return handle;
+  }
+
+  PyRankCall(std::shared_ptr<RankOutcome> outcome, std::shared_ptr<CompletionQueue> queue, uint64_t token)
+      : outcome_(std::move(outcome)), queue_(std::move(queue)), token_(token) {}
+
+ private:
+  void Answer(const Status& status, v1::RankResponse* response) override {
+    const std::shared_ptr<PyRankCall> self = std::move(self_);  // the call ends with this scope
+    std::string reply;
+    Status answered = status;
+    if (answered.ok() && !response->SerializeToString(&reply)) answered = Internal("response: cannot serialize");
+    {
+      std::lock_guard<std::mutex> lock(outcome_->mu);
+      outcome_->status = std::move(answered);
+      outcome_->reply = std::move(reply);
+      outcome_->done = true;
+    }
+    if (queue_) queue_->Push(token_);
+  }
+
+  const std::shared_ptr<RankOutcome> outcome_;
+  const std::shared_ptr<CompletionQueue> queue_;
+  const uint64_t token_;
+  std::shared_ptr<PyRankCall> self_;
+};
+
+class PendingRank {
+ public:
+  PendingRank(std::shared_ptr<RankOutcome> outcome, std::weak_ptr<PyRankCall> call, uint64_t token)
+      : outcome_(std::move(outcome)), call_(std::move(call)), token_(token) {}
+
+  bool done() const {
+    std::lock_guard<std::mutex> lock(outcome_->mu);
+    return outcome_->done;
+  }
+
+  // The serialized RankResponse; CoreError with the call's status if it failed.
+  py::bytes Result() const {
+    std::lock_guard<std::mutex> lock(outcome_->mu);
+    if (!outcome_->done) throw py::value_error("the Rank call has not answered yet");
+    ThrowIfError(outcome_->status);
+    return py::bytes(outcome_->reply);
+  }
+
+  // Its parts not yet in a batch complete CANCELLED, and so the call; nothing once it has answered.
+  void Cancel() {
+    py::gil_scoped_release release;
+    if (const std::shared_ptr<PyRankCall> call = call_.lock()) call->Cancel();
+  }
+
+  uint64_t token() const { return token_; }
+
+ private:
+  std::shared_ptr<RankOutcome> outcome_;
+  std::weak_ptr<PyRankCall> call_;
+  uint64_t token_;
+};
+
+std::unique_ptr<PendingRank> StartRank(const std::shared_ptr<ModelRegistry>& registry, const py::bytes& request,
+                                       std::optional<double> timeout_s, double reply_margin_s, std::string tenant,
+                                       std::shared_ptr<CompletionQueue> completion_queue, uint64_t token) {
+  RankCallOptions options;
+  options.deadline = DeadlineOf(ParseTimeout(timeout_s));
+  options.reply_margin = Seconds(reply_margin_s);
+  options.tenant = std::move(tenant);
+  char* data = nullptr;
+  py::ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(request.ptr(), &data, &size) != 0) throw py::error_already_set();
+  auto outcome = std::make_shared<RankOutcome>();
+  std::weak_ptr<PyRankCall> call;
+  {
+    // `request` is held by the caller for the duration: its bytes stay put while parsed.
+    py::gil_scoped_release release;
+    call = PyRankCall::Start(std::string_view(data, static_cast<size_t>(size)), *registry, options, outcome,
+                             std::move(completion_queue), token);
+  }
+  return std::make_unique<PendingRank>(std::move(outcome), std::move(call), token);
+}
+
+void BindContract(py::module_& m) {
+  py::class_<PendingRank>(m, "PendingRank")
+      .def("done", &PendingRank::done)
+      .def("result", &PendingRank::Result)
+      .def("cancel", &PendingRank::Cancel)
+      .def_property_readonly("token", &PendingRank::token);
+  m.def("start_rank", &StartRank, py::arg("registry"), py::arg("request"), py::kw_only(),
+        py::arg("timeout_s") = py::none(), py::arg("reply_margin_s") = 0.0, py::arg("tenant") = "",
+        py::arg("completion_queue") = nullptr, py::arg("token") = 0,
+        "Starts one Rank call over the request's bytes (cpp/rank_call.h); its answer is the PendingRank's.");
+
+  py::class_<RankAdmission, std::shared_ptr<RankAdmission>>(m, "RankAdmission")
+      .def(py::init([](std::shared_ptr<ModelRegistry> registry, int64_t max_in_flight_bytes) {
+             const RankAdmissionOptions options{max_in_flight_bytes};
+             ThrowIfError(RankAdmission::Validate(options));
+             return std::make_shared<RankAdmission>(std::move(registry), options);
+           }),
+           py::arg("registry"), py::arg("max_in_flight_bytes") = RankAdmissionOptions().max_in_flight_bytes)
+      .def(
+          "admit", [](RankAdmission& a, int64_t bytes) { ThrowIfError(a.Admit(bytes)); }, py::arg("bytes"))
+      .def("call_done", &RankAdmission::CallDone)
+      .def("release_bytes", &RankAdmission::ReleaseBytes, py::arg("bytes"))
+      .def(
+          "answered", [](RankAdmission& a, int code) { a.Answered(static_cast<StatusCode>(code)); }, py::arg("code"))
+      .def("set_serving", [](RankAdmission& a) { a.SetState(RankAdmission::State::kServing); })
+      .def("start_draining", [](RankAdmission& a) { a.SetState(RankAdmission::State::kDraining); })
+      .def_property_readonly("state",
+                             [](const RankAdmission& a) {
+                               switch (a.state()) {
+                                 case RankAdmission::State::kLoading:
+                                   return "loading";
+                                 case RankAdmission::State::kServing:
+                                   return "serving";
+                                 default:
+                                   return "draining";
+                               }
+                             })
+      .def(
+          "wait_drained",
+          [](RankAdmission& a, double quiet_s, double grace_s) {
+            const Duration quiet = Seconds(quiet_s), grace = Seconds(grace_s);
+            py::gil_scoped_release release;
+            return a.WaitDrained(quiet, grace);
+          },
+          py::arg("quiet_s"), py::arg("grace_s"))
+      .def_property_readonly("in_flight", &RankAdmission::in_flight)
+      .def_property_readonly("in_flight_bytes", &RankAdmission::in_flight_bytes)
+      .def_property_readonly("released_bytes", &RankAdmission::released_bytes)
+      .def_property_readonly("max_in_flight_bytes", &RankAdmission::max_in_flight_bytes)
+      .def("call_counts", [](const RankAdmission& a) { return CountsArray(a.CallCounts()); });
+}
+
+#ifdef ADRANK_HAVE_FRONTEND
+// Owns a RankServer; the registry is shared with the Python side. Everything that can block on calls
+// in flight (whose batches may need the GIL to run a Python backend) releases the GIL.
+class PyRankServer {
+ public:
+  PyRankServer(const RankServerOptions& options, std::shared_ptr<ModelRegistry> registry) {
+    ThrowIfError(RankServer::Create(options, std::move(registry), &server_));
+  }
+  ~PyRankServer() {
+    py::gil_scoped_release release;
+    server_.reset();
+  }
+
+  void SetServing(bool serving) { server_->SetServing(serving); }
+  void SetServiceServing(const std::string& service, bool serving) { server_->SetServiceServing(service, serving); }
+  void StartDraining() { server_->StartDraining(); }
+  bool WaitDrained(double quiet_s, double grace_s) {
+    const Duration quiet = Seconds(quiet_s), grace = Seconds(grace_s);
+    py::gil_scoped_release release;
+    return server_->WaitDrained(quiet, grace);
+  }
+  void Shutdown(double grace_s) {
+    const Duration grace = Seconds(grace_s);
+    py::gil_scoped_release release;
+    server_->Shutdown(grace);
+  }
+  int port() const { return server_->port(); }
+  int64_t in_flight() const { return server_->in_flight(); }
+  int64_t in_flight_bytes() const { return server_->in_flight_bytes(); }
+  uint64_t released_bytes() const { return server_->released_bytes(); }
+  py::array_t<uint64_t> CallCounts() const { return CountsArray(server_->CallCounts()); }
+
+ private:
+  std::unique_ptr<RankServer> server_;
+};
+
+void BindRankServer(py::module_& m) {
+  // Durations in seconds on the Python side, checked (Seconds) before they become the options'.
+  py::class_<RankServerOptions>(m, "RankServerOptions")
+      .def(py::init<>())
+      .def_readwrite("host", &RankServerOptions::host)
+      .def_readwrite("port", &RankServerOptions::port)
+      .def_readwrite("max_message_bytes", &RankServerOptions::max_message_bytes)
+      .def_readwrite("max_concurrent_streams", &RankServerOptions::max_concurrent_streams)
+      .def_readwrite("max_in_flight_bytes", &RankServerOptions::max_in_flight_bytes)
+      .def_property(
+          "keepalive_time_s", [](const RankServerOptions& o) { return ToSeconds(o.keepalive_time); },
+          [](RankServerOptions& o, double s) { o.keepalive_time = Seconds(s); })
+      .def_property(
+          "keepalive_timeout_s", [](const RankServerOptions& o) { return ToSeconds(o.keepalive_timeout); },
+          [](RankServerOptions& o, double s) { o.keepalive_timeout = Seconds(s); })
+      .def_readwrite("yield_to_workers", &RankServerOptions::yield_to_workers)
+      .def_property(
+          "reply_margin_s", [](const RankServerOptions& o) { return ToSeconds(o.reply_margin); },
+          [](RankServerOptions& o, double s) { o.reply_margin = Seconds(s); });
+
+  py::class_<PyRankServer>(m, "RankServer")
+      .def(py::init<const RankServerOptions&, std::shared_ptr<ModelRegistry>>(), py::arg("options"),
+           py::arg("registry"))
+      .def("set_serving", &PyRankServer::SetServing, py::arg("serving"))
+      .def("set_service_serving", &PyRankServer::SetServiceServing, py::arg("service"), py::arg("serving"))
+      .def("start_draining", &PyRankServer::StartDraining)
+      .def("wait_drained", &PyRankServer::WaitDrained, py::arg("quiet_s"), py::arg("grace_s"))
+      .def("shutdown", &PyRankServer::Shutdown, py::arg("grace_s") = 0.0)
+      .def_property_readonly("port", &PyRankServer::port)
+      .def_property_readonly("in_flight", &PyRankServer::in_flight)
+      .def_property_readonly("in_flight_bytes", &PyRankServer::in_flight_bytes)
+      .def_property_readonly("released_bytes", &PyRankServer::released_bytes)
+      .def("call_counts", &PyRankServer::CallCounts);
+}
+#endif
+
+}  // namespace
+
+void BindRank(py::module_& m) {
+  BindContract(m);
+#ifdef ADRANK_HAVE_FRONTEND
+  BindRankServer(m);
+  m.attr("HAS_RANK_SERVER") = true;
+#else
+  m.attr("HAS_RANK_SERVER") = false;
+#endif
+}
+
+}  // namespace adrank

@@ -1,0 +1,122 @@
+// RankCall: the Rank contract, written once for every transport. A front end (the C++ gRPC service,
+// cpp/frontend/rank_server.h, or the Python grpc.aio one, python/adrank/server/ranking_service.py) hands
+// it the request's bytes, the call's deadline and the caller's tenant, and gets back one answer: a
+// RankResponse, or a Status whose code is gRPC's and whose message names the field.
+//
+// What a call does, in order, without Python:
+//   1. Parse: the bytes into an adrank.v1.RankRequest; bytes protobuf refuses are explained by
+//      ParseError (wire_request.h: the field path and byte where they stop being one);
+//   2. check what the core cannot: the priority fits the core's int (INVALID_ARGUMENT), and the call's
+//      deadline, less the transport's reply margin, leaves time to run (DEADLINE_EXCEEDED);
+//   3. PrepareRank (wire_request.h): route every model by its rollout (NOT_FOUND), decode each tensor
+//      once (views of the request's bytes), check the request against each model's signature;
+//   4. submit one core Request per model with the core's deadline, the priority (the request's, else
+//      the model's default) and the tenant; the models run concurrently on the core's workers;
+//   5. mirror the request to each model's shadow, if its rollout names one, at the shadow's lowest
+//      priority, unless the shadow is already a batch behind (then the mirror is shed and counted);
+//   6. record every part's outcome (and each mirror's) in its version's stats: the guardrails' input;
+//   7. answer: once the last part completes, with each model's N float32 scores, the version that
+//      answered and its server timing, or the first part's error (the other parts are then cancelled).
+//
+// Cancel (the client's, a closed connection's): the parts not yet in a batch complete CANCELLED, and so
+// the call. A call cancelled before Start submits nothing.
+//
+// Options (RankCallOptions, defaults and why):
+//   deadline = kNoDeadline   The caller's deadline on the core's clock; kNoDeadline when it set none.
+//   reply_margin = 0         The models get deadline - reply_margin: the answer still has to be
+//                            serialized, written and read (the front ends' --reply-margin-ms, 1 ms by
+//                            default). A call with less than this left is refused at once.
+//   tenant = ""              The caller's tenant (tenants.h); "" is the default tenant.
+//
+// Lifetime: the transport owns the call (a subclass that implements Answer). The contract calls Answer
+// exactly once, as the last thing it does with the call: after Answer returns, or from within it, the
+// transport may destroy the call; no part, mirror or worker touches it afterwards. The registry need only
+// outlive Start (routed versions are held by the call and by each mirror).
+//
+// Latency: Start costs one parse, one routing snapshot and one pass over the tensors (no per-candidate
+// work beyond the finiteness checks the models ask for); Answer runs on the worker that completed the
+// last part, or on Start's thread when the call is refused before any model runs.
+//
+// Thread-safety: Parse and Start from one thread, once each, in that order; Cancel from any thread at any
+// time until Answer has been called.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "adrank/v1/ranking.pb.h"
+#include "clock.h"
+#include "model_registry.h"
+#include "request.h"
+#include "status.h"
+#include "wire_request.h"
+
+namespace google::protobuf::io {
+class ZeroCopyInputStream;
+}
+
+namespace adrank {
+
+struct RankCallOptions {
+  TimePoint deadline = kNoDeadline;
+  Duration reply_margin = Duration::zero();
+  std::string tenant;
+};
+
+class RankCall {
+ public:
+  RankCall();
+  virtual ~RankCall() = default;
+  RankCall(const RankCall&) = delete;
+  RankCall& operator=(const RankCall&) = delete;
+
+  // The request's bytes, contiguous or as a stream (`bytes` gives them whole, only to explain a failure).
+  // A failure is kept: Start then answers it.
+  void Parse(std::string_view bytes);
+  void Parse(google::protobuf::io::ZeroCopyInputStream* stream, const std::function<std::string()>& bytes);
+
+  // Steps 2-7 above; Answer is called once, here if the call is refused, else by the last part.
+  void Start(const ModelRegistry& registry, const RankCallOptions& options);
+
+  void Cancel();
+
+  const v1::RankRequest& request() const { return request_; }
+
+ protected:
+  // The answer: OK with `response` filled, or the error (response empty). The call's last use by the
+  // contract; `response` lives as long as the call.
+  virtual void Answer(const Status& status, v1::RankResponse* response) = 0;
+
+  // Implementation details follow. API users need not read.
+ private:
+  using QueuedPart = std::pair<std::shared_ptr<ModelQueue>, RequestHandle>;
+
+  Status Check(const ModelRegistry& registry, const RankCallOptions& options, std::vector<ModelCall>* shadows);
+  std::vector<QueuedPart> QueuedPartsLocked() const;
+  static void CancelParts(const std::vector<QueuedPart>& parts);
+  void Submit(size_t part);
+  void Complete(size_t part, RequestResult&& result);
+  void Release();
+  Status FillResponse();
+
+  const int64_t start_ns_;
+  Status parsed_;
+  TimePoint core_deadline_ = kNoDeadline;
+  v1::RankRequest request_;  // the core Requests view its bytes: it lives as long as the call
+  v1::RankResponse response_;
+  std::vector<ModelCall> calls_;
+  std::vector<RequestResult> results_;
+  std::atomic<int> remaining_{0};
+  std::mutex mu_;  // guards handles_, cancelled_, first_error_, results_
+  std::vector<RequestHandle> handles_;
+  bool cancelled_ = false;
+  Status first_error_;
+};
+
+}  // namespace adrank
