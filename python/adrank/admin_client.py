@@ -11,10 +11,10 @@ from typing import Any
 
 import grpc
 
-from adrank.admin_service import policy_of, rollout_message
 from adrank.rollout.audit import AuditEntry
 from adrank.rollout.policy import RolloutPolicy
 from adrank.rollout.targets import TargetError
+from adrank.server.admin_service import policy_of, rollout_message
 from adrank.v1 import admin_pb2 as pb
 from adrank.v1 import admin_pb2_grpc
 

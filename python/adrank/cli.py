@@ -181,8 +181,8 @@ def serve(
     with nothing to serve while others serve leaves the server running, not ready)."""
     from adrank.metrics.history import MetricsOptions
     from adrank.repository.manager import ManagerOptions, NothingToServe
-    from adrank.server import Server, ServerOptions
-    from adrank.server import serve as run_server
+    from adrank.server.process import Server, ServerOptions
+    from adrank.server.process import serve as run_server
     from adrank.tenants import TenantsConfig, TenantsConfigError, load_tenants
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

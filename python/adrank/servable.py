@@ -90,6 +90,20 @@ class Servable:
             low, high = low - 1.0, high + 1.0
         return Servable(config, version, version_dir, model, sessions, core.VersionStats(low, high))
 
+    def register(self, registry: core.ModelRegistry) -> None:
+        """Makes this version routable: the registry's front ends check and convert its requests from
+        `served_inputs` without Python, and record its outcomes in `stats`."""
+        registry.add(
+            self.model,
+            self.name,
+            self.version,
+            self.served_inputs(),
+            self.config.score_output,
+            self.config.max_candidates,
+            self.lowest_priority,
+            self.stats,
+        )
+
     def parity_atol(self, golden_atol: float) -> float:
         """The load-time parity check's tolerance: the config's `parity_atol` if set, else the golden one
         (made on a CPU) widened to what this version's sessions compute with (a GPU's arithmetic)."""

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 import adrank._core as core
-from adrank.frontend import FrontendKind
 from adrank.repository.config import ModelConfig, load_model_config
-from adrank.server import Server, ServerOptions
+from adrank.server.frontend import FrontendKind
+from adrank.server.process import Server, ServerOptions
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"

@@ -18,13 +18,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from rollout_models import ctr_repository, publish_version, shifted_ctr
 
 import adrank._core as core
-from adrank.admin_service import GUARDRAIL_FIELDS, policy_of, rollout_message
 from adrank.cli import main
 from adrank.client import RankClient, RankError
 from adrank.rollout.audit import AuditEntry
 from adrank.rollout.changes import ChangeError, promote, rollback, set_canary, set_shadow
 from adrank.rollout.guardrails import Figures, evaluate, population_stability_index, quantile_us
 from adrank.rollout.policy import GuardrailPolicy, RolloutPolicy
+from adrank.server.admin_service import GUARDRAIL_FIELDS, policy_of, rollout_message
 from adrank.v1 import admin_pb2 as admin
 from adrank.v1 import admin_pb2_grpc as admin_grpc
 from served import FRONTENDS, ServerThread

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import adrank._core as core
-from adrank.repository.manager import BASIS_POINTS_PER_PERCENT, ModelManager
+from adrank.repository.manager import ModelManager
 from adrank.rollout.guardrails import Verdict
+from adrank.rollout.routes import BASIS_POINTS_PER_PERCENT, route_role
 
 
 @dataclass(frozen=True)
@@ -53,16 +54,6 @@ class Sample:
     memory_pool: dict[str, Any]
     calls: list[int]  # Rank calls by status code
     repository_errors: int = 0  # polls that could not read the repository
-
-
-def route_role(route: core.RolloutRoute, version: int) -> str:
-    if version == route.stable:
-        return "stable"
-    if version == route.canary:
-        return "canary"
-    if version == route.shadow:
-        return "shadow"
-    return ""
 
 
 def route_traffic(model: str, route: core.RolloutRoute) -> list[Traffic]:

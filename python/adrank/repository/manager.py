@@ -52,32 +52,20 @@ from enum import Enum
 from pathlib import Path
 from types import MappingProxyType
 
-import numpy as np
-
 import adrank._core as core
 from adrank.repository.config import ConfigError, ModelConfig
 from adrank.repository.layout import ModelEntry, ModelRepository, RepositoryError
-from adrank.repository.meta import (
-    META_FILE,
-    Golden,
-    MetaError,
-    golden_outputs,
-    golden_requests,
-    load_meta,
-    sha256_file,
-)
+from adrank.repository.version_loader import file_signature, load_checked
 from adrank.rollout.audit import AuditEntry, AuditLog
 from adrank.rollout.guardrails import Comparison, GuardrailMonitor, Verdict
 from adrank.rollout.policy import PolicyError, RolloutPolicy, load_policy, save_policy
-from adrank.servable import INTERNAL_TIMEOUT_S, Servable
+from adrank.rollout.routes import core_route, describe_route, route_role, route_summary, same_route
+from adrank.servable import Servable
 from adrank.status import RequestError, StatusCode
 from adrank.tenants import TenantsConfig
 from adrank.ticker import Ticker
 
 log = logging.getLogger("adrank.models")
-
-# 10000 routing buckets: percentages in steps of 0.01 (cpp/model_registry.h).
-BASIS_POINTS_PER_PERCENT = 100
 
 # Every model of the repository -> whether it has a version that serves.
 Readiness = Mapping[str, bool]
@@ -334,33 +322,20 @@ class ModelManager:
     def _ensure_loaded(self, entry: ModelEntry, version: int) -> None:
         key = (entry.name, version)
         status = self._versions.get(key)
-        signature = self._file_signature(entry.version_dir(version))
+        signature = file_signature(entry.version_dir(version))
         if status is not None and (status.state != VersionState.FAILED or status.signature == signature):
             return
         self._load(entry, version, signature)
-
-    @staticmethod
-    def _file_signature(version_dir: Path) -> tuple[float, ...]:
-        try:
-            return tuple(sorted(p.stat().st_mtime for p in version_dir.iterdir()))
-        except OSError:
-            return ()
 
     def _load(self, entry: ModelEntry, version: int, signature: tuple[float, ...]) -> None:
         key = (entry.name, version)
         status = VersionStatus(entry.name, version, VersionState.LOADING, signature=signature)
         self._versions[key] = status
         version_dir = entry.version_dir(version)
-        servable: Servable | None = None
         started = time.perf_counter()
         try:
-            golden = self._verified_meta(entry, version_dir)
-            servable = Servable.load(self._pool, entry.config, version_dir, version, self._tenants)
-            servable.warm_up()
-            self._check_parity(servable, golden)
+            servable = load_checked(self._pool, entry, version, self._tenants)
         except Exception as error:
-            if servable is not None:
-                servable.unload(self._pool)
             status.state, status.reason, status.since = VersionState.FAILED, str(error), time.time()
             log.error("%s version %d FAILED: %s", entry.name, version, error)
             AuditLog(entry.path).append(
@@ -369,16 +344,7 @@ class ModelManager:
             return
         # The Servable first: a request routed to the version (pinned, at once) must find it.
         self._servables = MappingProxyType({**self._servables, key: servable})
-        self.registry.add(
-            servable.model,
-            entry.name,
-            version,
-            servable.served_inputs(),
-            entry.config.score_output,
-            entry.config.max_candidates,
-            servable.lowest_priority,
-            servable.stats,
-        )
+        servable.register(self.registry)
         status.state, status.servable, status.since = VersionState.AVAILABLE, servable, time.time()
         log.info(
             "%s version %d AVAILABLE (loaded, warmed up, parity checked in %.2f s) from %s",
@@ -387,43 +353,6 @@ class ModelManager:
             time.perf_counter() - started,
             version_dir,
         )
-
-    @staticmethod
-    def _verified_meta(entry: ModelEntry, version_dir: Path) -> Golden:
-        meta = load_meta(version_dir / META_FILE)
-        if meta.model != entry.name or meta.version != int(version_dir.name):
-            raise MetaError(
-                f"{version_dir / META_FILE}: says model '{meta.model}' version {meta.version}, "
-                f"but sits in {entry.name}/{version_dir.name}"
-            )
-        digest = sha256_file(version_dir / "model.onnx")
-        if digest != meta.sha256:
-            raise MetaError(
-                f"{version_dir / 'model.onnx'}: sha256 {digest[:12]}… differs from meta.json's "
-                f"{meta.sha256[:12]}… (corrupt or replaced file)"
-            )
-        return meta.golden
-
-    @staticmethod
-    def _check_parity(servable: Servable, golden: Golden) -> None:
-        expected = golden_outputs(servable.config, golden.outputs)
-        pending = []
-        for candidates, context in golden_requests(servable.config, golden.inputs):
-            rows = next(iter(candidates.values())).shape[0]
-            prepared = servable.prepare(candidates, context, rows)
-            pending.append(servable.model.submit(*prepared, timeout_s=INTERNAL_TIMEOUT_S))
-        got = np.concatenate([p.wait().outputs[servable.config.score_output] for p in pending])
-        if got.shape != expected.shape:
-            raise MetaError(f"parity: {got.size} golden outputs, meta.json holds {expected.size}")
-        diff = np.abs(got.astype(np.float64) - expected)
-        worst = float(np.nanmax(diff)) if diff.size else 0.0
-        atol = servable.parity_atol(golden.atol)
-        if not np.all(np.isfinite(got)) or worst > atol:
-            row = int(np.nanargmax(diff)) if diff.size else 0
-            raise MetaError(
-                f"parity: golden row {row} scores {got[row]:.7g}, meta.json says {expected[row]:.7g} "
-                f"(|diff| {worst:.3g} > atol {atol:g})"
-            )
 
     # ---- routing ------------------------------------------------------------------------------------
 
@@ -452,23 +381,10 @@ class ModelManager:
         shadow = policy.shadow if policy.shadow and policy.shadow.version in available else None
         canary = None if canary is not None and canary.version == stable else canary
         shadow = None if shadow is not None and shadow.version == stable else shadow
-        route = core.RolloutRoute(
-            stable,
-            canary.version if canary else 0,
-            round(canary.percent * BASIS_POINTS_PER_PERCENT) if canary else 0,
-            shadow.version if shadow else 0,
-            round(shadow.sample_percent * BASIS_POINTS_PER_PERCENT) if shadow else 10000,
-        )
-        old = self.registry.rollout(name)
-        if (old.stable, old.canary, old.canary_basis_points, old.shadow, old.shadow_basis_points) != (
-            route.stable,
-            route.canary,
-            route.canary_basis_points,
-            route.shadow,
-            route.shadow_basis_points,
-        ):
+        route = core_route(stable, canary, shadow)
+        if not same_route(self.registry.rollout(name), route):
             self.registry.set_rollout(name, route)
-            log.info("%s routed: %s", name, _describe(route))
+            log.info("%s routed: %s", name, describe_route(route))
         compared = {route.stable, route.canary, route.shadow} - {0}
         for (n, v), servable in self._servables.items():
             if n == name:
@@ -564,7 +480,7 @@ class ModelManager:
                 raise RequestError(StatusCode.NOT_FOUND, f"model '{name}' has no version {version} on disk")
             status = self._versions.get((name, version))
             if status is None or status.state == VersionState.FAILED:
-                self._load(entry, version, self._file_signature(entry.version_dir(version)))
+                self._load(entry, version, file_signature(entry.version_dir(version)))
             self._apply_route(name)
             self._update_readiness()
             return self._versions[(name, version)]
@@ -575,7 +491,7 @@ class ModelManager:
             if version in (route.stable, route.canary, route.shadow):
                 raise RequestError(
                     StatusCode.FAILED_PRECONDITION,
-                    f"{name} version {version} is in the rollout ({_describe(route)}): change the rollout first",
+                    f"{name} version {version} is in the rollout ({describe_route(route)}): change the rollout first",
                 )
             if (name, version) not in self._versions:
                 raise RequestError(StatusCode.NOT_FOUND, f"{name} version {version} is not loaded")
@@ -600,7 +516,7 @@ class ModelManager:
                         "state": s.state.value,
                         "reason": s.reason,
                         "since": s.since,
-                        "role": _role(route, v),
+                        "role": route_role(route, v, with_share=True),
                     }
                     for (n, v), s in sorted(self._versions.items())
                     if n == name
@@ -611,13 +527,7 @@ class ModelManager:
                         "versions": versions,
                         "on_disk": list(self._on_disk_versions(name)),
                         "policy": model.policy.model_dump(mode="json"),
-                        "route": {
-                            "stable": route.stable,
-                            "canary": route.canary,
-                            "canary_percent": route.canary_basis_points / BASIS_POINTS_PER_PERCENT,
-                            "shadow": route.shadow,
-                            "shadow_sample_percent": route.shadow_basis_points / BASIS_POINTS_PER_PERCENT,
-                        },
+                        "route": route_summary(route),
                         "error": model.error,
                     }
                 )
@@ -663,22 +573,3 @@ class ModelManager:
                 reason=f"{role} {current.version}: " + "; ".join(verdict.reasons),
                 figures=verdict.figures,
             )
-
-
-def _role(route: core.RolloutRoute, version: int) -> str:
-    if version == route.stable:
-        return "stable"
-    if version == route.canary:
-        return f"canary {route.canary_basis_points / BASIS_POINTS_PER_PERCENT:g} %"
-    if version == route.shadow:
-        return "shadow"
-    return ""
-
-
-def _describe(route: core.RolloutRoute) -> str:
-    parts = [f"stable {route.stable}"]
-    if route.canary:
-        parts.append(f"canary {route.canary} at {route.canary_basis_points / BASIS_POINTS_PER_PERCENT:g} %")
-    if route.shadow:
-        parts.append(f"shadow {route.shadow} ({route.shadow_basis_points / BASIS_POINTS_PER_PERCENT:g} %)")
-    return ", ".join(parts)

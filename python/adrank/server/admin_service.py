@@ -24,12 +24,12 @@ from typing import Any
 
 import grpc
 
-from adrank.ranking_service import grpc_status
 from adrank.repository.config import ModelNameError, check_model_name
 from adrank.repository.manager import ModelManager
 from adrank.rollout import AuditLog, RolloutPolicy
 from adrank.rollout.changes import ChangeError, promote, rollback
 from adrank.rollout.policy import CanaryPolicy, GuardrailPolicy, ShadowPolicy
+from adrank.server.ranking_service import grpc_status
 from adrank.status import RequestError, StatusCode
 from adrank.v1 import admin_pb2 as pb
 from adrank.v1 import admin_pb2_grpc as pb_grpc

@@ -14,7 +14,7 @@ UNAVAILABLE until `set_serving`; `drain` answers new calls UNAVAILABLE while tho
 callers go quiet, then `stop` closes the port.
 
 Health is per service (`set_health`: "", adrank.v1.Ranking, and each model by its name; the server decides
-the statuses, server.py): every service says NOT_SERVING until `set_serving`, then what it was last set to
+the statuses, process.py): every service says NOT_SERVING until `set_serving`, then what it was last set to
 ("" and adrank.v1.Ranking SERVING unless set otherwise); `drain` turns every one NOT_SERVING for good.
 
 callers go quiet (a call answered whose client has not taken the reply is not waited for), then `stop`
@@ -37,8 +37,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import adrank._core as core
-from adrank.ranking_service import RANKING_SERVICE, RankingService, add_to_server
 from adrank.repository.manager import ModelManager
+from adrank.server.ranking_service import RANKING_SERVICE, RankingService, add_to_server
 
 FrontendKind = Literal["auto", "cpp", "python"]
 

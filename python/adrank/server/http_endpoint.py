@@ -1,6 +1,6 @@
 """HttpEndpoint: the operators' HTTP port: `/healthz` (the process is up), `/readyz` (the start is done,
 every model of the repository has a version that serves, and the server is not draining: 200, else 503;
-server.py decides), and the pages it is given —
+process.py decides), and the pages it is given —
 `/metrics` and `/dashboard` (metrics/pages.py) unless the server runs without metrics.
 
 It runs on its own threads (the standard library's ThreadingHTTPServer), so a busy event loop never

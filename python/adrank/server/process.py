@@ -39,16 +39,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import adrank._core as core
-from adrank.admin_service import AdminServer
-from adrank.frontend import RANKING_SERVICE, Frontend, FrontendKind, TransportOptions, create_frontend
-from adrank.http_endpoint import HttpEndpoint
-from adrank.memory_release import MemoryRelease
 from adrank.metrics.exporter import create_registry
 from adrank.metrics.history import MetricsHistory, MetricsOptions
 from adrank.metrics.pages import ObservabilityPages
 from adrank.metrics.sample import MetricsSource
 from adrank.repository.layout import ModelRepository
 from adrank.repository.manager import ManagerOptions, ModelManager
+from adrank.server.admin_service import AdminServer
+from adrank.server.frontend import RANKING_SERVICE, Frontend, FrontendKind, TransportOptions, create_frontend
+from adrank.server.http_endpoint import HttpEndpoint
+from adrank.server.memory_release import MemoryRelease
 
 log = logging.getLogger("adrank.server")
 # After the drain, how long replies may take to reach their clients: a reading client takes one in
