@@ -32,6 +32,7 @@
 #include "cuda_runtime.h"
 #include "memory_pool.h"
 #include "model_registry.h"
+#include "outcome.h"
 #include "request.h"
 #include "status.h"
 #include "tensor.h"
@@ -99,13 +100,8 @@ struct PyResult {
   RequestTiming timing;
 };
 
-// Shared between the completion (worker thread, no GIL) and the Python side.
-struct PendingState {
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  RequestResult result;
-};
+// The request's result, set by its completion (a worker thread, no GIL) and read by the Python side.
+using PendingState = Outcome<RequestResult>;
 
 class PendingRequest {
  public:
@@ -116,32 +112,26 @@ class PendingRequest {
     // The core still reads the input arrays held in keepalive_: let it finish first.
     if (!handle_ || done()) return;
     py::gil_scoped_release release;
-    std::unique_lock<std::mutex> lock(state_->mu);
-    state_->cv.wait(lock, [&] { return state_->done; });
+    state_->Wait();
   }
 
-  bool done() const {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    return state_->done;
-  }
+  bool done() const { return state_->done(); }
 
   // Blocks (without the GIL) until done or `timeout_s` passes; raises CoreError on failure.
   py::object Wait(std::optional<double> timeout_s) {
     const Timeout timeout = ParseTimeout(timeout_s);
+    bool done = true;
     {
       py::gil_scoped_release release;
-      std::unique_lock<std::mutex> lock(state_->mu);
-      auto is_done = [&] { return state_->done; };
-      if (timeout.kind != Timeout::kNone) {
-        if (!state_->cv.wait_for(lock, timeout.after, is_done)) {
-          lock.unlock();
-          py::gil_scoped_acquire acquire;
-          PyErr_SetString(PyExc_TimeoutError, "request not complete within the wait timeout");
-          throw py::error_already_set();
-        }
+      if (timeout.kind == Timeout::kNone) {
+        state_->Wait();
       } else {
-        state_->cv.wait(lock, is_done);
+        done = state_->WaitFor(timeout.after);
       }
+    }
+    if (!done) {
+      PyErr_SetString(PyExc_TimeoutError, "request not complete within the wait timeout");
+      throw py::error_already_set();
     }
     return Result();
   }
@@ -149,15 +139,16 @@ class PendingRequest {
   // The outcome of a finished request (converted once, then cached).
   py::object Result() {
     if (!done()) throw py::value_error("request is not complete yet");
-    if (!state_->result.status.ok()) throw StatusError(state_->result.status);
+    RequestResult& result = state_->value();
+    if (!result.status.ok()) throw StatusError(result.status);
     if (!result_) {
       PyResult r;
-      for (OutputTensor& out : state_->result.outputs) {
+      for (OutputTensor& out : result.outputs) {
         std::string name = out.name;
         r.outputs[py::str(name)] = ToNumpy(std::move(out));
       }
-      state_->result.outputs.clear();
-      r.timing = state_->result.timing;
+      result.outputs.clear();
+      r.timing = result.timing;
       result_ = py::cast(std::move(r));
     }
     return *result_;
@@ -250,12 +241,7 @@ std::unique_ptr<PendingRequest> Submit(const std::shared_ptr<ModelQueue>& model,
   request.tenant = std::move(tenant);
   request.deadline = DeadlineOf(timeout);
   request.on_complete = [state, completion_queue, token](RequestResult&& result) {
-    {
-      std::lock_guard<std::mutex> lock(state->mu);
-      state->result = std::move(result);
-      state->done = true;
-    }
-    state->cv.notify_all();
+    state->Set(std::move(result));
     if (completion_queue) completion_queue->Push(token);
   };
   Status status;

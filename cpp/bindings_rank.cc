@@ -2,16 +2,14 @@
 // rank_admission.h) and, when grpc++ was found at build time, the C++ front end (rank_server.h).
 //
 // The Python front end's call: `start_rank` takes the request's bytes with the GIL, releases it to parse,
-// check, route and submit (rank_call.h), and returns a PendingRank at once. The answer is made on the
-// worker that completes the call's last part, without the GIL: the response is serialized there, the
-// outcome stored, and the call's token pushed to the CompletionQueue that the event loop watches
-// (completions.py). The call owns itself until it has answered; the PendingRank only reads the outcome
-// and may cancel, whichever is dropped first.
+// check, route and submit (rank_call.h StartRank), and returns a PendingRank at once. The answer is made
+// on the worker that completes the call's last part, without the GIL: the response is serialized there,
+// the answer kept, and the call's token pushed to the CompletionQueue that the event loop watches
+// (completions.py); `wait` serves callers off the event loop (golden requests).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -30,87 +28,48 @@ namespace py = pybind11;
 namespace adrank {
 namespace {
 
-// A call's answer, as the Python side reads it once the token arrives.
-struct RankOutcome {
-  std::mutex mu;
-  bool done = false;
-  Status status;
-  std::string reply;  // the serialized RankResponse, when OK
-};
-
-class PyRankCall final : public RankCall {
- public:
-  // Started and owning itself until it answers; the returned weak reference may cancel it until then.
-  static std::weak_ptr<PyRankCall> Start(std::string_view bytes, const ModelRegistry& registry,
-                                         const RankCallOptions& options, std::shared_ptr<RankOutcome> outcome,
-                                         std::shared_ptr<CompletionQueue> queue, uint64_t token) {
-    auto call = std::make_shared<PyRankCall>(std::move(outcome), std::move(queue), token);
-    call->self_ = call;
-    std::weak_ptr<PyRankCall> handle = call;
-    call->Parse(bytes);
-    call->RankCall::Start(registry, options);
-    return handle;
-  }
-
-  PyRankCall(std::shared_ptr<RankOutcome> outcome, std::shared_ptr<CompletionQueue> queue, uint64_t token)
-      : outcome_(std::move(outcome)), queue_(std::move(queue)), token_(token) {}
-
- private:
-  void Answer(const Status& status, v1::RankResponse* response) override {
-    const std::shared_ptr<PyRankCall> self = std::move(self_);  // the call ends with this scope
-    std::string reply;
-    Status answered = status;
-    if (answered.ok() && !response->SerializeToString(&reply)) answered = Internal("response: cannot serialize");
-    {
-      std::lock_guard<std::mutex> lock(outcome_->mu);
-      outcome_->status = std::move(answered);
-      outcome_->reply = std::move(reply);
-      outcome_->done = true;
-    }
-    if (queue_) queue_->Push(token_);
-  }
-
-  const std::shared_ptr<RankOutcome> outcome_;
-  const std::shared_ptr<CompletionQueue> queue_;
-  const uint64_t token_;
-  std::shared_ptr<PyRankCall> self_;
-};
-
+// A started call (rank_call.h StartRank): the answer it will have, and the handle that may cancel it.
 class PendingRank {
  public:
-  PendingRank(std::shared_ptr<RankOutcome> outcome, std::weak_ptr<PyRankCall> call, uint64_t token)
-      : outcome_(std::move(outcome)), call_(std::move(call)), token_(token) {}
+  PendingRank(std::shared_ptr<Outcome<RankAnswer>> answer, RankCallHandle call, uint64_t token)
+      : answer_(std::move(answer)), call_(std::move(call)), token_(token) {}
 
-  bool done() const {
-    std::lock_guard<std::mutex> lock(outcome_->mu);
-    return outcome_->done;
+  bool done() const { return answer_->done(); }
+
+  // Blocks (without the GIL) until answered; False if `timeout_s` passed first.
+  bool Wait(std::optional<double> timeout_s) const {
+    const Timeout timeout = ParseTimeout(timeout_s);
+    py::gil_scoped_release release;
+    if (timeout.kind == Timeout::kNone) {
+      answer_->Wait();
+      return true;
+    }
+    return answer_->WaitFor(timeout.after);
   }
 
   // The serialized RankResponse; CoreError with the call's status if it failed.
   py::bytes Result() const {
-    std::lock_guard<std::mutex> lock(outcome_->mu);
-    if (!outcome_->done) throw py::value_error("the Rank call has not answered yet");
-    ThrowIfError(outcome_->status);
-    return py::bytes(outcome_->reply);
+    if (!answer_->done()) throw py::value_error("the Rank call has not answered yet");
+    ThrowIfError(answer_->value().status);
+    return py::bytes(answer_->value().reply);
   }
 
-  // Its parts not yet in a batch complete CANCELLED, and so the call; nothing once it has answered.
-  void Cancel() {
+  void Cancel() const {
     py::gil_scoped_release release;
-    if (const std::shared_ptr<PyRankCall> call = call_.lock()) call->Cancel();
+    call_.Cancel();
   }
 
   uint64_t token() const { return token_; }
 
  private:
-  std::shared_ptr<RankOutcome> outcome_;
-  std::weak_ptr<PyRankCall> call_;
+  std::shared_ptr<Outcome<RankAnswer>> answer_;
+  RankCallHandle call_;
   uint64_t token_;
 };
 
-std::unique_ptr<PendingRank> StartRank(const std::shared_ptr<ModelRegistry>& registry, const py::bytes& request,
-                                       std::optional<double> timeout_s, double reply_margin_s, std::string tenant,
-                                       std::shared_ptr<CompletionQueue> completion_queue, uint64_t token) {
+std::unique_ptr<PendingRank> Start(const std::shared_ptr<ModelRegistry>& registry, const py::bytes& request,
+                                   std::optional<double> timeout_s, double reply_margin_s, std::string tenant,
+                                   std::shared_ptr<CompletionQueue> completion_queue, uint64_t token) {
   RankCallOptions options;
   options.deadline = DeadlineOf(ParseTimeout(timeout_s));
   options.reply_margin = Seconds(reply_margin_s);
@@ -118,26 +77,29 @@ std::unique_ptr<PendingRank> StartRank(const std::shared_ptr<ModelRegistry>& reg
   char* data = nullptr;
   py::ssize_t size = 0;
   if (PyBytes_AsStringAndSize(request.ptr(), &data, &size) != 0) throw py::error_already_set();
-  auto outcome = std::make_shared<RankOutcome>();
-  std::weak_ptr<PyRankCall> call;
+  auto answer = std::make_shared<Outcome<RankAnswer>>();
+  std::function<void()> answered;
+  if (completion_queue) answered = [completion_queue, token] { completion_queue->Push(token); };
+  RankCallHandle call;
   {
     // `request` is held by the caller for the duration: its bytes stay put while parsed.
     py::gil_scoped_release release;
-    call = PyRankCall::Start(std::string_view(data, static_cast<size_t>(size)), *registry, options, outcome,
-                             std::move(completion_queue), token);
+    call =
+        StartRank(std::string_view(data, static_cast<size_t>(size)), *registry, options, answer, std::move(answered));
   }
-  return std::make_unique<PendingRank>(std::move(outcome), std::move(call), token);
+  return std::make_unique<PendingRank>(std::move(answer), std::move(call), token);
 }
 
 void BindContract(py::module_& m) {
   py::class_<PendingRank>(m, "PendingRank")
       .def("done", &PendingRank::done)
+      .def("wait", &PendingRank::Wait, py::arg("timeout_s") = py::none())
       .def("result", &PendingRank::Result)
       .def("cancel", &PendingRank::Cancel)
       .def_property_readonly("token", &PendingRank::token);
-  m.def("start_rank", &StartRank, py::arg("registry"), py::arg("request"), py::kw_only(),
-        py::arg("timeout_s") = py::none(), py::arg("reply_margin_s") = 0.0, py::arg("tenant") = "",
-        py::arg("completion_queue") = nullptr, py::arg("token") = 0,
+  m.def("start_rank", &Start, py::arg("registry"), py::arg("request"), py::kw_only(), py::arg("timeout_s") = py::none(),
+        py::arg("reply_margin_s") = 0.0, py::arg("tenant") = "", py::arg("completion_queue") = nullptr,
+        py::arg("token") = 0,
         "Starts one Rank call over the request's bytes (cpp/rank_call.h); its answer is the PendingRank's.");
 
   py::class_<RankAdmission, std::shared_ptr<RankAdmission>>(m, "RankAdmission")

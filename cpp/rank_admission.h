@@ -66,7 +66,7 @@ class RankAdmission {
 
   int64_t in_flight() const { return in_flight_.load(std::memory_order_acquire); }
   int64_t in_flight_bytes() const { return in_flight_bytes_.load(std::memory_order_acquire); }
-  // All calls together: a memory trimmer's cue (python/adrank/memory_release.py).
+  // All calls together: a memory trimmer's cue (python/adrank/server/memory_release.py).
   uint64_t released_bytes() const { return released_bytes_.load(std::memory_order_relaxed); }
   int64_t max_in_flight_bytes() const { return max_in_flight_bytes_; }
   std::array<uint64_t, kStatusCodeCount> CallCounts() const;

@@ -65,7 +65,48 @@ void SubmitShadow(ModelCall shadow) {
   if (!status.ok()) RecordRefused(*model, status);
 }
 
+// StartRank's call: owns itself (self_) from its start until its answer is kept.
+class KeptRankCall final : public RankCall {
+ public:
+  KeptRankCall(std::shared_ptr<Outcome<RankAnswer>> answer, std::function<void()> answered)
+      : answer_(std::move(answer)), answered_(std::move(answered)) {}
+
+  static RankCallHandle Start(std::string_view bytes, const ModelRegistry& registry, const RankCallOptions& options,
+                              std::shared_ptr<Outcome<RankAnswer>> answer, std::function<void()> answered) {
+    auto call = std::make_shared<KeptRankCall>(std::move(answer), std::move(answered));
+    call->self_ = call;
+    RankCallHandle handle(call);
+    call->Parse(bytes);
+    call->RankCall::Start(registry, options);
+    return handle;
+  }
+
+ private:
+  void Answer(const Status& status, v1::RankResponse* response) override {
+    const std::shared_ptr<KeptRankCall> self = std::move(self_);  // the call ends with this scope
+    RankAnswer kept{status, {}};
+    if (kept.status.ok() && !response->SerializeToString(&kept.reply)) {
+      kept.status = Internal("response: cannot be serialized");
+    }
+    answer_->Set(std::move(kept));
+    if (answered_) answered_();
+  }
+
+  const std::shared_ptr<Outcome<RankAnswer>> answer_;
+  const std::function<void()> answered_;
+  std::shared_ptr<KeptRankCall> self_;
+};
+
 }  // namespace
+
+void RankCallHandle::Cancel() const {
+  if (const std::shared_ptr<RankCall> call = call_.lock()) call->Cancel();
+}
+
+RankCallHandle StartRank(std::string_view bytes, const ModelRegistry& registry, const RankCallOptions& options,
+                         std::shared_ptr<Outcome<RankAnswer>> answer, std::function<void()> answered) {
+  return KeptRankCall::Start(bytes, registry, options, std::move(answer), std::move(answered));
+}
 
 RankCall::RankCall() : start_ns_(SteadyNanos()) {}
 

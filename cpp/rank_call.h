@@ -38,12 +38,19 @@
 // last part, or on Start's thread when the call is refused before any model runs.
 //
 // Thread-safety: Parse and Start from one thread, once each, in that order; Cancel from any thread at any
-// time until Answer has been called.
+// time while the call exists (after its answer it does nothing).
+//
+// StartRank: for a transport that waits for the answer or hands it to another thread (the Python front
+// end; the server's own golden requests), a call that owns itself until it answers. Its answer (the
+// response serialized, or the error) is set on an Outcome (outcome.h), then `answered` runs on the
+// answering thread (the Python binding pushes a CompletionQueue token there). The handle it returns may
+// cancel the call until it has answered, and does nothing after.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -53,6 +60,7 @@
 #include "adrank/v1/ranking.pb.h"
 #include "clock.h"
 #include "model_registry.h"
+#include "outcome.h"
 #include "request.h"
 #include "status.h"
 #include "wire_request.h"
@@ -118,5 +126,24 @@ class RankCall {
   bool cancelled_ = false;
   Status first_error_;
 };
+
+// A call's answer as StartRank keeps it: the status, and when OK the serialized RankResponse.
+struct RankAnswer {
+  Status status;
+  std::string reply;
+};
+
+class RankCallHandle {
+ public:
+  RankCallHandle() = default;
+  explicit RankCallHandle(std::weak_ptr<RankCall> call) : call_(std::move(call)) {}
+  void Cancel() const;
+
+ private:
+  std::weak_ptr<RankCall> call_;
+};
+
+RankCallHandle StartRank(std::string_view bytes, const ModelRegistry& registry, const RankCallOptions& options,
+                         std::shared_ptr<Outcome<RankAnswer>> answer, std::function<void()> answered = nullptr);
 
 }  // namespace adrank

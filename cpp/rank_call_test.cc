@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <climits>
 #include <condition_variable>
@@ -290,6 +291,41 @@ TEST_F(RankCallTest, ConcurrentCallsEachGetTheirOwnScores) {
     ASSERT_EQ(scores.size(), static_cast<size_t>(rows));
     EXPECT_EQ(scores.back(), 2.0f * (rows - 1) + 1.5f);
   }
+}
+
+TEST_F(RankCallTest, StartRankKeepsTheSerializedAnswerAndTellsOnceItIsThere) {
+  auto answer = std::make_shared<Outcome<RankAnswer>>();
+  std::atomic<int> told{0};
+  StartRank(Request(2).SerializeAsString(), registry_, {}, answer, [&] { ++told; });
+  ASSERT_TRUE(answer->WaitFor(std::chrono::seconds(10)));
+  ASSERT_TRUE(answer->value().status.ok()) << answer->value().status.ToString();
+  v1::RankResponse response;
+  ASSERT_TRUE(response.ParseFromString(answer->value().reply));
+  EXPECT_EQ(Scores(response.results(0)), (std::vector<float>{1.5f, 3.5f}));
+  EXPECT_EQ(told.load(), 1);
+  // Refused at once: answered on the starting thread, before StartRank returns.
+  auto refused = std::make_shared<Outcome<RankAnswer>>();
+  StartRank("\xff", registry_, {}, refused);
+  ASSERT_TRUE(refused->done());
+  EXPECT_EQ(refused->value().status.code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(refused->value().reply.empty());
+}
+
+TEST_F(RankCallTest, StartRanksHandleCancelsUntilTheAnswerAndNothingAfter) {
+  CloseGate();
+  auto holding = std::make_shared<Outcome<RankAnswer>>();
+  const RankCallHandle running = StartRank(Request(1).SerializeAsString(), registry_, {}, holding);
+  AwaitEntered(1);
+  auto queued = std::make_shared<Outcome<RankAnswer>>();
+  const RankCallHandle handle = StartRank(Request(1).SerializeAsString(), registry_, {}, queued);
+  handle.Cancel();
+  ASSERT_TRUE(queued->WaitFor(std::chrono::seconds(10)));
+  EXPECT_EQ(queued->value().status.code(), StatusCode::kCancelled);
+  handle.Cancel();  // the call is gone: nothing happens
+  OpenGate();
+  ASSERT_TRUE(holding->WaitFor(std::chrono::seconds(10)));
+  EXPECT_TRUE(holding->value().status.ok());
+  running.Cancel();
 }
 
 }  // namespace

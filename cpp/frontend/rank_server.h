@@ -133,7 +133,8 @@ class RankServer {
   int64_t in_flight() const;
   // Request bytes held by calls gRPC is not done with (answered or not): what max_in_flight_bytes bounds.
   int64_t in_flight_bytes() const;
-  // Request bytes released so far, all calls together (a memory trimmer's cue: see server.py).
+  // Request bytes released so far, all calls together (a memory trimmer's cue: see
+  // python/adrank/server/memory_release.py).
   uint64_t released_bytes() const;
   // Rank calls answered so far, by status code (gRPC's numbering), including those refused before any
   // model ran (unknown model, malformed request, loading, draining).

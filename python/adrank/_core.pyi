@@ -296,6 +296,7 @@ class ModelRegistry:
 # The Rank contract (cpp/rank_call.h): what both front ends hand a call to.
 class PendingRank:
     def done(self) -> bool: ...
+    def wait(self, timeout_s: float | None = None) -> bool: ...  # False if the timeout passed first
     def result(self) -> bytes: ...  # the serialized RankResponse; CoreError with the call's status
     def cancel(self) -> None: ...
     @property

@@ -5,19 +5,18 @@ per instance, register a model queue with the core's thread pool whose backend c
 session of the instance the core picked, then warm it up: one batch through the core at every size a
 batch can close at, so that the first real request pays for no allocation or kernel selection.
 
-`prepare` turns a request's decoded tensors into what this model's core queue takes: it picks the
-model's inputs, checks what the core cannot (text becomes its UTF-8 byte row; N against `max_candidates`; NaN
-and inf where the config forbids them; dtypes, so that the message names the wire dtype) and leaves
-names, trailing dims and byte sizes to the core's own validation. Every error is a RequestError with
-the gRPC status to answer and a message that names the model and the field.
+A client's call reaches the version through the registry it is registered in (`register`; the Rank
+contract, cpp/rank_call.h, checks and converts it without Python). The server's own requests (golden
+inputs: the load's parity check, publish's gates) take the same contract through `score`, so their checks
+and messages are those of every call.
 
-Thread-safety: `prepare` and `model.submit` may be called from any thread; `unload` once.
+Thread-safety: `score` and `model.submit` may be called from any thread; `unload` once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,15 +24,14 @@ import numpy as np
 
 import adrank._core as core
 from adrank.backends import Session, create_backend
-from adrank.repository.config import FLOAT_DTYPES, ModelConfig, TensorConfig
+from adrank.repository.config import ModelConfig
+from adrank.repository.meta import GoldenRequest
 from adrank.status import RequestError, StatusCode
 from adrank.tokenizer import text_row
+from adrank.v1 import ranking_pb2 as pb
+from adrank.wire import encode_all
 
 log = logging.getLogger("adrank.servable")
-
-
-def invalid(message: str) -> RequestError:
-    return RequestError(StatusCode.INVALID_ARGUMENT, message)
 
 
 # The server's own requests (warm-up, parity checks, publish's benchmark) run on an idle model but may be
@@ -90,9 +88,11 @@ class Servable:
             low, high = low - 1.0, high + 1.0
         return Servable(config, version, version_dir, model, sessions, core.VersionStats(low, high))
 
-    def register(self, registry: core.ModelRegistry) -> None:
+    def register(
+        self, registry: core.ModelRegistry, serving: bool = False, stats: core.VersionStats | None = None
+    ) -> None:
         """Makes this version routable: the registry's front ends check and convert its requests from
-        `served_inputs` without Python, and record its outcomes in `stats`."""
+        `served_inputs` without Python, and record its outcomes in `stats` (this version's unless given)."""
         registry.add(
             self.model,
             self.name,
@@ -101,7 +101,8 @@ class Servable:
             self.config.score_output,
             self.config.max_candidates,
             self.lowest_priority,
-            self.stats,
+            stats or self.stats,
+            serving=serving,
         )
 
     def parity_atol(self, golden_atol: float) -> float:
@@ -157,53 +158,31 @@ class Servable:
             target[t.name] = np.zeros([1 if t.role == "context" else rows, *t.shape], dtype=t.dtype)
         return candidates, context
 
-    def prepare(
-        self, candidates: Mapping[str, np.ndarray], context: Mapping[str, np.ndarray], rows: int
-    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """This model's inputs from a request's decoded tensors, as its core queue takes them."""
-        if rows > self.config.max_candidates:
-            raise invalid(
-                f"candidates: {rows} rows exceed model '{self.name}''s limit of {self.config.max_candidates} "
-                "(max_candidates)"
-            )
-        core_candidates: dict[str, np.ndarray] = {}
-        core_context: dict[str, np.ndarray] = {}
-        for spec in self.config.inputs:
-            sent_as_context = spec.name in context
-            value = context.get(spec.name) if sent_as_context else candidates.get(spec.name)
-            if value is None:
-                raise invalid(f"{spec.role} tensor '{spec.name}' is missing: model '{self.name}' needs it")
-            if sent_as_context != (spec.role == "context"):
-                sent = "context" if sent_as_context else "candidates"
-                raise invalid(
-                    f"tensor '{spec.name}' was sent in {sent}, but model '{self.name}' takes it as {spec.role}"
-                )
-            if spec.tokenizer is not None:
-                core_context[spec.name] = self._text_row(spec, value)
-                continue
-            self._check_values(spec, value)
-            (core_context if sent_as_context else core_candidates)[spec.name] = value
-        return core_candidates, core_context
+    def score(self, requests: Sequence[GoldenRequest], timeout_s: float = INTERNAL_TIMEOUT_S) -> list[np.ndarray]:
+        """Each request's float32 scores, run through the core's Rank contract (cpp/rank_call.h) exactly as a
+        client's call is (decoded, checked against this version's signature, batched) but on a registry of
+        this version alone, with stats of its own: no client call reaches the version meanwhile, and its
+        metrics count only its clients' calls. RequestError with the call's status and message."""
+        registry = core.ModelRegistry()
+        self.register(registry, serving=True, stats=core.VersionStats())
+        calls = [core.start_rank(registry, self._request(c, x), timeout_s=timeout_s) for c, x in requests]
+        scores: list[np.ndarray] = []
+        for call in calls:
+            call.wait()
+            try:
+                reply = pb.RankResponse.FromString(call.result())
+            except core.CoreError as error:
+                raise RequestError(StatusCode(error.grpc_code), str(error)) from None
+            scores.append(np.frombuffer(reply.results[0].scores, dtype="<f4"))
+        return scores
 
-    def _text_row(self, spec: TensorConfig, value: np.ndarray) -> np.ndarray:
-        if value.dtype != object:
-            raise invalid(f"context tensor '{spec.name}' has dtype {value.dtype}; model '{self.name}' expects string")
-        if value.shape != (1,):
-            raise invalid(f"context tensor '{spec.name}' has shape {list(value.shape)}; expected [1] (one text)")
-        assert spec.tokenizer is not None, "config validation gives every string input a tokenizer"
-        return text_row(value[0], spec.tokenizer.max_bytes)
-
-    def _check_values(self, spec: TensorConfig, value: np.ndarray) -> None:
-        where = f"{spec.role} tensor '{spec.name}'"
-        if value.dtype == object:
-            raise invalid(f"{where} is string; model '{self.name}' expects {spec.dtype}")
-        if value.dtype.name != spec.dtype:
-            raise invalid(f"{where} has dtype {value.dtype.name}; model '{self.name}' expects {spec.dtype}")
-        if not spec.allow_nonfinite and spec.dtype in FLOAT_DTYPES:
-            finite = np.isfinite(value)
-            if not finite.all():
-                row = int(np.argwhere(~finite)[0][0])
-                raise invalid(f"{where}: row {row} holds NaN or inf; model '{self.name}' allows finite values only")
+    def _request(self, candidates: Mapping[str, np.ndarray], context: Mapping[str, np.ndarray]) -> bytes:
+        request = pb.RankRequest(
+            models=[pb.ModelSpec(name=self.name, version=self.version)],
+            candidates=encode_all(candidates),
+            context=encode_all(context),
+        )
+        return request.SerializeToString()
 
     def unload(self, pool: core.ThreadPool) -> None:
         """Stops taking requests, finishes the queued ones, frees the sessions."""

@@ -61,8 +61,7 @@ def gpu_pool() -> Iterator[core.ThreadPool]:
 
 
 def served_scores(servable: Servable, requests: list) -> np.ndarray:
-    pending = [servable.model.submit(*servable.prepare(c, x, next(iter(c.values())).shape[0])) for c, x in requests]
-    return np.concatenate([p.wait(timeout_s=60).outputs[servable.config.score_output] for p in pending])
+    return np.concatenate(servable.score(requests, timeout_s=60))
 
 
 @pytest.mark.parametrize(("model", "overrides", "atol"), PATHS)

@@ -129,9 +129,7 @@ def check_golden(
     """Runs the golden requests as served; every score finite and in range. Returns the check and the scores."""
     import numpy as np
 
-    import adrank._core as core
     from adrank.repository.meta import MetaError, golden_requests
-    from adrank.servable import INTERNAL_TIMEOUT_S
     from adrank.status import RequestError
 
     config = servable.config
@@ -141,14 +139,11 @@ def check_golden(
         raise PublishError(f"{origin}: {error}") from error
     scores: list[np.ndarray] = []
     with progress.bar("golden requests", len(requests)) as advance:
-        for candidates, context in requests:
-            rows = len(next(iter(candidates.values())))
+        for request in requests:
             try:
-                prepared = servable.prepare(candidates, context, rows)
-                result = servable.model.submit(*prepared, timeout_s=INTERNAL_TIMEOUT_S).wait()
-            except (RequestError, core.CoreError) as error:
+                scores.extend(servable.score([request]))
+            except RequestError as error:
                 raise PublishError(f"golden inputs from {origin}: the model cannot run them: {error}") from error
-            scores.append(np.array(result.outputs[config.score_output], dtype=np.float32).reshape(-1))
             advance()
     values = np.concatenate(scores)
     output = config.outputs[0]

@@ -4,8 +4,8 @@
 1. meta.json names this model and version, and model.onnx hashes to its sha256 (not corrupt, not replaced);
 2. the backend's sessions load, one per instance, and the model's core queue is registered (Servable.load);
 3. warm-up: one batch at every size a batch can close at, so that the first real request pays for none;
-4. parity: the golden inputs, replayed through the core as requests are served, give the golden outputs
-   within the version's tolerance, and every one is finite.
+4. parity: the golden inputs, replayed through the core's Rank contract as clients' calls are served
+   (Servable.score), give the golden outputs within the version's tolerance, and every one is finite.
 A step that fails raises with the reason; what was loaded is unloaded first, so a failed load leaves
 nothing behind and the serving version untouched (it was never touched: the caller registers only what
 this returns).
@@ -22,7 +22,7 @@ import numpy as np
 import adrank._core as core
 from adrank.repository.layout import ModelEntry
 from adrank.repository.meta import META_FILE, Golden, MetaError, golden_outputs, golden_requests, load_meta, sha256_file
-from adrank.servable import INTERNAL_TIMEOUT_S, Servable
+from adrank.servable import Servable
 
 
 def file_signature(version_dir: Path) -> tuple[float, ...]:
@@ -66,12 +66,7 @@ def verified_meta(entry: ModelEntry, version_dir: Path) -> Golden:
 
 def check_parity(servable: Servable, golden: Golden) -> None:
     expected = golden_outputs(servable.config, golden.outputs)
-    pending = []
-    for candidates, context in golden_requests(servable.config, golden.inputs):
-        rows = next(iter(candidates.values())).shape[0]
-        prepared = servable.prepare(candidates, context, rows)
-        pending.append(servable.model.submit(*prepared, timeout_s=INTERNAL_TIMEOUT_S))
-    got = np.concatenate([p.wait().outputs[servable.config.score_output] for p in pending])
+    got = np.concatenate(servable.score(golden_requests(servable.config, golden.inputs)))
     if got.shape != expected.shape:
         raise MetaError(f"parity: {got.size} golden outputs, meta.json holds {expected.size}")
     diff = np.abs(got.astype(np.float64) - expected)
