@@ -179,8 +179,8 @@ def serve(
 
     Exits 1 when the repository cannot be read or none of its models has a version that loads (a model
     with nothing to serve while others serve leaves the server running, not ready)."""
+    from adrank.lifecycle.manager import ManagerOptions, NothingToServe
     from adrank.metrics.history import MetricsOptions
-    from adrank.repository.manager import ManagerOptions, NothingToServe
     from adrank.server.process import Server, ServerOptions
     from adrank.server.process import serve as run_server
     from adrank.tenants import TenantsConfig, TenantsConfigError, load_tenants

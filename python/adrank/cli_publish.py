@@ -1,4 +1,4 @@
-"""`adrank publish MODEL.onnx --model NAME`: the command line of repository/publish.py.
+"""`adrank publish MODEL.onnx --model NAME`: the command line of publish/pipeline.py.
 
 Contract: parses the options into a PublishOptions, runs publish() with its progress on stderr (step lines;
 progress bars too on a terminal, unless `--json`), and prints the report on stdout: a table, or with `--json`
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from adrank.repository.publish import (
+from adrank.publish.pipeline import (
     DEFAULT_BENCH_REPS,
     DEFAULT_MAX_SLOWDOWN,
     PublishError,

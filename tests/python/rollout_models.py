@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
-from adrank.repository.publish import PublishOptions, publish
+from adrank.publish.pipeline import PublishOptions, publish
 from served import MODELS
 
 

@@ -16,8 +16,8 @@ import adrank._core as core
 from adrank.backends import tensorrt_engine
 from adrank.backends.base import GPU_FP32_ATOL, GPU_REDUCED_ATOL
 from adrank.backends.graph import ModelGraph, onnx_graph_tensors
+from adrank.lifecycle.manager import ManagerOptions, ModelManager, VersionState
 from adrank.repository.layout import ModelRepository
-from adrank.repository.manager import ManagerOptions, ModelManager, VersionState
 from adrank.repository.meta import golden_outputs, golden_requests, load_meta
 from adrank.servable import Servable
 from served import copy_model

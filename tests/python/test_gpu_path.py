@@ -13,9 +13,9 @@ import adrank._core as core
 from adrank.backends import BackendError, tensorrt_engine
 from adrank.backends import onnxruntime as ort_backend
 from adrank.backends.graph import ModelGraph, onnx_graph_tensors
+from adrank.lifecycle.manager import ManagerOptions, ModelManager, VersionState
 from adrank.repository.config import ConfigError, TensorRtConfig, load_model_config
 from adrank.repository.layout import ModelRepository
-from adrank.repository.manager import ManagerOptions, ModelManager, VersionState
 from adrank.servable import Servable
 from served import MODELS, copy_model
 

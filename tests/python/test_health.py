@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rollout_models import corrupt, ctr_repository, second_model
 
 from adrank.client import RankClient
-from adrank.repository.manager import ManagerOptions
+from adrank.lifecycle.manager import ManagerOptions
 from served import FRONTENDS, ServerThread
 
 CANDIDATES = {"dense": np.zeros((3, 13), np.float32), "sparse": np.zeros((3, 26), np.int64)}

@@ -21,14 +21,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from rollout_models import ctr_repository
 
 from adrank.client import RankClient, RankError
-from adrank.metrics.exporter import rollout_metrics
-from adrank.metrics.histogram import (
+from adrank.histogram import (
     BATCH_ROWS_BOUNDS,
     EXPORTED_LATENCY_INDEX,
     LATENCY_BOUNDS_US,
     cumulative,
     quantile,
 )
+from adrank.metrics.exporter import rollout_metrics
 from adrank.metrics.history import MetricsOptions
 from adrank.metrics.sample import Sample, Traffic
 from adrank.rollout.guardrails import Verdict

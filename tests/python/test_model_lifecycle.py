@@ -1,4 +1,4 @@
-"""The repository lifecycle (python/adrank/repository/manager.py): versions load in the background, are
+"""The repository lifecycle (python/adrank/lifecycle/manager.py): versions load in the background, are
 warmed up and parity-checked before traffic reaches them, switch atomically and drain; a version or a
 config that fails leaves what serves untouched."""
 
@@ -17,8 +17,8 @@ import yaml
 from rollout_models import corrupt, ctr_repository, publish_version, second_model
 
 import adrank._core as core
+from adrank.lifecycle.manager import ManagerOptions, ModelManager, NothingToServe, VersionState
 from adrank.repository.layout import ModelRepository, RepositoryError
-from adrank.repository.manager import ManagerOptions, ModelManager, NothingToServe, VersionState
 from adrank.status import RequestError
 
 

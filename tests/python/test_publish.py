@@ -26,9 +26,9 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from adrank.cli_publish import publish_command
+from adrank.publish.pipeline import KILL_ENV, STEPS, PublishError, PublishOptions, publish
 from adrank.repository import ModelRepository
 from adrank.repository.meta import load_meta, sha256_file
-from adrank.repository.publish import KILL_ENV, STEPS, PublishError, PublishOptions, publish
 from served import MODELS
 
 CTR_ONNX = MODELS / "ctr" / "1" / "model.onnx"

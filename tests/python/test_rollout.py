@@ -323,6 +323,6 @@ def test_the_rollout_commands_edit_the_repository_without_a_server(repo):
 
 
 def _fast_polling():
-    from adrank.repository.manager import ManagerOptions
+    from adrank.lifecycle.manager import ManagerOptions
 
     return ManagerOptions(poll_interval_s=0.1, drain_timeout_s=10)

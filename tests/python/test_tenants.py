@@ -16,7 +16,7 @@ from test_metrics import scrape, value
 
 from adrank.cli import main
 from adrank.client import RankClient, RankError
-from adrank.repository.manager import ManagerOptions
+from adrank.lifecycle.manager import ManagerOptions
 from adrank.tenants import TenantsConfig, TenantsConfigError, load_tenants
 from served import FRONTENDS, ServerThread, copy_model
 

@@ -46,14 +46,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from adrank.metrics.histogram import (
+from adrank.histogram import (
     BATCH_ROWS_BOUNDS,
     EXPORTED_LATENCY_INDEX,
     LATENCY_BOUNDS_US,
     cumulative,
 )
+from adrank.lifecycle.manager import VersionState
 from adrank.metrics.sample import MetricsSource, Sample, VersionSample
-from adrank.repository.manager import VersionState
 from adrank.status import StatusCode
 
 CODE_NAMES = {int(code): code.name for code in StatusCode}

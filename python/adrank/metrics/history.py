@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from adrank.metrics.histogram import BATCH_ROWS_BOUNDS, LATENCY_BOUNDS_US, quantile
+from adrank.histogram import BATCH_ROWS_BOUNDS, LATENCY_BOUNDS_US, quantile
 from adrank.metrics.sample import MetricsSource, Sample
 from adrank.ticker import Ticker
 

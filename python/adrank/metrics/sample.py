@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import adrank._core as core
-from adrank.repository.manager import ModelManager
+from adrank.lifecycle.manager import ModelManager
 from adrank.rollout.guardrails import Verdict
 from adrank.rollout.routes import BASIS_POINTS_PER_PERCENT, route_role
 

@@ -1,5 +1,6 @@
-"""The model repository: its layout on disk, the typed schema of its files, and the lifecycle of the
-versions a server loads from it (DESIGN.md, Model repository)."""
+"""The model repository: its layout on disk, the typed schema of its files (config.yaml, meta.json) and a
+version's atomic staging into it (DESIGN.md, Model repository). It depends on nothing above it: the
+version lifecycle (adrank.lifecycle) and publishing (adrank.publish) build on it."""
 
 from adrank.repository.config import ConfigError, ModelConfig, load_model_config
 from adrank.repository.layout import ModelEntry, ModelRepository

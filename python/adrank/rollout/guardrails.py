@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 import adrank._core as core
-from adrank.metrics.histogram import LATENCY_BOUNDS_US, quantile
+from adrank.histogram import LATENCY_BOUNDS_US, quantile
 from adrank.rollout.policy import GuardrailPolicy
 from adrank.ticker import Ticker
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import grpc
 
+from adrank.lifecycle.manager import ModelManager
 from adrank.repository.config import ModelNameError, check_model_name
-from adrank.repository.manager import ModelManager
 from adrank.rollout import AuditLog, RolloutPolicy
 from adrank.rollout.changes import ChangeError, promote, rollback
 from adrank.rollout.policy import CanaryPolicy, GuardrailPolicy, ShadowPolicy

@@ -37,7 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import adrank._core as core
-from adrank.repository.manager import ModelManager
+from adrank.lifecycle.manager import ModelManager
 from adrank.server.ranking_service import RANKING_SERVICE, RankingService, add_to_server
 
 FrontendKind = Literal["auto", "cpp", "python"]

@@ -39,12 +39,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import adrank._core as core
+from adrank.lifecycle.manager import ManagerOptions, ModelManager
 from adrank.metrics.exporter import create_registry
 from adrank.metrics.history import MetricsHistory, MetricsOptions
 from adrank.metrics.pages import ObservabilityPages
 from adrank.metrics.sample import MetricsSource
 from adrank.repository.layout import ModelRepository
-from adrank.repository.manager import ManagerOptions, ModelManager
 from adrank.server.admin_service import AdminServer
 from adrank.server.frontend import RANKING_SERVICE, Frontend, FrontendKind, TransportOptions, create_frontend
 from adrank.server.http_endpoint import HttpEndpoint
@@ -136,7 +136,7 @@ class Server:
     async def start(self) -> None:
         """Listens, loads and warms every model, then serves (health: as ready as the models are).
 
-        Raises (repository/manager.py) NothingToServe when no model has a version that serves, and
+        Raises (lifecycle/manager.py) NothingToServe when no model has a version that serves, and
         RepositoryError when the repository cannot be read."""
         loop = asyncio.get_running_loop()
         self.models.on_readiness(lambda _: self._readiness_changed(loop))

@@ -32,10 +32,10 @@ from adrank.repository.publish_error import PublishError
 # use them: the CLI imports the publish modules to register the command, and `adrank --help` should not pay.
 if TYPE_CHECKING:
     import adrank._core as core
+    from adrank.publish.steps import PublishSteps
     from adrank.repository.config import ModelConfig
     from adrank.repository.layout import ModelEntry
     from adrank.repository.meta import VersionMeta
-    from adrank.repository.publish_steps import PublishSteps
     from adrank.servable import Servable
 
 

@@ -34,7 +34,7 @@ The temporary folder's pid tells whether its publish is alive on this machine on
 repository shared between machines from one machine at a time.
 
 Where the parts live: staging.py stages the files and renames them into place (and holds the kill hook),
-gates.py runs checks 1-4, publish_steps.py is how progress is reported (the CLI shows it: cli_publish.py).
+gates.py runs checks 1-4, steps.py is how progress is reported (the CLI shows it: cli_publish.py).
 This module runs them in order and writes meta.json; PublishError, PublishOptions and PublishReport are
 imported from here.
 """
@@ -48,10 +48,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adrank.repository import gates, staging
-from adrank.repository.gates import GoldenCheck, LatencyComparison, SizeLatency
+from adrank.publish import gates
+from adrank.publish.gates import GoldenCheck, LatencyComparison, SizeLatency
+from adrank.publish.steps import PublishSteps, QuietSteps
+from adrank.repository import staging
 from adrank.repository.publish_error import PublishError
-from adrank.repository.publish_steps import PublishSteps, QuietSteps
 from adrank.repository.staging import KILL_ENV, STEPS
 
 # The heavy modules (onnx, ONNX Runtime, the core, pydantic schemas: ~2 s on a busy 2-core machine) are

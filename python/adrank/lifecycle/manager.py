@@ -53,9 +53,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 import adrank._core as core
+from adrank.lifecycle.version_loader import file_signature, load_checked
 from adrank.repository.config import ConfigError, ModelConfig
 from adrank.repository.layout import ModelEntry, ModelRepository, RepositoryError
-from adrank.repository.version_loader import file_signature, load_checked
 from adrank.rollout.audit import AuditEntry, AuditLog
 from adrank.rollout.guardrails import Comparison, GuardrailMonitor, Verdict
 from adrank.rollout.policy import PolicyError, RolloutPolicy, load_policy, save_policy
