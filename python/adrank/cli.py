@@ -181,6 +181,7 @@ def serve(
     with nothing to serve while others serve leaves the server running, not ready)."""
     from adrank.lifecycle.manager import ManagerOptions, NothingToServe
     from adrank.metrics.history import MetricsOptions
+    from adrank.server.frontend import TransportOptions
     from adrank.server.process import Server, ServerOptions
     from adrank.server.process import serve as run_server
     from adrank.tenants import TenantsConfig, TenantsConfigError, load_tenants
@@ -195,17 +196,19 @@ def serve(
         raise click.ClickException(str(error)) from error
     options = ServerOptions(
         repository=repository,
-        host=host,
-        grpc_port=grpc_port,
+        transport=TransportOptions(
+            host=host,
+            port=grpc_port,
+            max_concurrent_streams=max_concurrent_streams,
+            max_in_flight_bytes=max_in_flight_mib << 20,
+            keepalive_time_s=keepalive,
+            keepalive_timeout_s=keepalive_timeout,
+            yield_to_workers=yield_to_workers,
+            reply_margin_s=reply_margin_ms / 1000,
+        ),
         http_port=http_port,
         workers=workers,
         drain_grace_s=drain_grace,
-        max_concurrent_streams=max_concurrent_streams,
-        max_in_flight_bytes=max_in_flight_mib << 20,
-        keepalive_time_s=keepalive,
-        keepalive_timeout_s=keepalive_timeout,
-        yield_to_workers=yield_to_workers,
-        reply_margin_s=reply_margin_ms / 1000,
         frontend=frontend,  # type: ignore[arg-type]  # click.Choice guarantees the literal
         models=ManagerOptions(poll_interval_s=poll_interval, tenants=tenants),
         admin_port=admin_port,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import yaml
 
 import adrank._core as core
 from adrank.repository.config import ModelConfig, load_model_config
-from adrank.server.frontend import FrontendKind
+from adrank.server.frontend import FrontendKind, TransportOptions
 from adrank.server.process import Server, ServerOptions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,11 +40,16 @@ def copy_model(tmp_path: Path, name: str, **overrides: Any) -> tuple[ModelConfig
 
 class ServerThread:
     def __init__(
-        self, repository: Path = MODELS, workers: int = 2, frontend: FrontendKind = "python", **options: Any
+        self,
+        repository: Path = MODELS,
+        workers: int = 2,
+        frontend: FrontendKind = "python",
+        transport: TransportOptions | None = None,
+        **options: Any,
     ) -> None:
         self.options = ServerOptions(
             repository=repository,
-            grpc_port=0,
+            transport=replace(transport or TransportOptions(), port=0),
             http_port=0,
             workers=workers,
             drain_grace_s=5,

@@ -23,7 +23,8 @@ from adrank.client import RankClient, RankError
 from adrank.rollout.audit import AuditEntry
 from adrank.rollout.changes import ChangeError, promote, rollback, set_canary, set_shadow
 from adrank.rollout.guardrails import Figures, evaluate, population_stability_index, quantile_us
-from adrank.rollout.policy import GuardrailPolicy, RolloutPolicy
+from adrank.rollout.policy import CanaryPolicy, GuardrailPolicy, RolloutPolicy, ShadowPolicy
+from adrank.rollout.routes import route_for
 from adrank.server.admin_service import GUARDRAIL_FIELDS, policy_of, rollout_message
 from adrank.v1 import admin_pb2 as admin
 from adrank.v1 import admin_pb2_grpc as admin_grpc
@@ -70,6 +71,23 @@ def serve(repo: Path, frontend: str, **options) -> ServerThread:
 
 
 # ---- the policy changes and the guardrail figures (pure) ------------------------------------------
+
+
+def test_the_route_a_policy_asks_for_among_the_available_versions():
+    def route(policy: RolloutPolicy, available: list[int], current: int | None) -> tuple:
+        r = route_for(policy, available, current)
+        return (r.stable, r.canary, r.canary_basis_points, r.shadow, r.shadow_basis_points)
+
+    assert route(RolloutPolicy(), [1, 2, 3], 2) == (3, 0, 0, 0, 10000)  # no stable named: the newest goes live
+    assert route(RolloutPolicy(stable=2), [1, 2, 3], 3) == (2, 0, 0, 0, 10000)
+    assert route(RolloutPolicy(stable=4), [1, 2, 3], 2) == (2, 0, 0, 0, 10000)  # 4 not loaded: keep what serves
+    assert route(RolloutPolicy(stable=4), [1, 3], None) == (3, 0, 0, 0, 10000)
+    canary = CanaryPolicy(version=3, percent=12.5)
+    shadow = ShadowPolicy(version=1, sample_percent=50)
+    assert route(RolloutPolicy(stable=2, canary=canary, shadow=shadow), [1, 2, 3], 2) == (2, 3, 1250, 1, 5000)
+    assert route(RolloutPolicy(stable=2, canary=canary), [1, 2], 2) == (2, 0, 0, 0, 10000)  # canary not loaded
+    # The policy's stable is not loaded, the serving version is its canary: no version is its own canary.
+    assert route(RolloutPolicy(stable=4, canary=canary), [2, 3], 3) == (3, 0, 0, 0, 10000)
 
 
 def test_changes_follow_the_rollout_rules():

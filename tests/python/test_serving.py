@@ -19,6 +19,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from adrank.client import AsyncRankClient, RankClient, RankError, build_request
+from adrank.server.frontend import TransportOptions
 from adrank.v1 import ranking_pb2_grpc as pb_grpc
 from examples.criteo import CriteoRows, read_rows
 from served import CRITEO, FRONTENDS, MODELS, ServerThread
@@ -329,7 +330,9 @@ def test_the_models_get_the_deadline_less_the_reply_margin(tmp_path, frontend):
     """A call left less than the reply margin is refused at once, not computed and answered late; one with
     more is served. (A 0.5 s margin makes the arithmetic visible; the default is 1 ms.)"""
     shutil.copytree(MODELS / "ctr", tmp_path / "ctr", ignore=shutil.ignore_patterns("*.py", "README.md"))
-    running = ServerThread(repository=tmp_path, workers=1, frontend=frontend, reply_margin_s=0.5).start()
+    running = ServerThread(
+        repository=tmp_path, workers=1, frontend=frontend, transport=TransportOptions(reply_margin_s=0.5)
+    ).start()
     try:
         ctr = running.server.models.route("ctr").servable.model
         request = build_request(["ctr"], good_ctr())

@@ -59,7 +59,7 @@ from adrank.repository.layout import ModelEntry, ModelRepository, RepositoryErro
 from adrank.rollout.audit import AuditEntry, AuditLog
 from adrank.rollout.guardrails import Comparison, GuardrailMonitor, Verdict
 from adrank.rollout.policy import PolicyError, RolloutPolicy, load_policy, save_policy
-from adrank.rollout.routes import core_route, describe_route, route_role, route_summary, same_route
+from adrank.rollout.routes import describe_route, route_for, route_role, route_summary, same_route
 from adrank.servable import Servable
 from adrank.status import RequestError, StatusCode
 from adrank.tenants import TenantsConfig
@@ -369,19 +369,7 @@ class ModelManager:
         available = self._available(name)
         if not available:
             return
-        policy = model.policy
-        current = self._stable_version(name)
-        if policy.stable in available:
-            stable = policy.stable
-        elif policy.stable is not None and current in available:
-            stable = current  # the policy's stable is not loaded (FAILED, or gone): keep what serves
-        else:
-            stable = available[-1]
-        canary = policy.canary if policy.canary and policy.canary.version in available else None
-        shadow = policy.shadow if policy.shadow and policy.shadow.version in available else None
-        canary = None if canary is not None and canary.version == stable else canary
-        shadow = None if shadow is not None and shadow.version == stable else shadow
-        route = core_route(stable, canary, shadow)
+        route = route_for(model.policy, available, self._stable_version(name))
         if not same_route(self.registry.rollout(name), route):
             self.registry.set_rollout(name, route)
             log.info("%s routed: %s", name, describe_route(route))

@@ -7,7 +7,7 @@ Shares travel in basis points of 10000 routing buckets: percentages in steps of 
 from __future__ import annotations
 
 import adrank._core as core
-from adrank.rollout.policy import CanaryPolicy, ShadowPolicy
+from adrank.rollout.policy import CanaryPolicy, RolloutPolicy, ShadowPolicy
 
 BASIS_POINTS_PER_PERCENT = 100
 
@@ -20,6 +20,23 @@ def core_route(stable: int, canary: CanaryPolicy | None, shadow: ShadowPolicy | 
         shadow.version if shadow else 0,
         round(shadow.sample_percent * BASIS_POINTS_PER_PERCENT) if shadow else 10000,
     )
+
+
+def route_for(policy: RolloutPolicy, available: list[int], current: int | None) -> core.RolloutRoute:
+    """The route a policy asks for among the AVAILABLE versions (ascending, at least one): its stable if
+    loaded, else the version serving now (the policy's stable FAILED or is gone: keep what serves), else
+    the newest; a canary or shadow only if loaded and not the stable version itself."""
+    if policy.stable in available:
+        stable = policy.stable
+    elif policy.stable is not None and current in available:
+        stable = current
+    else:
+        stable = available[-1]
+    canary = policy.canary if policy.canary and policy.canary.version in available else None
+    shadow = policy.shadow if policy.shadow and policy.shadow.version in available else None
+    canary = None if canary is not None and canary.version == stable else canary
+    shadow = None if shadow is not None and shadow.version == stable else shadow
+    return core_route(stable, canary, shadow)
 
 
 def same_route(a: core.RolloutRoute, b: core.RolloutRoute) -> bool:

@@ -2,10 +2,10 @@
 
 Two implementations of one contract (the same checks, statuses and messages; the test suite runs
 against both):
-- CppFrontend: the core's RankServer (cpp/rank_server.h). A call is decoded, checked, batched and
+- CppFrontend: the core's RankServer (cpp/frontend/rank_server.h). A call is decoded, checked, batched and
   answered in C++; Python runs only the backend, once per batch. Built when the core found grpc++.
 - PythonFrontend: a grpc.aio server with RankingService (ranking_service.py). Always available; costs
-  about five times more CPU per call (cpp/rank_server.h says what was measured).
+  about five times more CPU per call (cpp/frontend/rank_server.h says what was measured).
 
 Both route through the ModelManager's registry (cpp/model_registry.h): the rollout picks each request's
 version (stable, canary by its routing key, or the pinned one) and a shadow to mirror it to, so the
@@ -21,7 +21,7 @@ callers go quiet (a call answered whose client has not taken the reply is not wa
 closes the port, cancelling what is left after its grace.
 
 Both take Rank's bytes raw and parse them themselves, and hold the same transport bounds
-(TransportOptions; cpp/rank_server.h says why each default): streams per connection, request bytes in
+(TransportOptions; cpp/frontend/rank_server.h says why each default): streams per connection, request bytes in
 flight, the declared size against the largest request the served models take, keepalive.
 """
 
@@ -45,7 +45,7 @@ FrontendKind = Literal["auto", "cpp", "python"]
 
 @dataclass(frozen=True)
 class TransportOptions:
-    """The gRPC port's bounds; cpp/rank_server.h RankServerOptions gives each default's reason."""
+    """The gRPC port's bounds; cpp/frontend/rank_server.h RankServerOptions gives each default's reason."""
 
     host: str = "127.0.0.1"
     port: int = 8500  # 0: any free port

@@ -24,7 +24,7 @@ none is left and callers have gone quiet (`drain_quiet_s`), for at most `drain_g
 port closes, giving replies not yet taken by their clients at most REPLY_FLUSH_S (a client that does not
 read is not waited for: its calls are cancelled), the core drains and its workers exit. `serve` returns 0.
 
-Transport bounds (frontend.TransportOptions; cpp/rank_server.h says why each default): streams per
+Transport bounds (frontend.TransportOptions; cpp/frontend/rank_server.h says why each default): streams per
 connection, request bytes in flight, keepalive. Freed request memory goes back to the system
 (memory_release.py), so that RSS falls back after a burst or a mass cancellation.
 """
@@ -59,8 +59,9 @@ REPLY_FLUSH_S = 1.0
 @dataclass(frozen=True)
 class ServerOptions:
     repository: Path
-    host: str = "127.0.0.1"
-    grpc_port: int = 8500  # 0: any free port (tests)
+    # The gRPC port and its bounds (frontend.py TransportOptions; cpp/frontend/rank_server.h gives the
+    # reasons). Its host is every port's: the HTTP endpoint and the admin API bind there too.
+    transport: TransportOptions = field(default_factory=TransportOptions)
     http_port: int = 8000  # 0: any free port
     # Core worker threads shared by every model; 0 is one per core (cpp/thread_pool.h).
     workers: int = 0
@@ -69,21 +70,6 @@ class ServerOptions:
     # Draining ends once no call has arrived for this long: a call that reaches grpc-core just as the
     # gRPC server stops is cancelled unseen, so the port closes only after callers have gone quiet.
     drain_quiet_s: float = 0.2
-    # 2048 candidates of a 384-float embedding are 3 MiB; 32 MiB leaves room for several models' inputs
-    # and refuses absurd messages before they are parsed.
-    max_message_bytes: int = 32 * 1024 * 1024
-    # The transport's bounds (cpp/rank_server.h RankServerOptions gives the reasons): calls at once on
-    # one connection; request bytes held by calls not yet done, all connections together (beyond it:
-    # RESOURCE_EXHAUSTED); a connection whose client does not answer a ping within the timeout is
-    # closed and its calls cancelled (a client that stopped reading, or vanished).
-    max_concurrent_streams: int = 100
-    max_in_flight_bytes: int = 256 * 1024 * 1024
-    keepalive_time_s: float = 10.0
-    keepalive_timeout_s: float = 5.0
-    # The C++ front end's threads wait for a model worker's batch rather than preempt it (cpp/thread_priority.h).
-    yield_to_workers: bool = True
-    # Both front ends hand the core the call's deadline less this (cpp/rank_server.h says why).
-    reply_margin_s: float = 0.001
     frontend: FrontendKind = "auto"
     models: ManagerOptions = field(default_factory=ManagerOptions)
     # The admin gRPC service (admin_service.py) listens only when given a token; 0: any free port.
@@ -99,18 +85,7 @@ class Server:
         self.pool = core.ThreadPool(num_workers=options.workers)
         manager_options = replace(options.models, metrics=options.metrics.enabled)
         self.models = ModelManager(self.pool, ModelRepository(options.repository), manager_options)
-        transport = TransportOptions(
-            host=options.host,
-            port=options.grpc_port,
-            max_message_bytes=options.max_message_bytes,
-            max_concurrent_streams=options.max_concurrent_streams,
-            max_in_flight_bytes=options.max_in_flight_bytes,
-            keepalive_time_s=options.keepalive_time_s,
-            keepalive_timeout_s=options.keepalive_timeout_s,
-            yield_to_workers=options.yield_to_workers,
-            reply_margin_s=options.reply_margin_s,
-        )
-        self.frontend: Frontend = create_frontend(options.frontend, transport, self.models)
+        self.frontend: Frontend = create_frontend(options.frontend, options.transport, self.models)
         self.grpc_port = self.frontend.port
         self.memory = MemoryRelease(self.frontend.released_bytes)
         self.ready = False
@@ -120,10 +95,12 @@ class Server:
             source = MetricsSource(self.models, self.pool, self.frontend.call_counts)
             self.history = MetricsHistory(source, options.metrics)
             pages = ObservabilityPages(create_registry(source), self.history).handle
-        self._http = HttpEndpoint(options.host, options.http_port, lambda: self.ready and self.models.ready(), pages)
+        self._http = HttpEndpoint(
+            options.transport.host, options.http_port, lambda: self.ready and self.models.ready(), pages
+        )
         self.admin: AdminServer | None = None
         if options.admin_token:
-            self.admin = AdminServer(options.host, options.admin_port, options.admin_token, self.models)
+            self.admin = AdminServer(options.transport.host, options.admin_port, options.admin_token, self.models)
         self._stopped = False
         self._health_models: set[str] = set()  # every model health was ever set for
         self._health_updates: set[asyncio.Task[None]] = set()
@@ -163,14 +140,14 @@ class Server:
         log.info(
             "SERVING %s: gRPC %s:%d (%s front end), HTTP %s:%d",
             served,
-            self.options.host,
+            self.options.transport.host,
             self.grpc_port,
             self.frontend.kind,
-            self.options.host,
+            self.options.transport.host,
             self.http_port,
         )
         if self.admin is not None:
-            log.info("admin service on %s:%d (token required)", self.options.host, self.admin.port)
+            log.info("admin service on %s:%d (token required)", self.options.transport.host, self.admin.port)
         else:
             log.info("no admin token given: the admin service is off (rollouts through the repository only)")
 
