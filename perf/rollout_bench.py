@@ -48,7 +48,7 @@ START_MARGIN_S = 0.2  # the sender's start lags its launch by a few tens of ms: 
 
 def prepare(work: Path) -> tuple[Path, list[Path]]:
     """The served repository (ctr version 1) and three complete versions published beside it."""
-    from adrank.repository.publish import PublishOptions, publish
+    from adrank.publish.pipeline import PublishOptions, publish
 
     served = work / "repo"
     shutil.copytree(REPO / "models" / "ctr", served / "ctr", ignore=shutil.ignore_patterns("*.py", "README.md"))
