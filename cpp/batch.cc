@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 
 namespace adrank {
 namespace {
@@ -25,6 +26,16 @@ std::vector<int64_t> BatchShape(int64_t rows, const TensorSpec& spec) {
 }
 
 }  // namespace
+
+Status CopyIntoOutput(BatchTensor& out, DType dtype, const void* data, size_t bytes) {
+  if (bytes != out.byte_size || dtype != out.spec->dtype) {
+    return Internal("backend output '" + out.spec->name + "' has dtype " + DTypeName(dtype) + " and " +
+                    std::to_string(bytes) + " bytes, expected " + DTypeName(out.spec->dtype) + " and " +
+                    std::to_string(out.byte_size));
+  }
+  std::memcpy(out.data, data, bytes);
+  return Status::Ok();
+}
 
 Status Batch::Lease(MemoryPool* pool, size_t bytes, void** data) {
   MemoryPool::Lease lease;

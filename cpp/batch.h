@@ -57,6 +57,11 @@ struct BatchIO {
   int instance = 0;  // which of the model's instances runs it
 };
 
+// A backend's output handed over in a host array of its own (a Python backend returns its outputs):
+// copied into the batch's output buffer once it is that output's dtype and size. INTERNAL naming the
+// output otherwise: the backend's fault, never the caller's.
+Status CopyIntoOutput(BatchTensor& out, DType dtype, const void* data, size_t bytes);
+
 // Runs the model on a batch: reads io.inputs, writes io.outputs. Must be safe to call concurrently
 // for different instances. A non-OK status fails every request in the batch with it.
 using Backend = std::function<Status(BatchIO& io)>;

@@ -408,5 +408,20 @@ TEST_F(BatchTest, GatherFailsWithResourceExhaustedAtThePoolCap) {
   EXPECT_EQ(tiny->stats().in_use_bytes, 0u) << "the leases of a failed gather must be returned";
 }
 
+TEST(CopyIntoOutputTest, CopiesAnOutputOfItsDtypeAndSizeAndNamesOneThatIsNot) {
+  TensorSpec spec{"score", DType::kFloat32, {}, Role::kCandidate};
+  float buffer[3] = {0, 0, 0};
+  BatchTensor out{&spec, {3}, buffer, sizeof(buffer)};
+  const float returned[3] = {1.5f, -2.0f, 3.25f};
+  ASSERT_TRUE(CopyIntoOutput(out, DType::kFloat32, returned, sizeof(returned)).ok());
+  EXPECT_EQ(buffer[2], 3.25f);
+  const Status short_one = CopyIntoOutput(out, DType::kFloat32, returned, 2 * sizeof(float));
+  EXPECT_EQ(short_one.code(), StatusCode::kInternal);
+  EXPECT_EQ(short_one.message(), "backend output 'score' has dtype float32 and 8 bytes, expected float32 and 12");
+  const double wide[3] = {9, 9, 9};
+  EXPECT_EQ(CopyIntoOutput(out, DType::kFloat64, wide, 12).code(), StatusCode::kInternal);
+  EXPECT_EQ(buffer[0], 1.5f) << "a refused output writes nothing";
+}
+
 }  // namespace
 }  // namespace adrank

@@ -294,12 +294,13 @@ Status CopyReturned(const py::handle& returned, BatchIO& io) {
       PyErr_Clear();
       return Internal("backend output '" + name + "' is not an array");
     }
-    if (static_cast<size_t>(array.nbytes()) != out.byte_size || DTypeOf(array.dtype()) != out.spec->dtype) {
+    const std::optional<DType> dtype = DTypeOf(array.dtype());
+    if (!dtype) {
       return Internal("backend output '" + name + "' has dtype " + py::str(array.dtype()).cast<std::string>() +
-                      " and " + std::to_string(array.nbytes()) + " bytes, expected " + DTypeName(out.spec->dtype) +
-                      " and " + std::to_string(out.byte_size));
+                      ", which the core does not take");
     }
-    std::memcpy(out.data, array.data(), out.byte_size);
+    const Status copied = CopyIntoOutput(out, *dtype, array.data(), static_cast<size_t>(array.nbytes()));
+    if (!copied.ok()) return copied;
   }
   return Status::Ok();
 }
