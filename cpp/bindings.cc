@@ -1,5 +1,8 @@
 // adrank._core: the Python binding of the core. It only binds; the logic lives in the plain C++
-// that the C++ tests use directly.
+// that the C++ tests use directly. This file: the module, its types and options, requests (submit,
+// PendingRequest), the memory pool, completion queue, models and thread pool. One concept a file besides:
+// bindings_backend.cc (Python backends), bindings_registry.cc (versions, rollout, stats),
+// bindings_rank.cc (the Rank contract and the C++ front end), bindings_cuda.cc (the CUDA runtime).
 //
 // GIL discipline (the hot path runs without it):
 //   - submit: reads the numpy buffers with the GIL, releases it for the core's Submit;
@@ -42,7 +45,6 @@
 namespace py = pybind11;
 
 namespace adrank {
-namespace {
 
 // ---- dtypes ---------------------------------------------------------------------------------
 
@@ -81,6 +83,8 @@ DType ParseDTypeOrThrow(const std::string& name) {
   if (!dtype) throw py::value_error("unknown dtype '" + name + "'");
   return *dtype;
 }
+
+namespace {
 
 // ---- outputs and results --------------------------------------------------------------------
 
@@ -251,123 +255,6 @@ std::unique_ptr<PendingRequest> Submit(const std::shared_ptr<ModelQueue>& model,
   }
   ThrowIfError(status);
   return pending;
-}
-
-// ---- Python backends ------------------------------------------------------------------------
-
-// What a Python backend receives: views over the pooled buffers, valid only during the call.
-struct PyBatch {
-  py::dict inputs;
-  py::dict outputs;
-  py::object row_request_index = py::none();
-  int64_t rows = 0;
-  int64_t real_rows = 0;
-  int64_t num_requests = 0;
-  int instance = 0;
-};
-
-py::array View(const BatchTensor& tensor) {
-  // A base object stops numpy from copying; the memory belongs to the pool's lease.
-  return py::array(NumpyDType(tensor.spec->dtype), tensor.shape, tensor.data, py::none());
-}
-
-// Copies what a backend returned (a dict by name, or a sequence in output order) into io.outputs.
-Status CopyReturned(const py::handle& returned, BatchIO& io) {
-  for (size_t i = 0; i < io.outputs.size(); ++i) {
-    BatchTensor& out = io.outputs[i];
-    const std::string& name = out.spec->name;
-    py::object value;
-    if (py::isinstance<py::dict>(returned)) {
-      auto d = py::reinterpret_borrow<py::dict>(returned);
-      if (!d.contains(name)) return Internal("backend returned no output '" + name + "'");
-      value = d[py::str(name)];
-    } else {
-      auto seq = py::reinterpret_borrow<py::sequence>(returned);
-      if (static_cast<size_t>(py::len(seq)) != io.outputs.size()) {
-        return Internal("backend returned " + std::to_string(py::len(seq)) + " outputs, expected " +
-                        std::to_string(io.outputs.size()));
-      }
-      value = seq[i];
-    }
-    py::array array = py::array::ensure(value, py::array::c_style);
-    if (!array) {
-      PyErr_Clear();
-      return Internal("backend output '" + name + "' is not an array");
-    }
-    const std::optional<DType> dtype = DTypeOf(array.dtype());
-    if (!dtype) {
-      return Internal("backend output '" + name + "' has dtype " + py::str(array.dtype()).cast<std::string>() +
-                      ", which the core does not take");
-    }
-    const Status copied = CopyIntoOutput(out, *dtype, array.data(), static_cast<size_t>(array.nbytes()));
-    if (!copied.ok()) return copied;
-  }
-  return Status::Ok();
-}
-
-// Holds a Python callable so that it is released with the GIL, whichever thread drops it.
-struct PyCallable {
-  explicit PyCallable(py::object f) : fn(std::move(f)) {}
-  ~PyCallable() {
-    py::gil_scoped_acquire acquire;
-    fn = py::object();
-  }
-  py::object fn;
-};
-
-bool PythonFinalizing() {
-#if PY_VERSION_HEX >= 0x030D0000
-  return Py_IsFinalizing();
-#else
-  return _Py_IsFinalizing();
-#endif
-}
-
-// Keeps a core worker's Python thread state from one batch to the next. On a thread Python did not start,
-// each gil_scoped_acquire otherwise creates a thread state and deletes it on release (Python 3.11 maps and
-// unmaps its frame stack each time): ~80 us per batch measured here, more than the rest of the wrapper.
-// The state is deleted when the thread exits, unless the interpreter is already going away.
-class KeptThreadState {
- public:
-  void Keep(py::gil_scoped_acquire& acquire) {
-    if (kept_) return;
-    acquire.inc_ref();
-    kept_ = true;
-  }
-  ~KeptThreadState() {
-    if (!kept_ || !Py_IsInitialized() || PythonFinalizing()) return;
-    py::gil_scoped_acquire acquire;  // finds the kept state
-    acquire.dec_ref();               // back to this scope's count: its end deletes the state
-  }
-
- private:
-  bool kept_ = false;
-};
-
-Backend MakeBackend(py::object fn) {
-  auto callable = std::make_shared<PyCallable>(std::move(fn));
-  return [callable](BatchIO& io) -> Status {
-    thread_local KeptThreadState kept;
-    py::gil_scoped_acquire acquire;
-    kept.Keep(acquire);
-    try {
-      PyBatch batch;
-      for (const BatchTensor& t : io.inputs) batch.inputs[py::str(t.spec->name)] = View(t);
-      for (const BatchTensor& t : io.outputs) batch.outputs[py::str(t.spec->name)] = View(t);
-      if (io.row_request_index) {
-        batch.row_request_index = py::array_t<int64_t>({io.rows}, io.row_request_index, py::none());
-      }
-      batch.rows = io.rows;
-      batch.real_rows = io.real_rows;
-      batch.num_requests = io.num_requests;
-      batch.instance = io.instance;
-      py::object returned = callable->fn(py::cast(std::move(batch)));
-      if (returned.is_none()) return Status::Ok();
-      return CopyReturned(returned, io);
-    } catch (py::error_already_set& e) {
-      return Internal(std::string("backend raised ") + e.what());
-    }
-  };
 }
 
 // ---- objects with lifetimes -----------------------------------------------------------------
@@ -556,15 +443,6 @@ void BindTypes(py::module_& m) {
       .def_property_readonly("compute_us", [](const PyResult& r) { return r.timing.compute_us; })
       .def_property_readonly("batch_rows", [](const PyResult& r) { return r.timing.batch_rows; })
       .def_property_readonly("batches", [](const PyResult& r) { return r.timing.batches; });
-
-  py::class_<PyBatch>(m, "Batch")
-      .def_readonly("inputs", &PyBatch::inputs)
-      .def_readonly("outputs", &PyBatch::outputs)
-      .def_readonly("row_request_index", &PyBatch::row_request_index)
-      .def_readonly("rows", &PyBatch::rows)
-      .def_readonly("real_rows", &PyBatch::real_rows)
-      .def_readonly("num_requests", &PyBatch::num_requests)
-      .def_readonly("instance", &PyBatch::instance);
 }
 
 void BindObjects(py::module_& m) {
@@ -634,239 +512,6 @@ void BindObjects(py::module_& m) {
           py::return_value_policy::reference_internal);
 }
 
-// ---- the model registry: versions, rollout routing, version stats ---------------------------------
-
-py::dict SnapshotDict(const VersionStats& stats) {
-  const VersionStatsSnapshot snapshot = stats.Snapshot();
-  py::dict out;
-  out["ok"] = snapshot.ok;
-  out["failed"] = snapshot.failed;
-  out["dropped"] = snapshot.dropped;
-  out["shadow_shed"] = snapshot.shadow_shed;
-  out["codes"] = CountsArray(snapshot.codes);
-  out["candidates"] = snapshot.candidates;
-  out["request_counts"] = CountsArray(snapshot.request_counts);
-  out["queue_counts"] = CountsArray(snapshot.queue_counts);
-  out["compute_counts"] = CountsArray(snapshot.compute_counts);
-  out["latency_counts"] = CountsArray(snapshot.latency_counts);
-  out["request_us_sum"] = snapshot.request_us_sum;
-  out["queue_us_sum"] = snapshot.queue_us_sum;
-  out["compute_us_sum"] = snapshot.compute_us_sum;
-  out["score_counts"] = CountsArray(snapshot.score_counts);
-  return out;
-}
-
-void BindRegistry(py::module_& m) {
-  py::class_<ServedInput>(m, "ServedInput")
-      .def(py::init([](std::string name, const std::string& dtype, std::vector<int64_t> row_shape, Role role,
-                       bool allow_nonfinite, int64_t text_bytes) {
-             const std::optional<DType> parsed = ParseDType(dtype);
-             if (!parsed) throw StatusError(InvalidArgument("ServedInput '" + name + "': unknown dtype " + dtype));
-             return ServedInput{std::move(name), *parsed, std::move(row_shape), role, allow_nonfinite, text_bytes};
-           }),
-           py::arg("name"), py::arg("dtype"), py::arg("row_shape") = std::vector<int64_t>{},
-           py::arg("role") = Role::kCandidate, py::arg("allow_nonfinite") = true, py::arg("text_bytes") = 0)
-      .def_readonly("name", &ServedInput::name)
-      .def_readonly("text_bytes", &ServedInput::text_bytes);
-
-  py::class_<VersionStats, std::shared_ptr<VersionStats>>(m, "VersionStats")
-      .def(py::init([](double score_low, double score_high, int score_bins) {
-             std::shared_ptr<VersionStats> stats;
-             ThrowIfError(VersionStats::Create(VersionStatsOptions{score_low, score_high, score_bins}, &stats));
-             return stats;
-           }),
-           py::arg("score_low") = 0.0, py::arg("score_high") = 1.0, py::arg("score_bins") = 1000)
-      .def_property("enabled", &VersionStats::enabled, &VersionStats::set_enabled)
-      .def_property("record_scores", &VersionStats::record_scores, &VersionStats::set_record_scores)
-      .def("snapshot", &SnapshotDict)
-      .def_property_readonly("score_low", [](const VersionStats& s) { return s.options().score_low; })
-      .def_property_readonly("score_high", [](const VersionStats& s) { return s.options().score_high; })
-      .def_property_readonly("score_bins", [](const VersionStats& s) { return s.options().score_bins; })
-      .def_property_readonly_static("latency_bounds_us",
-                                    [](const py::object&) { return VersionStats::LatencyBucketBounds(); });
-
-  py::class_<ServedModel, std::shared_ptr<ServedModel>>(m, "ServedModel")
-      .def_readonly("name", &ServedModel::name)
-      .def_readonly("version", &ServedModel::version)
-      .def_readonly("model", &ServedModel::queue)
-      .def_readonly("lowest_priority", &ServedModel::lowest_priority)
-      .def_readonly("stats", &ServedModel::stats);
-
-  py::class_<RolloutRoute>(m, "RolloutRoute")
-      .def(py::init(
-               [](int64_t stable, int64_t canary, int canary_basis_points, int64_t shadow, int shadow_basis_points) {
-                 return RolloutRoute{stable, canary, canary_basis_points, shadow, shadow_basis_points};
-               }),
-           py::arg("stable"), py::arg("canary") = 0, py::arg("canary_basis_points") = 0, py::arg("shadow") = 0,
-           py::arg("shadow_basis_points") = 10000)
-      .def_readonly("stable", &RolloutRoute::stable)
-      .def_readonly("canary", &RolloutRoute::canary)
-      .def_readonly("canary_basis_points", &RolloutRoute::canary_basis_points)
-      .def_readonly("shadow", &RolloutRoute::shadow)
-      .def_readonly("shadow_basis_points", &RolloutRoute::shadow_basis_points);
-
-  py::class_<VersionRelease>(m, "VersionRelease")
-      .def(
-          "wait",
-          [](const VersionRelease& release, double timeout_s) {
-            const Duration timeout = Seconds(timeout_s);
-            py::gil_scoped_release unlocked;  // the requests holding it may need the GIL to finish
-            return release.Wait(timeout);
-          },
-          py::arg("timeout_s"))
-      .def_property_readonly("released", &VersionRelease::released);
-
-  py::class_<ModelRegistry, std::shared_ptr<ModelRegistry>>(m, "ModelRegistry")
-      .def(py::init<>())
-      .def(
-          "add",
-          [](ModelRegistry& r, const std::shared_ptr<ModelQueue>& queue, const std::string& name, int64_t version,
-             std::vector<ServedInput> inputs, const std::string& score_output, int64_t max_candidates,
-             int lowest_priority, std::shared_ptr<VersionStats> stats, bool serving) {
-            if (!queue) throw StatusError(InvalidArgument("add: model is None"));
-            if (version < 1) throw StatusError(InvalidArgument("add: version must be >= 1"));
-            if (max_candidates < 1) throw StatusError(InvalidArgument("add: max_candidates must be >= 1"));
-            if (!stats) throw StatusError(InvalidArgument("add: stats is None"));
-            auto model = std::make_shared<ServedModel>();
-            model->name = name;
-            model->version = version;
-            model->queue = queue;
-            model->inputs = std::move(inputs);
-            model->score_output = score_output;
-            model->max_candidates = max_candidates;
-            model->lowest_priority = lowest_priority;
-            model->stats = std::move(stats);
-            r.Add(std::move(model), serving);
-          },
-          py::arg("model"), py::arg("name"), py::arg("version"), py::arg("inputs"), py::arg("score_output"),
-          py::arg("max_candidates"), py::arg("lowest_priority"), py::arg("stats"), py::arg("serving") = false)
-      .def(
-          "remove", [](ModelRegistry& r, const std::string& name, int64_t version) { return r.Remove(name, version); },
-          py::arg("name"), py::arg("version"))
-      .def(
-          "set_rollout",
-          [](ModelRegistry& r, const std::string& name, const RolloutRoute& route) {
-            ThrowIfError(r.SetRollout(name, route));
-          },
-          py::arg("name"), py::arg("route"))
-      .def("rollout", &ModelRegistry::rollout, py::arg("name"))
-      .def(
-          "route",
-          [](const ModelRegistry& r, const std::string& name, int64_t version, const std::string& key) {
-            Routed routed;
-            ThrowIfError(r.Route(name, version, key, &routed));
-            return py::make_tuple(std::const_pointer_cast<ServedModel>(routed.model),
-                                  std::const_pointer_cast<ServedModel>(routed.shadow));
-          },
-          py::arg("name"), py::arg("version") = 0, py::arg("key") = "")
-      .def_property_readonly("max_request_bytes", &ModelRegistry::max_request_bytes,
-                             "The largest request the served models take together (cpp/model_registry.h).");
-
-  m.def("routing_bucket", &RoutingBucket, py::arg("key"), py::arg("salt") = 0,
-        "The routing bucket of a key, in [0, 10000) (cpp/model_registry.h).");
-  m.attr("SHADOW_SALT") = kShadowSalt;
-}
-
-// ---- CUDA: what the GPU backends need, from the runtime found at run time ----------------------
-
-const std::shared_ptr<const CudaRuntime>& RequireCuda() {
-  const auto& runtime = CudaRuntime::Default();
-  if (!runtime) throw StatusError(Unavailable("no CUDA device: " + CudaRuntime::DefaultProbe().reason));
-  return runtime;
-}
-
-// The bytes of a C-contiguous array: device copies take raw ranges, never strided views.
-size_t ContiguousBytes(const py::array& array, const char* what) {
-  if (!(array.flags() & py::array::c_style)) {
-    throw StatusError(InvalidArgument(std::string(what) + ": the array must be C-contiguous"));
-  }
-  return static_cast<size_t>(array.nbytes());
-}
-
-py::dict CudaProbeDict(const CudaProbe& probe) {
-  py::dict d;
-  d["available"] = probe.available;
-  d["library"] = probe.library;
-  d["device_count"] = probe.device_count;
-  d["runtime_version"] = probe.runtime_version;
-  d["driver_version"] = probe.driver_version;
-  d["reason"] = probe.reason;
-  return d;
-}
-
-void BindCuda(py::module_& m) {
-  m.def(
-      "cuda_probe", [] { return CudaProbeDict(CudaRuntime::DefaultProbe()); },
-      "What loading the CUDA runtime found: available, library, device_count, runtime_version, "
-      "driver_version, reason (why it is not available).");
-  m.def(
-      "cuda_device_name",
-      [](int device) {
-        std::string name;
-        ThrowIfError(RequireCuda()->DeviceName(device, &name));
-        return name;
-      },
-      py::arg("device"));
-  m.def(
-      "cuda_compute_capability",
-      [](int device) {
-        int major = 0;
-        int minor = 0;
-        ThrowIfError(RequireCuda()->ComputeCapability(device, &major, &minor));
-        return py::make_tuple(major, minor);
-      },
-      py::arg("device"));
-
-  py::class_<DeviceBuffer, std::shared_ptr<DeviceBuffer>>(m, "DeviceBuffer")
-      .def(py::init([](int device, size_t bytes) {
-             std::unique_ptr<DeviceBuffer> buffer;
-             ThrowIfError(DeviceBuffer::Create(RequireCuda(), device, bytes, &buffer));
-             return std::shared_ptr<DeviceBuffer>(std::move(buffer));
-           }),
-           py::arg("device"), py::arg("bytes"))
-      .def_property_readonly("ptr", [](const DeviceBuffer& b) { return reinterpret_cast<uintptr_t>(b.data()); })
-      .def_property_readonly("size", &DeviceBuffer::size)
-      .def_property_readonly("device", &DeviceBuffer::device);
-
-  py::class_<CudaStream, std::shared_ptr<CudaStream>>(m, "CudaStream")
-      .def(py::init([](int device) {
-             std::unique_ptr<CudaStream> stream;
-             ThrowIfError(CudaStream::Create(RequireCuda(), device, &stream));
-             return std::shared_ptr<CudaStream>(std::move(stream));
-           }),
-           py::arg("device"))
-      .def_property_readonly("handle", [](const CudaStream& s) { return reinterpret_cast<uintptr_t>(s.handle()); })
-      .def_property_readonly("device", &CudaStream::device)
-      .def(
-          "copy_to_device",
-          [](const CudaStream& s, const DeviceBuffer& dst, const py::array& src, size_t offset) {
-            const size_t bytes = ContiguousBytes(src, "copy_to_device: src");
-            ThrowIfError(s.CopyToDevice(dst, offset, src.data(), bytes));
-          },
-          py::arg("dst"), py::arg("src"), py::arg("offset") = 0,
-          "Enqueues a copy of `src`'s bytes to `dst` at `offset`; `src` must live until synchronize().")
-      .def(
-          "copy_to_host",
-          [](const CudaStream& s, py::array& dst, const DeviceBuffer& src, size_t offset) {
-            if (!dst.writeable()) throw StatusError(InvalidArgument("copy_to_host: dst is read-only"));
-            const size_t bytes = ContiguousBytes(dst, "copy_to_host: dst");
-            ThrowIfError(s.CopyToHost(dst.mutable_data(), src, offset, bytes));
-          },
-          py::arg("dst"), py::arg("src"), py::arg("offset") = 0,
-          "Enqueues a copy of dst.nbytes bytes from `src` at `offset` into `dst`.")
-      .def(
-          "synchronize",
-          [](const CudaStream& s) {
-            Status status;
-            {
-              py::gil_scoped_release release;
-              status = s.Synchronize();
-            }
-            ThrowIfError(status);
-          },
-          "Blocks, without the GIL, until the stream's work is done.");
-}
-
 }  // namespace
 }  // namespace adrank
 
@@ -893,6 +538,7 @@ PYBIND11_MODULE(_core, m) {
   });
 
   BindTypes(m);
+  BindBackend(m);
   BindObjects(m);
   BindRegistry(m);
   BindCuda(m);

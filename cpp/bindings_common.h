@@ -1,4 +1,4 @@
-// What the binding's files share (bindings.cc, bindings_rank.cc): the error that becomes
+// What the binding's files share (bindings*.cc, one concept each): the error that becomes
 // adrank._core.CoreError, Python's timeouts and durations checked before any arithmetic on them, and
 // the entry points each file binds. Binding only: the logic lives in the plain C++ the tests use.
 #pragma once
@@ -11,10 +11,13 @@
 #include <cstdint>
 #include <exception>
 #include <optional>
+#include <string>
 #include <utility>
 
+#include "batch.h"
 #include "clock.h"
 #include "status.h"
+#include "tensor.h"
 
 namespace adrank {
 
@@ -72,6 +75,18 @@ pybind11::array_t<uint64_t> CountsArray(const Counts& counts) {
   return pybind11::array_t<uint64_t>(static_cast<pybind11::ssize_t>(counts.size()), counts.data());
 }
 
+// numpy's dtypes and the core's (bindings.cc): a non-native byte order or a type the core lacks is none.
+std::optional<DType> DTypeOf(const pybind11::dtype& dt);
+pybind11::dtype NumpyDType(DType dtype);
+DType ParseDTypeOrThrow(const std::string& name);
+
+// bindings_backend.cc: a Python callable as the core's Backend, and the Batch it is handed.
+Backend MakeBackend(pybind11::object fn);
+void BindBackend(pybind11::module_& m);
+// bindings_registry.cc: the registry, its versions and their stats.
+void BindRegistry(pybind11::module_& m);
+// bindings_cuda.cc: the CUDA runtime found at run time.
+void BindCuda(pybind11::module_& m);
 // bindings_rank.cc: the Rank contract (RankAdmission, start_rank) and, when built, the C++ front end.
 void BindRank(pybind11::module_& m);
 
