@@ -262,7 +262,8 @@ class Batcher {
   const ModelSignature& signature() const { return signature_; }
   const Clock* clock() const { return clock_; }
 
-  // Implementation details follow. API users need not read.
+  // Implementation details follow (batcher.cc: submit, admission, queues; batcher_forming.cc: batch
+  // formation, shedding, expiry). API users need not read.
  private:
   Batcher(const BatcherOptions& options, const ModelSignature& signature, const Clock* clock);
 
