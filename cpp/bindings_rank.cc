@@ -170,10 +170,7 @@ class PyRankServer {
     server_->Shutdown(grace);
   }
   int port() const { return server_->port(); }
-  int64_t in_flight() const { return server_->in_flight(); }
-  int64_t in_flight_bytes() const { return server_->in_flight_bytes(); }
-  uint64_t released_bytes() const { return server_->released_bytes(); }
-  py::array_t<uint64_t> CallCounts() const { return CountsArray(server_->CallCounts()); }
+  std::shared_ptr<RankAdmission> admission() const { return server_->admission(); }
 
  private:
   std::unique_ptr<RankServer> server_;
@@ -208,10 +205,7 @@ void BindRankServer(py::module_& m) {
       .def("wait_drained", &PyRankServer::WaitDrained, py::arg("quiet_s"), py::arg("grace_s"))
       .def("shutdown", &PyRankServer::Shutdown, py::arg("grace_s") = 0.0)
       .def_property_readonly("port", &PyRankServer::port)
-      .def_property_readonly("in_flight", &PyRankServer::in_flight)
-      .def_property_readonly("in_flight_bytes", &PyRankServer::in_flight_bytes)
-      .def_property_readonly("released_bytes", &PyRankServer::released_bytes)
-      .def("call_counts", &PyRankServer::CallCounts);
+      .def_property_readonly("admission", &PyRankServer::admission);
 }
 #endif
 

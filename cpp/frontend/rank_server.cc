@@ -75,27 +75,26 @@ std::string Flatten(const grpc::ByteBuffer& buffer) {
 // The Ranking service, its Rank method raw (rank_server.h: the server parses): one GrpcRankCall per call.
 class RankService final : public v1::Ranking::WithRawCallbackMethod_Rank<v1::Ranking::Service> {
  public:
-  RankService(std::shared_ptr<ModelRegistry> registry, const RankServerOptions& options)
-      : registry_(std::move(registry)),
-        admission_(registry_, RankAdmissionOptions{options.max_in_flight_bytes}),
-        reply_margin_(options.reply_margin) {}
+  RankService(std::shared_ptr<ModelRegistry> registry, std::shared_ptr<RankAdmission> admission,
+              const RankServerOptions& options)
+      : registry_(std::move(registry)), admission_(std::move(admission)), reply_margin_(options.reply_margin) {}
 
   grpc::ServerUnaryReactor* Rank(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                                  grpc::ByteBuffer* response) override;
 
-  RankAdmission& admission() { return admission_; }
+  RankAdmission& admission() { return *admission_; }
   const ModelRegistry& registry() const { return *registry_; }
   Duration reply_margin() const { return reply_margin_; }
 
   // Every call ends here: counted by its status code, then finished.
   void Reply(grpc::ServerUnaryReactor* reactor, const grpc::Status& status) {
-    admission_.Answered(static_cast<StatusCode>(status.error_code()));
+    admission_->Answered(static_cast<StatusCode>(status.error_code()));
     reactor->Finish(status);
   }
 
  private:
   std::shared_ptr<ModelRegistry> registry_;
-  RankAdmission admission_;
+  std::shared_ptr<RankAdmission> admission_;
   const Duration reply_margin_;
 };
 
@@ -138,7 +137,7 @@ grpc::ServerUnaryReactor* RankService::Rank(grpc::CallbackServerContext* context
                                             grpc::ByteBuffer* response) {
   // By its declared size, before a byte of it is parsed (rank_admission.h).
   const auto bytes = static_cast<int64_t>(request->Length());
-  const Status admitted = admission_.Admit(bytes);
+  const Status admitted = admission_->Admit(bytes);
   if (!admitted.ok()) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     Reply(reactor, ToGrpc(admitted));
@@ -156,7 +155,9 @@ grpc::ServerUnaryReactor* RankService::Rank(grpc::CallbackServerContext* context
 }
 
 RankServer::RankServer(std::shared_ptr<ModelRegistry> registry, const RankServerOptions& options)
-    : registry_(std::move(registry)), service_(std::make_unique<RankService>(registry_, options)) {}
+    : registry_(std::move(registry)),
+      admission_(std::make_shared<RankAdmission>(registry_, RankAdmissionOptions{options.max_in_flight_bytes})),
+      service_(std::make_unique<RankService>(registry_, admission_, options)) {}
 
 Status RankServer::Create(const RankServerOptions& options, std::shared_ptr<ModelRegistry> registry,
                           std::unique_ptr<RankServer>* out) {
@@ -243,13 +244,5 @@ void RankServer::Shutdown(Duration grace) {
   server_->Shutdown(std::chrono::system_clock::now() + grace);
   server_->Wait();
 }
-
-int64_t RankServer::in_flight() const { return service_->admission().in_flight(); }
-
-int64_t RankServer::in_flight_bytes() const { return service_->admission().in_flight_bytes(); }
-
-uint64_t RankServer::released_bytes() const { return service_->admission().released_bytes(); }
-
-std::array<uint64_t, kStatusCodeCount> RankServer::CallCounts() const { return service_->admission().CallCounts(); }
 
 }  // namespace adrank

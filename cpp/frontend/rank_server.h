@@ -63,7 +63,6 @@
 // completed on the core's workers.
 #pragma once
 
-#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -74,6 +73,7 @@
 
 #include "clock.h"
 #include "model_registry.h"
+#include "rank_admission.h"
 #include "status.h"
 #include "version_stats.h"
 
@@ -128,23 +128,19 @@ class RankServer {
   // then are cancelled. Idempotent.
   void Shutdown(Duration grace);
 
-  // Calls whose work is not done: received and not yet answered. A call answered but whose reply its
-  // client has not taken is not counted (it waits on the client, not the server).
-  int64_t in_flight() const;
-  // Request bytes held by calls gRPC is not done with (answered or not): what max_in_flight_bytes bounds.
-  int64_t in_flight_bytes() const;
-  // Request bytes released so far, all calls together (a memory trimmer's cue: see
-  // python/adrank/server/memory_release.py).
-  uint64_t released_bytes() const;
-  // Rank calls answered so far, by status code (gRPC's numbering), including those refused before any
-  // model ran (unknown model, malformed request, loading, draining).
-  std::array<uint64_t, kStatusCodeCount> CallCounts() const;
+  // Which calls it takes, and its counters (rank_admission.h): calls in flight (received and not yet
+  // answered; one answered whose reply its client has not taken waits on the client, not the server),
+  // request bytes held by calls gRPC is not done with (what max_in_flight_bytes bounds), bytes released
+  // so far (a memory trimmer's cue: python/adrank/server/memory_release.py), and Rank calls answered by
+  // status code, those refused before any model ran included.
+  const std::shared_ptr<RankAdmission>& admission() const { return admission_; }
 
   // Implementation details follow. API users need not read.
  private:
   RankServer(std::shared_ptr<ModelRegistry> registry, const RankServerOptions& options);
 
   std::shared_ptr<ModelRegistry> registry_;
+  std::shared_ptr<RankAdmission> admission_;
   std::unique_ptr<RankService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;

@@ -362,7 +362,7 @@ TEST_F(RankServerTest, BadRequestsGetTheirStatusAndTheServerKeepsServing) {
   EXPECT_EQ(Rank(request, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_TRUE(Rank(Request(3, 0), &response).ok());
   // Every call is counted by its code; only the one that reached the model is in the version's stats.
-  const auto calls = server_->CallCounts();
+  const auto calls = server_->admission()->CallCounts();
   EXPECT_EQ(calls[static_cast<size_t>(StatusCode::kOk)], 1u);
   EXPECT_EQ(calls[static_cast<size_t>(StatusCode::kNotFound)], 1u);
   EXPECT_EQ(calls[static_cast<size_t>(StatusCode::kInvalidArgument)], 2u);
@@ -486,7 +486,7 @@ TEST_F(RankServerTest, UnparseableBytesGetInvalidArgumentNamingTheFieldNeverUnim
   EXPECT_EQ(response.request_id(), "r2");
   ASSERT_EQ(response.results_size(), 1);
   EXPECT_EQ(Scores(response.results(0)), (std::vector<float>{1.5f, 5.5f}));
-  EXPECT_EQ(server_->CallCounts()[static_cast<size_t>(StatusCode::kInvalidArgument)], 3u);
+  EXPECT_EQ(server_->admission()->CallCounts()[static_cast<size_t>(StatusCode::kInvalidArgument)], 3u);
 }
 
 TEST_F(RankServerTest, AMessageLargerThanAnyServedModelTakesIsRefusedByItsSizeUnparsed) {
@@ -499,7 +499,7 @@ TEST_F(RankServerTest, AMessageLargerThanAnyServedModelTakesIsRefusedByItsSizeUn
   EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
   EXPECT_NE(status.error_message().find(std::to_string(largest + 1) + " bytes"), std::string::npos)
       << status.error_message();
-  EXPECT_EQ(server_->in_flight_bytes(), 0);
+  EXPECT_EQ(server_->admission()->in_flight_bytes(), 0);
   // At the bound exactly: parsed (and refused for what it is).
   EXPECT_EQ(RankBytes(std::string(static_cast<size_t>(largest), '\xff')).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
@@ -519,7 +519,7 @@ TEST_F(RankServerTest, RequestBytesInFlightPastTheBoundAreRefusedUntilTheCallsHo
   std::promise<grpc::Status> first;
   std::thread holder([&] { first.set_value(RankBytes(one, nullptr, channel)); });
   WaitEntered(1);  // the first call is in the backend, its bytes reserved
-  EXPECT_EQ(bounded->in_flight_bytes(), static_cast<int64_t>(one.size()));
+  EXPECT_EQ(bounded->admission()->in_flight_bytes(), static_cast<int64_t>(one.size()));
   const grpc::Status refused = RankBytes(one, nullptr, channel);
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused.error_message();
   EXPECT_NE(refused.error_message().find("max_in_flight_bytes"), std::string::npos) << refused.error_message();
@@ -529,15 +529,15 @@ TEST_F(RankServerTest, RequestBytesInFlightPastTheBoundAreRefusedUntilTheCallsHo
   // The bytes are released when gRPC is done with the call, which may be just after its client has
   // the reply.
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (bounded->in_flight_bytes() != 0 && std::chrono::steady_clock::now() < give_up) {
+  while (bounded->admission()->in_flight_bytes() != 0 && std::chrono::steady_clock::now() < give_up) {
     std::this_thread::sleep_for(milliseconds(1));
   }
   EXPECT_TRUE(RankBytes(one, nullptr, channel).ok());  // freed: served again
-  while (bounded->in_flight_bytes() != 0 && std::chrono::steady_clock::now() < give_up) {
+  while (bounded->admission()->in_flight_bytes() != 0 && std::chrono::steady_clock::now() < give_up) {
     std::this_thread::sleep_for(milliseconds(1));
   }
-  EXPECT_EQ(bounded->in_flight_bytes(), 0);
-  EXPECT_EQ(bounded->released_bytes(), 2 * one.size());  // the refused one never held any
+  EXPECT_EQ(bounded->admission()->in_flight_bytes(), 0);
+  EXPECT_EQ(bounded->admission()->released_bytes(), 2 * one.size());  // the refused one never held any
   bounded->Shutdown(Duration::zero());
 }
 

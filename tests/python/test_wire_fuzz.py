@@ -237,6 +237,6 @@ def test_mutated_requests_get_ok_or_a_client_error_and_the_server_keeps_serving(
     # INTERNAL or UNIMPLEMENTED on its side either.
     after, wrong_after, _ = send_all(server.target, [("good", s.SerializeToString()) for s in seeds])
     assert wrong_after == [] and after == Counter({"OK": len(seeds)})
-    counts = server.server.frontend.call_counts()
+    counts = server.server.frontend.admission.call_counts()
     for code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNIMPLEMENTED):
         assert counts[code.value[0]] == 0, code

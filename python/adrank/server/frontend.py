@@ -87,16 +87,11 @@ class Frontend(Protocol):
 
     async def drain(self, quiet_s: float, grace_s: float) -> bool: ...
     async def stop(self, grace_s: float) -> None: ...
-    def call_counts(self) -> list[int]:
-        """Rank calls answered so far by status code (gRPC's numbering, 0..16)."""
-        ...
-
-    def in_flight_bytes(self) -> int:
-        """Request bytes held by calls grpc is not done with."""
-        ...
-
-    def released_bytes(self) -> int:
-        """Request bytes released so far, all calls together."""
+    @property
+    def admission(self) -> core.RankAdmission:
+        """Which calls it takes, and its counters: Rank calls answered by status code (gRPC's numbering,
+        0..16), request bytes held by calls grpc is not done with, and those released so far
+        (cpp/rank_admission.h)."""
         ...
 
 
@@ -134,14 +129,9 @@ class CppFrontend:
     async def stop(self, grace_s: float) -> None:
         await asyncio.to_thread(self._server.shutdown, grace_s)
 
-    def call_counts(self) -> list[int]:
-        return [int(c) for c in self._server.call_counts()]
-
-    def in_flight_bytes(self) -> int:
-        return self._server.in_flight_bytes
-
-    def released_bytes(self) -> int:
-        return self._server.released_bytes
+    @property
+    def admission(self) -> core.RankAdmission:
+        return self._server.admission
 
 
 class PythonFrontend:
@@ -188,14 +178,9 @@ class PythonFrontend:
     async def stop(self, grace_s: float) -> None:
         await self._server.stop(grace_s)
 
-    def call_counts(self) -> list[int]:
-        return [int(c) for c in self.ranking.admission.call_counts()]
-
-    def in_flight_bytes(self) -> int:
-        return self.ranking.admission.in_flight_bytes
-
-    def released_bytes(self) -> int:
-        return self.ranking.admission.released_bytes
+    @property
+    def admission(self) -> core.RankAdmission:
+        return self.ranking.admission
 
 
 def create_frontend(kind: FrontendKind, options: TransportOptions, models: ModelManager) -> Frontend:

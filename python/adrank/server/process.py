@@ -87,12 +87,14 @@ class Server:
         self.models = ModelManager(self.pool, ModelRepository(options.repository), manager_options)
         self.frontend: Frontend = create_frontend(options.frontend, options.transport, self.models)
         self.grpc_port = self.frontend.port
-        self.memory = MemoryRelease(self.frontend.released_bytes)
+        self.memory = MemoryRelease(lambda: self.frontend.admission.released_bytes)
         self.ready = False
         self.history: MetricsHistory | None = None
         pages = None
         if options.metrics.enabled:
-            source = MetricsSource(self.models, self.pool, self.frontend.call_counts)
+            source = MetricsSource(
+                self.models, self.pool, lambda: [int(c) for c in self.frontend.admission.call_counts()]
+            )
             self.history = MetricsHistory(source, options.metrics)
             pages = ObservabilityPages(create_registry(source), self.history).handle
         self._http = HttpEndpoint(
