@@ -87,6 +87,7 @@ class RankingService:
         except core.CoreError as error:
             await self._abort(context, error)
         context.add_done_callback(lambda _: self.admission.release_bytes(size))
+        refused: core.CoreError | None = None
         try:
             reply = await self._async_completions().rank(
                 self._registry,
@@ -95,14 +96,15 @@ class RankingService:
                 reply_margin_s=self.reply_margin_s,
                 tenant=call_tenant(context),
             )
-        except core.CoreError as error:
-            self.admission.call_done()
-            await self._abort(context, error)
-        except BaseException:  # cancelled: grpc answers CANCELLED itself
-            self.admission.call_done()
+        except asyncio.CancelledError:  # the client went away or its deadline passed: grpc answers CANCELLED
             self.admission.answered(StatusCode.CANCELLED)
             raise
-        self.admission.call_done()
+        except core.CoreError as error:
+            refused = error
+        finally:
+            self.admission.call_done()  # answered (or abandoned): the drain stops waiting for it
+        if refused is not None:
+            await self._abort(context, refused)
         self.admission.answered(StatusCode.OK)
         return reply
 
