@@ -296,8 +296,13 @@ TEST_F(RankCallTest, ConcurrentCallsEachGetTheirOwnScores) {
 TEST_F(RankCallTest, StartRankKeepsTheSerializedAnswerAndTellsOnceItIsThere) {
   auto answer = std::make_shared<Outcome<RankAnswer>>();
   std::atomic<int> told{0};
-  StartRank(Request(2).SerializeAsString(), registry_, {}, answer, [&] { ++told; });
-  ASSERT_TRUE(answer->WaitFor(std::chrono::seconds(10)));
+  Outcome<bool> told_once;  // `answered` runs after the answer is set: wait for it, not only the answer
+  StartRank(Request(2).SerializeAsString(), registry_, {}, answer, [&] {
+    ++told;
+    told_once.Set(true);
+  });
+  ASSERT_TRUE(told_once.WaitFor(std::chrono::seconds(10)));
+  ASSERT_TRUE(answer->done()) << "the answer is kept before the transport is told";
   ASSERT_TRUE(answer->value().status.ok()) << answer->value().status.ToString();
   v1::RankResponse response;
   ASSERT_TRUE(response.ParseFromString(answer->value().reply));
