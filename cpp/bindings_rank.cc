@@ -159,11 +159,6 @@ class PyRankServer {
   void SetServing(bool serving) { server_->SetServing(serving); }
   void SetServiceServing(const std::string& service, bool serving) { server_->SetServiceServing(service, serving); }
   void StartDraining() { server_->StartDraining(); }
-  bool WaitDrained(double quiet_s, double grace_s) {
-    const Duration quiet = Seconds(quiet_s), grace = Seconds(grace_s);
-    py::gil_scoped_release release;
-    return server_->WaitDrained(quiet, grace);
-  }
   void Shutdown(double grace_s) {
     const Duration grace = Seconds(grace_s);
     py::gil_scoped_release release;
@@ -202,7 +197,6 @@ void BindRankServer(py::module_& m) {
       .def("set_serving", &PyRankServer::SetServing, py::arg("serving"))
       .def("set_service_serving", &PyRankServer::SetServiceServing, py::arg("service"), py::arg("serving"))
       .def("start_draining", &PyRankServer::StartDraining)
-      .def("wait_drained", &PyRankServer::WaitDrained, py::arg("quiet_s"), py::arg("grace_s"))
       .def("shutdown", &PyRankServer::Shutdown, py::arg("grace_s") = 0.0)
       .def_property_readonly("port", &PyRankServer::port)
       .def_property_readonly("admission", &PyRankServer::admission);

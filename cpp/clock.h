@@ -42,4 +42,11 @@ class FakeClock final : public Clock {
 
 inline int64_t ToMicros(Duration d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); }
 
+// The steady clock in nanoseconds, for the front end's own stamps (a call's arrival, its server time):
+// wall durations a fake clock must not bend.
+inline int64_t SteadyNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 }  // namespace adrank

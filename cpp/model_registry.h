@@ -139,7 +139,7 @@ struct Routed {
 };
 
 // The routing bucket of a key, in [0, 10000): FNV-1a 64 then a SplitMix64 finaliser, so that keys
-// differing in one character land far apart. The Python front end routes with this same function.
+// differing in one character land far apart. Both front ends route through Route (rank_call.h).
 int RoutingBucket(std::string_view key, uint64_t salt = 0);
 inline constexpr uint64_t kShadowSalt = 0x5348414457ull;  // "SHADW": shadow sampling independent of canary
 

@@ -6,14 +6,6 @@
 #include <utility>
 
 namespace adrank {
-namespace {
-
-int64_t SteadyNanos() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-}  // namespace
 
 Status RankAdmission::Validate(const RankAdmissionOptions& options) {
   if (options.max_in_flight_bytes < 1) return InvalidArgument("max_in_flight_bytes must be >= 1");

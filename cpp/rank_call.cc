@@ -13,11 +13,6 @@ namespace {
 // must not pile up work behind the traffic it mirrors.
 constexpr Duration kShadowDeadline = std::chrono::milliseconds(100);
 
-int64_t SteadyNanos() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 // The score output of a result, or null.
 const OutputTensor* ScoreOutput(const ServedModel& model, const RequestResult& result) {
   for (const OutputTensor& output : result.outputs) {
@@ -125,7 +120,6 @@ Status RankCall::Check(const ModelRegistry& registry, const RankCallOptions& opt
     return InvalidArgument("priority " + std::to_string(request_.priority()) + " is outside [0, " +
                            std::to_string(INT32_MAX) + "]");
   }
-  if (options.reply_margin < Duration::zero()) return InvalidArgument("reply_margin must be >= 0");
   Status status = PrepareRank(request_, registry, &calls_, shadows);
   if (!status.ok()) return status;
   if (options.deadline != kNoDeadline) {

@@ -25,7 +25,8 @@
 //   deadline = kNoDeadline   The caller's deadline on the core's clock; kNoDeadline when it set none.
 //   reply_margin = 0         The models get deadline - reply_margin: the answer still has to be
 //                            serialized, written and read (the front ends' --reply-margin-ms, 1 ms by
-//                            default). A call with less than this left is refused at once.
+//                            default). A call with less than this left is refused at once. >= 0: the
+//                            transport checks it once (RankServer::Create; the binding's seconds).
 //   tenant = ""              The caller's tenant (tenants.h); "" is the default tenant.
 //
 // Lifetime: the transport owns the call (a subclass that implements Answer). The contract calls Answer

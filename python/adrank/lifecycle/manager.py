@@ -196,7 +196,7 @@ class ModelManager:
                 self._unload(*key)
             self._update_readiness()
 
-    # ---- the per-request path (front ends) ---------------------------------------------------------
+    # ---- lookups (the front ends route in the core, cpp/rank_call.h; this is the same routing for tools) --
 
     def route(self, name: str, version: int = 0, key: str = "") -> Route:
         """The version that answers (rollout, or pinned) and the shadow that mirrors; NOT_FOUND if none."""

@@ -1,28 +1,28 @@
 """Front ends: what owns the gRPC port — `adrank.v1.Ranking`, `grpc.health.v1.Health`, reflection.
 
-Two implementations of one contract (the same checks, statuses and messages; the test suite runs
-against both):
-- CppFrontend: the core's RankServer (cpp/frontend/rank_server.h). A call is decoded, checked, batched and
-  answered in C++; Python runs only the backend, once per batch. Built when the core found grpc++.
-- PythonFrontend: a grpc.aio server with RankingService (ranking_service.py). Always available; costs
-  about five times more CPU per call (cpp/frontend/rank_server.h says what was measured).
+Two transports of one Rank contract, which lives in the core (cpp/rank_admission.h admits a call,
+cpp/rank_call.h parses, checks, routes, submits, mirrors, records and answers it), so both give the same
+statuses and messages; the test suite runs against both:
+- CppFrontend: the core's RankServer (cpp/frontend/rank_server.h), a grpc++ transport. Python runs only
+  the backend, once per batch. Built when the core found grpc++.
+- PythonFrontend: a grpc.aio server with RankingService (ranking_service.py): bytes in, the core's call,
+  bytes out. Always available; answers about half as many calls per core
+  (perf/results/frontends-2026-12-04-61a6c9fbe6f7.md: 1,595 vs 3,069 calls/s, closed loop on one core).
 
 Both route through the ModelManager's registry (cpp/model_registry.h): the rollout picks each request's
 version (stable, canary by its routing key, or the pinned one) and a shadow to mirror it to, so the
 versions the manager loads and switches are served the same way by either. Both: NOT_SERVING and Rank
 UNAVAILABLE until `set_serving`; `drain` answers new calls UNAVAILABLE while those in flight finish and
-callers go quiet, then `stop` closes the port.
+callers go quiet (a call answered whose client has not taken the reply is not waited for), then `stop`
+closes the port, cancelling what is left after its grace.
 
 Health is per service (`set_health`: "", adrank.v1.Ranking, and each model by its name; the server decides
 the statuses, process.py): every service says NOT_SERVING until `set_serving`, then what it was last set to
 ("" and adrank.v1.Ranking SERVING unless set otherwise); `drain` turns every one NOT_SERVING for good.
 
-callers go quiet (a call answered whose client has not taken the reply is not waited for), then `stop`
-closes the port, cancelling what is left after its grace.
-
-Both take Rank's bytes raw and parse them themselves, and hold the same transport bounds
-(TransportOptions; cpp/frontend/rank_server.h says why each default): streams per connection, request bytes in
-flight, the declared size against the largest request the served models take, keepalive.
+Both take Rank's bytes raw and hold the same transport bounds (TransportOptions;
+cpp/frontend/rank_server.h says why each default): streams per connection, request bytes in flight, the
+declared size against the largest request the served models take, keepalive.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class CppFrontend:
 
     async def drain(self, quiet_s: float, grace_s: float) -> bool:
         self._server.start_draining()
-        return await asyncio.to_thread(self._server.wait_drained, quiet_s, grace_s)
+        return await asyncio.to_thread(self._server.admission.wait_drained, quiet_s, grace_s)
 
     async def stop(self, grace_s: float) -> None:
         await asyncio.to_thread(self._server.shutdown, grace_s)

@@ -37,7 +37,6 @@ def grpc_status(code: int) -> grpc.StatusCode:
     return _STATUS_BY_NUMBER.get(int(code), grpc.StatusCode.INTERNAL)
 
 
-STATUS_CODES = len(StatusCode)  # 0..16, as cpp/version_stats.h kStatusCodeCount
 RANKING_SERVICE = pb.DESCRIPTOR.services_by_name["Ranking"].full_name
 
 
