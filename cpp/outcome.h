@@ -4,10 +4,11 @@
 //
 // Contract: the first Set wins and wakes every waiter; later ones are refused (false) and change
 // nothing. value() may be read, and moved from, once done() or a wait has returned true: after that
-// nothing writes it again. Waiting blocks on a condition variable, never polls.
+// nothing writes it again. Waiting blocks on a condition variable, never polls. Once a wait has returned
+// true, the Outcome may be destroyed: Set touches it no more.
 //
 // Thread-safety: every method may be called from any thread. Latency: Set and done() take one short
-// mutex; Set wakes the waiters after releasing it.
+// mutex; Set wakes the waiters while holding it (they run once it is released).
 #pragma once
 
 #include <condition_variable>
@@ -22,12 +23,12 @@ template <typename T>
 class Outcome {
  public:
   bool Set(T value) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (done_) return false;
-      value_ = std::move(value);
-      done_ = true;
-    }
+    // Notified under the lock: a waiter returns only after Set has let go of the Outcome, so whoever
+    // waited may destroy it at once.
+    std::lock_guard<std::mutex> lock(mu_);
+    if (done_) return false;
+    value_ = std::move(value);
+    done_ = true;
     cv_.notify_all();
     return true;
   }
