@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 JOBS ?= $(shell nproc)
 CMAKE_GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo Ninja || echo "Unix Makefiles")
 
-.PHONY: all venv install install-gpu serve serve-gpu test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core loadgen bench bench-rollout bench-metrics bench-overload bench-quick bench-env train-env clean
+.PHONY: all venv install install-gpu serve serve-gpu test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core loadgen bench bench-rollout bench-metrics bench-overload bench-quick bench-env train-env kserve-env clean
 
 all: install
 
@@ -40,8 +40,18 @@ serve-gpu: install-gpu
 
 test: test-cpp test-python
 
-test-python: install
+test-python: install kserve-env
 	$(PY) -m pytest
+
+# Triton's stock clients (tritonclient, perf_analyzer) in an environment of their own, as outside callers of the
+# Open Inference Protocol endpoints (tests/kserve/requirements.txt says why not beside adrank).
+KSERVE_VENV := .venv-kserve
+$(KSERVE_VENV)/.ready: tests/kserve/requirements.txt
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install --quiet -r tests/kserve/requirements.txt
+	touch $@
+
+kserve-env: $(KSERVE_VENV)/.ready
 
 define cpp_tests
 	cmake -S . -B $(1) -G "$(CMAKE_GENERATOR)" -DADRANK_BUILD_PYTHON=OFF -DADRANK_BUILD_TESTS=ON \

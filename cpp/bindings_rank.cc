@@ -16,6 +16,8 @@
 
 #include "bindings_common.h"
 #include "completion_queue.h"
+#include "infer_call.h"
+#include "infer_metadata.h"
 #include "model_registry.h"
 #include "rank_admission.h"
 #include "rank_call.h"
@@ -67,6 +69,11 @@ class PendingRank {
   uint64_t token_;
 };
 
+using StartCall = RankCallHandle (*)(std::string_view, const ModelRegistry&, const RankCallOptions&,
+                                     std::shared_ptr<Outcome<RankAnswer>>, std::function<void()>);
+
+// One call of the contract, Rank's (StartRank) or KServe v2's ModelInfer (StartInfer).
+template <StartCall start>
 std::unique_ptr<PendingRank> Start(const std::shared_ptr<ModelRegistry>& registry, const py::bytes& request,
                                    std::optional<double> timeout_s, double reply_margin_s, std::string tenant,
                                    std::shared_ptr<CompletionQueue> completion_queue, uint64_t token) {
@@ -84,10 +91,57 @@ std::unique_ptr<PendingRank> Start(const std::shared_ptr<ModelRegistry>& registr
   {
     // `request` is held by the caller for the duration: its bytes stay put while parsed.
     py::gil_scoped_release release;
-    call =
-        StartRank(std::string_view(data, static_cast<size_t>(size)), *registry, options, answer, std::move(answered));
+    call = start(std::string_view(data, static_cast<size_t>(size)), *registry, options, answer, std::move(answered));
   }
   return std::make_unique<PendingRank>(std::move(answer), std::move(call), token);
+}
+
+// KServe v2's describing answers (infer_metadata.h), bytes in and out: the Python transports' (the grpc.aio
+// front end, the HTTP endpoint) are then the C++ one's.
+template <typename Message>
+Message ParseMessage(const py::bytes& bytes) {
+  Message message;
+  if (!message.ParseFromString(std::string(bytes))) {
+    ThrowIfError(InvalidArgument("request: not an " + Message::descriptor()->full_name()));
+  }
+  return message;
+}
+
+void BindInferMetadata(py::module_& m) {
+  m.def(
+      "infer_model_ready",
+      [](const ModelRegistry& registry, bool serving, const py::bytes& request) {
+        inference::ModelReadyResponse response;
+        ModelReady(registry, serving, ParseMessage<inference::ModelReadyRequest>(request), &response);
+        return py::bytes(response.SerializeAsString());
+      },
+      py::arg("registry"), py::arg("serving"), py::arg("request"));
+  m.def(
+      "infer_model_metadata",
+      [](const ModelRegistry& registry, const py::bytes& request) {
+        inference::ModelMetadataResponse response;
+        ThrowIfError(ModelMetadata(registry, ParseMessage<inference::ModelMetadataRequest>(request), &response));
+        return py::bytes(response.SerializeAsString());
+      },
+      py::arg("registry"), py::arg("request"));
+  m.def(
+      "infer_model_config",
+      [](const ModelRegistry& registry, const py::bytes& request) {
+        inference::ModelConfigResponse response;
+        ThrowIfError(ModelConfig(registry, ParseMessage<inference::ModelConfigRequest>(request), &response));
+        return py::bytes(response.SerializeAsString());
+      },
+      py::arg("registry"), py::arg("request"));
+  m.def(
+      "infer_server_metadata",
+      [](const std::string& version) {
+        InferServerInfo info;
+        info.version = version;
+        inference::ServerMetadataResponse response;
+        ServerMetadata(info, &response);
+        return py::bytes(response.SerializeAsString());
+      },
+      py::arg("version"));
 }
 
 void BindContract(py::module_& m) {
@@ -97,10 +151,16 @@ void BindContract(py::module_& m) {
       .def("result", &PendingRank::Result)
       .def("cancel", &PendingRank::Cancel)
       .def_property_readonly("token", &PendingRank::token);
-  m.def("start_rank", &Start, py::arg("registry"), py::arg("request"), py::kw_only(), py::arg("timeout_s") = py::none(),
-        py::arg("reply_margin_s") = 0.0, py::arg("tenant") = "", py::arg("completion_queue") = nullptr,
-        py::arg("token") = 0,
+  m.def("start_rank", &Start<StartRank>, py::arg("registry"), py::arg("request"), py::kw_only(),
+        py::arg("timeout_s") = py::none(), py::arg("reply_margin_s") = 0.0, py::arg("tenant") = "",
+        py::arg("completion_queue") = nullptr, py::arg("token") = 0,
         "Starts one Rank call over the request's bytes (cpp/rank_call.h); its answer is the PendingRank's.");
+  m.def("start_infer", &Start<StartInfer>, py::arg("registry"), py::arg("request"), py::kw_only(),
+        py::arg("timeout_s") = py::none(), py::arg("reply_margin_s") = 0.0, py::arg("tenant") = "",
+        py::arg("completion_queue") = nullptr, py::arg("token") = 0,
+        "Starts one KServe v2 ModelInfer call over an inference.ModelInferRequest's bytes (cpp/infer_call.h); "
+        "its answer (a serialized ModelInferResponse) is the PendingRank's.");
+  BindInferMetadata(m);
 
   py::class_<RankAdmission, std::shared_ptr<RankAdmission>>(m, "RankAdmission")
       .def(py::init([](std::shared_ptr<ModelRegistry> registry, int64_t max_in_flight_bytes) {
@@ -189,7 +249,8 @@ void BindRankServer(py::module_& m) {
       .def_readwrite("yield_to_workers", &RankServerOptions::yield_to_workers)
       .def_property(
           "reply_margin_s", [](const RankServerOptions& o) { return ToSeconds(o.reply_margin); },
-          [](RankServerOptions& o, double s) { o.reply_margin = Seconds(s); });
+          [](RankServerOptions& o, double s) { o.reply_margin = Seconds(s); })
+      .def_readwrite("version", &RankServerOptions::version);
 
   py::class_<PyRankServer>(m, "RankServer")
       .def(py::init<const RankServerOptions&, std::shared_ptr<ModelRegistry>>(), py::arg("options"),

@@ -79,6 +79,7 @@ void BindRegistry(py::module_& m) {
       .def_readonly("version", &ServedModel::version)
       .def_readonly("model", &ServedModel::queue)
       .def_readonly("lowest_priority", &ServedModel::lowest_priority)
+      .def_readonly("platform", &ServedModel::platform)
       .def_readonly("stats", &ServedModel::stats);
 
   py::class_<RolloutRoute>(m, "RolloutRoute")
@@ -111,7 +112,7 @@ void BindRegistry(py::module_& m) {
           "add",
           [](ModelRegistry& r, const std::shared_ptr<ModelQueue>& queue, const std::string& name, int64_t version,
              std::vector<ServedInput> inputs, const std::string& score_output, int64_t max_candidates,
-             int lowest_priority, std::shared_ptr<VersionStats> stats, bool serving) {
+             int lowest_priority, std::shared_ptr<VersionStats> stats, bool serving, const std::string& platform) {
             if (!queue) throw StatusError(InvalidArgument("add: model is None"));
             if (version < 1) throw StatusError(InvalidArgument("add: version must be >= 1"));
             if (max_candidates < 1) throw StatusError(InvalidArgument("add: max_candidates must be >= 1"));
@@ -125,10 +126,12 @@ void BindRegistry(py::module_& m) {
             model->max_candidates = max_candidates;
             model->lowest_priority = lowest_priority;
             model->stats = std::move(stats);
+            model->platform = platform;
             r.Add(std::move(model), serving);
           },
           py::arg("model"), py::arg("name"), py::arg("version"), py::arg("inputs"), py::arg("score_output"),
-          py::arg("max_candidates"), py::arg("lowest_priority"), py::arg("stats"), py::arg("serving") = false)
+          py::arg("max_candidates"), py::arg("lowest_priority"), py::arg("stats"), py::arg("serving") = false,
+          py::arg("platform") = "")
       .def(
           "remove", [](ModelRegistry& r, const std::string& name, int64_t version) { return r.Remove(name, version); },
           py::arg("name"), py::arg("version"))
@@ -139,6 +142,8 @@ void BindRegistry(py::module_& m) {
           },
           py::arg("name"), py::arg("route"))
       .def("rollout", &ModelRegistry::rollout, py::arg("name"))
+      .def("versions", &ModelRegistry::Versions, py::arg("name"))
+      .def("models", &ModelRegistry::Models)
       .def(
           "route",
           [](const ModelRegistry& r, const std::string& name, int64_t version, const std::string& key) {

@@ -180,6 +180,22 @@ Status ModelRegistry::Resolve(const std::string& name, int64_t version, std::sha
   return FindVersion(name, *entry, version != 0 ? version : entry->route.stable, version != 0, out);
 }
 
+std::vector<int64_t> ModelRegistry::Versions(const std::string& name) const {
+  const std::shared_ptr<const Table> table = Snapshot();
+  std::vector<int64_t> versions;
+  auto it = table->find(name);
+  if (it == table->end()) return versions;
+  for (const auto& [version, model] : it->second.versions) versions.push_back(version);
+  return versions;
+}
+
+std::vector<std::string> ModelRegistry::Models() const {
+  const std::shared_ptr<const Table> table = Snapshot();
+  std::vector<std::string> names;
+  for (const auto& [name, entry] : *table) names.push_back(name);
+  return names;
+}
+
 Status ModelRegistry::FindModel(const Table& table, const std::string& name, const Entry** out) {
   auto it = table.find(name);
   if (it != table.end()) {

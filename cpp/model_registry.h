@@ -96,6 +96,7 @@ struct ServedModel {
   std::string score_output;             // the float32 output returned per candidate
   int64_t max_candidates = 0;           // N above it: INVALID_ARGUMENT
   int lowest_priority = 0;              // the priority class mirrored (shadow) requests ride in
+  std::string platform;                 // what runs it, as v2's model metadata names it ("onnxruntime_onnx")
   std::shared_ptr<VersionStats> stats;  // never null once registered
   ReleaseOnDestroy release;             // what VersionRelease waits on
 };
@@ -163,6 +164,10 @@ class ModelRegistry {
   Status Route(const std::string& name, int64_t version, std::string_view key, Routed* out) const;
   // Route without a key or shadow: the stable version, or the pinned one.
   Status Resolve(const std::string& name, int64_t version, std::shared_ptr<const ServedModel>* out) const;
+  // The versions registered for `name`, ascending (empty for a model it does not know), and every model's
+  // name: what a protocol's metadata and repository index list.
+  std::vector<int64_t> Versions(const std::string& name) const;
+  std::vector<std::string> Models() const;
   // The sum over served models of their largest version's MaxRequestBytes (a request may name every
   // model); 0 with none registered. Kept up to date as versions come and go: a read costs one load.
   int64_t max_request_bytes() const { return max_request_bytes_.load(std::memory_order_acquire); }

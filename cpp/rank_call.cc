@@ -79,12 +79,7 @@ class KeptRankCall final : public RankCall {
  private:
   void Answer(const Status& status, v1::RankResponse* response) override {
     const std::shared_ptr<KeptRankCall> self = std::move(self_);  // the call ends with this scope
-    RankAnswer kept{status, {}};
-    if (kept.status.ok() && !response->SerializeToString(&kept.reply)) {
-      kept.status = Internal("response: cannot be serialized");
-    }
-    answer_->Set(std::move(kept));
-    if (answered_) answered_();
+    KeepAnswer(status, *response, *answer_, answered_);
   }
 
   const std::shared_ptr<Outcome<RankAnswer>> answer_;
@@ -94,6 +89,16 @@ class KeptRankCall final : public RankCall {
 
 }  // namespace
 
+void KeepAnswer(const Status& status, const google::protobuf::MessageLite& response, Outcome<RankAnswer>& answer,
+                const std::function<void()>& answered) {
+  RankAnswer kept{status, {}};
+  if (kept.status.ok() && !response.SerializeToString(&kept.reply)) {
+    kept.status = Internal("response: cannot be serialized");
+  }
+  answer.Set(std::move(kept));
+  if (answered) answered();
+}
+
 void RankCallHandle::Cancel() const {
   if (const std::shared_ptr<RankCall> call = call_.lock()) call->Cancel();
 }
@@ -101,6 +106,14 @@ void RankCallHandle::Cancel() const {
 RankCallHandle StartRank(std::string_view bytes, const ModelRegistry& registry, const RankCallOptions& options,
                          std::shared_ptr<Outcome<RankAnswer>> answer, std::function<void()> answered) {
   return KeptRankCall::Start(bytes, registry, options, std::move(answer), std::move(answered));
+}
+
+Status CheckPriority(int64_t priority) {
+  if (priority < 0 || priority > INT32_MAX) {
+    return InvalidArgument("priority " + std::to_string(priority) + " is outside [0, " + std::to_string(INT32_MAX) +
+                           "]");
+  }
+  return Status::Ok();
 }
 
 RankCall::RankCall() : start_ns_(SteadyNanos()) {}
@@ -115,12 +128,8 @@ void RankCall::Parse(google::protobuf::io::ZeroCopyInputStream* stream, const st
 
 Status RankCall::Check(const ModelRegistry& registry, const RankCallOptions& options, std::vector<ModelCall>* shadows) {
   if (!parsed_.ok()) return parsed_;
-  if (request_.priority() > static_cast<uint32_t>(INT32_MAX)) {
-    // The core's priorities are ints; the models' own ranges are the batchers' to check.
-    return InvalidArgument("priority " + std::to_string(request_.priority()) + " is outside [0, " +
-                           std::to_string(INT32_MAX) + "]");
-  }
-  Status status = PrepareRank(request_, registry, &calls_, shadows);
+  Status status = CheckPriority(request_.priority());
+  if (status.ok()) status = PrepareRank(request_, registry, &calls_, shadows);
   if (!status.ok()) return status;
   if (options.deadline != kNoDeadline) {
     core_deadline_ = options.deadline - options.reply_margin;

@@ -66,9 +66,12 @@
 #include "status.h"
 #include "wire_request.h"
 
-namespace google::protobuf::io {
+namespace google::protobuf {
+class MessageLite;
+namespace io {
 class ZeroCopyInputStream;
 }
+}  // namespace google::protobuf
 
 namespace adrank {
 
@@ -102,6 +105,11 @@ class RankCall {
   // contract; `response` lives as long as the call.
   virtual void Answer(const Status& status, v1::RankResponse* response) = 0;
 
+  // For a call that arrives in another protocol and means a RankRequest (infer_call.h): instead of Parse,
+  // it fills the request in place, or says why it could not (Start then answers that).
+  v1::RankRequest* mutable_request() { return &request_; }
+  void SetParseFailure(Status status) { parsed_ = std::move(status); }
+
   // Implementation details follow. API users need not read.
  private:
   using QueuedPart = std::pair<std::shared_ptr<ModelQueue>, RequestHandle>;
@@ -128,6 +136,10 @@ class RankCall {
   Status first_error_;
 };
 
+// INVALID_ARGUMENT unless `priority` fits the core's priority classes (an int >= 0); the models' own
+// ranges are their batchers' to check. Every protocol's priority goes through it: one message.
+Status CheckPriority(int64_t priority);
+
 // A call's answer as StartRank keeps it: the status, and when OK the serialized RankResponse.
 struct RankAnswer {
   Status status;
@@ -143,6 +155,11 @@ class RankCallHandle {
  private:
   std::weak_ptr<RankCall> call_;
 };
+
+// How a call that owns itself (StartRank, StartInfer) keeps its answer: `response` serialized when OK, set
+// on `answer`, then `answered` run (if any).
+void KeepAnswer(const Status& status, const google::protobuf::MessageLite& response, Outcome<RankAnswer>& answer,
+                const std::function<void()>& answered);
 
 RankCallHandle StartRank(std::string_view bytes, const ModelRegistry& registry, const RankCallOptions& options,
                          std::shared_ptr<Outcome<RankAnswer>> answer, std::function<void()> answered = nullptr);

@@ -480,11 +480,14 @@ Status CheckUnexpected(const std::vector<std::shared_ptr<const ServedModel>>& mo
 
 }  // namespace
 
-Status ParseError(std::string_view bytes) {
+Status ParseError(std::string_view bytes) { return ParseError(bytes, v1::RankRequest::descriptor()); }
+
+Status ParseError(std::string_view bytes, const google::protobuf::Descriptor* type) {
   ParseWalker walker(bytes);
   std::string why = "protobuf refused it";
-  if (!walker.Message(0, bytes.size(), v1::RankRequest::descriptor(), "", 0)) why = walker.why();
-  return InvalidArgument("request: not an adrank.v1.RankRequest (" + std::to_string(bytes.size()) + " bytes): " + why);
+  if (!walker.Message(0, bytes.size(), type, "", 0)) why = walker.why();
+  return InvalidArgument("request: not an " + type->full_name() + " (" + std::to_string(bytes.size()) +
+                         " bytes): " + why);
 }
 
 Status PrepareRank(const v1::RankRequest& request, const ModelRegistry& registry, std::vector<ModelCall>* calls,

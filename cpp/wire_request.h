@@ -39,6 +39,10 @@
 #include "request.h"
 #include "status.h"
 
+namespace google::protobuf {
+class Descriptor;
+}
+
 namespace adrank {
 
 struct ModelCall {
@@ -50,6 +54,8 @@ struct ModelCall {
 // INVALID_ARGUMENT "request: not an adrank.v1.RankRequest (N bytes): <field> at byte <k>: <why>", for
 // bytes that failed to parse.
 Status ParseError(std::string_view bytes);
+// The same for any message type (another protocol's request: infer_call.h).
+Status ParseError(std::string_view bytes, const google::protobuf::Descriptor* type);
 
 Status PrepareRank(const v1::RankRequest& request, const ModelRegistry& registry, std::vector<ModelCall>* calls,
                    std::vector<ModelCall>* shadows = nullptr);

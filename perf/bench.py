@@ -301,15 +301,9 @@ def prepare_pytriton(requests: request_sets.RequestSet, work: Path, venv: Path) 
     started = time.perf_counter()
     interpreter = setup_venv.ensure(venv, onnxruntime.__version__)
     log(f"pytriton environment {venv} ready ({time.perf_counter() - started:.0f} s)")
-    arrays, payload_file = work / "ctr-arrays.npz", work / "ctr-kserve.npz"
-    request_sets.save_arrays(requests, arrays)
-    command = [str(interpreter), "-m", "perf.requests", "kserve", "--arrays", str(arrays)]
-    command += ["--model-name", requests.model, "--output", requests.model, "--out", str(payload_file)]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"serializing KServe requests failed: {done.stderr.strip().splitlines()[-1:]}")
-    payloads, candidates = request_sets.load_payloads(payload_file)
-    return PyTriton(interpreter, setup_venv.library_dir(interpreter), payloads, candidates, work / "pytriton-home")
+    payloads = request_sets.kserve_payloads(requests, requests.model)
+    library_dir = setup_venv.library_dir(interpreter)
+    return PyTriton(interpreter, library_dir, payloads, requests.candidates, work / "pytriton-home")
 
 
 def check_reply(target: str, method: str, payload: bytes, candidates: int, kind: str) -> None:

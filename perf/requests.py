@@ -9,10 +9,8 @@ to the bytes a server reads, so the load generator sends bytes and never seriali
   or every request of one fixed N (`candidates=`), where a benchmark counts requests/s of one size (overload).
 - relevance: a query from `models/relevance/texts.json` ("queries") and N ad embeddings made once, with
   adrank's own `TextEmbedder`, from the ad titles there ("ads").
-- KServe v2 (`inference.GRPCInferenceService/ModelInfer`, what Triton / PyTriton speak): the same ctr arrays as
-  `ModelInferRequest` bytes. Serializing them needs tritonclient's `grpc_service_pb2`, which lives only in the
-  throwaway PyTriton environment, so that environment runs `python perf/requests.py kserve ...` on arrays saved
-  by this module (adrank is imported lazily for that reason).
+- KServe v2 (`inference.GRPCInferenceService/ModelInfer`, what Triton, PyTriton and adrank speak): the same
+  ctr arrays as `ModelInferRequest` bytes, serialized with adrank's own stubs of the protocol (adrank.kserve).
 
 Everything is drawn from a fixed seed: the engine-only run (another process) rebuilds the identical set.
 """
@@ -146,30 +144,18 @@ def build(model: str, count: int, seed: int | None = None, candidates: int | Non
 # --- KServe v2 (Triton, PyTriton) -----------------------------------------------------------------------------
 
 
-def save_arrays(requests: RequestSet, path: Path) -> None:
-    """The set's numeric feeds, concatenated per input, with each request's row count (for `kserve`)."""
-    names = list(requests.feeds[0])
-    arrays = {name: np.concatenate([f[name] for f in requests.feeds]) for name in names}
-    np.savez(path, candidates=requests.candidates, names=np.array(names), **arrays)
+def kserve_payloads(requests: RequestSet, output: str) -> list[bytes]:
+    """The set's requests as KServe v2 ModelInferRequest bytes (adrank's own stubs of the protocol): the same
+    rows, raw little-endian, asking for the score output."""
+    from adrank.kserve import grpc_service_pb2 as kserve
 
-
-def kserve_payloads(arrays_file: Path, model_name: str, output: str) -> list[bytes]:
-    """ModelInferRequest bytes, one per request of a `save_arrays` file (needs tritonclient)."""
-    from tritonclient.grpc import service_pb2  # type: ignore[import-not-found]
-
-    _DATATYPES = {"float32": "FP32", "int64": "INT64", "int32": "INT32", "float64": "FP64"}
-    with np.load(arrays_file) as data:  # an NpzFile reads an array anew at each access: read each once
-        sizes = data["candidates"]
-        names = [str(n) for n in data["names"]]
-        arrays = {name: data[name] for name in names}
-    starts = np.concatenate([[0], np.cumsum(sizes)])
+    datatypes = {"float32": "FP32", "int64": "INT64", "int32": "INT32", "float64": "FP64"}
     payloads = []
-    for i, n in enumerate(sizes):
-        request = service_pb2.ModelInferRequest(model_name=model_name, id=f"kserve-{i}")
-        for name in names:
-            rows = np.ascontiguousarray(arrays[name][starts[i] : starts[i + 1]])
-            tensor = request.inputs.add(name=name, datatype=_DATATYPES[rows.dtype.name])
-            tensor.shape.extend([int(n), *rows.shape[1:]])
+    for i, feeds in enumerate(requests.feeds):
+        request = kserve.ModelInferRequest(model_name=requests.model, id=f"kserve-{i}")
+        for name, rows in feeds.items():
+            rows = np.ascontiguousarray(rows)
+            request.inputs.add(name=name, datatype=datatypes[rows.dtype.name], shape=list(rows.shape))
             request.raw_input_contents.append(rows.tobytes())
         request.outputs.add(name=output)
         payloads.append(request.SerializeToString())
@@ -191,19 +177,16 @@ def load_payloads(path: Path) -> tuple[list[bytes], np.ndarray]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    kserve = sub.add_parser("kserve", help="serialize a save_arrays file as KServe v2 ModelInferRequest payloads")
-    kserve.add_argument("--arrays", type=Path, required=True)
-    kserve.add_argument("--model-name", required=True)
-    kserve.add_argument("--output", required=True)
+    kserve = sub.add_parser("kserve", help="write a ctr set's requests as KServe v2 ModelInferRequest payloads")
+    kserve.add_argument("--count", type=int, default=1000)
     kserve.add_argument("--out", type=Path, required=True)
     show = sub.add_parser("summary", help="print a request set's candidate distribution")
     show.add_argument("--model", default="ctr")
     show.add_argument("--count", type=int, default=1000)
     args = parser.parse_args(argv)
     if args.command == "kserve":
-        payloads = kserve_payloads(args.arrays, args.model_name, args.output)
-        with np.load(args.arrays) as data:
-            save_payloads(payloads, data["candidates"], args.out)
+        requests = build("ctr", args.count)
+        save_payloads(kserve_payloads(requests, "ctr"), requests.candidates, args.out)
     else:
         print(json.dumps(build(args.model, args.count).summary()))
 

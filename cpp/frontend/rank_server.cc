@@ -3,7 +3,6 @@
 #include <absl/synchronization/mutex.h>
 #include <google/protobuf/stubs/logging.h>
 #include <grpc/grpc.h>
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/support/proto_buffer_reader.h>
@@ -21,33 +20,20 @@
 #include <vector>
 
 #include "adrank/v1/ranking.grpc.pb.h"
+#include "grpc_call.h"
+#include "grpc_context.h"
+#include "inference_service.h"
 #include "rank_admission.h"
 #include "rank_call.h"
+#include "reflection_service.h"
 #include "thread_priority.h"
 
 namespace adrank {
 namespace {
 
 constexpr char kRankingService[] = "adrank.v1.Ranking";
-
-grpc::Status ToGrpc(const Status& status) {
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), status.message());
-}
-
-// The call's gRPC deadline on the core's clock; kNoDeadline when the caller set none.
-TimePoint CoreDeadline(const grpc::CallbackServerContext& context) {
-  const auto deadline = context.deadline();
-  if (deadline == std::chrono::system_clock::time_point::max()) return kNoDeadline;
-  const auto remaining = deadline - std::chrono::system_clock::now();
-  return SteadyClock::Get()->Now() + std::chrono::duration_cast<Duration>(remaining);
-}
-
-// The caller's tenant (tenants.h): its `x-adrank-tenant` metadata, else empty ("default").
-std::string CallTenant(const grpc::CallbackServerContext& context) {
-  const auto& metadata = context.client_metadata();
-  auto it = metadata.find(kTenantMetadataKey);
-  return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
-}
+constexpr char kInferenceService[] = "inference.GRPCInferenceService";
+constexpr char kHealthService[] = "grpc.health.v1.Health";
 
 // protobuf logs every string field that is not UTF-8 as an ERROR, one line per such request, which a
 // client could send by the thousand to flood the log. Those requests are answered INVALID_ARGUMENT and
@@ -61,18 +47,9 @@ void LogUnlessInvalidUtf8(google::protobuf::LogLevel level, const char* filename
   std::fflush(stderr);
 }
 
-// The request's bytes in one piece: only to explain a parse failure.
-std::string Flatten(const grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  std::string bytes;
-  if (!buffer.Dump(&slices).ok()) return bytes;
-  for (const grpc::Slice& slice : slices) bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
-  return bytes;
-}
-
 }  // namespace
 
-// The Ranking service, its Rank method raw (rank_server.h: the server parses): one GrpcRankCall per call.
+// The Ranking service, its Rank method raw (rank_server.h: the server parses): one GrpcCall per call.
 class RankService final : public v1::Ranking::WithRawCallbackMethod_Rank<v1::Ranking::Service> {
  public:
   RankService(std::shared_ptr<ModelRegistry> registry, std::shared_ptr<RankAdmission> admission,
@@ -80,17 +57,16 @@ class RankService final : public v1::Ranking::WithRawCallbackMethod_Rank<v1::Ran
       : registry_(std::move(registry)), admission_(std::move(admission)), reply_margin_(options.reply_margin) {}
 
   grpc::ServerUnaryReactor* Rank(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
-                                 grpc::ByteBuffer* response) override;
+                                 grpc::ByteBuffer* response) override {
+    return StartGrpcCall<RankCall, v1::RankResponse>(
+        *admission_, reply_margin_, context, request, response,
+        [this](RankCall* call, grpc::ProtoBufferReader* reader, auto bytes, const RankCallOptions& options) {
+          call->Parse(reader, bytes);
+          call->Start(*registry_, options);
+        });
+  }
 
   RankAdmission& admission() { return *admission_; }
-  const ModelRegistry& registry() const { return *registry_; }
-  Duration reply_margin() const { return reply_margin_; }
-
-  // Every call ends here: counted by its status code, then finished.
-  void Reply(grpc::ServerUnaryReactor* reactor, const grpc::Status& status) {
-    admission_->Answered(static_cast<StatusCode>(status.error_code()));
-    reactor->Finish(status);
-  }
 
  private:
   std::shared_ptr<ModelRegistry> registry_;
@@ -98,66 +74,24 @@ class RankService final : public v1::Ranking::WithRawCallbackMethod_Rank<v1::Ran
   const Duration reply_margin_;
 };
 
-// One admitted call: the contract's RankCall (rank_call.h) as a gRPC reactor. It holds its request's
-// bytes (reserved by RankAdmission::Admit) until gRPC is done with it, then deletes itself.
-class GrpcRankCall final : public grpc::ServerUnaryReactor, public RankCall {
- public:
-  GrpcRankCall(RankService* service, grpc::ByteBuffer* reply, int64_t reserved)
-      : service_(service), reply_(reply), reserved_(reserved) {}
-
-  void OnCancel() override { Cancel(); }
-
-  void OnDone() override {
-    RankService* service = service_;
-    const int64_t reserved = reserved_;
-    delete this;
-    service->admission().ReleaseBytes(reserved);
-  }
-
- private:
-  // The call's answer: its work is done (the drain stops waiting for it), then gRPC sends it.
-  void Answer(const Status& status, v1::RankResponse* response) override {
-    grpc::Status out = ToGrpc(status);
-    if (status.ok()) {
-      bool own_buffer = false;
-      const grpc::Status serialized =
-          grpc::SerializationTraits<v1::RankResponse>::Serialize(*response, reply_, &own_buffer);
-      if (!serialized.ok()) out = grpc::Status(grpc::StatusCode::INTERNAL, "response: " + serialized.error_message());
-    }
-    service_->admission().CallDone();
-    service_->Reply(this, out);
-  }
-
-  RankService* const service_;
-  grpc::ByteBuffer* const reply_;
-  const int64_t reserved_;
-};
-
-grpc::ServerUnaryReactor* RankService::Rank(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
-                                            grpc::ByteBuffer* response) {
-  // By its declared size, before a byte of it is parsed (rank_admission.h).
-  const auto bytes = static_cast<int64_t>(request->Length());
-  const Status admitted = admission_->Admit(bytes);
-  if (!admitted.ok()) {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    Reply(reactor, ToGrpc(admitted));
-    return reactor;
-  }
-  auto* call = new GrpcRankCall(this, response, bytes);  // deletes itself in OnDone
-  grpc::ProtoBufferReader reader(const_cast<grpc::ByteBuffer*>(request));
-  call->Parse(&reader, [request] { return Flatten(*request); });
-  RankCallOptions options;
-  options.deadline = CoreDeadline(*context);
-  options.reply_margin = reply_margin_;
-  options.tenant = CallTenant(*context);
-  call->Start(*registry_, options);
-  return call;
-}
-
 RankServer::RankServer(std::shared_ptr<ModelRegistry> registry, const RankServerOptions& options)
     : registry_(std::move(registry)),
       admission_(std::make_shared<RankAdmission>(registry_, RankAdmissionOptions{options.max_in_flight_bytes})),
-      service_(std::make_unique<RankService>(registry_, admission_, options)) {}
+      service_(std::make_unique<RankService>(registry_, admission_, options)) {
+  InferenceServiceOptions inference;
+  inference.reply_margin = options.reply_margin;
+  inference.server.version = options.version;
+  inference.ready = [this] { return Ready(); };
+  inference_ = std::make_unique<InferenceService>(registry_, admission_, std::move(inference));
+  reflection_ = std::make_unique<ReflectionService>(ReflectionServiceOptions{
+      {kRankingService, kInferenceService, kHealthService, ReflectionService::kV1, ReflectionService::kV1Alpha}});
+}
+
+bool RankServer::Ready() {
+  std::lock_guard<std::mutex> lock(health_mu_);
+  auto it = health_.find("");
+  return health_shown_ && it != health_.end() && it->second;
+}
 
 Status RankServer::Create(const RankServerOptions& options, std::shared_ptr<ModelRegistry> registry,
                           std::unique_ptr<RankServer>* out) {
@@ -179,7 +113,6 @@ Status RankServer::Create(const RankServerOptions& options, std::shared_ptr<Mode
   if (options.yield_to_workers) yielding.emplace();
   std::unique_ptr<RankServer> server(new RankServer(std::move(registry), options));
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   // Debian's abseil is built with its mutex deadlock detector on: gRPC's every lock then updates a lock
   // graph (measured: 2-3 % of the server's core at 1.5x overload, in absl::GraphCycles). gRPC's own
   // tests run with it; a server has no use for it.
@@ -200,6 +133,8 @@ Status RankServer::Create(const RankServerOptions& options, std::shared_ptr<Mode
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.RegisterService(server->service_.get());
+  builder.RegisterService(server->inference_.get());
+  builder.RegisterCallbackGenericService(server->reflection_.get());
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {
     return Unavailable("cannot listen on " + address + " for gRPC");

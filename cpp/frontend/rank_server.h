@@ -1,6 +1,8 @@
-// RankServer: the gRPC front end in C++ — `adrank.v1.Ranking/Rank`, `grpc.health.v1.Health` and
-// server reflection on one port — so that a call is decoded, checked, batched and answered without
-// Python. Only the backend's run of each batch enters Python (once per batch, not per request).
+// RankServer: the gRPC front end in C++ — `adrank.v1.Ranking/Rank`, the Open Inference Protocol's
+// `inference.GRPCInferenceService` (KServe v2: inference_service.h), `grpc.health.v1.Health` and server
+// reflection v1 and v1alpha (reflection_service.h) on one port — so that a call is decoded, checked,
+// batched and answered without Python. Only the backend's run of each batch enters Python (once per batch,
+// not per request).
 //
 // Why in C++: on this project's reference machine a grpc.aio server costs ~370 us of CPU per unary call
 // before any work (measured with a do-nothing handler), a grpc++ callback server ~65 us. With the
@@ -53,6 +55,7 @@
 //                                with a model worker they wait for its batch instead of preempting it per
 //                                call. Measured (perf/overload_bench.py, one core): closed-loop saturation
 //                                2,616 -> 4,625-5,076 req/s, CPU per refusal 81.5 -> 44-54 µs.
+//   version = ""                 The server's version, as KServe v2's ServerMetadata reports it.
 //   reply_margin = 1 ms          The models get the call's deadline less this (rank_call.h): the answer still
 //                                has to be serialized, written and read by the caller (~0.1 ms idle; up to a worker's
 //                                slice, ~1-3 ms, while the transport yields to a busy worker), and an answer
@@ -83,9 +86,6 @@ class Server;
 
 namespace adrank {
 
-// The request metadata that names the caller's tenant (tenants.h).
-inline constexpr char kTenantMetadataKey[] = "x-adrank-tenant";
-
 struct RankServerOptions {
   std::string host = "127.0.0.1";
   int port = 8500;
@@ -96,9 +96,12 @@ struct RankServerOptions {
   Duration keepalive_timeout = std::chrono::seconds(5);
   bool yield_to_workers = true;
   Duration reply_margin = std::chrono::milliseconds(1);
+  std::string version;  // the server's, as KServe v2's ServerMetadata reports it
 };
 
 class RankService;
+class InferenceService;
+class ReflectionService;
 
 class RankServer {
  public:
@@ -138,10 +141,13 @@ class RankServer {
   // Implementation details follow. API users need not read.
  private:
   RankServer(std::shared_ptr<ModelRegistry> registry, const RankServerOptions& options);
+  bool Ready();  // the server's health ("") says SERVING
 
   std::shared_ptr<ModelRegistry> registry_;
   std::shared_ptr<RankAdmission> admission_;
   std::unique_ptr<RankService> service_;
+  std::unique_ptr<InferenceService> inference_;
+  std::unique_ptr<ReflectionService> reflection_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   // Orders the health updates of concurrent callers; guards what follows.

@@ -245,6 +245,8 @@ class ServedModel:
     @property
     def lowest_priority(self) -> int: ...
     @property
+    def platform(self) -> str: ...
+    @property
     def stats(self) -> VersionStats: ...
 
 class RolloutRoute:
@@ -285,10 +287,13 @@ class ModelRegistry:
         lowest_priority: int,
         stats: VersionStats,
         serving: bool = False,
+        platform: str = "",
     ) -> None: ...
     def remove(self, name: str, version: int) -> VersionRelease: ...
     def set_rollout(self, name: str, route: RolloutRoute) -> None: ...
     def rollout(self, name: str) -> RolloutRoute: ...  # stable 0 for a model never added
+    def versions(self, name: str) -> list[int]: ...  # ascending; empty for a model it does not know
+    def models(self) -> list[str]: ...
     def route(self, name: str, version: int = 0, key: str = "") -> tuple[ServedModel, ServedModel | None]: ...
     @property
     def max_request_bytes(self) -> int: ...
@@ -312,6 +317,25 @@ def start_rank(
     completion_queue: CompletionQueue | None = None,
     token: int = 0,
 ) -> PendingRank: ...
+
+# One KServe v2 ModelInfer call over an inference.ModelInferRequest's bytes (cpp/infer_call.h); the answer's
+# bytes are a serialized ModelInferResponse.
+def start_infer(
+    registry: ModelRegistry,
+    request: bytes,
+    *,
+    timeout_s: float | None = None,
+    reply_margin_s: float = 0.0,
+    tenant: str = "",
+    completion_queue: CompletionQueue | None = None,
+    token: int = 0,
+) -> PendingRank: ...
+
+# KServe v2's describing answers (cpp/infer_metadata.h), serialized messages in and out.
+def infer_model_ready(registry: ModelRegistry, serving: bool, request: bytes) -> bytes: ...
+def infer_model_metadata(registry: ModelRegistry, request: bytes) -> bytes: ...  # CoreError NOT_FOUND
+def infer_model_config(registry: ModelRegistry, request: bytes) -> bytes: ...  # CoreError NOT_FOUND
+def infer_server_metadata(version: str) -> bytes: ...
 
 # Which calls a server takes (cpp/rank_admission.h).
 class RankAdmission:
@@ -345,6 +369,7 @@ class RankServerOptions:
     keepalive_timeout_s: float
     yield_to_workers: bool
     reply_margin_s: float
+    version: str
     def __init__(self) -> None: ...
 
 class RankServer:

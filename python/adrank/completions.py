@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ from adrank._core import (
     PendingRank,
     PendingRequest,
     Result,
+    start_infer,
     start_rank,
 )
 
@@ -78,7 +79,31 @@ class AsyncCompletions:
 
         Cancelling the awaiting task cancels the call's parts not yet in a batch.
         """
-        pending = start_rank(
+        return await self._contract(start_rank, registry, request, timeout_s, reply_margin_s, tenant)
+
+    async def infer(
+        self,
+        registry: ModelRegistry,
+        request: bytes,
+        *,
+        timeout_s: float | None = None,
+        reply_margin_s: float = 0.0,
+        tenant: str = "",
+    ) -> bytes:
+        """One KServe v2 ModelInfer call over an inference.ModelInferRequest's bytes, through the same
+        contract (cpp/infer_call.h): the serialized ModelInferResponse; raises adrank.CoreError as `rank`."""
+        return await self._contract(start_infer, registry, request, timeout_s, reply_margin_s, tenant)
+
+    async def _contract(
+        self,
+        start: Callable[..., PendingRank],
+        registry: ModelRegistry,
+        request: bytes,
+        timeout_s: float | None,
+        reply_margin_s: float,
+        tenant: str,
+    ) -> bytes:
+        pending = start(
             registry,
             request,
             timeout_s=timeout_s,

@@ -42,6 +42,8 @@ INTERNAL_TIMEOUT_S = 300.0
 # Scores of a model that declares no output range: wide enough for logits and cosines alike; the values
 # beyond it still count, in the histogram's outer bins.
 DEFAULT_SCORE_RANGE = (-10.0, 10.0)
+# What runs a version, as KServe v2's model metadata names it (Triton's platform names).
+INFER_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 
 
 @dataclass
@@ -103,6 +105,7 @@ class Servable:
             self.lowest_priority,
             stats or self.stats,
             serving=serving,
+            platform=INFER_PLATFORMS[self.config.backend],
         )
 
     def parity_atol(self, golden_atol: float) -> float:

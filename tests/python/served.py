@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -20,6 +21,14 @@ from adrank.server.process import Server, ServerOptions
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
 CRITEO = REPO.parent / "shared" / "data" / "criteo"
+
+
+def missing(reason: str) -> NoReturn:
+    """Skips the test for want of an outside tool, stating `reason`; where CI=true it fails instead: CI
+    installs every such tool (.ci/run), so there its absence is a broken setup."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}, and CI=true: CI installs it, so its absence is a broken CI setup", pytrace=False)
+    pytest.skip(reason)
 
 
 def copy_model(tmp_path: Path, name: str, **overrides: Any) -> tuple[ModelConfig, Path]:

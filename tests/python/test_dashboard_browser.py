@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from references import latest_version
 
 from adrank.client import RankClient, RankError
 from examples.criteo import read_rows
-from served import CRITEO, MODELS, ServerThread
+from served import CRITEO, ServerThread, missing
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium keeps dialling Google's services, which this closed
@@ -41,16 +42,6 @@ CHROMIUM_ARGS = [
 LINE_CHARTS = ["latency", "throughput", "candidates", "errors", "queue-compute", "queue-rows"]
 CLOCK = re.compile(r"^\d\d:\d\d:\d\d$")
 INJECTED = "x-adrank-test-injected"  # marks the replies this test fails on purpose
-
-
-def missing(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}, and CI=true: CI installs it, so its absence is a broken CI setup", pytrace=False)
-    pytest.skip(reason)
-
-
-def latest_version(model: str) -> int:
-    return max(int(p.name) for p in (MODELS / model).iterdir() if p.name.isdigit())
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import socket
@@ -32,7 +31,7 @@ import pytest
 import yaml
 
 from adrank.client import RankClient
-from served import MODELS, REPO, ServerThread
+from served import MODELS, REPO, ServerThread, missing
 
 DEPLOY = REPO / "deploy"
 PROMETHEUS_YML = DEPLOY / "prometheus" / "prometheus.yml"
@@ -68,10 +67,7 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is not None:
         return path
-    reason = f"{name} is not installed (Debian: apt-get install prometheus)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; CI installs it (.ci/run)", pytrace=False)
-    pytest.skip(reason)
+    missing(f"{name} is not installed (Debian: apt-get install prometheus)")
 
 
 def free_port() -> int:

@@ -10,27 +10,18 @@ import json
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 import pytest
-from tokenizers import Tokenizer
+import references
+from references import latest_version, version_dir
 
 from adrank.client import AsyncRankClient, RankClient, RankError, build_request
 from adrank.server.frontend import TransportOptions
 from adrank.v1 import ranking_pb2_grpc as pb_grpc
-from examples.criteo import CriteoRows, read_rows
-from served import CRITEO, FRONTENDS, MODELS, ServerThread
-
-
-def latest_version(model: str) -> int:
-    return max(int(p.name) for p in (MODELS / model).iterdir() if p.name.isdigit())
-
-
-def version_dir(model: str) -> Path:
-    return MODELS / model / str(latest_version(model))
+from examples.criteo import CriteoRows
+from served import FRONTENDS, MODELS, ServerThread
 
 
 @pytest.fixture(scope="module", params=FRONTENDS)
@@ -49,42 +40,22 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def criteo() -> CriteoRows:
-    path = CRITEO / "train_1999.csv"
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: the Criteo rows live in ../shared/data/criteo beside the checkout")
-    return read_rows(path)
+    return references.criteo_rows()
 
 
 @pytest.fixture(scope="module")
 def ctr_direct():
-    session = ort.InferenceSession(str(version_dir("ctr") / "model.onnx"), providers=["CPUExecutionProvider"])
-    return lambda dense, sparse: session.run(["ctr"], {"dense": dense, "sparse": sparse})[0]
+    return references.ctr_direct()
 
 
 @pytest.fixture(scope="module")
 def relevance_meta() -> dict:
-    return json.loads((version_dir("relevance") / "meta.json").read_text())
+    return references.relevance_meta()
 
 
 @pytest.fixture(scope="module")
 def relevance_direct():
-    """The relevance graph run directly on one query (its own token length) and its candidates."""
-    folder = version_dir("relevance")
-    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tokenizer.enable_truncation(max_length=32)
-
-    def run(query: str, ads: np.ndarray) -> np.ndarray:
-        encoding = tokenizer.encode(query)
-        feeds = {
-            "query_input_ids": np.array([encoding.ids], np.int64),
-            "query_attention_mask": np.array([encoding.attention_mask], np.int64),
-            "ad_embedding": ads,
-            "row_request_index": np.zeros(len(ads), np.int64),
-        }
-        return session.run(["relevance"], feeds)[0]
-
-    return run
+    return references.relevance_direct()
 
 
 def ctr_inputs(rows: CriteoRows) -> dict[str, np.ndarray]:
@@ -356,17 +327,6 @@ def test_response_carries_server_timing(client):
     result = client.rank(["ctr"], good_ctr(10), timeout=30)
     assert result["ctr"].batch_rows >= 10 and result["ctr"].compute_us > 0
     assert result.server_us >= result["ctr"].compute_us
-
-
-def test_reflection_lists_the_services(server):
-    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-    with grpc.insecure_channel(server.target) as channel:
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        request = reflection_pb2.ServerReflectionRequest(list_services="")
-        response = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=10)))
-    names = {s.name for s in response.list_services_response.service}
-    assert {"adrank.v1.Ranking", "grpc.health.v1.Health"} <= names
 
 
 def test_a_string_tensor_in_the_wrong_layout_is_refused_naming_it(server):

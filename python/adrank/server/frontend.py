@@ -1,7 +1,9 @@
-"""Front ends: what owns the gRPC port — `adrank.v1.Ranking`, `grpc.health.v1.Health`, reflection.
+"""Front ends: what owns the gRPC port — `adrank.v1.Ranking`, KServe v2's `inference.GRPCInferenceService`,
+`grpc.health.v1.Health`, server reflection v1 and v1alpha.
 
-Two transports of one Rank contract, which lives in the core (cpp/rank_admission.h admits a call,
-cpp/rank_call.h parses, checks, routes, submits, mirrors, records and answers it), so both give the same
+Two transports of one Rank contract (KServe v2's ModelInfer is a call of it too: cpp/infer_call.h),
+which lives in the core (cpp/rank_admission.h admits a call, cpp/rank_call.h parses, checks, routes,
+submits, mirrors, records and answers it), so both give the same
 statuses and messages; the test suite runs against both:
 - CppFrontend: the core's RankServer (cpp/frontend/rank_server.h), a grpc++ transport. Python runs only
   the backend, once per batch. Built when the core found grpc++.
@@ -33,11 +35,16 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha._async import ReflectionServicer as AsyncReflectionServicer
 
 import adrank._core as core
+from adrank import __version__
 from adrank.lifecycle.manager import ModelManager
+from adrank.server.inference_service import INFERENCE_SERVICE, InferenceService
+from adrank.server.inference_service import add_to_server as add_inference_to_server
 from adrank.server.ranking_service import RANKING_SERVICE, RankingService, add_to_server
 
 FrontendKind = Literal["auto", "cpp", "python"]
@@ -75,6 +82,51 @@ class TransportOptions:
         ]
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+REFLECTION_V1_FILE = "grpc/reflection/v1/reflection.proto"
+
+
+def describe_reflection_v1() -> None:
+    """Puts grpc.reflection.v1's file in the default descriptor pool, so that reflection describes itself in
+    both versions: grpcio-reflection ships v1alpha's only, and v1's is the same file under another package."""
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName(REFLECTION_V1_FILE)
+        return
+    except KeyError:
+        pass
+    file = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(file)
+    old_package, file.package, file.name = file.package, "grpc.reflection.v1", REFLECTION_V1_FILE
+    file.options.Clear()
+    for message in file.message_type:
+        for field in message.field:
+            if field.type_name:
+                field.type_name = field.type_name.replace(f".{old_package}.", f".{file.package}.")
+    for service in file.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(f".{old_package}.", f".{file.package}.")
+            method.output_type = method.output_type.replace(f".{old_package}.", f".{file.package}.")
+    pool.Add(file)
+
+
+def enable_reflection(services: list[str], server: grpc.aio.Server) -> None:
+    """Server reflection v1alpha (grpcio-reflection) and v1, which is the same protocol byte for byte under
+    another package name, answered by the same servicer; both list every service, themselves included."""
+    names = [*services, REFLECTION_V1, reflection.SERVICE_NAME]
+    describe_reflection_v1()
+    reflection.enable_server_reflection(names, server)
+    servicer = AsyncReflectionServicer(names)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": handler}),)
+    )
+
+
 class Frontend(Protocol):
     kind: str
     port: int
@@ -109,6 +161,7 @@ class CppFrontend:
         server.keepalive_timeout_s = options.keepalive_timeout_s
         server.yield_to_workers = options.yield_to_workers
         server.reply_margin_s = options.reply_margin_s
+        server.version = __version__
         self._server = core.RankServer(server, registry)
         self.port = self._server.port
 
@@ -143,9 +196,11 @@ class PythonFrontend:
         self._health_set = {"": True, RANKING_SERVICE: True}  # shown once serving
         self._server = grpc.aio.server(options=options.grpc_options())
         add_to_server(self.ranking, self._server)
+        inference = InferenceService(self.ranking, models.registry, lambda: self._health_set[""])
+        add_inference_to_server(inference, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            [RANKING_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        enable_reflection(
+            [RANKING_SERVICE, INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
             self._server,
         )
         address = f"{options.host}:{options.port}"

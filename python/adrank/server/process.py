@@ -48,6 +48,7 @@ from adrank.repository.layout import ModelRepository
 from adrank.server.admin_service import AdminServer
 from adrank.server.frontend import RANKING_SERVICE, Frontend, FrontendKind, TransportOptions, create_frontend
 from adrank.server.http_endpoint import HttpEndpoint
+from adrank.server.kserve_rest import KServeRest
 from adrank.server.memory_release import MemoryRelease
 
 log = logging.getLogger("adrank.server")
@@ -97,8 +98,16 @@ class Server:
             )
             self.history = MetricsHistory(source, options.metrics)
             pages = ObservabilityPages(create_registry(source), self.history).handle
+        rest = KServeRest(
+            self.models.registry, lambda: self.frontend.admission, self._http_ready, options.transport.reply_margin_s
+        )
         self._http = HttpEndpoint(
-            options.transport.host, options.http_port, lambda: self.ready and self.models.ready(), pages
+            options.transport.host,
+            options.http_port,
+            self._http_ready,
+            pages,
+            rest,
+            max_body_bytes=options.transport.max_message_bytes,
         )
         self.admin: AdminServer | None = None
         if options.admin_token:
@@ -107,6 +116,9 @@ class Server:
         self._health_models: set[str] = set()  # every model health was ever set for
         self._health_updates: set[asyncio.Task[None]] = set()
         self._health_lock = asyncio.Lock()
+
+    def _http_ready(self) -> bool:
+        return self.ready and self.models.ready()
 
     @property
     def http_port(self) -> int:

@@ -1,4 +1,5 @@
-"""RankingService: the `adrank.v1.Ranking/Rank` handler of the grpc.aio front end: a thin transport.
+"""RankingService: the `adrank.v1.Ranking/Rank` handler of the grpc.aio front end: a thin transport (and the
+same for KServe v2's ModelInfer: server/inference_service.py).
 
 The Rank contract lives once, in the core (cpp/rank_call.h, cpp/rank_admission.h), for this front end
 and the C++ one alike: this handler only carries a call between grpc.aio and it.
@@ -20,6 +21,7 @@ cancels the call's parts not yet in a batch.
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 import grpc
 
@@ -29,6 +31,7 @@ from adrank.status import StatusCode
 from adrank.tenants import TENANT_METADATA_KEY
 from adrank.v1 import ranking_pb2 as pb
 
+CallProtocol = Literal["rank", "infer"]
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -80,15 +83,22 @@ class RankingService:
         return self._completions
 
     async def Rank(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return await self.serve(request, context, "rank")
+
+    async def serve(self, request: bytes, context: grpc.aio.ServicerContext, protocol: CallProtocol) -> bytes:
+        """One call of the contract in either protocol (`rank`: adrank.v1 Rank; `infer`: KServe v2
+        ModelInfer, cpp/infer_call.h): admitted, run and answered alike, and counted together."""
         size = len(request)
         try:
             self.admission.admit(size)
         except core.CoreError as error:
             await self._abort(context, error)
         context.add_done_callback(lambda _: self.admission.release_bytes(size))
+        completions = self._async_completions()
+        call = completions.rank if protocol == "rank" else completions.infer
         refused: core.CoreError | None = None
         try:
-            reply = await self._async_completions().rank(
+            reply = await call(
                 self._registry,
                 request,
                 timeout_s=context.time_remaining(),
