@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 JOBS ?= $(shell nproc)
 CMAKE_GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo Ninja || echo "Unix Makefiles")
 
-.PHONY: all venv install install-gpu serve serve-gpu test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core loadgen bench bench-rollout bench-metrics bench-overload bench-quick bench-env train-env kserve-env clean
+.PHONY: all venv install install-gpu serve serve-gpu test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core loadgen bench bench-rollout bench-metrics bench-overload bench-quick bench-env bench-protocols train-env kserve-env clean
 
 all: install
 
@@ -101,6 +101,12 @@ loadgen:
 
 bench: bench-env loadgen
 	$(PY) perf/bench.py
+	$(PY) perf/protocol_bench.py
+
+# Rank against KServe v2's ModelInfer on one server, and Triton's perf_analyzer beside adrank's own sender
+# (perf/protocol_bench.py, about 5 minutes; perf_analyzer comes from the PyTriton environment the bench makes).
+bench-protocols: install loadgen
+	$(PY) perf/protocol_bench.py
 
 # What a version switch and a 100 % shadow cost the traffic being served (perf/rollout_bench.py, about a minute).
 bench-rollout: install loadgen

@@ -269,6 +269,9 @@ void CloseOnlyWhenFull(ModelOptions* model, int64_t rows) {
   model->batching.preferred_batch_rows = {rows};
   model->batching.idle_dispatch = false;
   model->batching.max_queue_delay_us = kNeverUs;
+  // In submission order: a slow (sanitizer) build can take over adaptive LIFO's 2 ms to submit a batch's
+  // requests, and would then batch them newest first.
+  model->batching.adaptive_lifo_us = 0;
 }
 
 void ExpectSumOutputs(const RequestResult& result, const SumInput& input) {

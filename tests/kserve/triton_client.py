@@ -7,6 +7,7 @@ test_kserve.py) write a plan, run this over it and check what it recorded.
 Usage: triton_client.py PLAN.json RESULT.json
   PLAN: {"url": "127.0.0.1:PORT", "protocol": "grpc" | "http", "steps": [{"op": ..., ...}, ...]}
   ops: live | ready | server_metadata | model_ready {model, version} | model_metadata {model, version}
+       | model_config {model, version}
        | infer {model, version, inputs: [{name, datatype, npy | strings}], outputs, parameters, priority,
                 timeout_us, binary, out}  (`out`: where the outputs go, one .npz)
        | raw_infer {hex, model}  (bytes that are no request: to ModelInfer over gRPC, POSTed to infer over HTTP)
@@ -82,6 +83,11 @@ def raw_infer(url: str, protocol: str, model: str, payload: bytes) -> None:
         raise InferenceServerException(json.loads(error.read())["error"], status=str(error.code)) from None
 
 
+def kwargs_json(module: Any) -> dict[str, bool]:
+    """The gRPC client answers protobuf messages unless asked for JSON; the HTTP one answers JSON."""
+    return {"as_json": True} if module is grpcclient else {}
+
+
 def run(client: Any, module: Any, url: str, protocol: str, step: dict) -> Any:
     op = step["op"]
     if op == "live":
@@ -91,10 +97,12 @@ def run(client: Any, module: Any, url: str, protocol: str, step: dict) -> Any:
     if op == "model_ready":
         return client.is_model_ready(step["model"], step.get("version", ""))
     if op == "server_metadata":
-        return client.get_server_metadata(**({"as_json": True} if module is grpcclient else {}))
+        return client.get_server_metadata(**kwargs_json(module))
     if op == "model_metadata":
-        kwargs = {"as_json": True} if module is grpcclient else {}
-        return client.get_model_metadata(step["model"], step.get("version", ""), **kwargs)
+        return client.get_model_metadata(step["model"], step.get("version", ""), **kwargs_json(module))
+    if op == "model_config":
+        config = client.get_model_config(step["model"], step.get("version", ""), **kwargs_json(module))
+        return config["config"] if module is grpcclient else config
     if op == "infer":
         return infer(client, module, step)
     if op == "raw_infer":

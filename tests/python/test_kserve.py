@@ -78,6 +78,7 @@ def plan(work: Path, criteo: CriteoRows) -> list[dict]:
         {"op": "model_metadata", "model": "ctr", "key": "ctr_metadata"},
         {"op": "model_metadata", "model": "relevance", "key": "relevance_metadata"},
         {"op": "model_metadata", "model": "nope", "key": "nope_metadata"},
+        {"op": "model_config", "model": "relevance", "key": "relevance_config"},
         {"op": "model_ready", "model": "ctr", "key": "ctr_ready"},
         {"op": "model_ready", "model": "ctr", "version": "2", "key": "ctr_2_ready"},
         {"op": "model_ready", "model": "ctr", "version": "9", "key": "ctr_9_ready"},
@@ -218,6 +219,20 @@ def test_model_metadata_gives_v2_datatypes_shapes_and_versions(answers):
     ]
     status, message = refusal(answers, "nope_metadata")
     assert status in ("StatusCode.NOT_FOUND", "404") and "'nope'" in message
+
+
+def test_model_config_is_what_perf_analyzer_reads(answers):
+    config = value(answers, "relevance_config")
+    assert config["name"] == "relevance" and config["backend"] == "onnxruntime"
+    assert config.get("max_batch_size", 0) == 0  # the candidate count is the -1 dim; adrank batches itself
+    inputs = [{**t, "dims": shape(t["dims"])} for t in config["input"]]
+    assert inputs == [
+        {"name": "query", "data_type": "TYPE_STRING", "dims": [1]},
+        {"name": "ad_embedding", "data_type": "TYPE_FP32", "dims": [-1, 384]},
+    ]
+    assert [{**t, "dims": shape(t["dims"])} for t in config["output"]] == [
+        {"name": "relevance", "data_type": "TYPE_FP32", "dims": [-1]}
+    ]
 
 
 def test_model_readiness_follows_the_versions_loaded(answers):
