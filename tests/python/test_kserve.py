@@ -35,7 +35,7 @@ CLIENT = REPO / "tests" / "kserve" / "triton_client.py"
 SIZES = (1, 7, 100, 333)
 KEYS = [f"user-{i}" for i in range(24)]
 PROTOCOLS = ["grpc", "http"]
-HTTP_STATUS = {"NOT_FOUND": "404", "INVALID_ARGUMENT": "400"}
+HTTP_STATUS = {"NOT_FOUND": "404", "INVALID_ARGUMENT": "400", "DEADLINE_EXCEEDED": "504"}
 
 
 def client_python() -> Path:
@@ -123,6 +123,7 @@ def bad_steps(work: Path, rows: CriteoRows) -> list[dict]:
         ctr_step(work, "bad_missing_version", rows, version="9"),
         ctr_step(work, "bad_output", rows, outputs=["logits"]),
         ctr_step(work, "bad_routing_key", rows, parameters={"routing_key": 7}),
+        ctr_step(work, "bad_timeout", rows, timeout_us=500),  # under the server's 1 ms reply margin
     ]
     dtype = ctr_step(work, "bad_dtype", rows)
     dtype["inputs"][0].update(datatype="FP64", npy=str(work / "dense64.npy"))
@@ -289,6 +290,7 @@ def test_routing_key_picks_the_canary_stickily_and_the_answer_names_the_version(
         ("bad_shape", "INVALID_ARGUMENT", "'dense'"),
         ("bad_missing_input", "INVALID_ARGUMENT", "'sparse' is missing"),
         ("bad_unparseable", "INVALID_ARGUMENT", "not an inference.ModelInferRequest"),
+        ("bad_timeout", "DEADLINE_EXCEEDED", "leaves no time to run a model and reply"),
     ],
 )
 def test_bad_inputs_get_ranks_status_and_a_message_naming_the_field(answers, protocol, key, status, names):

@@ -187,14 +187,24 @@ class Mutator:
         return request.SerializeToString()
 
 
-def send_all(target: str, cases: list[tuple[str, bytes]]) -> tuple[Counter, list[str], float]:
-    """Sends every case, IN_FLIGHT at a time; returns the codes seen, the wrong answers and the seconds."""
+def rank_answered(reply: bytes) -> bool:
+    return bool(pb.RankResponse.FromString(reply).results)
+
+
+def send_all(
+    target: str,
+    cases: list[tuple[str, bytes]],
+    method: str = "/adrank.v1.Ranking/Rank",
+    answered: Callable[[bytes], bool] = rank_answered,
+) -> tuple[Counter, list[str], float]:
+    """Sends every case to `method`, IN_FLIGHT at a time; returns the codes seen, the wrong answers (a code
+    that is no client error, or an OK reply `answered` finds empty) and the seconds."""
     codes: Counter = Counter()
     wrong: list[str] = []
     options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
     started = time.monotonic()
     with grpc.insecure_channel(target, options=options) as channel:
-        rank = channel.unary_unary("/adrank.v1.Ranking/Rank")  # bytes in, bytes out
+        rank = channel.unary_unary(method)  # bytes in, bytes out
 
         def settle(index: int, kind: str, future: grpc.Future) -> None:
             error = future.exception()
@@ -202,10 +212,8 @@ def send_all(target: str, cases: list[tuple[str, bytes]]) -> tuple[Counter, list
             codes[code.name] += 1
             if code not in CLIENT_ERRORS:
                 wrong.append(f"case {index} ({kind}, seed {SEED}): {code.name}: {error.details()!r:.300}")
-            elif error is None:
-                response = pb.RankResponse.FromString(future.result())
-                if not response.results:
-                    wrong.append(f"case {index} ({kind}, seed {SEED}): OK without results")
+            elif error is None and not answered(future.result()):
+                wrong.append(f"case {index} ({kind}, seed {SEED}): OK without results")
 
         pending: deque = deque()
         for index, (kind, data) in enumerate(cases):
