@@ -375,6 +375,19 @@ def test_json_tensors_are_scored_as_onnxruntime_scores_them(rest, criteo):
         ),
         ("/v2/models/ctr/infer", b"{" + b" " * (70 << 10) + b"}", 413, "at most 65536"),
         ("/v2/models/nope", None, 404, "'nope'"),
+        (
+            "/v2/models/ctr/infer",
+            b'{"parameters": {"priority": 99999999999999999999}, "inputs": [{"name": "dense", "datatype": "FP32",'
+            b' "shape": [1, 1], "data": [1]}]}',
+            400,
+            "parameters.priority: 99999999999999999999 is outside int64",
+        ),
+        (
+            "/v2/models/ctr/infer",
+            b'{"inputs": [{"name": "dense", "datatype": "FP32", "shape": [99999999999999999999], "data": [1]}]}',
+            400,
+            "inputs[0].shape: expected a list of int64 integers",
+        ),
     ],
 )
 def test_bad_rest_calls_get_the_contracts_status_and_name_the_field(rest, path, body, status, names):

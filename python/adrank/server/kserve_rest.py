@@ -30,6 +30,7 @@ Thread-safety: `get` and `post` may run concurrently on the endpoint's threads; 
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from collections.abc import Callable, Mapping
@@ -74,6 +75,7 @@ HTTP_STATUS = {
 MODEL_PATH = re.compile(
     r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer|/config)?$"
 )
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INTERNAL_WAIT_S = 300.0  # a call without a deadline still ends: the model's default deadline ends it first
 
 
@@ -110,6 +112,8 @@ def infer_parameter(name: str, value: Any) -> kserve.InferParameter:
     if isinstance(value, bool):
         return kserve.InferParameter(bool_param=value)
     if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise BadRequest(f"parameters.{name}: {value} is outside int64")
         return kserve.InferParameter(int64_param=value)
     if isinstance(value, float):
         return kserve.InferParameter(double_param=value)
@@ -142,8 +146,8 @@ def json_tensor_bytes(tensor: Mapping[str, Any], where: str) -> bytes:
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise BadRequest(f"{where}.shape: expected a list of non-negative integers")
-    if len(values) != int(np.prod(shape)):
-        raise BadRequest(f"{where}.data: {len(values)} values for shape {shape} ({int(np.prod(shape))} elements)")
+    if len(values) != math.prod(shape):
+        raise BadRequest(f"{where}.data: {len(values)} values for shape {shape} ({math.prod(shape)} elements)")
     datatype = tensor.get("datatype")
     if datatype == "BYTES":
         return encode_bytes(values, f"{where}.data")
@@ -193,8 +197,8 @@ def infer_request(model: str, version: str, call: RestCall) -> tuple[kserve.Mode
         if not isinstance(tensor, dict):
             raise BadRequest(f"{where}: expected a JSON object")
         shape = tensor.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
-            raise BadRequest(f"{where}.shape: expected a list of integers")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and INT64_MIN <= d <= INT64_MAX for d in shape):
+            raise BadRequest(f"{where}.shape: expected a list of int64 integers")
         request.inputs.add(name=str(tensor.get("name", "")), datatype=str(tensor.get("datatype", "")), shape=shape)
         size = (tensor.get("parameters") or {}).get("binary_data_size")
         if size is not None:
@@ -317,8 +321,8 @@ class KServeRest:
             return None
         try:
             request, binary = infer_request(match["model"], match["version"] or "", call)
-        except BadRequest as error:
-            return error_reply(400, str(error))
+        except (ValueError, TypeError, OverflowError) as error:  # BadRequest, or a value protobuf refuses
+            return error_reply(400, str(error) if isinstance(error, BadRequest) else f"request: {error}")
         try:
             response = self._infer(request.SerializeToString(), len(call.body))
         except core.CoreError as error:
