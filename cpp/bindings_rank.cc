@@ -227,6 +227,26 @@ class PyRankServer {
   int port() const { return server_->port(); }
   std::shared_ptr<RankAdmission> admission() const { return server_->admission(); }
 
+  // `handler(method, request, authorization, done)` is called on a gRPC thread with the GIL and must return at
+  // once; `done(code, message, response)` answers the call later, from any thread.
+  void SetRepositoryHandler(py::function handler) {
+    auto shared = std::make_shared<py::function>(std::move(handler));
+    server_->SetRepositoryHandler([shared](RepositoryCall call) {
+      py::gil_scoped_acquire gil;
+      auto done = call.done;
+      py::cpp_function answer([done](int code, const std::string& message, const py::bytes& response) {
+        const std::string bytes = response;
+        py::gil_scoped_release release;
+        done(Status(static_cast<StatusCode>(code), message), bytes);
+      });
+      try {
+        (*shared)(call.method, py::bytes(call.request), call.authorization, answer);
+      } catch (const py::error_already_set& error) {
+        done(Internal(std::string("repository handler: ") + error.what()), "");
+      }
+    });
+  }
+
  private:
   std::unique_ptr<RankServer> server_;
 };
@@ -260,7 +280,8 @@ void BindRankServer(py::module_& m) {
       .def("start_draining", &PyRankServer::StartDraining)
       .def("shutdown", &PyRankServer::Shutdown, py::arg("grace_s") = 0.0)
       .def_property_readonly("port", &PyRankServer::port)
-      .def_property_readonly("admission", &PyRankServer::admission);
+      .def_property_readonly("admission", &PyRankServer::admission)
+      .def("set_repository_handler", &PyRankServer::SetRepositoryHandler, py::arg("handler"));
 }
 #endif
 

@@ -75,4 +75,59 @@ grpc::ServerUnaryReactor* InferenceService::ModelInfer(grpc::CallbackServerConte
       });
 }
 
+void InferenceService::SetRepositoryHandler(RepositoryHandler handler) {
+  auto shared = handler ? std::make_shared<const RepositoryHandler>(std::move(handler)) : nullptr;
+  std::lock_guard<std::mutex> lock(repository_mu_);
+  repository_ = std::move(shared);
+}
+
+grpc::ServerUnaryReactor* InferenceService::Repository(grpc::CallbackServerContext* context, const char* method,
+                                                       const google::protobuf::Message& request,
+                                                       google::protobuf::Message* response) {
+  std::shared_ptr<const RepositoryHandler> handler;
+  {
+    std::lock_guard<std::mutex> lock(repository_mu_);
+    handler = repository_;
+  }
+  if (!handler) {
+    return Finished(context, grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                                          std::string(method) + ": this server has no model management"));
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  RepositoryCall call;
+  call.method = method;
+  call.request = request.SerializeAsString();
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find("authorization");
+  if (it != metadata.end()) call.authorization.assign(it->second.data(), it->second.size());
+  // gRPC keeps the reactor and the response until Finish.
+  call.done = [reactor, response](const Status& status, const std::string& bytes) {
+    if (status.ok() && !response->ParseFromString(bytes)) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::INTERNAL, "repository: the handler's response does not parse"));
+      return;
+    }
+    reactor->Finish(ToGrpc(status));
+  };
+  (*handler)(std::move(call));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* InferenceService::RepositoryIndex(grpc::CallbackServerContext* context,
+                                                            const inference::RepositoryIndexRequest* request,
+                                                            inference::RepositoryIndexResponse* response) {
+  return Repository(context, "RepositoryIndex", *request, response);
+}
+
+grpc::ServerUnaryReactor* InferenceService::RepositoryModelLoad(grpc::CallbackServerContext* context,
+                                                                const inference::RepositoryModelLoadRequest* request,
+                                                                inference::RepositoryModelLoadResponse* response) {
+  return Repository(context, "RepositoryModelLoad", *request, response);
+}
+
+grpc::ServerUnaryReactor* InferenceService::RepositoryModelUnload(
+    grpc::CallbackServerContext* context, const inference::RepositoryModelUnloadRequest* request,
+    inference::RepositoryModelUnloadResponse* response) {
+  return Repository(context, "RepositoryModelUnload", *request, response);
+}
+
 }  // namespace adrank

@@ -8,8 +8,11 @@
 // answers; ServerReady is the server's readiness as its health service says it ("" SERVING: serving, and
 // every configured model has a version that serves); ModelReady, ModelMetadata, ModelConfig (Triton's,
 // for perf_analyzer) and ServerMetadata are infer_metadata.h's answers. The repository extension
-// (RepositoryIndex/Load/Unload) is not served here: its RPCs are UNIMPLEMENTED, and ServerMetadata does
-// not list "model_repository".
+// (RepositoryIndex/Load/Unload) is the server's model management, which lives in Python
+// (python/adrank/server/kserve_repository.py): each call is handed, serialized, with its `authorization`
+// metadata, to the handler set by SetRepositoryHandler, which answers it later from any thread through
+// `done` (loading a model takes seconds: no gRPC thread waits for it). Without a handler those RPCs are
+// UNIMPLEMENTED.
 //
 // Thread-safety: gRPC calls its methods on its threads, concurrently; everything it holds is immutable or
 // thread-safe (registry, admission). `ready` is called on those threads and must be thread-safe.
@@ -17,6 +20,8 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <string>
 
 #include "adrank/kserve/grpc_service.grpc.pb.h"
 #include "clock.h"
@@ -25,6 +30,16 @@
 #include "rank_admission.h"
 
 namespace adrank {
+
+// One call of the repository extension, for the handler: `done` answers it (once, from any thread) with the
+// status and, when OK, the serialized response.
+struct RepositoryCall {
+  std::string method;  // "RepositoryIndex", "RepositoryModelLoad" or "RepositoryModelUnload"
+  std::string request;
+  std::string authorization;
+  std::function<void(const Status& status, const std::string& response)> done;
+};
+using RepositoryHandler = std::function<void(RepositoryCall call)>;
 
 struct InferenceServiceOptions {
   Duration reply_margin = std::chrono::milliseconds(1);  // RankServerOptions' (rank_call.h says why)
@@ -56,11 +71,28 @@ class InferenceService final : public inference::GRPCInferenceService::WithRawCa
                                         inference::ModelConfigResponse* response) override;
   grpc::ServerUnaryReactor* ModelInfer(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                                        grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* RepositoryIndex(grpc::CallbackServerContext* context,
+                                            const inference::RepositoryIndexRequest* request,
+                                            inference::RepositoryIndexResponse* response) override;
+  grpc::ServerUnaryReactor* RepositoryModelLoad(grpc::CallbackServerContext* context,
+                                                const inference::RepositoryModelLoadRequest* request,
+                                                inference::RepositoryModelLoadResponse* response) override;
+  grpc::ServerUnaryReactor* RepositoryModelUnload(grpc::CallbackServerContext* context,
+                                                  const inference::RepositoryModelUnloadRequest* request,
+                                                  inference::RepositoryModelUnloadResponse* response) override;
+
+  void SetRepositoryHandler(RepositoryHandler handler);
 
  private:
   std::shared_ptr<ModelRegistry> registry_;
+  // Hands a repository call to the handler; `response` is filled from its answer.
+  grpc::ServerUnaryReactor* Repository(grpc::CallbackServerContext* context, const char* method,
+                                       const google::protobuf::Message& request, google::protobuf::Message* response);
+
   std::shared_ptr<RankAdmission> admission_;
   const InferenceServiceOptions options_;
+  std::mutex repository_mu_;  // guards repository_
+  std::shared_ptr<const RepositoryHandler> repository_;
 };
 
 }  // namespace adrank

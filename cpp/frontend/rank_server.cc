@@ -87,6 +87,10 @@ RankServer::RankServer(std::shared_ptr<ModelRegistry> registry, const RankServer
       {kRankingService, kInferenceService, kHealthService, ReflectionService::kV1, ReflectionService::kV1Alpha}});
 }
 
+void RankServer::SetRepositoryHandler(RepositoryHandler handler) {
+  inference_->SetRepositoryHandler(std::move(handler));
+}
+
 bool RankServer::Ready() {
   std::lock_guard<std::mutex> lock(health_mu_);
   auto it = health_.find("");

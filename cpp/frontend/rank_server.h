@@ -75,6 +75,7 @@
 #include <string>
 
 #include "clock.h"
+#include "inference_service.h"
 #include "model_registry.h"
 #include "rank_admission.h"
 #include "status.h"
@@ -137,6 +138,9 @@ class RankServer {
   // so far (a memory trimmer's cue: python/adrank/server/memory_release.py), and Rank calls answered by
   // status code, those refused before any model ran included.
   const std::shared_ptr<RankAdmission>& admission() const { return admission_; }
+
+  // Who answers KServe v2's repository extension (inference_service.h); none: UNIMPLEMENTED.
+  void SetRepositoryHandler(RepositoryHandler handler);
 
   // Implementation details follow. API users need not read.
  private:

@@ -8,6 +8,7 @@ Usage: triton_client.py PLAN.json RESULT.json
   PLAN: {"url": "127.0.0.1:PORT", "protocol": "grpc" | "http", "steps": [{"op": ..., ...}, ...]}
   ops: live | ready | server_metadata | model_ready {model, version} | model_metadata {model, version}
        | model_config {model, version}
+       | repository_index {headers} | load_model {model, headers} | unload_model {model, headers}
        | infer {model, version, inputs: [{name, datatype, npy | strings}], outputs, parameters, priority,
                 timeout_us, binary, out}  (`out`: where the outputs go, one .npz)
        | raw_infer {hex, model}  (bytes that are no request: to ModelInfer over gRPC, POSTed to infer over HTTP)
@@ -103,6 +104,14 @@ def run(client: Any, module: Any, url: str, protocol: str, step: dict) -> Any:
     if op == "model_config":
         config = client.get_model_config(step["model"], step.get("version", ""), **kwargs_json(module))
         return config["config"] if module is grpcclient else config
+    headers = step.get("headers")
+    if op == "repository_index":  # the models: gRPC's JSON wraps them, HTTP's is the list
+        index = client.get_model_repository_index(headers=headers, **kwargs_json(module))
+        return index.get("models", []) if module is grpcclient else index
+    if op == "load_model":
+        return client.load_model(step["model"], headers=headers)
+    if op == "unload_model":
+        return client.unload_model(step["model"], headers=headers)
     if op == "infer":
         return infer(client, module, step)
     if op == "raw_infer":

@@ -79,6 +79,7 @@ def plan(work: Path, criteo: CriteoRows) -> list[dict]:
         {"op": "model_metadata", "model": "relevance", "key": "relevance_metadata"},
         {"op": "model_metadata", "model": "nope", "key": "nope_metadata"},
         {"op": "model_config", "model": "relevance", "key": "relevance_config"},
+        {"op": "repository_index", "key": "repository_disabled", "headers": {"authorization": "Bearer x"}},
         {"op": "model_ready", "model": "ctr", "key": "ctr_ready"},
         {"op": "model_ready", "model": "ctr", "version": "2", "key": "ctr_2_ready"},
         {"op": "model_ready", "model": "ctr", "version": "9", "key": "ctr_9_ready"},
@@ -344,7 +345,7 @@ def test_json_tensors_are_scored_as_onnxruntime_scores_them(rest, criteo):
     assert status == 200 and json.loads(body) == {
         "name": "adrank",
         "version": __version__,
-        "extensions": ["binary_tensor_data"],
+        "extensions": ["binary_tensor_data", "model_repository"],
     }
     assert http(f"{rest}/v2/health/live")[0] == 200 and http(f"{rest}/v2/health/ready")[0] == 200
     assert http(f"{rest}/v2/models/ctr/ready")[0] == 200 and http(f"{rest}/v2/models/ctr/versions/9/ready")[0] == 400
@@ -394,3 +395,77 @@ def test_bad_rest_calls_get_the_contracts_status_and_name_the_field(rest, path, 
     got, reply = http(rest + path, body)
     assert got == status, reply
     assert names in reply.decode()
+
+
+# ---- the repository extension, behind the admin token --------------------------------------------------
+
+TOKEN = "kserve-test-admin-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+def repository_plan(work: Path, criteo: CriteoRows) -> list[dict]:
+    rows = criteo.take(slice(0, 5))
+    return [
+        {"op": "repository_index", "key": "index_without_token"},
+        {"op": "repository_index", "key": "index", "headers": AUTH},
+        {"op": "unload_model", "model": "ctr", "key": "unload_without_token"},
+        {"op": "unload_model", "model": "ctr", "key": "unload", "headers": AUTH},
+        {"op": "model_ready", "model": "ctr", "key": "ready_after_unload"},
+        ctr_step(work, "infer_after_unload", rows, version="1"),
+        {"op": "repository_index", "key": "index_after_unload", "headers": AUTH},
+        {"op": "model_ready", "model": "relevance", "key": "relevance_ready_after_unload"},
+        {"op": "load_model", "model": "ctr", "key": "load", "headers": AUTH},
+        {"op": "model_ready", "model": "ctr", "key": "ready_after_load"},
+        ctr_step(work, "infer_after_load", rows, version="1"),
+        {"op": "load_model", "model": "nope", "key": "load_unknown", "headers": AUTH},
+    ]
+
+
+@pytest.fixture(scope="module", params=FRONTENDS)
+def repository_answers(request, protocol, repository, criteo, tmp_path_factory) -> dict[str, tuple[dict, dict]]:
+    client_python()
+    work = tmp_path_factory.mktemp(f"kserve-repository-{request.param}-{protocol}")
+    steps = repository_plan(work, criteo)
+    server = ServerThread(repository, frontend=request.param, admin_port=0, admin_token=TOKEN).start()
+    assert server.server is not None
+    url = server.target if protocol == "grpc" else f"127.0.0.1:{server.server.http_port}"
+    try:
+        recorded = run_plan(work, url, protocol, steps)
+        readiness = server.server.models.ready()
+    finally:
+        server.stop()
+    answers = {step["key"]: (step, answer) for step, answer in zip(steps, recorded, strict=True)}
+    answers["server_ready_at_the_end"] = ({}, {"ok": True, "value": readiness})
+    return answers
+
+
+def test_the_repository_extension_needs_the_admin_token(repository_answers, answers, protocol):
+    for key in ("index_without_token", "unload_without_token"):
+        status, message = refusal(repository_answers, key)
+        assert status in ("StatusCode.UNAUTHENTICATED", "401") and "Bearer" in message, key
+    # A server started without an admin token does not serve the extension, and says why.
+    status, message = refusal(answers, "repository_disabled")
+    assert status in ("StatusCode.PERMISSION_DENIED", "403") and "admin token" in message
+
+
+def test_unload_holds_a_model_out_until_load_serves_it_again(repository_answers, criteo):
+    def index(key: str) -> set[tuple[str, str, str]]:
+        return {(m["name"], m.get("version", ""), m.get("state", "")) for m in value(repository_answers, key)}
+
+    assert {("ctr", "1", "READY"), ("ctr", "2", "READY"), ("relevance", "1", "READY")} <= index("index")
+    value(repository_answers, "unload")
+    assert value(repository_answers, "ready_after_unload") is False
+    status, message = refusal(repository_answers, "infer_after_unload")
+    assert status in ("StatusCode.NOT_FOUND", "404") and "'ctr'" in message
+    assert ("ctr", "", "UNAVAILABLE") in index("index_after_unload")
+    assert not any(name == "ctr" and state == "READY" for name, _, state in index("index_after_unload"))
+    assert value(repository_answers, "relevance_ready_after_unload") is True  # the others serve on
+    value(repository_answers, "load")
+    assert value(repository_answers, "ready_after_load") is True
+    step, _ = repository_answers["infer_after_load"]
+    rows = criteo.take(slice(0, 5))
+    scores = np.load(step["out"])["ctr"]
+    assert np.max(np.abs(scores - references.ctr_direct()(rows.dense, rows.sparse))) <= 1e-6
+    status, message = refusal(repository_answers, "load_unknown")
+    assert status in ("StatusCode.NOT_FOUND", "404") and "'nope'" in message
+    assert value(repository_answers, "server_ready_at_the_end") is True

@@ -19,7 +19,7 @@ from rollout_models import corrupt, ctr_repository, publish_version, second_mode
 import adrank._core as core
 from adrank.lifecycle.manager import ManagerOptions, ModelManager, NothingToServe, VersionState
 from adrank.repository.layout import ModelRepository, RepositoryError
-from adrank.status import RequestError
+from adrank.status import RequestError, StatusCode
 
 
 @pytest.fixture
@@ -226,4 +226,31 @@ def test_a_removed_version_drains_the_requests_routed_to_it_before_it_unloads(po
     switch.join(timeout=10)
     assert not switch.is_alive()  # released by the request, long before the 30 s drain timeout
     assert states(models) == {2: "AVAILABLE"}
+    models.unload_all()
+
+
+def test_a_model_unloaded_on_request_stays_unloaded_across_polls_until_loaded_again(pool, repo):
+    models = manager(pool, repo)
+    models.unload_model("ctr")
+    for _ in range(2):  # the repository still holds it: the watcher's polls must not bring it back
+        models.reconcile()
+        assert models.held() == ["ctr"] and "ctr" not in models.readiness()
+        with pytest.raises(RequestError) as refused:
+            models.route("ctr")
+        assert refused.value.code == StatusCode.NOT_FOUND
+    models.unload_model("ctr")  # again: nothing more to do
+    models.load_model("ctr")
+    assert models.held() == [] and states(models) == {1: "AVAILABLE"} and score(models) == 1 and models.ready()
+    with pytest.raises(RequestError) as unknown:
+        models.unload_model("nope")
+    assert unknown.value.code == StatusCode.NOT_FOUND and "'nope'" in unknown.value.message
+    moved = repo.parent / "moved"
+    repo.rename(moved)
+    try:  # an unload the repository cannot confirm changes nothing
+        with pytest.raises(RequestError) as unreadable:
+            models.unload_model("ctr")
+        assert unreadable.value.code == StatusCode.UNAVAILABLE and "nothing was unloaded" in unreadable.value.message
+        assert score(models) == 1 and models.held() == []
+    finally:
+        moved.rename(repo)
     models.unload_all()

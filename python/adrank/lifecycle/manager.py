@@ -137,6 +137,8 @@ class ModelManager:
         self._repository = repository
         self._lock = threading.RLock()
         self._models: dict[str, _Model] = {}
+        # Models unloaded on request (unload_model): served again only once load_model asks.
+        self._held: set[str] = set()
         self._versions: dict[tuple[str, int], VersionStatus] = {}
         # (name, version) -> Servable of every registered version: read per request without the lock.
         self._servables: Mapping[tuple[str, int], Servable] = MappingProxyType({})
@@ -264,14 +266,17 @@ class ModelManager:
             if self._repository_error:
                 log.info("repository %s readable again: reconciling", self._repository.root)
                 self._repository_error = ""
-            self._reconcile(names)
+            self._reconcile([n for n in names if n not in self._held])
 
     def _reconcile(self, names: list[str]) -> None:
         try:
             for name in names:
                 self._reconcile_model(name)
             for name in [n for n in self._models if n not in names]:
-                log.warning("model %s left the repository: unloading it", name)
+                if name in self._held:
+                    log.warning("model %s unloaded on request: it serves again once loaded", name)
+                else:
+                    log.warning("model %s left the repository: unloading it", name)
                 for key in [k for k in self._versions if k[0] == name]:
                     self._unload(*key)
                 del self._models[name]
@@ -484,6 +489,39 @@ class ModelManager:
             if (name, version) not in self._versions:
                 raise RequestError(StatusCode.NOT_FOUND, f"{name} version {version} is not loaded")
             self._unload(name, version)
+
+    def unload_model(self, name: str) -> None:
+        """Unloads every version of a model of the repository and keeps it unloaded (left out of readiness)
+        until load_model: an operator's unload (KServe v2's RepositoryModelUnload) that the next poll of the
+        repository does not undo."""
+        with self._lock:
+            if name not in self._models and name not in self._held:
+                self._known(name)  # NOT_FOUND naming the models known
+            self._held.add(name)
+            self.reconcile()
+            if name in self._models:  # the repository could not be read: nothing changed
+                self._held.discard(name)
+                raise RequestError(
+                    StatusCode.UNAVAILABLE, f"model '{name}': {self._repository_error}; nothing was unloaded"
+                )
+
+    def load_model(self, name: str) -> None:
+        """Reads the repository now and serves the model again if it was unloaded (KServe v2's
+        RepositoryModelLoad): NOT_FOUND if the repository has no such model, FAILED_PRECONDITION with the
+        reasons if no version of it serves afterwards."""
+        with self._lock:
+            self._held.discard(name)
+            self.reconcile()
+            model = self._known(name)
+            if self.registry.rollout(name).stable == 0:
+                failed = [f"version {v}: {s.reason}" for (n, v), s in sorted(self._versions.items()) if n == name]
+                why = "; ".join([*([model.error] if model.error else []), *failed]) or "no version on disk"
+                raise RequestError(StatusCode.FAILED_PRECONDITION, f"model '{name}' has no version that serves: {why}")
+
+    def held(self) -> list[str]:
+        """The models unloaded on request."""
+        with self._lock:
+            return sorted(self._held)
 
     def _known(self, name: str) -> _Model:
         model = self._models.get(name)

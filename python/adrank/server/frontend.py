@@ -30,7 +30,8 @@ declared size against the largest request the served models take, keepalive.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -45,7 +46,9 @@ from adrank import __version__
 from adrank.lifecycle.manager import ModelManager
 from adrank.server.inference_service import INFERENCE_SERVICE, InferenceService
 from adrank.server.inference_service import add_to_server as add_inference_to_server
+from adrank.server.kserve_repository import KServeRepository
 from adrank.server.ranking_service import RANKING_SERVICE, RankingService, add_to_server
+from adrank.status import RequestError
 
 FrontendKind = Literal["auto", "cpp", "python"]
 
@@ -150,7 +153,9 @@ class Frontend(Protocol):
 class CppFrontend:
     kind = "cpp"
 
-    def __init__(self, options: TransportOptions, registry: core.ModelRegistry) -> None:
+    def __init__(
+        self, options: TransportOptions, registry: core.ModelRegistry, repository: KServeRepository | None = None
+    ) -> None:
         server = core.RankServerOptions()
         server.host = options.host
         server.port = options.port
@@ -164,6 +169,22 @@ class CppFrontend:
         server.version = __version__
         self._server = core.RankServer(server, registry)
         self.port = self._server.port
+        # KServe v2's repository calls block for a model's load: one at a time, off gRPC's threads.
+        self._repository_work = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adrank-kserve-repository")
+        if repository is not None:
+            self._server.set_repository_handler(self._repository_handler(repository))
+
+    def _repository_handler(self, repository: KServeRepository) -> Callable[..., None]:
+        def handle(method: str, request: bytes, authorization: str, done: Callable[[int, str, bytes], None]) -> None:
+            def work() -> None:
+                try:
+                    done(0, "", repository.call(method, request, authorization))
+                except RequestError as error:
+                    done(int(error.code), error.message, b"")
+
+            self._repository_work.submit(work)
+
+        return handle
 
     async def start(self) -> None:
         pass  # the RankServer listens from construction, in its loading state
@@ -181,6 +202,7 @@ class CppFrontend:
 
     async def stop(self, grace_s: float) -> None:
         await asyncio.to_thread(self._server.shutdown, grace_s)
+        self._repository_work.shutdown(wait=False, cancel_futures=True)
 
     @property
     def admission(self) -> core.RankAdmission:
@@ -190,13 +212,15 @@ class CppFrontend:
 class PythonFrontend:
     kind = "python"
 
-    def __init__(self, options: TransportOptions, models: ModelManager) -> None:
+    def __init__(
+        self, options: TransportOptions, models: ModelManager, repository: KServeRepository | None = None
+    ) -> None:
         self.ranking = RankingService(models.registry, options.max_in_flight_bytes, options.reply_margin_s)
         self.health = health.aio.HealthServicer()
         self._health_set = {"": True, RANKING_SERVICE: True}  # shown once serving
         self._server = grpc.aio.server(options=options.grpc_options())
         add_to_server(self.ranking, self._server)
-        inference = InferenceService(self.ranking, models.registry, lambda: self._health_set[""])
+        inference = InferenceService(self.ranking, models.registry, lambda: self._health_set[""], repository)
         add_inference_to_server(inference, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         enable_reflection(
@@ -238,13 +262,16 @@ class PythonFrontend:
         return self.ranking.admission
 
 
-def create_frontend(kind: FrontendKind, options: TransportOptions, models: ModelManager) -> Frontend:
-    """The front end asked for; "auto" is the C++ one when the core was built with it."""
+def create_frontend(
+    kind: FrontendKind, options: TransportOptions, models: ModelManager, repository: KServeRepository | None = None
+) -> Frontend:
+    """The front end asked for; "auto" is the C++ one when the core was built with it. `repository` answers
+    KServe v2's repository extension (none: UNIMPLEMENTED)."""
     if kind == "cpp" and not core.HAS_RANK_SERVER:
         raise RuntimeError("this build has no C++ front end (grpc++ was not found at build time): use 'python'")
     if kind == "cpp" or (kind == "auto" and core.HAS_RANK_SERVER):
         try:
-            return CppFrontend(options, models.registry)
+            return CppFrontend(options, models.registry, repository)
         except core.CoreError as error:
             raise OSError(str(error)) from error
-    return PythonFrontend(options, models)
+    return PythonFrontend(options, models, repository)

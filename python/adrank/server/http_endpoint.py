@@ -58,9 +58,10 @@ class HttpEndpoint:
             def do_POST(self) -> None:
                 url = urlsplit(self.path)
                 try:
-                    length = int(self.headers.get("Content-Length", ""))
+                    length = int(self.headers.get("Content-Length", "0"))  # none: no body
                 except ValueError:
-                    self._reply(text(411, "Content-Length: required\n"))
+                    self.close_connection = True
+                    self._reply(text(400, "Content-Length: not a length\n"))
                     return
                 if length < 0 or length > max_body_bytes:
                     self.close_connection = True  # its body is not read

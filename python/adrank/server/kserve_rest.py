@@ -4,7 +4,8 @@ tritonclient.http work against adrank.
 Paths (GET unless said): `/v2` (server metadata), `/v2/health/live`, `/v2/health/ready`,
 `/v2/models/{m}[/versions/{v}]` (model metadata), `/v2/models/{m}[/versions/{v}]/ready`,
 `/v2/models/{m}[/versions/{v}]/config` (Triton's model configuration, which perf_analyzer reads), and
-POST `/v2/models/{m}[/versions/{v}]/infer`.
+POST `/v2/models/{m}[/versions/{v}]/infer`; Triton's repository extension: POST `/v2/repository/index`,
+`/v2/repository/models/{m}/load|unload` (kserve_repository.py; the `Authorization: Bearer` header).
 
 An infer request is JSON, or JSON followed by binary tensor data (the binary tensor data extension: the
 `Inference-Header-Content-Length` header gives the JSON's length; an input with parameter
@@ -44,7 +45,8 @@ import adrank._core as core
 from adrank import __version__
 from adrank.kserve import grpc_service_pb2 as kserve
 from adrank.metrics.pages import Reply
-from adrank.status import StatusCode
+from adrank.server.kserve_repository import KServeRepository
+from adrank.status import RequestError, StatusCode
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 NUMPY_TYPES = {
@@ -72,6 +74,7 @@ HTTP_STATUS = {
     StatusCode.UNAVAILABLE: 503,
     StatusCode.DEADLINE_EXCEEDED: 504,
 }
+REPOSITORY_PATH = re.compile(r"^/v2/repository/(?:index|models/(?P<model>[^/]+)/(?P<action>load|unload))$")
 MODEL_PATH = re.compile(
     r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer|/config)?$"
 )
@@ -274,11 +277,13 @@ class KServeRest:
         admission: Callable[[], core.RankAdmission],
         ready: Callable[[], bool],
         reply_margin_s: float,
+        repository: KServeRepository | None = None,
     ) -> None:
         self._registry = registry
         self._admission = admission
         self._ready = ready
         self._reply_margin_s = reply_margin_s
+        self._repository = repository
 
     def get(self, path: str) -> Reply | None:
         """A GET of one of its paths, or None: not one of its."""
@@ -315,7 +320,10 @@ class KServeRest:
         return json_reply(200, document)
 
     def post(self, call: RestCall) -> Reply | None:
-        """A POST to /v2/models/{m}[/versions/{v}]/infer, or None: not one of its paths."""
+        """A POST to /v2/models/{m}[/versions/{v}]/infer or /v2/repository/..., or None: not one of its paths."""
+        repository = REPOSITORY_PATH.match(call.path)
+        if repository is not None:
+            return self._repository_call(repository["model"], repository["action"], call)
         match = MODEL_PATH.match(call.path)
         if match is None or match["rest"] != "/infer":
             return None
@@ -328,6 +336,35 @@ class KServeRest:
         except core.CoreError as error:
             return core_error_reply(error)
         return infer_reply(response, binary)
+
+    def _repository_call(self, model: str | None, action: str | None, call: RestCall) -> Reply:
+        """Triton's repository extension over HTTP: index (JSON list), load and unload (200, empty)."""
+        if self._repository is None:
+            return error_reply(501, "the model repository extension is not served here")
+        try:
+            document = json.loads(call.body) if call.body.strip() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            return error_reply(400, f"request: not JSON ({error})")
+        if not isinstance(document, dict):
+            return error_reply(400, "request: expected a JSON object")
+        authorization = call.headers.get("Authorization") or ""
+        try:
+            if model is None:
+                request = kserve.RepositoryIndexRequest(ready=bool(document.get("ready", False)))
+                answer = self._repository.call("RepositoryIndex", request.SerializeToString(), authorization)
+                index = kserve.RepositoryIndexResponse.FromString(answer)
+                return json_reply(
+                    200, [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in index.models]
+                )
+            method = "RepositoryModelLoad" if action == "load" else "RepositoryModelUnload"
+            message = kserve.RepositoryModelLoadRequest if action == "load" else kserve.RepositoryModelUnloadRequest
+            request = message(model_name=model)
+            for name, value in (document.get("parameters") or {}).items():
+                request.parameters[name].string_param = str(value)
+            self._repository.call(method, request.SerializeToString(), authorization)
+            return Reply(200, "application/json", b"")
+        except RequestError as error:
+            return error_reply(HTTP_STATUS.get(error.code, 500), error.message)
 
     def _serving(self) -> bool:
         return self._admission().state == "serving"

@@ -48,6 +48,7 @@ from adrank.repository.layout import ModelRepository
 from adrank.server.admin_service import AdminServer
 from adrank.server.frontend import RANKING_SERVICE, Frontend, FrontendKind, TransportOptions, create_frontend
 from adrank.server.http_endpoint import HttpEndpoint
+from adrank.server.kserve_repository import KServeRepository
 from adrank.server.kserve_rest import KServeRest
 from adrank.server.memory_release import MemoryRelease
 
@@ -86,7 +87,8 @@ class Server:
         self.pool = core.ThreadPool(num_workers=options.workers)
         manager_options = replace(options.models, metrics=options.metrics.enabled)
         self.models = ModelManager(self.pool, ModelRepository(options.repository), manager_options)
-        self.frontend: Frontend = create_frontend(options.frontend, options.transport, self.models)
+        self.repository = KServeRepository(self.models, options.admin_token)
+        self.frontend: Frontend = create_frontend(options.frontend, options.transport, self.models, self.repository)
         self.grpc_port = self.frontend.port
         self.memory = MemoryRelease(lambda: self.frontend.admission.released_bytes)
         self.ready = False
@@ -99,7 +101,11 @@ class Server:
             self.history = MetricsHistory(source, options.metrics)
             pages = ObservabilityPages(create_registry(source), self.history).handle
         rest = KServeRest(
-            self.models.registry, lambda: self.frontend.admission, self._http_ready, options.transport.reply_margin_s
+            self.models.registry,
+            lambda: self.frontend.admission,
+            self._http_ready,
+            options.transport.reply_margin_s,
+            self.repository,
         )
         self._http = HttpEndpoint(
             options.transport.host,
