@@ -182,7 +182,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="adrank-rollout-bench-") as tmp:
         served, ready = prepare(Path(tmp))
         admin_port = free_port()
-        options = ["--admin-port", str(admin_port), "--admin-token", TOKEN, "--poll-interval", "0.2"]
+        token_file = Path(tmp) / "admin-token"
+        token_file.write_text(TOKEN)
+        token_file.chmod(0o600)
+        options = ["--admin-port", str(admin_port), "--admin-token-file", str(token_file), "--poll-interval", "0.2"]
         log_path = Path(tmp) / "server.log"
         with running(adrank_server("adrank", served, options, 0, log_path)) as server:
             target = server.wait_ready()

@@ -14,6 +14,7 @@ import getpass
 import json
 import logging
 import os
+import stat
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from adrank.cli_publish import publish_command
 # The bundled model repository, for commands run from the top of the checkout (as `make serve` does).
 # Relative on purpose: the installed package lives in site-packages, far from any checkout.
 BUNDLED_REPOSITORY = Path("models")
+# Where `adrank serve` also reads the admin token from (never from its command line: the process list shows it).
+TOKEN_ENV = "ADRANK_ADMIN_TOKEN"
 
 
 def _model_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -67,7 +70,9 @@ def main() -> None:
 
 @main.command()
 @repository_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address both ports bind.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the gRPC port binds.")
+@click.option("--http-host", default="127.0.0.1", show_default=True, help="Address the HTTP port (metrics, /v2) binds.")
+@click.option("--admin-host", default="127.0.0.1", show_default=True, help="Address the admin port binds.")
 @click.option("--grpc-port", default=8500, show_default=True, type=PORT, help="gRPC port (0: any free port).")
 @click.option(
     "--http-port",
@@ -131,12 +136,18 @@ def main() -> None:
     help="gRPC front end: the core's C++ one (auto, when built with grpc++) or Python's grpc.aio.",
 )
 @click.option("--admin-port", default=8501, show_default=True, type=PORT, help="Admin gRPC port (with a token).")
-@click.option("--admin-token", default=None, help="Bearer token the admin service requires (else: no admin service).")
+@click.option(
+    "--admin-token",
+    default=None,
+    hidden=True,
+    help="Refused: a token on the command line is in the process list (use --admin-token-file).",
+)
 @click.option(
     "--admin-token-file",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     default=None,
-    help="A file holding the admin token (kept out of the process list).",
+    help=f"A file (mode 0600) holding the Bearer token the admin service requires; or ${TOKEN_ENV}. Else: no admin"
+    " service.",
 )
 @click.option(
     "--poll-interval", default=2.0, show_default=True, type=click.FloatRange(min=0), help="Repository poll, s (0: off)."
@@ -157,6 +168,8 @@ def main() -> None:
 def serve(
     repository: Path,
     host: str,
+    http_host: str,
+    admin_host: str,
     grpc_port: int,
     http_port: int,
     workers: int,
@@ -206,22 +219,24 @@ def serve(
             yield_to_workers=yield_to_workers,
             reply_margin_s=reply_margin_ms / 1000,
         ),
+        http_host=http_host,
         http_port=http_port,
+        admin_host=admin_host,
         workers=workers,
         drain_grace_s=drain_grace,
         frontend=frontend,  # type: ignore[arg-type]  # click.Choice guarantees the literal
         models=ManagerOptions(poll_interval_s=poll_interval, tenants=tenants),
         admin_port=admin_port,
-        admin_token=_token(admin_token, admin_token_file),
+        admin_token=_server_token(admin_token, admin_token_file),
         metrics=MetricsOptions(enabled=metrics),
     )
 
     def announce(server: Server) -> None:
         names = ", ".join(f"{s.name} v{s.version}" for s in server.models.servables())
         click.echo(
-            f"adrank: SERVING {names} on grpc {host}:{server.grpc_port}, http {host}:{server.http_port} "
+            f"adrank: SERVING {names} on grpc {host}:{server.grpc_port}, http {http_host}:{server.http_port} "
             f"({server.frontend.kind} front end"
-            + (f", admin {host}:{server.admin.port}" if server.admin else "")
+            + (f", admin {admin_host}:{server.admin.port}" if server.admin else "")
             + ")",
             err=True,
         )
@@ -270,6 +285,24 @@ main.add_command(publish_command)
 # ---- rollout: models, rollout, promote, rollback --------------------------------------------------
 
 
+def _server_token(token: str | None, token_file: Path | None) -> str | None:
+    """`adrank serve`'s admin token: from its file (readable by its owner only) or $ADRANK_ADMIN_TOKEN, never
+    from the command line, where every user of the machine reads it (ps, /proc/PID/cmdline)."""
+    if token is not None:
+        raise click.UsageError(
+            f"--admin-token puts the token in the process list: give it in a file (--admin-token-file, mode 0600)"
+            f" or in ${TOKEN_ENV}"
+        )
+    if token_file is not None:
+        mode = stat.S_IMODE(token_file.stat().st_mode)
+        if mode & 0o077:
+            raise click.ClickException(
+                f"{token_file} is readable by others (mode {mode:04o}): chmod 600 it, so that only its owner reads it"
+            )
+        return _token(None, token_file)
+    return os.environ.get(TOKEN_ENV) or None
+
+
 def _token(token: str | None, token_file: Path | None) -> str | None:
     if token_file is not None:
         token = token_file.read_text().strip()
@@ -296,7 +329,7 @@ class Where:
         if self.server is None:
             _model_names(self.repository)  # a one-line error if it cannot be read
             return RepositoryTarget(self.repository)
-        token = _token(self.token, self.token_file) or os.environ.get("ADRANK_ADMIN_TOKEN")
+        token = _token(self.token, self.token_file) or os.environ.get(TOKEN_ENV)
         if not token:
             raise click.ClickException("--server needs the admin token: --token, --token-file or ADRANK_ADMIN_TOKEN")
         return ServerTarget(self.server, token)

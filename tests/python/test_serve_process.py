@@ -4,6 +4,7 @@ version does not stop the start, and a start with nothing to serve exits 1 sayin
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -135,7 +136,10 @@ def second_version(repo: Path) -> Path:
 def test_a_start_with_a_corrupt_version_serves_the_previous_one_and_reports_the_bad_one_failed(tmp_path):
     repo = ctr_repository(tmp_path / "repo")
     corrupt(second_version(repo))
-    proc, match, lines = start(repo, "--admin-port", "0", "--admin-token", "t")
+    token = tmp_path / "token"
+    token.write_text("t\n")
+    token.chmod(0o600)
+    proc, match, lines = start(repo, "--admin-port", "0", "--admin-token-file", str(token))
     try:
         assert match["models"] == "ctr v1"
         assert any("ctr version 2 FAILED" in line and "sha256" in line for line in lines), "".join(lines)
@@ -197,3 +201,43 @@ def test_the_transport_threads_yield_to_the_model_workers_unless_told_not_to(tmp
     assert transport and workers, threads
     assert set(workers) == {SCHED_OTHER}, threads
     assert set(transport) == ({SCHED_BATCH} if yielding else {SCHED_OTHER}), threads
+
+
+def test_the_admin_token_is_refused_on_the_command_line_and_in_a_file_others_can_read(tmp_path):
+    repo = ctr_repository(tmp_path / "repo")
+    done = subprocess.run(serve_command(repo, "--admin-token", "t"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "process list" in done.stderr.splitlines()[-1], done.stderr
+    token = tmp_path / "token"
+    token.write_text("t")
+    token.chmod(0o644)
+    done = subprocess.run(
+        serve_command(repo, "--admin-token-file", str(token)), capture_output=True, text=True, timeout=60
+    )
+    last = done.stderr.splitlines()[-1]
+    assert done.returncode == 1 and "readable by others (mode 0644)" in last, done.stderr
+
+
+def test_the_http_and_admin_ports_bind_their_own_hosts_and_the_token_may_come_from_the_environment(tmp_path):
+    repo = ctr_repository(tmp_path / "repo")
+    command = serve_command(repo, "--http-host", "127.0.0.2", "--admin-host", "127.0.0.3", "--admin-port", "0")
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "ADRANK_ADMIN_TOKEN": "e"})
+    lines: list[str] = []
+    match = None
+    while match is None:
+        line = proc.stderr.readline()
+        if not line:
+            pytest.fail(f"adrank serve exited ({proc.wait()}) before SERVING:\n{''.join(lines)}")
+        lines.append(line)
+        match = re.search(r"http (127\.0\.0\.2):(\d+) .*admin (127\.0\.0\.3):(\d+)\)", line)
+    threading.Thread(target=proc.stderr.read, daemon=True).start()
+    try:
+        http_port, admin_port = int(match[2]), int(match[4])
+        with urllib.request.urlopen(f"http://127.0.0.2:{http_port}/healthz", timeout=10) as reply:
+            assert reply.status == 200
+        with pytest.raises(OSError):  # not on the gRPC port's host
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=10)
+        listed = CliRunner().invoke(main, ["models", "--server", f"127.0.0.3:{admin_port}", "--token", "e", "--json"])
+        assert listed.exit_code == 0, listed.output
+        assert [m["model"] for m in json.loads(listed.output)] == ["ctr"]
+    finally:
+        end(proc)

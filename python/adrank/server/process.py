@@ -62,9 +62,13 @@ REPLY_FLUSH_S = 1.0
 class ServerOptions:
     repository: Path
     # The gRPC port and its bounds (frontend.py TransportOptions; cpp/frontend/rank_server.h gives the
-    # reasons). Its host is every port's: the HTTP endpoint and the admin API bind there too.
+    # reasons).
     transport: TransportOptions = field(default_factory=TransportOptions)
+    # The HTTP port (metrics, dashboard, KServe REST) and the admin API bind their own hosts, loopback by
+    # default: Rank can face the network while they stay private.
+    http_host: str = "127.0.0.1"
     http_port: int = 8000  # 0: any free port
+    admin_host: str = "127.0.0.1"
     # Core worker threads shared by every model; 0 is one per core (cpp/thread_pool.h).
     workers: int = 0
     # How long in-flight calls may take to finish after SIGTERM: well above any caller's deadline.
@@ -108,7 +112,7 @@ class Server:
             self.repository,
         )
         self._http = HttpEndpoint(
-            options.transport.host,
+            options.http_host,
             options.http_port,
             self._http_ready,
             pages,
@@ -117,7 +121,7 @@ class Server:
         )
         self.admin: AdminServer | None = None
         if options.admin_token:
-            self.admin = AdminServer(options.transport.host, options.admin_port, options.admin_token, self.models)
+            self.admin = AdminServer(options.admin_host, options.admin_port, options.admin_token, self.models)
         self._stopped = False
         self._health_models: set[str] = set()  # every model health was ever set for
         self._health_updates: set[asyncio.Task[None]] = set()
