@@ -5,12 +5,20 @@ PY := $(VENV)/bin/python
 JOBS ?= $(shell nproc)
 CMAKE_GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo Ninja || echo "Unix Makefiles")
 
-.PHONY: all venv install install-gpu serve serve-gpu test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core loadgen bench bench-rollout bench-metrics bench-overload bench-quick bench-env bench-protocols train-env kserve-env clean
+.PHONY: all system-packages system-packages-test venv install install-gpu serve serve-gpu test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core loadgen bench bench-rollout bench-metrics bench-overload bench-quick bench-env bench-protocols train-env kserve-env clean
 
 all: install
 
+# The Debian/Ubuntu packages the build (and the tests) need, installed when missing (as root; otherwise one
+# line names the apt-get command): scripts/system_packages.sh holds the one list, which .ci/run uses too.
+system-packages:
+	PYTHON=$(PYTHON) scripts/system_packages.sh serve
+
+system-packages-test:
+	PYTHON=$(PYTHON) scripts/system_packages.sh test
+
 # The build requirements come from pyproject.toml, so they are pinned in one place.
-$(VENV)/.ready: pyproject.toml
+$(VENV)/.ready: pyproject.toml | system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))")
@@ -19,7 +27,7 @@ $(VENV)/.ready: pyproject.toml
 venv: $(VENV)/.ready
 
 # Builds the extension from source (incrementally, in build/<wheel tag>) and installs the package.
-install: venv
+install: system-packages venv
 	$(PY) -m pip install --quiet --no-build-isolation ".[test]"
 
 # On a GPU machine: the package with its gpu extra, then ONNX Runtime's CUDA build alone in the `onnxruntime`
@@ -40,7 +48,7 @@ serve-gpu: install-gpu
 
 test: test-cpp test-python
 
-test-python: install kserve-env
+test-python: system-packages-test install kserve-env
 	$(PY) -m pytest
 
 # Triton's stock clients (tritonclient, perf_analyzer) in an environment of their own, as outside callers of the
@@ -60,13 +68,13 @@ define cpp_tests
 	cd $(1) && ctest --output-on-failure -j $(JOBS)
 endef
 
-test-cpp:
+test-cpp: system-packages-test
 	$(call cpp_tests,build/tests,RelWithDebInfo,)
 
-test-asan:
+test-asan: system-packages-test
 	$(call cpp_tests,build/asan,Debug,address)
 
-test-tsan:
+test-tsan: system-packages-test
 	$(call cpp_tests,build/tsan,RelWithDebInfo,thread)
 
 test-sanitize: test-asan test-tsan

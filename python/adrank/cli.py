@@ -378,7 +378,11 @@ def _emit(as_json: bool, data: Any, text: str) -> None:
 @click.option("--history", is_flag=True, help="Show each model's rollout audit log.")
 @click.argument("name", required=False, callback=_model_name)
 def models(where: Where, history: bool, name: str | None) -> None:
-    """List models, their versions with state and role, and their rollout."""
+    """List models, their versions with state and role, and their rollout.
+
+    A version whose meta.json records int8 nodes that saturate on CPUs without VNNI (published with
+    `adrank publish --allow-int8-saturation`) shows it in an "integer kernels" column.
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -403,10 +407,13 @@ def models(where: Where, history: bool, name: str | None) -> None:
         policy = RolloutPolicy.model_validate(m["policy"])
         console.print(f"[bold]{m['model']}[/bold]: {policy.summary()}", soft_wrap=True)
         table = Table()
-        for column in ("version", "state", "role", "reason"):
+        # The integer kernels column only where a version has a note: most models have none to show.
+        notes = any(v["integer_kernels"] for v in m["versions"])
+        for column in ("version", "state", "role", "reason", *(("integer kernels",) if notes else ())):
             table.add_column(column)
         for v in m["versions"]:
-            table.add_row(str(v["version"]), v["state"], v["role"], v["reason"])
+            note = (v["integer_kernels"],) if notes else ()
+            table.add_row(str(v["version"]), v["state"], v["role"], v["reason"], *note)
         console.print(table)
         if m["error"]:
             console.print(f"[red]not applied: {m['error']}[/red]")

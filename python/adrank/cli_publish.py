@@ -84,6 +84,12 @@ class PublishProgress:
     help="Runs per batch size and version in the latency comparison.",
 )
 @click.option("--source", default=None, help="Where the model comes from (training run, commit), kept in meta.json.")
+@click.option(
+    "--allow-int8-saturation",
+    is_flag=True,
+    help="Publish even if integer MatMul/Conv nodes multiply 8-bit activations by int8 weights using 8 bits, which "
+    "saturate on CPUs without VNNI (AVX2 only) so that scores differ there; recorded in meta.json.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def publish_command(
     onnx_file: Path,
@@ -93,17 +99,22 @@ def publish_command(
     max_slowdown: float,
     bench_reps: int,
     source: str | None,
+    allow_int8_saturation: bool,
     as_json: bool,
 ) -> None:
     """Validate MODEL.onnx as a new version of a model and publish it atomically.
 
-    Checks, in order: the ONNX checker; the graph against the model's config; golden inputs give finite scores
-    in the declared range; latency against the current version (refused above --max-slowdown). Nothing is
-    visible in the repository until all pass; a refused or killed publish leaves no version behind.
+    Checks, in order: the ONNX checker; no integer node that saturates on CPUs without VNNI (int8 weights using
+    more than 7 bits; --allow-int8-saturation lets them through); the graph against the model's config; golden
+    inputs give finite scores in the declared range; latency against the current version (refused above
+    --max-slowdown). Nothing is visible in the repository until all pass; a refused or killed publish leaves no
+    version behind.
     """
     from rich.console import Console
 
-    options = PublishOptions(model, onnx_file, repository, version, max_slowdown, bench_reps, source)
+    options = PublishOptions(
+        model, onnx_file, repository, version, max_slowdown, bench_reps, source, allow_int8_saturation
+    )
     progress = PublishProgress(Console(stderr=True), bars=not as_json)
     try:
         report = publish(options, progress)
@@ -121,6 +132,7 @@ def publish_command(
 def _echo_report(report: PublishReport) -> None:
     click.echo(f"adrank publish: {report.model} version {report.version} published at {report.path}")
     click.echo(f"  sha256   {report.sha256}  (from {report.source})")
+    click.echo(f"  integer  {report.integer_kernels.describe()}")
     g = report.golden
     declared = f" within [{g.range[0]}, {g.range[1]}]" if g.range else ""
     click.echo(f"  golden   {g.rows} rows from {g.origin}: scores in [{g.min:.6g}, {g.max:.6g}]{declared}")

@@ -33,7 +33,7 @@ def missing(reason: str) -> NoReturn:
 
 def copy_model(tmp_path: Path, name: str, **overrides: Any) -> tuple[ModelConfig, Path]:
     """A bundled model in a repository of its own under `tmp_path`, its config changed by `overrides`
-    (`section__field=value` sets one field of a section); returns its config and version 1's folder."""
+    (`section__field=value` sets one field of a section); returns its config and its newest version's folder."""
     shutil.copytree(MODELS / name, tmp_path / name, ignore=shutil.ignore_patterns("*.py", "README.md"))
     path = tmp_path / name / "config.yaml"
     config = yaml.safe_load(path.read_text())
@@ -44,7 +44,8 @@ def copy_model(tmp_path: Path, name: str, **overrides: Any) -> tuple[ModelConfig
         else:
             config[section] = value
     path.write_text(yaml.safe_dump(config, allow_unicode=True))
-    return load_model_config(path), tmp_path / name / "1"
+    newest = max(int(p.name) for p in (tmp_path / name).iterdir() if p.name.isdigit())
+    return load_model_config(path), tmp_path / name / str(newest)
 
 
 class ServerThread:

@@ -83,10 +83,11 @@ def test_embed_writes_the_ad_embeddings_the_relevance_model_scores_against(tmp_p
     import json
 
     import numpy as np
+    from references import version_dir
 
     from served import MODELS
 
-    golden = json.loads((MODELS / "relevance" / "1" / "meta.json").read_text())["golden"]["inputs"]
+    golden = json.loads((version_dir("relevance") / "meta.json").read_text())["golden"]["inputs"]
     texts = tmp_path / "ads.txt"
     texts.write_text("\n".join(golden["ad_text"]) + "\n\n")  # blank lines are skipped
     out = tmp_path / "ads.npy"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import onnxruntime as ort
 import pytest
 import tomllib
+from references import version_dir
 
 import adrank._core as core
 from adrank.backends import BackendError, tensorrt_engine
@@ -25,13 +26,13 @@ NO_GPU = pytest.mark.skipif(PROBE["available"], reason="checks the behaviour of 
 
 def graph_of(name: str) -> ModelGraph:
     config = load_model_config(MODELS / name / "config.yaml")
-    path = MODELS / name / "1" / "model.onnx"
+    path = version_dir(name) / "model.onnx"
     return ModelGraph(path, config, *onnx_graph_tensors(path))
 
 
 @pytest.mark.parametrize("name", ["ctr", "relevance"])
 def test_the_onnx_reader_sees_the_graph_as_onnx_runtime_does(name):
-    path = MODELS / name / "1" / "model.onnx"
+    path = version_dir(name) / "model.onnx"
     inputs, outputs = onnx_graph_tensors(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     ort_view = [ort_backend._graph_tensor(n) for n in session.get_inputs()]
@@ -166,14 +167,14 @@ def test_without_a_device_the_cuda_objects_refuse_saying_why():
 @NO_GPU
 def test_a_tensorrt_model_fails_its_load_saying_why_and_the_others_serve(tmp_path, pool):
     copy_model(tmp_path, "ctr", backend="tensorrt")
-    copy_model(tmp_path, "relevance")
+    _, relevance = copy_model(tmp_path, "relevance")
     models = ModelManager(pool, ModelRepository(tmp_path), ManagerOptions(poll_interval_s=0))
     models.reconcile()
     described = {m["model"]: m["versions"][0] for m in models.describe()}
     assert described["ctr"]["state"] == VersionState.FAILED.value
     assert "backend tensorrt needs a CUDA device" in described["ctr"]["reason"]
     assert described["relevance"]["state"] == VersionState.AVAILABLE.value
-    assert models.route("relevance").servable.version == 1
+    assert models.route("relevance").servable.version == int(relevance.name)
     # At start-up a model with nothing to serve leaves the others serving and the server not ready.
     assert [s.name for s in models.load_all()] == ["relevance"]
     assert dict(models.readiness()) == {"ctr": False, "relevance": True}

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rollout_models import ctr_repository
 
 from adrank.client import RankClient, RankError
+from adrank.cpu_features import FEATURES, cpu_features
 from adrank.histogram import (
     BATCH_ROWS_BOUNDS,
     EXPORTED_LATENCY_INDEX,
@@ -145,6 +146,20 @@ def test_metrics_move_by_exactly_what_was_served(server):
     for reason in ("queue_full", "deadline_expired", "deadline_unreachable", "shadow"):
         assert ("adrank_shed_total", tuple(sorted({**ctr, "reason": reason}.items()))) in after
     assert value(after, "process_resident_memory_bytes") > 0
+
+
+def test_metrics_carry_the_cpu_and_its_integer_kernel_features(server):
+    samples = scrape(server.server.http_port)
+    (info,) = [(dict(labels), v) for (name, labels), v in samples.items() if name == "adrank_cpu_info"]
+    labels, one = info
+    assert one == 1 and labels == cpu_features().labels()
+    assert set(labels) == {"vendor", "model_name", *FEATURES}
+    assert {labels[f] for f in FEATURES} <= {"true", "false", "unknown"}
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), None)
+    if flags is not None:  # x86 Linux: the labels are what the kernel reports, whatever this CPU is
+        assert all(labels[f] == str(f in flags).lower() for f in FEATURES), (labels, flags)
 
 
 def test_metrics_are_gzipped_and_speak_openmetrics_when_asked(server):

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from rollout_models import corrupt, ctr_repository, publish_version, second_model
+from rollout_models import corrupt, ctr_repository, int8_weights, publish_version, quantized_ctr, second_model
 
 import adrank._core as core
+from adrank.cpu_features import cpu_features
 from adrank.lifecycle.manager import ManagerOptions, ModelManager, NothingToServe, VersionState
 from adrank.repository.layout import ModelRepository, RepositoryError
 from adrank.status import RequestError, StatusCode
@@ -105,7 +106,29 @@ def test_a_version_whose_outputs_differ_from_its_golden_outputs_fails_parity(poo
     (ctr,) = models.describe()
     reason = {v["version"]: v for v in ctr["versions"]}[version]["reason"]
     assert "parity: golden row 3" in reason
+    # The CPU is named: a model that scores differently on one kind of CPU is traced to it from the reason.
+    assert reason.endswith(f") on this CPU: {cpu_features().summary()}"), reason
     assert score(models) == 1
+    models.unload_all()
+
+
+def test_a_parity_failure_of_a_version_published_with_saturating_int8_nodes_says_so(pool, repo, tmp_path):
+    model_file = quantized_ctr(tmp_path / "int8.onnx", int8_weights(8))
+    version = publish_version(repo, model_file, allow_int8_saturation=True)
+    meta_file = repo / "ctr" / str(version) / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["golden"]["outputs"]["ctr"][0] += 0.0195  # what 16-bit saturation did to relevance version 1
+    meta_file.write_text(json.dumps(meta))
+    models = manager(pool, repo)
+    (ctr,) = models.describe()
+    failed = {v["version"]: v for v in ctr["versions"]}[version]
+    note = "1 int8 node can saturate without VNNI (allowed by adrank publish --allow-int8-saturation)"
+    assert failed["state"] == "FAILED" and failed["integer_kernels"] == note, failed
+    assert failed["reason"].startswith("parity: golden row 0 scores 0.5, meta.json says 0.5195"), failed["reason"]
+    summary = cpu_features().summary()
+    assert "(|diff| 0.0195 > atol " in failed["reason"]  # the tolerance is version 1's (publish keeps it)
+    assert failed["reason"].endswith(f") on this CPU: {summary}; meta.json: {note}"), failed["reason"]
+    assert score(models) == 1  # the previous version serves
     models.unload_all()
 
 

@@ -24,8 +24,11 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
+from rollout_models import int8_weights, quantized_ctr
 
+from adrank.cli import main
 from adrank.cli_publish import publish_command
+from adrank.publish import gates
 from adrank.publish.pipeline import KILL_ENV, STEPS, PublishError, PublishOptions, publish
 from adrank.repository import ModelRepository
 from adrank.repository.meta import load_meta, sha256_file
@@ -159,6 +162,7 @@ def test_a_good_model_is_published_as_the_next_version_with_its_figures(repo: Pa
     assert meta.sha256 == sha256_file(folder / "model.onnx") == sha256_file(CTR_ONNX) == report["sha256"]
     raw = json.loads((folder / "meta.json").read_text())
     assert raw["created_by"] == "adrank publish"
+    assert raw["integer_kernels"] == {"integer_nodes": 0, "saturation_risk": 0}  # fp32 ctr: none to check
     assert raw["source"] == {"file": str(CTR_ONNX), "sha256": meta.sha256, "description": "test run 42"}
     # The same model: the golden outputs it records are version 1's, and the tolerance is version 1's.
     assert meta.golden.inputs == before.golden.inputs and meta.golden.atol == before.golden.atol
@@ -271,6 +275,110 @@ def test_the_comparison_is_against_the_rollouts_stable_version(repo: Path, slow_
     result = invoke(repo, slow_model, *FAST, "--max-slowdown", "2")
     assert result.exit_code == 0 and "vs version 2" in result.output, result.output
     assert versions(repo) == (1, 2, 3)
+
+
+SATURATING_NODE = (
+    "MatMulInteger 'dense_matmul' in main graph (int8 weight 'ctr_int8_weights', uint8 activations): "
+    "weights span [-127, 127]: 8 bits"
+)
+ALLOWED_NOTE = "1 int8 node can saturate without VNNI (allowed by adrank publish --allow-int8-saturation)"
+
+
+@pytest.fixture(scope="module")
+def saturating_model(models_dir: Path) -> Path:
+    """ctr-shaped, scores 0.5, through a MatMulInteger whose int8 weights span [-127, 127] (quantize_dynamic's
+    default): it can saturate on CPUs without VNNI, whatever CPU runs this test."""
+    return quantized_ctr(models_dir / "int8_8bit.onnx", int8_weights(8))
+
+
+def test_a_model_whose_int8_nodes_can_saturate_without_vnni_is_refused_naming_the_node_and_the_fix(
+    repo: Path, saturating_model: Path
+):
+    before = snapshot(repo)
+    result = invoke(repo, saturating_model, *FAST)
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith(
+        f"Error: integer kernels: an integer node can saturate on CPUs without VNNI: {SATURATING_NODE}."
+    )
+    assert "adds pairs of 8-bit activation x int8 weight products in 16 bits with saturation" in line
+    assert "quantize_dynamic(..., reduce_range=True) for 7-bit weights (every |w| <= 64)" in line
+    assert "weight_type=QuantType.QUInt8 (U8U8)" in line
+    assert line.endswith("or pass --allow-int8-saturation to publish it anyway")
+    assert snapshot(repo) == before
+
+
+def test_the_refusal_counts_the_nodes_and_names_the_first_few(tmp_path: Path):
+    # Five MatMulIntegers on one quantised input, each by 8-bit int8 weights.
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"])]
+    nodes += [helper.make_node("MatMulInteger", ["xq", f"w{i}", "xz"], [f"y{i}"], name=f"mm{i}") for i in range(5)]
+    graph = helper.make_graph(
+        nodes,
+        "five",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 13])],
+        [helper.make_tensor_value_info(f"y{i}", TensorProto.INT32, ["N", 4]) for i in range(5)],
+        [numpy_helper.from_array(int8_weights(8), f"w{i}") for i in range(5)],
+    )
+    path = save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), tmp_path / "five.onnx"
+    )
+    with pytest.raises(PublishError) as refused:
+        gates.check_integer_kernels(path, allow_saturation=False)
+    message = str(refused.value)
+    assert message.startswith("integer kernels: 5 integer nodes can saturate on CPUs without VNNI: MatMulInteger 'mm0'")
+    assert "; also 'mm1', 'mm2' and 2 more. " in message and "\n" not in message
+    allowed = gates.check_integer_kernels(path, allow_saturation=True)
+    assert (allowed.integer_nodes, allowed.saturation_risk, allowed.allowed) == (5, 5, True)
+    assert len(allowed.nodes) == gates.RECORDED_NODES and allowed.nodes[0].startswith(
+        "MatMulInteger 'mm0' in main graph"
+    )
+
+
+def test_allow_int8_saturation_publishes_it_and_meta_json_and_models_say_so(repo: Path, saturating_model: Path):
+    result = invoke(repo, saturating_model, *LENIENT, "--max-slowdown", "1000", "--allow-int8-saturation", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["integer_kernels"] == {
+        "integer_nodes": 1,
+        "saturation_risk": 1,
+        "allowed": True,
+        "nodes": [SATURATING_NODE],
+    }
+    assert "integer kernels: 1 of 1 integer MatMul/Conv node can saturate without VNNI" in result.stderr
+    raw = json.loads((repo / "ctr" / "2" / "meta.json").read_text())
+    assert raw["integer_kernels"] == {
+        "integer_nodes": 1,
+        "saturation_risk": 1,
+        "allowed": True,
+        "by": "adrank publish --allow-int8-saturation",
+        "nodes": [SATURATING_NODE],
+    }
+    meta = load_meta(repo / "ctr" / "2" / "meta.json")
+    assert meta.integer_kernels is not None and meta.integer_kernels.note() == ALLOWED_NOTE
+
+    # adrank models, on the repository: the note per version, in JSON and in the table (only where one has it).
+    listed = CliRunner().invoke(main, ["models", "--repository", str(repo), "--json"])
+    assert listed.exit_code == 0, listed.output
+    (ctr,) = json.loads(listed.stdout)
+    assert {v["version"]: v["integer_kernels"] for v in ctr["versions"]} == {1: "", 2: ALLOWED_NOTE}
+    table = CliRunner(env={"COLUMNS": "250"}).invoke(main, ["models", "--repository", str(repo)])
+    assert table.exit_code == 0 and "integer kernels" in table.stdout and ALLOWED_NOTE in table.stdout, table.output
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [int8_weights(7), (int8_weights(8).astype(np.int16) + 128).astype(np.uint8)],
+    ids=["7-bit int8 (reduce_range)", "uint8 (U8U8)"],
+)
+def test_7_bit_or_uint8_weights_are_published_without_the_flag(repo: Path, tmp_path: Path, weights: np.ndarray):
+    model_file = quantized_ctr(tmp_path / "quantized.onnx", weights)
+    result = invoke(repo, model_file, *LENIENT, "--max-slowdown", "1000")
+    assert result.exit_code == 0, result.output
+    assert "integer kernels: 1 integer MatMul/Conv node, none can saturate without VNNI" in result.stderr
+    assert "  integer  1 integer MatMul/Conv node, none can saturate without VNNI" in result.stdout
+    raw = json.loads((repo / "ctr" / "2" / "meta.json").read_text())
+    assert raw["integer_kernels"] == {"integer_nodes": 1, "saturation_risk": 0}
+    listed = CliRunner(env={"COLUMNS": "250"}).invoke(main, ["models", "--repository", str(repo)])
+    assert listed.exit_code == 0 and "integer kernels" not in listed.stdout, listed.output
 
 
 def test_an_existing_version_is_refused(repo: Path):

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
-from rollout_models import ctr_repository, publish_version, shifted_ctr
+from rollout_models import ctr_repository, int8_weights, publish_version, quantized_ctr, shifted_ctr
 
 import adrank._core as core
 from adrank.cli import main
@@ -315,6 +315,26 @@ def test_the_rollout_commands_act_on_a_running_server(repo):
         assert [e["action"] for e in history(repo)] == ["canary", "promote", "rollback"]
         refused = runner.invoke(main, ["models", "--server", address[1], "--token", "nope"])
         assert refused.exit_code != 0 and "UNAUTHENTICATED" in refused.output
+    finally:
+        server.stop()
+
+
+def test_models_shows_the_int8_saturation_a_version_was_published_with_from_the_server(repo, tmp_path):
+    version = publish_version(repo, quantized_ctr(tmp_path / "int8.onnx", int8_weights(8)), allow_int8_saturation=True)
+    note = "1 int8 node can saturate without VNNI (allowed by adrank publish --allow-int8-saturation)"
+    write_rollout(repo, {"stable": 1, "canary": {"version": version, "percent": 10}})
+    server = serve(repo, "python")
+    address = ["--server", f"127.0.0.1:{server.server.admin.port}", "--token", TOKEN]
+    try:
+        listed = CliRunner().invoke(main, ["models", *address, "--json"])
+        assert listed.exit_code == 0, listed.output
+        (ctr,) = json.loads(listed.stdout)
+        assert {v["version"]: (v["state"], v["integer_kernels"]) for v in ctr["versions"]} == {
+            1: ("AVAILABLE", ""),
+            version: ("AVAILABLE", note),
+        }
+        table = CliRunner(env={"COLUMNS": "250"}).invoke(main, ["models", *address])
+        assert "integer kernels" in table.stdout and note in table.stdout, table.output
     finally:
         server.stop()
 

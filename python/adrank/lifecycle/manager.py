@@ -56,6 +56,7 @@ import adrank._core as core
 from adrank.lifecycle.version_loader import file_signature, load_checked
 from adrank.repository.config import ConfigError, ModelConfig
 from adrank.repository.layout import ModelEntry, ModelRepository, RepositoryError
+from adrank.repository.meta import integer_kernels_note
 from adrank.rollout.audit import AuditEntry, AuditLog
 from adrank.rollout.guardrails import Comparison, GuardrailMonitor, Verdict
 from adrank.rollout.policy import PolicyError, RolloutPolicy, load_policy, save_policy
@@ -105,6 +106,7 @@ class VersionStatus:
     state: VersionState
     reason: str = ""
     since: float = field(default_factory=time.time)
+    integer_kernels: str = ""  # meta.json's note on int8 nodes that saturate without VNNI (meta.py), if any
     signature: tuple[float, ...] = ()  # the files' mtimes when loaded: a change retries a FAILED version
     servable: Servable | None = None
 
@@ -334,9 +336,10 @@ class ModelManager:
 
     def _load(self, entry: ModelEntry, version: int, signature: tuple[float, ...]) -> None:
         key = (entry.name, version)
-        status = VersionStatus(entry.name, version, VersionState.LOADING, signature=signature)
-        self._versions[key] = status
         version_dir = entry.version_dir(version)
+        note = integer_kernels_note(version_dir)
+        status = VersionStatus(entry.name, version, VersionState.LOADING, signature=signature, integer_kernels=note)
+        self._versions[key] = status
         started = time.perf_counter()
         try:
             servable = load_checked(self._pool, entry, version, self._tenants)
@@ -543,6 +546,7 @@ class ModelManager:
                         "reason": s.reason,
                         "since": s.since,
                         "role": route_role(route, v, with_share=True),
+                        "integer_kernels": s.integer_kernels,
                     }
                     for (n, v), s in sorted(self._versions.items())
                     if n == name

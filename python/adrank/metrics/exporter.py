@@ -29,6 +29,10 @@ Metrics (labels model, version unless said otherwise; deploy/ has the Grafana pa
   adrank_memory_pool_leases_total, adrank_memory_pool_misses_total, adrank_memory_pool_cap_rejections_total
   adrank_memory_pool_info{allocator}
   adrank_model_state{state}               1 for the version's lifecycle state, 0 for the others
+  adrank_cpu_info{vendor, model_name, avx2, avx512f, avx512_vnni, avx_vnni, amx_int8}
+                                          (these labels only) 1: the CPU and its integer-kernel features,
+                                          "true"/"false"/"unknown" (cpu_features.py); without avx512_vnni,
+                                          avx_vnni or amx_int8, int8 weights using 8 bits saturate
   adrank_rollout_traffic_percent{role}    share of routing keys (shadow: share mirrored)
   adrank_rollout_p99_ratio{role}, adrank_rollout_error_rate_excess{role}, adrank_rollout_psi{role}:
                                           the guardrails' latest window, candidate against stable
@@ -42,10 +46,17 @@ from collections.abc import Iterator
 
 import numpy as np
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from adrank.cpu_features import cpu_features
 from adrank.histogram import (
     BATCH_ROWS_BOUNDS,
     EXPORTED_LATENCY_INDEX,
@@ -213,6 +224,16 @@ def server_metrics(sample: Sample) -> Iterator[Metric]:
         for s in STATES:
             lifecycle.add_metric([model, str(version), s], 1 if s == current else 0)
     yield lifecycle
+    yield cpu_info()
+
+
+def cpu_info() -> InfoMetricFamily:
+    """adrank_cpu_info: the CPU's vendor, model name and integer-kernel features (read once per process)."""
+    return InfoMetricFamily(
+        "adrank_cpu",
+        "The CPU and its integer-kernel features (int8 models score differently without VNNI).",
+        value=cpu_features().labels(),
+    )
 
 
 def rollout_metrics(sample: Sample) -> Iterator[Metric]:

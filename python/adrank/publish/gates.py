@@ -4,13 +4,20 @@ Contract, in the order publish() runs them (each refusal is a PublishError namin
 the figure):
 1. `check_onnx`: the ONNX checker, full check (types and shapes inferred through the graph); a corrupt file
    stops here. Returns the file's sha256, taken before the check, so that the bytes published can be compared.
-2. `load`: the graph's inputs and outputs against the model's config, by loading the version exactly as a
+2. `check_integer_kernels`: no integer MatMul/Conv node, in any graph or subgraph, may multiply 8-bit
+   activations by int8 weights that use more than 7 bits (repository/integer_kernels.py): on CPUs without VNNI
+   (AVX2 only) ONNX Runtime adds pairs of those products in 16 bits with saturation, and the model would score
+   differently there than on VNNI CPUs. The refusal names the first such node (graph path, node, op, weight
+   tensor and its range), the count, and the fix: re-quantize with `quantize_dynamic(..., reduce_range=True)`
+   (7-bit weights) or `weight_type=QuantType.QUInt8` (U8U8). `--allow-int8-saturation` lets such a model
+   through; either way the check's figures go into meta.json's `integer_kernels`.
+3. `load`: the graph's inputs and outputs against the model's config, by loading the version exactly as a
    server loads it (Servable.load with the ONNX Runtime backend, on the caller's core thread pool) and warming
    it up.
-3. `golden_inputs` + `check_golden`: golden inputs (the config's `sample` file, else the current version's
+4. `golden_inputs` + `check_golden`: golden inputs (the config's `sample` file, else the current version's
    meta.json) run through the core as requests are served; every score must be finite and within the score
    output's declared `range`. The scores come back to become the new version's golden outputs.
-4. `compare_latency` + `gate`: at each batch size a batch can close at, synthetic batches go to both versions
+5. `compare_latency` + `gate`: at each batch size a batch can close at, synthetic batches go to both versions
    interleaved, so the other load on the machine hits both alike; each version's median compute time (the
    median ignores the odd preempted run) gives a ratio per size, and the gated figure is their geometric mean
    (every size counts alike, whatever its absolute time): refused above `max_slowdown`.
@@ -34,9 +41,41 @@ if TYPE_CHECKING:
     import adrank._core as core
     from adrank.publish.steps import PublishSteps
     from adrank.repository.config import ModelConfig
+    from adrank.repository.integer_kernels import IntegerNode
     from adrank.repository.layout import ModelEntry
     from adrank.repository.meta import VersionMeta
     from adrank.servable import Servable
+
+
+# The flag that publishes a model whose integer nodes can saturate, as the refusal names it.
+ALLOW_SATURATION_FLAG = "--allow-int8-saturation"
+# Nodes named in a refusal (the first one in full) and kept in meta.json: enough to find the pattern, short
+# enough for one line.
+NAMED_NODES = 3
+RECORDED_NODES = 5
+
+
+@dataclass(frozen=True)
+class IntegerKernelCheck:
+    integer_nodes: int  # integer MatMul/Conv nodes (one per weight), subgraphs included
+    saturation_risk: int  # of them, those that can saturate on CPUs without VNNI
+    allowed: bool  # some can, and ALLOW_SATURATION_FLAG let them through
+    nodes: list[str]  # the first RECORDED_NODES that can, described
+
+    def describe(self) -> str:
+        if not self.integer_nodes:
+            return "no integer MatMul/Conv nodes"
+        nodes = f"{self.integer_nodes} integer MatMul/Conv node{'s' if self.integer_nodes > 1 else ''}"
+        if not self.saturation_risk:
+            return f"{nodes}, none can saturate without VNNI"
+        return f"{self.saturation_risk} of {nodes} can saturate without VNNI: published with {ALLOW_SATURATION_FLAG}"
+
+    def record(self) -> dict[str, Any]:
+        """meta.json's `integer_kernels` (repository/meta.py: IntegerKernels)."""
+        record: dict[str, Any] = {"integer_nodes": self.integer_nodes, "saturation_risk": self.saturation_risk}
+        if self.saturation_risk:
+            record.update(allowed=self.allowed, by=f"adrank publish {ALLOW_SATURATION_FLAG}", nodes=self.nodes)
+        return record
 
 
 @dataclass(frozen=True)
@@ -88,6 +127,19 @@ def check_onnx(path: Path) -> str:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise PublishError(f"{path}: the ONNX checker refuses it: {first_line}") from error
     return digest
+
+
+def check_integer_kernels(path: Path, allow_saturation: bool) -> IntegerKernelCheck:
+    """Refuses integer nodes that can saturate on CPUs without VNNI, unless `allow_saturation`."""
+    import onnx
+
+    from adrank.repository.integer_kernels import integer_nodes
+
+    nodes = integer_nodes(onnx.load(str(path)))  # the checker passed: it parses
+    risks = [node for node in nodes if node.can_saturate]
+    if risks and not allow_saturation:
+        raise PublishError(_saturation_refusal(risks))
+    return IntegerKernelCheck(len(nodes), len(risks), bool(risks), [r.describe() for r in risks[:RECORDED_NODES]])
 
 
 def load(pool: core.ThreadPool, config: ModelConfig, version_dir: Path, version: int) -> Servable:
@@ -208,3 +260,20 @@ def gate(latency: LatencyComparison) -> None:
         raise PublishError(
             f"latency: the new version takes {latency.describe()}, above --max-slowdown {latency.max_slowdown:.2f}"
         )
+
+
+# Implementation details follow. API users need not read.
+
+
+def _saturation_refusal(risks: list[IntegerNode]) -> str:
+    count = f"{len(risks)} integer nodes can" if len(risks) > 1 else "an integer node can"
+    others = [f"'{r.node}'" for r in risks[1:NAMED_NODES]]
+    more = len(risks) - 1 - len(others)
+    also = f"; also {', '.join(others)}{f' and {more} more' if more else ''}" if others else ""
+    return (
+        f"integer kernels: {count} saturate on CPUs without VNNI: {risks[0].describe()}{also}. "
+        "Without VNNI (AVX2 only) ONNX Runtime adds pairs of 8-bit activation x int8 weight products in 16 bits "
+        "with saturation, so this model would score differently on those CPUs. Re-quantize with "
+        "quantize_dynamic(..., reduce_range=True) for 7-bit weights (every |w| <= 64) or with "
+        f"weight_type=QuantType.QUInt8 (U8U8), or pass {ALLOW_SATURATION_FLAG} to publish it anyway"
+    )

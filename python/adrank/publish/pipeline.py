@@ -15,18 +15,23 @@ Contract:
 
 What is checked, in order (each refusal is a PublishError naming the file, the tensor or the figure):
 1. the ONNX checker, full check (types and shapes inferred through the graph): a corrupt file stops here;
-2. the graph's inputs and outputs against the model's config: the version is loaded exactly as a server loads
+2. integer kernels: no integer MatMul/Conv node (subgraphs included) may multiply 8-bit activations by int8
+   weights that use more than 7 bits, which saturate on CPUs without VNNI and would make the model score
+   differently there (gates.py says why and what the refusal names); `allow_int8_saturation`
+   (`--allow-int8-saturation`) publishes such a model anyway, and meta.json's `integer_kernels` records it;
+3. the graph's inputs and outputs against the model's config: the version is loaded exactly as a server loads
    it (Servable.load with the ONNX Runtime backend, on a private core thread pool) and warmed up;
-3. golden inputs (the config's `sample` file, else the current version's meta.json) run through the core as
+4. golden inputs (the config's `sample` file, else the current version's meta.json) run through the core as
    requests are served: every score must be finite and within the score output's declared `range`. The new
    scores become the version's golden outputs, which a server replays before serving it (the parity check);
-4. latency against the current version (the rollout's stable one where `rollout.yaml` names it, else the
+5. latency against the current version (the rollout's stable one where `rollout.yaml` names it, else the
    latest) on this machine: at each batch size a batch can close at, synthetic batches go to both versions
    interleaved, so the other load on the machine hits both alike; each version's median compute time (the
    median ignores the odd preempted run) gives a ratio per size, and the gate is their geometric mean (every
    size counts alike, whatever its absolute time): refused above `max_slowdown`. A model's first version has
    nothing to compare with: the comparison is skipped and the report says so.
-The new version's meta.json records the figures (sha256, source, validation).
+The new version's meta.json records the figures (sha256, source, validation, integer_kernels: how many
+integer nodes can saturate without VNNI, 0 for a model that passed, and who allowed them otherwise).
 
 Scope: the model must be one self-contained model.onnx (no external data files); files the config names
 beside it (a text input's tokenizer.json) are taken from the current version, or from beside MODEL.onnx.
@@ -34,7 +39,7 @@ The temporary folder's pid tells whether its publish is alive on this machine on
 repository shared between machines from one machine at a time.
 
 Where the parts live: staging.py stages the files and renames them into place (and holds the kill hook),
-gates.py runs checks 1-4, steps.py is how progress is reported (the CLI shows it: cli_publish.py).
+gates.py runs checks 1-5, steps.py is how progress is reported (the CLI shows it: cli_publish.py).
 This module runs them in order and writes meta.json; PublishError, PublishOptions and PublishReport are
 imported from here.
 """
@@ -49,7 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adrank.publish import gates
-from adrank.publish.gates import GoldenCheck, LatencyComparison, SizeLatency
+from adrank.publish.gates import GoldenCheck, IntegerKernelCheck, LatencyComparison, SizeLatency
 from adrank.publish.steps import PublishSteps, QuietSteps
 from adrank.repository import staging
 from adrank.repository.publish_error import PublishError
@@ -69,6 +74,7 @@ __all__ = [
     "KILL_ENV",
     "STEPS",
     "GoldenCheck",
+    "IntegerKernelCheck",
     "LatencyComparison",
     "PublishError",
     "PublishOptions",
@@ -86,6 +92,10 @@ DEFAULT_MAX_SLOWDOWN = 1.10
 DEFAULT_BENCH_REPS = 50
 # The golden tolerance when the current version has none to reuse (meta.py states why 1e-5).
 DEFAULT_ATOL = 1e-5
+DEFAULT_ATOL_REASON = (
+    "adrank publish's default: fp32 kernels differ by a few ulps between CPU kinds (about 1e-7 on a score), and "
+    "1e-5 absorbs that without letting a different model through"
+)
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,8 @@ class PublishOptions:
     max_slowdown: float = DEFAULT_MAX_SLOWDOWN
     bench_reps: int = DEFAULT_BENCH_REPS
     source: str | None = None  # where the model comes from (a training run, a commit), kept in meta.json
+    # Publish even if integer nodes can saturate on CPUs without VNNI (scores would differ there): recorded.
+    allow_int8_saturation: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,7 @@ class PublishReport:
     sha256: str
     source: str  # the published file, as given
     source_sha256: str  # equal to sha256: the bytes checked are the bytes published
+    integer_kernels: IntegerKernelCheck
     golden: GoldenCheck
     latency: LatencyComparison | None  # None: nothing to compare with (see latency_note)
     latency_note: str
@@ -143,7 +156,11 @@ def publish(options: PublishOptions, progress: PublishSteps | None = None) -> Pu
     staging.remove_stale_staging(entry.path)
     current = _current_version(entry)
     source_sha256 = gates.check_onnx(options.onnx)
-    done("checked", f"{options.onnx}: the ONNX checker passes (full check)")
+    integer_kernels = gates.check_integer_kernels(options.onnx, options.allow_int8_saturation)
+    done(
+        "checked",
+        f"{options.onnx}: the ONNX checker passes (full check); integer kernels: {integer_kernels.describe()}",
+    )
 
     folder = staging.staging_dir(entry, version)
     final = entry.version_dir(version)
@@ -183,6 +200,7 @@ def publish(options: PublishOptions, progress: PublishSteps | None = None) -> Pu
             sha256=sha256,
             source=str(options.onnx),
             source_sha256=source_sha256,
+            integer_kernels=integer_kernels,
             golden=golden,
             latency=latency,
             latency_note=note,
@@ -190,8 +208,7 @@ def publish(options: PublishOptions, progress: PublishSteps | None = None) -> Pu
             seconds=0.0,
             steps=steps,
         )
-        atol = current_meta.golden.atol if current_meta is not None else DEFAULT_ATOL
-        golden_record = {"inputs": inputs, "outputs": {entry.config.score_output: scores}, "atol": atol}
+        golden_record = {"inputs": inputs, "outputs": {entry.config.score_output: scores}, **_tolerance(current_meta)}
         staging.write_json(folder / "meta.json", _meta(report, options, golden_record))
         staging.fsync_dir(folder)
         done("meta_written", f"wrote {folder / 'meta.json'}")
@@ -257,6 +274,15 @@ def _current_meta(entry: ModelEntry, current: int | None) -> VersionMeta | None:
         raise PublishError(f"current version {current}: {error}") from error
 
 
+def _tolerance(current: VersionMeta | None) -> dict[str, Any]:
+    """The new version's parity tolerance and its reason: the current version's, whose model it replaces (its
+    arithmetic, and so what a correct CPU may differ by, is the model's), else the default."""
+    if current is None:
+        return {"atol": DEFAULT_ATOL, "atol_reason": DEFAULT_ATOL_REASON}
+    reason = current.golden.atol_reason or f"kept from version {current.version}"
+    return {"atol": current.golden.atol, "atol_reason": reason}
+
+
 def _meta(report: PublishReport, options: PublishOptions, golden: dict[str, Any]) -> dict[str, Any]:
     """meta.json: what a server checks (sha256, golden) and the publish's provenance and figures."""
     import onnx
@@ -279,6 +305,7 @@ def _meta(report: PublishReport, options: PublishOptions, golden: dict[str, Any]
         "source": source,
         "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "golden": golden,
+        "integer_kernels": report.integer_kernels.record(),
         "validation": {
             "checker": {"onnx": onnx.__version__, "full_check": True, "passed": True},
             "signature": {"backend": f"onnxruntime {onnxruntime.__version__}", "config": str(config), "matches": True},

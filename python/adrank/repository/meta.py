@@ -5,9 +5,11 @@
 - `sha256` of `model.onnx`: a file that does not hash to it is corrupt and never loaded;
 - `golden`: inputs and the outputs this version gave for them. Loading a version replays them through
   the core exactly as requests are served (batcher, backend, tokenizer) and refuses the version unless
-  every output is within `atol` (the parity check).
-Everything else (training data, metrics, publish figures) is provenance for people; unknown fields are
-kept, never refused.
+  every output is within `atol` (the parity check; `atol_reason` says why the tolerance is what it is).
+It also shows `integer_kernels`, publish's record of the model's integer nodes that can saturate on CPUs
+without VNNI (its count, and whether `--allow-int8-saturation` let them through), in `adrank models` and a
+parity failure's reason. Everything else (training data, metrics, publish figures) is provenance for people;
+unknown fields are kept, never refused.
 
 Golden inputs are one or more requests. A candidate input holds all requests' rows, concatenated; a
 context input holds one value per request; `request_rows` (among the inputs, as the bundled relevance
@@ -42,9 +44,34 @@ class Golden(BaseModel):
 
     inputs: dict[str, Any]
     outputs: dict[str, Any]
-    # float32 outputs of one ONNX Runtime build on one machine agree with a rerun to ~1e-7; 1e-5 also
-    # absorbs a different CPU's kernels without letting a different model through.
+    # How far a correct CPU's scores may be from these (the parity check's tolerance). fp32 kernels differ by a
+    # few ulps between CPU kinds (AVX2, AVX-512: ~1e-7 on a score); integer kernels must not differ at all, but
+    # the fp32 ops around them can move a dynamically quantised activation by one step. The default, 1e-5,
+    # absorbs fp32 differences without letting a different model through; a model that needs more says so in
+    # `atol_reason` (the bundled models state theirs, with the figures they rest on).
     atol: float = Field(1e-5, gt=0)
+    atol_reason: str | None = None
+
+
+class IntegerKernels(BaseModel):
+    """What `adrank publish` found of the model's integer MatMul/Conv nodes (repository/integer_kernels.py):
+    how many can saturate on CPUs without VNNI, and whether it was published anyway."""
+
+    model_config = ConfigDict(extra="allow")
+
+    integer_nodes: int | None = Field(None, ge=0)
+    saturation_risk: int = Field(ge=0)  # nodes that can saturate
+    allowed: bool = False  # published anyway: `adrank publish --allow-int8-saturation`
+    by: str | None = None  # who allowed it (the command)
+    nodes: list[str] = Field(default_factory=list)  # the first few, described
+
+    def note(self) -> str:
+        """One line for `adrank models`: empty when no node can saturate."""
+        if not self.saturation_risk:
+            return ""
+        nodes = f"{self.saturation_risk} int8 node{'s' if self.saturation_risk > 1 else ''}"
+        allowed = f" (allowed by {self.by})" if self.allowed and self.by else " (allowed)" if self.allowed else ""
+        return f"{nodes} can saturate without VNNI{allowed}"
 
 
 class VersionMeta(BaseModel):
@@ -54,6 +81,7 @@ class VersionMeta(BaseModel):
     version: int = Field(ge=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     golden: Golden
+    integer_kernels: IntegerKernels | None = None  # absent: published before publish recorded it
 
 
 GoldenRequest = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # (candidates, context)
@@ -77,6 +105,16 @@ def load_meta(path: Path) -> VersionMeta:
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
         raise MetaError(f"{path}: {problems}") from error
+
+
+def integer_kernels_note(version_dir: Path) -> str:
+    """The version's meta.json `integer_kernels` note (IntegerKernels.note); empty when it records none or
+    cannot be read (the load reports an unreadable meta.json)."""
+    try:
+        recorded = load_meta(version_dir / META_FILE).integer_kernels
+    except MetaError:
+        return ""
+    return "" if recorded is None else recorded.note()
 
 
 def golden_requests(config: ModelConfig, inputs: dict[str, Any]) -> list[GoldenRequest]:

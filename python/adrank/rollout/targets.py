@@ -8,7 +8,8 @@ through its admin API, or a repository's files directly.
   apply the change at their next poll; versions have no server state here, only what is on disk.
 
 Both take the same changes (rollout/changes.py) and answer the same shapes: `models()` a list of dicts
-(model, versions with state and role, on_disk, policy, error), `history()` AuditEntry lists.
+(model, versions with state, role and integer_kernels (meta.json's note on int8 nodes that saturate without
+VNNI, empty if none), on_disk, policy, error), `history()` AuditEntry lists.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from adrank.repository.layout import ModelRepository
+from adrank.repository.meta import integer_kernels_note
 from adrank.rollout.audit import AuditEntry, AuditLog
 from adrank.rollout.policy import RolloutPolicy, load_policy, save_policy
 
@@ -43,7 +45,13 @@ class RepositoryTarget:
                 {
                     "model": name,
                     "versions": [
-                        {"version": v, "state": "ON DISK", "reason": "", "role": _role(policy, v, entry.versions)}
+                        {
+                            "version": v,
+                            "state": "ON DISK",
+                            "reason": "",
+                            "role": _role(policy, v, entry.versions),
+                            "integer_kernels": integer_kernels_note(entry.version_dir(v)),
+                        }
                         for v in entry.versions
                     ],
                     "on_disk": list(entry.versions),

@@ -146,6 +146,7 @@ class AdminService(pb_grpc.AdminServicer):
                             reason=v["reason"],
                             role=v["role"],
                             since_unix_s=v["since"],
+                            integer_kernels=v["integer_kernels"],
                         )
                         for v in m["versions"]
                     ],
@@ -166,6 +167,7 @@ class AdminService(pb_grpc.AdminServicer):
             state=status.state.value,
             reason=status.reason,
             since_unix_s=status.since,
+            integer_kernels=status.integer_kernels,
         )
 
     async def UnloadVersion(self, request: pb.VersionRequest, context: grpc.aio.ServicerContext) -> pb.VersionStatus:
