@@ -136,6 +136,9 @@ Status RankServer::Create(const RankServerOptions& options, std::shared_ptr<Mode
   // keepalive is for), and on connections with no call.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // gRPC would otherwise set SO_REUSEPORT: a second server on this port would bind beside the first and the
+  // kernel would share new connections between them. Off, a port another process holds fails to bind.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(server->service_.get());
   builder.RegisterService(server->inference_.get());
   builder.RegisterCallbackGenericService(server->reflection_.get());

@@ -106,8 +106,9 @@ class ReflectionService;
 
 class RankServer {
  public:
-  // Binds, starts serving calls (in the loading state) and returns; UNAVAILABLE if it cannot listen,
-  // INVALID_ARGUMENT for an option out of range (naming it).
+  // Binds, starts serving calls (in the loading state) and returns; UNAVAILABLE if it cannot listen (a port
+  // another process holds included: the port is never shared, SO_REUSEPORT is off), INVALID_ARGUMENT for an
+  // option out of range (naming it).
   static Status Create(const RankServerOptions& options, std::shared_ptr<ModelRegistry> registry,
                        std::unique_ptr<RankServer>* out);
   ~RankServer();  // Shutdown(0)

@@ -560,5 +560,18 @@ TEST_F(RankServerTest, OptionsOutOfRangeAreRefusedNamingThem) {
   EXPECT_NE(status.message().find("reply_margin"), std::string::npos);
 }
 
+TEST_F(RankServerTest, APortAnotherServerHoldsIsRefusedNotShared) {
+  // With gRPC's default SO_REUSEPORT the second would bind beside the first and take some of its clients.
+  RankServerOptions options;
+  options.port = server_->port();
+  std::unique_ptr<RankServer> second;
+  const Status status = RankServer::Create(options, registry_, &second);
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable);
+  EXPECT_NE(status.message().find("127.0.0.1:" + std::to_string(server_->port())), std::string::npos)
+      << status.message();
+  EXPECT_EQ(second, nullptr);
+  EXPECT_EQ(HealthOf(channel_, ""), "NOT_SERVING") << "the first server answers";
+}
+
 }  // namespace
 }  // namespace adrank

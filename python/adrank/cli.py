@@ -31,6 +31,8 @@ from adrank.cli_publish import publish_command
 BUNDLED_REPOSITORY = Path("models")
 # Where `adrank serve` also reads the admin token from (never from its command line: the process list shows it).
 TOKEN_ENV = "ADRANK_ADMIN_TOKEN"
+# The option that sets each of the server's ports (server/ports.py PortName), for the error when one is taken.
+PORT_OPTIONS = {"grpc": "--grpc-port", "http": "--http-port", "admin": "--admin-port"}
 
 
 def _model_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -190,11 +192,13 @@ def serve(
 ) -> None:
     """Serve the models of a repository over gRPC until SIGTERM, then drain.
 
-    Exits 1 when the repository cannot be read or none of its models has a version that loads (a model
-    with nothing to serve while others serve leaves the server running, not ready)."""
+    Exits 1 when the repository cannot be read, none of its models has a version that loads (a model
+    with nothing to serve while others serve leaves the server running, not ready), or a port cannot be
+    bound (another process holds it: never shared, server/ports.py)."""
     from adrank.lifecycle.manager import ManagerOptions, NothingToServe
     from adrank.metrics.history import MetricsOptions
     from adrank.server.frontend import TransportOptions
+    from adrank.server.ports import PortUnavailable
     from adrank.server.process import Server, ServerOptions
     from adrank.server.process import serve as run_server
     from adrank.tenants import TenantsConfig, TenantsConfigError, load_tenants
@@ -243,7 +247,9 @@ def serve(
 
     try:
         status = asyncio.run(run_server(options, on_ready=announce))
-    except (NothingToServe, OSError) as error:  # OSError: a port taken, the repository gone meanwhile
+    except PortUnavailable as error:
+        raise click.ClickException(f"{PORT_OPTIONS[error.name]}: {error.address} {error.reason}") from error
+    except (NothingToServe, OSError) as error:  # OSError: the repository gone meanwhile
         raise click.ClickException(str(error)) from error
     sys.exit(status)
 

@@ -29,6 +29,7 @@ from adrank.repository.config import ModelNameError, check_model_name
 from adrank.rollout import AuditLog, RolloutPolicy
 from adrank.rollout.changes import ChangeError, promote, rollback
 from adrank.rollout.policy import CanaryPolicy, GuardrailPolicy, ShadowPolicy
+from adrank.server.ports import GRPC_NO_REUSEPORT, add_grpc_port
 from adrank.server.ranking_service import grpc_status
 from adrank.status import RequestError, StatusCode
 from adrank.v1 import admin_pb2 as pb
@@ -238,11 +239,9 @@ class AdminServer:
     """The admin port: AdminService behind the token check."""
 
     def __init__(self, host: str, port: int, token: str, models: ModelManager) -> None:
-        self._server = grpc.aio.server(interceptors=[TokenInterceptor(token)])
+        self._server = grpc.aio.server(interceptors=[TokenInterceptor(token)], options=[GRPC_NO_REUSEPORT])
         pb_grpc.add_AdminServicer_to_server(AdminService(models), self._server)
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen on {host}:{port} for the admin service")
+        self.port = add_grpc_port(self._server, "admin", host, port)
 
     async def start(self) -> None:
         await self._server.start()

@@ -47,6 +47,7 @@ from adrank.lifecycle.manager import ModelManager
 from adrank.server.inference_service import INFERENCE_SERVICE, InferenceService
 from adrank.server.inference_service import add_to_server as add_inference_to_server
 from adrank.server.kserve_repository import KServeRepository
+from adrank.server.ports import GRPC_NO_REUSEPORT, add_grpc_port, check_free, unavailable
 from adrank.server.ranking_service import RANKING_SERVICE, RankingService, add_to_server
 from adrank.status import RequestError
 
@@ -82,6 +83,8 @@ class TransportOptions:
             # keepalive is for), and on connections with no call.
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.keepalive_permit_without_calls", 1),
+            # A port another server holds is refused, not shared with it (ports.py).
+            GRPC_NO_REUSEPORT,
         ]
 
 
@@ -227,10 +230,7 @@ class PythonFrontend:
             [RANKING_SERVICE, INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
             self._server,
         )
-        address = f"{options.host}:{options.port}"
-        self.port = self._server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {address} for gRPC")
+        self.port = add_grpc_port(self._server, "grpc", options.host, options.port)
 
     async def start(self) -> None:
         await self._show_health()
@@ -270,8 +270,11 @@ def create_frontend(
     if kind == "cpp" and not core.HAS_RANK_SERVER:
         raise RuntimeError("this build has no C++ front end (grpc++ was not found at build time): use 'python'")
     if kind == "cpp" or (kind == "auto" and core.HAS_RANK_SERVER):
+        check_free("grpc", options.host, options.port)
         try:
             return CppFrontend(options, models.registry, repository)
         except core.CoreError as error:
+            if error.code == "UNAVAILABLE":  # the port could not be bound (RankServer::Create)
+                raise unavailable("grpc", options.host, options.port) from error
             raise OSError(str(error)) from error
     return PythonFrontend(options, models, repository)

@@ -6,7 +6,8 @@ larger than `max_body_bytes` (the gRPC port's max_message_bytes) is refused (413
 before a byte of it is read.
 
 It runs on its own threads (the standard library's ThreadingHTTPServer), so a busy event loop never
-delays a health probe or a scrape, and it binds the same host as the gRPC port.
+delays a health probe or a scrape, and binds its own host (loopback by default); an address it cannot bind (in
+use, say) is ports.PortUnavailable.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from adrank.metrics.pages import Reply, text
 from adrank.server.kserve_rest import KServeRest, RestCall
+from adrank.server.ports import PortUnavailable, why
 
 # A GET of a path, its query and headers -> the reply, or None: not a page of theirs.
 Pages = Callable[[str, Mapping[str, list[str]], Mapping[str, str]], Reply | None]
@@ -87,7 +89,10 @@ class HttpEndpoint:
             def log_message(self, format: str, *args: object) -> None:
                 pass  # probes and scrapes every few seconds would drown the server's log
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as error:  # the address taken, or not this machine's
+            raise PortUnavailable("http", f"{host}:{port}", why(error)) from error
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="adrank-http", daemon=True)
 

@@ -7,7 +7,9 @@ version that loads, manager.py) and the others serve; the start fails only when 
 to serve, or the repository cannot be read. From then on the ModelManager watches the repository (new
 versions, rollout.yaml) and the guardrails watch the rollouts; with an admin token, the admin gRPC
 service (admin_service.py) listens on its own port. The HTTP port serves /healthz and /readyz, and with
-metrics on (the default) /metrics and /dashboard (metrics/).
+metrics on (the default) /metrics and /dashboard (metrics/). Every port is bound before any model loads, and
+one that cannot be — another process holds it: no port is shared (ports.py) — stops the start
+(ports.PortUnavailable).
 
 Health follows the manager's readiness (a model is ready while it has a version that serves): each
 model's own health service (`service` = its name) is SERVING while it is ready; "" and adrank.v1.Ranking,
