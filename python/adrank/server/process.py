@@ -169,11 +169,11 @@ class Server:
             self.options.transport.host,
             self.grpc_port,
             self.frontend.kind,
-            self.options.transport.host,
+            self.options.http_host,
             self.http_port,
         )
         if self.admin is not None:
-            log.info("admin service on %s:%d (token required)", self.options.transport.host, self.admin.port)
+            log.info("admin service on %s:%d (token required)", self.options.admin_host, self.admin.port)
         else:
             log.info("no admin token given: the admin service is off (rollouts through the repository only)")
 
