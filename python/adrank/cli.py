@@ -25,6 +25,7 @@ import numpy as np
 
 from adrank import __version__
 from adrank.cli_publish import publish_command
+from adrank.log_format import LOG_FORMATS, LOG_LEVELS, JsonFormatter, LogOptions, configure_logging
 
 # The bundled model repository, for commands run from the top of the checkout (as `make serve` does).
 # Relative on purpose: the installed package lives in site-packages, far from any checkout.
@@ -167,6 +168,20 @@ def main() -> None:
     default=None,
     help="YAML of the callers' (x-adrank-tenant) weights, limits and priority classes (else: the defaults).",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS),
+    default="info",
+    show_default=True,
+    help="Least severe log records written (stderr).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="text, or json: one object per line (time, level, logger, message; model, version where there is one).",
+)
 def serve(
     repository: Path,
     host: str,
@@ -189,6 +204,8 @@ def serve(
     poll_interval: float,
     metrics: bool,
     tenants_file: Path | None,
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Serve the models of a repository over gRPC until SIGTERM, then drain.
 
@@ -203,7 +220,7 @@ def serve(
     from adrank.server.process import serve as run_server
     from adrank.tenants import TenantsConfig, TenantsConfigError, load_tenants
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_options = LogOptions(level=log_level, format=log_format)  # type: ignore[arg-type]  # click.Choice's
     if not _model_names(repository):
         click.echo(f"adrank: no models yet in {repository}: nothing to serve.")
         return
@@ -211,6 +228,7 @@ def serve(
         tenants = load_tenants(tenants_file) if tenants_file is not None else TenantsConfig()
     except TenantsConfigError as error:
         raise click.ClickException(str(error)) from error
+    configure_logging(log_options)
     options = ServerOptions(
         repository=repository,
         transport=TransportOptions(
@@ -237,13 +255,13 @@ def serve(
 
     def announce(server: Server) -> None:
         names = ", ".join(f"{s.name} v{s.version}" for s in server.models.servables())
-        click.echo(
+        line = (
             f"adrank: SERVING {names} on grpc {host}:{server.grpc_port}, http {http_host}:{server.http_port} "
             f"({server.frontend.kind} front end"
             + (f", admin {admin_host}:{server.admin.port}" if server.admin else "")
-            + ")",
-            err=True,
+            + ")"
         )
+        click.echo(_as_log_line(line) if log_options.format == "json" else line, err=True)
 
     try:
         status = asyncio.run(run_server(options, on_ready=announce))
@@ -252,6 +270,12 @@ def serve(
     except (NothingToServe, OSError) as error:  # OSError: the repository gone meanwhile
         raise click.ClickException(str(error)) from error
     sys.exit(status)
+
+
+def _as_log_line(line: str) -> str:
+    """The SERVING line in the JSON log's form, so that every line of a JSON log parses; written whatever the
+    log level, as it is the command's answer (the addresses it serves on), not a log record."""
+    return JsonFormatter().format(logging.makeLogRecord({"name": "adrank.cli", "levelname": "INFO", "msg": line}))
 
 
 @main.command()

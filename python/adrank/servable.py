@@ -24,6 +24,7 @@ import numpy as np
 
 import adrank._core as core
 from adrank.backends import Session, create_backend
+from adrank.log_format import log_fields
 from adrank.repository.config import ModelConfig
 from adrank.repository.meta import GoldenRequest
 from adrank.status import RequestError, StatusCode
@@ -147,7 +148,13 @@ class Servable:
                 remaining -= n
             for request in pending:
                 request.wait()
-        log.info("%s version %d warmed up at %s rows", self.name, self.version, self.config.batching.warmup_sizes())
+        log.info(
+            "%s version %d warmed up at %s rows",
+            self.name,
+            self.version,
+            self.config.batching.warmup_sizes(),
+            extra=log_fields(model=self.name, version=self.version),
+        )
 
     def synthetic_request(self, rows: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Zeros of the right shapes (and a short text), already prepared for the core."""

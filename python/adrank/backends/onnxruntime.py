@@ -47,6 +47,7 @@ from adrank.backends import tensorrt_engine
 from adrank.backends.base import GPU_FP32_ATOL, GPU_REDUCED_ATOL, MODEL_FILE, Backend, BackendError, Session
 from adrank.backends.device_io import DeviceIO, cuda_unavailable_reason
 from adrank.backends.graph import GraphTensor, ModelGraph, onnx_graph_tensors
+from adrank.log_format import log_fields
 from adrank.repository.config import ModelConfig
 
 log = logging.getLogger("adrank.backends.onnxruntime")
@@ -292,7 +293,13 @@ class OnnxRuntimeBackend(Backend):
         _check_one_build()
         plan = plan_providers(config.onnxruntime.execution_providers)
         if instance == 0 and plan.skipped:
-            log.info("%s: %s not used: %s", config.name, ", ".join(plan.skipped), "; ".join(plan.skipped.values()))
+            log.info(
+                "%s: %s not used: %s",
+                config.name,
+                ", ".join(plan.skipped),
+                "; ".join(plan.skipped.values()),
+                extra=log_fields(model=config.name),
+            )
         try:
             return OnnxRuntimeSession(path, config, plan)
         except core.CoreError as error:

@@ -33,6 +33,7 @@ from adrank.backends.base import GPU_FP32_ATOL, GPU_REDUCED_ATOL, MODEL_FILE, Ba
 from adrank.backends.device_io import DeviceIO, cuda_unavailable_reason
 from adrank.backends.graph import ModelGraph, onnx_graph_tensors
 from adrank.backends.tensorrt_engine import EngineLoad, load_engine, tensorrt_module
+from adrank.log_format import log_fields
 from adrank.repository.config import ModelConfig
 
 log = logging.getLogger("adrank.backends.tensorrt")
@@ -162,5 +163,11 @@ class TensorRtBackend(Backend):
         load = self._engines.get(path)
         if load is None:
             load = self._engines[path] = load_engine(graph)
-            log.info("%s: TensorRT engine %s (%s)", config.name, load.source, load.path or "in memory")
+            log.info(
+                "%s: TensorRT engine %s (%s)",
+                config.name,
+                load.source,
+                load.path or "in memory",
+                extra=log_fields(model=config.name),
+            )
         return TensorRtSession(graph, load, config)

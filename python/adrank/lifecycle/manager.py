@@ -54,6 +54,7 @@ from types import MappingProxyType
 
 import adrank._core as core
 from adrank.lifecycle.version_loader import file_signature, load_checked
+from adrank.log_format import log_fields
 from adrank.repository.config import ConfigError, ModelConfig
 from adrank.repository.layout import ModelEntry, ModelRepository, RepositoryError
 from adrank.repository.meta import integer_kernels_note
@@ -164,7 +165,12 @@ class ModelManager:
             self._reconcile(self._repository.model_names())
             unservable = {name: self._why_unservable(name) for name, ok in self._readiness.items() if not ok}
             for name, why in unservable.items():
-                log.error("model %s has nothing to serve: %s (the server is not ready until it has)", name, why)
+                log.error(
+                    "model %s has nothing to serve: %s (the server is not ready until it has)",
+                    name,
+                    why,
+                    extra=log_fields(model=name),
+                )
             if unservable and len(unservable) == len(self._models):
                 raise NothingToServe(
                     "nothing to serve: " + "; ".join(f"model '{name}': {why}" for name, why in unservable.items())
@@ -246,7 +252,12 @@ class ModelManager:
             return
         for name, ok in readiness.items():
             if self._readiness.get(name, True) != ok:
-                log.info("model %s %s", name, "is ready" if ok else "has no version that serves: not ready")
+                log.info(
+                    "model %s %s",
+                    name,
+                    "is ready" if ok else "has no version that serves: not ready",
+                    extra=log_fields(model=name),
+                )
         self._readiness = MappingProxyType(readiness)
         for listener in self._readiness_listeners:
             listener(self._readiness)
@@ -276,9 +287,11 @@ class ModelManager:
                 self._reconcile_model(name)
             for name in [n for n in self._models if n not in names]:
                 if name in self._held:
-                    log.warning("model %s unloaded on request: it serves again once loaded", name)
+                    log.warning(
+                        "model %s unloaded on request: it serves again once loaded", name, extra=log_fields(model=name)
+                    )
                 else:
-                    log.warning("model %s left the repository: unloading it", name)
+                    log.warning("model %s left the repository: unloading it", name, extra=log_fields(model=name))
                 for key in [k for k in self._versions if k[0] == name]:
                     self._unload(*key)
                 del self._models[name]
@@ -292,13 +305,15 @@ class ModelManager:
             policy = load_policy(entry.path)
         except (ConfigError, PolicyError, OSError) as error:
             if str(error) != model.error:
-                log.error("model %s: %s (keeps serving what it served)", name, error)
+                log.error("model %s: %s (keeps serving what it served)", name, error, extra=log_fields(model=name))
             model.error = str(error)
             return
         if model.config is not None and entry.config != model.config:
             # Versions loaded from now on use the new config (batching, instances, signature); loaded ones
             # keep theirs until reloaded (admin unload + load, or a restart), and FAILED ones are retried.
-            log.info("model %s: config.yaml changed: versions loaded from now on use it", name)
+            log.info(
+                "model %s: config.yaml changed: versions loaded from now on use it", name, extra=log_fields(model=name)
+            )
             for (n, v), status in list(self._versions.items()):
                 if n == name and status.state == VersionState.FAILED:
                     del self._versions[(n, v)]
@@ -318,7 +333,13 @@ class ModelManager:
         for version in sorted(set(entry.versions) - set(wanted), reverse=True):
             self._ensure_loaded(entry, version)
             if self._versions[(entry.name, version)].state == VersionState.AVAILABLE:
-                log.warning("%s: no wanted version %s loads: serving version %d instead", entry.name, wanted, version)
+                log.warning(
+                    "%s: no wanted version %s loads: serving version %d instead",
+                    entry.name,
+                    wanted,
+                    version,
+                    extra=log_fields(model=entry.name, version=version),
+                )
                 return
 
     def _wanted(self, entry: ModelEntry, policy: RolloutPolicy) -> list[int]:
@@ -345,7 +366,13 @@ class ModelManager:
             servable = load_checked(self._pool, entry, version, self._tenants)
         except Exception as error:
             status.state, status.reason, status.since = VersionState.FAILED, str(error), time.time()
-            log.error("%s version %d FAILED: %s", entry.name, version, error)
+            log.error(
+                "%s version %d FAILED: %s",
+                entry.name,
+                version,
+                error,
+                extra=log_fields(model=entry.name, version=version),
+            )
             AuditLog(entry.path).append(
                 AuditEntry(entry.name, "watcher", "version_failed", reason=str(error), figures={"version": version})
             )
@@ -360,6 +387,7 @@ class ModelManager:
             version,
             time.perf_counter() - started,
             version_dir,
+            extra=log_fields(model=entry.name, version=version),
         )
 
     # ---- routing ------------------------------------------------------------------------------------
@@ -380,7 +408,7 @@ class ModelManager:
         route = route_for(model.policy, available, self._stable_version(name))
         if not same_route(self.registry.rollout(name), route):
             self.registry.set_rollout(name, route)
-            log.info("%s routed: %s", name, describe_route(route))
+            log.info("%s routed: %s", name, describe_route(route), extra=log_fields(model=name))
         compared = {route.stable, route.canary, route.shadow} - {0}
         for (n, v), servable in self._servables.items():
             if n == name:
@@ -420,12 +448,19 @@ class ModelManager:
                 name,
                 version,
                 self.options.drain_timeout_s,
+                extra=log_fields(model=name, version=version),
             )
         # Only now: a request routed before the removal finds its Servable until it is done.
         self._servables = MappingProxyType({k: s for k, s in self._servables.items() if k != (name, version)})
         servable.unload(self._pool)  # runs whatever is still queued, then frees the sessions
         del self._versions[(name, version)]
-        log.info("%s version %d unloaded (drained in %.3f s)", name, version, time.perf_counter() - started)
+        log.info(
+            "%s version %d unloaded (drained in %.3f s)",
+            name,
+            version,
+            time.perf_counter() - started,
+            extra=log_fields(model=name, version=version),
+        )
 
     # ---- admin operations --------------------------------------------------------------------------
 
@@ -455,7 +490,7 @@ class ModelManager:
             self._apply_route(name)
             self._unload_unwanted(entry, self._wanted(entry, policy))
             AuditLog(entry.path).append(AuditEntry.change(name, actor, action, before, policy, reason, figures))
-            log.info("%s rollout (%s by %s): %s", name, action, actor, policy.summary())
+            log.info("%s rollout (%s by %s): %s", name, action, actor, policy.summary(), extra=log_fields(model=name))
             self._update_readiness()
             return policy
 

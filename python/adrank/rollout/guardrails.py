@@ -32,6 +32,7 @@ import numpy as np
 
 import adrank._core as core
 from adrank.histogram import LATENCY_BOUNDS_US, quantile
+from adrank.log_format import log_fields
 from adrank.rollout.policy import GuardrailPolicy
 from adrank.ticker import Ticker
 
@@ -210,6 +211,12 @@ class GuardrailMonitor:
                 continue
             self.last_verdicts[(c.model, c.role, c.key[3])] = verdict
             if verdict.breached:
-                log.warning("guardrail breach: %s %s: %s", c.model, c.role, "; ".join(verdict.reasons))
+                log.warning(
+                    "guardrail breach: %s %s: %s",
+                    c.model,
+                    c.role,
+                    "; ".join(verdict.reasons),
+                    extra=log_fields(model=c.model, version=c.key[3]),
+                )
                 del self._windows[c.key]
                 self._on_breach(c, verdict)
