@@ -2,27 +2,61 @@
 
 The C++ core (`adrank._core`) batches requests, leases pinned buffers and schedules model runs
 without the GIL; this package re-exports its public names.
+
+The names are resolved on first use (PEP 562 `__getattr__`), not when the package is imported: every
+`adrank.*` module imports this package first, and the admin commands (`adrank models --server ...`) must
+start in a fraction of a second, without loading the core, numpy and asyncio they never use.
 """
 
-from adrank._core import (
-    Batch,
-    BatcherOptions,
-    CompletionQueue,
-    ContextLayout,
-    CoreError,
-    MemoryPool,
-    MemoryPoolOptions,
-    Model,
-    ModelSignature,
-    PendingRequest,
-    Result,
-    Role,
-    TensorSpec,
-    ThreadPool,
-)
-from adrank.completions import AsyncCompletions
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from adrank._core import (
+        Batch,
+        BatcherOptions,
+        CompletionQueue,
+        ContextLayout,
+        CoreError,
+        MemoryPool,
+        MemoryPoolOptions,
+        Model,
+        ModelSignature,
+        PendingRequest,
+        Result,
+        Role,
+        TensorSpec,
+        ThreadPool,
+    )
+    from adrank.completions import AsyncCompletions
 
 __version__ = "0.1.0"
+
+# Each public name and the module that defines it.
+_HOMES = {
+    **dict.fromkeys(
+        (
+            "Batch",
+            "BatcherOptions",
+            "CompletionQueue",
+            "ContextLayout",
+            "CoreError",
+            "MemoryPool",
+            "MemoryPoolOptions",
+            "Model",
+            "ModelSignature",
+            "PendingRequest",
+            "Result",
+            "Role",
+            "TensorSpec",
+            "ThreadPool",
+        ),
+        "adrank._core",
+    ),
+    "AsyncCompletions": "adrank.completions",
+}
 
 __all__ = [
     "AsyncCompletions",
@@ -42,3 +76,12 @@ __all__ = [
     "ThreadPool",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'adrank' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value

@@ -2,25 +2,32 @@
 service (admin_service.py) with the bearer token. The server applies a change at once (loading a version it
 names first), writes rollout.yaml and audits it; a refusal becomes TargetError with the server's status and
 message. It answers the same shapes as RepositoryTarget: `models()` dicts, `history()` AuditEntry lists.
+
+A TargetError is one line. An address that answers UNIMPLEMENTED serves gRPC but not the admin service (the
+server's gRPC port, most likely): the error says so and names `--admin-port`, the port to give instead.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from adrank.admin_messages import policy_fields, policy_of, rollout_message
 from adrank.rollout.audit import AuditEntry
-from adrank.rollout.policy import RolloutPolicy
-from adrank.rollout.targets import TargetError
-from adrank.server.admin_service import policy_of, rollout_message
+from adrank.rollout.target_error import TargetError
 from adrank.v1 import admin_pb2 as pb
 from adrank.v1 import admin_pb2_grpc
+
+if TYPE_CHECKING:
+    # Only a change needs the policy's schemas (pydantic); listing the models does not load them.
+    from adrank.rollout.policy import RolloutPolicy
 
 
 class ServerTarget:
     def __init__(self, address: str, token: str, timeout_s: float = 120.0) -> None:
+        self._address = address
         self._channel = grpc.insecure_channel(address)
         self._stub = admin_pb2_grpc.AdminStub(self._channel)
         self._token = token
@@ -34,7 +41,15 @@ class ServerTarget:
         try:
             return getattr(self._stub, method)(request, metadata=metadata, timeout=self._timeout_s)
         except grpc.RpcError as error:
-            raise TargetError(f"{error.code().name}: {error.details()}") from error
+            raise TargetError(self._explained(error)) from error
+
+    def _explained(self, error: grpc.RpcError) -> str:
+        if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return (
+                f"{self._address} does not serve the admin API (UNIMPLEMENTED): is it the gRPC port? --server takes"
+                " the address of adrank serve's --admin-port (default 8501), open when the server has a token"
+            )
+        return " ".join(f"{error.code().name}: {error.details()}".split())  # one line, whatever the server said
 
     def models(self) -> list[dict[str, Any]]:
         response = self._call("ListModels", pb.ListModelsRequest())
@@ -52,7 +67,7 @@ class ServerTarget:
                     for v in m.versions
                 ],
                 "on_disk": list(m.on_disk),
-                "policy": policy_of(m.rollout).model_dump(mode="json"),
+                "policy": policy_fields(m.rollout),
                 "routed_stable": m.rollout.routed_stable,
                 "error": m.error,
             }

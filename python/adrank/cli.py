@@ -8,41 +8,32 @@ error, exit 2), never with a traceback for a mistake of the caller's.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import getpass
+import importlib
 import json
 import logging
-import os
-import stat
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import click
-import numpy as np
 
 from adrank import __version__
-from adrank.cli_publish import publish_command
+from adrank.admin_token import TOKEN_ENV, token_from_environment
+from adrank.cli_options import model_name, refused_on_command_line, server_address, token_file
 from adrank.log_format import LOG_FORMATS, LOG_LEVELS, JsonFormatter, LogOptions, configure_logging
+
+# Heavy modules (numpy, onnx, ONNX Runtime, grpc, pydantic, rich, the core) are imported inside the commands
+# that use them: each command pays only for its own, so that the admin commands start in a fraction of a
+# second (tests/python/test_cli_startup.py holds `adrank models --server` to 0.5 s of CPU).
 
 # The bundled model repository, for commands run from the top of the checkout (as `make serve` does).
 # Relative on purpose: the installed package lives in site-packages, far from any checkout.
 BUNDLED_REPOSITORY = Path("models")
-# Where `adrank serve` also reads the admin token from (never from its command line: the process list shows it).
-TOKEN_ENV = "ADRANK_ADMIN_TOKEN"
 # The option that sets each of the server's ports (server/ports.py PortName), for the error when one is taken.
 PORT_OPTIONS = {"grpc": "--grpc-port", "http": "--http-port", "admin": "--admin-port"}
-
-
-def _model_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from adrank.repository.config import ModelNameError, check_model_name
-
-    try:
-        return value if value is None else check_model_name(value)
-    except ModelNameError as error:
-        raise click.BadParameter(str(error)) from error
 
 
 def _model_names(repository: Path) -> list[str]:
@@ -56,6 +47,9 @@ def _model_names(repository: Path) -> list[str]:
 
 
 PORT = click.IntRange(0, 65535)
+VERSION = click.IntRange(min=1)
+# Of the routing keys or of the requests: rollout/policy.py's bounds, checked here so that a mistake is one line.
+PERCENT = click.FloatRange(0, 100)
 repository_option = click.option(
     "--repository",
     type=click.Path(file_okay=False, path_type=Path),
@@ -65,7 +59,26 @@ repository_option = click.option(
 )
 
 
-@click.group()
+# The commands loaded only when named, as "module:attribute".
+LAZY_COMMANDS = {"publish": "adrank.cli_publish:publish_command"}
+
+
+class Commands(click.Group):
+    """A click group some of whose commands are loaded only when named: `publish` imports onnx, ONNX Runtime
+    and the core at its module's top (seconds), which no other command should pay for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS:
+            module, attribute = LAZY_COMMANDS[cmd_name].split(":")
+            command: click.Command = getattr(importlib.import_module(module), attribute)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=Commands)
 @click.version_option(__version__, prog_name="adrank")
 def main() -> None:
     """adrank: online inference server for ads ranking."""
@@ -141,14 +154,19 @@ def main() -> None:
 @click.option("--admin-port", default=8501, show_default=True, type=PORT, help="Admin gRPC port (with a token).")
 @click.option(
     "--admin-token",
+    "admin_token_on_command_line",  # a name apart from --admin-token-file's value, which is the token itself
     default=None,
     hidden=True,
+    expose_value=False,
+    callback=refused_on_command_line("--admin-token-file"),
     help="Refused: a token on the command line is in the process list (use --admin-token-file).",
 )
 @click.option(
     "--admin-token-file",
+    "admin_token",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     default=None,
+    callback=token_file,
     help=f"A file (mode 0600) holding the Bearer token the admin service requires; or ${TOKEN_ENV}. Else: no admin"
     " service.",
 )
@@ -200,7 +218,6 @@ def serve(
     frontend: str,
     admin_port: int,
     admin_token: str | None,
-    admin_token_file: Path | None,
     poll_interval: float,
     metrics: bool,
     tenants_file: Path | None,
@@ -212,6 +229,8 @@ def serve(
     Exits 1 when the repository cannot be read, none of its models has a version that loads (a model
     with nothing to serve while others serve leaves the server running, not ready), or a port cannot be
     bound (another process holds it: never shared, server/ports.py)."""
+    import asyncio
+
     from adrank.lifecycle.manager import ManagerOptions, NothingToServe
     from adrank.metrics.history import MetricsOptions
     from adrank.server.frontend import TransportOptions
@@ -249,7 +268,7 @@ def serve(
         frontend=frontend,  # type: ignore[arg-type]  # click.Choice guarantees the literal
         models=ManagerOptions(poll_interval_s=poll_interval, tenants=tenants),
         admin_port=admin_port,
-        admin_token=_server_token(admin_token, admin_token_file),
+        admin_token=admin_token or token_from_environment(),
         metrics=MetricsOptions(enabled=metrics),
     )
 
@@ -281,14 +300,20 @@ def _as_log_line(line: str) -> str:
 @main.command()
 @repository_option
 @click.option(
-    "--model", default="relevance", show_default=True, callback=_model_name, help="A model with one text input."
+    "--model", default="relevance", show_default=True, callback=model_name, help="A model with one text input."
 )
-@click.option("--version", "version", default=0, type=int, help="Version (0: the latest).")
+@click.option("--version", "version", default=0, type=click.IntRange(min=0), help="Version (0: the latest).")
 @click.option("--output", "output_name", default="query_embedding", show_default=True, help="Graph output to keep.")
 @click.argument("texts", type=click.File("r"))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .npy to write.")
 def embed(repository: Path, model: str, version: int, output_name: str, texts: TextIO, out: Path) -> None:
-    """Embed ad texts (one per line of TEXTS, '-' for stdin) into a float32 [n, dim] .npy file."""
+    """Embed ad texts (one per line of TEXTS, '-' for stdin) into a float32 [n, dim] .npy file.
+
+    Exits 1 with one line when the model has no such version, is not a text model (one text input) or has no
+    such output, or the file cannot be written."""
+    import numpy as np
+
+    from adrank.backends import BackendError
     from adrank.embed import TextEmbedder
     from adrank.repository import ConfigError, ModelRepository
 
@@ -304,41 +329,15 @@ def embed(repository: Path, model: str, version: int, output_name: str, texts: T
     if chosen not in entry.versions:
         raise click.ClickException(f"model '{model}' has no version {chosen} (has {list(entry.versions)})")
     lines = [line.rstrip("\n") for line in texts if line.strip()]
-    embeddings = TextEmbedder(entry.version_dir(chosen), entry.config, output_name).embed(lines)
-    np.save(out, embeddings)
+    try:
+        embeddings = TextEmbedder(entry.version_dir(chosen), entry.config, output_name).embed(lines)
+        np.save(out, embeddings)
+    except (BackendError, OSError) as error:
+        raise click.ClickException(" ".join(str(error).split())) from error
     click.echo(f"adrank: {len(lines)} texts -> {out} float32 {list(embeddings.shape)} ({model} v{chosen})")
 
 
-main.add_command(publish_command)
-
-
 # ---- rollout: models, rollout, promote, rollback --------------------------------------------------
-
-
-def _server_token(token: str | None, token_file: Path | None) -> str | None:
-    """`adrank serve`'s admin token: from its file (readable by its owner only) or $ADRANK_ADMIN_TOKEN, never
-    from the command line, where every user of the machine reads it (ps, /proc/PID/cmdline)."""
-    if token is not None:
-        raise click.UsageError(
-            f"--admin-token puts the token in the process list: give it in a file (--admin-token-file, mode 0600)"
-            f" or in ${TOKEN_ENV}"
-        )
-    if token_file is not None:
-        mode = stat.S_IMODE(token_file.stat().st_mode)
-        if mode & 0o077:
-            raise click.ClickException(
-                f"{token_file} is readable by others (mode {mode:04o}): chmod 600 it, so that only its owner reads it"
-            )
-        return _token(None, token_file)
-    return os.environ.get(TOKEN_ENV) or None
-
-
-def _token(token: str | None, token_file: Path | None) -> str | None:
-    if token_file is not None:
-        token = token_file.read_text().strip()
-        if not token:
-            raise click.ClickException(f"{token_file} is empty")
-    return token
 
 
 @dataclass(frozen=True)
@@ -348,20 +347,20 @@ class Where:
 
     repository: Path
     server: str | None
-    token: str | None
-    token_file: Path | None
+    token: str | None  # from --token-file, already read and checked (cli_options.token_file)
     as_json: bool
 
     def target(self) -> Any:
-        from adrank.admin_client import ServerTarget
-        from adrank.rollout.targets import RepositoryTarget
-
         if self.server is None:
+            from adrank.rollout.targets import RepositoryTarget
+
             _model_names(self.repository)  # a one-line error if it cannot be read
             return RepositoryTarget(self.repository)
-        token = _token(self.token, self.token_file) or os.environ.get(TOKEN_ENV)
+        token = self.token or token_from_environment()
         if not token:
-            raise click.ClickException("--server needs the admin token: --token, --token-file or ADRANK_ADMIN_TOKEN")
+            raise click.ClickException(f"--server needs the admin token: --token-file F (mode 0600) or ${TOKEN_ENV}")
+        from adrank.admin_client import ServerTarget
+
         return ServerTarget(self.server, token)
 
     def describe(self) -> str:
@@ -377,21 +376,37 @@ def target_options(command: Any) -> Any:
         repository: Path,
         server: str | None,
         token: str | None,
-        token_file: Path | None,
         as_json: bool,
         **kwargs: Any,
     ) -> Any:
-        return command(*args, where=Where(repository, server, token, token_file, as_json), **kwargs)
+        return command(*args, where=Where(repository, server, token, as_json), **kwargs)
 
     options = [
         repository_option,
         click.option(
-            "--server", default=None, help="A running server's admin address HOST:PORT (else: the repository)."
+            "--server",
+            default=None,
+            callback=server_address,
+            help="A running server's admin address HOST:PORT (its --admin-port, default 8501; else: the repository).",
         ),
         click.option(
-            "--token", default=None, help="The server's admin token (or ADRANK_ADMIN_TOKEN, or --token-file)."
+            "--token",
+            "token_on_command_line",  # a name apart from --token-file's value, which is the token itself
+            default=None,
+            hidden=True,
+            expose_value=False,
+            callback=refused_on_command_line("--token-file"),
+            help="Refused: a token on the command line is in the process list (use --token-file).",
         ),
-        click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None),
+        click.option(
+            "--token-file",
+            "token",
+            type=click.Path(dir_okay=False, exists=True, path_type=Path),
+            default=None,
+            callback=token_file,
+            help=f"A file (mode 0600: only its owner reads it) holding the server's admin token, for --server; or"
+            f" ${TOKEN_ENV}.",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
     ]
     for option in reversed(options):
@@ -406,18 +421,20 @@ def _emit(as_json: bool, data: Any, text: str) -> None:
 @main.command()
 @target_options
 @click.option("--history", is_flag=True, help="Show each model's rollout audit log.")
-@click.argument("name", required=False, callback=_model_name)
+@click.argument("name", required=False, callback=model_name)
 def models(where: Where, history: bool, name: str | None) -> None:
     """List models, their versions with state and role, and their rollout.
 
-    A version whose meta.json records int8 nodes that saturate on CPUs without VNNI (published with
+    From the repository (no --server), a version's state is ON DISK: what is on disk, not what a server made of
+    it (a server may have FAILED it); --server HOST:PORT shows a running server's states (LOADING, AVAILABLE,
+    FAILED...). A version whose meta.json records int8 nodes that saturate on CPUs without VNNI (published with
     `adrank publish --allow-int8-saturation`) shows it in an "integer kernels" column.
     """
     from rich.console import Console
     from rich.table import Table
 
-    from adrank.rollout.policy import RolloutPolicy
-    from adrank.rollout.targets import TargetError
+    from adrank.rollout.summary import summary
+    from adrank.rollout.target_error import TargetError
 
     target = where.target()
     try:
@@ -433,9 +450,14 @@ def models(where: Where, history: bool, name: str | None) -> None:
         _emit(True, listed, "")
         return
     console = Console()
+    if where.server is None:
+        # Said once, first: ON DISK is not AVAILABLE, and a reader must not take one for the other.
+        click.echo(
+            f"{where.repository}: states are what is on disk, not what a server serves (a server may have FAILED a"
+            " version): --server HOST:PORT (its --admin-port) shows a running server's states"
+        )
     for m in listed:
-        policy = RolloutPolicy.model_validate(m["policy"])
-        console.print(f"[bold]{m['model']}[/bold]: {policy.summary()}", soft_wrap=True)
+        console.print(f"[bold]{m['model']}[/bold]: {summary(m['policy'])}", soft_wrap=True)
         table = Table()
         # The integer kernels column only where a version has a note: most models have none to show.
         notes = any(v["integer_kernels"] for v in m["versions"])
@@ -449,13 +471,13 @@ def models(where: Where, history: bool, name: str | None) -> None:
             console.print(f"[red]not applied: {m['error']}[/red]")
         for e in m.get("history", []):
             figures = f" {json.dumps(e['figures'], sort_keys=True)}" if e["figures"] else ""
-            after = RolloutPolicy.model_validate(e["after"]).summary() if e["after"] else ""
+            after = summary(e["after"]) if e["after"] else ""
             console.print(f"  {e['time']} {e['actor']} {e['action']}: {after} {e['reason']}{figures}".rstrip())
 
 
 def _change(where: Where, name: str, change: Any, actor: str | None, reason: str) -> None:
     from adrank.rollout.changes import ChangeError
-    from adrank.rollout.targets import TargetError
+    from adrank.rollout.target_error import TargetError
 
     target = where.target()
     try:
@@ -484,11 +506,15 @@ def _with_change_options(command: Any) -> Any:
 
 @main.command()
 @_with_change_options
-@click.argument("name", callback=_model_name)
-@click.option("--canary", "canary", type=int, default=None, help="Version to canary.")
-@click.option("--percent", type=float, default=None, help="Share of routing keys the canary takes (0 ends it).")
-@click.option("--shadow", "shadow", type=int, default=None, help="Version to mirror traffic to.")
-@click.option("--sample-percent", type=float, default=100.0, show_default=True, help="Share of requests mirrored.")
+@click.argument("name", callback=model_name)
+@click.option("--canary", "canary", type=VERSION, default=None, help="Version to canary.")
+@click.option(
+    "--percent", type=PERCENT, default=None, help="Share of routing keys the canary takes, 0-100 (0 ends it)."
+)
+@click.option("--shadow", "shadow", type=VERSION, default=None, help="Version to mirror traffic to.")
+@click.option(
+    "--sample-percent", type=PERCENT, default=100.0, show_default=True, help="Share of requests mirrored, 0-100."
+)
 @click.option("--no-shadow", is_flag=True, help="End the shadow.")
 def rollout(
     where: Where,
@@ -522,8 +548,8 @@ def rollout(
 
 @main.command()
 @_with_change_options
-@click.argument("name", callback=_model_name)
-@click.argument("version", type=int)
+@click.argument("name", callback=model_name)
+@click.argument("version", type=VERSION)
 def promote(where: Where, actor: str | None, reason: str, name: str, version: int) -> None:
     """Make VERSION the stable version of NAME (ending a canary or shadow of it)."""
     from adrank.rollout.changes import promote as promoted
@@ -533,7 +559,7 @@ def promote(where: Where, actor: str | None, reason: str, name: str, version: in
 
 @main.command()
 @_with_change_options
-@click.argument("name", callback=_model_name)
+@click.argument("name", callback=model_name)
 def rollback(where: Where, actor: str | None, reason: str, name: str) -> None:
     """End NAME's canary and shadow; with neither, return stable to the version the last promote replaced."""
     from adrank.rollout.changes import rollback as rolled_back

@@ -18,6 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from rollout_models import ctr_repository, int8_weights, publish_version, quantized_ctr, shifted_ctr
 
 import adrank._core as core
+from adrank.admin_messages import GUARDRAIL_FIELDS, policy_fields, policy_of, rollout_message
+from adrank.admin_token import TOKEN_ENV
 from adrank.cli import main
 from adrank.client import RankClient, RankError
 from adrank.rollout.audit import AuditEntry
@@ -25,7 +27,7 @@ from adrank.rollout.changes import ChangeError, promote, rollback, set_canary, s
 from adrank.rollout.guardrails import Figures, evaluate, population_stability_index, quantile_us
 from adrank.rollout.policy import CanaryPolicy, GuardrailPolicy, RolloutPolicy, ShadowPolicy
 from adrank.rollout.routes import route_for
-from adrank.server.admin_service import GUARDRAIL_FIELDS, policy_of, rollout_message
+from adrank.rollout.summary import summary
 from adrank.v1 import admin_pb2 as admin
 from adrank.v1 import admin_pb2_grpc as admin_grpc
 from served import FRONTENDS, ServerThread
@@ -121,6 +123,14 @@ def test_a_rollout_policy_survives_the_admin_message_both_ways():
         }
     )  # fmt: skip
     assert policy_of(rollout_message("ctr", policy)) == policy
+    # What the admin client shows without validating (no pydantic): the policy's JSON form and its summary.
+    assert policy_fields(rollout_message("ctr", policy)) == policy.model_dump(mode="json")
+    assert (
+        summary(policy.model_dump(mode="json"))
+        == policy.summary()
+        == ("stable 3, canary 4 at 12.5 %, shadow 5 (40 % mirrored)")
+    )
+    assert summary(RolloutPolicy().model_dump(mode="json")) == "stable latest"
 
 
 def test_latency_quantile_and_psi_read_the_histograms():
@@ -296,8 +306,8 @@ def test_the_rollout_commands_act_on_a_running_server(repo):
     publish_version(repo)
     write_rollout(repo, {"stable": 1})
     server = serve(repo, "python")
-    address = ["--server", f"127.0.0.1:{server.server.admin.port}", "--token", TOKEN]
-    runner = CliRunner()
+    address = ["--server", f"127.0.0.1:{server.server.admin.port}"]
+    runner = CliRunner(env={TOKEN_ENV: TOKEN})
     try:
         canary = runner.invoke(main, ["rollout", "ctr", "--canary", "2", "--percent", "25", *address, "--json"])
         assert canary.exit_code == 0, canary.output
@@ -313,7 +323,7 @@ def test_the_rollout_commands_act_on_a_running_server(repo):
         assert back.exit_code == 0, back.output
         assert server.server.models.registry.rollout("ctr").stable == 1
         assert [e["action"] for e in history(repo)] == ["canary", "promote", "rollback"]
-        refused = runner.invoke(main, ["models", "--server", address[1], "--token", "nope"])
+        refused = CliRunner(env={TOKEN_ENV: "nope"}).invoke(main, ["models", "--server", address[1]])
         assert refused.exit_code != 0 and "UNAUTHENTICATED" in refused.output
     finally:
         server.stop()
@@ -324,16 +334,16 @@ def test_models_shows_the_int8_saturation_a_version_was_published_with_from_the_
     note = "1 int8 node can saturate without VNNI (allowed by adrank publish --allow-int8-saturation)"
     write_rollout(repo, {"stable": 1, "canary": {"version": version, "percent": 10}})
     server = serve(repo, "python")
-    address = ["--server", f"127.0.0.1:{server.server.admin.port}", "--token", TOKEN]
+    address = ["--server", f"127.0.0.1:{server.server.admin.port}"]
     try:
-        listed = CliRunner().invoke(main, ["models", *address, "--json"])
+        listed = CliRunner(env={TOKEN_ENV: TOKEN}).invoke(main, ["models", *address, "--json"])
         assert listed.exit_code == 0, listed.output
         (ctr,) = json.loads(listed.stdout)
         assert {v["version"]: (v["state"], v["integer_kernels"]) for v in ctr["versions"]} == {
             1: ("AVAILABLE", ""),
             version: ("AVAILABLE", note),
         }
-        table = CliRunner(env={"COLUMNS": "250"}).invoke(main, ["models", *address])
+        table = CliRunner(env={"COLUMNS": "250", TOKEN_ENV: TOKEN}).invoke(main, ["models", *address])
         assert "integer kernels" in table.stdout and note in table.stdout, table.output
     finally:
         server.stop()

@@ -144,11 +144,21 @@ def test_a_start_with_a_corrupt_version_serves_the_previous_one_and_reports_the_
         assert match["models"] == "ctr v1"
         assert any("ctr version 2 FAILED" in line and "sha256" in line for line in lines), "".join(lines)
         admin = re.search(r"admin (\S+)\)", match.string)
-        listed = CliRunner().invoke(main, ["models", "--server", admin[1], "--token", "t", "--json"])
+        listed = CliRunner().invoke(main, ["models", "--server", admin[1], "--token-file", str(token), "--json"])
         (ctr,) = json.loads(listed.output)
         states = {v["version"]: (v["state"], v["role"]) for v in ctr["versions"]}
         assert states == {1: ("AVAILABLE", "stable"), 2: ("FAILED", "")}
         assert "corrupt" in ctr["versions"][1]["reason"]
+        # From the repository, the FAILED version is ON DISK: the command says what its states are.
+        on_disk = CliRunner(env={"COLUMNS": "200"}).invoke(main, ["models", "--repository", str(repo)])
+        assert on_disk.exit_code == 0 and on_disk.output.count("ON DISK") == 2, on_disk.output
+        note = on_disk.output.splitlines()[0]
+        assert "states are what is on disk" in note and "--server HOST:PORT" in note, note
+        # The gRPC (Rank) port answers UNIMPLEMENTED to the admin API: one line naming the port to give.
+        rank_port = CliRunner().invoke(main, ["models", "--server", match["grpc"], "--token-file", str(token)])
+        assert rank_port.exit_code == 1, rank_port.output
+        (line,) = rank_port.output.splitlines()
+        assert line.startswith(f"Error: {match['grpc']} does not serve the admin API") and "--admin-port" in line
         with RankClient(match["grpc"]) as client:
             assert client.serving() and client.serving("ctr")
     finally:
@@ -214,7 +224,9 @@ def test_the_admin_token_is_refused_on_the_command_line_and_in_a_file_others_can
         serve_command(repo, "--admin-token-file", str(token)), capture_output=True, text=True, timeout=60
     )
     last = done.stderr.splitlines()[-1]
-    assert done.returncode == 1 and "readable by others (mode 0644)" in last, done.stderr
+    # Checked when parsed (cli_options.token_file, admin_token.py's check, the admin commands' too): exit 2.
+    assert done.returncode == 2 and "readable by others (mode 0644)" in last, done.stderr
+    assert last.startswith("Error: Invalid value for '--admin-token-file'"), last
 
 
 def test_the_http_and_admin_ports_bind_their_own_hosts_and_the_token_may_come_from_the_environment(tmp_path):
@@ -236,7 +248,8 @@ def test_the_http_and_admin_ports_bind_their_own_hosts_and_the_token_may_come_fr
             assert reply.status == 200
         with pytest.raises(OSError):  # not on the gRPC port's host
             urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=10)
-        listed = CliRunner().invoke(main, ["models", "--server", f"127.0.0.3:{admin_port}", "--token", "e", "--json"])
+        admin = ["models", "--server", f"127.0.0.3:{admin_port}", "--json"]
+        listed = CliRunner(env={"ADRANK_ADMIN_TOKEN": "e"}).invoke(main, admin)
         assert listed.exit_code == 0, listed.output
         assert [m["model"] for m in json.loads(listed.output)] == ["ctr"]
     finally:

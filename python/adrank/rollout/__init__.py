@@ -1,16 +1,44 @@
 """Safe rollout: the rollout policy of a model (stable, canary, shadow), the guardrails that compare a
-candidate with stable and roll it back, and the audit log of every change (DESIGN.md, Rollout)."""
+candidate with stable and roll it back, and the audit log of every change (DESIGN.md, Rollout).
 
-from adrank.rollout.audit import AuditEntry, AuditLog
-from adrank.rollout.policy import (
-    CanaryPolicy,
-    GuardrailPolicy,
-    PolicyError,
-    RolloutPolicy,
-    ShadowPolicy,
-    load_policy,
-    save_policy,
-)
+The names below are resolved on first use (PEP 562 `__getattr__`): importing a light module of this package
+(audit, summary, target_error: what the admin client needs) must not load the policy's pydantic schemas.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from adrank.rollout.audit import AuditEntry, AuditLog
+    from adrank.rollout.policy import (
+        CanaryPolicy,
+        GuardrailPolicy,
+        PolicyError,
+        RolloutPolicy,
+        ShadowPolicy,
+        load_policy,
+        save_policy,
+    )
+
+# Each public name and the module that defines it.
+_HOMES = {
+    "AuditEntry": "adrank.rollout.audit",
+    "AuditLog": "adrank.rollout.audit",
+    **dict.fromkeys(
+        (
+            "CanaryPolicy",
+            "GuardrailPolicy",
+            "PolicyError",
+            "RolloutPolicy",
+            "ShadowPolicy",
+            "load_policy",
+            "save_policy",
+        ),
+        "adrank.rollout.policy",
+    ),
+}
 
 __all__ = [
     "AuditEntry",
@@ -23,3 +51,12 @@ __all__ = [
     "load_policy",
     "save_policy",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'adrank.rollout' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value

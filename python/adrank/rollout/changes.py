@@ -16,7 +16,7 @@ Each returns the new policy and the audit action; ChangeError says why a change 
 from __future__ import annotations
 
 from adrank.rollout.audit import AuditEntry
-from adrank.rollout.policy import CanaryPolicy, RolloutPolicy, ShadowPolicy
+from adrank.rollout.policy import PolicyError, RolloutPolicy, parse_policy
 
 
 class ChangeError(ValueError):
@@ -29,7 +29,7 @@ def set_canary(
     if percent == 0:
         return policy.model_copy(update={"canary": None}), "canary"
     stable = _pinned_stable(policy, version, stable_now, "canary")
-    return _validated(policy, stable=stable, canary=CanaryPolicy(version=version, percent=percent)), "canary"
+    return _validated(policy, stable=stable, canary={"version": version, "percent": percent}), "canary"
 
 
 def set_shadow(
@@ -38,9 +38,7 @@ def set_shadow(
     if version is None:
         return policy.model_copy(update={"shadow": None}), "shadow"
     stable = _pinned_stable(policy, version, stable_now, "shadow")
-    return _validated(policy, stable=stable, shadow=ShadowPolicy(version=version, sample_percent=sample_percent)), (
-        "shadow"
-    )
+    return _validated(policy, stable=stable, shadow={"version": version, "sample_percent": sample_percent}), "shadow"
 
 
 def _pinned_stable(policy: RolloutPolicy, version: int, stable_now: int | None, role: str) -> int | None:
@@ -72,8 +70,9 @@ def rollback(policy: RolloutPolicy, history: list[AuditEntry]) -> tuple[RolloutP
 
 
 def _validated(policy: RolloutPolicy, **update: object) -> RolloutPolicy:
-    # model_copy skips validation; a new policy must pass the same checks as a file.
+    # model_copy skips validation; a new policy must pass the same checks as a file, and its error is one
+    # line naming the field (parse_policy's), never pydantic's multi-line dump: it reaches a caller as is.
     try:
-        return RolloutPolicy.model_validate({**policy.model_dump(), **update})
-    except ValueError as error:
+        return parse_policy({**policy.model_dump(), **update}, "rollout")
+    except PolicyError as error:
         raise ChangeError(str(error)) from error

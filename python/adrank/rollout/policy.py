@@ -23,6 +23,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from adrank.rollout.summary import summary
+
 ROLLOUT_FILE = "rollout.yaml"
 
 
@@ -85,12 +87,7 @@ class RolloutPolicy(_Strict):
         return {v for v in named if v is not None}
 
     def summary(self) -> str:
-        parts = [f"stable {self.stable if self.stable is not None else 'latest'}"]
-        if self.canary is not None:
-            parts.append(f"canary {self.canary.version} at {self.canary.percent:g} %")
-        if self.shadow is not None:
-            parts.append(f"shadow {self.shadow.version} ({self.shadow.sample_percent:g} % mirrored)")
-        return ", ".join(parts)
+        return summary(self.model_dump(mode="json"))
 
 
 def policy_path(model_dir: Path) -> Path:

@@ -21,10 +21,9 @@ from adrank.repository.layout import ModelRepository
 from adrank.repository.meta import integer_kernels_note
 from adrank.rollout.audit import AuditEntry, AuditLog
 from adrank.rollout.policy import RolloutPolicy, load_policy, save_policy
+from adrank.rollout.target_error import TargetError
 
-
-class TargetError(RuntimeError):
-    """A command the target refused; the message says why (the server's status message)."""
+__all__ = ["RepositoryTarget", "TargetError"]
 
 
 class RepositoryTarget:

@@ -24,11 +24,11 @@ from typing import Any
 
 import grpc
 
+from adrank.admin_messages import policy_of, rollout_message
 from adrank.lifecycle.manager import ModelManager
 from adrank.repository.config import ModelNameError, check_model_name
 from adrank.rollout import AuditLog, RolloutPolicy
 from adrank.rollout.changes import ChangeError, promote, rollback
-from adrank.rollout.policy import CanaryPolicy, GuardrailPolicy, ShadowPolicy
 from adrank.server.ports import GRPC_NO_REUSEPORT, add_grpc_port
 from adrank.server.ranking_service import grpc_status
 from adrank.status import RequestError, StatusCode
@@ -64,39 +64,6 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         if hmac.compare_digest(given_bytes, self._expected):
             return await continuation(handler_call_details)
         return self._refusal
-
-
-# The guardrail settings, named alike in admin.proto's Guardrails and in GuardrailPolicy (a test holds
-# the two to the same names).
-GUARDRAIL_FIELDS = tuple(f.name for f in pb.Guardrails.DESCRIPTOR.fields)
-
-
-def rollout_message(name: str, policy: RolloutPolicy, routed_stable: int = 0) -> pb.Rollout:
-    g = policy.guardrails
-    message = pb.Rollout(
-        model=name,
-        stable=policy.stable or 0,
-        guardrails=pb.Guardrails(**{field: getattr(g, field) for field in GUARDRAIL_FIELDS}),
-        routed_stable=routed_stable,
-    )
-    if policy.canary is not None:
-        message.canary.CopyFrom(pb.Canary(version=policy.canary.version, percent=policy.canary.percent))
-    if policy.shadow is not None:
-        message.shadow.CopyFrom(pb.Shadow(version=policy.shadow.version, sample_percent=policy.shadow.sample_percent))
-    return message
-
-
-def policy_of(message: pb.Rollout) -> RolloutPolicy:
-    """The policy a Rollout message asks for; ValueError (pydantic's) names the field."""
-    fields: dict[str, Any] = {"stable": message.stable or None}
-    if message.HasField("canary"):
-        fields["canary"] = CanaryPolicy(version=message.canary.version, percent=message.canary.percent)
-    if message.HasField("shadow"):
-        fields["shadow"] = ShadowPolicy(version=message.shadow.version, sample_percent=message.shadow.sample_percent)
-    if message.HasField("guardrails"):
-        g = message.guardrails
-        fields["guardrails"] = GuardrailPolicy(**{field: getattr(g, field) for field in GUARDRAIL_FIELDS})
-    return RolloutPolicy(**fields)
 
 
 class AdminService(pb_grpc.AdminServicer):

@@ -1,0 +1,65 @@
+"""The checks the `adrank` commands run on their options while click parses them (callbacks), shared by cli.py
+and cli_publish.py.
+
+Contract: a value that cannot be right is refused before the command does anything — click's usage error,
+exit status 2, its last line `Error: Invalid value for '--option': <what is wrong>` — so a caller's mistake
+never reaches the command's body as a traceback or a validation dump. What only the repository or a server
+can decide (a model that is not there, a version the server lacks) is the command's own one-line error (exit 1).
+Only the standard library and click at import time: the admin commands must start fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from adrank.admin_token import TOKEN_ENV, TokenError, read_token_file
+
+Callback = Callable[[click.Context, click.Parameter, object], object]
+
+
+def model_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A model name (repository/config.py: letters, digits, `_`, `.`, `-`): never a path."""
+    if value is None:
+        return None
+    from adrank.repository.config import ModelNameError, check_model_name
+
+    try:
+        return check_model_name(value)
+    except ModelNameError as error:
+        raise click.BadParameter(str(error)) from error
+
+
+def server_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """HOST:PORT (an IPv6 host in brackets, [::1]:8501), the port 1-65535."""
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise click.BadParameter(f"expected HOST:PORT (the server's --admin-port, default 8501), got {value!r}")
+    return value
+
+
+def token_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> str | None:
+    """The token in the file (admin_token.py: only its owner may read it), read when parsed."""
+    if value is None:
+        return None
+    try:
+        return read_token_file(value)
+    except TokenError as error:
+        raise click.BadParameter(str(error)) from error
+
+
+def refused_on_command_line(file_option: str) -> Callback:
+    """A callback that refuses any value: a token on the command line is in the process list (ps)."""
+
+    def refuse(ctx: click.Context, param: click.Parameter, value: object) -> None:
+        if value is not None:
+            raise click.UsageError(
+                f"{param.opts[0]} puts the token in the process list: give it in a file ({file_option}, mode 0600)"
+                f" or in ${TOKEN_ENV}"
+            )
+
+    return refuse

@@ -1,0 +1,23 @@
+"""A rollout policy in one line, `stable 3, canary 4 at 5 %, shadow 5 (100 % mirrored)`, from its JSON form
+(RolloutPolicy.model_dump(mode="json"), the shape rollout.yaml, the audit log and the admin client carry).
+
+Contract: `summary(policy.model_dump(mode="json")) == policy.summary()` for every RolloutPolicy. Plain
+dictionaries and no pydantic, so that `adrank models --server` shows a server's rollout without loading the
+policy's schemas (the server has validated it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def summary(policy: Mapping[str, Any]) -> str:
+    stable = policy.get("stable")
+    parts = [f"stable {stable if stable is not None else 'latest'}"]
+    canary, shadow = policy.get("canary"), policy.get("shadow")
+    if canary is not None:
+        parts.append(f"canary {canary['version']} at {canary['percent']:g} %")
+    if shadow is not None:
+        parts.append(f"shadow {shadow['version']} ({shadow['sample_percent']:g} % mirrored)")
+    return ", ".join(parts)
