@@ -22,7 +22,7 @@ import click
 
 from adrank import __version__
 from adrank.admin_token import TOKEN_ENV, token_from_environment
-from adrank.cli_options import model_name, refused_on_command_line, server_address, token_file
+from adrank.cli_options import host_address, model_name, refused_on_command_line, server_address, token_file
 from adrank.log_format import LOG_FORMATS, LOG_LEVELS, JsonFormatter, LogOptions, configure_logging
 
 # Heavy modules (numpy, onnx, ONNX Runtime, grpc, pydantic, rich, the core) are imported inside the commands
@@ -86,9 +86,19 @@ def main() -> None:
 
 @main.command()
 @repository_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address the gRPC port binds.")
-@click.option("--http-host", default="127.0.0.1", show_default=True, help="Address the HTTP port (metrics, /v2) binds.")
-@click.option("--admin-host", default="127.0.0.1", show_default=True, help="Address the admin port binds.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, callback=host_address, help="Address the gRPC port binds."
+)
+@click.option(
+    "--http-host",
+    default="127.0.0.1",
+    show_default=True,
+    callback=host_address,
+    help="Address the HTTP port (metrics, /v2) binds.",
+)
+@click.option(
+    "--admin-host", default="127.0.0.1", show_default=True, callback=host_address, help="Address the admin port binds."
+)
 @click.option("--grpc-port", default=8500, show_default=True, type=PORT, help="gRPC port (0: any free port).")
 @click.option(
     "--http-port",

@@ -10,6 +10,7 @@ Only the standard library and click at import time: the admin commands must star
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +40,18 @@ def server_address(ctx: click.Context, param: click.Parameter, value: str | None
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise click.BadParameter(f"expected HOST:PORT (the server's --admin-port, default 8501), got {value!r}")
+    return value
+
+
+def host_address(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """An address a port can bind: an IP address or a name that resolves (checked before any model loads, and
+    named by its own option, not by the port that would have failed to bind on it)."""
+    try:
+        socket.getaddrinfo(value, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as error:
+        raise click.BadParameter(
+            f"{value!r} cannot be resolved: {getattr(error, 'strerror', None) or error}"
+        ) from error
     return value
 
 
