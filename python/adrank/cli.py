@@ -1,9 +1,13 @@
 """The `adrank` command line: serve a repository; publish a model version; list models and change
 their rollout (on a running server through its admin API, or in the repository); embed ad texts.
 
-Every command exits 0 when it did what it was asked, else non-zero with a one-line `Error: ...` (a
-repository that cannot be read, a model name that is not one, an option out of range: click's usage
-error, exit 2), never with a traceback for a mistake of the caller's.
+Every command exits 0 when it did what it was asked. A caller's mistake is one `Error: ...` line, never a
+traceback or a validation dump: exit 2 for an option or argument refused while click parses it (out of
+range, not a model name, a missing file, a token file others can read: cli_options.py), exit 1 for what
+only the repository or a server can refuse (a repository that cannot be read, an unknown model or version,
+a server that is not there or is not an admin port). tests/python/test_cli_errors.py runs every command so.
+The admin token comes from a file only its owner reads or from $ADRANK_ADMIN_TOKEN (admin_token.py), never
+from the command line.
 """
 
 from __future__ import annotations
