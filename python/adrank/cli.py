@@ -346,7 +346,8 @@ def embed(repository: Path, model: str, version: int, output_name: str, texts: T
     try:
         embeddings = TextEmbedder(entry.version_dir(chosen), entry.config, output_name).embed(lines)
         np.save(out, embeddings)
-    except (BackendError, OSError) as error:
+    except (BackendError, OSError) as error:  # not a text model, no such output, a session that fails, -o
+        # One line: a backend's error may carry ONNX Runtime's multi-line message.
         raise click.ClickException(" ".join(str(error).split())) from error
     click.echo(f"adrank: {len(lines)} texts -> {out} float32 {list(embeddings.shape)} ({model} v{chosen})")
 

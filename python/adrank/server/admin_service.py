@@ -2,7 +2,7 @@
 get and change rollouts, read the audit log — over the ModelManager.
 
 It listens on a port of its own (default 8501, loopback unless told otherwise), apart from the Rank
-traffic, and only when the server was given an admin token (`--admin-token` or `--admin-token-file`):
+traffic, and only when the server was given an admin token (`--admin-token-file` or $ADRANK_ADMIN_TOKEN):
 every call must carry `authorization: Bearer <token>`; the comparison is constant-time
 (hmac.compare_digest), and a call without the token, or with another, is answered UNAUTHENTICATED
 before any handler runs. Rollout changes are audited with the caller's `x-adrank-actor` metadata. A model
