@@ -397,6 +397,39 @@ def test_bad_rest_calls_get_the_contracts_status_and_name_the_field(rest, path, 
     assert names in reply.decode()
 
 
+def call(url: str, method: str, body: bytes | None = None) -> tuple[int, str, str | None, bytes]:
+    """Any method: the status, Content-Type, Allow header and body."""
+    request = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, reply.headers["Content-Type"], reply.headers["Allow"], reply.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.headers["Allow"], error.read()
+
+
+@pytest.mark.parametrize(
+    "method, path, status, allow, names",
+    [
+        ("GET", "/v2/models/stats/nope", 404, None, "no such path: /v2/models/stats/nope"),
+        ("GET", "/v2/nope", 404, None, "no such path: /v2/nope"),
+        ("POST", "/v2/health/nope", 404, None, "no such path: /v2/health/nope"),
+        ("DELETE", "/v2/nope", 404, None, "no such path"),
+        ("GET", "/v2/models/ctr/infer", 405, "POST", "GET /v2/models/ctr/infer: this path takes POST"),
+        ("GET", "/v2/repository/index", 405, "POST", "this path takes POST"),
+        ("POST", "/v2/models/ctr", 405, "GET", "POST /v2/models/ctr: this path takes GET"),
+        ("POST", "/v2/health/ready", 405, "GET", "this path takes GET"),
+        ("PUT", "/v2/models/ctr/versions/1/infer", 405, "POST", "PUT /v2/models/ctr/versions/1/infer"),
+        ("DELETE", "/v2", 405, "GET", "DELETE /v2: this path takes GET"),
+    ],
+)
+def test_every_v2_error_is_json_and_a_wrong_method_is_405_with_allow(rest, method, path, status, allow, names):
+    """tritonclient parses every /v2 answer as JSON (KServe v2 REST: `{"error": ...}`)."""
+    got, content_type, allowed, body = call(rest + path, method, b"{}" if method in ("POST", "PUT") else None)
+    assert (got, allowed) == (status, allow), body
+    assert content_type == "application/json"
+    assert names in json.loads(body)["error"]
+
+
 # ---- the repository extension, behind the admin token --------------------------------------------------
 
 TOKEN = "kserve-test-admin-token"

@@ -1,9 +1,10 @@
 """HttpEndpoint: the HTTP port: `/healthz` (the process is up), `/readyz` (the start is done, every model of
 the repository has a version that serves, and the server is not draining: 200, else 503; process.py
 decides), the pages it is given — `/metrics` and `/dashboard` (metrics/pages.py) unless the server runs
-without metrics — and KServe v2's REST paths `/v2/...` (kserve_rest.py), whose infer is a POST. A POST body
-larger than `max_body_bytes` (the gRPC port's max_message_bytes) is refused (413) by its Content-Length,
-before a byte of it is read.
+without metrics — and KServe v2's REST paths `/v2/...` (kserve_rest.py), whose infer is a POST. Every answer
+under `/v2` is JSON, errors too: an unknown path is 404, a known one called with the wrong method (PUT, DELETE
+and PATCH included) 405 with `Allow` (kserve_rest.py). A POST body larger than `max_body_bytes` (the gRPC
+port's max_message_bytes) is refused (413) by its Content-Length, before a byte of it is read.
 
 It runs on its own threads (the standard library's ThreadingHTTPServer), so a busy event loop never
 delays a health probe or a scrape, and binds its own host (loopback by default); an address it cannot bind (in
@@ -19,7 +20,7 @@ from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 from adrank.metrics.pages import Reply, text
-from adrank.server.kserve_rest import KServeRest, RestCall
+from adrank.server.kserve_rest import KServeRest, RestCall, is_v2, refusal
 from adrank.server.ports import PortUnavailable, why
 
 # A GET of a path, its query and headers -> the reply, or None: not a page of theirs.
@@ -72,6 +73,17 @@ class HttpEndpoint:
                 body = self.rfile.read(length)
                 reply = rest.post(RestCall(url.path, self._headers(), body)) if rest is not None else None
                 self._reply(reply or text(404, f"no such path: {url.path}\n"))
+
+            def _other_method(self) -> None:
+                # PUT, DELETE, PATCH: no path takes them. Their body is not read: the connection closes.
+                self.close_connection = True
+                path = urlsplit(self.path).path
+                if is_v2(path):
+                    self._reply(refusal(self.command, path))
+                else:
+                    self._reply(Reply(405, "text/plain; charset=utf-8", b"GET only\n", {"Allow": "GET"}))
+
+            do_PUT = do_DELETE = do_PATCH = _other_method
 
             def _headers(self) -> Mapping[str, str]:
                 # The request's headers (an email Message) read as a case-insensitive mapping.

@@ -17,7 +17,10 @@ or as binary data after the JSON where asked (request parameter `binary_data_out
 `binary_data`; tritonclient asks for it by default). Metadata and readiness are the core's answers
 (cpp/infer_metadata.h), as JSON.
 
-Errors: `{"error": message}` with the HTTP status of the contract's code (INVALID_ARGUMENT 400, NOT_FOUND 404,
+Errors: every `/v2` path answers JSON, errors included: `{"error": message}`, as KServe v2 REST specifies (a
+client such as tritonclient parses every answer as JSON). A path that is none of the above is 404; a known path
+called with the wrong method is 405 with an `Allow` header naming the one it takes. Otherwise the HTTP status
+is the contract's code's of the contract's code (INVALID_ARGUMENT 400, NOT_FOUND 404,
 DEADLINE_EXCEEDED 504, RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, ...); malformed JSON or tensors are 400 naming
 the field. A readiness that is false is 400, as Triton answers, so a client reads it from the status alone.
 
@@ -75,11 +78,38 @@ HTTP_STATUS = {
     StatusCode.DEADLINE_EXCEEDED: 504,
 }
 REPOSITORY_PATH = re.compile(r"^/v2/repository/(?:index|models/(?P<model>[^/]+)/(?P<action>load|unload))$")
+V2_PREFIX = "/v2"
 MODEL_PATH = re.compile(
     r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer|/config)?$"
 )
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INTERNAL_WAIT_S = 300.0  # a call without a deadline still ends: the model's default deadline ends it first
+
+
+def is_v2(path: str) -> bool:
+    """Whether a path is under `/v2`, where every answer is JSON."""
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
+def allowed_method(path: str) -> str | None:
+    """The one method a `/v2` path takes, or None: no such path."""
+    if path in (V2_PREFIX, "/v2/health/live", "/v2/health/ready"):
+        return "GET"
+    if REPOSITORY_PATH.match(path):
+        return "POST"
+    match = MODEL_PATH.match(path)
+    if match is None:
+        return None
+    return "POST" if match["rest"] == "/infer" else "GET"
+
+
+def refusal(method: str, path: str) -> Reply:
+    """The answer to a `/v2` call that no handler takes: 405 naming the method it takes, or 404."""
+    allowed = allowed_method(path)
+    if allowed is None:
+        return error_reply(404, f"no such path: {path} (KServe v2's paths: GET {V2_PREFIX} lists the server)")
+    reply = error_reply(405, f"{method} {path}: this path takes {allowed}")
+    return Reply(reply.status, reply.content_type, reply.body, {"Allow": allowed})
 
 
 class BadRequest(ValueError):
@@ -286,8 +316,10 @@ class KServeRest:
         self._repository = repository
 
     def get(self, path: str) -> Reply | None:
-        """A GET of one of its paths, or None: not one of its."""
-        if path == "/v2":
+        """A GET of a `/v2` path (an error for one it does not take), or None: not under `/v2`."""
+        if not is_v2(path):
+            return None
+        if path == V2_PREFIX:
             metadata = kserve.ServerMetadataResponse.FromString(core.infer_server_metadata(__version__))
             document = {"name": metadata.name, "version": metadata.version, "extensions": list(metadata.extensions)}
             return json_reply(200, document)
@@ -297,7 +329,7 @@ class KServeRest:
             return readiness(self._serving() and self._ready())
         match = MODEL_PATH.match(path)
         if match is None or match["rest"] == "/infer":
-            return None
+            return refusal("GET", path)
         model, version = match["model"], match["version"] or ""
         if match["rest"] == "/ready":
             request = kserve.ModelReadyRequest(name=model, version=version).SerializeToString()
@@ -320,13 +352,16 @@ class KServeRest:
         return json_reply(200, document)
 
     def post(self, call: RestCall) -> Reply | None:
-        """A POST to /v2/models/{m}[/versions/{v}]/infer or /v2/repository/..., or None: not one of its paths."""
+        """A POST to /v2/models/{m}[/versions/{v}]/infer or /v2/repository/... (an error for another `/v2`
+        path), or None: not under `/v2`."""
+        if not is_v2(call.path):
+            return None
         repository = REPOSITORY_PATH.match(call.path)
         if repository is not None:
             return self._repository_call(repository["model"], repository["action"], call)
         match = MODEL_PATH.match(call.path)
         if match is None or match["rest"] != "/infer":
-            return None
+            return refusal("POST", call.path)
         try:
             request, binary = infer_request(match["model"], match["version"] or "", call)
         except (ValueError, TypeError, OverflowError) as error:  # BadRequest, or a value protobuf refuses
