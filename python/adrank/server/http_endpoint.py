@@ -1,10 +1,11 @@
-"""HttpEndpoint: the HTTP port: `/healthz` (the process is up), `/readyz` (the start is done, every model of
-the repository has a version that serves, and the server is not draining: 200, else 503; process.py
-decides), the pages it is given — `/metrics` and `/dashboard` (metrics/pages.py) unless the server runs
-without metrics — and KServe v2's REST paths `/v2/...` (kserve_rest.py), whose infer is a POST. Every answer
-under `/v2` is JSON, errors too: an unknown path is 404, a known one called with the wrong method (PUT, DELETE
-and PATCH included) 405 with `Allow` (kserve_rest.py). A POST body larger than `max_body_bytes` (the gRPC
-port's max_message_bytes) is refused (413) by its Content-Length, before a byte of it is read.
+"""HttpEndpoint: the HTTP port: `/` (an index of what it serves: index_page.py), `/healthz` (the process is
+up), `/readyz` (the start is done, every model of the repository has a version that serves, and the server is
+not draining: 200, else 503; process.py decides), the pages it is given — `/metrics` and `/dashboard`
+(metrics/pages.py) unless the server runs without metrics — and KServe v2's REST paths `/v2/...`
+(kserve_rest.py), whose infer is a POST. Every answer under `/v2` is JSON, errors too: an unknown path is 404,
+a known one called with the wrong method (PUT, DELETE and PATCH included) 405 with `Allow` (kserve_rest.py).
+A POST body larger than `max_body_bytes` (the gRPC port's max_message_bytes) is refused (413) by its
+Content-Length, before a byte of it is read.
 
 It runs on its own threads (the standard library's ThreadingHTTPServer), so a busy event loop never
 delays a health probe or a scrape, and binds its own host (loopback by default); an address it cannot bind (in
@@ -20,6 +21,7 @@ from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 from adrank.metrics.pages import Reply, text
+from adrank.server.index_page import index_reply
 from adrank.server.kserve_rest import KServeRest, RestCall, is_v2, refusal
 from adrank.server.ports import PortUnavailable, why
 
@@ -47,7 +49,9 @@ class HttpEndpoint:
 
             def do_GET(self) -> None:
                 url = urlsplit(self.path)
-                if url.path == "/healthz":
+                if url.path == "/":
+                    self._reply(index_reply(pages is not None, self.headers.get("Accept", "")))
+                elif url.path == "/healthz":
                     self._reply(text(200, "ok\n"))
                 elif url.path == "/readyz":
                     ok = is_ready()
