@@ -18,6 +18,7 @@
 #include "completion_queue.h"
 #include "infer_call.h"
 #include "infer_metadata.h"
+#include "infer_statistics.h"
 #include "model_registry.h"
 #include "rank_admission.h"
 #include "rank_call.h"
@@ -129,6 +130,14 @@ void BindInferMetadata(py::module_& m) {
       [](const ModelRegistry& registry, const py::bytes& request) {
         inference::ModelConfigResponse response;
         ThrowIfError(ModelConfig(registry, ParseMessage<inference::ModelConfigRequest>(request), &response));
+        return py::bytes(response.SerializeAsString());
+      },
+      py::arg("registry"), py::arg("request"));
+  m.def(
+      "infer_model_statistics",
+      [](const ModelRegistry& registry, const py::bytes& request) {
+        inference::ModelStatisticsResponse response;
+        ThrowIfError(ModelStatistics(registry, ParseMessage<inference::ModelStatisticsRequest>(request), &response));
         return py::bytes(response.SerializeAsString());
       },
       py::arg("registry"), py::arg("request"));

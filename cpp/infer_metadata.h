@@ -32,9 +32,10 @@ namespace adrank {
 struct InferServerInfo {
   std::string name = "adrank";
   std::string version;  // the package's version
-  // The protocol's extensions served: binary tensor data on the HTTP port (python/adrank/server/kserve_rest.py)
-  // and Triton's model repository, behind the admin token (python/adrank/server/kserve_repository.py).
-  std::vector<std::string> extensions = {"binary_tensor_data", "model_repository"};
+  // The protocol's extensions served: binary tensor data on the HTTP port (python/adrank/server/kserve_rest.py),
+  // Triton's model repository, behind the admin token (python/adrank/server/kserve_repository.py), and Triton's
+  // statistics (infer_statistics.h).
+  std::vector<std::string> extensions = {"binary_tensor_data", "model_repository", "statistics"};
 };
 
 void ModelReady(const ModelRegistry& registry, bool serving, const inference::ModelReadyRequest& request,

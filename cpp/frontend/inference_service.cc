@@ -8,6 +8,7 @@
 #include "grpc_call.h"
 #include "grpc_context.h"
 #include "infer_call.h"
+#include "infer_statistics.h"
 
 namespace adrank {
 namespace {
@@ -63,6 +64,12 @@ grpc::ServerUnaryReactor* InferenceService::ModelConfig(grpc::CallbackServerCont
                                                         const inference::ModelConfigRequest* request,
                                                         inference::ModelConfigResponse* response) {
   return Finished(context, ToGrpc(adrank::ModelConfig(*registry_, *request, response)));
+}
+
+grpc::ServerUnaryReactor* InferenceService::ModelStatistics(grpc::CallbackServerContext* context,
+                                                            const inference::ModelStatisticsRequest* request,
+                                                            inference::ModelStatisticsResponse* response) {
+  return Finished(context, ToGrpc(adrank::ModelStatistics(*registry_, *request, response)));
 }
 
 grpc::ServerUnaryReactor* InferenceService::ModelInfer(grpc::CallbackServerContext* context,

@@ -7,7 +7,8 @@
 // with Rank's (the admission's calls by code: it is one contract). ServerLive is true while the port
 // answers; ServerReady is the server's readiness as its health service says it ("" SERVING: serving, and
 // every configured model has a version that serves); ModelReady, ModelMetadata, ModelConfig (Triton's,
-// for perf_analyzer) and ServerMetadata are infer_metadata.h's answers. The repository extension
+// for perf_analyzer) and ServerMetadata are infer_metadata.h's answers, ModelStatistics (Triton's
+// statistics extension) infer_statistics.h's. The repository extension
 // (RepositoryIndex/Load/Unload) is the server's model management, which lives in Python
 // (python/adrank/server/kserve_repository.py): each call is handed, serialized, with its `authorization`
 // metadata, to the handler set by SetRepositoryHandler, which answers it later from any thread through
@@ -69,6 +70,9 @@ class InferenceService final : public inference::GRPCInferenceService::WithRawCa
   grpc::ServerUnaryReactor* ModelConfig(grpc::CallbackServerContext* context,
                                         const inference::ModelConfigRequest* request,
                                         inference::ModelConfigResponse* response) override;
+  grpc::ServerUnaryReactor* ModelStatistics(grpc::CallbackServerContext* context,
+                                            const inference::ModelStatisticsRequest* request,
+                                            inference::ModelStatisticsResponse* response) override;
   grpc::ServerUnaryReactor* ModelInfer(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                                        grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* RepositoryIndex(grpc::CallbackServerContext* context,

@@ -335,6 +335,7 @@ def start_infer(
 def infer_model_ready(registry: ModelRegistry, serving: bool, request: bytes) -> bytes: ...
 def infer_model_metadata(registry: ModelRegistry, request: bytes) -> bytes: ...  # CoreError NOT_FOUND
 def infer_model_config(registry: ModelRegistry, request: bytes) -> bytes: ...  # CoreError NOT_FOUND
+def infer_model_statistics(registry: ModelRegistry, request: bytes) -> bytes: ...  # infer_statistics.h; NOT_FOUND
 def infer_server_metadata(version: str) -> bytes: ...
 
 # Which calls a server takes (cpp/rank_admission.h).

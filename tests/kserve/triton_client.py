@@ -7,7 +7,7 @@ test_kserve.py) write a plan, run this over it and check what it recorded.
 Usage: triton_client.py PLAN.json RESULT.json
   PLAN: {"url": "127.0.0.1:PORT", "protocol": "grpc" | "http", "steps": [{"op": ..., ...}, ...]}
   ops: live | ready | server_metadata | model_ready {model, version} | model_metadata {model, version}
-       | model_config {model, version}
+       | model_config {model, version} | statistics {model, version}  (both optional: every model, version)
        | repository_index {headers} | load_model {model, headers} | unload_model {model, headers}
        | infer {model, version, inputs: [{name, datatype, npy | strings}], outputs, parameters, priority,
                 timeout_us, binary, out}  (`out`: where the outputs go, one .npz)
@@ -104,6 +104,8 @@ def run(client: Any, module: Any, url: str, protocol: str, step: dict) -> Any:
     if op == "model_config":
         config = client.get_model_config(step["model"], step.get("version", ""), **kwargs_json(module))
         return config["config"] if module is grpcclient else config
+    if op == "statistics":  # Triton's statistics extension: {"model_stats": [...]} from either client
+        return client.get_inference_statistics(step.get("model", ""), step.get("version", ""), **kwargs_json(module))
     headers = step.get("headers")
     if op == "repository_index":  # the models: gRPC's JSON wraps them, HTTP's is the list
         index = client.get_model_repository_index(headers=headers, **kwargs_json(module))

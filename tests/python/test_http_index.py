@@ -40,7 +40,7 @@ def test_the_index_lists_the_endpoints_as_json(http):
     document = json.loads(body)
     assert document["name"] == "adrank" and document["version"] == __version__
     listed = {(e["method"], e["path"]) for e in document["endpoints"]}
-    expected = {"/healthz", "/readyz", "/metrics", "/dashboard", "/v2", "/v2/health/ready"}
+    expected = {"/healthz", "/readyz", "/metrics", "/dashboard", "/v2", "/v2/health/ready", "/v2/models/stats"}
     assert {("GET", path) for path in expected} <= listed
     assert ("POST", "/v2/models/{model}[/versions/{version}]/infer") in listed
     assert all(e["what"] for e in document["endpoints"])

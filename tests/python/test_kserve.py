@@ -112,6 +112,14 @@ def plan(work: Path, criteo: CriteoRows) -> list[dict]:
         }
     )
     steps += bad_steps(work, rows)
+    steps += [  # after every infer: what they did, counted
+        {"op": "statistics", "key": "stats_all"},
+        {"op": "statistics", "model": "ctr", "key": "stats_ctr"},
+        {"op": "statistics", "model": "ctr", "version": "2", "key": "stats_ctr_2"},
+        {"op": "statistics", "model": "relevance", "key": "stats_relevance"},
+        {"op": "statistics", "model": "nope", "key": "stats_nope"},
+        {"op": "statistics", "model": "ctr", "version": "9", "key": "stats_ctr_9"},
+    ]
     return steps
 
 
@@ -279,6 +287,40 @@ def test_routing_key_picks_the_canary_stickily_and_the_answer_names_the_version(
     assert value(answers, "priority")["model_name"] == "ctr"  # tritonclient's priority and timeout are taken
 
 
+def count(stats: dict, *path: str) -> int:
+    """A count from tritonclient's statistics: gRPC's JSON omits zeros and gives uint64s as strings."""
+    for name in path[:-1]:
+        stats = stats.get(name, {})
+    return int(stats.get(path[-1], 0))
+
+
+def test_statistics_count_what_each_version_did(answers, protocol):
+    """Triton's statistics extension, through tritonclient's get_inference_statistics: the plan's OK ctr calls
+    are 4 pinned to version 1 (1 + 7 + 100 + 333 candidates), 24 canary calls and one more of 20 each."""
+    everything = value(answers, "stats_all")["model_stats"]
+    relevance = str(references.latest_version("relevance"))
+    assert {(m["name"], m["version"]) for m in everything} == {("ctr", "1"), ("ctr", "2"), ("relevance", relevance)}
+    ctr = value(answers, "stats_ctr")["model_stats"]
+    assert [m["version"] for m in ctr] == ["1", "2"]
+    assert sum(count(m, "inference_stats", "success", "count") for m in ctr) == len(SIZES) + len(KEYS) + 1
+    assert sum(count(m, "inference_count") for m in ctr) == sum(SIZES) + 20 * (len(KEYS) + 1)
+    for m in ctr:
+        ok = count(m, "inference_stats", "success", "count")
+        assert ok > 0 and count(m, "execution_count") >= 1
+        assert count(m, "inference_stats", "queue", "count") == ok
+        assert count(m, "inference_stats", "compute_infer", "count") == ok
+        assert count(m, "inference_stats", "success", "ns") >= count(m, "inference_stats", "compute_infer", "ns") > 0
+    (two,) = value(answers, "stats_ctr_2")["model_stats"]
+    assert two == ctr[1]  # no call between the two readings
+    (scored,) = value(answers, "stats_relevance")["model_stats"]
+    assert count(scored, "inference_stats", "success", "count") == 1
+    assert count(scored, "inference_count") == references.relevance_meta()["golden"]["inputs"]["request_rows"][0]
+    for key in ("stats_nope", "stats_ctr_9"):
+        status, message = refusal(answers, key)
+        assert status in ("StatusCode.NOT_FOUND", "404"), message
+    assert "'nope'" in refusal(answers, "stats_nope")[1]
+
+
 @pytest.mark.parametrize(
     "key, status, names",
     [
@@ -345,7 +387,7 @@ def test_json_tensors_are_scored_as_onnxruntime_scores_them(rest, criteo):
     assert status == 200 and json.loads(body) == {
         "name": "adrank",
         "version": __version__,
-        "extensions": ["binary_tensor_data", "model_repository"],
+        "extensions": ["binary_tensor_data", "model_repository", "statistics"],
     }
     assert http(f"{rest}/v2/health/live")[0] == 200 and http(f"{rest}/v2/health/ready")[0] == 200
     assert http(f"{rest}/v2/models/ctr/ready")[0] == 200 and http(f"{rest}/v2/models/ctr/versions/9/ready")[0] == 400
@@ -395,6 +437,25 @@ def test_bad_rest_calls_get_the_contracts_status_and_name_the_field(rest, path, 
     got, reply = http(rest + path, body)
     assert got == status, reply
     assert names in reply.decode()
+
+
+def test_rest_statistics_are_tritons_json_with_numbers(rest):
+    """Every field present and every count a JSON number, as Triton's HTTP API answers (curl, scripts)."""
+    status, body = http(f"{rest}/v2/models/ctr/versions/1/stats")
+    assert status == 200, body
+    (stats,) = json.loads(body)["model_stats"]
+    assert (stats["name"], stats["version"]) == ("ctr", "1")
+    for field in ("last_inference", "inference_count", "execution_count"):
+        assert isinstance(stats[field], int), field
+    durations = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit")
+    for name in durations:
+        assert set(stats["inference_stats"][name]) == {"count", "ns"}
+        assert all(isinstance(v, int) for v in stats["inference_stats"][name].values())
+    assert stats["batch_stats"] == [] and stats["memory_usage"] == []
+    status, body = http(f"{rest}/v2/models/stats")
+    assert status == 200 and {m["name"] for m in json.loads(body)["model_stats"]} == {"ctr", "relevance"}
+    status, body = http(f"{rest}/v2/models/ctr/versions/latest/stats")
+    assert status == 400 and "model_version: 'latest'" in json.loads(body)["error"]
 
 
 def call(url: str, method: str, body: bytes | None = None) -> tuple[int, str, str | None, bytes]:

@@ -39,6 +39,8 @@ OPEN_INFERENCE_PROTOCOL = [
     Endpoint("GET", "/v2/models/{model}[/versions/{version}]/ready", "a model's readiness (200, else 400)"),
     Endpoint("GET", "/v2/models/{model}[/versions/{version}]/config", "Triton's model configuration"),
     Endpoint("POST", "/v2/models/{model}[/versions/{version}]/infer", "score candidates (JSON or binary tensors)"),
+    Endpoint("GET", "/v2/models/stats", "Triton's statistics of every model version: counts and durations"),
+    Endpoint("GET", "/v2/models/{model}[/versions/{version}]/stats", "Triton's statistics of a model or version"),
     Endpoint("POST", "/v2/repository/index", "the models and their versions' states (admin token)"),
     Endpoint("POST", "/v2/repository/models/{model}/load", "load a model now (admin token)"),
     Endpoint("POST", "/v2/repository/models/{model}/unload", "stop serving a model (admin token)"),

@@ -4,7 +4,8 @@ front end, beside Rank on its port.
 As the C++ front end's (cpp/frontend/inference_service.h), and written once in the core: ModelInfer is a
 call of the Rank contract (cpp/infer_call.h), admitted, run and counted by RankingService.serve; ModelReady,
 ModelMetadata, ModelConfig (Triton's, for perf_analyzer) and ServerMetadata are the core's answers
-(cpp/infer_metadata.h), bytes in and bytes out.
+(cpp/infer_metadata.h), and so is ModelStatistics (Triton's statistics extension, cpp/infer_statistics.h),
+bytes in and bytes out.
 ServerLive is true while the port answers; ServerReady is the server's readiness (its health service's ""
 status: serving, and every configured model has a version). The repository extension is
 kserve_repository.py's, run off the event loop (UNIMPLEMENTED without one).
@@ -75,6 +76,9 @@ class InferenceService:
     async def ModelConfig(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return await self._answer(context, lambda: core.infer_model_config(self._registry, request))
 
+    async def ModelStatistics(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return await self._answer(context, lambda: core.infer_model_statistics(self._registry, request))
+
     async def ServerMetadata(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return core.infer_server_metadata(__version__)
 
@@ -95,6 +99,7 @@ def add_to_server(service: InferenceService, server: grpc.aio.Server) -> None:
         "ModelReady": service.ModelReady,
         "ModelMetadata": service.ModelMetadata,
         "ModelConfig": service.ModelConfig,
+        "ModelStatistics": service.ModelStatistics,
         "ServerMetadata": service.ServerMetadata,
     }
     for name in METHODS:

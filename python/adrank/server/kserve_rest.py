@@ -3,7 +3,10 @@ tritonclient.http work against adrank.
 
 Paths (GET unless said): `/v2` (server metadata), `/v2/health/live`, `/v2/health/ready`,
 `/v2/models/{m}[/versions/{v}]` (model metadata), `/v2/models/{m}[/versions/{v}]/ready`,
-`/v2/models/{m}[/versions/{v}]/config` (Triton's model configuration, which perf_analyzer reads), and
+`/v2/models/{m}[/versions/{v}]/config` (Triton's model configuration, which perf_analyzer reads),
+`/v2/models/stats` and `/v2/models/{m}[/versions/{v}]/stats` (Triton's statistics extension: every version of
+every model, of one model, or one version; what each count means: cpp/infer_statistics.h; a model named
+`stats` has no metadata path, as in Triton), and
 POST `/v2/models/{m}[/versions/{v}]/infer`; Triton's repository extension: POST `/v2/repository/index`,
 `/v2/repository/models/{m}/load|unload` (kserve_repository.py; the `Authorization: Bearer` header).
 
@@ -79,8 +82,9 @@ HTTP_STATUS = {
 }
 REPOSITORY_PATH = re.compile(r"^/v2/repository/(?:index|models/(?P<model>[^/]+)/(?P<action>load|unload))$")
 V2_PREFIX = "/v2"
+ALL_STATISTICS_PATH = "/v2/models/stats"
 MODEL_PATH = re.compile(
-    r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer|/config)?$"
+    r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer|/config|/stats)?$"
 )
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INTERNAL_WAIT_S = 300.0  # a call without a deadline still ends: the model's default deadline ends it first
@@ -93,7 +97,7 @@ def is_v2(path: str) -> bool:
 
 def allowed_method(path: str) -> str | None:
     """The one method a `/v2` path takes, or None: no such path."""
-    if path in (V2_PREFIX, "/v2/health/live", "/v2/health/ready"):
+    if path in (V2_PREFIX, "/v2/health/live", "/v2/health/ready", ALL_STATISTICS_PATH):
         return "GET"
     if REPOSITORY_PATH.match(path):
         return "POST"
@@ -300,6 +304,36 @@ def config_document(config: kserve.ModelConfig) -> dict[str, Any]:
     return document
 
 
+def duration_document(duration: kserve.StatisticDuration) -> dict[str, int]:
+    return {"count": duration.count, "ns": duration.ns}
+
+
+def statistics_document(response: kserve.ModelStatisticsResponse) -> dict[str, Any]:
+    """Triton's statistics as its HTTP API gives them: every field present, counts as JSON numbers (protobuf's
+    JSON mapping would give its uint64s as strings)."""
+    durations = [field.name for field in kserve.InferStatistics.DESCRIPTOR.fields]
+    batch_durations = [f.name for f in kserve.InferBatchStatistics.DESCRIPTOR.fields if f.name != "batch_size"]
+    models = []
+    for stats in response.model_stats:
+        models.append(
+            {
+                "name": stats.name,
+                "version": stats.version,
+                "last_inference": stats.last_inference,
+                "inference_count": stats.inference_count,
+                "execution_count": stats.execution_count,
+                "inference_stats": {n: duration_document(getattr(stats.inference_stats, n)) for n in durations},
+                "batch_stats": [
+                    {"batch_size": b.batch_size, **{n: duration_document(getattr(b, n)) for n in batch_durations}}
+                    for b in stats.batch_stats
+                ],
+                "memory_usage": [{"type": m.type, "id": m.id, "byte_size": m.byte_size} for m in stats.memory_usage],
+                "response_stats": {},  # decoupled models' only; adrank has none
+            }
+        )
+    return {"model_stats": models}
+
+
 class KServeRest:
     def __init__(
         self,
@@ -327,10 +361,14 @@ class KServeRest:
             return readiness(True)
         if path == "/v2/health/ready":
             return readiness(self._serving() and self._ready())
+        if path == ALL_STATISTICS_PATH:
+            return self._statistics("", "")
         match = MODEL_PATH.match(path)
         if match is None or match["rest"] == "/infer":
             return refusal("GET", path)
         model, version = match["model"], match["version"] or ""
+        if match["rest"] == "/stats":
+            return self._statistics(model, version)
         if match["rest"] == "/ready":
             request = kserve.ModelReadyRequest(name=model, version=version).SerializeToString()
             answer = kserve.ModelReadyResponse.FromString(
@@ -400,6 +438,15 @@ class KServeRest:
             return Reply(200, "application/json", b"")
         except RequestError as error:
             return error_reply(HTTP_STATUS.get(error.code, 500), error.message)
+
+    def _statistics(self, model: str, version: str) -> Reply:
+        """Triton's statistics extension: every version of every model ("" model), of one model, or one."""
+        request = kserve.ModelStatisticsRequest(name=model, version=version).SerializeToString()
+        try:
+            answer = kserve.ModelStatisticsResponse.FromString(core.infer_model_statistics(self._registry, request))
+        except core.CoreError as error:
+            return core_error_reply(error)
+        return json_reply(200, statistics_document(answer))
 
     def _serving(self) -> bool:
         return self._admission().state == "serving"
