@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "infer_metadata.h"
+#include "infer_statistics.h"
 
 namespace adrank {
 namespace {
@@ -359,6 +360,50 @@ TEST_F(InferCallTest, MetadataDescribesWhatAClientSends) {
     ready.set_version(version);
     ModelReady(registry_, true, ready, &answer);
     EXPECT_EQ(answer.ready(), std::string(version) == "2") << version;
+  }
+}
+
+TEST_F(InferCallTest, StatisticsCountWhatEachVersionDid) {
+  ASSERT_TRUE(Infer(Request(3)).status.ok());
+  ASSERT_TRUE(Infer(Request(5)).status.ok());
+  ASSERT_TRUE(Infer(Request(2, "2")).status.ok());
+  inference::ModelStatisticsRequest request;
+  inference::ModelStatisticsResponse all;
+  ASSERT_TRUE(ModelStatistics(registry_, request, &all).ok());
+  ASSERT_EQ(all.model_stats_size(), 2);
+  const inference::ModelStatistics& one = all.model_stats(0);
+  EXPECT_EQ(one.name(), "sum");
+  EXPECT_EQ(one.version(), "1");
+  EXPECT_EQ(one.inference_count(), 8u) << "candidates, as Triton counts a batched request's elements";
+  EXPECT_GE(one.execution_count(), 1u);
+  EXPECT_LE(one.execution_count(), 2u);
+  EXPECT_EQ(one.inference_stats().success().count(), 2u);
+  EXPECT_GT(one.inference_stats().success().ns(), 0u);
+  EXPECT_EQ(one.inference_stats().fail().count(), 0u);
+  EXPECT_EQ(one.inference_stats().queue().count(), 2u);
+  EXPECT_EQ(one.inference_stats().compute_infer().count(), 2u);
+  EXPECT_GE(one.inference_stats().success().ns(), one.inference_stats().compute_infer().ns());
+  EXPECT_EQ(all.model_stats(1).version(), "2");
+  EXPECT_EQ(all.model_stats(1).inference_count(), 2u);
+
+  request.set_name("sum");
+  request.set_version("2");
+  inference::ModelStatisticsResponse pinned;
+  ASSERT_TRUE(ModelStatistics(registry_, request, &pinned).ok());
+  ASSERT_EQ(pinned.model_stats_size(), 1);
+  EXPECT_EQ(pinned.model_stats(0).version(), "2");
+
+  struct Case {
+    const char* name;
+    const char* version;
+    StatusCode code;
+  };
+  for (const Case& bad : {Case{"sum", "3", StatusCode::kNotFound}, Case{"sum", "x", StatusCode::kInvalidArgument},
+                          Case{"nope", "", StatusCode::kNotFound}, Case{"", "1", StatusCode::kInvalidArgument}}) {
+    request.set_name(bad.name);
+    request.set_version(bad.version);
+    inference::ModelStatisticsResponse refused;
+    EXPECT_EQ(ModelStatistics(registry_, request, &refused).code(), bad.code) << bad.name << " " << bad.version;
   }
 }
 
