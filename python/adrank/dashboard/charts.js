@@ -34,7 +34,15 @@ export function drawLineChart(chart, lines, domain, unit) {
     drawn += 1;
   }
   if (drawn === 0) emptyMessage(svg, lines.length ? "no traffic in this window" : "nothing selected");
-  renderLegend(chart, lines, (line) => formatValue(lastValue(line.values), unit));
+  renderLegend(chart, lines, (line) => legendValue(line, unit));
+}
+
+// The figure a legend shows for a line: the series' `current` figure where it gives one (a model version's;
+// null there: no traffic in the window), nothing for a version that no longer serves (`serving` false: its
+// last figures are history, not what it does now), else the line's newest value (the memory pool's).
+function legendValue(line, unit) {
+  if (line.serving === false) return "";
+  return formatValue("current" in line ? line.current : lastValue(line.values), unit);
 }
 
 function setSeriesData(node, line) {

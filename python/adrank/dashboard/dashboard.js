@@ -263,6 +263,9 @@ function linesOf(series, spec) {
       label: `${versionLabel(s)} ${metric.label}`,
       color: metric.color,
       dash: VERSION_DASHES[style],
+      // The legend's figure: the version's at the newest sample; none once it no longer serves (null current).
+      serving: s.current != null,
+      current: s.current?.[metric.key] ?? null,
     }));
   });
 }

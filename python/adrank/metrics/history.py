@@ -1,11 +1,19 @@
 """MetricsHistory: the last minutes of samples, for the live dashboard (`/dashboard/data`).
 
 Every `interval_s` a thread takes a Sample (sample.py) and keeps, per served version, its cumulative
-counters and histograms; samples older than `history_s` are dropped. A point's figures are the
-difference between its sample and the one `window_s` before it — rates per second, and p50/p95/p99
-read from the difference of histograms — computed once, when the sample is taken (~0.2 ms a version).
-A dashboard request only lays the stored figures out as JSON, cached until the next sample, so any
-number of open dashboards cost one layout per tick.
+counters and histograms and their increase since the sample before; samples older than `history_s` are
+dropped. A point's figures cover the `window_s` before it: the increases of the samples in that window,
+summed — rates per second, and p50/p95/p99 read from the summed histograms — computed once, when the
+sample is taken (~0.2 ms a version at the defaults' 5 samples a window). Summing sample by sample is
+what makes the rates survive counter resets: a version unloaded and loaded again (a rollback) starts its
+counters at 0, and such a fall counts the new value from 0, as Prometheus's rate() does (increase.py),
+so no rate is ever negative. A dashboard request only lays the stored figures out as JSON, cached until
+the next sample, so any number of open dashboards cost one layout per tick.
+
+What `/dashboard/data` gives per version (series): its figures at every sample shown (null where it was
+not loaded or had no traffic), `current` — its figures at the newest sample, or null for a version that no
+longer serves (UNLOADED: not in the newest sample), so that a page shows no stale "current" figure — and
+`batch_rows`, its batches of the last minute (counts null for a version that no longer serves).
 
 Options (defaults and why):
   enabled = True       False (`adrank serve --no-metrics`): no /metrics, no dashboard, no history
@@ -31,14 +39,15 @@ from typing import Any
 import numpy as np
 
 from adrank.histogram import BATCH_ROWS_BOUNDS, LATENCY_BOUNDS_US, quantile
-from adrank.metrics.sample import MetricsSource, Sample
+from adrank.metrics.increase import VersionCounts, increase, total
+from adrank.metrics.sample import MetricsSource, Sample, VersionSample
 from adrank.ticker import Ticker
 
 log = logging.getLogger("adrank.metrics")
 
 PHASES = ("request", "queue", "compute")
 QUANTILES = {"request": (50, 95, 99), "queue": (50, 99), "compute": (50, 99)}
-RATES = ("requests_per_s", "errors_per_s", "shed_per_s", "candidates_per_s")  # of _VersionPoint.counters
+RATES = ("requests_per_s", "errors_per_s", "shed_per_s", "candidates_per_s")  # of VersionCounts.counters
 FIELDS = (
     *RATES,
     *(f"{phase}_p{q}_ms" for phase in PHASES for q in QUANTILES[phase]),
@@ -58,9 +67,8 @@ class MetricsOptions:
 @dataclass(frozen=True)
 class _VersionPoint:
     role: str
-    counters: np.ndarray  # cumulative: requests, errors, shed, candidates
-    latency: np.ndarray  # cumulative histograms, [len(PHASES), buckets]
-    batch_rows: np.ndarray  # cumulative histogram
+    counts: VersionCounts  # cumulative, as the core reported them: the next sample's increase starts here
+    increase: VersionCounts  # since the sample before (a reset or a fresh load: counted from 0)
     figures: dict[str, float | None]  # FIELDS over the window before this point
 
 
@@ -78,44 +86,44 @@ def _rounded(value: float, digits: int = 3) -> float | None:
     return round(float(value), digits) if np.isfinite(value) else None
 
 
-def _figures(
-    counters: np.ndarray, latency: np.ndarray, queue_rows: int, before: _VersionPoint | None, seconds: float
-) -> dict[str, float | None]:
-    """The window's figures: this version's counters and histograms minus those `seconds` earlier (a
-    version absent then counts from zero: it was loaded within the window)."""
+def _figures(window: VersionCounts | None, queue_rows: int, seconds: float) -> dict[str, float | None]:
+    """The window's figures from the version's increase over its `seconds` (None: no window yet)."""
     figures: dict[str, float | None] = dict.fromkeys(FIELDS)
     figures["queue_rows"] = queue_rows
-    if seconds <= 0:
+    if window is None or seconds <= 0:
         return figures
-    rates = (counters - (before.counters if before else 0)) / seconds
-    for name, rate in zip(RATES, rates, strict=True):
+    for name, rate in zip(RATES, window.counters / seconds, strict=True):
         figures[name] = _rounded(float(rate), 1 if name == "candidates_per_s" else 3)
-    window = latency - (before.latency if before else 0)
     for p, phase in enumerate(PHASES):
         for q in QUANTILES[phase]:
-            figures[f"{phase}_p{q}_ms"] = _rounded(float(quantile(window[p], q / 100, LATENCY_BOUNDS_US)) / 1000.0)
+            figures[f"{phase}_p{q}_ms"] = _rounded(
+                float(quantile(window.latency[p], q / 100, LATENCY_BOUNDS_US)) / 1000.0
+            )
     return figures
 
 
-def _point(sample: Sample, start: _Point | None) -> _Point:
-    """The sample's point, its figures over the window since `start` (None: the first sample)."""
+def _counts(v: VersionSample) -> VersionCounts:
+    stats = v.stats
+    requests = int(np.sum(stats["codes"])) + int(stats["shadow_shed"])
+    # shed: deadline, queue full, cancelled, unavailable, and shed mirrors
+    counters = np.array([requests, int(stats["failed"]), int(stats["dropped"]), int(stats["candidates"])])
+    latency = np.stack([np.asarray(stats[f"{p}_counts"], dtype=np.int64) for p in PHASES])
+    return VersionCounts(counters, latency, np.asarray(v.queue["batch_rows_counts"], dtype=np.int64))
+
+
+def _point(sample: Sample, previous: _Point | None, start: _Point | None, within: list[_Point]) -> _Point:
+    """The sample's point. `previous`: the sample before (None: the first); `start`: the window's start
+    (None: the first sample, no window yet); `within`: the points after `start`, before this one."""
     versions = {}
     seconds = sample.time - start.time if start is not None else 0.0
     for v in sample.versions:
         key = (v.model, v.version)
-        stats = v.stats
-        requests = int(np.sum(stats["codes"])) + int(stats["shadow_shed"])
-        # shed: deadline, queue full, cancelled, unavailable, and shed mirrors
-        counters = np.array([requests, int(stats["failed"]), int(stats["dropped"]), int(stats["candidates"])])
-        latency = np.stack([np.asarray(stats[f"{p}_counts"], dtype=np.int64) for p in PHASES])
-        before = start.versions.get(key) if start is not None else None
-        versions[key] = _VersionPoint(
-            v.role,
-            counters,
-            latency,
-            np.asarray(v.queue["batch_rows_counts"], dtype=np.int64),
-            _figures(counters, latency, int(v.queue["queued_rows"]), before, seconds),
-        )
+        counts = _counts(v)
+        before = previous.versions.get(key) if previous is not None else None
+        grown = increase(counts, before.counts if before is not None else None)
+        window = total([p.versions[key].increase for p in within if key in p.versions] + [grown])
+        figures = _figures(window if start is not None else None, int(v.queue["queued_rows"]), seconds)
+        versions[key] = _VersionPoint(v.role, counts, grown, figures)
     pool = sample.memory_pool
     return _Point(
         sample.time,
@@ -146,20 +154,26 @@ class MetricsHistory:
         """Adds a sample now (the thread does it every interval_s)."""
         sample = self._source.sample()
         with self._lock:
-            point = _point(sample, self._window_start(sample.time))
+            start, within = self._window(sample.time)
+            previous = self._points[-1] if self._points else None
+            point = _point(sample, previous, start, within)
             self._points.append(point)
             while self._points and self._points[0].time < point.time - self.options.history_s:
                 self._points.popleft()
             self._cache.clear()
 
-    def _window_start(self, now: float) -> _Point | None:
-        """The newest sample at least window_s old; the first one while the history is younger."""
-        start = None
+    def _window(self, now: float) -> tuple[_Point | None, list[_Point]]:
+        """The window's start — the newest sample at least window_s old; the first one while the history is
+        younger — and the samples after it, oldest first."""
+        within: list[_Point] = []
         for point in reversed(self._points):
-            start = point
             if point.time <= now - self.options.window_s:
-                break
-        return start
+                return point, within[::-1]
+            within.append(point)
+        if not within:
+            return None, []
+        within.reverse()
+        return within[0], within[1:]
 
     def dashboard(self, minutes: int = 10) -> bytes:
         """The JSON of `/dashboard/data` over the last `minutes` (python/adrank/dashboard/ draws it)."""
@@ -201,19 +215,19 @@ class MetricsHistory:
         for name in FIELDS:
             out[name] = [v.figures[name] if v is not None else None for v in at]
         newest = points[-1]
-        latest = newest.versions.get(key)
-        # Batches of the last minute: the newest histogram minus the one a minute before.
+        latest = newest.versions.get(key)  # None: the version no longer serves, it has no current figures
+        # Batches of the last minute: the increases since the sample a minute before.
         older = next((p for p in reversed(points) if p.time <= newest.time - BATCH_ROWS_WINDOW_S), points[0])
+        minute = total([p.versions[key].increase for p in points if p.time > older.time and key in p.versions])
+        batch_rows = None
         if latest is not None:
-            before = older.versions.get(key)
-            batch_rows = latest.batch_rows - (before.batch_rows if before is not None else 0)
-        else:
-            batch_rows = np.zeros(len(BATCH_ROWS_BOUNDS) + 1, dtype=np.int64)
+            batch_rows = (minute.batch_rows if minute is not None else np.zeros_like(latest.counts.batch_rows)).tolist()
         return {
             "model": key[0],
             "version": key[1],
             "role": latest.role if latest is not None else "",
             "state": newest.states.get(key, "UNLOADED"),
+            "current": dict(latest.figures) if latest is not None else None,
             "points": out,
-            "batch_rows": {"bounds": [int(b) for b in BATCH_ROWS_BOUNDS], "counts": batch_rows.tolist()},
+            "batch_rows": {"bounds": [int(b) for b in BATCH_ROWS_BOUNDS], "counts": batch_rows},
         }
