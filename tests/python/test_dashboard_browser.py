@@ -310,3 +310,46 @@ def test_a_failed_fetch_is_shown_on_the_page_and_the_page_recovers(dashboard):
     page.wait_for_selector('#status[data-state="live"]')
     assert page.text_content("#status") == "live"
     dashboard.assert_clean()
+
+
+def test_a_version_that_no_longer_serves_shows_its_history_and_no_current_figures(dashboard):
+    """A version unloaded within the window (a rollback) stays drawn for the time it served, but its legends
+    show no figure: the server gives it no `current` figures, and the page must not show its last ones."""
+    page, served = dashboard.page, latest_version("ctr")
+    gone = served + 1000  # a version the server never had, made to look unloaded
+
+    def with_an_unloaded_version(route: Any) -> None:
+        data = route.fetch().json()
+        ctr = next(s for s in data["series"] if s["model"] == "ctr" and s["version"] == served)
+        points = {name: [*values[:-1], None] for name, values in ctr["points"].items() if name != "t"}
+        unloaded = {
+            **ctr,
+            "version": gone,
+            "role": "",
+            "state": "UNLOADED",
+            "current": None,
+            "points": {"t": ctr["points"]["t"], **points},
+            "batch_rows": {"bounds": ctr["batch_rows"]["bounds"], "counts": None},
+        }
+        data["series"].append(unloaded)
+        route.fulfill(json=data, headers={INJECTED: "1"})
+
+    page.route("**/dashboard/data*", with_an_unloaded_version)
+    label = f'label.version-label[data-model="ctr"][data-version="{gone}"]'
+    try:
+        page.wait_for_selector(label)
+        wait_for_next_poll(page)
+        assert page.text_content(f"{label} .version-info") == "UNLOADED"
+        ctr = 'section.chart[data-model="ctr"]'
+        assert dashboard.count(f'{ctr} path.series[data-version="{gone}"]') > 0  # its history is drawn
+        assert dashboard.count(f'{ctr} rect.bar[data-version="{gone}"]') == 0  # no batches of the last minute
+        gone_values = dashboard.texts(f'{ctr} .legend-item[data-version="{gone}"] .legend-value')
+        assert gone_values and all(value == "" for value in gone_values), gone_values
+        served_values = dashboard.texts(
+            f'{ctr}[data-chart="throughput"] .legend-item[data-version="{served}"] .legend-value'
+        )
+        assert served_values and all(value.endswith("req/s") for value in served_values), served_values
+    finally:
+        page.unroute("**/dashboard/data*", with_an_unloaded_version)
+    page.wait_for_selector(label, state="detached")  # gone from the server's reply: gone from the page
+    dashboard.assert_clean()
