@@ -61,6 +61,16 @@ repository_option = click.option(
     show_default=True,
     help="Model repository: <name>/config.yaml and <name>/<version>/model.onnx.",
 )
+# The same option, and the same default, for the server and the rollout commands: both append to one log.
+audit_log_option = click.option(
+    "--audit-log",
+    default=None,
+    metavar="DIR|repository",
+    help="Where each model's rollout audit log is kept: DIR/<model>.jsonl; 'repository' for"
+    " <repository>/<model>/rollout_history.jsonl (writes into the repository); default"
+    " $XDG_STATE_HOME/adrank/audit/<repository name>-<hash of its path>/ (~/.local/state without"
+    " XDG_STATE_HOME), outside the repository, so a read-only repository serves.",
+)
 
 
 # The commands loaded only when named, as "module:attribute".
@@ -90,6 +100,7 @@ def main() -> None:
 
 @main.command()
 @repository_option
+@audit_log_option
 @click.option(
     "--host", default="127.0.0.1", show_default=True, callback=host_address, help="Address the gRPC port binds."
 )
@@ -216,6 +227,7 @@ def main() -> None:
 )
 def serve(
     repository: Path,
+    audit_log: str | None,
     host: str,
     http_host: str,
     admin_host: str,
@@ -242,7 +254,11 @@ def serve(
 
     Exits 1 when the repository cannot be read, none of its models has a version that loads (a model
     with nothing to serve while others serve leaves the server running, not ready), or a port cannot be
-    bound (another process holds it: never shared, server/ports.py)."""
+    bound (another process holds it: never shared, server/ports.py).
+
+    Serving never writes into the repository, which may be read-only or shared: each model's rollout
+    audit log goes where --audit-log says (by default outside the repository). Only a rollout change
+    through the admin API, or a guardrail rollback, writes the model's rollout.yaml."""
     import asyncio
 
     from adrank.lifecycle.manager import ManagerOptions, NothingToServe
@@ -280,7 +296,7 @@ def serve(
         workers=workers,
         drain_grace_s=drain_grace,
         frontend=frontend,  # type: ignore[arg-type]  # click.Choice guarantees the literal
-        models=ManagerOptions(poll_interval_s=poll_interval, tenants=tenants),
+        models=ManagerOptions(poll_interval_s=poll_interval, tenants=tenants, audit_log=audit_log),
         admin_port=admin_port,
         admin_token=admin_token or token_from_environment(),
         metrics=MetricsOptions(enabled=metrics),
@@ -364,13 +380,15 @@ class Where:
     server: str | None
     token: str | None  # from --token-file, already read and checked (cli_options.token_file)
     as_json: bool
+    audit_log: str | None = None  # --audit-log: for the repository's files (a server keeps its own)
 
     def target(self) -> Any:
         if self.server is None:
+            from adrank.rollout.audit_location import AuditLocation
             from adrank.rollout.targets import RepositoryTarget
 
             _model_names(self.repository)  # a one-line error if it cannot be read
-            return RepositoryTarget(self.repository)
+            return RepositoryTarget(self.repository, AuditLocation.from_option(self.audit_log, self.repository))
         token = self.token or token_from_environment()
         if not token:
             raise click.ClickException(f"--server needs the admin token: --token-file F (mode 0600) or ${TOKEN_ENV}")
@@ -392,12 +410,14 @@ def target_options(command: Any) -> Any:
         server: str | None,
         token: str | None,
         as_json: bool,
+        audit_log: str | None,
         **kwargs: Any,
     ) -> Any:
-        return command(*args, where=Where(repository, server, token, as_json), **kwargs)
+        return command(*args, where=Where(repository, server, token, as_json, audit_log), **kwargs)
 
     options = [
         repository_option,
+        audit_log_option,
         click.option(
             "--server",
             default=None,

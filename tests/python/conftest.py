@@ -1,9 +1,11 @@
-"""Shared fixtures: a small matrix-product "model" served by the core."""
+"""Shared fixtures: a small matrix-product "model" served by the core; every test's audit logs kept in its
+own tmp dir ($XDG_STATE_HOME, the default --audit-log's root), never in the user's state or across tests."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,3 +82,12 @@ def scheduling_batching(**overrides: object) -> adrank.BatcherOptions:
     for name, value in overrides.items():
         setattr(options, name, value)
     return options
+
+
+@pytest.fixture(autouse=True)
+def audit_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """$XDG_STATE_HOME for this test (and the servers it starts): a rollback reads the audit log, so a log
+    left by an earlier test or run must not be read."""
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    return state

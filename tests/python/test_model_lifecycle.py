@@ -90,8 +90,33 @@ def test_a_corrupt_version_is_failed_with_the_reason_and_serving_is_untouched(po
     assert failed["state"] == VersionState.FAILED.value
     assert "sha256" in failed["reason"] and "corrupt" in failed["reason"]
     assert score(models) == 1
-    history = (repo / "ctr" / "rollout_history.jsonl").read_text().splitlines()
+    history = models.audit.file("ctr").read_text().splitlines()
     assert json.loads(history[-1])["action"] == "version_failed"
+    assert not (repo / "ctr" / "rollout_history.jsonl").exists()  # nothing written into the repository
+    models.unload_all()
+
+
+def test_a_failed_version_is_audited_once_per_distinct_failure(pool, repo):
+    """Polls that find it still FAILED, and a retry on the same files, add no line; changed files that fail
+    again are a new failure, one more line."""
+    version = publish_version(repo)
+    model_file = repo / "ctr" / str(version) / "model.onnx"
+    good = corrupt(model_file)
+    models = manager(pool, repo)
+    for _ in range(5):
+        models.reconcile()
+    models.load_version("ctr", version)
+
+    def failures() -> list[dict]:
+        lines = models.audit.file("ctr").read_text().splitlines()
+        return [e for e in map(json.loads, lines) if e["action"] == "version_failed"]
+
+    assert len(failures()) == 1
+    model_file.write_bytes(good[:-50] + b"\1" * 50)  # other damage: other files
+    os.utime(model_file, (time.time() + 5, time.time() + 5))  # a new mtime however coarse the clock
+    models.reconcile()
+    models.reconcile()
+    assert len(failures()) == 2 and failures()[-1]["figures"] == {"version": version}
     models.unload_all()
 
 

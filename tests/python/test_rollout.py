@@ -23,6 +23,7 @@ from adrank.admin_token import TOKEN_ENV
 from adrank.cli import main
 from adrank.client import RankClient, RankError
 from adrank.rollout.audit import AuditEntry
+from adrank.rollout.audit_location import AuditLocation
 from adrank.rollout.changes import ChangeError, promote, rollback, set_canary, set_shadow
 from adrank.rollout.guardrails import Figures, evaluate, population_stability_index, quantile_us
 from adrank.rollout.policy import CanaryPolicy, GuardrailPolicy, RolloutPolicy, ShadowPolicy
@@ -59,7 +60,7 @@ def write_rollout(repo: Path, policy: dict) -> None:
 
 
 def history(repo: Path) -> list[dict]:
-    path = repo / "ctr" / "rollout_history.jsonl"
+    path = AuditLocation.from_option(None, repo).file("ctr")  # the default: what servers and the CLI use
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 

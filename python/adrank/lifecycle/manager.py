@@ -19,6 +19,11 @@ What it keeps true (DESIGN.md, Model repository and Rollout):
 - Rollout changes are applied, written to the model's rollout.yaml (so a restart and the repository
   agree) and appended to its audit log; the guardrail monitor rolls a breaching candidate back the same
   way.
+- Serving never writes into the repository: loading, failing, polling and reconciling only read it (the
+  audit log is where `ManagerOptions.audit_log` says, by default outside it: rollout/audit_location.py),
+  so a read-only or shared repository serves. Only a rollout change (admin API, guardrail) writes, its
+  rollout.yaml. A version that fails is audited once per distinct failure (its reason and files), not at
+  every poll that finds it still FAILED.
 
 The watcher polls the repository every `poll_interval_s` (configs, version folders, rollout.yaml) and
 reconciles. A config.yaml or rollout.yaml that does not validate is refused whole: the model keeps
@@ -59,6 +64,7 @@ from adrank.repository.config import ConfigError, ModelConfig
 from adrank.repository.layout import ModelEntry, ModelRepository, RepositoryError
 from adrank.repository.meta import integer_kernels_note
 from adrank.rollout.audit import AuditEntry, AuditLog
+from adrank.rollout.audit_location import AuditLocation
 from adrank.rollout.guardrails import Comparison, GuardrailMonitor, Verdict
 from adrank.rollout.policy import PolicyError, RolloutPolicy, load_policy, save_policy
 from adrank.rollout.routes import describe_route, route_for, route_role, route_summary, same_route
@@ -98,6 +104,9 @@ class ManagerOptions:
     metrics: bool = True
     # The callers' weights, limits and priority classes, taken by every version's batcher (tenants.py).
     tenants: TenantsConfig = field(default_factory=TenantsConfig)
+    # Where the audit log goes: a directory (one <model>.jsonl each), "repository" (inside it, the old
+    # layout), or None: the per-user default outside the repository (rollout/audit_location.py).
+    audit_log: str | None = None
 
 
 @dataclass
@@ -152,6 +161,10 @@ class ModelManager:
         # Polls that could not read the repository (read by the metrics without the lock).
         self.repository_errors = 0
         self._repository_error = ""  # the current outage's error, logged once
+        self.audit = AuditLocation.from_option(self.options.audit_log, repository.root)
+        # (name, version) -> (reason, file signature) of the last failure audited: a version FAILED again
+        # for the same reason on the same files (a retry, a fallback at each poll) adds no audit line.
+        self._failures_audited: dict[tuple[str, int], tuple[str, tuple[float, ...]]] = {}
 
     # ---- start, watch, stop ------------------------------------------------------------------------
 
@@ -373,9 +386,7 @@ class ModelManager:
                 error,
                 extra=log_fields(model=entry.name, version=version),
             )
-            AuditLog(entry.path).append(
-                AuditEntry(entry.name, "watcher", "version_failed", reason=str(error), figures={"version": version})
-            )
+            self._audit_failure(entry.name, version, str(error), signature)
             return
         # The Servable first: a request routed to the version (pinned, at once) must find it.
         self._servables = MappingProxyType({**self._servables, key: servable})
@@ -388,6 +399,14 @@ class ModelManager:
             time.perf_counter() - started,
             version_dir,
             extra=log_fields(model=entry.name, version=version),
+        )
+
+    def _audit_failure(self, name: str, version: int, reason: str, signature: tuple[float, ...]) -> None:
+        if self._failures_audited.get((name, version)) == (reason, signature):
+            return
+        self._failures_audited[(name, version)] = (reason, signature)
+        self.audit.log(name).append(
+            AuditEntry(name, "watcher", "version_failed", reason=reason, figures={"version": version})
         )
 
     # ---- routing ------------------------------------------------------------------------------------
@@ -489,14 +508,16 @@ class ModelManager:
             model.policy = policy
             self._apply_route(name)
             self._unload_unwanted(entry, self._wanted(entry, policy))
-            AuditLog(entry.path).append(AuditEntry.change(name, actor, action, before, policy, reason, figures))
+            self.audit.log(name).append(AuditEntry.change(name, actor, action, before, policy, reason, figures))
             log.info("%s rollout (%s by %s): %s", name, action, actor, policy.summary(), extra=log_fields(model=name))
             self._update_readiness()
             return policy
 
-    def model_dir(self, name: str) -> Path:
+    def audit_log(self, name: str) -> AuditLog:
+        """The model's audit log, wherever the options put it (NOT_FOUND for a model not served)."""
         with self._lock:
-            return self._known(name).path
+            self._known(name)
+            return self.audit.log(name)
 
     def policy(self, name: str) -> RolloutPolicy:
         with self._lock:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from adrank.rollout.audit import AuditEntry, AuditLog
+    from adrank.rollout.audit_location import AuditLocation
     from adrank.rollout.policy import (
         CanaryPolicy,
         GuardrailPolicy,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 _HOMES = {
     "AuditEntry": "adrank.rollout.audit",
     "AuditLog": "adrank.rollout.audit",
+    "AuditLocation": "adrank.rollout.audit_location",
     **dict.fromkeys(
         (
             "CanaryPolicy",
@@ -42,6 +44,7 @@ _HOMES = {
 
 __all__ = [
     "AuditEntry",
+    "AuditLocation",
     "AuditLog",
     "CanaryPolicy",
     "GuardrailPolicy",

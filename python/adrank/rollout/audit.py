@@ -1,5 +1,6 @@
 """AuditLog: every rollout change of a model — who, when, what, why, with the figures behind it — as
-JSON lines in `<model>/rollout_history.jsonl`, the record `adrank models --history` shows.
+JSON lines in one file per model, the record `adrank models --history` shows. Where that file is (by
+default outside the model repository) is audit_location.py's concern; this class only appends and reads.
 
 One line per change, appended with a single write() on a file opened O_APPEND, so concurrent writers
 (the server's guardrails, an engineer's CLI) never interleave within a line; fsync'd, so a change that
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from adrank.rollout.policy import RolloutPolicy
 
-HISTORY_FILE = "rollout_history.jsonl"
+HISTORY_FILE = "rollout_history.jsonl"  # the file's name inside the repository (--audit-log repository)
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,12 @@ class AuditEntry:
 
 
 class AuditLog:
-    def __init__(self, model_dir: Path) -> None:
-        self.path = model_dir / HISTORY_FILE
+    def __init__(self, path: Path) -> None:
+        self.path = path  # the model's JSON-lines file
 
     def append(self, entry: AuditEntry) -> None:
         line = (json.dumps(asdict(entry), sort_keys=True) + "\n").encode()
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # the audit directory's first entry creates it
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)

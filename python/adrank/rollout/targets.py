@@ -4,8 +4,9 @@ through its admin API, or a repository's files directly.
 - ServerTarget (admin_client.py, beside the admin service it calls: rollout/ knows no transport): a running
   server's admin API with the bearer token. The server applies the change at once (loading a version it names
   first), writes rollout.yaml and audits it.
-- RepositoryTarget: rollout.yaml and the audit log in the repository. Servers watching the repository
-  apply the change at their next poll; versions have no server state here, only what is on disk.
+- RepositoryTarget: rollout.yaml in the repository, audited where `--audit-log` says (audit_location.py: by
+  default the same per-user directory outside the repository a server on it uses). Servers watching the
+  repository apply the change at their next poll; versions have no server state here, only what is on disk.
 
 Both take the same changes (rollout/changes.py) and answer the same shapes: `models()` a list of dicts
 (model, versions with state, role and integer_kernels (meta.json's note on int8 nodes that saturate without
@@ -19,7 +20,8 @@ from typing import Any
 
 from adrank.repository.layout import ModelRepository
 from adrank.repository.meta import integer_kernels_note
-from adrank.rollout.audit import AuditEntry, AuditLog
+from adrank.rollout.audit import AuditEntry
+from adrank.rollout.audit_location import AuditLocation
 from adrank.rollout.policy import RolloutPolicy, load_policy, save_policy
 from adrank.rollout.target_error import TargetError
 
@@ -27,8 +29,9 @@ __all__ = ["RepositoryTarget", "TargetError"]
 
 
 class RepositoryTarget:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, audit: AuditLocation | None = None) -> None:
         self.repository = ModelRepository(root)
+        self.audit = audit or AuditLocation.from_option(None, root)
 
     def _dir(self, name: str) -> Path:
         if name not in self.repository.model_names():
@@ -64,7 +67,8 @@ class RepositoryTarget:
         return load_policy(self._dir(name))
 
     def history(self, name: str, limit: int | None = None) -> list[AuditEntry]:
-        return AuditLog(self._dir(name)).entries(limit)
+        self._dir(name)
+        return self.audit.log(name).entries(limit)
 
     def stable_now(self, name: str) -> int | None:
         """What servers route as stable: the policy's, else the latest version on disk."""
@@ -80,7 +84,7 @@ class RepositoryTarget:
             raise TargetError(f"model '{name}' has no version {missing[0]} in {self.repository.root}")
         before = load_policy(path)
         save_policy(path, policy)
-        AuditLog(path).append(AuditEntry.change(name, actor, action, before, policy, reason))
+        self.audit.log(name).append(AuditEntry.change(name, actor, action, before, policy, reason))
         return policy
 
 

@@ -27,7 +27,7 @@ import grpc
 from adrank.admin_messages import policy_of, rollout_message
 from adrank.lifecycle.manager import ModelManager
 from adrank.repository.config import ModelNameError, check_model_name
-from adrank.rollout import AuditLog, RolloutPolicy
+from adrank.rollout import RolloutPolicy
 from adrank.rollout.changes import ChangeError, promote, rollback
 from adrank.server.ports import GRPC_NO_REUSEPORT, add_grpc_port
 from adrank.server.ranking_service import grpc_status
@@ -173,7 +173,7 @@ class AdminService(pb_grpc.AdminServicer):
         actor = self._actor(context)
 
         def work() -> RolloutPolicy:
-            history = AuditLog(self._models.model_dir(request.model)).entries()
+            history = self._models.audit_log(request.model).entries()
             policy, action = rollback(self._models.policy(request.model), history)
             return self._models.set_policy(request.model, policy, actor, action, request.reason)
 
@@ -182,8 +182,8 @@ class AdminService(pb_grpc.AdminServicer):
 
     async def History(self, request: pb.HistoryRequest, context: grpc.aio.ServicerContext) -> pb.HistoryResponse:
         def work() -> list[dict[str, Any]]:
-            path = self._models.model_dir(request.model)
-            return [asdict(e) for e in AuditLog(path).entries(int(request.limit) or None)]
+            log = self._models.audit_log(request.model)
+            return [asdict(e) for e in log.entries(int(request.limit) or None)]
 
         entries = await self._call(context, work, ("model", request.model))
         return pb.HistoryResponse(
