@@ -9,19 +9,16 @@ which refuses even root's writes."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from rollout_models import corrupt, ctr_repository
-from test_serve_process import SERVING_LINE
+from test_serve_process import serve_command, start_command
 
 from adrank.client import RankClient
 from adrank.lifecycle.manager import ManagerOptions
@@ -97,25 +94,14 @@ def test_adrank_serve_serves_a_read_only_mount_of_the_repository(read_only_repo:
         pytest.skip("no read-only bind mount here (unshare -m / mount --bind not permitted)")
     before = snapshot(read_only_repo)
     audit = tmp_path / "audit"
-    serve = [sys.executable, "-c", "from adrank.cli import main; main()", "serve", "--repository", str(read_only_repo)]
-    serve += ["--grpc-port", "0", "--http-port", "0", "--workers", "2", "--poll-interval", "0.05"]
-    serve += ["--audit-log", str(audit)]
+    serve = serve_command(read_only_repo, "--poll-interval", "0.05", "--audit-log", str(audit))
     script = (
         f'mount --bind "{read_only_repo}" "{read_only_repo}" && mount -o remount,bind,ro "{read_only_repo}"'
         f' && ! touch "{read_only_repo}/written" 2>/dev/null && exec "$@"'
     )
     command = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *serve]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    proc, match, _ = start_command(command)
     try:
-        lines: list[str] = []
-        match = None
-        while match is None:
-            line = proc.stderr.readline()
-            if not line:
-                pytest.fail(f"adrank serve exited ({proc.wait()}) before SERVING:\n{''.join(lines)}")
-            lines.append(line)
-            match = SERVING_LINE.search(line)
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
         time.sleep(0.5)  # polls that find version 2 still FAILED
         with RankClient(match["grpc"]) as client:
             client.rank(["ctr"], {"dense": np.ones((4, 13), np.float32), "sparse": np.zeros((4, 26), np.int64)})

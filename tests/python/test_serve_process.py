@@ -45,7 +45,12 @@ def serve_command(repository: Path, *args: str) -> list[str]:
 
 def start(repository: Path, *args: str) -> tuple[subprocess.Popen, re.Match, list[str]]:
     """`adrank serve` started and SERVING; its stderr lines until then."""
-    proc = subprocess.Popen(serve_command(repository, *args), stderr=subprocess.PIPE, text=True)
+    return start_command(serve_command(repository, *args))
+
+
+def start_command(command: list[str]) -> tuple[subprocess.Popen, re.Match, list[str]]:
+    """`command` (an `adrank serve`, or one that execs it) started and SERVING; its stderr lines until then."""
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     match = None
     while match is None:
