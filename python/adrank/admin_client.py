@@ -92,6 +92,8 @@ class ServerTarget:
                 after=json.loads(e.after_json or "null"),
                 figures=json.loads(e.figures_json or "{}"),
                 time=e.time,
+                cause=e.cause,
+                route=json.loads(e.route_json or "null"),
             )
             for e in response.entries
         ]

@@ -26,7 +26,14 @@ import click
 
 from adrank import __version__
 from adrank.admin_token import TOKEN_ENV, token_from_environment
-from adrank.cli_options import host_address, model_name, refused_on_command_line, server_address, token_file
+from adrank.cli_options import (
+    audit_log_option,
+    host_address,
+    model_name,
+    refused_on_command_line,
+    server_address,
+    token_file,
+)
 from adrank.log_format import LOG_FORMATS, LOG_LEVELS, JsonFormatter, LogOptions, configure_logging
 
 # Heavy modules (numpy, onnx, ONNX Runtime, grpc, pydantic, rich, the core) are imported inside the commands
@@ -61,18 +68,6 @@ repository_option = click.option(
     show_default=True,
     help="Model repository: <name>/config.yaml and <name>/<version>/model.onnx.",
 )
-# The same option, and the same default, for the server and the rollout commands: both append to one log.
-audit_log_option = click.option(
-    "--audit-log",
-    default=None,
-    metavar="DIR|repository",
-    help="Where each model's rollout audit log is kept: DIR/<model>.jsonl; 'repository' for"
-    " <repository>/<model>/rollout_history.jsonl (writes into the repository); default"
-    " $XDG_STATE_HOME/adrank/audit/<repository name>-<hash of its path>/ (~/.local/state without"
-    " XDG_STATE_HOME), outside the repository, so a read-only repository serves.",
-)
-
-
 # The commands loaded only when named, as "module:attribute".
 LAZY_COMMANDS = {"publish": "adrank.cli_publish:publish_command"}
 
@@ -505,9 +500,19 @@ def models(where: Where, history: bool, name: str | None) -> None:
         if m["error"]:
             console.print(f"[red]not applied: {m['error']}[/red]")
         for e in m.get("history", []):
-            figures = f" {json.dumps(e['figures'], sort_keys=True)}" if e["figures"] else ""
-            after = summary(e["after"]) if e["after"] else ""
-            console.print(f"  {e['time']} {e['actor']} {e['action']}: {after} {e['reason']}{figures}".rstrip())
+            console.print(_history_line(e), markup=False, highlight=False, soft_wrap=True)
+
+
+def _history_line(entry: dict[str, Any]) -> str:
+    """One audit entry: when, who, what, the policy after it or the route it changed (with its cause), why."""
+    from adrank.rollout.summary import route_change_summary, summary
+
+    figures = f" {json.dumps(entry['figures'], sort_keys=True)}" if entry["figures"] else ""
+    what = summary(entry["after"]) if entry["after"] else ""
+    if entry.get("route"):
+        what = f"{what}; " if what else ""
+        what += f"route {route_change_summary(entry['route'])} ({entry['cause']})"
+    return f"  {entry['time']} {entry['actor']} {entry['action']}: {what} {entry['reason']}{figures}".rstrip()
 
 
 def _change(where: Where, name: str, change: Any, actor: str | None, reason: str) -> None:

@@ -76,3 +76,15 @@ def refused_on_command_line(file_option: str) -> Callback:
             )
 
     return refuse
+
+
+# The same option, and the same default, for the server and the rollout commands: both append to one log.
+audit_log_option = click.option(
+    "--audit-log",
+    default=None,
+    metavar="DIR|repository",
+    help="Where each model's rollout audit log is kept: DIR/<model>.jsonl; 'repository' for"
+    " <repository>/<model>/rollout_history.jsonl (writes into the repository); default"
+    " $XDG_STATE_HOME/adrank/audit/<repository name>-<hash of its path>/ (~/.local/state without"
+    " XDG_STATE_HOME), outside the repository, so a read-only repository serves.",
+)

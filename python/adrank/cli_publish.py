@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from adrank.cli_options import audit_log_option
 from adrank.publish.pipeline import (
     DEFAULT_BENCH_REPS,
     DEFAULT_MAX_SLOWDOWN,
@@ -90,6 +91,8 @@ class PublishProgress:
     help="Publish even if integer MatMul/Conv nodes multiply 8-bit activations by int8 weights using 8 bits, which "
     "saturate on CPUs without VNNI (AVX2 only) so that scores differ there; recorded in meta.json.",
 )
+@audit_log_option
+@click.option("--actor", default=None, help="Who publishes, for the audit log (default: your user).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def publish_command(
     onnx_file: Path,
@@ -100,6 +103,8 @@ def publish_command(
     bench_reps: int,
     source: str | None,
     allow_int8_saturation: bool,
+    audit_log: str | None,
+    actor: str | None,
     as_json: bool,
 ) -> None:
     """Validate MODEL.onnx as a new version of a model and publish it atomically.
@@ -109,11 +114,24 @@ def publish_command(
     inputs give finite scores in the declared range; latency against the current version (refused above
     --max-slowdown). Nothing is visible in the repository until all pass; a refused or killed publish leaves no
     version behind.
+
+    The new version takes no traffic until `adrank promote` or a canary routes to it: where rollout.yaml names no
+    stable version, publish pins it to the current one (audited), unless the model's config.yaml says
+    `latest_serves: true`. The last line says what servers will route.
     """
     from rich.console import Console
 
     options = PublishOptions(
-        model, onnx_file, repository, version, max_slowdown, bench_reps, source, allow_int8_saturation
+        model,
+        onnx_file,
+        repository,
+        version,
+        max_slowdown,
+        bench_reps,
+        source,
+        allow_int8_saturation,
+        audit_log=audit_log,
+        actor=actor,
     )
     progress = PublishProgress(Console(stderr=True), bars=not as_json)
     try:
@@ -149,3 +167,6 @@ def _echo_report(report: PublishReport) -> None:
             f"  note     the config's version_policy leaves version {report.version} out: servers load it once "
             "the policy or the model's rollout names it"
         )
+    if report.pinned_stable is not None:
+        click.echo(f"  rollout  stable pinned to version {report.pinned_stable} in rollout.yaml (audited)")
+    click.echo(f"adrank publish: {report.routing}")

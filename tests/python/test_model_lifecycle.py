@@ -14,12 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from click.testing import CliRunner
 from rollout_models import corrupt, ctr_repository, int8_weights, publish_version, quantized_ctr, second_model
 
 import adrank._core as core
+from adrank.cli import main
 from adrank.cpu_features import cpu_features
 from adrank.lifecycle.manager import ManagerOptions, ModelManager, NothingToServe, VersionState
 from adrank.repository.layout import ModelRepository, RepositoryError
+from adrank.rollout.changes import promote
 from adrank.status import RequestError, StatusCode
 
 
@@ -56,15 +59,97 @@ def score(models: ModelManager, version: int = 0) -> int:
     return route.servable.version
 
 
-def test_a_new_version_goes_live_after_its_checks_and_the_old_one_is_unloaded(pool, repo):
+def audit_entries(models: ModelManager, action: str | None = None) -> list[dict]:
+    path = models.audit.file("ctr")
+    entries = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [e for e in entries if action is None or e["action"] == action]
+
+
+def set_config(repo: Path, **fields: object) -> None:
+    config = yaml.safe_load((repo / "ctr" / "config.yaml").read_text())
+    (repo / "ctr" / "config.yaml").write_text(yaml.safe_dump({**config, **fields}))
+
+
+def test_a_published_version_loads_and_warms_up_but_takes_no_traffic_until_promoted(pool, repo):
     models = manager(pool, repo)
     assert states(models) == {1: "AVAILABLE"} and score(models) == 1
     publish_version(repo)
-    models.reconcile()
-    assert states(models) == {2: "AVAILABLE"}
-    assert score(models) == 2
+    assert yaml.safe_load((repo / "ctr" / "rollout.yaml").read_text()) == {"stable": 1}  # publish pinned it
+    (pin,) = audit_entries(models, "pin_stable")
+    assert pin["cause"] == "explicit" and pin["after"]["stable"] == 1 and "version 2" in pin["reason"]
+    for _ in range(2):
+        models.reconcile()
+        assert states(models) == {1: "AVAILABLE", 2: "AVAILABLE"} and score(models) == 1
+    assert score(models, 2) == 2  # loaded and warm: a client may pin it
+    assert audit_entries(models, "route") == []  # nothing changed what serves
+    other_pool = core.ThreadPool(num_workers=1)  # a server started now reads the same pin
+    try:
+        restarted = manager(other_pool, repo)
+        assert score(restarted) == 1
+        restarted.unload_all()
+    finally:
+        other_pool.shutdown()
+
+    policy, action = promote(models.policy("ctr"), 2)
+    models.set_policy("ctr", policy, "me", action)
+    assert states(models) == {2: "AVAILABLE"} and score(models) == 2
     with pytest.raises(RequestError, match="no version 1 loaded"):
         models.route("ctr", 1)
+    (promoted,) = audit_entries(models, "promote")
+    assert promoted["cause"] == "explicit"
+    assert (promoted["route"]["before"]["stable"], promoted["route"]["after"]["stable"]) == (1, 2)
+    models.unload_all()
+
+
+def test_a_version_copied_in_by_hand_takes_no_traffic_on_a_running_server(pool, repo):
+    models = manager(pool, repo)
+    publish_version(repo)
+    (repo / "ctr" / "rollout.yaml").unlink()  # as if copied into the repository without adrank publish
+    models.reconcile()
+    assert states(models) == {1: "AVAILABLE", 2: "AVAILABLE"} and score(models) == 1
+    assert audit_entries(models, "route") == []
+    models.unload_all()
+
+
+def test_a_model_whose_config_says_latest_serves_routes_to_each_new_version_and_audits_it(pool, repo):
+    set_config(repo, latest_serves=True)
+    models = manager(pool, repo)
+    publish_version(repo)
+    assert not (repo / "ctr" / "rollout.yaml").exists()  # nothing pinned
+    models.reconcile()
+    assert states(models) == {2: "AVAILABLE"} and score(models) == 2
+    with pytest.raises(RequestError, match="no version 1 loaded"):
+        models.route("ctr", 1)
+    (change,) = audit_entries(models, "route")
+    assert change["cause"] == "latest_serves" and change["actor"] == "watcher"
+    assert (change["route"]["before"]["stable"], change["route"]["after"]["stable"]) == (1, 2)
+    models.unload_all()
+
+
+def test_a_route_change_nobody_asked_the_server_for_is_audited_with_its_cause(pool, repo):
+    models = manager(pool, repo)
+    publish_version(repo)
+    models.reconcile()
+    (repo / "ctr" / "rollout.yaml").write_text("stable: 2\n")  # a promote written to the files
+    models.reconcile()
+    assert score(models) == 2
+    shutil.rmtree(repo / "ctr" / "2")  # the stable version leaves the repository
+    models.reconcile()
+    assert states(models) == {1: "AVAILABLE"} and score(models) == 1
+    changes = [
+        (e["cause"], e["route"]["before"]["stable"], e["route"]["after"]["stable"])
+        for e in audit_entries(models, "route")
+    ]
+    assert changes == [("rollout_file", 1, 2), ("version_removed", 2, 1)]
+    assert "version 2 left the repository" in audit_entries(models, "route")[-1]["reason"]
+    shown = CliRunner(env={"COLUMNS": "250"}).invoke(main, ["models", "--repository", str(repo), "--history"])
+    assert shown.exit_code == 0, shown.output
+    assert "watcher route: route stable 1 -> stable 2 (rollout_file) rollout.yaml changed: stable 2" in shown.stdout
+    assert "watcher route: route stable 2 -> stable 1 (version_removed) version 2 left the repository" in shown.stdout
+    shutil.rmtree(repo / "ctr")  # the model leaves the repository
+    models.reconcile()
+    last = audit_entries(models)[-1]
+    assert (last["cause"], last["route"]["before"]["stable"], last["route"]["after"]) == ("model_removed", 1, None)
     models.unload_all()
 
 
@@ -75,7 +160,7 @@ def test_version_policy_latest_two_keeps_both_and_a_client_may_pin_either(pool, 
     publish_version(repo)
     models = manager(pool, repo)
     assert states(models) == {1: "AVAILABLE", 2: "AVAILABLE"}
-    assert score(models) == 2 and score(models, 1) == 1 and score(models, 2) == 2
+    assert score(models) == 1 and score(models, 1) == 1 and score(models, 2) == 2  # stable: publish pinned 1
     models.unload_all()
 
 
@@ -183,11 +268,15 @@ def test_a_start_with_nothing_to_serve_fails_naming_each_models_reason(pool, rep
 def test_a_start_whose_newest_version_is_corrupt_serves_the_previous_one_and_reports_it_failed(pool, repo):
     version = publish_version(repo)
     corrupt(repo / "ctr" / str(version) / "model.onnx")
+    (repo / "ctr" / "rollout.yaml").unlink()  # no pinned stable: the newest is the one to serve
     models = manager(pool, repo)  # the default policy wants only the newest version
     assert states(models) == {1: "AVAILABLE", version: "FAILED"}
     assert score(models) == 1 and dict(models.readiness()) == {"ctr": True}
     (ctr,) = models.describe()
     assert "sha256" in {v["version"]: v for v in ctr["versions"]}[version]["reason"]
+    (fallback,) = audit_entries(models, "route")  # not what should serve: audited, with the failure
+    assert fallback["cause"] == "load_failure" and f"version {version} FAILED" in fallback["reason"]
+    assert (fallback["route"]["before"], fallback["route"]["after"]["stable"]) == (None, 1)
     models.unload_all()
 
 
@@ -239,7 +328,7 @@ def test_a_repository_that_cannot_be_read_keeps_every_loaded_version_and_counts_
     moved.rename(repo)
     publish_version(repo)  # polling resumes where it stopped
     models.reconcile()
-    assert states(models) == {2: "AVAILABLE"} and models.repository_errors == 2
+    assert states(models) == {1: "AVAILABLE", 2: "AVAILABLE"} and models.repository_errors == 2
     models.unload_all()
 
 
@@ -254,6 +343,7 @@ def test_a_bad_rollout_file_is_refused_naming_the_field(pool, repo):
 
 
 def test_a_removed_version_drains_the_requests_routed_to_it_before_it_unloads(pool, repo):
+    set_config(repo, latest_serves=True)  # the new version takes the traffic at the next reconcile
     models = manager(pool, repo)
     models.options = ManagerOptions(poll_interval_s=0, drain_timeout_s=30)
     held = models.route("ctr", 0, "k")  # a request routed to version 1, not yet submitted

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import yaml
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 from rollout_models import int8_weights, quantized_ctr
@@ -30,7 +31,7 @@ from adrank.cli import main
 from adrank.cli_publish import publish_command
 from adrank.publish import gates
 from adrank.publish.pipeline import KILL_ENV, STEPS, PublishError, PublishOptions, publish
-from adrank.repository import ModelRepository
+from adrank.repository import ModelRepository, staging
 from adrank.repository.meta import load_meta, sha256_file
 from served import MODELS
 
@@ -185,6 +186,53 @@ def test_the_human_report_shows_the_ratio_per_batch_size(repo: Path):
     assert "ratio" in result.stdout and "vs version 1" in result.stdout
     assert all(f" {rows} " in result.stdout for rows in (64, 256, 512))
     assert "the ONNX checker passes" in result.stderr  # the step lines go to stderr
+
+
+def test_a_new_version_takes_no_traffic_publish_pins_stable_and_says_what_servers_will_route(
+    repo: Path, tmp_path: Path
+):
+    audit = tmp_path / "audit"
+    result = invoke(repo, CTR_ONNX, *LENIENT, "--audit-log", str(audit), "--actor", "alice")
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((repo / "ctr" / "rollout.yaml").read_text()) == {"stable": 1}
+    lines = result.stdout.splitlines()
+    assert "stable pinned to version 1 in rollout.yaml" in result.stdout
+    assert lines[-1] == (
+        "adrank publish: servers will route ctr: stable 1; version 2 loads and warms up but takes no traffic until"
+        " `adrank promote ctr 2` or `adrank rollout ctr --canary 2 --percent P`"
+    )
+    (entry,) = [json.loads(line) for line in (audit / "ctr.jsonl").read_text().splitlines()]
+    assert (entry["action"], entry["actor"], entry["cause"]) == ("pin_stable", "alice", "explicit")
+    assert (entry["before"]["stable"], entry["after"]["stable"]) == (None, 1)
+
+    again = invoke(repo, CTR_ONNX, *LENIENT, "--audit-log", str(audit), "--json")  # stable named: no new pin
+    report = json.loads(again.stdout)
+    assert report["pinned_stable"] is None and report["routing"].startswith("servers will route ctr: stable 1;")
+    assert len((audit / "ctr.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_model_whose_config_says_latest_serves_is_not_pinned_and_publish_says_the_new_version_serves(repo: Path):
+    config = yaml.safe_load((repo / "ctr" / "config.yaml").read_text())
+    (repo / "ctr" / "config.yaml").write_text(yaml.safe_dump({**config, "latest_serves": True}))
+    result = invoke(repo, CTR_ONNX, *LENIENT, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert not (repo / "ctr" / "rollout.yaml").exists() and report["pinned_stable"] is None
+    assert report["routing"] == (
+        "servers will route ctr: stable 2 once version 2 is AVAILABLE (config.yaml: latest_serves: true)"
+    )
+
+
+def test_a_publish_refused_at_the_rename_puts_rollout_yaml_back(repo: Path, monkeypatch: pytest.MonkeyPatch):
+    before = snapshot(repo)
+
+    def taken(folder: Path, final: Path) -> None:
+        raise PublishError(f"{final}: another publish created it meanwhile")
+
+    monkeypatch.setattr(staging, "rename_into_place", taken)
+    with pytest.raises(PublishError, match="created it meanwhile"):
+        publish(PublishOptions(model="ctr", onnx=CTR_ONNX, repository=repo, max_slowdown=3, bench_reps=3))
+    assert snapshot(repo) == before  # no version, no staging folder, no rollout.yaml
 
 
 @pytest.mark.parametrize("damage", ["truncated", "random bytes", "empty"])

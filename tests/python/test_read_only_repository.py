@@ -57,6 +57,15 @@ def read_only_repo(tmp_path: Path):
     make_writable(repo)  # so that pytest can remove its tmp dir
 
 
+def assert_failure_audited_once(audit_file: Path) -> None:
+    """Version 2's failure once, however many polls found it, and the route it left: version 1 serves instead
+    of the newest, a change audited with its cause."""
+    entries = [json.loads(line) for line in audit_file.read_text().splitlines()]
+    assert [e["action"] for e in entries] == ["version_failed", "route"]
+    assert entries[0]["figures"] == {"version": 2}
+    assert (entries[1]["cause"], entries[1]["route"]["after"]["stable"]) == ("load_failure", 1)
+
+
 def test_serving_a_failure_and_polls_write_nothing_into_the_repository(read_only_repo: Path):
     before = snapshot(read_only_repo)
     server = ServerThread(read_only_repo, models=ManagerOptions(poll_interval_s=0.05, drain_timeout_s=5)).start()
@@ -76,8 +85,7 @@ def test_serving_a_failure_and_polls_write_nothing_into_the_repository(read_only
     assert snapshot(read_only_repo) == before
     assert AuditLocation.from_option(None, read_only_repo).file("ctr") == audit_file
     assert not audit_file.is_relative_to(read_only_repo)
-    failures = [json.loads(line) for line in audit_file.read_text().splitlines()]
-    assert [(e["action"], e["figures"]["version"]) for e in failures] == [("version_failed", 2)]
+    assert_failure_audited_once(audit_file)
 
 
 def _read_only_mounts_work(probe: Path) -> bool:
@@ -110,5 +118,4 @@ def test_adrank_serve_serves_a_read_only_mount_of_the_repository(read_only_repo:
         proc.wait(timeout=60)
     assert proc.returncode == 0
     assert snapshot(read_only_repo) == before
-    failures = [json.loads(line) for line in (audit / "ctr.jsonl").read_text().splitlines()]
-    assert [(e["action"], e["figures"]["version"]) for e in failures] == [("version_failed", 2)]
+    assert_failure_audited_once(audit / "ctr.jsonl")

@@ -81,7 +81,11 @@ def test_the_route_a_policy_asks_for_among_the_available_versions():
         r = route_for(policy, available, current)
         return (r.stable, r.canary, r.canary_basis_points, r.shadow, r.shadow_basis_points)
 
-    assert route(RolloutPolicy(), [1, 2, 3], 2) == (3, 0, 0, 0, 10000)  # no stable named: the newest goes live
+    # No stable named: what serves now keeps serving (a new version waits for a promote), unless the model's
+    # config says latest_serves; with nothing serving yet (a start), the newest.
+    assert route(RolloutPolicy(), [1, 2, 3], 2) == (2, 0, 0, 0, 10000)
+    assert route_for(RolloutPolicy(), [1, 2, 3], 2, latest_serves=True).stable == 3
+    assert route(RolloutPolicy(), [1, 2, 3], None) == (3, 0, 0, 0, 10000)
     assert route(RolloutPolicy(stable=2), [1, 2, 3], 3) == (2, 0, 0, 0, 10000)
     assert route(RolloutPolicy(stable=4), [1, 2, 3], 2) == (2, 0, 0, 0, 10000)  # 4 not loaded: keep what serves
     assert route(RolloutPolicy(stable=4), [1, 3], None) == (3, 0, 0, 0, 10000)
@@ -250,7 +254,8 @@ def test_switching_versions_under_steady_load_loses_no_request(repo, frontend):
     try:
         for version in (2, 3):
             time.sleep(0.5)
-            publish_version(repo)
+            publish_version(repo)  # takes no traffic until promoted
+            write_rollout(repo, {"stable": version})  # promoted: servers apply it at their next poll
             deadline = time.monotonic() + 30
             while not seen or seen[-1] != version:
                 assert time.monotonic() < deadline, f"version {version} never went live"
@@ -317,13 +322,13 @@ def test_the_rollout_commands_act_on_a_running_server(repo):
         listed = runner.invoke(main, ["models", *address, "--json", "--history"])
         (ctr,) = json.loads(listed.output)
         assert {v["version"]: v["role"] for v in ctr["versions"]} == {1: "stable", 2: "canary 25 %"}
-        assert [e["action"] for e in ctr["history"]] == ["canary"]
+        assert [e["action"] for e in ctr["history"]] == ["pin_stable", "canary"]
         assert runner.invoke(main, ["promote", "ctr", "2", *address]).exit_code == 0
         assert server.server.models.registry.rollout("ctr").stable == 2
         back = runner.invoke(main, ["rollback", "ctr", *address, "--reason", "revert"])
         assert back.exit_code == 0, back.output
         assert server.server.models.registry.rollout("ctr").stable == 1
-        assert [e["action"] for e in history(repo)] == ["canary", "promote", "rollback"]
+        assert [e["action"] for e in history(repo)] == ["pin_stable", "canary", "promote", "rollback"]
         refused = CliRunner(env={TOKEN_ENV: "nope"}).invoke(main, ["models", "--server", address[1]])
         assert refused.exit_code != 0 and "UNAUTHENTICATED" in refused.output
     finally:

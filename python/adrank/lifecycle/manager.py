@@ -11,8 +11,13 @@ What it keeps true (DESIGN.md, Model repository and Rollout):
   retried until its files change or the admin API asks. A model left with no version that serves (at
   start-up, its newest version FAILED) falls back to its next newest version on disk that loads.
 - Routing changes are atomic (one ModelRegistry.set_rollout): a request is routed to the old route or
-  the new one, never to a half-made one. Stable is the policy's `stable`, or, without one, the highest
-  AVAILABLE version — so a newly published version goes live once it has passed its checks.
+  the new one, never to a half-made one. Stable is the policy's `stable`; without one, the version serving
+  now (at start-up the newest AVAILABLE), so a new version loads and warms up but takes no traffic until a
+  promote or a canary routes to it — unless config.yaml says `latest_serves: true`, where the newest
+  AVAILABLE version serves (routes.py: route_for). Versions route only while on disk.
+- Every route change is audited with its cause (rollout/route_change.py): explicit (the admin API, a
+  guardrail, an unload or load on request) in the change's own entry, or implicit (rollout.yaml changed on
+  disk, a load failure, a removed version or model, latest_serves) in a `route` entry.
 - A version no longer wanted is removed from the registry first (no new request reaches it), then
   drained — every request that was routed to it finishes on it, however long it queued — then its core
   queue and sessions are released. No request is lost across a switch.
@@ -53,12 +58,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from types import MappingProxyType
 
 import adrank._core as core
 from adrank.lifecycle.version_loader import file_signature, load_checked
+from adrank.lifecycle.version_status import Route, VersionState, VersionStatus
 from adrank.log_format import log_fields
 from adrank.repository.config import ConfigError, ModelConfig
 from adrank.repository.layout import ModelEntry, ModelRepository, RepositoryError
@@ -67,6 +72,7 @@ from adrank.rollout.audit import AuditEntry, AuditLog
 from adrank.rollout.audit_location import AuditLocation
 from adrank.rollout.guardrails import Comparison, GuardrailMonitor, Verdict
 from adrank.rollout.policy import PolicyError, RolloutPolicy, load_policy, save_policy
+from adrank.rollout.route_change import EXPLICIT, MODEL_REMOVED, RouteChange, RouteContext, implicit_cause, route_record
 from adrank.rollout.routes import describe_route, route_for, route_role, route_summary, same_route
 from adrank.servable import Servable
 from adrank.status import RequestError, StatusCode
@@ -75,19 +81,14 @@ from adrank.ticker import Ticker
 
 log = logging.getLogger("adrank.models")
 
+__all__ = ["ManagerOptions", "ModelManager", "NothingToServe", "Readiness", "Route", "VersionState", "VersionStatus"]
+
 # Every model of the repository -> whether it has a version that serves.
 Readiness = Mapping[str, bool]
 
 
 class NothingToServe(RuntimeError):
     """At start-up, no model of the repository has a version that serves; the message says why, per model."""
-
-
-class VersionState(str, Enum):
-    LOADING = "LOADING"  # sessions, warm-up, parity check under way
-    AVAILABLE = "AVAILABLE"  # passed every check; routable
-    UNLOADING = "UNLOADING"  # out of the route, its requests finishing
-    FAILED = "FAILED"  # a step failed: `reason` says which
 
 
 @dataclass(frozen=True)
@@ -107,28 +108,6 @@ class ManagerOptions:
     # Where the audit log goes: a directory (one <model>.jsonl each), "repository" (inside it, the old
     # layout), or None: the per-user default outside the repository (rollout/audit_location.py).
     audit_log: str | None = None
-
-
-@dataclass
-class VersionStatus:
-    model: str
-    version: int
-    state: VersionState
-    reason: str = ""
-    since: float = field(default_factory=time.time)
-    integer_kernels: str = ""  # meta.json's note on int8 nodes that saturate without VNNI (meta.py), if any
-    signature: tuple[float, ...] = ()  # the files' mtimes when loaded: a change retries a FAILED version
-    servable: Servable | None = None
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where one request goes for one model: the version that answers, and a shadow that mirrors it."""
-
-    servable: Servable
-    served: core.ServedModel  # held for the request's lifetime: the version drains only when released
-    shadow: Servable | None = None
-    shadow_served: core.ServedModel | None = None
 
 
 @dataclass
@@ -299,15 +278,21 @@ class ModelManager:
             for name in names:
                 self._reconcile_model(name)
             for name in [n for n in self._models if n not in names]:
+                before = self._routed(name)
                 if name in self._held:
                     log.warning(
                         "model %s unloaded on request: it serves again once loaded", name, extra=log_fields(model=name)
                     )
+                    cause, reason = EXPLICIT, "unloaded on request"
                 else:
                     log.warning("model %s left the repository: unloading it", name, extra=log_fields(model=name))
+                    cause, reason = MODEL_REMOVED, "the model's folder left the repository"
                 for key in [k for k in self._versions if k[0] == name]:
                     self._unload(*key)
                 del self._models[name]
+                if before is not None:
+                    action = "unload_model" if cause == EXPLICIT else "route"
+                    self._audit_route(RouteChange(name, before, None, cause, reason), action)
         finally:
             self._update_readiness()
 
@@ -330,12 +315,13 @@ class ModelManager:
             for (n, v), status in list(self._versions.items()):
                 if n == name and status.state == VersionState.FAILED:
                     del self._versions[(n, v)]
+        policy_changed = model.config is not None and policy != model.policy
         model.config, model.policy, model.error = entry.config, policy, ""
         wanted = self._wanted(entry, policy)
         for version in wanted:
             self._ensure_loaded(entry, version)
         self._fall_back(entry, wanted)
-        self._apply_route(name)
+        self._reroute(name, policy_changed)
         self._unload_unwanted(entry, wanted)
 
     def _fall_back(self, entry: ModelEntry, wanted: list[int]) -> None:
@@ -414,18 +400,59 @@ class ModelManager:
     def _available(self, name: str) -> list[int]:
         return sorted(v for (n, v), s in self._versions.items() if n == name and s.state == VersionState.AVAILABLE)
 
+    def _routable(self, name: str) -> list[int]:
+        """The AVAILABLE versions still on disk (a version removed from the repository leaves the route); all
+        AVAILABLE ones if none is, so that a model keeps serving what it has rather than nothing."""
+        available = self._available(name)
+        on_disk = set(self._on_disk_versions(name))
+        return [v for v in available if v in on_disk] or available
+
+    def _failed(self, name: str) -> dict[int, str]:
+        return {v: s.reason for (n, v), s in self._versions.items() if n == name and s.state == VersionState.FAILED}
+
+    def _routed(self, name: str) -> core.RolloutRoute | None:
+        route = self.registry.rollout(name)
+        return route if route.stable else None
+
     def _stable_version(self, name: str) -> int | None:
         stable = self.registry.rollout(name).stable
         return stable or None
 
-    def _apply_route(self, name: str) -> None:
-        """Routes the model's traffic as its policy says, among the versions that are AVAILABLE."""
-        model = self._models[name]
-        available = self._available(name)
-        if not available:
+    def _reroute(self, name: str, policy_changed: bool = False) -> None:
+        """Applies the model's route and audits a change of it with its implicit cause (route_change.py)."""
+        before = self._routed(name)
+        after = self._apply_route(name)
+        if after is None:
             return
-        route = route_for(model.policy, available, self._stable_version(name))
-        if not same_route(self.registry.rollout(name), route):
+        model = self._models[name]
+        context = RouteContext(
+            policy=model.policy,
+            policy_changed=policy_changed,
+            latest_serves=model.config is not None and model.config.latest_serves,
+            on_disk=frozenset(self._on_disk_versions(name)),
+            failed=self._failed(name),
+        )
+        cause = implicit_cause(before, after, context)
+        if cause is not None:
+            self._audit_route(RouteChange(name, before, after, *cause))
+
+    def _audit_route(self, change: RouteChange, action: str = "route") -> None:
+        log.warning("%s route changed: %s", change.model, change.describe(), extra=log_fields(model=change.model))
+        actor = "watcher" if change.cause != EXPLICIT else "admin"
+        entry = AuditEntry(change.model, actor, action, change.reason, cause=change.cause, route=change.record())
+        self.audit.log(change.model).append(entry)
+
+    def _apply_route(self, name: str) -> core.RolloutRoute | None:
+        """Routes the model's traffic as its policy says among the versions that are AVAILABLE and on disk; the
+        new route if it changed, else None."""
+        model = self._models[name]
+        available = self._routable(name)
+        if not available:
+            return None
+        latest_serves = model.config is not None and model.config.latest_serves
+        route = route_for(model.policy, available, self._stable_version(name), latest_serves)
+        changed = not same_route(self.registry.rollout(name), route)
+        if changed:
             self.registry.set_rollout(name, route)
             log.info("%s routed: %s", name, describe_route(route), extra=log_fields(model=name))
         compared = {route.stable, route.canary, route.shadow} - {0}
@@ -433,6 +460,7 @@ class ModelManager:
             if n == name:
                 servable.stats.record_scores = len(compared) > 1 and v in compared
                 servable.stats.enabled = self.options.metrics or servable.stats.record_scores
+        return route if changed else None
 
     def _unload_unwanted(self, entry: ModelEntry, wanted: list[int]) -> None:
         route = self.registry.rollout(entry.name)
@@ -503,12 +531,13 @@ class ModelManager:
                         StatusCode.FAILED_PRECONDITION,
                         f"rollout: {name} version {version} is FAILED: {status.reason}",
                     )
-            before = model.policy
+            before, routed = model.policy, self._routed(name)
             save_policy(entry.path, policy)
             model.policy = policy
-            self._apply_route(name)
+            after = self._apply_route(name)
             self._unload_unwanted(entry, self._wanted(entry, policy))
-            self.audit.log(name).append(AuditEntry.change(name, actor, action, before, policy, reason, figures))
+            route = route_record(routed, after) if after is not None else None
+            self.audit.log(name).append(AuditEntry.change(name, actor, action, before, policy, reason, figures, route))
             log.info("%s rollout (%s by %s): %s", name, action, actor, policy.summary(), extra=log_fields(model=name))
             self._update_readiness()
             return policy
@@ -533,7 +562,7 @@ class ModelManager:
             status = self._versions.get((name, version))
             if status is None or status.state == VersionState.FAILED:
                 self._load(entry, version, file_signature(entry.version_dir(version)))
-            self._apply_route(name)
+            self._reroute(name)
             self._update_readiness()
             return self._versions[(name, version)]
 
@@ -569,9 +598,13 @@ class ModelManager:
         RepositoryModelLoad): NOT_FOUND if the repository has no such model, FAILED_PRECONDITION with the
         reasons if no version of it serves afterwards."""
         with self._lock:
+            held = name in self._held
             self._held.discard(name)
             self.reconcile()
             model = self._known(name)
+            routed = self._routed(name)
+            if held and routed is not None:
+                self._audit_route(RouteChange(name, None, routed, EXPLICIT, "loaded on request"), "load_model")
             if self.registry.rollout(name).stable == 0:
                 failed = [f"version {v}: {s.reason}" for (n, v), s in sorted(self._versions.items()) if n == name]
                 why = "; ".join([*([model.error] if model.error else []), *failed]) or "no version on disk"

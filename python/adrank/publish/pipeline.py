@@ -30,6 +30,11 @@ What is checked, in order (each refusal is a PublishError naming the file, the t
    median ignores the odd preempted run) gives a ratio per size, and the gate is their geometric mean (every
    size counts alike, whatever its absolute time): refused above `max_slowdown`. A model's first version has
    nothing to compare with: the comparison is skipped and the report says so.
+Then what serves: a model that holds new versions back (the default; config.yaml `latest_serves: true` opts
+out) has rollout.yaml's stable pinned to the current version right before the rename, so servers load and warm
+the new version but route nothing to it until it is promoted; the report's `routing` line says what servers
+will route (routing.py).
+
 The new version's meta.json records the figures (sha256, source, validation, integer_kernels: how many
 integer nodes can saturate without VNNI, 0 for a model that passed, and who allowed them otherwise).
 
@@ -109,6 +114,9 @@ class PublishOptions:
     source: str | None = None  # where the model comes from (a training run, a commit), kept in meta.json
     # Publish even if integer nodes can saturate on CPUs without VNNI (scores would differ there): recorded.
     allow_int8_saturation: bool = False
+    # Where a stable pin is audited (rollout/audit_location.py: a directory, "repository", None the default).
+    audit_log: str | None = None
+    actor: str | None = None  # who publishes, for the audit log (None: the user running it)
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,10 @@ class PublishReport:
     # or the policy names it.
     loaded_by_policy: bool
     seconds: float
+    # What servers route once they have loaded the version (routing.py: expected_route), and whether this
+    # publish pinned rollout.yaml's stable to keep the new version out of traffic.
+    routing: str = ""
+    pinned_stable: int | None = None
     steps: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,6 +150,8 @@ class PublishReport:
 def publish(options: PublishOptions, progress: PublishSteps | None = None) -> PublishReport:
     """Validates `options.onnx` as a new version of `options.model` and renames it into place."""
     import adrank._core as core
+    from adrank.publish import routing
+    from adrank.rollout.audit_location import AuditLocation
 
     progress = progress or QuietSteps()
     kill_at = staging.kill_step()
@@ -213,8 +227,19 @@ def publish(options: PublishOptions, progress: PublishSteps | None = None) -> Pu
         staging.fsync_dir(folder)
         done("meta_written", f"wrote {folder / 'meta.json'}")
 
-        staging.rename_into_place(folder, final)
+        pin = routing.pin_stable(entry, current)
+        try:
+            staging.rename_into_place(folder, final)
+        except BaseException:
+            if pin is not None:
+                pin.undo()
+            raise
         renamed = True
+        if pin is not None:
+            audit = AuditLocation.from_option(options.audit_log, options.repository)
+            pin.audit(audit, entry.name, version, options.actor)
+        route = routing.expected_route(entry, version, current, report.loaded_by_policy)
+        report = replace(report, routing=route, pinned_stable=pin.after.stable if pin is not None else None)
         done("renamed", f"{entry.name} version {version} published at {final}")
     finally:
         try:

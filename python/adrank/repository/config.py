@@ -230,6 +230,10 @@ class ModelConfig(_Strict):
     parity_atol: float | None = Field(None, gt=0)
     # Default: the latest version only, as TF Serving does; a rollout adds the versions it names.
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    # Whether a new version takes the traffic once it is AVAILABLE while rollout.yaml names no stable version
+    # (TF Serving's and Triton's default). False, the default: a new version loads and warms up but takes no
+    # traffic until `adrank promote` or a canary routes to it, so publishing never changes what serves.
+    latest_serves: bool = False
     # A JSON file beside config.yaml with golden inputs (meta.json's `golden.inputs` format): what
     # `adrank publish` runs a new version on when the model has no current version to take them from.
     sample: str | None = None

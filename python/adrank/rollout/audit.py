@@ -6,9 +6,13 @@ One line per change, appended with a single write() on a file opened O_APPEND, s
 (the server's guardrails, an engineer's CLI) never interleave within a line; fsync'd, so a change that
 was applied is on disk. Lines are never rewritten.
 
-An entry: {"time": ISO-8601 UTC, "model", "actor" (a user, "guardrail", "watcher"), "action" (canary,
-shadow, promote, rollback, guardrail_rollback, set_rollout, version_failed), "before" and "after"
-(rollout policies), "reason", "figures" (the guardrail's measurements, publish figures…)}.
+An entry: {"time": ISO-8601 UTC, "model", "actor" (a user, "guardrail", "watcher", "publish"), "action"
+(canary, shadow, promote, rollback, guardrail_rollback, set_rollout, pin_stable, route, unload_model,
+load_model, version_failed), "before" and "after" (rollout policies), "reason", "figures" (the guardrail's
+measurements, publish figures…), "cause" and "route" for an entry that changed which versions serve: the
+cause (route_change.py: explicit, or implicit: rollout_file, load_failure, version_removed, …) and the
+route before and after ({"stable", "canary", "canary_percent", "shadow", "shadow_sample_percent"}, null for
+nothing routed)}. Entries written before `cause` and `route` existed read with them empty.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ class AuditEntry:
     after: dict[str, Any] | None = None
     figures: dict[str, Any] = field(default_factory=dict)
     time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    cause: str = ""
+    route: dict[str, Any] | None = None
 
     @staticmethod
     def change(
@@ -46,8 +52,10 @@ class AuditEntry:
         after: RolloutPolicy,
         reason: str = "",
         figures: dict[str, Any] | None = None,
+        route: dict[str, Any] | None = None,
     ) -> AuditEntry:
-        """The entry of a rollout policy changed from `before` to `after`."""
+        """The entry of a rollout policy changed from `before` to `after` on someone's request (`route`: what
+        it changed in a server's routing, where a server applied it)."""
         return AuditEntry(
             model,
             actor,
@@ -56,6 +64,8 @@ class AuditEntry:
             before=before.model_dump(mode="json"),
             after=after.model_dump(mode="json"),
             figures=figures or {},
+            cause="explicit",
+            route=route,
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import adrank._core as core
 from adrank.rollout.policy import CanaryPolicy, RolloutPolicy, ShadowPolicy
+from adrank.rollout.summary import route_text
 
 BASIS_POINTS_PER_PERCENT = 100
 
@@ -22,13 +23,20 @@ def core_route(stable: int, canary: CanaryPolicy | None, shadow: ShadowPolicy | 
     )
 
 
-def route_for(policy: RolloutPolicy, available: list[int], current: int | None) -> core.RolloutRoute:
-    """The route a policy asks for among the AVAILABLE versions (ascending, at least one): its stable if
-    loaded, else the version serving now (the policy's stable FAILED or is gone: keep what serves), else
-    the newest; a canary or shadow only if loaded and not the stable version itself."""
+def route_for(
+    policy: RolloutPolicy, available: list[int], current: int | None, latest_serves: bool = False
+) -> core.RolloutRoute:
+    """The route a policy asks for among the AVAILABLE versions (ascending, at least one), `current` the stable
+    version serving now (None: nothing serves yet).
+
+    Stable is the policy's `stable` if loaded. Otherwise what serves now keeps serving: the policy's stable
+    FAILED or is gone, or the policy names none and the model holds new versions back (config.yaml's
+    `latest_serves: false`, the default: a new version takes no traffic until promoted). Otherwise, with
+    nothing serving (start-up) or `latest_serves`, the newest. A canary or shadow only if loaded and not the
+    stable version itself."""
     if policy.stable in available:
         stable = policy.stable
-    elif policy.stable is not None and current in available:
+    elif current in available and (policy.stable is not None or not latest_serves):
         stable = current
     else:
         stable = available[-1]
@@ -57,12 +65,7 @@ def route_role(route: core.RolloutRoute, version: int, with_share: bool = False)
 
 def describe_route(route: core.RolloutRoute) -> str:
     """One line for logs and errors: "stable 3, canary 4 at 5 %, shadow 5 (100 %)"."""
-    parts = [f"stable {route.stable}"]
-    if route.canary:
-        parts.append(f"canary {route.canary} at {route.canary_basis_points / BASIS_POINTS_PER_PERCENT:g} %")
-    if route.shadow:
-        parts.append(f"shadow {route.shadow} ({route.shadow_basis_points / BASIS_POINTS_PER_PERCENT:g} %)")
-    return ", ".join(parts)
+    return route_text(route_summary(route))
 
 
 def route_summary(route: core.RolloutRoute) -> dict[str, float]:

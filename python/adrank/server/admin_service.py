@@ -196,6 +196,8 @@ class AdminService(pb_grpc.AdminServicer):
                     before_json=json.dumps(e["before"]),
                     after_json=json.dumps(e["after"]),
                     figures_json=json.dumps(e["figures"]),
+                    cause=e["cause"],
+                    route_json=json.dumps(e["route"]),
                 )
                 for e in entries
             ]
