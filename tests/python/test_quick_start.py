@@ -75,6 +75,18 @@ def test_the_quick_start_snippet_runs_and_prints_what_the_readme_shows(server):
             assert abs(float(a) - float(b)) <= last_digit + 1e-9, (got, want)
 
 
+def test_the_serving_sections_snippet_runs_as_it_stands(server):
+    text = README.read_text()
+    start = text.index("\n## Serving\n")
+    (snippet,) = blocks(text[start : text.index("\n## ", start + 1)], "python")
+    assert DEFAULT_GRPC in snippet and "timeout=0.05" in snippet
+    # An auction's 50 ms deadline, on a test machine that may be busy with other tests: 10 s.
+    runnable = snippet.replace(DEFAULT_GRPC, server.target).replace("timeout=0.05", "timeout=10")
+    done = subprocess.run([sys.executable, "-c", runnable], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{latest_version('ctr')}\n"
+
+
 def test_the_example_runs_from_the_golden_requests_without_the_data_folder(server, tmp_path: Path):
     missing = tmp_path / "no_data" / "sample_200.csv"
     command = [sys.executable, str(REPO / "examples" / "rank_example.py"), "--target", server.target]
