@@ -154,7 +154,9 @@ void BindRegistry(py::module_& m) {
           },
           py::arg("name"), py::arg("version") = 0, py::arg("key") = "")
       .def_property_readonly("max_request_bytes", &ModelRegistry::max_request_bytes,
-                             "The largest request the served models take together (cpp/model_registry.h).");
+                             "The largest request the served models take together (cpp/model_registry.h).")
+      .def_property_readonly("unknown_model_requests", &ModelRegistry::unknown_model_requests,
+                             "Requests that named a model it does not serve (cpp/model_registry.h).");
 
   m.def("routing_bucket", &RoutingBucket, py::arg("key"), py::arg("salt") = 0,
         "The routing bucket of a key, in [0, 10000) (cpp/model_registry.h).");

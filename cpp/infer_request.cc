@@ -191,6 +191,8 @@ Status NamedModel(const ModelRegistry& registry, const std::string& model, int64
                   std::shared_ptr<const ServedModel>* served) {
   const Status status = registry.Resolve(model, version, served);
   if (status.ok()) return status;
+  // Refused before Rank routes it: counted here as Route would count it (model_registry.h).
+  if (registry.Versions(model).empty()) registry.CountUnknownModel();
   // The registry's message, naming this protocol's field rather than Rank's.
   constexpr std::string_view kRankField = "models: ";
   const std::string& message = status.message();

@@ -155,7 +155,10 @@ Status ModelRegistry::Route(const std::string& name, int64_t version, std::strin
   const std::shared_ptr<const Table> table = Snapshot();
   const Entry* entry = nullptr;
   Status status = FindModel(*table, name, &entry);
-  if (!status.ok()) return status;
+  if (!status.ok()) {
+    CountUnknownModel();
+    return status;
+  }
   out->shadow.reset();
   if (version != 0) return FindVersion(name, *entry, version, true, &out->model);
   const RolloutRoute& route = entry->route;

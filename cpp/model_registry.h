@@ -23,6 +23,12 @@
 // served model, each at its max_candidates rows, is the largest any client can usefully send; a larger
 // message is refused by its declared size before any byte of it is parsed.
 //
+// Requests for a model it does not serve (unknown_model_requests): a call naming a model the registry has
+// no version of is answered NOT_FOUND before any version sees it, so no version's stats count it. Route
+// counts each such request (Rank on both front ends, and KServe inference, which routes through Rank);
+// KServe inference resolves its model before routing and counts a miss there with CountUnknownModel.
+// Resolve alone (metadata, statistics) counts nothing: those calls are not requests to score.
+//
 // Resolution takes a snapshot of the table (an immutable map behind a shared_ptr, replaced whole on
 // every change), so a request never sees a half-updated table and changes never wait for requests. A
 // routed ServedModel stays valid for as long as the caller holds it, even if removed meanwhile; Remove
@@ -160,7 +166,7 @@ class ModelRegistry {
   RolloutRoute rollout(const std::string& name) const;
 
   // version > 0: that version (pinned). 0: the rollout picks by `key`. NOT_FOUND names the model or the
-  // version.
+  // version; a model it does not serve is counted (unknown_model_requests).
   Status Route(const std::string& name, int64_t version, std::string_view key, Routed* out) const;
   // Route without a key or shadow: the stable version, or the pinned one.
   Status Resolve(const std::string& name, int64_t version, std::shared_ptr<const ServedModel>* out) const;
@@ -168,6 +174,10 @@ class ModelRegistry {
   // name: what a protocol's metadata and repository index list.
   std::vector<int64_t> Versions(const std::string& name) const;
   std::vector<std::string> Models() const;
+  // Requests that named a model the registry does not serve, since it was made (see above).
+  uint64_t unknown_model_requests() const { return unknown_model_requests_.load(std::memory_order_relaxed); }
+  // Counts one such request for a protocol that found the model unknown through Resolve.
+  void CountUnknownModel() const { unknown_model_requests_.fetch_add(1, std::memory_order_relaxed); }
   // The sum over served models of their largest version's MaxRequestBytes (a request may name every
   // model); 0 with none registered. Kept up to date as versions come and go: a read costs one load.
   int64_t max_request_bytes() const { return max_request_bytes_.load(std::memory_order_acquire); }
@@ -190,6 +200,7 @@ class ModelRegistry {
   mutable std::mutex mu_;
   std::shared_ptr<const Table> table_ = std::make_shared<Table>();
   mutable std::atomic<uint64_t> unkeyed_{0};
+  mutable std::atomic<uint64_t> unknown_model_requests_{0};
   std::atomic<int64_t> max_request_bytes_{0};
 };
 

@@ -168,6 +168,22 @@ TEST_F(ModelRegistryTest, RemovingTheStableVersionLeavesUnpinnedRequestsNotFound
   EXPECT_TRUE(registry_.Route("ctr", 2, "k", &routed).ok());
 }
 
+TEST_F(ModelRegistryTest, CountsRequestsForAModelItDoesNotServeButNotOtherMisses) {
+  Routed routed;
+  std::shared_ptr<const ServedModel> resolved;
+  EXPECT_EQ(registry_.unknown_model_requests(), 0u);
+  EXPECT_EQ(registry_.Route("nope", 0, "k", &routed).code(), StatusCode::kNotFound);
+  EXPECT_EQ(registry_.Route("nope", 3, "k", &routed).code(), StatusCode::kNotFound);
+  EXPECT_EQ(registry_.unknown_model_requests(), 2u);
+  // A version it does not have is not an unknown model; Resolve (metadata, statistics) counts nothing.
+  EXPECT_EQ(registry_.Route("ctr", 9, "k", &routed).code(), StatusCode::kNotFound);
+  EXPECT_EQ(registry_.Resolve("nope", 0, &resolved).code(), StatusCode::kNotFound);
+  EXPECT_TRUE(registry_.Route("ctr", 0, "k", &routed).ok());
+  EXPECT_EQ(registry_.unknown_model_requests(), 2u);
+  registry_.CountUnknownModel();
+  EXPECT_EQ(registry_.unknown_model_requests(), 3u);
+}
+
 }  // namespace
 TEST(VersionReleaseTest, ACopyOfAModelNeverReleasesTheOriginal) {
   auto original = std::make_shared<ServedModel>();

@@ -297,6 +297,8 @@ class ModelRegistry:
     def route(self, name: str, version: int = 0, key: str = "") -> tuple[ServedModel, ServedModel | None]: ...
     @property
     def max_request_bytes(self) -> int: ...
+    @property
+    def unknown_model_requests(self) -> int: ...  # requests naming a model it does not serve
 
 # The Rank contract (cpp/rank_call.h): what both front ends hand a call to.
 class PendingRank:
