@@ -148,6 +148,57 @@ def test_metrics_move_by_exactly_what_was_served(server):
     assert value(after, "process_resident_memory_bytes") > 0
 
 
+def post(port: int, path: str, document: dict) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", json.dumps(document).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_requests_to_unknown_models_are_counted_by_code_and_drawn_by_the_dashboard(server):
+    """Neither a version's counts nor the per-version series can show a call to a model no version serves:
+    the core's registry counts them (Rank on this front end, and KServe inference over HTTP), /metrics exports
+    them by code, and the dashboard's calls-by-code data shows them beside the NOT_FOUND calls."""
+    port = server.server.http_port
+    registry = server.server.models.registry
+    history = server.server.history
+    history.take()
+    before, unknown_before = scrape(port), registry.unknown_model_requests
+    with RankClient(server.target) as client:
+        for _ in range(3):
+            with pytest.raises(RankError) as refused:
+                client.rank(["no_such_model"], ctr_candidates(2), timeout=10)
+            assert refused.value.code == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(RankError) as pinned:  # a version ctr does not have: ctr is known
+            client.rank([("ctr", 99)], ctr_candidates(2), timeout=10)
+        assert pinned.value.code == grpc.StatusCode.NOT_FOUND
+    document = {"inputs": [{"name": "dense", "datatype": "FP32", "shape": [1, 13], "data": [0.0] * 13}]}
+    assert post(port, "/v2/models/no_such_model/infer", document) == 404
+    assert get(port, "/v2/models/no_such_model")[0] == 404  # its metadata: not a request, not counted
+    history.take()
+    after = scrape(port)
+    assert registry.unknown_model_requests - unknown_before == 4
+    moved = value(after, "adrank_unknown_model_requests_total", code="NOT_FOUND") - value(
+        before, "adrank_unknown_model_requests_total", code="NOT_FOUND"
+    )
+    assert moved == 4
+    assert (
+        value(after, "adrank_rank_calls_total", code="NOT_FOUND")
+        - value(before, "adrank_rank_calls_total", code="NOT_FOUND")
+        == 5
+    )  # the four unknown-model calls and the unknown version
+    status, _, body = get(port, "/dashboard/data?minutes=1")
+    assert status == 200
+    calls = json.loads(body)["calls"]
+    assert len(calls["t"]) == len(calls["unknown_model"]) == len(calls["codes"]["NOT_FOUND"]) >= 2
+    assert calls["current"]["unknown_model"] > 0
+    assert calls["current"]["NOT_FOUND"] >= calls["current"]["unknown_model"]
+
+
 def test_metrics_carry_the_cpu_and_its_integer_kernel_features(server):
     samples = scrape(server.server.http_port)
     (info,) = [(dict(labels), v) for (name, labels), v in samples.items() if name == "adrank_cpu_info"]

@@ -71,7 +71,7 @@ from adrank.repository.meta import integer_kernels_note
 from adrank.rollout.audit import AuditEntry, AuditLog
 from adrank.rollout.audit_location import AuditLocation
 from adrank.rollout.guardrails import Comparison, GuardrailMonitor, Verdict
-from adrank.rollout.policy import PolicyError, RolloutPolicy, load_policy, save_policy
+from adrank.rollout.policy import GuardrailPolicy, PolicyError, RolloutPolicy, load_policy, save_policy
 from adrank.rollout.route_change import EXPLICIT, MODEL_REMOVED, RouteChange, RouteContext, implicit_cause, route_record
 from adrank.rollout.routes import describe_route, route_for, route_role, route_summary, same_route
 from adrank.servable import Servable
@@ -221,6 +221,11 @@ class ModelManager:
 
     def model_names(self) -> list[str]:
         return list(self._models)
+
+    def guardrail_policies(self) -> dict[str, GuardrailPolicy]:
+        """Every model's guardrail limits, without waiting for a load in progress (the dashboard reads them at
+        each sample): a model's policy is one reference, replaced whole under `_lock`."""
+        return {name: model.policy.guardrails for name, model in list(self._models.items())}
 
     # ---- readiness (health) ------------------------------------------------------------------------
 

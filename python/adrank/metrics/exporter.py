@@ -23,6 +23,8 @@ Metrics (labels model, version unless said otherwise; deploy/ has the Grafana pa
                                           could not finish in time), shadow (mirror shed, queue behind)
   adrank_late_total                       computed, but finished after the caller's deadline
   adrank_rank_calls_total{code}           whole Rank calls, including those refused before any model
+  adrank_unknown_model_requests_total{code}  (code only: NOT_FOUND) requests naming a model no version
+                                          serves; with adrank_requests_total summed by code, every request
   adrank_repository_errors_total          (no labels) repository polls that could not read the repository;
                                           every loaded version kept serving
   adrank_memory_pool_bytes{state}         total, in_use, locked
@@ -198,6 +200,13 @@ def server_metrics(sample: Sample) -> Iterator[Metric]:
         if count or number == 0:
             calls.add_metric([CODE_NAMES.get(number, str(number))], count)
     yield calls
+    unknown = CounterMetricFamily(
+        "adrank_unknown_model_requests",
+        "Requests naming a model no version serves (answered NOT_FOUND, in no version's counts).",
+        labels=["code"],
+    )
+    unknown.add_metric([StatusCode.NOT_FOUND.name], sample.unknown_model_requests)
+    yield unknown
     yield CounterMetricFamily(
         "adrank_repository_errors",
         "Repository polls that could not read the repository (loaded versions kept serving).",

@@ -13,7 +13,14 @@ the next sample, so any number of open dashboards cost one layout per tick.
 What `/dashboard/data` gives per version (series): its figures at every sample shown (null where it was
 not loaded or had no traffic), `current` — its figures at the newest sample, or null for a version that no
 longer serves (UNLOADED: not in the newest sample), so that a page shows no stale "current" figure — and
-`batch_rows`, its batches of the last minute (counts null for a version that no longer serves).
+`batch_rows`, its batches of the last minute (counts null for a version that no longer serves). Beside the
+series:
+- `summary`: per model, its stable version at the newest sample — requests/s, error ratio (failed over all
+  its requests in the window), request p99 against its config's `latency_budget_ms`;
+- `calls`: the front ends' answers per second by status code at every sample, and the requests that named a
+  model no version serves (calls.py);
+- `rollouts`: per model with a canary or shadow, each role's share and requests/s, and each guardrail's
+  latest figure against its limit (rollout_panel.py: the guardrail monitor's own figures, read lock-free).
 
 Options (defaults and why):
   enabled = True       False (`adrank serve --no-metrics`): no /metrics, no dashboard, no history
@@ -39,8 +46,12 @@ from typing import Any
 import numpy as np
 
 from adrank.histogram import BATCH_ROWS_BOUNDS, LATENCY_BOUNDS_US, quantile
+from adrank.metrics.calls import call_counts, call_rates, calls_layout
 from adrank.metrics.increase import VersionCounts, increase, total
-from adrank.metrics.sample import MetricsSource, Sample, VersionSample
+from adrank.metrics.rollout_panel import rollout_panels
+from adrank.metrics.sample import MetricsSource, Sample, Traffic, VersionSample
+from adrank.rollout.guardrails import Verdict
+from adrank.rollout.policy import GuardrailPolicy
 from adrank.ticker import Ticker
 
 log = logging.getLogger("adrank.metrics")
@@ -52,6 +63,7 @@ FIELDS = (
     *RATES,
     *(f"{phase}_p{q}_ms" for phase in PHASES for q in QUANTILES[phase]),
     "queue_rows",
+    "error_ratio",
 )
 BATCH_ROWS_WINDOW_S = 60.0
 
@@ -67,9 +79,19 @@ class MetricsOptions:
 @dataclass(frozen=True)
 class _VersionPoint:
     role: str
+    latency_budget_ms: float
     counts: VersionCounts  # cumulative, as the core reported them: the next sample's increase starts here
     increase: VersionCounts  # since the sample before (a reset or a fresh load: counted from 0)
     figures: dict[str, float | None]  # FIELDS over the window before this point
+
+
+@dataclass(frozen=True)
+class _CallsPoint:
+    """The front ends' answers by code (calls.py), kept as a version's counts are."""
+
+    counts: VersionCounts
+    increase: VersionCounts
+    rates: dict[str, float | None]  # calls/s by code name over the window before this point
 
 
 @dataclass(frozen=True)
@@ -79,6 +101,10 @@ class _Point:
     memory: tuple[int, int, int]  # total, in use, locked bytes
     allocator: str
     states: dict[tuple[str, int], str]
+    calls: _CallsPoint
+    traffic: list[Traffic]
+    verdicts: list[tuple[str, int, str, Verdict]]
+    guardrails: dict[str, GuardrailPolicy]
 
 
 def _rounded(value: float, digits: int = 3) -> float | None:
@@ -94,6 +120,8 @@ def _figures(window: VersionCounts | None, queue_rows: int, seconds: float) -> d
         return figures
     for name, rate in zip(RATES, window.counters / seconds, strict=True):
         figures[name] = _rounded(float(rate), 1 if name == "candidates_per_s" else 3)
+    requests, failed = int(window.counters[0]), int(window.counters[1])
+    figures["error_ratio"] = round(failed / requests, 5) if requests else None
     for p, phase in enumerate(PHASES):
         for q in QUANTILES[phase]:
             figures[f"{phase}_p{q}_ms"] = _rounded(
@@ -123,7 +151,7 @@ def _point(sample: Sample, previous: _Point | None, start: _Point | None, within
         grown = increase(counts, before.counts if before is not None else None)
         window = total([p.versions[key].increase for p in within if key in p.versions] + [grown])
         figures = _figures(window if start is not None else None, int(v.queue["queued_rows"]), seconds)
-        versions[key] = _VersionPoint(v.role, counts, grown, figures)
+        versions[key] = _VersionPoint(v.role, v.latency_budget_ms, counts, grown, figures)
     pool = sample.memory_pool
     return _Point(
         sample.time,
@@ -131,7 +159,22 @@ def _point(sample: Sample, previous: _Point | None, start: _Point | None, within
         (pool["total_bytes"], pool["in_use_bytes"], pool["locked_bytes"]),
         pool["allocator"],
         {(m, v): s for m, v, s in sample.states},
+        _calls_point(sample, previous, start, within, seconds),
+        sample.traffic,
+        sample.verdicts,
+        sample.guardrails,
     )
+
+
+def _calls_point(
+    sample: Sample, previous: _Point | None, start: _Point | None, within: list[_Point], seconds: float
+) -> _CallsPoint:
+    """The front ends' answers by code at this sample, and their rates over the window (as _point's versions)."""
+    counts = call_counts(sample)
+    grown = increase(counts, previous.calls.counts if previous is not None else None)
+    window = total([p.calls.increase for p in within] + [grown])
+    rates = call_rates(window if start is not None else None, seconds)
+    return _CallsPoint(counts, grown, rates)
 
 
 class MetricsHistory:
@@ -192,13 +235,26 @@ class MetricsHistory:
     def _layout(self, points: list[_Point], minutes: int) -> dict[str, Any]:
         options = {"interval_s": self.options.interval_s, "window_s": self.options.window_s}
         if not points:
-            return {"now": None, **options, "series": [], "memory_pool": None}
+            return {
+                "now": None,
+                **options,
+                "series": [],
+                "memory_pool": None,
+                "summary": [],
+                "calls": None,
+                "rollouts": [],
+            }
         shown = [p for p in points if p.time >= points[-1].time - minutes * 60.0]
         keys = sorted({k for p in points for k in p.versions})
+        newest = points[-1]
+        requests_per_s = {key: v.figures["requests_per_s"] for key, v in newest.versions.items()}
         return {
-            "now": points[-1].time,
+            "now": newest.time,
             **options,
             "series": [self._series(points, shown, key) for key in keys],
+            "summary": _summary(newest),
+            "calls": calls_layout([p.time for p in shown], [p.calls.rates for p in shown]),
+            "rollouts": rollout_panels(newest.traffic, newest.verdicts, newest.guardrails, requests_per_s),
             "memory_pool": {
                 "allocator": points[-1].allocator,
                 "t": [round(p.time, 3) for p in shown],
@@ -231,3 +287,24 @@ class MetricsHistory:
             "points": out,
             "batch_rows": {"bounds": [int(b) for b in BATCH_ROWS_BOUNDS], "counts": batch_rows},
         }
+
+
+def _summary(newest: _Point) -> list[dict[str, Any]]:
+    """Per model, its stable version's traffic, error ratio and p99 against its latency budget, by name."""
+    out = []
+    for (model, version), v in sorted(newest.versions.items()):
+        if v.role != "stable":
+            continue
+        p99 = v.figures["request_p99_ms"]
+        out.append(
+            {
+                "model": model,
+                "version": version,
+                "requests_per_s": v.figures["requests_per_s"],
+                "error_ratio": v.figures["error_ratio"],
+                "request_p99_ms": p99,
+                "latency_budget_ms": v.latency_budget_ms,
+                "within_budget": p99 <= v.latency_budget_ms if p99 is not None else None,
+            }
+        )
+    return out

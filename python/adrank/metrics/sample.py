@@ -6,7 +6,8 @@ counters once — a snapshot per served version, its queue's stats, the memory p
 scrape or a dashboard tick costs a handful of calls, whatever the traffic.
 
 Reading never waits for the model manager's lock (a version may take seconds to load): the version
-list and states are read from the manager's atomically replaced mappings.
+list and states, the guardrail limits and their latest verdicts are read from the manager's atomically
+replaced mappings; nothing is recomputed here.
 
 Thread-safety: `MetricsSource.sample` may be called from any thread, concurrently.
 """
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import adrank._core as core
 from adrank.lifecycle.manager import ModelManager
 from adrank.rollout.guardrails import Verdict
+from adrank.rollout.policy import GuardrailPolicy
 from adrank.rollout.routes import BASIS_POINTS_PER_PERCENT, route_role
 
 
@@ -32,6 +34,7 @@ class VersionSample:
     stats: dict[str, Any]  # VersionStats.snapshot(): outcomes by code, histograms
     queue: dict[str, Any]  # the version's core queue: Model.stats()
     tenants: list[dict[str, Any]]  # the queue's tenants: Model.tenant_stats()
+    latency_budget_ms: float = 10.0  # its config's latency_budget_ms: what its p99 is held against
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,13 @@ class Sample:
     traffic: list[Traffic]
     verdicts: list[tuple[str, int, str, Verdict]]  # (model, version, role, the guardrails' latest verdict)
     memory_pool: dict[str, Any]
-    calls: list[int]  # Rank calls by status code
+    calls: list[int]  # Rank and KServe inference calls by status code (both front ends)
     repository_errors: int = 0  # polls that could not read the repository
+    # Requests naming a model no version serves (the core registry's count): answered NOT_FOUND, in `calls`,
+    # and in no version's stats.
+    unknown_model_requests: int = 0
+    # The guardrail limits of every model with a canary or shadow (its rollout policy's).
+    guardrails: dict[str, GuardrailPolicy] = field(default_factory=dict)
 
 
 def route_traffic(model: str, route: core.RolloutRoute) -> list[Traffic]:
@@ -88,9 +96,12 @@ class MetricsSource:
                     servable.stats.snapshot(),
                     servable.model.stats(),
                     servable.model.tenant_stats(),
+                    servable.config.latency_budget_ms,
                 )
             )
         traffic = [t for name, route in routes.items() for t in route_traffic(name, route)]
+        compared = {t.model for t in traffic if t.role != "stable"}
+        policies = self._manager.guardrail_policies()
         return Sample(
             time=time.time(),
             versions=versions,
@@ -100,6 +111,8 @@ class MetricsSource:
             memory_pool=self._pool.memory_pool.stats(),
             calls=self._call_counts(),
             repository_errors=self._manager.repository_errors,
+            unknown_model_requests=registry.unknown_model_requests,
+            guardrails={name: policy for name, policy in policies.items() if name in compared},
         )
 
     def _verdicts(self, traffic: list[Traffic]) -> list[tuple[str, int, str, Verdict]]:

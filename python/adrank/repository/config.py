@@ -234,6 +234,10 @@ class ModelConfig(_Strict):
     # (TF Serving's and Triton's default). False, the default: a new version loads and warms up but takes no
     # traffic until `adrank promote` or a canary routes to it, so publishing never changes what serves.
     latest_serves: bool = False
+    # The p99 request latency this model should stay under, in ms: what the dashboard's summary row holds its
+    # p99 against. 10 ms: the budget the Tuning measurements and the deploy/ alert (AdrankLatencyP99AboveBudget)
+    # use, within the few-millisecond auctions of ads servers; set it to what this model's callers allow.
+    latency_budget_ms: float = Field(10.0, gt=0)
     # A JSON file beside config.yaml with golden inputs (meta.json's `golden.inputs` format): what
     # `adrank publish` runs a new version on when the model has no current version to take them from.
     sample: str | None = None
