@@ -2,7 +2,10 @@
 
 The page must draw every chart from `/dashboard/data`, name models and versions in its legends, label
 its axes with units and clock times, hide what the selectors hide, show a failed fetch on the page and
-recover from it, and do all of it without a console error, an uncaught exception or a failed request.
+recover from it, and do all of it without a console error, an uncaught exception or a failed request. Its
+summary row holds each model's traffic, error ratio and p99 against its latency budget; its calls-by-code
+chart shows refused calls, those to unknown models included; and a second server with a canary shows the
+rollout panel: traffic per role and each guardrail's figure against its limit.
 A screenshot of the page is saved to $ADRANK_TEST_ARTIFACTS (else the test's temporary folder).
 
 Needs Python Playwright (the test extra) and Debian's Chromium at /usr/bin/chromium, never a browser
@@ -20,9 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import yaml
 from references import latest_version
+from rollout_models import ctr_repository, publish_version
 
+import adrank._core as core
 from adrank.client import RankClient, RankError
 from examples.criteo import read_rows
 from served import CRITEO, ServerThread, missing
@@ -353,3 +360,148 @@ def test_a_version_that_no_longer_serves_shows_its_history_and_no_current_figure
         page.unroute("**/dashboard/data*", with_an_unloaded_version)
     page.wait_for_selector(label, state="detached")  # gone from the server's reply: gone from the page
     dashboard.assert_clean()
+
+
+TRAFFIC_SHOWN = """(card) => {
+  const figure = document.querySelector(`${card} [data-figure="traffic"] dd`)?.textContent ?? "";
+  return /^[0-9.]+ req[/]s$/.test(figure) && Number(figure.split(" ")[0]) > 0;
+}"""
+
+
+def test_the_summary_row_holds_each_models_traffic_errors_and_p99_against_its_budget(dashboard):
+    page, version = dashboard.page, str(latest_version("ctr"))
+    ctr = f'#summary .summary-card[data-model="ctr"][data-version="{version}"]'
+    page.wait_for_function(TRAFFIC_SHOWN, arg=ctr)
+    assert page.text_content(f"{ctr} .summary-title") == f"ctr v{version}"
+    traffic = page.text_content(f'{ctr} [data-figure="traffic"] dd') or ""
+    assert float(traffic.split()[0]) > 0, traffic
+    errors = page.text_content(f'{ctr} [data-figure="error-ratio"] dd') or ""
+    assert re.fullmatch(r"[0-9.]+ %", errors), errors
+    p99 = page.text_content(f'{ctr} [data-figure="p99"] dd') or ""
+    figure, budget = re.fullmatch(r"([0-9.]+) ms / ([0-9.]+) ms", p99).groups()  # type: ignore[union-attr]
+    assert float(figure) > 0 and float(budget) == 10.0  # config.yaml's latency_budget_ms, by default
+    within = page.get_attribute(f'{ctr} [data-figure="p99"]', "data-within-budget")
+    assert within == ("true" if float(figure) <= 10.0 else "false")
+    # relevance serves but has no traffic: no ratio, no p99, and no verdict on its budget.
+    relevance = '#summary .summary-card[data-model="relevance"]'
+    assert page.text_content(f'{relevance} [data-figure="error-ratio"] dd') == "no data"
+    assert page.get_attribute(f'{relevance} [data-figure="p99"]', "data-within-budget") == "unknown"
+    dashboard.assert_clean()
+
+
+def refused_calls(target: str, count: int) -> None:
+    """`count` calls to a model no version serves (NOT_FOUND) and `count` with a NaN ctr refuses."""
+    nan = np.zeros((2, 13), np.float32)
+    nan[1, 3] = np.nan
+    with RankClient(target) as client:
+        for _ in range(count):
+            for models, dense, code in ((["no_such_model"], nan * 0, "NOT_FOUND"), (["ctr"], nan, "INVALID_ARGUMENT")):
+                with pytest.raises(RankError) as refused:
+                    client.rank(models, {"dense": dense, "sparse": np.zeros((2, 26), np.int64)}, timeout=5)
+                assert refused.value.code.name == code
+
+
+CALL_LINES_DRAWN = """(metrics) => metrics.every((m) => document.querySelector(
+  `section.chart[data-chart="calls-by-code"] path.series[data-metric="${m}"]`)?.getAttribute("d"))"""
+
+
+def test_the_status_code_chart_shows_refused_calls_and_calls_to_unknown_models(dashboard, server):
+    page = dashboard.page
+    refused_calls(server.target, 20)
+    page.wait_for_function(CALL_LINES_DRAWN, arg=["OK", "NOT_FOUND", "INVALID_ARGUMENT", "unknown_model"])
+    chart = 'section.chart[data-chart="calls-by-code"]'
+    assert dashboard.texts(f'{chart} .axis-title[data-axis="y"]') == ["calls/s"]
+    labels = dashboard.texts(f"{chart} .legend-label")
+    assert {"OK", "NOT_FOUND", "INVALID_ARGUMENT", "NOT_FOUND: unknown model"} <= set(labels), labels
+    assert page.get_attribute(f'{chart} path.series[data-metric="unknown_model"]', "stroke-dasharray")
+    values = dict(zip(labels, dashboard.texts(f"{chart} .legend-value"), strict=True))
+    assert all(value.endswith("calls/s") for value in values.values()), values
+    # The unknown model is nowhere else on the page: no panel, no summary, no checkbox.
+    assert dashboard.count('[data-model="no_such_model"]') == 0
+    dashboard.assert_clean()
+
+
+# Guardrails that judge within seconds of traffic, with limits this healthy canary (ctr republished: the same
+# scores, the same speed) stays far inside on a loaded test machine, so it is never rolled back mid-test.
+CANARY_ROLLOUT = {
+    "stable": 1,
+    "canary": {"version": 2, "percent": 50},
+    "guardrails": {
+        "window_s": 10,
+        "interval_s": 0.5,
+        "min_requests": 20,
+        "max_latency_ratio": 25.0,
+        "max_error_rate": 0.5,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def canary_server(tmp_path_factory) -> Iterator[ServerThread]:
+    repo = ctr_repository(tmp_path_factory.mktemp("canary") / "repo")
+    assert publish_version(repo) == 2
+    (repo / "ctr" / "rollout.yaml").write_text(yaml.safe_dump(CANARY_ROLLOUT))
+    running = ServerThread(repo, frontend="cpp" if core.HAS_RANK_SERVER else "python").start()
+    yield running
+    running.stop()
+
+
+class KeyedTraffic(Traffic):
+    """ctr requests with a fresh routing key each, so that the canary takes its share."""
+
+    def _send(self, client: RankClient, i: int) -> None:
+        batch = self.rows.take(slice(i % 100, i % 100 + 4))
+        client.rank(["ctr"], {"dense": batch.dense, "sparse": batch.sparse}, routing_key=f"user-{i}", timeout=5)
+        self.ok += 1
+
+
+GUARDRAILS_JUDGED = """() => document.querySelector(
+  'section[data-rollout="ctr"] table.guardrails[data-role="canary"][data-judged="true"]') !== null"""
+
+
+def test_the_rollout_panel_shows_traffic_per_role_and_each_guardrail_against_its_limit(
+    playwright, canary_server, tmp_path_factory
+):
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+    try:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.set_default_timeout(30_000)
+        opened = Dashboard(page, f"http://127.0.0.1:{canary_server.server.http_port}/dashboard")
+        opened.watch()
+        with KeyedTraffic(canary_server.target) as traffic:
+            page.goto(opened.url)
+            page.select_option("#window-minutes", "1")
+            page.wait_for_function(GUARDRAILS_JUDGED)
+        assert traffic.failure is None and traffic.ok > 0
+        panel = 'section.panel[data-rollout="ctr"]'
+        assert page.text_content(f"{panel} h2") == "Rollout ctr"
+        rows = {
+            role: opened.texts(f'{panel} table.rollout-traffic tr[data-role="{role}"] td')
+            for role in ("stable", "canary")
+        }
+        assert rows["stable"][:3] == ["stable", "v1", "50 %"] and rows["canary"][:3] == ["canary", "v2", "50 %"]
+        for role, cells in rows.items():
+            assert cells[3].endswith("req/s") and float(cells[3].split()[0]) > 0, (role, cells)
+        guardrails = f'{panel} table.guardrails[data-role="canary"][data-version="2"]'
+        limits = dict(
+            zip(
+                [page.get_attribute(f"{guardrails} tbody tr >> nth={i}", "data-guardrail") for i in range(3)],
+                opened.texts(f"{guardrails} td.limit"),
+                strict=True,
+            )
+        )
+        assert limits == {"latency": "≤ 25", "error_rate": "≤ 0.5", "psi": "≤ 0.25"}  # max_psi: the default
+        figures = dict(zip(limits, opened.texts(f"{guardrails} td.figure"), strict=True))
+        assert float(figures["latency"]) > 0, figures  # the candidate's p99 over stable's
+        assert float(figures["error_rate"]) == 0 and 0 <= float(figures["psi"]) < 0.25, figures
+        for name in limits:
+            row = f'{guardrails} tr[data-guardrail="{name}"]'
+            assert page.get_attribute(row, "data-breached") == "false"
+            assert page.text_content(f"{row} td:last-child") == "within"
+        assert "10 s window" in (page.text_content(f"{guardrails} caption") or "")
+        opened.assert_clean()
+        folder = Path(os.environ.get("ADRANK_TEST_ARTIFACTS") or tmp_path_factory.mktemp("dashboard"))
+        folder.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(folder / "dashboard-rollout.png"), full_page=True)
+    finally:
+        browser.close()

@@ -288,6 +288,23 @@ export function formatClock(unixSeconds) {
 
 // ------------------------------------------------------------------------------------------ DOM helpers
 
+// A chart's skeleton in `container`, made once: its title with the unit, the SVG, the legend. `model`: the
+// model it belongs to, or null for a server-wide chart.
+export function ensureChart(container, spec, model) {
+  const existing = container.querySelector(`section.chart[data-chart="${spec.id}"]`);
+  if (existing) return existing;
+  const chart = el("section", { class: "chart", "data-chart": spec.id }, container);
+  if (model !== null) chart.dataset.model = model;
+  const title = el("h3", { class: "chart-title" }, chart);
+  el("span", { class: "chart-title-text" }, title).textContent = spec.title;
+  title.append(" ");
+  el("span", { class: "unit" }, title).textContent = `(${spec.unit})`;
+  const label = model === null ? spec.title : `${model} ${spec.title}`;
+  el("svg", { viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: "img", "aria-label": label }, chart, SVG_NS);
+  el("ul", { class: "legend" }, chart);
+  return chart;
+}
+
 export function el(tag, attributes = {}, parent = null, namespace = null) {
   const node = namespace ? document.createElementNS(namespace, tag) : document.createElement(tag);
   for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));

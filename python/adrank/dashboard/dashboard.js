@@ -1,19 +1,12 @@
 // adrank live dashboard: polls /dashboard/data every 2 s and draws each model version's figures as plain SVG.
 // No framework and no chart library: the page must work from the server's own port with no network.
-// This module polls and lays out the page; charts.js draws each chart.
+// This module polls and lays out the page; charts.js draws each chart; summary.js, status_codes.js and
+// rollout_panel.js fill the summary row, the calls-by-status-code chart and the rollout panels.
 
-import {
-  HEIGHT,
-  SVG_NS,
-  WIDTH,
-  bytesUnit,
-  drawBarChart,
-  drawLineChart,
-  el,
-  formatClock,
-  formatValue,
-  swatch,
-} from "./charts.js";
+import { bytesUnit, drawBarChart, drawLineChart, el, ensureChart, formatClock, formatValue, swatch } from "./charts.js";
+import { renderRollouts } from "./rollout_panel.js";
+import { renderCalls } from "./status_codes.js";
+import { renderSummary } from "./summary.js";
 
 const POLL_MS = 2000;
 const FETCH_TIMEOUT_MS = 5000;
@@ -174,7 +167,10 @@ function render() {
   renderHeader(data);
 
   const domain = [data.now - state.minutes * 60, data.now];
+  renderSummary(document.getElementById("summary"), data.summary ?? []);
   renderMemory(data.memory_pool, domain);
+  renderCalls(document.getElementById("calls-charts"), data.calls, domain);
+  renderRollouts(document.getElementById("rollouts"), data.rollouts ?? []);
   const models = [...new Set(series.map((s) => s.model))];
   for (const model of models) {
     const panel = ensurePanel(model);
@@ -294,21 +290,6 @@ function ensurePanel(model) {
   );
   panels.insertBefore(panel, next ?? null);
   return panel;
-}
-
-function ensureChart(container, spec, model) {
-  const existing = container.querySelector(`section.chart[data-chart="${spec.id}"]`);
-  if (existing) return existing;
-  const chart = el("section", { class: "chart", "data-chart": spec.id }, container);
-  if (model !== null) chart.dataset.model = model;
-  const title = el("h3", { class: "chart-title" }, chart);
-  el("span", { class: "chart-title-text" }, title).textContent = spec.title;
-  title.append(" ");
-  el("span", { class: "unit" }, title).textContent = `(${spec.unit})`;
-  const label = model === null ? spec.title : `${model} ${spec.title}`;
-  el("svg", { viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: "img", "aria-label": label }, chart, SVG_NS);
-  el("ul", { class: "legend" }, chart);
-  return chart;
 }
 
 // The model and version checkboxes; a version seen for the first time is added, checked.
