@@ -34,7 +34,7 @@ def guardrail_checks(role: str, verdict: Verdict | None, policy: GuardrailPolicy
     """The three guardrails of one candidate: name, label, figure (None before a verdict), limit, breached."""
     figures = verdict.figures if verdict is not None else {}
     rates = figures.get("error_rate", {})
-    excess = rates[role] - rates["stable"] if role in rates and "stable" in rates else None
+    excess = round(rates[role] - rates["stable"], 5) if role in rates and "stable" in rates else None
     latency = figures.get("latency", "compute" if role == "shadow" else "queue+compute")
     checks = [
         ("latency", f"p99 latency / stable's ({latency})", figures.get("p99_ratio"), policy.max_latency_ratio),
