@@ -315,6 +315,25 @@ TEST_F(InferCallTest, RefusalsAreRanksOwn) {
   }
 }
 
+// A v2 inference naming a model no version serves is a request to an unknown model, counted once as Rank's
+// is; a version not loaded and a metadata call are not.
+TEST_F(InferCallTest, AnUnknownModelIsCountedOnceAsRanksIs) {
+  inference::ModelInferRequest unknown = Request(2);
+  unknown.set_model_name("nope");
+  EXPECT_EQ(Infer(unknown).status.code(), StatusCode::kNotFound);
+  EXPECT_EQ(registry_.unknown_model_requests(), 1u);
+  v1::RankRequest rank = RankRequest(2);
+  rank.mutable_models(0)->set_name("nope");
+  EXPECT_EQ(Rank(rank).code(), StatusCode::kNotFound);
+  EXPECT_EQ(registry_.unknown_model_requests(), 2u);
+  EXPECT_EQ(Infer(Request(2, "7")).status.code(), StatusCode::kNotFound);
+  inference::ModelMetadataRequest metadata_request;
+  metadata_request.set_name("nope");
+  inference::ModelMetadataResponse metadata;
+  EXPECT_EQ(ModelMetadata(registry_, metadata_request, &metadata).code(), StatusCode::kNotFound);
+  EXPECT_EQ(registry_.unknown_model_requests(), 2u);
+}
+
 TEST_F(InferCallTest, StartInferKeepsTheSerializedResponse) {
   auto answer = std::make_shared<Outcome<RankAnswer>>();
   std::promise<void> told;
