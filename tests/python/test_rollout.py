@@ -260,14 +260,18 @@ def test_switching_versions_under_steady_load_loses_no_request(repo, frontend):
             while not seen or seen[-1] != version:
                 assert time.monotonic() < deadline, f"version {version} never went live"
                 time.sleep(0.05)
-        time.sleep(0.5)
+        # Load goes on after the last switch until 100 more requests were answered, however busy the machine.
+        answered = len(seen)
+        while len(seen) < answered + 100 and not errors:
+            assert time.monotonic() < deadline, f"{len(seen) - answered} requests after the last switch"
+            time.sleep(0.05)
     finally:
         stop.set()
         load.join()
         server.stop()
     assert errors == []
     assert set(seen) == {1, 2, 3} and seen == sorted(seen)  # each switch is once and for all
-    assert len(seen) > 200
+    assert seen.count(3) >= 100
 
 
 def test_admin_calls_need_the_token(repo):
