@@ -262,6 +262,13 @@ class PyRankServer {
 
 void BindRankServer(py::module_& m) {
   // Durations in seconds on the Python side, checked (Seconds) before they become the options'.
+  py::class_<TlsFiles>(m, "TlsFiles")
+      .def(py::init<>())
+      .def_readwrite("cert_file", &TlsFiles::cert_file)
+      .def_readwrite("key_file", &TlsFiles::key_file)
+      .def_readwrite("client_ca_file", &TlsFiles::client_ca_file)
+      .def_readwrite("refresh_s", &TlsFiles::refresh_s);
+
   py::class_<RankServerOptions>(m, "RankServerOptions")
       .def(py::init<>())
       .def_readwrite("host", &RankServerOptions::host)
@@ -279,7 +286,8 @@ void BindRankServer(py::module_& m) {
       .def_property(
           "reply_margin_s", [](const RankServerOptions& o) { return ToSeconds(o.reply_margin); },
           [](RankServerOptions& o, double s) { o.reply_margin = Seconds(s); })
-      .def_readwrite("version", &RankServerOptions::version);
+      .def_readwrite("version", &RankServerOptions::version)
+      .def_readwrite("tls", &RankServerOptions::tls);
 
   py::class_<PyRankServer>(m, "RankServer")
       .def(py::init<const RankServerOptions&, std::shared_ptr<ModelRegistry>>(), py::arg("options"),

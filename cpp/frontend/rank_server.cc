@@ -115,6 +115,9 @@ Status RankServer::Create(const RankServerOptions& options, std::shared_ptr<Mode
   // creates inherits the policy; those it creates later are created by these.
   std::optional<ScopedYieldingThreads> yielding;
   if (options.yield_to_workers) yielding.emplace();
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  const Status tls = CreateServerCredentials(options.tls, &credentials);
+  if (!tls.ok()) return tls;
   std::unique_ptr<RankServer> server(new RankServer(std::move(registry), options));
   grpc::EnableDefaultHealthCheckService(true);
   // Debian's abseil is built with its mutex deadlock detector on: gRPC's every lock then updates a lock
@@ -123,7 +126,7 @@ Status RankServer::Create(const RankServerOptions& options, std::shared_ptr<Mode
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   grpc::ServerBuilder builder;
   const std::string address = options.host + ":" + std::to_string(options.port);
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &server->port_);
+  builder.AddListeningPort(address, credentials, &server->port_);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);

@@ -56,6 +56,8 @@
 //                                call. Measured (perf/overload_bench.py, one core): closed-loop saturation
 //                                2,616 -> 4,625-5,076 req/s, CPU per refusal 81.5 -> 44-54 µs.
 //   version = ""                 The server's version, as KServe v2's ServerMetadata reports it.
+//   tls = {}                     Plaintext unless its cert_file is set: TLS, or mutual TLS with a client CA,
+//                                the files watched for rotation (tls_credentials.h).
 //   reply_margin = 1 ms          The models get the call's deadline less this (rank_call.h): the answer still
 //                                has to be serialized, written and read by the caller (~0.1 ms idle; up to a worker's
 //                                slice, ~1-3 ms, while the transport yields to a busy worker), and an answer
@@ -79,6 +81,7 @@
 #include "model_registry.h"
 #include "rank_admission.h"
 #include "status.h"
+#include "tls_credentials.h"
 #include "version_stats.h"
 
 namespace grpc {
@@ -98,6 +101,7 @@ struct RankServerOptions {
   bool yield_to_workers = true;
   Duration reply_margin = std::chrono::milliseconds(1);
   std::string version;  // the server's, as KServe v2's ServerMetadata reports it
+  TlsFiles tls;
 };
 
 class RankService;

@@ -560,6 +560,27 @@ TEST_F(RankServerTest, OptionsOutOfRangeAreRefusedNamingThem) {
   EXPECT_NE(status.message().find("reply_margin"), std::string::npos);
 }
 
+TEST_F(RankServerTest, TlsFilesThatCannotBeServedAreRefusedNamingThemAndNothingListens) {
+  RankServerOptions options;
+  options.port = 0;
+  std::unique_ptr<RankServer> server;
+  options.tls.cert_file = "/nonexistent/adrank-test/tls.crt";
+  Status status = RankServer::Create(options, registry_, &server);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("without its key"), std::string::npos) << status.message();
+  options.tls.key_file = "/nonexistent/adrank-test/tls.key";
+  status = RankServer::Create(options, registry_, &server);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("cannot read /nonexistent/adrank-test/tls.crt"), std::string::npos)
+      << status.message();
+  options.tls = TlsFiles{};
+  options.tls.client_ca_file = "/nonexistent/adrank-test/ca.pem";
+  status = RankServer::Create(options, registry_, &server);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("without a certificate"), std::string::npos) << status.message();
+  EXPECT_EQ(server, nullptr);
+}
+
 TEST_F(RankServerTest, APortAnotherServerHoldsIsRefusedNotShared) {
   // With gRPC's default SO_REUSEPORT the second would bind beside the first and take some of its clients.
   RankServerOptions options;

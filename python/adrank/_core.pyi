@@ -362,6 +362,13 @@ class RankAdmission:
     def max_in_flight_bytes(self) -> int: ...
     def call_counts(self) -> list[int]: ...
 
+class TlsFiles:  # cpp/frontend/tls_credentials.h: cert_file empty is plaintext
+    cert_file: str
+    key_file: str
+    client_ca_file: str
+    refresh_s: int
+    def __init__(self) -> None: ...
+
 class RankServerOptions:
     host: str
     port: int
@@ -373,6 +380,7 @@ class RankServerOptions:
     yield_to_workers: bool
     reply_margin_s: float
     version: str
+    tls: TlsFiles
     def __init__(self) -> None: ...
 
 class RankServer:

@@ -16,8 +16,6 @@ import functools
 import getpass
 import importlib
 import json
-import logging
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,54 +25,29 @@ import click
 from adrank import __version__
 from adrank.admin_token import TOKEN_ENV, token_from_environment
 from adrank.cli_options import (
+    PERCENT,
+    VERSION,
     audit_log_option,
-    host_address,
     model_name,
+    model_names,
     refused_on_command_line,
+    repository_option,
     server_address,
     token_file,
 )
-from adrank.log_format import LOG_FORMATS, LOG_LEVELS, JsonFormatter, LogOptions, configure_logging
 
 # Heavy modules (numpy, onnx, ONNX Runtime, grpc, pydantic, rich, the core) are imported inside the commands
 # that use them: each command pays only for its own, so that the admin commands start in a fraction of a
 # second (tests/python/test_cli_startup.py holds `adrank models --server` to 0.5 s of CPU).
 
-# The bundled model repository, for commands run from the top of the checkout (as `make serve` does).
-# Relative on purpose: the installed package lives in site-packages, far from any checkout.
-BUNDLED_REPOSITORY = Path("models")
-# The option that sets each of the server's ports (server/ports.py PortName), for the error when one is taken.
-PORT_OPTIONS = {"grpc": "--grpc-port", "http": "--http-port", "admin": "--admin-port"}
-
-
-def _model_names(repository: Path) -> list[str]:
-    """The repository's models; a one-line error if it cannot be read."""
-    from adrank.repository.layout import ModelRepository, RepositoryError
-
-    try:
-        return ModelRepository(repository).model_names()
-    except RepositoryError as error:
-        raise click.ClickException(str(error)) from error
-
-
-PORT = click.IntRange(0, 65535)
-VERSION = click.IntRange(min=1)
-# Of the routing keys or of the requests: rollout/policy.py's bounds, checked here so that a mistake is one line.
-PERCENT = click.FloatRange(0, 100)
-repository_option = click.option(
-    "--repository",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=BUNDLED_REPOSITORY,
-    show_default=True,
-    help="Model repository: <name>/config.yaml and <name>/<version>/model.onnx.",
-)
 # The commands loaded only when named, as "module:attribute".
-LAZY_COMMANDS = {"publish": "adrank.cli_publish:publish_command"}
+LAZY_COMMANDS = {"publish": "adrank.cli_publish:publish_command", "serve": "adrank.cli_serve:serve"}
 
 
 class Commands(click.Group):
     """A click group some of whose commands are loaded only when named: `publish` imports onnx, ONNX Runtime
-    and the core at its module's top (seconds), which no other command should pay for."""
+    and the core at its module's top (seconds), which no other command should pay for; `serve` has the most
+    options of all and lives in its own module (cli_serve.py)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
@@ -91,235 +64,6 @@ class Commands(click.Group):
 @click.version_option(__version__, prog_name="adrank")
 def main() -> None:
     """adrank: online inference server for ads ranking."""
-
-
-@main.command()
-@repository_option
-@audit_log_option
-@click.option(
-    "--host", default="127.0.0.1", show_default=True, callback=host_address, help="Address the gRPC port binds."
-)
-@click.option(
-    "--http-host",
-    default="127.0.0.1",
-    show_default=True,
-    callback=host_address,
-    help="Address the HTTP port (metrics, /v2) binds.",
-)
-@click.option(
-    "--admin-host", default="127.0.0.1", show_default=True, callback=host_address, help="Address the admin port binds."
-)
-@click.option("--grpc-port", default=8500, show_default=True, type=PORT, help="gRPC port (0: any free port).")
-@click.option(
-    "--http-port",
-    default=8000,
-    show_default=True,
-    type=PORT,
-    help="HTTP port: /healthz, /readyz, /metrics (Prometheus), /dashboard.",
-)
-@click.option(
-    "--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Core worker threads (0: one per core)."
-)
-@click.option(
-    "--drain-grace", default=30.0, show_default=True, type=click.FloatRange(min=0), help="Seconds in-flight calls get."
-)
-@click.option(
-    "--max-concurrent-streams",
-    default=100,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Calls at once on one client connection (more wait on the client's side).",
-)
-@click.option(
-    "--max-in-flight-mib",
-    default=256,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Request MiB held by calls not yet done, all clients together (beyond: RESOURCE_EXHAUSTED).",
-)
-@click.option(
-    "--keepalive",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(min=0.001),
-    help="Seconds between pings on a connection; one unanswered for --keepalive-timeout is closed.",
-)
-@click.option(
-    "--keepalive-timeout",
-    default=5.0,
-    show_default=True,
-    type=click.FloatRange(min=0.001),
-    help="Seconds a client has to answer a ping before its connection is closed and its calls cancelled.",
-)
-@click.option(
-    "--yield-to-workers/--no-yield-to-workers",
-    default=True,
-    show_default=True,
-    help="The C++ front end's threads run SCHED_BATCH: they wait for a model batch instead of preempting it.",
-)
-@click.option(
-    "--reply-margin-ms",
-    type=click.FloatRange(min=0),
-    default=1.0,
-    show_default=True,
-    help="Each call's deadline less this is what the models get: the reply still has to reach the caller.",
-)
-@click.option(
-    "--frontend",
-    type=click.Choice(["auto", "cpp", "python"]),
-    default="auto",
-    show_default=True,
-    help="gRPC front end: the core's C++ one (auto, when built with grpc++) or Python's grpc.aio.",
-)
-@click.option("--admin-port", default=8501, show_default=True, type=PORT, help="Admin gRPC port (with a token).")
-@click.option(
-    "--admin-token",
-    "admin_token_on_command_line",  # a name apart from --admin-token-file's value, which is the token itself
-    default=None,
-    hidden=True,
-    expose_value=False,
-    callback=refused_on_command_line("--admin-token-file"),
-    help="Refused: a token on the command line is in the process list (use --admin-token-file).",
-)
-@click.option(
-    "--admin-token-file",
-    "admin_token",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    callback=token_file,
-    help=f"A file (mode 0600) holding the Bearer token the admin service requires; or ${TOKEN_ENV}. Else: no admin"
-    " service.",
-)
-@click.option(
-    "--poll-interval", default=2.0, show_default=True, type=click.FloatRange(min=0), help="Repository poll, s (0: off)."
-)
-@click.option(
-    "--metrics/--no-metrics",
-    default=True,
-    show_default=True,
-    help="Per-version counting in the core, /metrics and /dashboard.",
-)
-@click.option(
-    "--tenants",
-    "tenants_file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="YAML of the callers' (x-adrank-tenant) weights, limits and priority classes (else: the defaults).",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(LOG_LEVELS),
-    default="info",
-    show_default=True,
-    help="Least severe log records written (stderr).",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(LOG_FORMATS),
-    default="text",
-    show_default=True,
-    help="text, or json: one object per line (time, level, logger, message; model, version where there is one).",
-)
-def serve(
-    repository: Path,
-    audit_log: str | None,
-    host: str,
-    http_host: str,
-    admin_host: str,
-    grpc_port: int,
-    http_port: int,
-    workers: int,
-    drain_grace: float,
-    max_concurrent_streams: int,
-    max_in_flight_mib: int,
-    keepalive: float,
-    keepalive_timeout: float,
-    yield_to_workers: bool,
-    reply_margin_ms: float,
-    frontend: str,
-    admin_port: int,
-    admin_token: str | None,
-    poll_interval: float,
-    metrics: bool,
-    tenants_file: Path | None,
-    log_level: str,
-    log_format: str,
-) -> None:
-    """Serve the models of a repository over gRPC until SIGTERM, then drain.
-
-    Exits 1 when the repository cannot be read, none of its models has a version that loads (a model
-    with nothing to serve while others serve leaves the server running, not ready), or a port cannot be
-    bound (another process holds it: never shared, server/ports.py).
-
-    Serving never writes into the repository, which may be read-only or shared: each model's rollout
-    audit log goes where --audit-log says (by default outside the repository). Only a rollout change
-    through the admin API, or a guardrail rollback, writes the model's rollout.yaml."""
-    import asyncio
-
-    from adrank.lifecycle.manager import ManagerOptions, NothingToServe
-    from adrank.metrics.history import MetricsOptions
-    from adrank.server.frontend import TransportOptions
-    from adrank.server.ports import PortUnavailable
-    from adrank.server.process import Server, ServerOptions
-    from adrank.server.process import serve as run_server
-    from adrank.tenants import TenantsConfig, TenantsConfigError, load_tenants
-
-    log_options = LogOptions(level=log_level, format=log_format)  # type: ignore[arg-type]  # click.Choice's
-    if not _model_names(repository):
-        click.echo(f"adrank: no models yet in {repository}: nothing to serve.")
-        return
-    try:
-        tenants = load_tenants(tenants_file) if tenants_file is not None else TenantsConfig()
-    except TenantsConfigError as error:
-        raise click.ClickException(str(error)) from error
-    configure_logging(log_options)
-    options = ServerOptions(
-        repository=repository,
-        transport=TransportOptions(
-            host=host,
-            port=grpc_port,
-            max_concurrent_streams=max_concurrent_streams,
-            max_in_flight_bytes=max_in_flight_mib << 20,
-            keepalive_time_s=keepalive,
-            keepalive_timeout_s=keepalive_timeout,
-            yield_to_workers=yield_to_workers,
-            reply_margin_s=reply_margin_ms / 1000,
-        ),
-        http_host=http_host,
-        http_port=http_port,
-        admin_host=admin_host,
-        workers=workers,
-        drain_grace_s=drain_grace,
-        frontend=frontend,  # type: ignore[arg-type]  # click.Choice guarantees the literal
-        models=ManagerOptions(poll_interval_s=poll_interval, tenants=tenants, audit_log=audit_log),
-        admin_port=admin_port,
-        admin_token=admin_token or token_from_environment(),
-        metrics=MetricsOptions(enabled=metrics),
-    )
-
-    def announce(server: Server) -> None:
-        names = ", ".join(f"{s.name} v{s.version}" for s in server.models.servables())
-        line = (
-            f"adrank: SERVING {names} on grpc {host}:{server.grpc_port}, http {http_host}:{server.http_port} "
-            f"({server.frontend.kind} front end"
-            + (f", admin {admin_host}:{server.admin.port}" if server.admin else "")
-            + ")"
-        )
-        click.echo(_as_log_line(line) if log_options.format == "json" else line, err=True)
-
-    try:
-        status = asyncio.run(run_server(options, on_ready=announce))
-    except PortUnavailable as error:
-        raise click.ClickException(f"{PORT_OPTIONS[error.name]}: {error.address} {error.reason}") from error
-    except (NothingToServe, OSError) as error:  # OSError: the repository gone meanwhile
-        raise click.ClickException(str(error)) from error
-    sys.exit(status)
-
-
-def _as_log_line(line: str) -> str:
-    """The SERVING line in the JSON log's form, so that every line of a JSON log parses; written whatever the
-    log level, as it is the command's answer (the addresses it serves on), not a log record."""
-    return JsonFormatter().format(logging.makeLogRecord({"name": "adrank.cli", "levelname": "INFO", "msg": line}))
 
 
 @main.command()
@@ -342,7 +86,7 @@ def embed(repository: Path, model: str, version: int, output_name: str, texts: T
     from adrank.embed import TextEmbedder
     from adrank.repository import ConfigError, ModelRepository
 
-    if model not in _model_names(repository):
+    if model not in model_names(repository):
         raise click.ClickException(f"no model '{model}' in {repository}")
     try:
         entry = ModelRepository(repository).entry(model)
@@ -382,7 +126,7 @@ class Where:
             from adrank.rollout.audit_location import AuditLocation
             from adrank.rollout.targets import RepositoryTarget
 
-            _model_names(self.repository)  # a one-line error if it cannot be read
+            model_names(self.repository)  # a one-line error if it cannot be read
             return RepositoryTarget(self.repository, AuditLocation.from_option(self.audit_log, self.repository))
         token = self.token or token_from_environment()
         if not token:

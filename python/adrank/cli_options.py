@@ -88,3 +88,30 @@ audit_log_option = click.option(
     " $XDG_STATE_HOME/adrank/audit/<repository name>-<hash of its path>/ (~/.local/state without"
     " XDG_STATE_HOME), outside the repository, so a read-only repository serves.",
 )
+
+
+# The bundled model repository, for commands run from the top of the checkout (as `make serve` does).
+# Relative on purpose: the installed package lives in site-packages, far from any checkout.
+BUNDLED_REPOSITORY = Path("models")
+
+
+def model_names(repository: Path) -> list[str]:
+    """The repository's models; a one-line error if it cannot be read."""
+    from adrank.repository.layout import ModelRepository, RepositoryError
+
+    try:
+        return ModelRepository(repository).model_names()
+    except RepositoryError as error:
+        raise click.ClickException(str(error)) from error
+
+
+VERSION = click.IntRange(min=1)
+# Of the routing keys or of the requests: rollout/policy.py's bounds, checked here so that a mistake is one line.
+PERCENT = click.FloatRange(0, 100)
+repository_option = click.option(
+    "--repository",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=BUNDLED_REPOSITORY,
+    show_default=True,
+    help="Model repository: <name>/config.yaml and <name>/<version>/model.onnx.",
+)

@@ -32,6 +32,7 @@ Metrics (labels model, version unless said otherwise; deploy/ has the Grafana pa
   adrank_memory_pool_info{allocator}
   adrank_model_state{state}               1 for the version's lifecycle state, 0 for the others
   adrank_cpu_info{vendor, model_name, avx2, avx512f, avx512_vnni, avx_vnni, amx_int8}
+  adrank_tls_certificate_expiry_timestamp_seconds{port}, adrank_tls_reloads_total{port, result} (TLS ports only)
                                           (these labels only) 1: the CPU and its integer-kernel features,
                                           "true"/"false"/"unknown" (cpu_features.py); without avx512_vnni,
                                           avx_vnni or amx_int8, int8 weights using 8 bits saturate
@@ -44,7 +45,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -82,10 +83,17 @@ LATENCIES = (
 )
 
 
-def create_registry(source: MetricsSource) -> CollectorRegistry:
-    """A registry of this server's own (no global state): adrank's metrics plus process_* and python_info."""
+# Each TLS port's figures: (port, certificate expiry in Unix seconds, reloads by result) (server/tls.py).
+TlsFigures = Callable[[], list[tuple[str, float, Mapping[str, int]]]]
+
+
+def create_registry(source: MetricsSource, tls: TlsFigures | None = None) -> CollectorRegistry:
+    """A registry of this server's own (no global state): adrank's metrics plus process_* and python_info, and
+    each TLS port's certificate expiry and reloads where `tls` gives them."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServerCollector(source))
+    if tls is not None:
+        registry.register(TlsCollector(tls))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry
@@ -103,6 +111,29 @@ class ServerCollector(Collector):
             # between them keeps a scrape from holding up a backend call (which needs the GIL) for more
             # than one family's formatting, a fraction of a millisecond.
             time.sleep(0)
+
+
+class TlsCollector(Collector):
+    def __init__(self, figures: TlsFigures) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        expiry = GaugeMetricFamily(
+            "adrank_tls_certificate_expiry_timestamp_seconds",
+            "When the certificate a port serves expires (Unix time): alert well before it.",
+            labels=["port"],
+        )
+        reloads = CounterMetricFamily(
+            "adrank_tls_reloads",
+            "Certificate files that changed on disk, by result: ok (now served) or refused (the old one kept).",
+            labels=["port", "result"],
+        )
+        for port, not_after, counts in self._figures():
+            expiry.add_metric([port], not_after)
+            for result in ("ok", "refused"):
+                reloads.add_metric([port, result], counts.get(result, 0))
+        yield expiry
+        yield reloads
 
 
 def _labels(v: VersionSample) -> list[str]:

@@ -205,12 +205,19 @@ class AdminService(pb_grpc.AdminServicer):
 
 
 class AdminServer:
-    """The admin port: AdminService behind the token check."""
+    """The admin port: AdminService behind the token check; TLS with `credentials` (server/tls.py)."""
 
-    def __init__(self, host: str, port: int, token: str, models: ModelManager) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        token: str,
+        models: ModelManager,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
         self._server = grpc.aio.server(interceptors=[TokenInterceptor(token)], options=[GRPC_NO_REUSEPORT])
         pb_grpc.add_AdminServicer_to_server(AdminService(models), self._server)
-        self.port = add_grpc_port(self._server, "admin", host, port)
+        self.port = add_grpc_port(self._server, "admin", host, port, credentials)
 
     async def start(self) -> None:
         await self._server.start()

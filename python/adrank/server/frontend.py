@@ -49,6 +49,7 @@ from adrank.server.inference_service import add_to_server as add_inference_to_se
 from adrank.server.kserve_repository import KServeRepository
 from adrank.server.ports import GRPC_NO_REUSEPORT, add_grpc_port, check_free, unavailable
 from adrank.server.ranking_service import RANKING_SERVICE, RankingService, add_to_server
+from adrank.server.tls import CertificateWatcher
 from adrank.status import RequestError
 
 FrontendKind = Literal["auto", "cpp", "python"]
@@ -157,7 +158,11 @@ class CppFrontend:
     kind = "cpp"
 
     def __init__(
-        self, options: TransportOptions, registry: core.ModelRegistry, repository: KServeRepository | None = None
+        self,
+        options: TransportOptions,
+        registry: core.ModelRegistry,
+        repository: KServeRepository | None = None,
+        tls: CertificateWatcher | None = None,
     ) -> None:
         server = core.RankServerOptions()
         server.host = options.host
@@ -170,6 +175,8 @@ class CppFrontend:
         server.yield_to_workers = options.yield_to_workers
         server.reply_margin_s = options.reply_margin_s
         server.version = __version__
+        if tls is not None:  # the watcher's checked copy: gRPC's own file watcher rotates it
+            server.tls = tls.published()
         self._server = core.RankServer(server, registry)
         self.port = self._server.port
         # KServe v2's repository calls block for a model's load: one at a time, off gRPC's threads.
@@ -216,7 +223,11 @@ class PythonFrontend:
     kind = "python"
 
     def __init__(
-        self, options: TransportOptions, models: ModelManager, repository: KServeRepository | None = None
+        self,
+        options: TransportOptions,
+        models: ModelManager,
+        repository: KServeRepository | None = None,
+        tls: CertificateWatcher | None = None,
     ) -> None:
         self.ranking = RankingService(models.registry, options.max_in_flight_bytes, options.reply_margin_s)
         self.health = health.aio.HealthServicer()
@@ -230,7 +241,8 @@ class PythonFrontend:
             [RANKING_SERVICE, INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
             self._server,
         )
-        self.port = add_grpc_port(self._server, "grpc", options.host, options.port)
+        credentials = tls.grpc_credentials() if tls is not None else None
+        self.port = add_grpc_port(self._server, "grpc", options.host, options.port, credentials)
 
     async def start(self) -> None:
         await self._show_health()
@@ -263,18 +275,22 @@ class PythonFrontend:
 
 
 def create_frontend(
-    kind: FrontendKind, options: TransportOptions, models: ModelManager, repository: KServeRepository | None = None
+    kind: FrontendKind,
+    options: TransportOptions,
+    models: ModelManager,
+    repository: KServeRepository | None = None,
+    tls: CertificateWatcher | None = None,
 ) -> Frontend:
     """The front end asked for; "auto" is the C++ one when the core was built with it. `repository` answers
-    KServe v2's repository extension (none: UNIMPLEMENTED)."""
+    KServe v2's repository extension (none: UNIMPLEMENTED); `tls` serves the port over TLS (server/tls.py)."""
     if kind == "cpp" and not core.HAS_RANK_SERVER:
         raise RuntimeError("this build has no C++ front end (grpc++ was not found at build time): use 'python'")
     if kind == "cpp" or (kind == "auto" and core.HAS_RANK_SERVER):
         check_free("grpc", options.host, options.port)
         try:
-            return CppFrontend(options, models.registry, repository)
+            return CppFrontend(options, models.registry, repository, tls)
         except core.CoreError as error:
             if error.code == "UNAVAILABLE":  # the port could not be bound (RankServer::Create)
                 raise unavailable("grpc", options.host, options.port) from error
             raise OSError(str(error)) from error
-    return PythonFrontend(options, models, repository)
+    return PythonFrontend(options, models, repository, tls)

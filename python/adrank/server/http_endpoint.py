@@ -10,10 +10,17 @@ Content-Length, before a byte of it is read.
 It runs on its own threads (the standard library's ThreadingHTTPServer), so a busy event loop never
 delays a health probe or a scrape, and binds its own host (loopback by default); an address it cannot bind (in
 use, say) is ports.PortUnavailable.
+
+With a CertificateWatcher (`--http-tls-cert/--http-tls-key`) it serves HTTPS only: each connection's TLS
+handshake runs on that connection's own thread (a client slow to shake hands holds only its thread, for at most
+HANDSHAKE_TIMEOUT_S), with the watcher's material current then, so a rotated certificate serves new
+connections without a restart. A client that does not speak TLS gets its connection closed.
 """
 
 from __future__ import annotations
 
+import socket
+import ssl
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,9 +31,41 @@ from adrank.metrics.pages import Reply, text
 from adrank.server.index_page import index_reply
 from adrank.server.kserve_rest import KServeRest, RestCall, is_v2, refusal
 from adrank.server.ports import PortUnavailable, why
+from adrank.server.tls import CertificateWatcher
 
 # A GET of a path, its query and headers -> the reply, or None: not a page of theirs.
 Pages = Callable[[str, Mapping[str, list[str]], Mapping[str, str]], Reply | None]
+# Long enough for a client on a slow link, short enough that a connection that never shakes hands lets go.
+HANDSHAKE_TIMEOUT_S = 10.0
+
+
+class _HttpsServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer whose connections shake hands (TLS) on their own threads, with the current material."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], tls: CertificateWatcher):
+        self._tls = tls
+        self._context: tuple[int, ssl.SSLContext] | None = None
+        self._context_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def _current(self) -> ssl.SSLContext:
+        with self._context_lock:
+            if self._context is None or self._context[0] != self._tls.generation:
+                generation = self._tls.generation
+                self._context = (generation, self._tls.ssl_context())
+            return self._context[1]
+
+    def finish_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
+        request.settimeout(HANDSHAKE_TIMEOUT_S)
+        try:
+            secure = self._current().wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return  # no TLS, a refused client certificate, or a client gone: nothing to answer
+        try:
+            secure.settimeout(None)
+            super().finish_request(secure, client_address)
+        finally:
+            secure.close()
 
 
 class HttpEndpoint:
@@ -38,6 +77,7 @@ class HttpEndpoint:
         pages: Pages | None = None,
         rest: KServeRest | None = None,
         max_body_bytes: int = 32 << 20,
+        tls: CertificateWatcher | None = None,
     ) -> None:
         is_ready = ready
 
@@ -106,7 +146,10 @@ class HttpEndpoint:
                 pass  # probes and scrapes every few seconds would drown the server's log
 
         try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
+            if tls is None:
+                self._server = ThreadingHTTPServer((host, port), Handler)
+            else:
+                self._server = _HttpsServer((host, port), Handler, tls)
         except OSError as error:  # the address taken, or not this machine's
             raise PortUnavailable("http", f"{host}:{port}", why(error)) from error
         self._server.daemon_threads = True

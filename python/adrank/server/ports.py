@@ -79,12 +79,18 @@ def unavailable(name: PortName, host: str, port: int) -> PortUnavailable:
     return PortUnavailable(name, f"{host}:{port}", why(error) if error is not None else "could not be bound")
 
 
-def add_grpc_port(server: grpc.aio.Server, name: PortName, host: str, port: int) -> int:
-    """Binds a grpc.aio server (made with GRPC_NO_REUSEPORT) to `host:port`; the port it bound (port 0: the
-    free one picked), else PortUnavailable."""
+def add_grpc_port(
+    server: grpc.aio.Server, name: PortName, host: str, port: int, credentials: grpc.ServerCredentials | None = None
+) -> int:
+    """Binds a grpc.aio server (made with GRPC_NO_REUSEPORT) to `host:port`, plaintext or with `credentials`
+    (TLS: server/tls.py); the port it bound (port 0: the free one picked), else PortUnavailable."""
     check_free(name, host, port)
+    address = f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError:  # grpcio raises where older versions returned 0
         bound = 0
     if bound == 0:

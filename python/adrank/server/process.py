@@ -53,6 +53,8 @@ from adrank.server.http_endpoint import HttpEndpoint
 from adrank.server.kserve_repository import KServeRepository
 from adrank.server.kserve_rest import KServeRest
 from adrank.server.memory_release import MemoryRelease
+from adrank.server.tls import TlsFiles
+from adrank.server.tls_ports import TlsPorts
 
 log = logging.getLogger("adrank.server")
 # After the drain, how long replies may take to reach their clients: a reading client takes one in
@@ -85,6 +87,11 @@ class ServerOptions:
     admin_token: str | None = None
     # /metrics, /dashboard and the core's per-version counting (metrics/history.py MetricsOptions).
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
+    # TLS (server/tls.py): the gRPC port's files; the admin port's (None: the gRPC port's); the HTTP port's
+    # (None: plaintext). None for the gRPC port: plaintext everywhere but an HTTP port given its own.
+    tls: TlsFiles | None = None
+    admin_tls: TlsFiles | None = None
+    http_tls: TlsFiles | None = None
 
 
 class Server:
@@ -94,7 +101,10 @@ class Server:
         manager_options = replace(options.models, metrics=options.metrics.enabled)
         self.models = ModelManager(self.pool, ModelRepository(options.repository), manager_options)
         self.repository = KServeRepository(self.models, options.admin_token)
-        self.frontend: Frontend = create_frontend(options.frontend, options.transport, self.models, self.repository)
+        self.tls = TlsPorts.create(options.tls, options.admin_tls, options.http_tls)
+        self.frontend: Frontend = create_frontend(
+            options.frontend, options.transport, self.models, self.repository, self.tls.grpc
+        )
         self.grpc_port = self.frontend.port
         self.memory = MemoryRelease(lambda: self.frontend.admission.released_bytes)
         self.ready = False
@@ -105,7 +115,7 @@ class Server:
                 self.models, self.pool, lambda: [int(c) for c in self.frontend.admission.call_counts()]
             )
             self.history = MetricsHistory(source, options.metrics)
-            pages = ObservabilityPages(create_registry(source), self.history).handle
+            pages = ObservabilityPages(create_registry(source, self.tls.figures), self.history).handle
         rest = KServeRest(
             self.models.registry,
             lambda: self.frontend.admission,
@@ -120,10 +130,14 @@ class Server:
             pages,
             rest,
             max_body_bytes=options.transport.max_message_bytes,
+            tls=self.tls.http,
         )
         self.admin: AdminServer | None = None
         if options.admin_token:
-            self.admin = AdminServer(options.admin_host, options.admin_port, options.admin_token, self.models)
+            admin_tls = self.tls.admin.grpc_credentials() if self.tls.admin is not None else None
+            self.admin = AdminServer(
+                options.admin_host, options.admin_port, options.admin_token, self.models, admin_tls
+            )
         self._stopped = False
         self._health_models: set[str] = set()  # every model health was ever set for
         self._health_updates: set[asyncio.Task[None]] = set()
@@ -144,6 +158,7 @@ class Server:
         loop = asyncio.get_running_loop()
         self.models.on_readiness(lambda _: self._readiness_changed(loop))
         await self.frontend.start()
+        self.tls.start()
         self.memory.start()
         self._http.start()
         if self.history is not None:
@@ -218,6 +233,7 @@ class Server:
             await asyncio.to_thread(self.history.stop)
         await asyncio.to_thread(self.pool.shutdown)
         self._http.stop()
+        self.tls.stop()
         log.info("stopped")
 
 

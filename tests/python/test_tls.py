@@ -1,0 +1,236 @@
+"""TLS on every port (server/tls.py, cpp/frontend/tls_credentials.h), with a throwaway CA made at test time
+(certs.py): the gRPC port serves TLS only on both front ends, mutual TLS refuses a client without a certificate
+or with one a foreign CA signed, a replaced certificate serves new connections without a restart while a bad
+replacement is refused and the old one kept, the admin API over TLS still needs its token, and the HTTP port
+serves HTTPS. Only loopback; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from certs import KeyPair, Pki
+from cryptography import x509
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from adrank.client import build_request, parse_response
+from adrank.server.tls import TlsFiles
+from adrank.v1 import admin_pb2, admin_pb2_grpc, ranking_pb2, ranking_pb2_grpc
+from served import FRONTENDS, MODELS, ServerThread
+
+TOKEN = "tls-test-token"
+# Rotation shows within the watchers' second (TlsFiles.refresh_s = 1) and gRPC's file watcher's second after it.
+ROTATION_DEADLINE_S = 15.0
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki.create(tmp_path_factory.mktemp("pki"))
+
+
+def ctr_only(tmp_path: Path) -> Path:
+    """ctr alone: these tests are about the transport, and one small model loads fastest."""
+    repository = tmp_path / "repo"
+    shutil.copytree(MODELS / "ctr", repository / "ctr", ignore=shutil.ignore_patterns("*.py", "README.md"))
+    return repository
+
+
+def served_files(pki: Pki, folder: Path, name: str = "server") -> tuple[KeyPair, Path, Path]:
+    """A server certificate copied to files the test may replace later (the operator's files)."""
+    issued = pki.server(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "tls.crt", folder / "tls.key"
+    shutil.copy(issued.cert, cert)
+    shutil.copy(issued.key, key)
+    return issued, cert, key
+
+
+def channel(target: str, pki: Pki, client: KeyPair | None = None) -> grpc.Channel:
+    key = client.key.read_bytes() if client else None
+    chain = client.cert.read_bytes() if client else None
+    credentials = grpc.ssl_channel_credentials(pki.ca_file.read_bytes(), key, chain)
+    return grpc.secure_channel(target, credentials)
+
+
+def rank(chan: grpc.Channel) -> int:
+    """One Rank call of ctr; the version that answered."""
+    request = build_request(
+        ["ctr"], {"dense": np.zeros((2, 13), np.float32), "sparse": np.zeros((2, 26), np.int64)}, None
+    )
+    response: ranking_pb2.RankResponse = ranking_pb2_grpc.RankingStub(chan).Rank(request, timeout=20)
+    return parse_response(response)["ctr"].version
+
+
+def health(chan: grpc.Channel) -> int:
+    return health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+
+
+def refused(chan: grpc.Channel) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as error:
+        health(chan)
+    return error.value.code()
+
+
+def peer_certificate(port: int) -> x509.Certificate:
+    """The certificate a new TLS connection to the port is shown (the handshake alone, no call)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def serial_of(pair: KeyPair) -> int:
+    return x509.load_pem_x509_certificate(pair.cert.read_bytes()).serial_number
+
+
+@pytest.fixture(params=FRONTENDS)
+def frontend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_the_grpc_port_serves_tls_only_and_rotates_without_a_restart(pki: Pki, frontend: str, tmp_path: Path):
+    first, cert, key = served_files(pki, tmp_path / "operator")
+    server = ServerThread(ctr_only(tmp_path), frontend=frontend, tls=TlsFiles(cert, key)).start()
+    try:
+        port = server.server.grpc_port
+        with channel(server.target, pki) as secure:
+            assert health(secure) == health_pb2.HealthCheckResponse.SERVING and rank(secure) == 1
+        with grpc.insecure_channel(server.target) as plain:
+            assert refused(plain) == grpc.StatusCode.UNAVAILABLE
+        assert peer_certificate(port).serial_number == serial_of(first)
+
+        second = pki.server("rotated")  # the operator replaces the files: key first, then the certificate
+        shutil.copy(second.key, key)
+        shutil.copy(second.cert, cert)
+        deadline = time.monotonic() + ROTATION_DEADLINE_S
+        while peer_certificate(port).serial_number != serial_of(second):
+            assert time.monotonic() < deadline, "the rotated certificate never served"
+            time.sleep(0.2)
+        with channel(server.target, pki) as secure:  # a new connection, on the new certificate
+            assert rank(secure) == 1
+        watcher = server.server.tls.grpc
+        assert watcher is not None and watcher.reloads["ok"] == 1
+
+        # A bad replacement: a certificate whose key is not there (the key file keeps the old key).
+        third = pki.server("mismatched")
+        shutil.copy(third.cert, cert)
+        deadline = time.monotonic() + ROTATION_DEADLINE_S
+        while watcher.reloads["refused"] == 0:
+            assert time.monotonic() < deadline, "the bad replacement was never looked at"
+            time.sleep(0.1)
+        time.sleep(2.5)  # two more looks of both watchers: nothing changes
+        assert peer_certificate(port).serial_number == serial_of(second)
+        assert watcher.current.subject == "CN=rotated"
+        with channel(server.target, pki) as secure:
+            assert rank(secure) == 1
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.server.http_port}/metrics", timeout=10)
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(metrics.read().decode())
+            for sample in family.samples
+        }
+        reloads = "adrank_tls_reloads_total"
+        assert samples[(reloads, (("port", "grpc"), ("result", "ok")))] == 1
+        assert samples[(reloads, (("port", "grpc"), ("result", "refused")))] == 1
+        expiry = x509.load_pem_x509_certificate(second.cert.read_bytes()).not_valid_after_utc.timestamp()
+        assert samples[("adrank_tls_certificate_expiry_timestamp_seconds", (("port", "grpc"),))] == expiry
+    finally:
+        server.stop()
+
+
+def test_mutual_tls_refuses_clients_without_a_certificate_from_its_ca(pki: Pki, frontend: str, tmp_path: Path):
+    _, cert, key = served_files(pki, tmp_path / "operator")
+    server = ServerThread(ctr_only(tmp_path), frontend=frontend, tls=TlsFiles(cert, key, pki.ca_file)).start()
+    try:
+        with channel(server.target, pki, pki.client("alice")) as trusted:
+            assert rank(trusted) == 1
+        with channel(server.target, pki) as anonymous:
+            assert refused(anonymous) == grpc.StatusCode.UNAVAILABLE
+        with channel(server.target, pki, pki.foreign.client("mallory")) as stranger:
+            assert refused(stranger) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop()
+
+
+def test_the_admin_port_over_tls_still_needs_the_token_and_https_serves_the_http_port(pki: Pki, tmp_path: Path):
+    _, cert, key = served_files(pki, tmp_path / "operator")
+    web = pki.server("web")
+    server = ServerThread(
+        ctr_only(tmp_path),
+        admin_port=0,
+        admin_token=TOKEN,
+        tls=TlsFiles(cert, key),
+        http_tls=TlsFiles(web.cert, web.key),
+    ).start()
+    try:
+        admin_target = f"127.0.0.1:{server.server.admin.port}"
+        with channel(admin_target, pki) as secure:
+            stub = admin_pb2_grpc.AdminStub(secure)
+            with pytest.raises(grpc.RpcError) as unauthenticated:
+                stub.ListModels(admin_pb2.ListModelsRequest(), timeout=10)
+            assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            listed = stub.ListModels(
+                admin_pb2.ListModelsRequest(), metadata=[("authorization", f"Bearer {TOKEN}")], timeout=10
+            )
+            assert [m.name for m in listed.models] == ["ctr"]
+        with grpc.insecure_channel(admin_target) as plain:
+            with pytest.raises(grpc.RpcError) as refused_plain:
+                admin_pb2_grpc.AdminStub(plain).ListModels(admin_pb2.ListModelsRequest(), timeout=10)
+            assert refused_plain.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        http = server.server.http_port
+        context = ssl.create_default_context(cafile=str(pki.ca_file))
+        with urllib.request.urlopen(f"https://127.0.0.1:{http}/readyz", context=context, timeout=10) as reply:
+            assert reply.status == 200 and reply.read() == b"ready\n"
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{http}/readyz", timeout=10).read()
+        assert peer_certificate(http).subject.rfc4514_string() == "CN=web"
+    finally:
+        server.stop()
+
+
+def serve_command(*arguments: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", "from adrank.cli import main; main()", "serve", *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_serve_refuses_a_certificate_without_its_key_and_files_it_cannot_serve(pki: Pki, tmp_path: Path):
+    issued = pki.server("cli")
+    repository = ctr_only(tmp_path)
+    alone = serve_command("--repository", str(repository), "--tls-cert", str(issued.cert))
+    assert alone.returncode == 2 and alone.stderr.strip().splitlines()[-1] == "Error: --tls-cert needs --tls-key"
+    ca_alone = serve_command("--repository", str(repository), "--http-tls-cert", str(issued.cert))
+    assert ca_alone.returncode == 2 and "--http-tls-cert needs --http-tls-key" in ca_alone.stderr
+
+    other = pki.server("other")  # a key that is not the certificate's
+    arguments = ["--repository", str(repository), "--grpc-port", "0", "--http-port", "0"]
+    mismatched = serve_command(*arguments, "--tls-cert", str(issued.cert), "--tls-key", str(other.key))
+    lines = mismatched.stderr.strip().splitlines()
+    assert mismatched.returncode == 1 and "Traceback" not in mismatched.stderr
+    assert lines[-1] == f"Error: key {other.key} does not match certificate {issued.cert}"
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    broken = serve_command(*arguments, "--tls-cert", str(garbage), "--tls-key", str(issued.key))
+    assert broken.returncode == 1 and broken.stderr.strip().splitlines()[-1].startswith(
+        f"Error: certificate {garbage}: not a PEM certificate"
+    )
+    assert "Traceback" not in broken.stderr
