@@ -3,6 +3,9 @@ service (admin_service.py) with the bearer token. The server applies a change at
 names first), writes rollout.yaml and audits it; a refusal becomes TargetError with the server's status and
 message. It answers the same shapes as RepositoryTarget: `models()` dicts, `history()` AuditEntry lists.
 
+TLS: `tls` (ClientTls, client_tls.py: root CA, client certificate and key, server name) for a server whose admin
+port serves TLS; its files are read when the target is made. None: plaintext, as before.
+
 A TargetError is one line. An address that answers UNIMPLEMENTED serves gRPC but not the admin service (the
 server's gRPC port, most likely): the error says so and names `--admin-port`, the port to give instead.
 """
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from adrank.admin_messages import policy_fields, policy_of, rollout_message
+from adrank.client_tls import ClientTls
 from adrank.rollout.audit import AuditEntry
 from adrank.rollout.target_error import TargetError
 from adrank.v1 import admin_pb2 as pb
@@ -26,9 +30,12 @@ if TYPE_CHECKING:
 
 
 class ServerTarget:
-    def __init__(self, address: str, token: str, timeout_s: float = 120.0) -> None:
+    def __init__(self, address: str, token: str, timeout_s: float = 120.0, tls: ClientTls | None = None) -> None:
         self._address = address
-        self._channel = grpc.insecure_channel(address)
+        if tls is None:
+            self._channel = grpc.insecure_channel(address)
+        else:
+            self._channel = grpc.secure_channel(address, tls.credentials(), options=tls.channel_options())
         self._stub = admin_pb2_grpc.AdminStub(self._channel)
         self._token = token
         # Long: a change that names a version not yet loaded returns once it has loaded and been checked.

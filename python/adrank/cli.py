@@ -7,7 +7,8 @@ range, not a model name, a missing file, a token file others can read: cli_optio
 only the repository or a server can refuse (a repository that cannot be read, an unknown model or version,
 a server that is not there or is not an admin port). tests/python/test_cli_errors.py runs every command so.
 The admin token comes from a file only its owner reads or from $ADRANK_ADMIN_TOKEN (admin_token.py), never
-from the command line.
+from the command line. With --server, the --tls-* options make the admin connection TLS (client_tls.py), checked
+when parsed as a token file is.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from adrank.cli_options import (
     PERCENT,
     VERSION,
     audit_log_option,
+    client_tls,
     model_name,
     model_names,
     refused_on_command_line,
@@ -35,6 +37,7 @@ from adrank.cli_options import (
     server_address,
     token_file,
 )
+from adrank.client_tls import ClientTls
 
 # Heavy modules (numpy, onnx, ONNX Runtime, grpc, pydantic, rich, the core) are imported inside the commands
 # that use them: each command pays only for its own, so that the admin commands start in a fraction of a
@@ -120,6 +123,7 @@ class Where:
     token: str | None  # from --token-file, already read and checked (cli_options.token_file)
     as_json: bool
     audit_log: str | None = None  # --audit-log: for the repository's files (a server keeps its own)
+    tls: ClientTls | None = None  # --tls-*: for --server, already checked and its files read (cli_options.client_tls)
 
     def target(self) -> Any:
         if self.server is None:
@@ -133,7 +137,7 @@ class Where:
             raise click.ClickException(f"--server needs the admin token: --token-file F (mode 0600) or ${TOKEN_ENV}")
         from adrank.admin_client import ServerTarget
 
-        return ServerTarget(self.server, token)
+        return ServerTarget(self.server, token, tls=self.tls)
 
     def describe(self) -> str:
         return f"server {self.server}" if self.server else f"{self.repository} (servers apply it at their next poll)"
@@ -150,9 +154,16 @@ def target_options(command: Any) -> Any:
         token: str | None,
         as_json: bool,
         audit_log: str | None,
+        tls_ca: Path | None,
+        tls_cert: Path | None,
+        tls_key: Path | None,
+        tls_server_name: str | None,
         **kwargs: Any,
     ) -> Any:
-        return command(*args, where=Where(repository, server, token, as_json, audit_log), **kwargs)
+        tls = client_tls(server, tls_ca, tls_cert, tls_key, tls_server_name)
+        return command(*args, where=Where(repository, server, token, as_json, audit_log, tls), **kwargs)
+
+    pem_file = click.Path(dir_okay=False, exists=True, path_type=Path)
 
     options = [
         repository_option,
@@ -180,6 +191,33 @@ def target_options(command: Any) -> Any:
             callback=token_file,
             help=f"A file (mode 0600: only its owner reads it) holding the server's admin token, for --server; or"
             f" ${TOKEN_ENV}.",
+        ),
+        # Any of the --tls-* options makes --server's connection TLS (the server's --tls-cert); none: plaintext.
+        click.option(
+            "--tls-ca",
+            type=pem_file,
+            default=None,
+            help="With --server: TLS, trusting the CA (PEM) that signed the server's certificate (default: the"
+            " system's roots).",
+        ),
+        click.option(
+            "--tls-cert",
+            type=pem_file,
+            default=None,
+            help="With --server: this client's certificate (PEM), for a server that asks for one (mTLS); with"
+            " --tls-key.",
+        ),
+        click.option(
+            "--tls-key",
+            type=pem_file,
+            default=None,
+            help="With --server: the private key (PEM, mode 0600: only its owner reads it) of --tls-cert.",
+        ),
+        click.option(
+            "--tls-server-name",
+            default=None,
+            metavar="NAME",
+            help="With --server: TLS, checking the server's certificate for NAME (default: --server's host).",
         ),
         click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
     ]

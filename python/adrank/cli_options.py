@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from adrank.admin_token import TOKEN_ENV, TokenError, read_token_file
+from adrank.client_tls import ClientTls, ClientTlsError
 
 Callback = Callable[[click.Context, click.Parameter, object], object]
 
@@ -76,6 +77,29 @@ def refused_on_command_line(file_option: str) -> Callback:
             )
 
     return refuse
+
+
+def client_tls(
+    server: str | None, ca: Path | None, cert: Path | None, key: Path | None, server_name: str | None
+) -> ClientTls | None:
+    """The --tls-ca/--tls-cert/--tls-key/--tls-server-name options together (any of them: TLS; none: plaintext),
+    checked once all are parsed, before the command does anything: they need --server, --tls-cert and --tls-key
+    go together, and the files are read now (PEM; a key others can read is refused as a token file is). A
+    mistake is click's usage error (exit 2), one line naming the option or the file."""
+    if ca is None and cert is None and key is None and server_name is None:
+        return None
+    if server is None:
+        raise click.UsageError("--tls-ca, --tls-cert, --tls-key and --tls-server-name are for --server HOST:PORT")
+    if server_name is not None and not server_name.strip():
+        raise click.UsageError("--tls-server-name is empty: give the name the server's certificate carries")
+    if (cert is None) != (key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together (the client certificate and its private key)")
+    try:
+        tls = ClientTls(root_ca=ca, cert=cert, key=key, server_name=server_name)
+        tls.read()
+    except ClientTlsError as error:
+        raise click.UsageError(str(error)) from error
+    return tls
 
 
 # The same option, and the same default, for the server and the rollout commands: both append to one log.

@@ -10,6 +10,12 @@
 tensors have a leading dimension of 1 (a str for text): the server broadcasts them. Errors raise RankError carrying
 the gRPC status code and the server's message. A client holds one channel: share it across threads
 (RankClient) or tasks (AsyncRankClient) rather than opening one per call.
+
+    tls = ClientTls(root_ca=Path("ca.pem"))        # client_tls.py; cert= and key= as well for mTLS
+    RankClient(["10.0.0.1:8500", "10.0.0.2:8500"], tls=tls, ...)   # one channel, round_robin over both
+
+A target list and TLS are made into the channel by client_channel.py (ChannelPlan), which says how a list is
+resolved.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from adrank.client_channel import ChannelPlan, Target
+from adrank.client_tls import ClientTls
 from adrank.tenants import TENANT_METADATA_KEY
 from adrank.v1 import ranking_pb2 as pb
 from adrank.v1 import ranking_pb2_grpc as pb_grpc
@@ -30,7 +38,6 @@ from adrank.wire import encode_all
 
 ModelRef = str | tuple[str, int]
 Tensors = Mapping[str, np.ndarray | list[str] | str]
-_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 32 * 1024 * 1024), ("grpc.max_send_message_length", -1)]
 
 
 class RankError(Exception):
@@ -114,11 +121,29 @@ def _error(error: grpc.RpcError) -> RankError:
 
 
 class RankClient:
-    """`tenant`: sent as `x-adrank-tenant` with every call (None: the server's "default" tenant)."""
+    """`target`: one "host:port", or a list (or tuple) of them: ONE channel balanced by gRPC's `round_robin`
+    policy, each call on the next replica whose connection is READY; a replica that goes away is skipped (its
+    connection's failure takes it out of the rotation: gRPC's subchannel state) and rejoins when it is back.
+    A list is resolved once, when the client is made (client_channel.py). A call that fails is not retried
+    here, on another replica or at all: its RankError is the caller's (issue 19 adds retries).
 
-    def __init__(self, target: str, *, channel: grpc.Channel | None = None, tenant: str | None = None) -> None:
+    `tls`: ClientTls (root CA, client certificate and key, server name); None: plaintext. Its files are read
+    when the client is made; a file unreadable, not PEM, or a key others can read is a ClientTlsError then.
+
+    `tenant`: sent as `x-adrank-tenant` with every call (None: the server's "default" tenant).
+
+    `channel`: a channel of the caller's own, used instead (target and tls are then not used)."""
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        tls: ClientTls | None = None,
+        channel: grpc.Channel | None = None,
+        tenant: str | None = None,
+    ) -> None:
         self._metadata = _metadata(tenant)
-        self._channel = channel or grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self._channel = channel or ChannelPlan.create(target, tls).channel()
         self._stub = pb_grpc.RankingStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -168,9 +193,13 @@ class RankClient:
 
 
 class AsyncRankClient:
-    def __init__(self, target: str, *, tenant: str | None = None) -> None:
+    """RankClient.rank, awaitable, on a grpc.aio channel. `target` (one "host:port" or a list balanced by
+    `round_robin`, resolved once when the client is made; no retries here: issue 19 adds them), `tls` and
+    `tenant` are RankClient's."""
+
+    def __init__(self, target: Target, *, tls: ClientTls | None = None, tenant: str | None = None) -> None:
         self._metadata = _metadata(tenant)
-        self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self._channel = ChannelPlan.create(target, tls).aio_channel()
         self._stub = pb_grpc.RankingStub(self._channel)
 
     async def rank(

@@ -2,7 +2,8 @@
 (ctr: version 1 AVAILABLE and stable, version 2 FAILED) to a caller with the right token, UNAUTHENTICATED to
 others, and nothing else. No models are loaded, so a test of the client side starts in milliseconds.
 
-`bare_grpc_server()` is a gRPC server with no service at all: what a server's gRPC (Rank) port answers to an
+`fake_admin_server(credentials)` serves it over TLS (grpc.ssl_server_credentials), for the admin commands' --tls-*
+options. `bare_grpc_server()` is a gRPC server with no service at all: what a server's gRPC (Rank) port answers to an
 admin call, UNIMPLEMENTED.
 """
 
@@ -38,10 +39,13 @@ class FakeAdmin(admin_pb2_grpc.AdminServicer):
 
 
 @contextmanager
-def _serving(add_services: Any) -> Iterator[str]:
+def _serving(add_services: Any, credentials: grpc.ServerCredentials | None = None) -> Iterator[str]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     add_services(server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    if credentials is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
     try:
         yield f"127.0.0.1:{port}"
@@ -49,9 +53,9 @@ def _serving(add_services: Any) -> Iterator[str]:
         server.stop(grace=None)
 
 
-def fake_admin_server() -> Any:
-    """A context manager: the fake admin service's HOST:PORT while it runs."""
-    return _serving(lambda server: admin_pb2_grpc.add_AdminServicer_to_server(FakeAdmin(), server))
+def fake_admin_server(credentials: grpc.ServerCredentials | None = None) -> Any:
+    """A context manager: the fake admin service's HOST:PORT while it runs (plaintext, or TLS with `credentials`)."""
+    return _serving(lambda server: admin_pb2_grpc.add_AdminServicer_to_server(FakeAdmin(), server), credentials)
 
 
 def bare_grpc_server() -> Any:

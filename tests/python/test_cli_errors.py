@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 import pytest
+from certs import Pki
 from click.testing import CliRunner
 from fake_admin import TOKEN, bare_grpc_server, fake_admin_server
 
@@ -29,7 +30,8 @@ from served import MODELS
 # must not change it, but a slip must not change the checkout), {models} the bundled repository (read-only
 # cases), {missing} a path that does not exist, {texts} a file of two ad texts, {open_token} a token file others
 # may read (0644), {token} one only its owner reads, {closed} a port nothing listens on, {rank} a gRPC port with
-# no admin service, {admin} a stand-in admin port, {onnx} the ctr model file.
+# no admin service, {admin} a stand-in admin port, {onnx} the ctr model file, {ca} a CA's certificate, {cert} and
+# {key} a client certificate and its key (0600), {open_key} the key readable by others (0644).
 BAD_ARGUMENTS: dict[str, list[tuple[list[str], int]]] = {
     "serve": [
         (["--repository", "{repo}", "--grpc-port", "70000"], 2),
@@ -72,6 +74,14 @@ BAD_ARGUMENTS: dict[str, list[tuple[list[str], int]]] = {
         (["--server", "127.0.0.1:{admin}", "--token-file", "{token}"], 1),  # the wrong token: UNAUTHENTICATED
         (["--server", "127.0.0.1:{closed}", "--token-file", "{token}"], 1),
         (["--server", "127.0.0.1:{rank}", "--token-file", "{token}"], 1),
+        (["--repository", "{repo}", "--tls-ca", "{ca}"], 2),  # --tls-* without --server
+        (["--server", "127.0.0.1:{admin}", "--token-file", "{token}", "--tls-ca", "{missing}"], 2),
+        (["--server", "127.0.0.1:{admin}", "--token-file", "{token}", "--tls-ca", "{texts}"], 2),  # not PEM
+        (["--server", "127.0.0.1:{admin}", "--token-file", "{token}", "--tls-cert", "{cert}"], 2),  # no --tls-key
+        (["--server", "127.0.0.1:{admin}", "--token-file", "{token}", "--tls-key", "{key}"], 2),  # no --tls-cert
+        (["--server", "127.0.0.1:{admin}", "--tls-cert", "{cert}", "--tls-key", "{open_key}"], 2),
+        (["--server", "127.0.0.1:{admin}", "--token-file", "{token}", "--tls-server-name", ""], 2),
+        (["--server", "127.0.0.1:{admin}", "--token-file", "{token}", "--tls-ca", "{ca}"], 1),  # a plaintext port
     ],
     "rollout": [
         (["ctr", "--repository", "{repo}", "--canary", "3", "--percent", "150"], 2),
@@ -94,6 +104,7 @@ BAD_ARGUMENTS: dict[str, list[tuple[list[str], int]]] = {
         (["nosuch", "2", "--repository", "{repo}"], 1),
         (["ctr", "99", "--repository", "{repo}"], 1),
         (["ctr", "2", "--server", "127.0.0.1:{closed}", "--token-file", "{token}"], 1),
+        (["ctr", "2", "--server", "127.0.0.1:{admin}", "--tls-cert", "{cert}"], 2),
     ],
     "rollback": [
         (["nosuch", "--repository", "{repo}"], 1),
@@ -101,6 +112,7 @@ BAD_ARGUMENTS: dict[str, list[tuple[list[str], int]]] = {
         (["..", "--repository", "{repo}"], 2),
         (["ctr", "--server", "127.0.0.1:{rank}", "--token-file", "{token}"], 1),
         (["ctr", "--server", ":8501"], 2),
+        (["ctr", "--server", "127.0.0.1:{admin}", "--tls-key", "{open_key}", "--tls-cert", "{cert}"], 2),
     ],
     "publish": [
         (["{missing}", "--model", "ctr", "--repository", "{repo}"], 1),
@@ -147,6 +159,11 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     for path, mode in ((open_token, 0o644), (token, 0o600)):
         path.write_text("not-the-token\n")
         path.chmod(mode)
+    pki = Pki.create(root / "pki")
+    client = pki.client("alice")
+    open_key = root / "open.key"
+    open_key.write_bytes(client.key.read_bytes())
+    open_key.chmod(0o644)
     with fake_admin_server() as admin, bare_grpc_server() as rank:
         yield {
             "repo": str(repo),
@@ -160,6 +177,10 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
             "rank": rank.rpartition(":")[2],
             "admin": admin.rpartition(":")[2],
             "onnx": str(MODELS / "ctr" / "1" / "model.onnx"),
+            "ca": str(pki.ca_file),
+            "cert": str(client.cert),
+            "key": str(client.key),
+            "open_key": str(open_key),
         }
 
 

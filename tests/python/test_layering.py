@@ -14,6 +14,8 @@ TRANSPORT_MODULES = {
     "admin_client.py",
     "cli.py",
     "client.py",
+    "client_channel.py",
+    "client_tls.py",
 }
 TRANSPORT_PACKAGES = {"server"}  # the process and its front ends
 
