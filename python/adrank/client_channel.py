@@ -34,30 +34,31 @@ import grpc
 from adrank.client_tls import ClientTls
 
 Target = str | Sequence[str]
-# Replies carry N float32 scores per model: past gRPC's 4 MiB default for large auctions.
-_MESSAGE_OPTIONS: list[tuple[str, Any]] = [
+# A request carries every candidate's features: no client-side limit on what is sent (the server has its own);
+# replies are N float32 scores per model, well under 32 MiB, past gRPC's 4 MiB default.
+_MESSAGE_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_receive_message_length", 32 * 1024 * 1024),
     ("grpc.max_send_message_length", -1),
-]
+)
 
 
 @dataclass(frozen=True)
 class ChannelPlan:
     target: str  # what gRPC is given: the "host:port" itself, or an ipv4:/ipv6: URI of the list
-    options: list[tuple[str, Any]]
+    options: tuple[tuple[str, Any], ...]
     credentials: grpc.ChannelCredentials | None  # None: plaintext
 
     @staticmethod
     def create(target: Target, tls: ClientTls | None = None) -> ChannelPlan:
         if isinstance(target, str):
             tls_options = [] if tls is None else tls.channel_options()
-            return ChannelPlan(target, [*_MESSAGE_OPTIONS, *tls_options], _credentials(tls))
+            return ChannelPlan(target, (*_MESSAGE_OPTIONS, *tls_options), _credentials(tls))
         targets = list(target)
         if not targets:
             raise ValueError("the target list is empty: give at least one 'host:port'")
         hosts = [_split(t) for t in targets]
         uri = _address_list([_resolve(t, host, port) for t, (host, port) in zip(targets, hosts, strict=True)])
-        options: list[tuple[str, Any]] = [*_MESSAGE_OPTIONS, ("grpc.lb_policy_name", "round_robin")]
+        options = (*_MESSAGE_OPTIONS, ("grpc.lb_policy_name", "round_robin"))
         if tls is not None:
             names = {host for host, _ in hosts}
             if tls.server_name is None and len(names) > 1:
@@ -65,7 +66,7 @@ class ChannelPlan:
                     f"targets {targets} are on different hosts: with TLS give ClientTls(server_name=...), the name"
                     " every replica's certificate carries"
                 )
-            options += tls.channel_options(default_name=names.pop())
+            options += tuple(tls.channel_options(default_name=names.pop()))
         return ChannelPlan(uri, options, _credentials(tls))
 
     def channel(self) -> grpc.Channel:
