@@ -7,6 +7,7 @@ serves HTTPS. Only loopback; every wait is bounded.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import ssl
@@ -21,11 +22,15 @@ import grpc
 import numpy as np
 import pytest
 from certs import KeyPair, Pki
+from click.testing import CliRunner
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from adrank.client import build_request, parse_response
+from adrank.admin_token import TOKEN_ENV
+from adrank.cli import main
+from adrank.client import RankClient, build_request, parse_response
+from adrank.client_tls import ClientTls
 from adrank.server.tls import TlsFiles
 from adrank.v1 import admin_pb2, admin_pb2_grpc, ranking_pb2, ranking_pb2_grpc
 from served import FRONTENDS, MODELS, ServerThread
@@ -163,6 +168,10 @@ def test_mutual_tls_refuses_clients_without_a_certificate_from_its_ca(pki: Pki, 
     try:
         with channel(server.target, pki, pki.client("alice")) as trusted:
             assert rank(trusted) == 1
+        bob = pki.client("bob")  # adrank's own client, its TLS settings from files
+        with RankClient(server.target, tls=ClientTls(root_ca=pki.ca_file, cert=bob.cert, key=bob.key)) as client:
+            scores = client.rank(["ctr"], {"dense": np.ones((3, 13), np.float32), "sparse": np.ones((3, 26), np.int64)})
+            assert scores["ctr"].scores.shape == (3,)
         with channel(server.target, pki) as anonymous:
             assert refused(anonymous) == grpc.StatusCode.UNAVAILABLE
         with channel(server.target, pki, pki.foreign.client("mallory")) as stranger:
@@ -192,6 +201,11 @@ def test_the_admin_port_over_tls_still_needs_the_token_and_https_serves_the_http
                 admin_pb2.ListModelsRequest(), metadata=[("authorization", f"Bearer {TOKEN}")], timeout=10
             )
             assert [m.name for m in listed.models] == ["ctr"]
+        listed_by_cli = CliRunner(env={TOKEN_ENV: TOKEN}).invoke(
+            main, ["models", "--server", admin_target, "--tls-ca", str(pki.ca_file), "--json"]
+        )
+        assert listed_by_cli.exit_code == 0, listed_by_cli.output
+        assert [m["model"] for m in json.loads(listed_by_cli.stdout)] == ["ctr"]
         with grpc.insecure_channel(admin_target) as plain:
             with pytest.raises(grpc.RpcError) as refused_plain:
                 admin_pb2_grpc.AdminStub(plain).ListModels(admin_pb2.ListModelsRequest(), timeout=10)
