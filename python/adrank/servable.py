@@ -172,19 +172,31 @@ class Servable:
         """Each request's float32 scores, run through the core's Rank contract (cpp/rank_call.h) exactly as a
         client's call is (decoded, checked against this version's signature, batched) but on a registry of
         this version alone, with stats of its own: no client call reaches the version meanwhile, and its
-        metrics count only its clients' calls. RequestError with the call's status and message."""
+        metrics count only its clients' calls. A request the queue refuses for its predicted wait is sent again
+        once those ahead of it are done: a busy machine slows the check, it does not fail it. RequestError with
+        the call's status and message otherwise."""
         registry = core.ModelRegistry()
         self.register(registry, serving=True, stats=core.VersionStats())
-        calls = [core.start_rank(registry, self._request(c, x), timeout_s=timeout_s) for c, x in requests]
-        scores: list[np.ndarray] = []
-        for call in calls:
-            call.wait()
-            try:
-                reply = pb.RankResponse.FromString(call.result())
-            except core.CoreError as error:
-                raise RequestError(StatusCode(error.grpc_code), str(error)) from None
-            scores.append(np.frombuffer(reply.results[0].scores, dtype="<f4"))
-        return scores
+        payloads = [self._request(c, x) for c, x in requests]
+        scores: dict[int, np.ndarray] = {}
+        waiting = list(range(len(payloads)))
+        # All at once, as a burst of clients would send them; those the queue refuses for its predicted wait
+        # (RESOURCE_EXHAUSTED: a machine busy with other work predicts long waits) go again once the others are
+        # done. Each round's first request has an empty queue ahead and is taken: the rounds end.
+        while waiting:
+            calls = [(i, core.start_rank(registry, payloads[i], timeout_s=timeout_s)) for i in waiting]
+            waiting = []
+            for i, call in calls:
+                call.wait()
+                try:
+                    reply = pb.RankResponse.FromString(call.result())
+                except core.CoreError as error:
+                    if StatusCode(error.grpc_code) == StatusCode.RESOURCE_EXHAUSTED and i != calls[0][0]:
+                        waiting.append(i)
+                        continue
+                    raise RequestError(StatusCode(error.grpc_code), str(error)) from None
+                scores[i] = np.frombuffer(reply.results[0].scores, dtype="<f4")
+        return [scores[i] for i in range(len(payloads))]
 
     def _request(self, candidates: Mapping[str, np.ndarray], context: Mapping[str, np.ndarray]) -> bytes:
         request = pb.RankRequest(

@@ -24,6 +24,7 @@ from adrank.lifecycle.manager import ManagerOptions, ModelManager, NothingToServ
 from adrank.repository.layout import ModelRepository, RepositoryError
 from adrank.rollout.changes import promote
 from adrank.status import RequestError, StatusCode
+from served import MODELS
 
 
 @pytest.fixture
@@ -391,4 +392,36 @@ def test_a_model_unloaded_on_request_stays_unloaded_across_polls_until_loaded_ag
         assert score(models) == 1 and models.held() == []
     finally:
         moved.rename(repo)
+    models.unload_all()
+
+
+def test_golden_requests_the_queue_refuses_for_its_predicted_wait_go_again_and_the_version_loads(
+    pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The parity check sends its golden requests as a burst; on a busy machine the queue's predicted-wait bound
+    refuses part of it (RESOURCE_EXHAUSTED). Those go again once the others are done: slower, not FAILED."""
+    real = core.start_rank
+    refused: list[int] = []
+
+    class Refused:
+        def wait(self, timeout_s: float | None = None) -> bool:
+            return True
+
+        def result(self) -> bytes:
+            error = core.CoreError("queue full: rows ahead are predicted to take 336717 us")
+            error.code, error.grpc_code = "RESOURCE_EXHAUSTED", int(StatusCode.RESOURCE_EXHAUSTED)
+            raise error
+
+    def busy(registry, request: bytes, **options):  # every second request is refused (but a round's first)
+        refused.append(len(refused))
+        return Refused() if len(refused) % 2 == 0 and len(refused) < 12 else real(registry, request, **options)
+
+    relevance = tmp_path / "relevance-repo"  # relevance: a golden request per query text, ctr has one in all
+    shutil.copytree(MODELS / "relevance", relevance / "relevance", ignore=shutil.ignore_patterns("*.py", "*.md"))
+    monkeypatch.setattr(core, "start_rank", busy)
+    models = manager(pool, relevance)
+    (described,) = models.describe()
+    assert [(v["state"], v["reason"]) for v in described["versions"]] == [("AVAILABLE", "")]
+    # 4 golden requests: #2 and #4 refused and sent again (#5, #6), #6 refused and sent again (#7).
+    assert len(refused) == 7 and models.route("relevance").servable.version == 2
     models.unload_all()
