@@ -78,7 +78,7 @@ def test_the_quick_start_snippet_runs_and_prints_what_the_readme_shows(server):
 def test_the_serving_sections_snippet_runs_as_it_stands(server):
     text = README.read_text()
     start = text.index("\n## Serving\n")
-    (snippet,) = blocks(text[start : text.index("\n## ", start + 1)], "python")
+    snippet = blocks(text[start : text.index("\n## ", start + 1)], "python")[0]  # the API's; the next: TLS
     assert DEFAULT_GRPC in snippet and "timeout=0.05" in snippet
     # An auction's 50 ms deadline, on a test machine that may be busy with other tests: 10 s.
     runnable = snippet.replace(DEFAULT_GRPC, server.target).replace("timeout=0.05", "timeout=10")
