@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 JOBS ?= $(shell nproc)
 CMAKE_GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo Ninja || echo "Unix Makefiles")
 
-.PHONY: all system-packages system-packages-test venv install install-gpu serve serve-gpu test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core loadgen bench bench-rollout bench-metrics bench-overload bench-quick bench-env bench-protocols train-env kserve-env clean
+.PHONY: all system-packages system-packages-test venv install install-gpu serve serve-gpu test test-cpp test-python test-sanitize test-asan test-tsan lint format bench-core loadgen bench bench-rollout bench-fleet bench-metrics bench-overload bench-quick bench-env bench-protocols train-env kserve-env clean
 
 all: install
 
@@ -115,6 +115,10 @@ bench: bench-env loadgen
 # (perf/protocol_bench.py, about 5 minutes; perf_analyzer comes from the PyTriton environment the bench makes).
 bench-protocols: install loadgen
 	$(PY) perf/protocol_bench.py
+
+# 1, 2 and 3 replicas behind one client's round_robin, and the expected curve for N (perf/fleet_bench.py, ~2 min).
+bench-fleet: install
+	$(PY) perf/fleet_bench.py
 
 # What a version switch and a 100 % shadow cost the traffic being served (perf/rollout_bench.py, about a minute).
 bench-rollout: install loadgen

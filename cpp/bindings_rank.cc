@@ -209,7 +209,9 @@ void BindContract(py::module_& m) {
       .def_property_readonly("in_flight_bytes", &RankAdmission::in_flight_bytes)
       .def_property_readonly("released_bytes", &RankAdmission::released_bytes)
       .def_property_readonly("max_in_flight_bytes", &RankAdmission::max_in_flight_bytes)
-      .def("call_counts", [](const RankAdmission& a) { return CountsArray(a.CallCounts()); });
+      .def("call_counts", [](const RankAdmission& a) { return CountsArray(a.CallCounts()); })
+      .def("retried", &RankAdmission::Retried)
+      .def_property_readonly("retried_calls", &RankAdmission::retried_calls);
 }
 
 #ifdef ADRANK_HAVE_FRONTEND

@@ -11,7 +11,9 @@
 //   - else admitted: in flight until CallDone (its answer is ready), its bytes held until ReleaseBytes
 //     (the transport is done with it: reply sent, or the call cancelled). A client that stops reading
 //     keeps its own calls' bytes and no more.
-// Every answer, admitted or refused, is counted once by the transport (Answered).
+// Every answer, admitted or refused, is counted once by the transport (Answered); a call that a client's
+// gRPC retry policy sent again (its `grpc-previous-rpc-attempts` metadata says so) is counted too (Retried),
+// so that a fleet's retries add up across its replicas.
 //
 // Options (defaults and why):
 //   max_in_flight_bytes = 256 MiB  64 of the largest bundled requests (4 MiB) at once: far more work than
@@ -55,6 +57,7 @@ class RankAdmission {
   void CallDone();
   void ReleaseBytes(int64_t bytes);
   void Answered(StatusCode code);
+  void Retried() { retried_calls_.fetch_add(1, std::memory_order_relaxed); }
 
   void SetState(State state) { state_.store(state, std::memory_order_seq_cst); }
   State state() const { return state_.load(std::memory_order_seq_cst); }
@@ -70,6 +73,8 @@ class RankAdmission {
   uint64_t released_bytes() const { return released_bytes_.load(std::memory_order_relaxed); }
   int64_t max_in_flight_bytes() const { return max_in_flight_bytes_; }
   std::array<uint64_t, kStatusCodeCount> CallCounts() const;
+  // Calls that were a client's retry of an attempt that failed (on this replica or another).
+  uint64_t retried_calls() const { return retried_calls_.load(std::memory_order_relaxed); }
 
   // Implementation details follow. API users need not read.
  private:
@@ -86,6 +91,7 @@ class RankAdmission {
   std::mutex mu_;  // only for done_: a drain never misses the last CallDone
   std::condition_variable done_;
   std::array<std::atomic<uint64_t>, kStatusCodeCount> calls_by_code_{};
+  std::atomic<uint64_t> retried_calls_{0};
 };
 
 }  // namespace adrank

@@ -69,6 +69,7 @@ grpc::ServerUnaryReactor* StartGrpcCall(RankAdmission& admission, Duration reply
                                         grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                                         grpc::ByteBuffer* response, Start start) {
   const auto bytes = static_cast<int64_t>(request->Length());
+  if (IsRetry(*context)) admission.Retried();
   const Status admitted = admission.Admit(bytes);
   if (!admitted.ok()) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();

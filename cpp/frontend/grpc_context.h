@@ -38,6 +38,16 @@ inline std::string CallTenant(const grpc::CallbackServerContext& context) {
   return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
 }
 
+// The metadata gRPC's retry policy adds to every attempt after the first (gRFC A6): its count of earlier ones.
+inline constexpr char kPreviousAttemptsKey[] = "grpc-previous-rpc-attempts";
+
+// Whether the call is a client's retry: its previous-attempts metadata is there and not "0".
+inline bool IsRetry(const grpc::CallbackServerContext& context) {
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find(kPreviousAttemptsKey);
+  return it != metadata.end() && !(it->second.size() == 1 && it->second.data()[0] == '0');
+}
+
 // A request's bytes in one piece: only to explain a parse failure.
 inline std::string Flatten(const grpc::ByteBuffer& buffer) {
   std::vector<grpc::Slice> slices;

@@ -361,6 +361,9 @@ class RankAdmission:
     @property
     def max_in_flight_bytes(self) -> int: ...
     def call_counts(self) -> list[int]: ...
+    def retried(self) -> None: ...  # a call that was a client's retry (grpc-previous-rpc-attempts)
+    @property
+    def retried_calls(self) -> int: ...
 
 class TlsFiles:  # cpp/frontend/tls_credentials.h: cert_file empty is plaintext
     cert_file: str

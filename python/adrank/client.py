@@ -30,6 +30,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adrank.client_channel import ChannelPlan, Target
+from adrank.client_retry import DEFAULT_RETRY, RetryPolicy
 from adrank.client_tls import ClientTls
 from adrank.tenants import TENANT_METADATA_KEY
 from adrank.v1 import ranking_pb2 as pb
@@ -124,8 +125,13 @@ class RankClient:
     """`target`: one "host:port", or a list (or tuple) of them: ONE channel balanced by gRPC's `round_robin`
     policy, each call on the next replica whose connection is READY; a replica that goes away is skipped (its
     connection's failure takes it out of the rotation: gRPC's subchannel state) and rejoins when it is back.
-    A list is resolved once, when the client is made (client_channel.py). A call that fails is not retried
-    here, on another replica or at all: its RankError is the caller's (issue 19 adds retries).
+    A list is resolved once, when the client is made (client_channel.py); any gRPC target URI works too
+    (`dns:///ranker.ns.svc:8500`: a headless Service's pods, re-resolved by gRPC).
+
+    `retry`: RetryPolicy() by default (client_retry.py): round_robin over every address, replicas whose health
+    says NOT_SERVING (loading, draining) left out, and a call that fails with UNAVAILABLE or RESOURCE_EXHAUSTED
+    retried on the next replica with backoff within its deadline (or hedged); None: none of it (a single
+    target is then pick_first). A call that still fails raises its RankError.
 
     `tls`: ClientTls (root CA, client certificate and key, server name); None: plaintext. Its files are read
     when the client is made; a file unreadable, not PEM, or a key others can read is a ClientTlsError then.
@@ -141,9 +147,10 @@ class RankClient:
         tls: ClientTls | None = None,
         channel: grpc.Channel | None = None,
         tenant: str | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
     ) -> None:
         self._metadata = _metadata(tenant)
-        self._channel = channel or ChannelPlan.create(target, tls).channel()
+        self._channel = channel or ChannelPlan.create(target, tls, retry).channel()
         self._stub = pb_grpc.RankingStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -193,13 +200,19 @@ class RankClient:
 
 
 class AsyncRankClient:
-    """RankClient.rank, awaitable, on a grpc.aio channel. `target` (one "host:port" or a list balanced by
-    `round_robin`, resolved once when the client is made; no retries here: issue 19 adds them), `tls` and
-    `tenant` are RankClient's."""
+    """RankClient.rank, awaitable, on a grpc.aio channel. `target`, `tls`, `tenant` and `retry` are
+    RankClient's."""
 
-    def __init__(self, target: Target, *, tls: ClientTls | None = None, tenant: str | None = None) -> None:
+    def __init__(
+        self,
+        target: Target,
+        *,
+        tls: ClientTls | None = None,
+        tenant: str | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+    ) -> None:
         self._metadata = _metadata(tenant)
-        self._channel = ChannelPlan.create(target, tls).aio_channel()
+        self._channel = ChannelPlan.create(target, tls, retry).aio_channel()
         self._stub = pb_grpc.RankingStub(self._channel)
 
     async def rank(

@@ -15,6 +15,12 @@ Contract:
 - With TLS, a list's certificates are checked against one name, as the URI carries none: ClientTls.server_name,
   else the targets' common host (e.g. every target on "ranker.internal" or 127.0.0.1); targets on different
   hosts need server_name (the name every replica's certificate carries) and are refused without it.
+- Any other gRPC target URI (`dns:///ranker.ns.svc:8500` for a headless Service, `ipv4:a:p,b:q`) is a str and
+  is handed to gRPC as it is.
+- With a RetryPolicy (client_retry.py; RankClient's default), the channel's service config balances every
+  target, a single name's addresses too, with round_robin, checks the replicas' health (target lists and URIs:
+  a fleet, client_retry.py) and retries (or hedges) Rank calls; a service config published in DNS is ignored (this one is the client's). Without one (None),
+  a single target is gRPC's pick_first and nothing is retried.
 - Errors in the target (no port, a name that does not resolve, an empty list) are ValueError naming it, raised
   when the client is made; TLS files are read then too (client_tls.py).
 
@@ -31,6 +37,7 @@ from typing import Any
 
 import grpc
 
+from adrank.client_retry import RetryPolicy
 from adrank.client_tls import ClientTls
 
 Target = str | Sequence[str]
@@ -42,6 +49,10 @@ _MESSAGE_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 
+# The largest request a call may need to send again: the server's own message bound (32 MiB).
+RETRY_BUFFER_BYTES = 32 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class ChannelPlan:
     target: str  # what gRPC is given: the "host:port" itself, or an ipv4:/ipv6: URI of the list
@@ -49,16 +60,17 @@ class ChannelPlan:
     credentials: grpc.ChannelCredentials | None  # None: plaintext
 
     @staticmethod
-    def create(target: Target, tls: ClientTls | None = None) -> ChannelPlan:
+    def create(target: Target, tls: ClientTls | None = None, retry: RetryPolicy | None = None) -> ChannelPlan:
         if isinstance(target, str):
             tls_options = [] if tls is None else tls.channel_options()
-            return ChannelPlan(target, (*_MESSAGE_OPTIONS, *tls_options), _credentials(tls))
+            options = (*_MESSAGE_OPTIONS, *_retry_options(retry, fleet=_is_uri(target)), *tls_options)
+            return ChannelPlan(target, options, _credentials(tls))
         targets = list(target)
         if not targets:
             raise ValueError("the target list is empty: give at least one 'host:port'")
         hosts = [_split(t) for t in targets]
         uri = _address_list([_resolve(t, host, port) for t, (host, port) in zip(targets, hosts, strict=True)])
-        options = (*_MESSAGE_OPTIONS, ("grpc.lb_policy_name", "round_robin"))
+        options = (*_MESSAGE_OPTIONS, *_retry_options(retry, fleet=True), ("grpc.lb_policy_name", "round_robin"))
         if tls is not None:
             names = {host for host, _ in hosts}
             if tls.server_name is None and len(names) > 1:
@@ -78,6 +90,26 @@ class ChannelPlan:
         if self.credentials is None:
             return grpc.aio.insecure_channel(self.target, options=self.options)
         return grpc.aio.secure_channel(self.target, self.credentials, options=self.options)
+
+
+def _is_uri(target: str) -> bool:
+    """A gRPC target URI (dns:///name:port, ipv4:a:p,b:q, unix:path), not a plain "host:port"."""
+    scheme, colon, rest = target.partition(":")
+    return bool(colon) and scheme.isalpha() and (rest.startswith("/") or scheme in ("ipv4", "ipv6", "unix"))
+
+
+def _retry_options(retry: RetryPolicy | None, fleet: bool) -> tuple[tuple[str, Any], ...]:
+    if retry is None:
+        return ()
+    return (
+        ("grpc.service_config", retry.service_config(fleet)),
+        ("grpc.service_config_disable_resolution", 1),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_reconnect_backoff_ms", round(retry.max_reconnect_backoff_s * 1000)),
+        # gRPC keeps a call's request to send it again only up to this size, and never retries a larger one
+        # (default 256 KiB: a ctr auction of 1,000 candidates, or 170 relevance ones): room for the largest.
+        ("grpc.per_rpc_retry_buffer_size", RETRY_BUFFER_BYTES),
+    )
 
 
 def _credentials(tls: ClientTls | None) -> grpc.ChannelCredentials | None:

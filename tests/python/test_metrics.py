@@ -283,7 +283,7 @@ def test_a_full_queue_is_counted_as_shed(tmp_path: Path):
         barrier = threading.Barrier(16)
 
         def one() -> None:
-            with RankClient(server.target) as client:
+            with RankClient(server.target, retry=None) as client:  # each refusal once: no retry elsewhere
                 barrier.wait(timeout=30)
                 try:
                     client.rank(["ctr"], ctr_candidates(2048), timeout=30)

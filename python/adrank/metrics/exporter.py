@@ -25,6 +25,7 @@ Metrics (labels model, version unless said otherwise; deploy/ has the Grafana pa
   adrank_rank_calls_total{code}           whole Rank calls, including those refused before any model
   adrank_unknown_model_requests_total{code}  (code only: NOT_FOUND) requests naming a model no version
                                           serves; with adrank_requests_total summed by code, every request
+  adrank_retried_calls_total              (no labels) calls that were a client's retry (gRPC retry policy)
   adrank_repository_errors_total          (no labels) repository polls that could not read the repository;
                                           every loaded version kept serving
   adrank_memory_pool_bytes{state}         total, in_use, locked
@@ -238,6 +239,12 @@ def server_metrics(sample: Sample) -> Iterator[Metric]:
     )
     unknown.add_metric([StatusCode.NOT_FOUND.name], sample.unknown_model_requests)
     yield unknown
+    yield CounterMetricFamily(
+        "adrank_retried_calls",
+        "Calls that were a client's retry of an attempt that failed, here or on another replica (gRPC's retry"
+        " policy: grpc-previous-rpc-attempts); a fleet's retries are the sum over its replicas.",
+        value=sample.retried_calls,
+    )
     yield CounterMetricFamily(
         "adrank_repository_errors",
         "Repository polls that could not read the repository (loaded versions kept serving).",

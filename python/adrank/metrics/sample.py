@@ -60,6 +60,8 @@ class Sample:
     # Requests naming a model no version serves (the core registry's count): answered NOT_FOUND, in `calls`,
     # and in no version's stats.
     unknown_model_requests: int = 0
+    # Calls that were a client's retry (their grpc-previous-rpc-attempts metadata), both front ends.
+    retried_calls: int = 0
     # The guardrail limits of every model with a canary or shadow (its rollout policy's).
     guardrails: dict[str, GuardrailPolicy] = field(default_factory=dict)
 
@@ -77,10 +79,17 @@ def route_traffic(model: str, route: core.RolloutRoute) -> list[Traffic]:
 
 
 class MetricsSource:
-    def __init__(self, manager: ModelManager, pool: core.ThreadPool, call_counts: Callable[[], list[int]]) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        pool: core.ThreadPool,
+        call_counts: Callable[[], list[int]],
+        retried_calls: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._manager = manager
         self._pool = pool
         self._call_counts = call_counts
+        self._retried_calls = retried_calls
 
     def sample(self) -> Sample:
         registry = self._manager.registry
@@ -112,6 +121,7 @@ class MetricsSource:
             calls=self._call_counts(),
             repository_errors=self._manager.repository_errors,
             unknown_model_requests=registry.unknown_model_requests,
+            retried_calls=self._retried_calls(),
             guardrails={name: policy for name, policy in policies.items() if name in compared},
         )
 

@@ -112,7 +112,10 @@ class Server:
         pages = None
         if options.metrics.enabled:
             source = MetricsSource(
-                self.models, self.pool, lambda: [int(c) for c in self.frontend.admission.call_counts()]
+                self.models,
+                self.pool,
+                lambda: [int(c) for c in self.frontend.admission.call_counts()],
+                lambda: self.frontend.admission.retried_calls,
             )
             self.history = MetricsHistory(source, options.metrics)
             pages = ObservabilityPages(create_registry(source, self.tls.figures), self.history).handle

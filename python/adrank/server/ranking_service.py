@@ -43,6 +43,18 @@ def grpc_status(code: int) -> grpc.StatusCode:
 RANKING_SERVICE = pb.DESCRIPTOR.services_by_name["Ranking"].full_name
 
 
+# gRPC's retry policy adds it to every attempt after the first (gRFC A6), with the count of earlier ones.
+PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
+
+
+def is_retry(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call is a client's retry of an attempt that failed (here or on another replica)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == PREVIOUS_ATTEMPTS_KEY:
+            return value not in ("0", b"0")
+    return False
+
+
 def call_tenant(context: grpc.aio.ServicerContext) -> str:
     """The caller's tenant (tenants.py): its `x-adrank-tenant` metadata, else "" (the core's default). The
     core checks the name."""
@@ -89,6 +101,8 @@ class RankingService:
         """One call of the contract in either protocol (`rank`: adrank.v1 Rank; `infer`: KServe v2
         ModelInfer, cpp/infer_call.h): admitted, run and answered alike, and counted together."""
         size = len(request)
+        if is_retry(context):
+            self.admission.retried()
         try:
             self.admission.admit(size)
         except core.CoreError as error:

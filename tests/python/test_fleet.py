@@ -1,0 +1,194 @@
+"""A fleet on one machine (loopback only): three `adrank serve` replicas behind one RankClient with a target
+list (round_robin, health checking, retries: client_retry.py). Under a steady load, one replica is SIGKILLed
+and another SIGTERMed and started again on its port (a rolling restart): no call fails, every replica scores a
+request alike, the load spreads within ±20 % across the live replicas, and the retries are counted by the
+replicas that took them. Bounded: every wait has a deadline, and the load stops by itself.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from rollout_models import ctr_repository
+from test_serve_process import end, start
+
+from adrank.client import RankClient, RankError
+from adrank.client_retry import RetryPolicy
+from served import FRONTENDS, ServerThread
+
+REPLICAS = 3
+DEADLINE_S = 120.0  # for each phase: the machine may be busy with other tests
+SPREAD = 0.20
+
+
+def request(rows: int = 8) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return {
+        "dense": rng.integers(0, 50, size=(rows, 13)).astype(np.float32),
+        "sparse": rng.integers(0, 2**40, size=(rows, 26), dtype=np.int64),
+    }
+
+
+@dataclass
+class Replica:
+    process: subprocess.Popen
+    grpc: str
+    http: str
+
+    def ok_calls(self) -> float:
+        """Rank calls this replica answered OK, and its retried calls, from its /metrics."""
+        return self._metric("adrank_rank_calls_total", {"code": "OK"})
+
+    def retried_calls(self) -> float:
+        return self._metric("adrank_retried_calls_total", {})
+
+    def _metric(self, name: str, labels: dict[str, str]) -> float:
+        with urllib.request.urlopen(f"http://{self.http}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
+
+
+def launch(repository: Path, *args: str) -> Replica:
+    process, match, _ = start(repository, "--drain-grace", "10", *args)
+    return Replica(process, match["grpc"], match["http"])
+
+
+@dataclass
+class Load:
+    """A steady load through one client: a call every 5 ms until stopped; answers and failures counted."""
+
+    client: RankClient
+    answered: int = 0
+    errors: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        features = request()
+        next_send = time.monotonic()
+        give_up = next_send + 10 * DEADLINE_S
+        while not self.stop.is_set() and time.monotonic() < give_up:
+            try:
+                self.client.rank(["ctr"], features, timeout=5)
+                self.answered += 1
+            except RankError as error:
+                self.errors.append(f"{error.code.name}: {error.details}")
+            next_send += 0.005
+            time.sleep(max(0.0, next_send - time.monotonic()))
+
+    def wait_for(self, more: int) -> None:
+        target = self.answered + more
+        deadline = time.monotonic() + DEADLINE_S
+        while self.answered < target:
+            assert time.monotonic() < deadline, f"{self.answered} calls answered, waiting for {target}"
+            assert not self.errors, self.errors[:3]
+            time.sleep(0.05)
+
+
+def spread(counts: list[float]) -> float:
+    mean = sum(counts) / len(counts)
+    return max(abs(c - mean) for c in counts) / mean
+
+
+def test_a_fleet_loses_no_call_when_a_replica_is_killed_and_another_restarted(tmp_path: Path):
+    repository = ctr_repository(tmp_path / "repo")
+    replicas = [launch(repository) for _ in range(REPLICAS)]
+    try:
+        # The same request scores the same on every replica (each asked directly, nothing retried).
+        scores = []
+        for replica in replicas:
+            with RankClient(replica.grpc, retry=None) as direct:
+                scores.append(direct.rank(["ctr"], request(), timeout=10)["ctr"].scores)
+        assert all(np.array_equal(scores[0], s) for s in scores[1:])
+
+        client = RankClient([r.grpc for r in replicas])
+        client.wait_until_serving(timeout=DEADLINE_S)
+        load = Load(client)
+        thread = threading.Thread(target=load.run, name="fleet-load")
+        thread.start()
+        try:
+            before = [r.ok_calls() for r in replicas]
+            load.wait_for(300)
+            during = [r.ok_calls() - b for r, b in zip(replicas, before, strict=True)]
+            assert spread(during) <= SPREAD, during
+
+            replicas[0].process.kill()  # SIGKILL: its calls in flight fail, and are retried on the others
+            replicas[0].process.wait(timeout=30)
+            load.wait_for(200)
+
+            restarted = replicas[1]  # a rolling restart: SIGTERM drains it, then it comes back on its port
+            restarted.process.send_signal(signal.SIGTERM)
+            assert restarted.process.wait(timeout=60) == 0
+            port = restarted.grpc.rsplit(":", 1)[1]
+            replicas[1] = launch(repository, "--grpc-port", port)
+            back = replicas[1]
+            deadline = time.monotonic() + DEADLINE_S
+            while back.ok_calls() < 50:  # rejoined the rotation (the client reconnects within seconds)
+                assert time.monotonic() < deadline, "the restarted replica never took calls again"
+                assert not load.errors, load.errors[:3]
+                time.sleep(0.1)
+            live = replicas[1:]
+            before = [r.ok_calls() for r in live]
+            load.wait_for(300)
+            during = [r.ok_calls() - b for r, b in zip(live, before, strict=True)]
+            assert spread(during) <= SPREAD, during
+        finally:
+            load.stop.set()
+            thread.join(timeout=30)
+            client.close()
+        assert load.errors == []
+        assert not thread.is_alive()
+        # Retries are counted where they landed: never more than the calls the live replicas answered.
+        retried = sum(r.retried_calls() for r in replicas[1:])
+        assert 0 <= retried <= sum(r.ok_calls() for r in replicas[1:])
+    finally:
+        for replica in replicas:
+            end(replica.process)
+
+
+def test_the_retry_policy_is_grpcs_service_config_and_refuses_what_grpc_would():
+    config = RetryPolicy().service_config()
+    assert '"round_robin"' in config and '"retryPolicy"' in config and '"UNAVAILABLE"' in config
+    assert '"RESOURCE_EXHAUSTED"' in config and '"healthCheckConfig": {"serviceName": ""}' in config
+    hedged = RetryPolicy(hedging_delay_s=0.01).service_config()
+    assert '"hedgingPolicy"' in hedged and '"retryPolicy"' not in hedged and '"0.010000s"' in hedged
+    assert re.search(r'"maxAttempts": 3', config)
+    with pytest.raises(ValueError, match="max_attempts 6"):
+        RetryPolicy(max_attempts=6)
+    with pytest.raises(ValueError, match="max_backoff_s"):
+        RetryPolicy(initial_backoff_s=0.1, max_backoff_s=0.01)
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_each_retry_reaches_a_replica_counted_and_a_call_refused_every_time_fails_after_max_attempts(
+    frontend: str, tmp_path: Path
+):
+    server = ServerThread(ctr_repository(tmp_path / "repo"), frontend=frontend).start()
+    try:
+        too_large = request(rows=5000)  # past the largest request ctr takes: RESOURCE_EXHAUSTED by its size
+        with RankClient(server.target, retry=RetryPolicy(max_attempts=3)) as client:
+            with pytest.raises(RankError) as refused:
+                client.rank(["ctr"], too_large, timeout=10)
+            assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        admission = server.server.frontend.admission
+        assert admission.retried_calls == 2  # the two retries, each with grpc-previous-rpc-attempts
+        assert admission.call_counts()[grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]] == 3
+        with RankClient(server.target, retry=None) as client, pytest.raises(RankError):
+            client.rank(["ctr"], too_large, timeout=10)
+        assert admission.retried_calls == 2 and admission.call_counts()[8] == 4  # one attempt, no retry
+    finally:
+        server.stop()
