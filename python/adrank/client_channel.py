@@ -19,8 +19,8 @@ Contract:
   is handed to gRPC as it is.
 - With a RetryPolicy (client_retry.py; RankClient's default), the channel's service config balances every
   target, a single name's addresses too, with round_robin, checks the replicas' health (target lists and URIs:
-  a fleet, client_retry.py) and retries (or hedges) Rank calls; a service config published in DNS is ignored (this one is the client's). Without one (None),
-  a single target is gRPC's pick_first and nothing is retried.
+  a fleet, client_retry.py) and retries (or hedges) Rank calls; a service config published in DNS is ignored
+  (this one is the client's). Without one (None), a single target is gRPC's pick_first and nothing is retried.
 - Errors in the target (no port, a name that does not resolve, an empty list) are ValueError naming it, raised
   when the client is made; TLS files are read then too (client_tls.py).
 
