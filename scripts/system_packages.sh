@@ -3,7 +3,8 @@
 # `make test` and `.ci/run`.
 #
 #   scripts/system_packages.sh serve   # build and serve: toolchain, protobuf (required by the core), grpc++
-#   scripts/system_packages.sh test    # the above, plus GoogleTest, and Chromium and Prometheus for the tests
+#   scripts/system_packages.sh test    # the above, plus GoogleTest, Chromium and Prometheus for the tests, clang
+#                                      # for the fuzz targets
 #
 # Contract: exits 0 at once (a dpkg query, no network) when every package of the group is installed.
 # Otherwise, as root it runs apt-get update and apt-get install for the missing ones; as anyone else it
@@ -20,8 +21,10 @@ python="${PYTHON:-python3}"
 serve_packages=(cmake g++ make ninja-build pkg-config libprotobuf-dev protobuf-compiler libgrpc++-dev
   protobuf-compiler-grpc)
 # GoogleTest for ctest; a real Prometheus scrapes a running server (tests/python/test_prometheus.py) and
-# headless Chromium loads the dashboard (tests/python/test_dashboard_browser.py, through Playwright).
-test_packages=(libgtest-dev prometheus chromium fonts-dejavu-core)
+# headless Chromium loads the dashboard (tests/python/test_dashboard_browser.py, through Playwright); clang and
+# its compiler-rt (libclang-rt-dev: libFuzzer, ASan and UBSan's runtimes for the default clang) build the fuzz
+# targets (tests/fuzz/, `make fuzz`).
+test_packages=(libgtest-dev prometheus chromium fonts-dejavu-core clang libclang-rt-dev)
 
 case "$group" in
   serve) wanted=("${serve_packages[@]}") ;;
