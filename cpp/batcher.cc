@@ -44,16 +44,18 @@ Status CheckOptions(const BatcherOptions& o) {
 
 }  // namespace
 
+// Never destroyed: a worker may still form a batch while the process exits (a pool alive at exit, its static
+// destructors running), and each batch reads these.
 const std::vector<int64_t>& BatchRowsBucketBounds() {
-  static const std::vector<int64_t> bounds = [] {
-    std::vector<int64_t> b = {1};
+  static const std::vector<int64_t>* const bounds = [] {
+    auto* b = new std::vector<int64_t>{1};
     for (int64_t p = 2; p <= 4096; p *= 2) {
-      if (p >= 4) b.push_back(p / 4 * 3);  // 1.5x the previous power of two
-      b.push_back(p);
+      if (p >= 4) b->push_back(p / 4 * 3);  // 1.5x the previous power of two
+      b->push_back(p);
     }
     return b;
   }();
-  return bounds;
+  return *bounds;
 }
 
 Duration DeadlineSlack(Duration predicted_exec) {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -173,6 +174,53 @@ class BatcherTest : public ::testing::Test {
   int backend_calls_ = 0;
   std::vector<int64_t> backend_rows_;
 };
+
+// Found by the fuzz targets (tests/fuzz/, at exit): a worker may form a batch while the process exits, after the
+// static destructors have begun (a pool still running at exit). The child process below registers an exit
+// handler before anything reads the batch_rows buckets, so that it runs after the destructors of statics made
+// later, and forms a batch from there; a bucket table destroyed at exit is ASan's heap-use-after-free
+// (make test-asan).
+struct Exiting {
+  FakeClock clock;
+  std::unique_ptr<Batcher> batcher;
+  std::vector<float> x = {0, 0, 1, 1};
+  std::vector<float> ctx = {0};
+  std::vector<std::unique_ptr<Batch>> batches;
+};
+Exiting* exiting = nullptr;  // reachable: never a leak
+
+Status SubmitTwoRows(Exiting& e) {
+  Request request;
+  request.candidates.push_back({"x", DType::kFloat32, {2, 2}, e.x.data(), e.x.size() * sizeof(float)});
+  request.context.push_back({"ctx", DType::kFloat32, {1, 1}, e.ctx.data(), sizeof(float)});
+  request.on_complete = [](RequestResult&&) {};
+  return e.batcher->Submit(std::move(request));
+}
+
+void FormBatchAtExit() {
+  std::unique_ptr<Batch> batch = exiting->batcher->NextBatch(false);
+  if (!batch || batch->rows != 2) std::_Exit(3);
+  exiting->batches.push_back(std::move(batch));
+}
+
+void FormBatchWhileTheProcessExits() {
+  std::atexit(FormBatchAtExit);
+  exiting = new Exiting;
+  BatcherOptions options = BaseOptions();
+  options.max_batch_rows = 2;  // two rows are a full batch: due at once
+  if (!Batcher::Create(options, TestSignature(), &exiting->clock, &exiting->batcher).ok()) std::_Exit(4);
+  if (!SubmitTwoRows(*exiting).ok()) std::_Exit(5);
+  std::unique_ptr<Batch> first = exiting->batcher->NextBatch(false);  // the first to read the buckets
+  if (!first) std::_Exit(6);
+  exiting->batches.push_back(std::move(first));
+  if (!SubmitTwoRows(*exiting).ok()) std::_Exit(7);
+  std::exit(0);
+}
+
+TEST(BatcherExitTest, FormsABatchWhileTheProcessExits) {
+  ::testing::FLAGS_gtest_death_test_style = "threadsafe";  // a fresh process: the buckets not yet read
+  EXPECT_EXIT(FormBatchWhileTheProcessExits(), ::testing::ExitedWithCode(0), "");
+}
 
 TEST_F(BatcherTest, SmallRequestsMergeUpToMaxBatchRows) {
   auto b = Make(BaseOptions());  // max_batch_rows 8

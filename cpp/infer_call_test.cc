@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <future>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -235,6 +236,35 @@ TEST_F(InferCallTest, TheTimeoutParameterShortensTheDeadline) {
   EXPECT_EQ(answered.status.code(), StatusCode::kDeadlineExceeded) << answered.status.message();
   (*request.mutable_parameters())["timeout"].set_int64_param(10'000'000);
   EXPECT_TRUE(Infer(request, options).status.ok());
+}
+
+// Found by infer_call_fuzz: a timeout whose nanoseconds overflow an int64 (UBSan: signed overflow). Any
+// integer is a valid timeout; one beyond kMaxInferTimeout counts as it, so the transport's deadline still holds.
+TEST_F(InferCallTest, ATimeoutBeyondTheCapCountsAsTheCap) {
+  for (const int64_t timeout :
+       {int64_t{9'223'372'036'854'775}, int64_t{9'223'372'036'854'776}, std::numeric_limits<int64_t>::max()}) {
+    inference::ModelInferRequest request = Request(1);
+    (*request.mutable_parameters())["timeout"].set_int64_param(timeout);
+    v1::RankRequest rank;
+    InferMeaning meaning;
+    ASSERT_TRUE(ToRankRequest(&request, registry_, &rank, &meaning).ok());
+    EXPECT_EQ(meaning.timeout, kMaxInferTimeout) << timeout;
+    request = Request(1);
+    (*request.mutable_parameters())["timeout"].set_int64_param(timeout);
+    EXPECT_TRUE(Infer(request).status.ok()) << timeout;
+  }
+  inference::ModelInferRequest request = Request(1);
+  (*request.mutable_parameters())["timeout"].set_uint64_param(std::numeric_limits<uint64_t>::max());
+  RankCallOptions options;
+  options.deadline = SteadyClock::Get()->Now() + std::chrono::microseconds(500);
+  options.reply_margin = std::chrono::milliseconds(1);
+  const InferAnswered answered = Infer(request, options);
+  EXPECT_EQ(answered.status.code(), StatusCode::kDeadlineExceeded) << answered.status.message();
+  (*request.mutable_parameters())["timeout"].set_int64_param(1'000'000);  // within the cap: as sent
+  v1::RankRequest rank;
+  InferMeaning meaning;
+  ASSERT_TRUE(ToRankRequest(&request, registry_, &rank, &meaning).ok());
+  EXPECT_EQ(meaning.timeout, std::chrono::seconds(1));
 }
 
 TEST_F(InferCallTest, BadRequestsNameTheirField) {

@@ -1,5 +1,6 @@
 #include "infer_request.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -75,7 +76,8 @@ Status ApplyParameters(const inference::ModelInferRequest& infer, v1::RankReques
     } else if (name == "timeout") {
       const std::optional<int64_t> timeout = IntegerParameter(value);
       if (!timeout || *timeout <= 0) return InvalidArgument(where + ": expected an integer > 0 (microseconds)");
-      meaning->timeout = std::chrono::microseconds(*timeout);
+      // In microseconds first: the nanoseconds of a timeout beyond the cap may not fit an int64.
+      meaning->timeout = std::chrono::microseconds(std::min(*timeout, ToMicros(kMaxInferTimeout)));
     }
   }
   return Status::Ok();

@@ -20,7 +20,8 @@
 //                              raw bytes (a copy; clients that care send raw). FP16 has no typed form.
 //   parameters                 "priority" (an integer, int64 or uint64: the class, 0 highest), "routing_key"
 //                              (string, sticky canary assignment), "timeout" (an integer, µs: the call's
-//                              deadline is the sooner of this and the gRPC deadline). Others are ignored, as Triton
+//                              deadline is the sooner of this and the gRPC deadline; one beyond
+//                              kMaxInferTimeout counts as kMaxInferTimeout). Others are ignored, as Triton
 //                              ignores parameters a model does not use. A known one of the wrong type:
 //                              INVALID_ARGUMENT.
 //   outputs                    may name only the model's score output (the only one Rank returns).
@@ -46,9 +47,13 @@
 
 namespace adrank {
 
+// The longest "timeout" taken as sent: a year bounds nothing a longer one would, and the nanoseconds of any
+// int64 or uint64 microseconds, or the deadline they make, need not fit the core's clock.
+inline constexpr Duration kMaxInferTimeout = std::chrono::hours(24 * 365);
+
 // What ToRankRequest found besides the RankRequest.
 struct InferMeaning {
-  Duration timeout = Duration::zero();  // the "timeout" parameter; zero when absent
+  Duration timeout = Duration::zero();  // the "timeout" parameter, at most kMaxInferTimeout; zero when absent
   std::string score_output;             // the name of the one output the response carries
 };
 

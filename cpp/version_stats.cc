@@ -5,13 +5,15 @@
 
 namespace adrank {
 
+// Never destroyed: a worker may still record an outcome while the process exits (a pool alive at exit, its static
+// destructors running), and each record reads these.
 const std::vector<double>& VersionStats::LatencyBucketBounds() {
-  static const std::vector<double> bounds = [] {
-    std::vector<double> b;
-    for (int i = 0; i <= 7 * 20; ++i) b.push_back(10.0 * std::pow(10.0, i / 20.0));  // 10 us .. 100 s
+  static const std::vector<double>* const bounds = [] {
+    auto* b = new std::vector<double>;
+    for (int i = 0; i <= 7 * 20; ++i) b->push_back(10.0 * std::pow(10.0, i / 20.0));  // 10 us .. 100 s
     return b;
   }();
-  return bounds;
+  return *bounds;
 }
 
 Status VersionStats::Create(const VersionStatsOptions& options, std::shared_ptr<VersionStats>* out) {

@@ -7,7 +7,8 @@ inputs (models/<model>/<version>/meta.json `golden.inputs`) exactly as a client 
   routing key, and both models in one request.
 - corpus/infer_call: inference.ModelInferRequest messages (KServe v2) of the same requests: the tensors' bytes in
   raw_input_contents as v2 clients send them, and in the typed contents (fp32_contents, int64_contents,
-  bytes_contents), with v2's parameters (priority, routing_key, timeout) and the requested output.
+  bytes_contents), with v2's parameters (priority, routing_key, timeout) and the requested output; and the
+  inputs that once crashed the target (regress-*).
 
 Every file is the serialized message (deterministic serialization) and nothing else, named after what it is.
 The script replaces the *.bin files of both folders; run it again after a bundled model's signature or golden
@@ -128,6 +129,12 @@ def infer_seeds() -> Iterator[tuple[str, kserve.ModelInferRequest]]:
         parameters.parameters["timeout"].int64_param = 1_000_000
         parameters.outputs.add(name=config.score_output)
         yield f"{model}-parameters", parameters
+    # Inputs that once crashed infer_call_fuzz, kept as seeds (perf/results/fuzz-*.md): a "timeout" whose
+    # nanoseconds, or the deadline they make, overflowed an int64 (UBSan).
+    for name, kind, value in (("int64-max", "int64_param", 2**63 - 1), ("uint64-max", "uint64_param", 2**64 - 1)):
+        overflow = infer_request("ctr", bundled("ctr")[2][0], False, f"regress-timeout-{name}")
+        setattr(overflow.parameters["timeout"], kind, value)
+        yield f"regress-timeout-{name}", overflow
 
 
 def write(folder: Path, seeds: Iterator[tuple[str, Message]]) -> None:
