@@ -1,10 +1,10 @@
 // adrank live dashboard: polls /dashboard/data every 2 s and draws each model version's figures as plain SVG.
 // No framework and no chart library: the page must work from the server's own port with no network.
 // This module polls and lays out the page; charts.js draws each chart; summary.js, status_codes.js and
-// rollout_panel.js fill the summary row, the calls-by-status-code chart and the rollout panels.
+// rollouts.js fill the summary row, the calls-by-status-code chart and the rollout panels.
 
 import { bytesUnit, drawBarChart, drawLineChart, el, ensureChart, formatClock, formatValue, swatch } from "./charts.js";
-import { renderRollouts } from "./rollout_panel.js";
+import { renderRollouts } from "./rollouts.js";
 import { renderCalls } from "./status_codes.js";
 import { renderSummary } from "./summary.js";
 
