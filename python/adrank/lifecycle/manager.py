@@ -326,7 +326,7 @@ class ModelManager:
         for version in wanted:
             self._ensure_loaded(entry, version)
         self._fall_back(entry, wanted)
-        self._reroute(name, policy_changed)
+        self._reroute(entry, policy_changed)
         self._unload_unwanted(entry, wanted)
 
     def _fall_back(self, entry: ModelEntry, wanted: list[int]) -> None:
@@ -405,12 +405,11 @@ class ModelManager:
     def _available(self, name: str) -> list[int]:
         return sorted(v for (n, v), s in self._versions.items() if n == name and s.state == VersionState.AVAILABLE)
 
-    def _routable(self, name: str) -> list[int]:
+    def _routable(self, entry: ModelEntry) -> list[int]:
         """The AVAILABLE versions still on disk (a version removed from the repository leaves the route); all
         AVAILABLE ones if none is, so that a model keeps serving what it has rather than nothing."""
-        available = self._available(name)
-        on_disk = set(self._on_disk_versions(name))
-        return [v for v in available if v in on_disk] or available
+        available = self._available(entry.name)
+        return [v for v in available if v in entry.versions] or available
 
     def _failed(self, name: str) -> dict[int, str]:
         return {v: s.reason for (n, v), s in self._versions.items() if n == name and s.state == VersionState.FAILED}
@@ -423,10 +422,11 @@ class ModelManager:
         stable = self.registry.rollout(name).stable
         return stable or None
 
-    def _reroute(self, name: str, policy_changed: bool = False) -> None:
+    def _reroute(self, entry: ModelEntry, policy_changed: bool = False) -> None:
         """Applies the model's route and audits a change of it with its implicit cause (route_change.py)."""
+        name = entry.name
         before = self._routed(name)
-        after = self._apply_route(name)
+        after = self._apply_route(entry)
         if after is None:
             return
         model = self._models[name]
@@ -434,7 +434,7 @@ class ModelManager:
             policy=model.policy,
             policy_changed=policy_changed,
             latest_serves=model.config is not None and model.config.latest_serves,
-            on_disk=frozenset(self._on_disk_versions(name)),
+            on_disk=frozenset(entry.versions),
             failed=self._failed(name),
         )
         cause = implicit_cause(before, after, context)
@@ -447,11 +447,12 @@ class ModelManager:
         entry = AuditEntry(change.model, actor, action, change.reason, cause=change.cause, route=change.record())
         self.audit.log(change.model).append(entry)
 
-    def _apply_route(self, name: str) -> core.RolloutRoute | None:
-        """Routes the model's traffic as its policy says among the versions that are AVAILABLE and on disk; the
-        new route if it changed, else None."""
+    def _apply_route(self, entry: ModelEntry) -> core.RolloutRoute | None:
+        """Routes the model's traffic as its policy says among the versions that are AVAILABLE and on disk (as
+        `entry`, the repository read by the caller, lists them); the new route if it changed, else None."""
+        name = entry.name
         model = self._models[name]
-        available = self._routable(name)
+        available = self._routable(entry)
         if not available:
             return None
         latest_serves = model.config is not None and model.config.latest_serves
@@ -539,7 +540,7 @@ class ModelManager:
             before, routed = model.policy, self._routed(name)
             save_policy(entry.path, policy)
             model.policy = policy
-            after = self._apply_route(name)
+            after = self._apply_route(entry)
             self._unload_unwanted(entry, self._wanted(entry, policy))
             route = route_record(routed, after) if after is not None else None
             self.audit.log(name).append(AuditEntry.change(name, actor, action, before, policy, reason, figures, route))
@@ -567,7 +568,7 @@ class ModelManager:
             status = self._versions.get((name, version))
             if status is None or status.state == VersionState.FAILED:
                 self._load(entry, version, file_signature(entry.version_dir(version)))
-            self._reroute(name)
+            self._reroute(entry)
             self._update_readiness()
             return self._versions[(name, version)]
 
