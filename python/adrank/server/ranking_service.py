@@ -21,7 +21,7 @@ cancels the call's parts not yet in a batch.
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import grpc
 
@@ -47,21 +47,21 @@ RANKING_SERVICE = pb.DESCRIPTOR.services_by_name["Ranking"].full_name
 PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
 
 
-def is_retry(context: grpc.aio.ServicerContext) -> bool:
-    """Whether the call is a client's retry of an attempt that failed (here or on another replica)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == PREVIOUS_ATTEMPTS_KEY:
-            return value not in ("0", b"0")
-    return False
+class CallMetadata(NamedTuple):
+    """What the server reads from a call's metadata, in one pass over it."""
+
+    tenant: str  # `x-adrank-tenant` (tenants.py), else "" (the core's default); the core checks the name
+    retry: bool  # a client's retry of an attempt that failed, here or on another replica
 
 
-def call_tenant(context: grpc.aio.ServicerContext) -> str:
-    """The caller's tenant (tenants.py): its `x-adrank-tenant` metadata, else "" (the core's default). The
-    core checks the name."""
+def call_metadata(context: grpc.aio.ServicerContext) -> CallMetadata:
+    tenant, retry = "", False
     for key, value in context.invocation_metadata() or ():
         if key == TENANT_METADATA_KEY:
-            return value if isinstance(value, str) else value.decode("utf-8", "replace")
-    return ""
+            tenant = value if isinstance(value, str) else value.decode("utf-8", "replace")
+        elif key == PREVIOUS_ATTEMPTS_KEY:
+            retry = value not in ("0", b"0")
+    return CallMetadata(tenant, retry)
 
 
 class RankingService:
@@ -101,7 +101,8 @@ class RankingService:
         """One call of the contract in either protocol (`rank`: adrank.v1 Rank; `infer`: KServe v2
         ModelInfer, cpp/infer_call.h): admitted, run and answered alike, and counted together."""
         size = len(request)
-        if is_retry(context):
+        metadata = call_metadata(context)
+        if metadata.retry:
             self.admission.retried()
         try:
             self.admission.admit(size)
@@ -117,7 +118,7 @@ class RankingService:
                 request,
                 timeout_s=context.time_remaining(),
                 reply_margin_s=self.reply_margin_s,
-                tenant=call_tenant(context),
+                tenant=metadata.tenant,
             )
         except asyncio.CancelledError:  # the client went away or its deadline passed: grpc answers CANCELLED
             self.admission.answered(StatusCode.CANCELLED)
