@@ -10,8 +10,9 @@ start in a fraction of a second, without loading the core, numpy and asyncio the
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from adrank.lazy_names import lazy_names
 
 if TYPE_CHECKING:
     from adrank._core import (
@@ -78,10 +79,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'adrank' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value  # once: later lookups do not come here
-    return value
+__getattr__ = lazy_names(__name__, _HOMES)

@@ -7,8 +7,9 @@ The names below are resolved on first use (PEP 562 `__getattr__`): importing a l
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from adrank.lazy_names import lazy_names
 
 if TYPE_CHECKING:
     from adrank.rollout.audit import AuditEntry, AuditLog
@@ -56,10 +57,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'adrank.rollout' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value  # once: later lookups do not come here
-    return value
+__getattr__ = lazy_names(__name__, _HOMES)
