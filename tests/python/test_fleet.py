@@ -47,7 +47,7 @@ class Replica:
     http: str
 
     def ok_calls(self) -> float:
-        """Rank calls this replica answered OK, and its retried calls, from its /metrics."""
+        """Rank calls this replica answered OK, from its /metrics."""
         return self._metric("adrank_rank_calls_total", {"code": "OK"})
 
     def retried_calls(self) -> float:
