@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
-from perf.loadgen import LoadGenerator, find_sender
+from perf.loadgen import LAG_LIMIT_S, LoadGenerator, find_sender
 
 METHOD = "/test.Echo/Call"
 
@@ -74,8 +74,20 @@ def test_open_loop_counts_statuses_and_keeps_errors_out_of_latency(target: str, 
     bad = result.errors.get("INVALID_ARGUMENT", 0)
     assert bad > 0 and result.ok + bad == result.sent and set(result.errors) == {"INVALID_ARGUMENT"}
     assert result.error_fraction == pytest.approx(bad / result.sent)
-    assert 0 < result.latency_ms["p50"] < 100 and result.lag_ms["p99"] < 50
-    assert not result.generator_saturated, result.notes
+    assert 0 < result.latency_ms["p50"] < 100 and result.lag_ms["p99"] >= 0
+    # Whether this generator kept up depends on how busy the machine is (the echo server shares its process), so the
+    # test holds the flag to its own figures instead of asserting that it kept up.
+    lagged = result.lag_ms["p99"] > LAG_LIMIT_S * 1e3
+    assert result.generator_saturated == bool(result.notes) and (not lagged or result.generator_saturated)
+
+
+@pytest.mark.parametrize("sender", _senders())
+def test_a_generator_that_cannot_keep_up_flags_its_run(target: str, sender: object) -> None:
+    # 100,000 calls/s is beyond either sender on one connection: the plan's 2,000 calls take far longer than 20 ms.
+    generator = LoadGenerator(target, METHOD, PAYLOADS, CANDIDATES, timeout_s=2.0, sender=sender)  # type: ignore[arg-type]
+    result = generator.open_loop(rate=100_000.0, duration_s=0.02, max_requests=2000)
+    assert result.sent > 10 and result.generator_saturated
+    assert any("scheduled" in note or "lag" in note for note in result.notes), result.notes
 
 
 def test_both_senders_send_the_same_plan(target: str) -> None:
