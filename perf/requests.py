@@ -7,6 +7,9 @@ to the bytes a server reads, so the load generator sends bytes and never seriali
 
 - ctr: N rows sampled (with replacement) from the real Criteo rows in `../shared/data/criteo/train_1999.csv`;
   or every request of one fixed N (`candidates=`), where a benchmark counts requests/s of one size (overload).
+- Other mixes of N (`Mix`, for ctr and relevance): `ads`, auctions of 100-700 candidates drawn uniformly (the ads
+  workload of issue 35, no heavy tail), and `fixed:N`, every request the same N (50, 200 and 800 tell the per-call
+  cost apart from the heavy tail's).
 - relevance: a query from `models/relevance/texts.json` ("queries") and N ad embeddings made once, with
   adrank's own `TextEmbedder`, from the ad titles there ("ads").
 - KServe v2 (`inference.GRPCInferenceService/ModelInfer`, what Triton, PyTriton and adrank speak): the same
@@ -35,6 +38,8 @@ P99_CANDIDATES = 1000
 MAX_CANDIDATES = 2000
 # A lognormal's p99 is median * exp(2.3263 sigma): sigma = ln(10) / 2.3263 = 0.99.
 SIGMA = math.log(P99_CANDIDATES / MEDIAN_CANDIDATES) / 2.3263478740408408
+# The ads workload's auctions (issue 35): 100-700 candidates, uniform.
+ADS_CANDIDATES = (100, 700)
 RANK_METHOD = "/adrank.v1.Ranking/Rank"
 KSERVE_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -66,23 +71,67 @@ class RequestSet:
         }
 
 
-def candidate_counts(count: int, seed: int) -> np.ndarray:
-    """N per request: lognormal (median 100, p99 ~1000), rounded, clipped to [1, 2000]."""
-    rng = np.random.default_rng(seed)
-    draws = rng.lognormal(mean=math.log(MEDIAN_CANDIDATES), sigma=SIGMA, size=count)
-    return np.clip(np.rint(draws), 1, MAX_CANDIDATES).astype(np.int64)
+@dataclass(frozen=True)
+class Mix:
+    """How many candidates each request of a set holds: `lognormal` (the default), `uniform` over [low, high], or
+    `fixed` (low == high). Written and parsed as `lognormal`, `ads` (= uniform:100-700), `uniform:LOW-HIGH` or
+    `fixed:N`, the form the benchmarks' `--mix` takes."""
+
+    kind: str = "lognormal"
+    low: int = 1
+    high: int = MAX_CANDIDATES
+
+    @classmethod
+    def parse(cls, text: str) -> Mix:
+        kind, _, spec = text.partition(":")
+        try:
+            if text == "lognormal":
+                return cls()
+            if text == "ads":
+                return cls("uniform", ADS_CANDIDATES[0], ADS_CANDIDATES[1])
+            if kind == "fixed":
+                return cls.fixed(int(spec))
+            if kind == "uniform":
+                low, high = (int(part) for part in spec.split("-"))
+                if 1 <= low <= high:
+                    return cls("uniform", low, high)
+        except ValueError:
+            pass
+        raise ValueError(
+            f"candidate mix {text!r}: expected lognormal, ads, uniform:LOW-HIGH (1 <= LOW <= HIGH) or fixed:N (N >= 1)"
+        )
+
+    @classmethod
+    def fixed(cls, candidates: int) -> Mix:
+        if candidates < 1:
+            raise ValueError(f"candidate mix fixed:{candidates}: N must be at least 1")
+        return cls("fixed", candidates, candidates)
+
+    @property
+    def label(self) -> str:
+        if self.kind == "fixed":
+            return f"fixed:{self.low}"
+        return f"uniform:{self.low}-{self.high}" if self.kind == "uniform" else "lognormal"
+
+    def counts(self, count: int, seed: int) -> np.ndarray:
+        """N per request, int64 [count], drawn from `seed`."""
+        if self.kind == "fixed":
+            return np.full(count, self.low, dtype=np.int64)
+        rng = np.random.default_rng(seed)
+        if self.kind == "uniform":
+            return rng.integers(self.low, self.high, size=count, endpoint=True).astype(np.int64)
+        draws = rng.lognormal(mean=math.log(MEDIAN_CANDIDATES), sigma=SIGMA, size=count)
+        return np.clip(np.rint(draws), 1, MAX_CANDIDATES).astype(np.int64)
 
 
-def ctr_requests(
-    count: int, seed: int = 1, criteo_file: Path = CRITEO_FILE, candidates: int | None = None
-) -> RequestSet:
+def ctr_requests(count: int, seed: int = 1, criteo_file: Path = CRITEO_FILE, mix: Mix = Mix()) -> RequestSet:
     """`count` Rank requests for `ctr`: dense f32 [N, 13] and sparse i64 [N, 26] from real Criteo rows; N drawn
-    by `candidate_counts`, or `candidates` for every request."""
+    from `mix`."""
     from adrank.client import build_request
     from examples.criteo import read_rows
 
     rows = read_rows(criteo_file)
-    sizes = candidate_counts(count, seed) if candidates is None else np.full(count, candidates, dtype=np.int64)
+    sizes = mix.counts(count, seed)
     rng = np.random.default_rng(seed + 1)
     payloads: list[bytes] = []
     feeds: list[dict[str, np.ndarray]] = []
@@ -109,13 +158,13 @@ def ad_embeddings(ads: Sequence[str], models: Path = MODELS) -> np.ndarray:
     return TextEmbedder(entry.version_dir(entry.versions[-1]), entry.config).embed(list(ads))
 
 
-def relevance_requests(count: int, seed: int = 2, models: Path = MODELS) -> RequestSet:
-    """`count` Rank requests for `relevance`: one query (context) and N ad embeddings each."""
+def relevance_requests(count: int, seed: int = 2, models: Path = MODELS, mix: Mix = Mix()) -> RequestSet:
+    """`count` Rank requests for `relevance`: one query (context) and N ad embeddings each, N drawn from `mix`."""
     from adrank.client import build_request
 
     queries, ads = relevance_texts(models)
     embeddings = ad_embeddings(ads, models)
-    sizes = candidate_counts(count, seed)
+    sizes = mix.counts(count, seed)
     rng = np.random.default_rng(seed + 1)
     payloads: list[bytes] = []
     feeds: list[dict[str, np.ndarray]] = []
@@ -130,14 +179,16 @@ def relevance_requests(count: int, seed: int = 2, models: Path = MODELS) -> Requ
     return RequestSet("relevance", RANK_METHOD, payloads, sizes, feeds, context)
 
 
-def build(model: str, count: int, seed: int | None = None, candidates: int | None = None) -> RequestSet:
-    """`count` requests of `model`; `candidates`: every request of that many (ctr only)."""
-    if model == "ctr":
-        return ctr_requests(count, 1 if seed is None else seed, candidates=candidates)
+def build(
+    model: str, count: int, seed: int | None = None, candidates: int | None = None, mix: Mix = Mix()
+) -> RequestSet:
+    """`count` requests of `model`, N drawn from `mix`; `candidates`: every request of that many (`Mix.fixed`)."""
     if candidates is not None:
-        raise ValueError(f"requests of a fixed candidate count are built for 'ctr' only, not '{model}'")
+        mix = Mix.fixed(candidates)
+    if model == "ctr":
+        return ctr_requests(count, 1 if seed is None else seed, mix=mix)
     if model == "relevance":
-        return relevance_requests(count, 2 if seed is None else seed)
+        return relevance_requests(count, 2 if seed is None else seed, mix=mix)
     raise ValueError(f"no request builder for model '{model}'")
 
 
@@ -183,12 +234,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     show = sub.add_parser("summary", help="print a request set's candidate distribution")
     show.add_argument("--model", default="ctr")
     show.add_argument("--count", type=int, default=1000)
+    show.add_argument(
+        "--mix", type=Mix.parse, default=Mix(), help="lognormal (default), ads, uniform:LOW-HIGH, fixed:N"
+    )
     args = parser.parse_args(argv)
     if args.command == "kserve":
         requests = build("ctr", args.count)
         save_payloads(kserve_payloads(requests, "ctr"), requests.candidates, args.out)
     else:
-        print(json.dumps(build(args.model, args.count).summary()))
+        print(json.dumps(build(args.model, args.count, mix=args.mix).summary()))
 
 
 if __name__ == "__main__":
