@@ -13,7 +13,9 @@ serve` with one core worker; the naive grpc.aio + ONNX Runtime server of perf/ba
 4. loads: open-loop Poisson at multiples of adrank's saturation (the naive server gets the same offered rates),
    20 ms deadlines; per load the goodput (OK/s), the status codes' fractions, p50/p99 of the OK answers, the
    server's CPU, its RSS before / peak (sampled) / after; light probes from shortly before the load's last send
-   until `recovery_s` after it give the recovery time (perf/overload_report.py: how);
+   until `recovery_s` after it give the recovery time (perf/overload_report.py: how). Each of adrank's loads is
+   run `repeats` times and reported as the median run; a run whose generator fell behind (schedule lag, send rate
+   or CPU: perf/loadgen.py) is no result and is re-run with twice the connections, up to the ladder's last rung;
 5. tenants (adrank): a heavy tenant (`x-adrank-tenant: heavy`) keeps 32 requests of 2048 rows in flight (closed
    loop, 1 s deadlines) while a light tenant (`x-adrank-tenant: light`) sends open loop with 20 ms deadlines:
    the light tenant's OK fraction and p99.
@@ -23,8 +25,8 @@ SIGTERM (killed if it lingers) and its exit code reported. Everything is loopbac
 
 Output in --out (default perf/results/): overload-<date>-<git sha>.json (everything), .md (tables and the
 targets pass/fail), .png (goodput against offered load, each system's ideal min(offered, saturation) and
-adrank's refusal bound). Modes: default (full: 0.5x and 1x for 10 s, 1.5x and 2x for 60 s; about 7 minutes),
---smoke (seconds per phase; files end in -smoke).
+adrank's refusal bound). Modes: default (full: 0.5x and 1x for 10 s, 1.5x and 2x for 20 s, adrank's three times
+each; about 9 minutes), --smoke (seconds per phase, one run each; files end in -smoke).
 """
 
 from __future__ import annotations
@@ -61,7 +63,16 @@ from perf.bench import (
     running,
 )
 from perf.loadgen import LoadGenerator, RunResult, find_sender
-from perf.overload_report import markdown, plot, probe_windows, recovery_time, refusal_bound, rss_growth, targets
+from perf.overload_report import (
+    markdown,
+    median_point,
+    plot,
+    probe_windows,
+    recovery_time,
+    refusal_bound,
+    rss_growth,
+    targets,
+)
 from perf.report import finite, save
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,17 +118,20 @@ class Settings:
     heavy_lead_s: float = 1.5  # the heavy tenant fills its queue before the light one starts
     server_core: int = 0
     generator_core: int = 1
-    # Connections per generator (a client's channel pool). One: in 12 s runs 4 connections raised adrank's goodput at
-    # 2x from 2,661 to 3,271/s, but the full run with 4 gave 0.65 of saturation at 1.5x against 0.79 with one
-    # (2026-12-03/04, one run each): no gain shown beyond this machine's noise.
+    # Connections per generator (a client's channel pool) to start with. One: in 12 s runs 4 connections raised
+    # adrank's goodput at 2x from 2,661 to 3,271/s, but the full run with 4 gave 0.65 of saturation at 1.5x against
+    # 0.79 with one (2026-12-03/04, one run each): no gain shown beyond this machine's noise. A load whose generator
+    # fell behind is re-run on the ladder's next rung; later runs of the load start from the rung that kept up.
     connections: int = 1
+    connection_ladder: tuple[int, ...] = (1, 2, 4)
+    repeats: int = 3  # runs of each of adrank's loads; the median run is reported (issue 35)
     adrank_workers: int = 1
 
 
 MODES = {
     "full": Settings(
         mode="full",
-        loads=((0.5, 10.0), (1.0, 10.0), (1.5, 60.0), (2.0, 60.0)),
+        loads=((0.5, 10.0), (1.0, 10.0), (1.5, 20.0), (2.0, 20.0)),
         saturation_s=5.0,
         idle_s=2.0,
         refusal_s=5.0,
@@ -141,6 +155,8 @@ MODES = {
         probe_lead_s=0.3,
         probe_margin_s=0.5,
         heavy_lead_s=0.8,
+        repeats=1,
+        connection_ladder=(1,),
     ),
 }
 
@@ -258,6 +274,7 @@ class System:
         timeout_s: float,
         tenant: str | None = None,
         payloads: Sequence[bytes] | None = None,
+        connections: int | None = None,
     ) -> LoadGenerator:
         metadata = [(TENANT_HEADER, tenant)] if tenant else []
         return LoadGenerator(
@@ -268,7 +285,7 @@ class System:
             timeout_s=timeout_s,
             sender=self.sender,
             metadata=metadata,
-            connections=self.s.connections if self.sender is not None else 1,
+            connections=(connections or self.s.connections) if self.sender is not None else 1,
         )
 
     def probe_rate(self) -> float:
@@ -349,9 +366,25 @@ class System:
         log(f"  {self.name} idle probes at {self.probe_rate():.0f}/s: p50 {run.latency_ms['p50']:.3f} ms")
 
     def measure_load(self, multiple: float, seconds: float, rate: float) -> None:
+        """`repeats` runs of the load, each re-run on more connections while its generator falls behind; the
+        median run is the load's figure (overload_report.median_point)."""
+        runs: list[dict[str, object]] = []
+        rung = 0
+        for _ in range(self.s.repeats):
+            while True:
+                connections = self.s.connection_ladder[rung] if self.sender is not None else 1
+                load = self._load_once(multiple, seconds, rate, connections)
+                runs.append(load)
+                kept_up = not load["run"]["generator_saturated"]  # type: ignore[index]
+                if kept_up or rung + 1 >= len(self.s.connection_ladder) or self.sender is None:
+                    break
+                rung += 1
+        self.result["loads"].append(median_point(runs))  # type: ignore[attr-defined]
+
+    def _load_once(self, multiple: float, seconds: float, rate: float, connections: int) -> dict[str, object]:
         s = self.s
         time.sleep(s.settle_s)
-        generator = self.generator(self.light, s.deadline_s)
+        generator = self.generator(self.light, s.deadline_s, connections=connections)
         probe = self.generator(self.light, s.probe_timeout_s, payloads=self.light.payloads[:1])
         probe_s = s.probe_lead_s + s.probe_margin_s + s.recovery_s
         probe_count = math.ceil(self.probe_rate() * probe_s) + 10
@@ -375,6 +408,7 @@ class System:
         recovered = recovery_time(
             probe_at[seen], probe_latency[seen], probe_ok[seen], stop_at, self.idle_p50_s, s.recovery_window_s
         )
+        peak = max((rss for _, rss in load_samples), default=None)
         notes = []
         if seen.any() and np.nanmin(probe_at) > stop_at:
             notes.append("the probes started after the load's last send")
@@ -387,10 +421,11 @@ class System:
             if self.cpu_per_refusal is not None
             else None
         )
-        load = {
+        load: dict[str, object] = {
             "multiple": multiple,
             "seconds": seconds,
             "offered_rate": rate,
+            "connections": connections,
             "goodput": run.achieved_rate,
             "refusals_per_s": refusals_per_s,
             "bound": bound,
@@ -399,7 +434,7 @@ class System:
             "server_cpu": sampler.cpu_fraction(start, stop_at),
             "rss": {
                 "before": rss_before,
-                "peak": max((rss for _, rss in load_samples), default=None),
+                "peak": peak,
                 "after": rss_after,
                 "samples": [(round(t - start, 3), rss) for t, rss in load_samples],
             },
@@ -421,15 +456,15 @@ class System:
             },
             "run": run.to_json(),
         }
-        self.result["loads"].append(load)  # type: ignore[attr-defined]
         recovery = "never" if recovered is None else f"{recovered:.1f} s"
         flag = " GENERATOR-SATURATED" if run.generator_saturated else ""
         log(
             f"  {self.name} {multiple:g}x ({rate:.0f}/s, {seconds:g} s): goodput {run.achieved_rate:.0f}/s"
             f" (bound {bound or 0:.0f}), OK p99 {run.latency_ms['p99']:.2f} ms, {fractions(run)},"
-            f" RSS {rss_before / 2**20:.0f} -> {(load['rss']['peak'] or 0) / 2**20:.0f} -> {rss_after / 2**20:.0f} MB,"
-            f" recovery {recovery}{flag}"
+            f" RSS {rss_before / 2**20:.0f} -> {(peak or 0) / 2**20:.0f} -> {rss_after / 2**20:.0f} MB,"
+            f" recovery {recovery}, {connections} connection(s){flag}"
         )
+        return load
 
     def measure_tenants(self) -> None:
         s = self.s
@@ -581,7 +616,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             command = [sys.executable, str(REPO / "perf" / "baselines" / "naive_server.py"), "--models", "ctr"]
             command += ["--host", "127.0.0.1", "--port", "0"]
             naive = ServerProcess("naive", command, NAIVE_READY, settings.server_core, work / "naive.log", None)
-            systems["naive"] = run_system("naive", naive, settings, light, None, sender, saturation)
+            # The baseline is for comparison only, and its generator falls behind because the naive server does
+            # (it queues everything): one run per load, no re-runs.
+            baseline = replace(settings, repeats=1, connection_ladder=(settings.connections,))
+            systems["naive"] = run_system("naive", naive, baseline, light, None, sender, saturation)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     date = dt.date.today().isoformat()
@@ -606,7 +644,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "settings": asdict(settings),
         "generator": (
-            f"{str(sender).replace(f'{REPO}/', '')}, {settings.connections} connections per client"
+            f"{str(sender).replace(f'{REPO}/', '')}, {settings.connections} connection(s) per client to start with,"
+            f" up to {settings.connection_ladder[-1]} on re-runs; {settings.repeats} runs per adrank load, median"
             if sender
             else "grpc.aio (perf/loadgen.py), one connection per client"
         ),

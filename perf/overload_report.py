@@ -11,7 +11,10 @@ from the records, so that it can be checked apart from any server:
   whose start on the p50 of all the probes is too (a failed probe counts as infinitely slow; resolution: one
   window);
 - RSS bounded: the peak RSS in the second half of a load's samples over the peak in its first half; a queue
-  or a leak that grows with the overload grows past RSS_GROWTH_LIMIT, a bounded one levels off.
+  or a leak that grows with the overload grows past RSS_GROWTH_LIMIT, a bounded one levels off;
+- a load measured several times: the run of median goodput among those whose generator kept up is the load's
+  figure (`median_point`); a run whose generator fell behind did not offer the load it was asked to, so it is no
+  result, and a load with no run that kept up is reported as such and its targets are not evaluated.
 
 A target that cannot be evaluated (a system or phase that did not run) is reported as such, never as a pass.
 Targets apply to adrank; the naive baseline is measured under the same loads for comparison only.
@@ -94,6 +97,31 @@ def rss_growth(samples: Sequence[tuple[float, int]]) -> float | None:
     return max(rss for _, rss in samples[half:]) / first if first > 0 else None
 
 
+def median_point(runs: Sequence[dict[str, object]]) -> dict[str, object]:
+    """The figure of one load measured `len(runs)` times (in order, re-runs included): the run of median goodput
+    among the runs whose generator kept up (the lower median of an even count), with every run summarised under
+    `repeats`; with no such run, the last run marked `generator_fell_behind`."""
+    if not runs:
+        raise ValueError("median_point needs at least one run of the load")
+    kept = [run for run in runs if not run["run"]["generator_saturated"]]  # type: ignore[index]
+    if kept:
+        ordered = sorted(kept, key=lambda run: float(run["goodput"]))  # type: ignore[arg-type]
+        point = dict(ordered[(len(ordered) - 1) // 2], generator_fell_behind=False)
+    else:
+        point = dict(runs[-1], generator_fell_behind=True)
+    point["repeats"] = [
+        {
+            "goodput": run["goodput"],
+            "ok_p99_ms": run["ok_latency_ms"]["p99"],  # type: ignore[index]
+            "connections": run.get("connections"),
+            "generator_saturated": run["run"]["generator_saturated"],  # type: ignore[index]
+        }
+        for run in runs
+    ]
+    point["kept_runs"] = len(kept)
+    return point
+
+
 def _row(target: str, value: float | None, threshold: float, unit: str, higher_is_better: bool) -> dict[str, object]:
     if value is not None and math.isnan(value):  # e.g. the p99 of no OK answer: not measured
         value = None
@@ -117,6 +145,8 @@ def targets(report: dict[str, object]) -> list[dict[str, object]]:
     for multiple, of_saturation in GOODPUT_OF_SATURATION.items():
         load = loads.get(multiple)
         name = f"{multiple:g}x saturation"
+        if load and load.get("generator_fell_behind"):  # no run offered the load: nothing to evaluate
+            load, name = None, f"{name} (the generator fell behind in every run: no result)"
         goodput = load["goodput"] if load else None
         rows.append(
             _row(f"{name}: goodput / bound", _ratio(goodput, load and load["bound"]), GOODPUT_OF_BOUND, "x", True)
@@ -159,6 +189,17 @@ def targets(report: dict[str, object]) -> list[dict[str, object]]:
         )
     )
     return rows
+
+
+def _repeats(load: dict[str, object]) -> str:
+    """'median of 3 runs (goodput a / b / c req/s); 1 re-run: the generator fell behind', from `median_point`."""
+    repeats: list[dict] = load.get("repeats") or []  # type: ignore[assignment]
+    if len(repeats) <= 1:
+        return "one run"
+    goodputs = " / ".join(_fmt(r["goodput"], 0) for r in repeats if not r["generator_saturated"])
+    text = f"median of {load['kept_runs']} runs (goodput {goodputs or '-'} req/s)"
+    reruns = sum(1 for r in repeats if r["generator_saturated"])
+    return text + (f"; {reruns} re-run: the generator fell behind" if reruns else "")
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -233,7 +274,8 @@ def markdown(report: dict[str, object]) -> str:
             recovery = load["recovery"]
             notes = list(load["run"]["notes"])
             if load["run"]["generator_saturated"]:
-                notes.insert(0, "GENERATOR SATURATED")
+                notes.insert(0, "GENERATOR SATURATED: no result")
+            notes.append(_repeats(load))
             if recovery.get("note"):
                 notes.append(recovery["note"])
             seconds = recovery["seconds"]

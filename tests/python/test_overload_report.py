@@ -1,7 +1,8 @@
 """The overload benchmark's arithmetic (perf/overload_report.py) on records made up here, no server.
 
-The refusal bound, the recovery time read off the probes, the RSS growth, and the targets' pass/fail: a target the
-run could not measure is n/a, never a pass, and a recovery that never came is a fail.
+The refusal bound, the recovery time read off the probes, the RSS growth, the median of a load's runs, and the
+targets' pass/fail: a target the run could not measure is n/a, never a pass, a recovery that never came is a fail,
+and a run whose generator fell behind is no result.
 """
 
 from __future__ import annotations
@@ -11,7 +12,15 @@ import math
 import numpy as np
 import pytest
 
-from perf.overload_report import markdown, probe_windows, recovery_time, refusal_bound, rss_growth, targets
+from perf.overload_report import (
+    markdown,
+    median_point,
+    probe_windows,
+    recovery_time,
+    refusal_bound,
+    rss_growth,
+    targets,
+)
 
 IDLE_P50 = 0.001  # s
 WINDOW = 0.1
@@ -153,3 +162,31 @@ def test_targets_not_measured_are_not_passed() -> None:
     assert "| adrank | - | - | - | - | - | failed: the sender exited with 1 |" in markdown(
         {**_report(cut_short), "targets": rows}
     )
+
+
+def _run(goodput: float, saturated: bool = False, connections: int = 1) -> dict:
+    load = _load(1.5, goodput=goodput, bound=3800.0, p99=18.0, growth=1.0, recovery=0.2)
+    load["run"]["generator_saturated"] = saturated
+    return {**load, "connections": connections}
+
+
+def test_a_load_reports_its_median_run_among_those_whose_generator_kept_up() -> None:
+    runs = [_run(3000.0), _run(9999.0, saturated=True), _run(3400.0, connections=2), _run(3200.0, connections=2)]
+    point = median_point(runs)
+    assert point["goodput"] == 3200.0 and point["generator_fell_behind"] is False and point["kept_runs"] == 3
+    assert [r["goodput"] for r in point["repeats"]] == [3000.0, 9999.0, 3400.0, 3200.0]
+    assert "median of 3 runs (goodput 3,000 / 3,400 / 3,200 req/s); 1 re-run" in markdown(
+        {**_report({"status": "ok", "loads": [point], "crashes": 0}), "targets": []}
+    )
+    assert median_point([_run(3000.0), _run(3600.0)])["goodput"] == 3000.0  # an even count: the lower median
+
+
+def test_a_load_whose_generator_fell_behind_in_every_run_is_no_result() -> None:
+    point = median_point([_run(5000.0, saturated=True), _run(5100.0, saturated=True, connections=4)])
+    assert point["generator_fell_behind"] is True and point["connections"] == 4 and point["kept_runs"] == 0
+    adrank = {"status": "ok", "saturation": {"rate": 4000.0}, "loads": [point], "crashes": 0}
+    rows = [row for row in targets(_report(adrank)) if row["target"].startswith("1.5x")]
+    assert len(rows) == 5 and all(row["pass"] is None for row in rows)
+    assert all("fell behind in every run: no result" in row["target"] for row in rows)
+    with pytest.raises(ValueError, match="at least one run"):
+        median_point([])

@@ -122,10 +122,11 @@ def test_overload_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
     assert "tenants" not in systems["naive"]
     rows = {row["target"]: row for row in report["targets"]}
     # Every target is evaluated; only a p99 of no OK answer at all (the light tenant on a server without tenant
-    # isolation) is n/a.
+    # isolation) is n/a, and so is a load whose generator fell behind (a busy CI machine): no result, said so.
     assert len(rows) == 13, rows
     for name, row in rows.items():
-        assert row["pass"] in (True, False) or ("p99" in name and row["value"] is None), row
+        no_result = "fell behind in every run: no result" in name
+        assert row["pass"] in (True, False) or no_result or ("p99" in name and row["value"] is None), row
 
     markdown = json_file.with_suffix(".md").read_text()
     assert "| adrank | 1.5x |" in markdown and "| naive | 2x |" in markdown
