@@ -141,7 +141,7 @@ bench-metrics: install loadgen
 	$(PY) perf/metrics_cost.py --duration-s 180
 	$(PY) perf/metrics_bench.py
 
-# Overload (perf/overload_bench.py, about 7 minutes): adrank and the naive server at 0.5x-2x of adrank's saturation
+# Overload (perf/overload_bench.py, about 9 minutes): adrank and the naive server at 0.5x-2x of adrank's saturation
 # with 20 ms deadlines, CPU per refusal and its bound, recovery, RSS, and a light tenant beside a heavy one.
 bench-overload: install loadgen
 	$(PY) perf/overload_bench.py
