@@ -542,6 +542,7 @@ PYBIND11_MODULE(_core, m) {
   BindObjects(m);
   BindRegistry(m);
   BindCuda(m);
+  BindContextCache(m);
   m.attr("BATCH_ROWS_BOUNDS") = BatchRowsBucketBounds();
   BindRank(m);
 }

@@ -87,6 +87,8 @@ void BindBackend(pybind11::module_& m);
 void BindRegistry(pybind11::module_& m);
 // bindings_cuda.cc: the CUDA runtime found at run time.
 void BindCuda(pybind11::module_& m);
+// bindings_context_cache.cc: the context-tower cache (cpp/context_cache.h).
+void BindContextCache(pybind11::module_& m);
 // bindings_rank.cc: the Rank contract (RankAdmission, start_rank) and, when built, the C++ front end.
 void BindRank(pybind11::module_& m);
 
