@@ -56,6 +56,9 @@ class Servable:
     sessions: list[Session]
     # What this version did, for the rollout guardrails (cpp/version_stats.h).
     stats: core.VersionStats
+    # Its context tower's outputs per distinct context (cpp/context_cache.h), when its config declares one with a
+    # cache; shared by its instances, dropped at unload.
+    context_cache: core.ContextCache | None = None
 
     @property
     def name(self) -> str:
@@ -89,7 +92,8 @@ class Servable:
         low, high = config.outputs[0].range or DEFAULT_SCORE_RANGE
         if low == high:
             low, high = low - 1.0, high + 1.0
-        return Servable(config, version, version_dir, model, sessions, core.VersionStats(low, high))
+        stats = core.VersionStats(low, high)
+        return Servable(config, version, version_dir, model, sessions, stats, backend.context_cache)
 
     def register(
         self, registry: core.ModelRegistry, serving: bool = False, stats: core.VersionStats | None = None
@@ -207,7 +211,11 @@ class Servable:
         return request.SerializeToString()
 
     def unload(self, pool: core.ThreadPool) -> None:
-        """Stops taking requests, finishes the queued ones, frees the sessions."""
+        """Stops taking requests, finishes the queued ones, frees the sessions and the context cache."""
         pool.remove_model(self.model)
         for session in self.sessions:
             session.close()
+        if self.context_cache is not None:
+            # Its outputs are this version's tower's: no other version may read them, and its memory goes now
+            # rather than whenever the last reference to the Servable does.
+            self.context_cache.clear()

@@ -4,7 +4,8 @@ Two checks, each against an exact evaluation rather than against a second kind o
 1. End to end. Each bundled model's golden requests are replayed through the server's own path (Servable.score:
    the Rank contract, the batcher, the backend's feeds), and every batch ONNX Runtime ran is run again, on the
    very same feeds, by onnx's reference evaluator (`onnx.reference`, plain numpy: integer ops computed exactly,
-   fp32 in numpy's order). They must agree within the model's stated parity tolerance (meta.json's
+   fp32 in numpy's order) on the same graph (the model's, or for a model with a context tower the tower and head
+   cut from it: backends/context_tower.py). They must agree within the model's stated parity tolerance (meta.json's
    `golden.atol`, whose `atol_reason` says why it is that wide): that tolerance is what one correct CPU may be
    from another, and a kernel that saturates (1.95e-2 on relevance version 1 on an AVX2-only CPU) is far outside it.
 2. Integer kernels, exactly. Every integer MatMul weight of a bundled model is multiplied by ONNX Runtime's
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,22 +47,24 @@ REFERENCE_OPSET = 19
 
 @dataclass
 class RecordedRuns:
-    """What ONNX Runtime was fed and answered, batch by batch, while a version served its golden requests."""
+    """What ONNX Runtime was fed and answered, batch by batch, while a version served its golden requests, and the
+    graph each run was of."""
 
-    runs: list[tuple[list[str], dict[str, np.ndarray], list[np.ndarray]]] = field(default_factory=list)
+    runs: list[tuple[onnx.ModelProto, list[str], dict[str, np.ndarray], list[np.ndarray]]] = field(default_factory=list)
 
 
 class RecordingSession:
     """Stands in for an onnxruntime.InferenceSession: runs it and keeps a copy of every feed and result."""
 
-    def __init__(self, session: ort.InferenceSession, record: RecordedRuns) -> None:
+    def __init__(self, session: ort.InferenceSession, graph: onnx.ModelProto, record: RecordedRuns) -> None:
         self._session = session
+        self._graph = graph
         self._record = record
 
     def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         results = self._session.run(output_names, feeds)
         copied = {name: np.array(value, copy=True) for name, value in feeds.items()}
-        self._record.runs.append((list(output_names), copied, [np.array(r, copy=True) for r in results]))
+        self._record.runs.append((self._graph, list(output_names), copied, [np.array(r, copy=True) for r in results]))
         return results
 
     def __getattr__(self, name: str) -> Any:
@@ -83,9 +85,15 @@ def served_golden_runs(pool: core.ThreadPool, model: str) -> tuple[RecordedRuns,
     meta = load_meta(folder / "meta.json")
     servable = Servable.load(pool, config, folder, int(folder.name))
     record = RecordedRuns()
+    model_graph = onnx.load(str(folder / "model.onnx"))
     try:
         for session in servable.sessions:
-            session._session = RecordingSession(session._session, record)  # type: ignore[attr-defined]
+            session._session = RecordingSession(session._session, model_graph, record)  # type: ignore[attr-defined]
+            tower = session._tower  # type: ignore[attr-defined]
+            if tower is not None:  # the model's context tower and head run instead of its whole graph
+                split = tower._split
+                tower._tower = RecordingSession(tower._tower, onnx.load_from_string(split.tower), record)
+                tower._head = RecordingSession(tower._head, onnx.load_from_string(split.head), record)
         servable.score(golden_requests(config, meta.golden.inputs))
     finally:
         servable.unload(pool)
@@ -93,8 +101,8 @@ def served_golden_runs(pool: core.ThreadPool, model: str) -> tuple[RecordedRuns,
     return record, meta.golden.atol
 
 
-def reference_evaluator(path: Path) -> ReferenceEvaluator:
-    model = onnx.load(str(path))
+def reference_evaluator(model: onnx.ModelProto) -> ReferenceEvaluator:
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # a copy: its opset is raised below
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version < REFERENCE_OPSET:
             opset.version = REFERENCE_OPSET
@@ -104,10 +112,12 @@ def reference_evaluator(path: Path) -> ReferenceEvaluator:
 @pytest.mark.parametrize("model", BUNDLED)
 def test_every_golden_batch_agrees_with_the_exact_evaluation(pool: core.ThreadPool, model: str) -> None:
     record, atol = served_golden_runs(pool, model)
-    reference = reference_evaluator(version_dir(model) / "model.onnx")
+    references: dict[int, ReferenceEvaluator] = {}
     worst: dict[str, float] = {}
-    for output_names, feeds, results in record.runs:
-        exact = reference.run(output_names, feeds)
+    for graph, output_names, feeds, results in record.runs:
+        if id(graph) not in references:
+            references[id(graph)] = reference_evaluator(graph)
+        exact = references[id(graph)].run(output_names, feeds)
         for name, got, want in zip(output_names, results, exact, strict=True):
             assert got.shape == want.shape, f"{model}: output {name} {got.shape} vs exact {want.shape}"
             diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)), initial=0.0))

@@ -62,6 +62,12 @@ class Session(ABC):
 
 
 class Backend(ABC):
+    @property
+    def context_cache(self) -> core.ContextCache | None:
+        """The version's context-tower cache (cpp/context_cache.h), once an instance is loaded; None when the
+        model declares no context tower or turns its cache off."""
+        return None
+
     @abstractmethod
     def load(self, version_dir: Path, config: ModelConfig, instance: int) -> Session:
         """Loads `version_dir/model.onnx` (or the backend's artifact) as instance `instance`."""

@@ -45,6 +45,7 @@ import onnxruntime as ort
 import adrank._core as core
 from adrank.backends import tensorrt_engine
 from adrank.backends.base import GPU_FP32_ATOL, GPU_REDUCED_ATOL, MODEL_FILE, Backend, BackendError, Session
+from adrank.backends.context_tower import ContextTower, TowerSplit, split_graph
 from adrank.backends.device_io import DeviceIO, cuda_unavailable_reason
 from adrank.backends.graph import GraphTensor, ModelGraph, onnx_graph_tensors
 from adrank.log_format import log_fields
@@ -156,8 +157,16 @@ def _graph_tensor(node: Any) -> GraphTensor:
     return GraphTensor(node.name, _ORT_TYPES.get(node.type), shape)
 
 
+@dataclass(frozen=True)
+class VersionTower:
+    """What a version's instances share when its config declares a context tower: the cut graph and the cache."""
+
+    split: TowerSplit
+    cache: core.ContextCache
+
+
 class OnnxRuntimeSession(Session):
-    def __init__(self, path: Path, config: ModelConfig, plan: ProviderPlan) -> None:
+    def __init__(self, path: Path, config: ModelConfig, plan: ProviderPlan, tower: VersionTower | None = None) -> None:
         self._config = config
         self._stream = core.CudaStream(config.device_id) if plan.on_device else None
         if plan.on_device:
@@ -196,6 +205,24 @@ class OnnxRuntimeSession(Session):
             rows = config.batching.max_batch_rows
             output_bytes = {t.name: _row_bytes(t.dtype, t.shape) * rows for t in config.outputs}
             self._device = DeviceIO(self.graph, self._device_stream, output_bytes)
+        self._tower = self._context_tower(tower, options, plan) if tower is not None else None
+
+    def _context_tower(self, tower: VersionTower, options: ort.SessionOptions, plan: ProviderPlan) -> ContextTower:
+        """The tower and head sessions, with this session's options and providers. They run through plain
+        `session.run` on every provider (ONNX Runtime copies to a device): the I/O binding over the pooled
+        buffers serves the whole graph only."""
+        # TensorRT's options (its optimisation profiles, its engine cache) describe the whole graph: not the parts.
+        providers = [p for p in self._providers(self.graph.path, self._config, plan, self.graph) if p[0] != TENSORRT_EP]
+        try:
+            sessions = tuple(
+                ort.InferenceSession(model, sess_options=options, providers=providers)
+                for model in (tower.split.tower, tower.split.head)
+            )
+        except Exception as error:  # ORT raises its own exception types
+            raise BackendError(
+                f"{self.graph.path}: ONNX Runtime cannot load the context tower's parts: {error}"
+            ) from error
+        return ContextTower(tower.split, self.graph, tower.cache, (sessions[0], sessions[1]))
 
     def _providers(
         self, path: Path, config: ModelConfig, plan: ProviderPlan, graph: ModelGraph | None
@@ -239,6 +266,9 @@ class OnnxRuntimeSession(Session):
         return GPU_REDUCED_ATOL if reduced else GPU_FP32_ATOL
 
     def run(self, batch: core.Batch) -> None:
+        if self._tower is not None:
+            self._tower.run(batch)
+            return
         feeds = self.graph.feeds(batch)
         if self._device is not None:
             self._run_on_device(feeds, batch.outputs)
@@ -286,6 +316,28 @@ def _row_bytes(dtype: str, shape: list[int]) -> int:
 
 
 class OnnxRuntimeBackend(Backend):
+    """One per version (backends.create_backend): its instances share the version's context tower and cache."""
+
+    def __init__(self) -> None:
+        self._tower: VersionTower | None = None
+        self._tower_checked = False
+
+    @property
+    def context_cache(self) -> core.ContextCache | None:
+        return self._tower.cache if self._tower is not None else None
+
+    def _version_tower(self, path: Path, config: ModelConfig) -> VersionTower | None:
+        """The cut graph and the cache, made with the first instance; None without a tower or with the cache off
+        (the whole graph then runs; the cut is still checked)."""
+        declared = config.context_tower
+        if declared is None or self._tower_checked:
+            return self._tower
+        split = split_graph(path, config, ModelGraph(path, config, *onnx_graph_tensors(path)))
+        self._tower_checked = True
+        if declared.cache_bytes > 0:
+            self._tower = VersionTower(split, core.ContextCache(declared.cache_bytes))
+        return self._tower
+
     def load(self, version_dir: Path, config: ModelConfig, instance: int) -> Session:
         path = version_dir / MODEL_FILE
         if not path.is_file():
@@ -300,7 +352,8 @@ class OnnxRuntimeBackend(Backend):
                 "; ".join(plan.skipped.values()),
                 extra=log_fields(model=config.name),
             )
+        tower = self._version_tower(path, config)
         try:
-            return OnnxRuntimeSession(path, config, plan)
+            return OnnxRuntimeSession(path, config, plan, tower)
         except core.CoreError as error:
             raise BackendError(f"{path}: device {config.device_id}: {error}") from error

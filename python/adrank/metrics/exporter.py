@@ -22,6 +22,11 @@ Metrics (labels model, version unless said otherwise; deploy/ has the Grafana pa
                                           queued, or before it), deadline_unreachable (shed: its batch
                                           could not finish in time), shadow (mirror shed, queue behind)
   adrank_late_total                       computed, but finished after the caller's deadline
+  adrank_context_cache_hits_total, adrank_context_cache_misses_total, adrank_context_cache_evictions_total
+                                          a context-tower cache's lookups by result and its entries evicted
+                                          for room (models with a context_tower only; cpp/context_cache.h)
+  adrank_context_cache_bytes, adrank_context_cache_entries, adrank_context_cache_max_bytes
+                                          gauges: what the cache holds now, and its bound
   adrank_rank_calls_total{code}           whole Rank calls, including those refused before any model
   adrank_unknown_model_requests_total{code}  (code only: NOT_FOUND) requests naming a model no version
                                           serves; with adrank_requests_total summed by code, every request
@@ -191,6 +196,34 @@ def version_metrics(sample: Sample) -> Iterator[Metric]:
         late.add_metric(labels, q["late"])
     yield from (requests, candidates, *latencies.values(), batch_rows, batches, queue_rows, queue_requests, shed, late)
     yield from tenant_metrics(sample)
+    yield from context_cache_metrics(sample)
+
+
+def context_cache_metrics(sample: Sample) -> Iterator[Metric]:
+    """Per version with a context-tower cache: its lookups by result, evictions and what it holds."""
+    counters = {
+        key: CounterMetricFamily(f"adrank_context_cache_{key}", text, labels=VERSION_LABELS)
+        for key, text in (
+            ("hits", "Context-tower cache lookups that found the context's output (the tower did not run for it)."),
+            ("misses", "Context-tower cache lookups that did not (the tower ran for the context)."),
+            ("evictions", "Context-tower cache entries evicted, least recently used first, to stay within its bytes."),
+        )
+    }
+    gauges = {
+        key: GaugeMetricFamily(f"adrank_context_cache_{key}", text, labels=VERSION_LABELS)
+        for key, text in (
+            ("bytes", "Bytes the context-tower cache holds (keys, outputs and per-entry overhead)."),
+            ("entries", "Contexts the context-tower cache holds."),
+            ("max_bytes", "The context-tower cache's bound in bytes (config.yaml's context_tower.cache_bytes)."),
+        )
+    }
+    for v in sample.versions:
+        if v.context_cache is None:
+            continue
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {**counters, **gauges}
+        for key, family in families.items():
+            family.add_metric(_labels(v), int(v.context_cache[key]))
+    yield from (*counters.values(), *gauges.values())
 
 
 # A tenant's requests by how they ended (cpp/tenants.h TenantCounters).

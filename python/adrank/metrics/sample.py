@@ -35,6 +35,8 @@ class VersionSample:
     queue: dict[str, Any]  # the version's core queue: Model.stats()
     tenants: list[dict[str, Any]]  # the queue's tenants: Model.tenant_stats()
     latency_budget_ms: float = 10.0  # its config's latency_budget_ms: what its p99 is held against
+    # Its context-tower cache's ContextCache.stats() (hits, misses, evictions, bytes, ...); None without one.
+    context_cache: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class MetricsSource:
                     servable.model.stats(),
                     servable.model.tenant_stats(),
                     servable.config.latency_budget_ms,
+                    servable.context_cache.stats() if servable.context_cache is not None else None,
                 )
             )
         traffic = [t for name, route in routes.items() for t in route_traffic(name, route)]

@@ -178,6 +178,17 @@ class TensorRtConfig(_Strict):
     cache: bool = True
 
 
+class ContextTowerConfig(_Strict):
+    """The part of the graph that depends only on the context inputs (backends/context_tower.py): the graph is
+    cut at `output` at load, and the output's row for each distinct context is cached (cpp/context_cache.h), so
+    that a context seen recently skips the tower and only the per-candidate head runs."""
+
+    output: str = Field(pattern=NAME_PATTERN, description="graph output that only the context inputs feed")
+    # 64 MiB: ~40,000 relevance queries (a 1.5 KiB embedding each, with its key): the head of a day's queries.
+    # 0: no cache, the whole graph runs as without a tower (the cut is still checked at load).
+    cache_bytes: int = Field(64 << 20, ge=0)
+
+
 class VersionPolicy(_Strict):
     """Which versions of the repository a server loads (TF Serving's policy): exactly one of
     `latest: N` (the N highest), `all: true`, or `specific: [v, ...]`. The versions a model's rollout
@@ -241,6 +252,8 @@ class ModelConfig(_Strict):
     # A JSON file beside config.yaml with golden inputs (meta.json's `golden.inputs` format): what
     # `adrank publish` runs a new version on when the model has no current version to take them from.
     sample: str | None = None
+    # A context tower whose outputs are cached per distinct context (ONNX Runtime, per_request layout).
+    context_tower: ContextTowerConfig | None = None
 
     @model_validator(mode="after")
     def _signature(self) -> ModelConfig:
@@ -258,7 +271,19 @@ class ModelConfig(_Strict):
         text = [t.name for t in self.inputs if t.tokenizer is not None]
         if text and self.batching.context_layout != "per_request":
             raise ValueError(f"text input {text[0]!r} needs batching.context_layout per_request (one text per request)")
+        self._check_context_tower()
         return self
+
+    def _check_context_tower(self) -> None:
+        tower = self.context_tower
+        if tower is None:
+            return
+        if self.backend != "onnxruntime":
+            raise ValueError(f"context_tower: the {self.backend} backend cannot cut a graph; use onnxruntime")
+        if self.batching.context_layout != "per_request":
+            raise ValueError("context_tower needs batching.context_layout per_request (one context row per request)")
+        if tower.output == self.score_output or self.input(tower.output) is not None:
+            raise ValueError(f"context_tower.output '{tower.output}' must be a graph output other than the score")
 
     @property
     def score_output(self) -> str:
