@@ -244,6 +244,18 @@ def test_every_chart_draws_the_live_traffic_with_legends_and_axes(dashboard, tra
     dashboard.assert_clean()
 
 
+def test_a_model_with_a_context_tower_shows_its_cache_and_the_others_do_not(dashboard):
+    # Relevance declares a context tower: its cache holds the warm-up's query from the first sample on.
+    relevance = 'section.chart[data-model="relevance"]'
+    held = dashboard.page.locator(f'{relevance}[data-chart="context-cache-bytes"] path.series')
+    assert held.count() > 0 and all(held.nth(i).get_attribute("d") for i in range(held.count()))
+    assert dashboard.count(f'{relevance}[data-chart="context-cache"]') == 1
+    unit = dashboard.texts(f'{relevance}[data-chart="context-cache-bytes"] .axis-title[data-axis="y"]')
+    assert unit == ["MiB"]
+    assert dashboard.count('section.chart[data-model="ctr"][data-chart^="context-cache"]') == 0
+    dashboard.assert_clean()
+
+
 def test_unchecking_a_version_or_a_model_hides_its_series_across_polls(dashboard):
     page, version = dashboard.page, str(latest_version("ctr"))
     series = f'path.series[data-model="ctr"][data-version="{version}"]'

@@ -288,3 +288,25 @@ def test_a_guardrail_figure_that_is_not_a_number_is_shown_as_none():
         ("error_rate", 0.0, False),
         ("psi", None, None),
     ]
+
+
+def test_a_context_cache_shows_its_hit_ratio_evictions_and_bytes_and_survives_a_reset():
+    samples = Samples()
+
+    def relevance(ok: int, hits: int, misses: int, evictions: int, held: int) -> VersionSample:
+        cache = {"hits": hits, "misses": misses, "evictions": evictions, "bytes": held}
+        return replace(version("relevance", 2, ok), context_cache=cache)
+
+    samples.add(100, relevance(0, 0, 0, 0, 0), version("ctr", 1, 0))
+    samples.add(102, relevance(100, 60, 40, 0, 4000), version("ctr", 1, 10))
+    samples.add(104, relevance(200, 150, 50, 4, 5000), version("ctr", 1, 20))
+    samples.add(106, relevance(20, 5, 15, 0, 1500), version("ctr", 1, 30))  # reloaded: from 0
+    series = history_of(samples, window_s=2.0)
+    points = series[("relevance", 2)]["points"]
+    assert points["context_cache_hit_ratio"] == [None, 0.6, 0.9, 0.25]
+    assert points["context_cache_evictions_per_s"] == [None, 0.0, 2.0, 0.0]
+    assert points["context_cache_bytes"] == [0, 4000, 5000, 1500]
+    assert series[("relevance", 2)]["current"]["context_cache_hit_ratio"] == 0.25
+    assert_never_negative(series[("relevance", 2)])
+    ctr = series[("ctr", 1)]["points"]  # no context tower: no cache figures
+    assert all(ctr[name] == [None] * 4 for name in ("context_cache_hit_ratio", "context_cache_bytes"))

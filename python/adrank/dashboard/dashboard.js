@@ -67,6 +67,22 @@ const MODEL_CHARTS = [
     unit: "rows",
     metrics: [{ key: "queue_rows", label: "queued rows", color: "#CC79A7" }],
   },
+  // A model with a context tower (config.yaml's context_tower): its cache's share of lookups that hit, and what it
+  // holds. Drawn only for a model whose versions have a cache (`requires`: null for the others).
+  {
+    id: "context-cache",
+    title: "Context cache hit ratio",
+    unit: "hits / lookups",
+    requires: "context_cache_bytes",
+    metrics: [{ key: "context_cache_hit_ratio", label: "hit ratio", color: "#009E73" }],
+  },
+  {
+    id: "context-cache-bytes",
+    title: "Context cache held",
+    unit: "MiB",
+    requires: "context_cache_bytes",
+    metrics: [{ key: "context_cache_bytes", label: "held", color: "#0072B2", scale: 1 / 1048576 }],
+  },
 ];
 
 const MEMORY_CHART = {
@@ -237,6 +253,10 @@ function renderMemory(pool, domain) {
 function renderModelPanel(panel, series, domain) {
   const container = panel.querySelector(".charts");
   for (const spec of MODEL_CHARTS) {
+    if (spec.requires && !series.some((s) => (s.points?.[spec.requires] ?? []).some((v) => v != null))) {
+      container.querySelector(`section.chart[data-chart="${spec.id}"]`)?.remove();
+      continue;
+    }
     const chart = ensureChart(container, spec, panel.dataset.model);
     if (spec.kind === "bars") {
       drawBarChart(chart, series, spec, (s) => ({ label: versionLabel(s), fill: versionFill(s) }));
@@ -255,15 +275,20 @@ function linesOf(series, spec) {
       model: s.model,
       version: s.version,
       t: s.points?.t ?? [],
-      values: s.points?.[metric.key] ?? [],
+      values: scaled(s.points?.[metric.key] ?? [], metric.scale),
       label: `${versionLabel(s)} ${metric.label}`,
       color: metric.color,
       dash: VERSION_DASHES[style],
       // The legend's figure: the version's at the newest sample; none once it no longer serves (null current).
       serving: s.current != null,
-      current: s.current?.[metric.key] ?? null,
+      current: scaled([s.current?.[metric.key] ?? null], metric.scale)[0],
     }));
   });
+}
+
+// A metric shown in another unit than the server's (bytes as MiB); null stays null, a gap.
+function scaled(values, scale) {
+  return scale ? values.map((v) => (Number.isFinite(v) ? v * scale : null)) : values;
 }
 
 function versionFill(s) {

@@ -11,10 +11,10 @@ so no rate is ever negative. A dashboard request only lays the stored figures ou
 the next sample, so any number of open dashboards cost one layout per tick.
 
 What `/dashboard/data` gives per version (series): its figures at every sample shown (null where it was
-not loaded or had no traffic), `current` — its figures at the newest sample, or null for a version that no
-longer serves (UNLOADED: not in the newest sample), so that a page shows no stale "current" figure — and
-`batch_rows`, its batches of the last minute (counts null for a version that no longer serves). Beside the
-series:
+not loaded or had no traffic; with a context tower, also its cache's hit ratio, evictions/s and bytes),
+`current` — its figures at the newest sample, or null for a version that no longer serves (UNLOADED: not
+in the newest sample), so that a page shows no stale "current" figure — and `batch_rows`, its batches of
+the last minute (counts null for a version that no longer serves). Beside the series:
 - `summary`: per model, its stable version at the newest sample — requests/s, error ratio (failed over all
   its requests in the window), request p99 against its config's `latency_budget_ms`;
 - `calls`: the front ends' answers per second by status code at every sample, and the requests that named a
@@ -59,11 +59,17 @@ log = logging.getLogger("adrank.metrics")
 PHASES = ("request", "queue", "compute")
 QUANTILES = {"request": (50, 95, 99), "queue": (50, 99), "compute": (50, 99)}
 RATES = ("requests_per_s", "errors_per_s", "shed_per_s", "candidates_per_s")  # of VersionCounts.counters
+# A context-tower cache's counters (cpp/context_cache.h), kept per version as its other counts are.
+CACHE_COUNTERS = ("hits", "misses", "evictions")
+# Its figures: the share of lookups that hit and the evictions/s over the window, the bytes it holds now (null for a
+# version without a cache).
+CACHE_FIELDS = ("context_cache_hit_ratio", "context_cache_evictions_per_s", "context_cache_bytes")
 FIELDS = (
     *RATES,
     *(f"{phase}_p{q}_ms" for phase in PHASES for q in QUANTILES[phase]),
     "queue_rows",
     "error_ratio",
+    *CACHE_FIELDS,
 )
 BATCH_ROWS_WINDOW_S = 60.0
 
@@ -83,6 +89,9 @@ class _VersionPoint:
     counts: VersionCounts  # cumulative, as the core reported them: the next sample's increase starts here
     increase: VersionCounts  # since the sample before (a reset or a fresh load: counted from 0)
     figures: dict[str, float | None]  # FIELDS over the window before this point
+    # Its context cache's CACHE_COUNTERS, cumulative and their increase since the sample before (None: no cache).
+    cache: np.ndarray | None = None
+    cache_increase: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,29 @@ def _counts(v: VersionSample) -> VersionCounts:
     return VersionCounts(counters, latency, np.asarray(v.queue["batch_rows_counts"], dtype=np.int64))
 
 
+def _cache_counts(v: VersionSample, before: _VersionPoint | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The version's cache counters and their increase since `before` (a fall: a reset, counted from 0)."""
+    if v.context_cache is None:
+        return None, None
+    counts = np.array([v.context_cache[name] for name in CACHE_COUNTERS], dtype=np.int64)
+    previous = before.cache if before is not None else None
+    if previous is None or bool(np.any(counts < previous)):
+        return counts, counts
+    return counts, counts - previous
+
+
+def _cache_figures(window: np.ndarray | None, v: VersionSample, seconds: float) -> dict[str, float | None]:
+    """CACHE_FIELDS from the cache counters' increase over the window (None: no window yet)."""
+    assert v.context_cache is not None  # only a version with a cache has cache figures
+    figures: dict[str, float | None] = {"context_cache_bytes": int(v.context_cache["bytes"])}
+    if window is None or seconds <= 0:
+        return figures
+    hits, misses, evictions = (int(c) for c in window)
+    figures["context_cache_hit_ratio"] = round(hits / (hits + misses), 5) if hits + misses else None
+    figures["context_cache_evictions_per_s"] = _rounded(evictions / seconds)
+    return figures
+
+
 def _point(sample: Sample, previous: _Point | None, start: _Point | None, within: list[_Point]) -> _Point:
     """The sample's point. `previous`: the sample before (None: the first); `start`: the window's start
     (None: the first sample, no window yet); `within`: the points after `start`, before this one."""
@@ -151,7 +183,12 @@ def _point(sample: Sample, previous: _Point | None, start: _Point | None, within
         grown = increase(counts, before.counts if before is not None else None)
         window = total([p.versions[key].increase for p in within if key in p.versions] + [grown])
         figures = _figures(window if start is not None else None, int(v.queue["queued_rows"]), seconds)
-        versions[key] = _VersionPoint(v.role, v.latency_budget_ms, counts, grown, figures)
+        cache, cache_grown = _cache_counts(v, before)
+        if cache_grown is not None:
+            earlier = [p.versions[key].cache_increase for p in within if key in p.versions]
+            cache_window = sum((c for c in earlier if c is not None), start=cache_grown)
+            figures.update(_cache_figures(cache_window if start is not None else None, v, seconds))
+        versions[key] = _VersionPoint(v.role, v.latency_budget_ms, counts, grown, figures, cache, cache_grown)
     pool = sample.memory_pool
     return _Point(
         sample.time,
