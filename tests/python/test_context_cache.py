@@ -6,15 +6,20 @@ hits and misses; the tower runs once per distinct missing query; the cache stays
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+import yaml
+from onnx import helper, numpy_helper
 
 import adrank._core as core
 from adrank.backends import BackendError
 from adrank.metrics.exporter import context_cache_metrics
 from adrank.metrics.sample import Sample, VersionSample
-from adrank.repository.config import ConfigError, load_model_config
+from adrank.repository.config import ConfigError, ModelConfig, load_model_config
 from adrank.repository.meta import golden_requests
 from adrank.servable import Servable
 from adrank.tokenizer import text_row
@@ -178,3 +183,83 @@ def test_a_bad_context_tower_is_refused_naming_the_field(tmp_path, overrides, me
 def test_the_bundled_relevance_config_declares_its_query_tower():
     tower = load_model_config(MODELS / "relevance" / "config.yaml").context_tower
     assert tower is not None and tower.output == "query_embedding" and tower.cache_bytes > 0
+
+
+def tower_model(tmp_path, tower: str = "square", bypass: bool = False) -> tuple[ModelConfig, Path]:
+    """A small model with a context input `ctx` [R, 2], a candidate input `cand` [N, 2] and a context tower
+    `tower_out` [R, 2]; score = sum(tower_out[row_request_index] * cand). `tower`: "square" reads the context
+    only, "mixed" the candidates too; `bypass`: the score also reads the context other than through the tower."""
+    f32, i64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+    nodes = [helper.make_node("Mul", ["ctx", "ctx"], ["squared"])]
+    if tower == "mixed":
+        nodes += [
+            helper.make_node("ReduceMean", ["cand"], ["cand_mean"], keepdims=1),
+            helper.make_node("Add", ["squared", "cand_mean"], ["tower_out"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", ["squared"], ["tower_out"]))
+    nodes += [
+        helper.make_node("Gather", ["tower_out", "row_request_index"], ["gathered"], axis=0),
+        helper.make_node("Mul", ["gathered", "cand"], ["products"]),
+    ]
+    if bypass:
+        nodes += [
+            helper.make_node("Gather", ["ctx", "row_request_index"], ["raw"], axis=0),
+            helper.make_node("Add", ["products", "raw"], ["summed"]),
+        ]
+    nodes.append(helper.make_node("ReduceSum", ["summed" if bypass else "products", "axes"], ["score"], keepdims=0))
+    graph = helper.make_graph(
+        nodes,
+        "tower",
+        [
+            helper.make_tensor_value_info("ctx", f32, ["R", 2]),
+            helper.make_tensor_value_info("cand", f32, ["N", 2]),
+            helper.make_tensor_value_info("row_request_index", i64, ["N"]),
+        ],
+        [helper.make_tensor_value_info("score", f32, ["N"]), helper.make_tensor_value_info("tower_out", f32, ["R", 2])],
+        [numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    (tmp_path / "tower" / "1").mkdir(parents=True)
+    onnx.save(model, str(tmp_path / "tower" / "1" / "model.onnx"))
+    config = {
+        "name": "tower",
+        "inputs": [
+            {"name": "ctx", "dtype": "float32", "shape": [2], "role": "context"},
+            {"name": "cand", "dtype": "float32", "shape": [2]},
+        ],
+        "outputs": [{"name": "score", "dtype": "float32"}],
+        "batching": {"context_layout": "per_request"},
+        "context_tower": {"output": "tower_out"},
+    }
+    (tmp_path / "tower" / "config.yaml").write_text(yaml.safe_dump(config))
+    return load_model_config(tmp_path / "tower" / "config.yaml"), tmp_path / "tower" / "1"
+
+
+def test_a_numeric_context_is_keyed_by_its_row_bytes_and_scores_as_the_whole_graph(tmp_path, pool):
+    config, version_dir = tower_model(tmp_path)
+    servable = Servable.load(pool, config, version_dir, 1)
+    whole = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(7)
+    contexts = [rng.standard_normal((1, 2)).astype(np.float32) for _ in range(3)]
+    for ctx in [*contexts, *contexts]:
+        cand = rng.standard_normal((5, 2)).astype(np.float32)
+        got = servable.model.submit({"cand": cand}, {"ctx": ctx}).wait(timeout_s=60).outputs["score"]
+        feeds = {"ctx": ctx, "cand": cand, "row_request_index": np.zeros(5, np.int64)}
+        assert got.tobytes() == whole.run(["score"], feeds)[0].tobytes()
+    stats = servable.context_cache.stats()
+    assert (stats["hits"], stats["misses"], stats["entries"]) == (3, 3, 3)
+    servable.unload(pool)
+
+
+@pytest.mark.parametrize(
+    ("tower", "bypass", "message"),
+    [
+        ("mixed", False, r"depends on \['cand'\], which are not context inputs"),
+        ("square", True, r"depends on \['ctx'\] other than through the tower's output"),
+    ],
+)
+def test_a_tower_that_is_not_one_is_refused_at_load_naming_the_input(tmp_path, pool, tower, bypass, message):
+    config, version_dir = tower_model(tmp_path, tower, bypass)
+    with pytest.raises(BackendError, match=message):
+        Servable.load(pool, config, version_dir, 1)
