@@ -132,3 +132,22 @@ def test_overload_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
     assert "| adrank | 1.5x |" in markdown and "| naive | 2x |" in markdown
     assert "## Tenants" in markdown and "## Targets (adrank)" in markdown
     assert json_file.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_context_cache_bench_smoke_measures_both_and_reports_the_hit_ratio(tmp_path: Path) -> None:
+    stem = tmp_path / "context-cache"
+    tiny = ["--distinct", "200", "--rounds", "1", "--round-s", "0.5", "--concurrency", "2", "--out", str(stem)]
+    done = subprocess.run(
+        [sys.executable, str(REPO / "perf" / "context_cache_bench.py"), *tiny],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(stem.with_suffix(".json").read_text())
+    assert [r["cache"] for r in report["rounds"]] == [True, False]
+    assert all(r["requests_per_s"] > 0 for r in report["rounds"])
+    assert 0.0 <= report["hit_ratio_whole_run"] <= 1.0 and report["cache_stats"]["entries"] > 0
+    assert "| on |" in stem.with_suffix(".md").read_text()
