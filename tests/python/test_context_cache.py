@@ -6,6 +6,7 @@ hits and misses; the tower runs once per distinct missing query; the cache stays
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +15,18 @@ import onnxruntime as ort
 import pytest
 import yaml
 from onnx import helper, numpy_helper
+from prometheus_client.parser import text_string_to_metric_families
 
 import adrank._core as core
 from adrank.backends import BackendError
+from adrank.client import RankClient
 from adrank.metrics.exporter import context_cache_metrics
 from adrank.metrics.sample import Sample, VersionSample
 from adrank.repository.config import ConfigError, ModelConfig, load_model_config
 from adrank.repository.meta import golden_requests
 from adrank.servable import Servable
 from adrank.tokenizer import text_row
-from served import MODELS, copy_model
+from served import MODELS, ServerThread, copy_model
 
 QUERIES = json.loads((MODELS / "relevance" / "texts.json").read_text())["queries"]
 EMBEDDING_BYTES = 384 * 4
@@ -263,3 +266,28 @@ def test_a_tower_that_is_not_one_is_refused_at_load_naming_the_input(tmp_path, p
     config, version_dir = tower_model(tmp_path, tower, bypass)
     with pytest.raises(BackendError, match=message):
         Servable.load(pool, config, version_dir, 1)
+
+
+def test_a_served_relevance_counts_its_cache_on_metrics(tmp_path):
+    copy_model(tmp_path, "relevance")
+    server = ServerThread(tmp_path).start()
+    try:
+        ads_rows = ads(np.random.default_rng(8), 5)
+        with RankClient(server.target) as client:
+            for _ in range(3):
+                client.rank(["relevance"], {"ad_embedding": ads_rows}, {"query": "running shoes for women"}, timeout=30)
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server.http_port}/metrics", timeout=10) as reply:
+            body = reply.read().decode()
+    finally:
+        server.stop()
+    found = {
+        s.name: s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+        if s.name.startswith("adrank_context_cache") and s.labels == {"model": "relevance", "version": "2"}
+    }
+    # Warm-up's query and this one missed once each; this one then hit twice.
+    assert found["adrank_context_cache_misses_total"] >= 2 and found["adrank_context_cache_hits_total"] >= 2
+    assert found["adrank_context_cache_entries"] >= 2 and found["adrank_context_cache_bytes"] > 0
+    assert found["adrank_context_cache_max_bytes"] == 64 << 20
+    assert found["adrank_context_cache_evictions_total"] == 0
