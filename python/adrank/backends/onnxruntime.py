@@ -21,6 +21,13 @@ Fed from the core's pooled buffers, no extra copies of the inputs:
 Text inputs arrive as UTF-8 byte rows, one per request (tokenizer.py); the session tokenizes the batch's
 R texts in one call, padded to the longest.
 
+A model with a context tower (config.yaml's `context_tower`, backends/context_tower.py): the backend made for a
+version cuts its graph once and makes the version's cache (cpp/context_cache.h); each instance opens the tower and
+the head as sessions of their own beside the whole graph's, and `run` goes through them (plain runs on every
+provider: TensorRT's options describe the whole graph, so the parts run on the providers after it). The whole graph
+still serves `run_arrays` (`adrank embed` reads its query_embedding output), at the cost of a second copy of the
+tower's weights per instance (23 MB for relevance).
+
 Numerics: on the CUDA provider TF32 is off unless `onnxruntime.use_tf32`, and TensorRT builds fp32
 unless `tensorrt.precision: fp16`; `parity_atol` states how far such a session's scores may be from the
 CPU's golden ones (1e-4 in fp32, 1e-2 with TF32 or fp16).
