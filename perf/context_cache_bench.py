@@ -12,9 +12,9 @@ embeddings (unit rows; the scores' values do not change the work).
 Two versions of the bundled relevance model are loaded side by side on one core worker: the bundled config
 (cache on, `context_tower.cache_bytes`), and the same with `context_tower: null` (the whole graph per batch, as
 before the cache). Rounds alternate on, off (`--rounds` of each, `--round-s` seconds), each a closed loop of
-`--concurrency` callers on the same query stream, so the machine's drift is spread over both; the cache stays warm
-across its rounds, as a serving replica's does. Figures per round: requests/s, candidates/s, p50 and p99 latency,
-and for the cache its hit ratio over the round.
+`--concurrency` callers on the same query stream, so the machine's drift is spread over both; the cache stays
+warm across its rounds, as a serving replica's does. `--max-batch-requests` overrides the config's for both.
+Figures per round: requests/s, candidates/s, p50 and p99 latency, and for the cache its hit ratio over the round.
 
 Output: perf/results/context-cache-<date>-<sha>.{json,md}.
 """
@@ -143,8 +143,11 @@ def run_round(servable: Servable, stream: Stream, ads: np.ndarray, concurrency: 
     return Round(cache is not None, len(flat), elapsed, flat, len(ads), hit_ratio)
 
 
-def load_servables(pool: core.ThreadPool) -> tuple[Servable, Servable]:
+def load_servables(pool: core.ThreadPool, max_batch_requests: int | None) -> tuple[Servable, Servable]:
     config = load_model_config(MODELS / "relevance" / "config.yaml")
+    if max_batch_requests is not None:
+        batching = config.batching.model_copy(update={"max_batch_requests": max_batch_requests})
+        config = config.model_copy(update={"batching": batching})
     version_dir = MODELS / "relevance" / "2"
     on = Servable.load(pool, config, version_dir, 2)
     off_config = config.model_copy(update={"context_tower": None})
@@ -163,6 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--round-s", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=35)
+    parser.add_argument(
+        "--max-batch-requests", type=int, default=None, help="batching.max_batch_requests for both (default: config's)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="result stem (default perf/results/context-cache-...)")
     args = parser.parse_args(argv)
 
@@ -173,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     ads /= np.linalg.norm(ads, axis=1, keepdims=True)
     pool = core.ThreadPool(num_workers=1)
     rounds: list[Round] = []
-    on, off = load_servables(pool)
+    on, off = load_servables(pool, args.max_batch_requests)
     # Each servable reads its own copy of the same stream, so both see the same queries in the same order.
     streams = {True: Stream(stream_queries), False: Stream(stream_queries)}
     for index in range(args.rounds):
@@ -223,7 +229,8 @@ def report(args: argparse.Namespace, rounds: list[Round], stats: dict[str, int])
         "",
         f"{_cpu_model()}; in process (core + ONNX Runtime backend, 1 core worker, no transport); "
         f"{args.distinct} distinct queries, Zipf s={args.zipf_s}, {args.candidates} candidates per request, "
-        f"{args.concurrency} callers, {args.rounds} rounds of {args.round_s} s each, alternating.",
+        f"{args.concurrency} callers, {args.rounds} rounds of {args.round_s} s each, alternating; "
+        f"max_batch_requests {'as configured' if args.max_batch_requests is None else args.max_batch_requests}.",
         "",
         "| round | cache | requests/s | candidates/s | p50 ms | p99 ms | hit ratio |",
         "| --- | --- | --- | --- | --- | --- | --- |",
