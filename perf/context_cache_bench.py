@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import statistics
 import sys
@@ -43,34 +42,11 @@ from adrank.servable import Servable
 from adrank.tokenizer import text_row
 from perf.bench import git_info
 from perf.report import save
+from perf.requests import distinct_queries, zipf_stream
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
 RESULTS = REPO / "perf" / "results"
-MODIFIERS = ("", "near me", "cheap", "best", "online", "deals", "reviews", "for sale", "2026", "free shipping")
-
-
-def distinct_queries(count: int) -> list[str]:
-    """`count` distinct queries from the relevance texts: query + an ad title's first words + a modifier."""
-    texts = json.loads((MODELS / "relevance" / "texts.json").read_text())
-    heads = [" ".join(ad.lower().split()[:2]) for ad in texts["ads"]]
-    out: list[str] = []
-    for modifier in MODIFIERS:
-        for head in ["", *heads]:
-            for query in texts["queries"]:
-                out.append(" ".join(part for part in (query, head, modifier) if part))
-                if len(out) == count:
-                    return out
-    raise SystemExit(f"--distinct {count}: the texts make at most {len(out)} distinct queries")
-
-
-def zipf_stream(queries: list[str], s: float, length: int, seed: int) -> list[str]:
-    """`length` queries drawn with P(rank k) proportional to 1 / k^s (rank 1: the first query, shuffled order)."""
-    rng = np.random.default_rng(seed)
-    ranked = list(rng.permutation(len(queries)))
-    weights = 1.0 / np.arange(1, len(queries) + 1) ** s
-    picks = rng.choice(len(queries), size=length, p=weights / weights.sum())
-    return [queries[ranked[i]] for i in picks]
 
 
 @dataclass

@@ -11,7 +11,10 @@ to the bytes a server reads, so the load generator sends bytes and never seriali
   workload of issue 35, no heavy tail), and `fixed:N`, every request the same N (50, 200 and 800 tell the per-call
   cost apart from the heavy tail's).
 - relevance: a query from `models/relevance/texts.json` ("queries") and N ad embeddings made once, with
-  adrank's own `TextEmbedder`, from the ad titles there ("ads").
+  adrank's own `TextEmbedder`, from the ad titles there ("ads"). Or the query drawn Zipf-like (`QueryMix`,
+  `zipf`): rank k of `distinct` queries (10,000 by default, built from the same texts: query + an ad title's first
+  words + a modifier) with probability proportional to 1 / k^s (s = 1), as ads queries are: what the context-tower
+  cache is measured on (issue 35).
 - KServe v2 (`inference.GRPCInferenceService/ModelInfer`, what Triton, PyTriton and adrank speak): the same
   ctr arrays as `ModelInferRequest` bytes, serialized with adrank's own stubs of the protocol (adrank.kserve).
 
@@ -124,6 +127,65 @@ class Mix:
         return np.clip(np.rint(draws), 1, MAX_CANDIDATES).astype(np.int64)
 
 
+# Appended to the evaluation queries to make distinct ones: what users add to a query.
+QUERY_MODIFIERS = ("", "near me", "cheap", "best", "online", "deals", "reviews", "for sale", "2026", "free shipping")
+
+
+@dataclass(frozen=True)
+class QueryMix:
+    """Which query each relevance request carries: `distinct == 0` the evaluation queries, uniform (written
+    `texts`); otherwise Zipf over `distinct` queries with exponent `s` (written `zipf`, `zipf:N` or `zipf:N:S`)."""
+
+    distinct: int = 0
+    s: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> QueryMix:
+        kind, *spec = text.split(":")
+        try:
+            if text == "texts":
+                return cls()
+            if kind == "zipf" and len(spec) <= 2:
+                distinct = int(spec[0]) if spec else 10_000
+                s = float(spec[1]) if len(spec) == 2 else 1.0
+                if distinct >= 1 and s > 0:
+                    return cls(distinct, s)
+        except ValueError:
+            pass
+        raise ValueError(f"query mix {text!r}: expected texts, zipf, zipf:DISTINCT or zipf:DISTINCT:S (S > 0)")
+
+    @property
+    def label(self) -> str:
+        return "texts" if not self.distinct else f"zipf:{self.distinct}:{self.s:g}"
+
+    def draw(self, count: int, seed: int, models: Path = MODELS) -> list[str]:
+        """`count` queries (Zipf mixes only; the `texts` mix is drawn by relevance_requests as it always was)."""
+        return zipf_stream(distinct_queries(self.distinct, models), self.s, count, seed)
+
+
+def distinct_queries(count: int, models: Path = MODELS) -> list[str]:
+    """`count` distinct queries from the relevance texts: query + an ad title's first words + a modifier."""
+    queries, ads = relevance_texts(models)
+    heads = [" ".join(ad.lower().split()[:2]) for ad in ads]
+    out: list[str] = []
+    for modifier in QUERY_MODIFIERS:
+        for head in ["", *heads]:
+            for query in queries:
+                out.append(" ".join(part for part in (query, head, modifier) if part))
+                if len(out) == count:
+                    return out
+    raise ValueError(f"{count} distinct queries: the relevance texts make at most {len(out)}")
+
+
+def zipf_stream(queries: Sequence[str], s: float, length: int, seed: int) -> list[str]:
+    """`length` queries drawn with P(rank k) proportional to 1 / k^s (ranks over the queries in a shuffled order)."""
+    rng = np.random.default_rng(seed)
+    ranked = list(rng.permutation(len(queries)))
+    weights = 1.0 / np.arange(1, len(queries) + 1) ** s
+    picks = rng.choice(len(queries), size=length, p=weights / weights.sum())
+    return [queries[ranked[i]] for i in picks]
+
+
 def ctr_requests(count: int, seed: int = 1, criteo_file: Path = CRITEO_FILE, mix: Mix = Mix()) -> RequestSet:
     """`count` Rank requests for `ctr`: dense f32 [N, 13] and sparse i64 [N, 26] from real Criteo rows; N drawn
     from `mix`."""
@@ -158,19 +220,23 @@ def ad_embeddings(ads: Sequence[str], models: Path = MODELS) -> np.ndarray:
     return TextEmbedder(entry.version_dir(entry.versions[-1]), entry.config).embed(list(ads))
 
 
-def relevance_requests(count: int, seed: int = 2, models: Path = MODELS, mix: Mix = Mix()) -> RequestSet:
-    """`count` Rank requests for `relevance`: one query (context) and N ad embeddings each, N drawn from `mix`."""
+def relevance_requests(
+    count: int, seed: int = 2, models: Path = MODELS, mix: Mix = Mix(), queries: QueryMix = QueryMix()
+) -> RequestSet:
+    """`count` Rank requests for `relevance`: one query (context) drawn from `queries` and N ad embeddings each,
+    N drawn from `mix`."""
     from adrank.client import build_request
 
-    queries, ads = relevance_texts(models)
+    texts, ads = relevance_texts(models)
     embeddings = ad_embeddings(ads, models)
     sizes = mix.counts(count, seed)
+    drawn = queries.draw(count, seed + 2, models) if queries.distinct else None
     rng = np.random.default_rng(seed + 1)
     payloads: list[bytes] = []
     feeds: list[dict[str, np.ndarray]] = []
     context: list[str] = []
     for i, n in enumerate(sizes):
-        query = queries[int(rng.integers(0, len(queries)))]
+        query = texts[int(rng.integers(0, len(texts)))] if drawn is None else drawn[i]
         ads_picked = np.ascontiguousarray(embeddings[rng.integers(0, len(embeddings), size=int(n))])
         request = build_request(["relevance"], {"ad_embedding": ads_picked}, {"query": [query]}, request_id=f"rel-{i}")
         payloads.append(request.SerializeToString())
@@ -180,15 +246,23 @@ def relevance_requests(count: int, seed: int = 2, models: Path = MODELS, mix: Mi
 
 
 def build(
-    model: str, count: int, seed: int | None = None, candidates: int | None = None, mix: Mix = Mix()
+    model: str,
+    count: int,
+    seed: int | None = None,
+    candidates: int | None = None,
+    mix: Mix = Mix(),
+    queries: QueryMix = QueryMix(),
 ) -> RequestSet:
-    """`count` requests of `model`, N drawn from `mix`; `candidates`: every request of that many (`Mix.fixed`)."""
+    """`count` requests of `model`, N drawn from `mix`; `candidates`: every request of that many (`Mix.fixed`);
+    `queries`: relevance's query mix."""
     if candidates is not None:
         mix = Mix.fixed(candidates)
+    if queries.distinct and model != "relevance":
+        raise ValueError(f"a query mix ({queries.label}) is for relevance requests, not '{model}'")
     if model == "ctr":
         return ctr_requests(count, 1 if seed is None else seed, mix=mix)
     if model == "relevance":
-        return relevance_requests(count, 2 if seed is None else seed, mix=mix)
+        return relevance_requests(count, 2 if seed is None else seed, mix=mix, queries=queries)
     raise ValueError(f"no request builder for model '{model}'")
 
 
@@ -234,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     show = sub.add_parser("summary", help="print a request set's candidate distribution")
     show.add_argument("--model", default="ctr")
     show.add_argument("--count", type=int, default=1000)
+    show.add_argument("--queries", type=QueryMix.parse, default=QueryMix(), help="relevance: texts (default) or zipf")
     show.add_argument(
         "--mix", type=Mix.parse, default=Mix(), help="lognormal (default), ads, uniform:LOW-HIGH, fixed:N"
     )
@@ -242,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         requests = build("ctr", args.count)
         save_payloads(kserve_payloads(requests, "ctr"), requests.candidates, args.out)
     else:
-        print(json.dumps(build(args.model, args.count, mix=args.mix).summary()))
+        print(json.dumps(build(args.model, args.count, mix=args.mix, queries=args.queries).summary()))
 
 
 if __name__ == "__main__":

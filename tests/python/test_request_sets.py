@@ -7,11 +7,13 @@ tail, and every draw is the same for the same seed (the engine-only run rebuilds
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
 from perf import requests as request_sets
-from perf.requests import MAX_CANDIDATES, Mix
+from perf.requests import MAX_CANDIDATES, Mix, QueryMix, distinct_queries
 
 
 @pytest.mark.parametrize(
@@ -59,3 +61,37 @@ def test_a_fixed_mix_builds_every_request_with_exactly_n_rows() -> None:
     assert all(feed["dense"].shape == (50, 13) and feed["sparse"].shape == (50, 26) for feed in built.feeds)
     # Beyond the default mix's cap too: the overload bench's heavy tenant sends 2048 rows.
     assert request_sets.build("ctr", 2, candidates=2048).candidates.tolist() == [2048, 2048]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("texts", QueryMix()),
+        ("zipf", QueryMix(10_000, 1.0)),
+        ("zipf:500", QueryMix(500)),
+        ("zipf:50:1.2", QueryMix(50, 1.2)),
+    ],
+)
+def test_query_mixes_parse_and_print_back(text: str, expected: QueryMix) -> None:
+    mix = QueryMix.parse(text)
+    assert mix == expected and QueryMix.parse(mix.label) == mix
+
+
+@pytest.mark.parametrize("text", ["zipf:0", "zipf:10:0", "zipf:x", "zipf:1:2:3", "uniform"])
+def test_a_bad_query_mix_is_refused_naming_it(text: str) -> None:
+    with pytest.raises(ValueError, match=f"query mix {text!r}"):
+        QueryMix.parse(text)
+
+
+def test_the_zipf_mix_draws_distinct_queries_with_a_heavy_head() -> None:
+    queries = distinct_queries(10_000)
+    assert len(set(queries)) == 10_000
+    stream = QueryMix(10_000, 1.0).draw(20_000, seed=5)
+    counts = sorted(Counter(stream).values(), reverse=True)
+    # Zipf s=1 over 10,000: the top query has 1/H(10,000) ~ 10 % of the draws, and most queries are seen rarely.
+    assert 0.07 < counts[0] / len(stream) < 0.14 and counts[0] > 1.6 * counts[1]
+    assert len(counts) > 2_000 and stream == QueryMix(10_000, 1.0).draw(20_000, seed=5)
+    with pytest.raises(ValueError, match="at most"):
+        distinct_queries(10**7)
+    with pytest.raises(ValueError, match="for relevance requests"):
+        request_sets.build("ctr", 2, queries=QueryMix(100))
