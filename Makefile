@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 JOBS ?= $(shell nproc)
 CMAKE_GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo Ninja || echo "Unix Makefiles")
 
-.PHONY: all system-packages system-packages-test venv install install-gpu serve serve-gpu test test-cpp test-python test-sanitize test-asan test-tsan fuzz lint format bench-core loadgen bench bench-rollout bench-fleet bench-metrics bench-overload bench-quick bench-env bench-protocols train-env kserve-env clean
+.PHONY: all system-packages system-packages-test venv install install-gpu serve serve-gpu test test-cpp test-python test-sanitize test-asan test-tsan fuzz lint format bench-core loadgen bench bench-rollout bench-fleet bench-metrics bench-overload bench-cost bench-quick bench-env bench-protocols train-env kserve-env clean
 
 all: install
 
@@ -145,6 +145,11 @@ bench-metrics: install loadgen
 # with 20 ms deadlines, CPU per refusal and its bound, recovery, RSS, and a light tenant beside a heavy one.
 bench-overload: install loadgen
 	$(PY) perf/overload_bench.py
+
+# Per-call cost (perf/call_cost.py, about 3 minutes): perf stat on adrank serving and refusing, and on the grpc++ echo
+# server: CPU µs, context switches and mallocs per call, the targets against the echo, and the table against N.
+bench-cost: install loadgen
+	$(PY) perf/call_cost.py
 
 bench-quick: bench-env loadgen
 	$(PY) perf/bench.py --quick

@@ -1,0 +1,822 @@
+"""`make bench-cost`: what one call costs the server, counted by `perf stat` on the server's process.
+
+Contract. For each system below the server runs under `taskset -c <server core>` and this process and the load
+generator's sender on the other core (perf/bench.py's pinning). While a closed loop of pre-serialized calls runs,
+`perf stat -p <server pid>` counts the server's threads over fixed windows:
+- a counting window: task-clock, context-switches, cpu-migrations, page-faults (and the voluntary / involuntary
+  split of the context switches from /proc/PID/task/*/status);
+- an allocation window: a uprobe on the malloc of the libc the server maps (`perf probe -x <libc>`), in a window
+  of its own because each probe hit traps into the kernel and would inflate the first window's CPU time. Where
+  the probe cannot be made, the allocations are "not measured: <reason>". Only libc malloc is counted (C++'s
+  operator new reaches it; calloc, realloc, Python's small-object allocator and ONNX Runtime's arena do not).
+The calls of a window are those whose reply arrived inside it. The server's idle rates (the same windows with no
+load) are subtracted, so background threads are not charged to calls. Per call: CPU µs, context switches,
+page faults, allocations.
+
+Systems and loads (closed loop; 1 caller: each call alone, "serial"; 16 callers: the server's core saturated and
+calls merged into batches, the overload bench's load):
+- adrank serving `ctr` (`adrank serve`, one worker): `--candidates` (100) candidates of real rows per call;
+- adrank refusing: the same requests naming a model it does not serve (perf/overload_bench.py's refused_request);
+- the grpc++ echo server (perf/echo_server.cc, `make loadgen`): the same request bytes, nothing run;
+- engine-only: the ctr backend session (perf/engine.py's Engine) in a child process on the server core, run on
+  batches of the mean rows per batch that adrank's /metrics reported for each load (CPU time of the process over
+  the runs); a call's engine share is that batch's CPU times the call's rows over the batch's rows.
+
+Derived, for each load: transport CPU per served call = adrank's CPU per call less its engine share; the ratios
+to the echo's CPU per call, and the issue's targets pass/fail: <= 4 context switches per served call, transport
+CPU per served call <= 2x the echo's, CPU per refusal <= 1.5x the echo's. Scale: CPU per call and per candidate
+against N (1 to 2,000, serial) and against the models per request (ctr alone, ctr + relevance in one Rank
+request, serial, one server holding both).
+
+Output in --out (default perf/results/): call-cost-<date>-<git sha>.json (everything) and .md (tables and the
+targets). Modes: default (full: 3 s counting windows, about 3 minutes), --smoke (fractions of a second, serial
+only, N 1 and 100, no models-per-request rows; files end in -smoke). This is a busy shared machine: every
+figure is one short run, and only the ratios inside one run mean much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: import the perf package from the checkout, not perf/ itself
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from perf import requests as request_sets
+from perf.bench import ServerProcess, adrank_server, check_reply, git_info, log, machine_info, running
+from perf.loadgen import LoadGenerator, find_built, find_sender
+from perf.overload_bench import UNKNOWN_MODEL, Background, refused_request
+from perf.report import finite, save
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "perf" / "results"
+COUNTING_EVENTS = ("task-clock", "context-switches", "cpu-migrations", "page-faults")
+# A group of our own, so that no other user's probe on malloc is reused or removed by this bench.
+MALLOC_EVENT = "adrank_call_cost:malloc"
+ECHO_READY = r"echo: SERVING on grpc (?P<host>[\d.]+):(?P<port>\d+)"
+# The C++ sender makes one call object per request before it starts (~0.75 KB each): the count is the most a
+# closed loop of this length could send here, not a round number.
+MAX_RATE = {1: 10_000.0, 16: 30_000.0}  # calls/s by callers
+TARGET_SWITCHES = 4.0  # context switches per served call, at most
+TARGET_TRANSPORT_VS_ECHO = 2.0  # transport CPU per served call / echo CPU per call, at most
+TARGET_REFUSAL_VS_ECHO = 1.5  # CPU per refusal / echo CPU per call, at most
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str
+    callers: tuple[int, ...]  # closed-loop loads of the target systems
+    sizes: tuple[int, ...]  # N of the scale table (serial)
+    models_table: bool  # ctr alone against ctr + relevance in one request
+    idle_s: float  # each idle window (counting, then allocations)
+    warm_s: float  # load before the first window: the sender's start-up and the server's warm caches
+    count_s: float  # the counting window
+    malloc_s: float  # the allocation window
+    engine_s: float  # engine CPU seconds per batch size
+    requests: int = 16  # distinct requests per set (the generator cycles over them)
+    candidates: int = 100  # N of the target systems' requests: the issue's reference size
+    timeout_s: float = 1.0
+    server_core: int = 0
+    generator_core: int = 1
+
+
+MODES = {
+    "full": Settings(
+        mode="full",
+        callers=(1, 16),
+        sizes=(1, 10, 50, 100, 200, 500, 1000, 2000),
+        models_table=True,
+        idle_s=1.5,
+        warm_s=1.5,
+        count_s=3.0,
+        malloc_s=2.0,
+        engine_s=1.0,
+    ),
+    "smoke": Settings(
+        mode="smoke",
+        callers=(1,),
+        sizes=(1, 100),
+        models_table=False,
+        idle_s=0.3,
+        warm_s=0.8,
+        count_s=0.5,
+        malloc_s=0.3,
+        engine_s=0.1,
+    ),
+}
+
+
+# --- perf stat ------------------------------------------------------------------------------------------------
+
+
+def parse_perf_stat(text: str) -> dict[str, float | None]:
+    """`perf stat -x,` output -> {event: count}; task-clock in ms (perf's unit for it).
+
+    A line is `value,unit,event,run time,percentage,...`. `<not counted>`: the event never ran because the task
+    never ran in the window, so its count is 0. `<not supported>`: None. Other lines (perf's warnings) are skipped.
+    """
+    counts: dict[str, float | None] = {}
+    for line in text.splitlines():
+        fields = line.split(",")
+        if line.startswith("#") or len(fields) < 4 or not fields[2].strip():
+            continue
+        value, unit, event = fields[0].strip(), fields[1].strip(), fields[2].strip()
+        if value == "<not counted>":
+            counts[event] = 0.0
+        elif value == "<not supported>":
+            counts[event] = None
+        else:
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            counts[event] = number / 1e6 if unit == "ns" else number * 1e3 if unit == "sec" else number
+    return counts
+
+
+@dataclass
+class Window:
+    """One `perf stat -p` window over the server: its counts, its span on perf_counter's clock, the switches."""
+
+    seconds: float
+    start: float
+    end: float
+    counts: dict[str, float | None]
+    voluntary: int  # context switches by the server's threads, from /proc (the thread blocked)
+    involuntary: int  # (the thread was preempted: on a shared machine, often by someone else's work)
+
+    def rate(self, event: str) -> float | None:
+        value = self.counts.get(event)
+        return None if value is None else value / self.seconds
+
+
+def thread_switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches so far, summed over the process's threads."""
+    voluntary = involuntary = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            text = status.read_text()
+        except OSError:  # the thread exited between the listing and the read
+            continue
+        for line in text.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                voluntary += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                involuntary += int(line.split()[1])
+    return voluntary, involuntary
+
+
+def perf_window(pid: int, events: Sequence[str], seconds: float) -> Window:
+    """Counts `events` of process `pid` (all its threads) for `seconds`.
+
+    perf counts for as long as its `sleep` runs; the window is taken to end when perf returns (reading and
+    printing the counts takes microseconds) and to start `seconds` before, not when perf was launched, since
+    perf's own start-up (tens of ms on a busy machine) is not counted.
+    """
+    command = ["perf", "stat", "-x", ",", "-e", ",".join(events), "-p", str(pid), "--", "sleep", f"{seconds:.3f}"]
+    before = thread_switches(pid)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    end = time.perf_counter()
+    after = thread_switches(pid)
+    if done.returncode != 0:
+        raise RuntimeError(f"perf stat -p {pid} failed ({done.returncode}): {done.stderr.strip()[-300:]}")
+    counts = parse_perf_stat(done.stderr)
+    missing = [event for event in events if event not in counts]
+    if missing:
+        raise RuntimeError(f"perf stat gave no count for {missing}: {done.stderr.strip()[-300:]}")
+    return Window(seconds, end - seconds, end, counts, after[0] - before[0], after[1] - before[1])
+
+
+def perf_unusable() -> str | None:
+    """Why `perf stat -p` cannot count another process here, or None."""
+    if shutil.which("perf") is None:
+        return "perf is not installed"
+    paranoid = Path("/proc/sys/kernel/perf_event_paranoid")
+    level = int(paranoid.read_text()) if paranoid.exists() else 2
+    if os.geteuid() != 0 and level > 1:
+        return f"perf_event_paranoid is {level} and this is not root: perf stat -p of a server is refused"
+    return None
+
+
+def process_libc(pid: int) -> Path | None:
+    """The libc file that process `pid` maps (the one whose malloc it calls): the bench probes its own, the system
+    libc that the Python and grpc++ servers link too."""
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        path = line.split()[-1] if len(line.split()) >= 6 else ""
+        if re.search(r"/libc(\.so\.6|-[\d.]+\.so)$", path):
+            return Path(path)
+    return None
+
+
+class MallocProbe:
+    """The uprobe `adrank_call_cost:malloc` on a libc's malloc: made for the run, removed after if made here.
+
+    `event` is the perf event to count, or None with `reason` saying why allocations are not measured.
+    """
+
+    def __init__(self, libc: Path | None) -> None:
+        self.libc = libc
+        self.event: str | None = None
+        self.reason = ""
+        self._made = False
+
+    def __enter__(self) -> MallocProbe:
+        if self.libc is None:
+            self.reason = "not measured: no libc found in the server's memory map"
+            return self
+        listed = subprocess.run(["perf", "probe", "--list"], capture_output=True, text=True, check=False)
+        if MALLOC_EVENT not in listed.stdout + listed.stderr:
+            made = subprocess.run(
+                ["perf", "probe", "-x", str(self.libc), "--add", f"{MALLOC_EVENT}=malloc"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if made.returncode != 0:
+                self.reason = f"not measured: perf probe -x {self.libc} malloc failed: {made.stderr.strip()[-200:]}"
+                return self
+            self._made = True
+        self.event = MALLOC_EVENT
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._made:
+            subprocess.run(["perf", "probe", "-d", MALLOC_EVENT], capture_output=True, check=False)
+
+
+# --- per call -------------------------------------------------------------------------------------------------
+
+
+def net_per_call(window: Window, event: str, idle: Window | None, calls: int) -> float | None:
+    """The window's count of `event` less the idle rate over the window's length, per call."""
+    value = window.counts.get(event)
+    if value is None or calls <= 0:
+        return None
+    idle_rate = (idle.rate(event) or 0.0) if idle is not None else 0.0
+    return max(0.0, value - idle_rate * window.seconds) / calls
+
+
+def calls_in(done_at: np.ndarray, window: Window) -> int:
+    """Calls whose reply arrived inside the window (perf_counter seconds)."""
+    return int(((done_at >= window.start) & (done_at <= window.end)).sum())
+
+
+def covered(sent_at: np.ndarray, done_at: np.ndarray, window: Window) -> bool:
+    """The load ran over the whole window: a call was sent before it began and one answered after it ended."""
+    return bool(len(sent_at)) and float(np.min(sent_at)) <= window.start and float(np.max(done_at)) >= window.end
+
+
+@dataclass
+class Load:
+    """One closed loop against one server: what is sent, by how many callers, and which replies count."""
+
+    name: str
+    payloads: list[bytes]
+    candidates: int  # per call
+    callers: int
+    refused: bool = False  # count the refused calls (every call should be) instead of the OK ones
+
+
+@dataclass
+class Server:
+    """A running server, its gRPC target, /metrics address (adrank) and idle windows."""
+
+    name: str
+    process: ServerProcess
+    target: str
+    metrics_url: str | None
+    idle: Window
+    idle_malloc: Window | None
+
+
+def batch_totals(metrics_url: str | None) -> dict[str, tuple[float, float]]:
+    """adrank's batches and rows so far per model, from /metrics' adrank_batch_rows histogram."""
+    if metrics_url is None:
+        return {}
+    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    totals: dict[str, list[float]] = {}
+    for match in re.finditer(r'^adrank_batch_rows_(count|sum)\{[^}]*model="([^"]+)"[^}]*\} (\S+)$', text, re.M):
+        kind, model, value = match.groups()
+        entry = totals.setdefault(model, [0.0, 0.0])
+        entry[0 if kind == "count" else 1] += float(value)
+    return {model: (batches, rows) for model, (batches, rows) in totals.items()}
+
+
+def measure(server: Server, load: Load, settings: Settings, probe: MallocProbe, sender: Path | None) -> dict:
+    """The load's per-call figures on `server`: a closed loop, a counting window, then an allocation window."""
+    s = settings
+    generator = LoadGenerator(
+        server.target,
+        request_sets.RANK_METHOD,
+        load.payloads,
+        np.full(len(load.payloads), load.candidates),
+        timeout_s=s.timeout_s,
+        sender=sender,
+    )
+    total_s = s.warm_s + s.count_s + (s.malloc_s if probe.event else 0.0) + 0.5
+    batches_before = batch_totals(server.metrics_url)
+    pid = server.process.process.pid
+    run = Background(lambda: generator.closed_loop(load.callers, total_s, math.ceil(total_s * MAX_RATE[load.callers])))
+    time.sleep(s.warm_s)
+    counting = perf_window(pid, COUNTING_EVENTS, s.count_s)
+    allocating = perf_window(pid, [probe.event], s.malloc_s) if probe.event else None
+    result = run.join()
+    batches_after = batch_totals(server.metrics_url)
+    if server.process.process.poll() is not None:
+        raise RuntimeError(f"{server.name} exited during {load.name}")
+    sent, latency, ok = generator.record()
+    answered = ~np.isnan(latency)
+    counted = answered & (~ok if load.refused else ok)
+    sent_at = generator.started_at + sent[answered]
+    answered_at = sent_at + latency[answered]
+    done_at = generator.started_at + sent[counted] + latency[counted]
+    calls = calls_in(done_at, counting)
+    notes = [
+        f"the load did not cover the {label} window"
+        for label, window in (("counting", counting), ("allocation", allocating))
+        if window is not None and not covered(sent_at, answered_at, window)
+    ]
+    per_call = {
+        "cpu_us": _scaled(net_per_call(counting, "task-clock", server.idle, calls), 1e3),
+        "cpu_us_raw": _scaled(net_per_call(counting, "task-clock", None, calls), 1e3),
+        "context_switches": net_per_call(counting, "context-switches", server.idle, calls),
+        "voluntary_switches": _switches(counting.voluntary, server.idle.voluntary, counting, server.idle, calls),
+        "involuntary_switches": _switches(counting.involuntary, server.idle.involuntary, counting, server.idle, calls),
+        "cpu_migrations": net_per_call(counting, "cpu-migrations", server.idle, calls),
+        "page_faults": net_per_call(counting, "page-faults", server.idle, calls),
+        "mallocs": None,
+    }
+    if allocating is not None and probe.event is not None:
+        per_call["mallocs"] = net_per_call(allocating, probe.event, server.idle_malloc, calls_in(done_at, allocating))
+    batches = {
+        model: {"batches": after[0] - before[0], "rows": after[1] - before[1]}
+        for model, after in batches_after.items()
+        for before in [batches_before.get(model, (0.0, 0.0))]
+        if after[0] > before[0]
+    }
+    figures = {
+        "load": load.name,
+        "server": server.name,
+        "callers": load.callers,
+        "candidates": load.candidates,
+        "refused": load.refused,
+        "request_bytes": float(np.mean([len(p) for p in load.payloads])),
+        "calls": calls,
+        "calls_per_s": calls / counting.seconds,
+        "per_call": per_call,
+        "mallocs_note": "" if probe.event else probe.reason,
+        "batches": batches,
+        "counting_window": {"seconds": counting.seconds, "counts": counting.counts},
+        "allocation_window": None
+        if allocating is None
+        else {"seconds": allocating.seconds, "counts": allocating.counts},
+        "run": {"sent": result.sent, "ok": result.ok, "errors": result.errors, "p50_ms": result.latency_ms["p50"]},
+        "notes": notes,
+    }
+    log(
+        f"  {server.name} {load.name} ({load.callers} caller{'s' if load.callers > 1 else ''}): {calls} calls,"
+        f" {_show(per_call['cpu_us'])} µs CPU, {_show(per_call['context_switches'])} switches,"
+        f" {_show(per_call['mallocs'])} mallocs per call{' (' + '; '.join(notes) + ')' if notes else ''}"
+    )
+    return figures
+
+
+def _scaled(value: float | None, factor: float) -> float | None:
+    return None if value is None else value * factor
+
+
+def _switches(count: int, idle_count: int, window: Window, idle: Window, calls: int) -> float | None:
+    if calls <= 0:
+        return None
+    return max(0.0, count - idle_count / idle.seconds * window.seconds) / calls
+
+
+def _show(value: object, digits: int = 1) -> str:
+    return "-" if not isinstance(value, int | float) or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+# --- servers --------------------------------------------------------------------------------------------------
+
+
+def idle_windows(
+    name: str, process: ServerProcess, settings: Settings, probe: MallocProbe
+) -> tuple[Window, Window | None]:
+    """The server's counts with no load: what its background threads cost, subtracted from every load's."""
+    time.sleep(settings.idle_s)  # let the start-up's last work (warm-up, first metrics) finish
+    idle = perf_window(process.process.pid, COUNTING_EVENTS, settings.idle_s)
+    idle_malloc = perf_window(process.process.pid, [probe.event], settings.idle_s) if probe.event else None
+    log(
+        f"  {name} idle: {(idle.rate('task-clock') or 0.0) / 10:.2f} % of a core,"
+        f" {idle.rate('context-switches') or 0:.0f} switches/s"
+    )
+    return idle, idle_malloc
+
+
+@contextmanager
+def started(
+    name: str, process: ServerProcess, settings: Settings, probe: MallocProbe, check: bytes | None
+) -> Iterator[Server]:
+    """A server ready to measure: serving, answering one call, its idle windows taken; stopped after."""
+    with running(process):
+        target = process.wait_ready()
+        log(f"{name}: serving on {target}")
+        if check is not None:
+            check_reply(target, request_sets.RANK_METHOD, check, 1, "rank")
+        http = next(
+            (m.group(1) for line in process.tail(40) for m in [re.search(r"http ([\d.]+:\d+)", line)] if m), None
+        )
+        metrics_url = f"http://{http}/metrics" if http else None
+        idle, idle_malloc = idle_windows(name, process, settings, probe)
+        yield Server(name, process, target, metrics_url, idle, idle_malloc)
+
+
+def ctr_payloads(settings: Settings, candidates: int) -> list[bytes]:
+    return request_sets.build("ctr", settings.requests, candidates=candidates).payloads
+
+
+def two_model_payloads(settings: Settings, candidates: int) -> list[bytes]:
+    """Rank requests naming ctr and relevance: ctr's rows, the same number of ad embeddings, one query each."""
+    from adrank.client import build_request
+
+    ctr = request_sets.build("ctr", settings.requests, candidates=candidates)
+    queries, ads = request_sets.relevance_texts()
+    embeddings = request_sets.ad_embeddings(ads)
+    rng = np.random.default_rng(5)
+    payloads = []
+    for i, feed in enumerate(ctr.feeds):
+        rows = {**feed, "ad_embedding": np.ascontiguousarray(embeddings[rng.integers(0, len(embeddings), candidates)])}
+        query = queries[int(rng.integers(0, len(queries)))]
+        request = build_request(["ctr", "relevance"], rows, {"query": [query]}, request_id=f"two-{i}")
+        payloads.append(request.SerializeToString())
+    return payloads
+
+
+def repository(work: Path, models: Sequence[str]) -> Path:
+    path = work / "-".join(models)
+    path.mkdir()
+    for model in models:
+        (path / model).symlink_to(REPO / "models" / model)
+    return path
+
+
+# --- engine-only ------------------------------------------------------------------------------------------------
+
+
+def engine_worker(sizes: Sequence[int], seconds: float) -> dict[str, float]:
+    """CPU µs per run of the ctr backend session on a batch of each size: {size: µs}, this process's CPU time.
+
+    The CPU time of the process (CLOCK_PROCESS_CPUTIME_ID, all threads) is what perf's task-clock counts.
+    """
+    from perf.engine import Engine
+
+    engine = Engine("ctr")
+    figures: dict[str, float] = {}
+    for size in sizes:
+        feed = request_sets.build("ctr", 1, seed=9, candidates=size).feeds[0]
+        for _ in range(5):
+            engine.run(feed)  # the first runs at a shape allocate
+        runs, cpu = 0, time.process_time()
+        while time.process_time() - cpu < seconds or runs < 5:
+            engine.run(feed)
+            runs += 1
+        figures[str(size)] = (time.process_time() - cpu) / runs * 1e6
+    return figures
+
+
+def engine_cpu(sizes: Sequence[int], settings: Settings) -> dict[int, float]:
+    """engine_worker in a child process on the server core: {batch rows: CPU µs per run}."""
+    command = ["taskset", "-c", str(settings.server_core), sys.executable, str(Path(__file__).resolve())]
+    command += ["--engine-worker", ",".join(map(str, sizes)), "--engine-s", str(settings.engine_s)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the engine-only run failed: {done.stderr.strip()[-500:]}")
+    return {int(size): float(us) for size, us in json.loads(done.stdout).items()}
+
+
+def engine_rows(figures: dict) -> int | None:
+    """The mean ctr rows per batch adrank ran during a load, rounded: the engine's batch for that load."""
+    ctr = figures["batches"].get("ctr")
+    if not ctr or ctr["batches"] <= 0:
+        return None
+    return max(1, round(ctr["rows"] / ctr["batches"]))
+
+
+def engine_share(figures: dict, engine: dict[int, float]) -> float | None:
+    """The engine's CPU µs for one call of the load: its batch's CPU times the call's share of the batch's rows."""
+    rows = engine_rows(figures)
+    if rows is None or rows not in engine:
+        return None
+    ctr = figures["batches"]["ctr"]
+    return engine[rows] * figures["candidates"] / (ctr["rows"] / ctr["batches"])
+
+
+# --- derived figures and targets --------------------------------------------------------------------------------
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+def derive(loads: dict[str, dict], engine: dict[int, float], callers: Sequence[int]) -> list[dict]:
+    """Per caller count: engine share, transport CPU, the ratios to the echo, and the targets pass/fail.
+
+    `loads` is keyed "<system>/<callers>" (system: served, refused, echo); a missing figure leaves its target
+    unevaluated (pass None), never passed.
+    """
+    rows = []
+    for n in callers:
+        served, refused, echo = (loads.get(f"{system}/{n}") for system in ("served", "refused", "echo"))
+        cpu = lambda figures: None if figures is None else figures["per_call"]["cpu_us"]  # noqa: E731
+        share = engine_share(served, engine) if served else None
+        transport = None if cpu(served) is None or share is None else cpu(served) - share
+        switches = None if served is None else served["per_call"]["context_switches"]
+        rows.append(
+            {
+                "callers": n,
+                "served_cpu_us": cpu(served),
+                "engine_cpu_us": share,
+                "transport_cpu_us": transport,
+                "refusal_cpu_us": cpu(refused),
+                "echo_cpu_us": cpu(echo),
+                "transport_vs_echo": ratio(transport, cpu(echo)),
+                "refusal_vs_echo": ratio(cpu(refused), cpu(echo)),
+                "served_vs_echo": ratio(cpu(served), cpu(echo)),
+                "targets": [
+                    _target("context switches per served call", switches, TARGET_SWITCHES, ""),
+                    _target(
+                        "transport CPU per served call / echo's",
+                        ratio(transport, cpu(echo)),
+                        TARGET_TRANSPORT_VS_ECHO,
+                        "x",
+                    ),
+                    _target("CPU per refusal / echo's", ratio(cpu(refused), cpu(echo)), TARGET_REFUSAL_VS_ECHO, "x"),
+                ],
+            }
+        )
+    return rows
+
+
+def _target(name: str, value: float | None, threshold: float, unit: str) -> dict:
+    return {
+        "target": name,
+        "value": value,
+        "threshold": threshold,
+        "unit": unit,
+        "pass": None if value is None else value <= threshold,
+    }
+
+
+# --- the report -------------------------------------------------------------------------------------------------
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"# Per-call cost ({report['mode']}), {report['date']}, {report['git']['sha']}",
+        "",
+        f"`{report['command']}` on {report['machine']['cpu_model']} ({report['machine']['nproc']} cores,"
+        f" load average at start {', '.join(f'{x:.2f}' for x in report['machine']['load_average_at_start'])});"
+        f" servers on core {report['pinning']['server_core']}, sender on core {report['pinning']['generator_core']}."
+        " One short run on a shared, busy machine: figures are noisy, the ratios inside the run mean most.",
+        "",
+        "Per call, from `perf stat -p` on the server (idle rates subtracted); allocations: "
+        + (report["mallocs"] or "libc malloc calls, a uprobe in a window of their own"),
+        "",
+        "| system | callers | N | calls | calls/s | CPU µs | context switches (vol / invol) | page faults | mallocs |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, figures in report["loads"].items():
+        c = figures["per_call"]
+        lines.append(
+            f"| {key.split('/')[0]} | {figures['callers']} | {figures['candidates']} | {figures['calls']} |"
+            f" {figures['calls_per_s']:.0f} | {_show(c['cpu_us'])} | {_show(c['context_switches'], 2)}"
+            f" ({_show(c['voluntary_switches'], 2)} / {_show(c['involuntary_switches'], 2)}) |"
+            f" {_show(c['page_faults'], 2)} | {_show(c['mallocs'])} |"
+        )
+    lines += ["", "## Derived, and the issue's targets", ""]
+    lines += [
+        "| callers | served CPU µs | engine µs (batch rows) | transport µs | refusal µs | echo µs |"
+        " transport / echo | refusal / echo |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in report["derived"]:
+        served = report["loads"].get(f"served/{row['callers']}")
+        rows = engine_rows(served) if served else None
+        lines.append(
+            f"| {row['callers']} | {_show(row['served_cpu_us'])} | {_show(row['engine_cpu_us'])} ({rows or '-'}) |"
+            f" {_show(row['transport_cpu_us'])} | {_show(row['refusal_cpu_us'])} | {_show(row['echo_cpu_us'])} |"
+            f" {_show(row['transport_vs_echo'], 2)} | {_show(row['refusal_vs_echo'], 2)} |"
+        )
+    lines += ["", "| callers | target | value | bound | result |", "| --- | --- | --- | --- | --- |"]
+    for row in report["derived"]:
+        for target in row["targets"]:
+            verdict = {True: "pass", False: "FAIL", None: "not evaluated"}[target["pass"]]
+            lines.append(
+                f"| {row['callers']} | {target['target']} | {_show(target['value'], 2)}{target['unit']} |"
+                f" <= {target['threshold']:g}{target['unit']} | {verdict} |"
+            )
+    lines += ["", "## Scale: adrank serving ctr, one caller", ""]
+    lines += [
+        "| N | CPU µs / call | CPU µs / candidate | engine µs / call | rest µs / call | switches / call"
+        " | mallocs / call |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in report["scale"]:
+        lines.append(
+            f"| {row['candidates']} | {_show(row['cpu_us'])} | {_show(row['cpu_us_per_candidate'], 3)} |"
+            f" {_show(row['engine_cpu_us'])} | {_show(row['rest_cpu_us'])} | {_show(row['context_switches'], 2)} |"
+            f" {_show(row['mallocs'])} |"
+        )
+    if report["models"]:
+        lines += [
+            "",
+            f"## Models per request, N = {report['settings']['candidates']}, one caller, one server holding both",
+            "",
+        ]
+        lines += [
+            "| models | CPU µs / call | CPU µs / candidate | switches / call | mallocs / call |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for row in report["models"]:
+            lines.append(
+                f"| {row['models']} | {_show(row['cpu_us'])} | {_show(row['cpu_us_per_candidate'], 3)} |"
+                f" {_show(row['context_switches'], 2)} | {_show(row['mallocs'])} |"
+            )
+    notes = [f"{key}: {note}" for key, figures in report["loads"].items() for note in figures["notes"]]
+    if notes:
+        lines += ["", "Notes: " + "; ".join(notes)]
+    return "\n".join(lines) + "\n"
+
+
+def scale_row(figures: dict, engine: dict[int, float]) -> dict:
+    c = figures["per_call"]
+    share = engine_share(figures, engine)
+    return {
+        "candidates": figures["candidates"],
+        "cpu_us": c["cpu_us"],
+        "cpu_us_per_candidate": ratio(c["cpu_us"], figures["candidates"]),
+        "engine_cpu_us": share,
+        "rest_cpu_us": None if c["cpu_us"] is None or share is None else c["cpu_us"] - share,
+        "context_switches": c["context_switches"],
+        "mallocs": c["mallocs"],
+    }
+
+
+def models_row(name: str, figures: dict) -> dict:
+    c = figures["per_call"]
+    return {
+        "models": name,
+        "cpu_us": c["cpu_us"],
+        "cpu_us_per_candidate": ratio(c["cpu_us"], figures["candidates"]),
+        "context_switches": c["context_switches"],
+        "mallocs": c["mallocs"],
+    }
+
+
+# --- the run ------------------------------------------------------------------------------------------------------
+
+
+def run(settings: Settings, work: Path, sender: Path | None) -> dict[str, object]:
+    """Every server and load of `settings`; the per-load figures, the engine's, and the derived tables."""
+    s = settings
+    served = ctr_payloads(s, s.candidates)
+    refused = [refused_request(p) for p in served]
+    loads: dict[str, dict] = {}
+    scale: dict[int, dict] = {}
+    models: dict[str, dict] = {}
+    with MallocProbe(process_libc(os.getpid())) as probe:
+        if probe.reason:
+            log(f"allocations {probe.reason}")
+        process = adrank_server(
+            "adrank", repository(work, ["ctr"]), ["--workers", "1"], s.server_core, work / "adrank.log"
+        )
+        with started("adrank", process, s, probe, served[0]) as server:
+            for n in s.callers:
+                loads[f"served/{n}"] = measure(server, Load("served", served, s.candidates, n), s, probe, sender)
+                loads[f"refused/{n}"] = measure(
+                    server, Load("refused", refused, s.candidates, n, refused=True), s, probe, sender
+                )
+            for size in s.sizes:
+                if size == s.candidates and 1 in s.callers:
+                    scale[size] = loads["served/1"]
+                else:
+                    scale[size] = measure(server, Load(f"N={size}", ctr_payloads(s, size), size, 1), s, probe, sender)
+        echo_binary = find_built("adrank_echo")
+        if echo_binary is None:
+            log("echo: not run: build/bench/adrank_echo is not built (make loadgen)")
+        else:
+            echo = ServerProcess("echo", [str(echo_binary), "0"], ECHO_READY, s.server_core, work / "echo.log", None)
+            with started("echo", echo, s, probe, None) as server:
+                for n in s.callers:
+                    loads[f"echo/{n}"] = measure(server, Load("echo", served, s.candidates, n), s, probe, sender)
+        if s.models_table:
+            two = two_model_payloads(s, s.candidates)
+            process = adrank_server(
+                "adrank-2",
+                repository(work, ["ctr", "relevance"]),
+                ["--workers", "1"],
+                s.server_core,
+                work / "adrank-2.log",
+            )
+            with started("adrank-2", process, s, probe, served[0]) as server:
+                models["ctr"] = measure(server, Load("ctr", served, s.candidates, 1), s, probe, sender)
+                models["ctr+relevance"] = measure(server, Load("ctr+relevance", two, s.candidates, 1), s, probe, sender)
+        mallocs = probe.reason
+    sizes = sorted({rows for figures in [*loads.values(), *scale.values()] for rows in [engine_rows(figures)] if rows})
+    log(f"engine-only ctr: batches of {sizes} rows on core {s.server_core}")
+    engine = engine_cpu(sizes, s) if sizes else {}
+    return {
+        "loads": loads,
+        "engine_cpu_us_per_batch": {str(k): v for k, v in engine.items()},
+        "derived": derive(loads, engine, s.callers),
+        "scale": [scale_row(scale[size], engine) for size in s.sizes],
+        "scale_loads": {str(size): figures for size, figures in scale.items()},
+        "models": [models_row(name, figures) for name, figures in models.items()],
+        "models_loads": models,
+        "mallocs": mallocs,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="fractions of a second per window (the CI smoke test)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the .json and .md go")
+    parser.add_argument(
+        "--python-sender", action="store_true", help="send with grpc.aio even if adrank_loadgen is built"
+    )
+    parser.add_argument("--engine-worker", help=argparse.SUPPRESS)  # the engine-only child: batch sizes
+    parser.add_argument("--engine-s", type=float, default=1.0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.engine_worker:
+        print(json.dumps(engine_worker([int(x) for x in args.engine_worker.split(",")], args.engine_s)))
+        return 0
+    unusable = perf_unusable()
+    if unusable:
+        log(f"cannot measure: {unusable}")
+        return 2
+    settings = MODES["smoke" if args.smoke else "full"]
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        log(f"only core {cores[0]} is available: the server and the generator will share it")
+    settings = replace(settings, server_core=cores[0], generator_core=cores[min(1, len(cores) - 1)])
+    started_at = time.perf_counter()
+    machine = machine_info()  # the load average before the run: other work on the machine skews every figure
+    os.sched_setaffinity(0, {settings.generator_core})
+    sender = None if args.python_sender else find_sender()
+    log(
+        f"mode {settings.mode}: servers on core {settings.server_core},"
+        f" sender {sender or 'grpc.aio'} on core {settings.generator_core}"
+    )
+    work = Path(tempfile.mkdtemp(prefix="adrank-call-cost-"))
+    try:
+        measured = run(settings, work, sender)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    date = dt.date.today().isoformat()
+    git = git_info()
+    report: dict[str, object] = {
+        "date": date,
+        "git": git,
+        "mode": settings.mode,
+        "command": " ".join(
+            [
+                sys.executable.replace(str(REPO) + "/", ""),
+                "perf/call_cost.py",
+                *(argv if argv is not None else sys.argv[1:]),
+            ]
+        ),
+        "machine": machine,
+        "pinning": {"server_core": settings.server_core, "generator_core": settings.generator_core},
+        "settings": asdict(settings),
+        "generator": str(sender).replace(f"{REPO}/", "") if sender else "grpc.aio (perf/loadgen.py)",
+        "refused_request": f"the served requests naming model '{UNKNOWN_MODEL}'",
+        **measured,
+        "seconds": time.perf_counter() - started_at,
+    }
+    report = finite(report)  # type: ignore[assignment]
+    stem = args.out / f"call-cost-{date}-{git['sha']}{'' if settings.mode == 'full' else '-' + settings.mode}"
+    save(report, stem, markdown(report))
+    log(f"wrote {stem}.json, .md in {report['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

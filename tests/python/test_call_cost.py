@@ -1,0 +1,176 @@
+"""perf/call_cost.py: `perf stat` output parsing, the per-call arithmetic and the targets on canned figures, and the
+--smoke run end to end where perf can count another process.
+
+The canned text is what `perf stat -x, -p PID` printed on this machine kind (perf 6.1), the uprobe line included.
+The smoke run's figures mean nothing (fractions of a second on a busy machine): it checks that every system ran,
+every per-call figure is finite and every target was evaluated, whether this commit passes it or not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perf import call_cost
+from perf.call_cost import Window, derive, engine_share, net_per_call, parse_perf_stat
+from perf.loadgen import find_built
+
+REPO = Path(__file__).resolve().parents[2]
+CRITEO = REPO.parent / "shared" / "data" / "criteo" / "train_1999.csv"
+
+PERF_TEXT = """\
+# started on Mon Dec  7 21:32:44 2026
+
+438.01,msec,task-clock,438012158,100.00,0.455,CPUs utilized
+167,,context-switches,438012158,100.00,381.268,/sec
+27,,cpu-migrations,438012158,100.00,61.642,/sec
+10754,,page-faults,438012158,100.00,24.552,K/sec
+43489,,adrank_call_cost:malloc,438012158,100.00,99.287,K/sec
+<not supported>,,cycles,0,100.00,,
+"""
+
+
+def test_parse_perf_stat_reads_every_event_and_its_unit() -> None:
+    counts = parse_perf_stat(PERF_TEXT)
+    assert counts == {
+        "task-clock": 438.01,
+        "context-switches": 167.0,
+        "cpu-migrations": 27.0,
+        "page-faults": 10754.0,
+        "adrank_call_cost:malloc": 43489.0,
+        "cycles": None,
+    }
+
+
+def test_parse_perf_stat_counts_a_task_that_never_ran_as_zero_and_skips_warnings() -> None:
+    text = (
+        "Error: some warning, with commas, in it\n"
+        "<not counted>,msec,task-clock,0,100.00,,\n"
+        "<not counted>,,context-switches,0,100.00,,\n"
+    )
+    assert parse_perf_stat(text) == {"task-clock": 0.0, "context-switches": 0.0}
+
+
+def test_parse_perf_stat_converts_seconds_and_nanoseconds_to_ms() -> None:
+    text = "1.5,sec,task-clock,1,100.00,,\n2500000,ns,duration_time,1,100.00,,\n"
+    assert parse_perf_stat(text) == {"task-clock": 1500.0, "duration_time": 2.5}
+
+
+def _window(seconds: float, counts: dict[str, float | None], voluntary: int = 0, involuntary: int = 0) -> Window:
+    return Window(seconds, 100.0, 100.0 + seconds, counts, voluntary, involuntary)
+
+
+def test_net_per_call_subtracts_the_idle_rate_over_the_window() -> None:
+    idle = _window(2.0, {"task-clock": 20.0, "context-switches": 100.0})  # 10 ms/s, 50/s
+    load = _window(3.0, {"task-clock": 1030.0, "context-switches": 1150.0})
+    assert net_per_call(load, "task-clock", idle, 100) == pytest.approx((1030.0 - 30.0) / 100)
+    assert net_per_call(load, "context-switches", idle, 100) == pytest.approx((1150.0 - 150.0) / 100)
+    assert net_per_call(load, "task-clock", None, 100) == pytest.approx(10.3)
+    assert net_per_call(load, "task-clock", idle, 0) is None
+    assert net_per_call(_window(3.0, {"cycles": None}), "cycles", idle, 10) is None
+
+
+def test_calls_in_and_covered_use_the_window_bounds() -> None:
+    window = _window(3.0, {})  # [100, 103]
+    done = np.array([99.9, 100.0, 101.5, 103.0, 103.1])
+    assert call_cost.calls_in(done, window) == 3
+    assert call_cost.covered(np.array([99.0, 102.0]), np.array([99.5, 103.5]), window)
+    assert not call_cost.covered(np.array([100.5, 102.0]), np.array([101.0, 103.5]), window)  # started late
+    assert not call_cost.covered(np.array([99.0, 102.0]), np.array([99.5, 102.5]), window)  # ended early
+
+
+def _figures(cpu_us: float, switches: float, candidates: int = 100, batches: dict | None = None) -> dict:
+    return {
+        "candidates": candidates,
+        "per_call": {"cpu_us": cpu_us, "context_switches": switches},
+        "batches": batches or {},
+    }
+
+
+def test_engine_share_is_the_batch_cpu_times_the_call_share_of_its_rows() -> None:
+    engine = {400: 800.0, 100: 300.0}
+    merged = _figures(500.0, 2.0, batches={"ctr": {"batches": 10.0, "rows": 4000.0}})  # 4 calls per batch
+    assert engine_share(merged, engine) == pytest.approx(200.0)
+    alone = _figures(500.0, 2.0, batches={"ctr": {"batches": 50.0, "rows": 5000.0}})
+    assert engine_share(alone, engine) == pytest.approx(300.0)
+    assert engine_share(_figures(500.0, 2.0), engine) is None  # no batches seen
+    assert engine_share(_figures(500.0, 2.0, batches={"ctr": {"batches": 1.0, "rows": 7.0}}), engine) is None
+
+
+def test_derive_computes_the_ratios_and_each_target_verdict() -> None:
+    engine = {100: 300.0}
+    loads = {
+        "served/1": _figures(900.0, 5.0, batches={"ctr": {"batches": 10.0, "rows": 1000.0}}),
+        "refused/1": _figures(160.0, 3.0),
+        "echo/1": _figures(200.0, 4.0),
+    }
+    (row,) = derive(loads, engine, (1,))
+    assert row["transport_cpu_us"] == pytest.approx(600.0)
+    assert row["transport_vs_echo"] == pytest.approx(3.0)
+    assert row["refusal_vs_echo"] == pytest.approx(0.8)
+    verdicts = {t["target"]: t["pass"] for t in row["targets"]}
+    assert verdicts == {
+        "context switches per served call": False,  # 5 > 4
+        "transport CPU per served call / echo's": False,  # 3x > 2x
+        "CPU per refusal / echo's": True,  # 0.8x <= 1.5x
+    }
+
+
+def test_derive_leaves_a_target_unevaluated_when_a_system_is_missing() -> None:
+    loads = {"served/16": _figures(300.0, 3.0, batches={"ctr": {"batches": 1.0, "rows": 100.0}})}
+    (row,) = derive(loads, {100: 100.0}, (16,))
+    verdicts = {t["target"]: t["pass"] for t in row["targets"]}
+    assert verdicts["context switches per served call"] is True
+    assert verdicts["transport CPU per served call / echo's"] is None
+    assert verdicts["CPU per refusal / echo's"] is None
+
+
+def _perf_refusal() -> str | None:
+    unusable = call_cost.perf_unusable()
+    if unusable:
+        return unusable
+    # The paranoid level and root aside, a container may still forbid perf_event_open: try it.
+    done = subprocess.run(
+        ["perf", "stat", "-x", ",", "-e", "task-clock", "--", "true"], capture_output=True, text=True, check=False
+    )
+    return None if done.returncode == 0 else f"perf stat fails here: {done.stderr.strip()[-200:]}"
+
+
+@pytest.mark.skipif(not CRITEO.is_file(), reason=f"the Criteo rows are not at {CRITEO}")
+def test_call_cost_smoke_runs_end_to_end(tmp_path: Path) -> None:
+    reason = _perf_refusal()
+    if reason:
+        pytest.skip(f"perf cannot count a server here: {reason}")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "perf" / "call_cost.py"), "--smoke", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (json_file,) = tmp_path.glob("call-cost-*-smoke.json")
+    report = json.loads(json_file.read_text())
+    systems = ["served/1", "refused/1", *(["echo/1"] if find_built("adrank_echo") else [])]
+    for key in systems:
+        figures = report["loads"][key]
+        assert figures["calls"] > 0, key
+        for name in ("cpu_us", "context_switches", "page_faults"):
+            value = figures["per_call"][name]
+            assert isinstance(value, float) and math.isfinite(value), (key, name, value)
+        assert figures["per_call"]["mallocs"] is not None or report["mallocs"].startswith("not measured: ")
+    assert [row["candidates"] for row in report["scale"]] == [1, 100]
+    assert all(row["cpu_us"] is not None for row in report["scale"])
+    (row,) = report["derived"]
+    assert row["engine_cpu_us"] is not None and row["engine_cpu_us"] > 0
+    if find_built("adrank_echo"):
+        assert all(target["pass"] is not None for target in row["targets"])
+    markdown = json_file.with_suffix(".md").read_text()
+    assert "| served | 1 | 100 |" in markdown and "## Derived, and the issue's targets" in markdown
