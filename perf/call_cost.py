@@ -50,7 +50,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +150,34 @@ def parse_perf_stat(text: str) -> dict[str, float | None]:
     return counts
 
 
+def parse_per_thread(text: str) -> dict[str, dict[str, float | None]]:
+    """`perf stat --per-thread -x,` output -> {thread name: {event: count}}, summed over the threads of a name.
+
+    A line is `<name>-<tid>,value,unit,event,...`; a name may itself hold '-', so the tid is cut at the last one.
+    """
+    threads: dict[str, dict[str, float | None]] = {}
+    for line in text.splitlines():
+        head, _, rest = line.partition(",")
+        name, dash, tid = head.rpartition("-")
+        if not dash or not tid.isdigit():
+            continue
+        group = threads.setdefault(name, {})
+        for event, value in parse_perf_stat(rest).items():
+            previous = group.get(event, 0.0)
+            group[event] = None if value is None or previous is None else previous + value
+    return {name: group for name, group in threads.items() if group}
+
+
+def summed(threads: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
+    """The per-thread counts added up over every thread: the process's."""
+    counts: dict[str, float | None] = {}
+    for group in threads.values():
+        for event, value in group.items():
+            previous = counts.get(event, 0.0)
+            counts[event] = None if value is None or previous is None else previous + value
+    return counts
+
+
 @dataclass
 class Window:
     """One `perf stat -p` window over the server: its counts, its span on perf_counter's clock, the switches."""
@@ -160,6 +188,7 @@ class Window:
     counts: dict[str, float | None]
     voluntary: int  # context switches by the server's threads, from /proc (the thread blocked)
     involuntary: int  # (the thread was preempted: on a shared machine, often by someone else's work)
+    threads: dict[str, dict[str, float | None]] = field(default_factory=dict)  # by thread name (--per-thread)
 
     def rate(self, event: str) -> float | None:
         value = self.counts.get(event)
@@ -182,25 +211,28 @@ def thread_switches(pid: int) -> tuple[int, int]:
     return voluntary, involuntary
 
 
-def perf_window(pid: int, events: Sequence[str], seconds: float) -> Window:
-    """Counts `events` of process `pid` (all its threads) for `seconds`.
+def perf_window(pid: int, events: Sequence[str], seconds: float, per_thread: bool = False) -> Window:
+    """Counts `events` of process `pid` (all its threads; with `per_thread`, by thread name too) for `seconds`.
 
     perf counts for as long as its `sleep` runs; the window is taken to end when perf returns (reading and
     printing the counts takes microseconds) and to start `seconds` before, not when perf was launched, since
     perf's own start-up (tens of ms on a busy machine) is not counted.
     """
-    command = ["perf", "stat", "-x", ",", "-e", ",".join(events), "-p", str(pid), "--", "sleep", f"{seconds:.3f}"]
+    command = ["perf", "stat", "-x", ",", "-e", ",".join(events), "-p", str(pid)]
+    command += ["--per-thread"] if per_thread else []
+    command += ["--", "sleep", f"{seconds:.3f}"]
     before = thread_switches(pid)
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
     end = time.perf_counter()
     after = thread_switches(pid)
     if done.returncode != 0:
         raise RuntimeError(f"perf stat -p {pid} failed ({done.returncode}): {done.stderr.strip()[-300:]}")
-    counts = parse_perf_stat(done.stderr)
+    threads = parse_per_thread(done.stderr) if per_thread else {}
+    counts = summed(threads) if per_thread else parse_perf_stat(done.stderr)
     missing = [event for event in events if event not in counts]
     if missing:
         raise RuntimeError(f"perf stat gave no count for {missing}: {done.stderr.strip()[-300:]}")
-    return Window(seconds, end - seconds, end, counts, after[0] - before[0], after[1] - before[1])
+    return Window(seconds, end - seconds, end, counts, after[0] - before[0], after[1] - before[1], threads)
 
 
 def perf_unusable() -> str | None:
@@ -212,6 +244,13 @@ def perf_unusable() -> str | None:
     if os.geteuid() != 0 and level > 1:
         return f"perf_event_paranoid is {level} and this is not root: perf stat -p of a server is refused"
     return None
+
+
+def cpu_flags() -> list[str]:
+    """The vector-unit flags of this machine's CPU (the issue asks for them beside the model): AVX*, FMA, VNNI, AMX."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return sorted(flag for flag in line.split(":", 1)[-1].split() if re.match(r"(avx|fma|amx|.*vnni)", flag))
 
 
 def process_libc(pid: int) -> Path | None:
@@ -272,6 +311,19 @@ def net_per_call(window: Window, event: str, idle: Window | None, calls: int) ->
     return max(0.0, value - idle_rate * window.seconds) / calls
 
 
+def net_by_thread(window: Window, event: str, idle: Window | None, calls: int) -> dict[str, float]:
+    """`net_per_call` for each thread name of a --per-thread window, less that name's idle rate."""
+    figures: dict[str, float] = {}
+    for name, counts in window.threads.items():
+        value = counts.get(event)
+        if value is None or calls <= 0:
+            continue
+        idle_value = (idle.threads.get(name, {}).get(event) or 0.0) if idle is not None else 0.0
+        idle_rate = idle_value / idle.seconds if idle is not None else 0.0
+        figures[name] = max(0.0, value - idle_rate * window.seconds) / calls
+    return figures
+
+
 def calls_in(done_at: np.ndarray, window: Window) -> int:
     """Calls whose reply arrived inside the window (perf_counter seconds)."""
     return int(((done_at >= window.start) & (done_at <= window.end)).sum())
@@ -303,6 +355,16 @@ class Server:
     metrics_url: str | None
     idle: Window
     idle_malloc: Window | None
+    # The name of the process's own threads (adrank: the batch worker and Python); every other thread is gRPC's
+    # (its pollers and callback threads: the transport and, in adrank, the C++ Rank contract run there).
+    own_threads: str
+
+
+def grpc_threads_cpu_us(by_thread: dict[str, float], own_threads: str) -> float | None:
+    """CPU µs per call of the threads gRPC made (every thread not named as the process), from --per-thread ms."""
+    if not by_thread:
+        return None
+    return sum(ms for name, ms in by_thread.items() if name != own_threads) * 1e3
 
 
 def batch_totals(metrics_url: str | None) -> dict[str, tuple[float, float]]:
@@ -335,7 +397,7 @@ def measure(server: Server, load: Load, settings: Settings, probe: MallocProbe, 
     pid = server.process.process.pid
     run = Background(lambda: generator.closed_loop(load.callers, total_s, math.ceil(total_s * MAX_RATE[load.callers])))
     time.sleep(s.warm_s)
-    counting = perf_window(pid, COUNTING_EVENTS, s.count_s)
+    counting = perf_window(pid, COUNTING_EVENTS, s.count_s, per_thread=True)
     allocating = perf_window(pid, [probe.event], s.malloc_s) if probe.event else None
     result = run.join()
     batches_after = batch_totals(server.metrics_url)
@@ -361,8 +423,11 @@ def measure(server: Server, load: Load, settings: Settings, probe: MallocProbe, 
         "involuntary_switches": _switches(counting.involuntary, server.idle.involuntary, counting, server.idle, calls),
         "cpu_migrations": net_per_call(counting, "cpu-migrations", server.idle, calls),
         "page_faults": net_per_call(counting, "page-faults", server.idle, calls),
+        "grpc_threads_cpu_us": None,
         "mallocs": None,
     }
+    by_thread = net_by_thread(counting, "task-clock", server.idle, calls)
+    per_call["grpc_threads_cpu_us"] = grpc_threads_cpu_us(by_thread, server.own_threads)
     if allocating is not None and probe.event is not None:
         per_call["mallocs"] = net_per_call(allocating, probe.event, server.idle_malloc, calls_in(done_at, allocating))
     batches = {
@@ -381,6 +446,7 @@ def measure(server: Server, load: Load, settings: Settings, probe: MallocProbe, 
         "calls": calls,
         "calls_per_s": calls / counting.seconds,
         "per_call": per_call,
+        "cpu_us_by_thread": {name: ms * 1e3 for name, ms in sorted(by_thread.items(), key=lambda item: -item[1])},
         "mallocs_note": "" if probe.event else probe.reason,
         "batches": batches,
         "counting_window": {"seconds": counting.seconds, "counts": counting.counts},
@@ -420,7 +486,7 @@ def idle_windows(
 ) -> tuple[Window, Window | None]:
     """The server's counts with no load: what its background threads cost, subtracted from every load's."""
     time.sleep(settings.idle_s)  # let the start-up's last work (warm-up, first metrics) finish
-    idle = perf_window(process.process.pid, COUNTING_EVENTS, settings.idle_s)
+    idle = perf_window(process.process.pid, COUNTING_EVENTS, settings.idle_s, per_thread=True)
     idle_malloc = perf_window(process.process.pid, [probe.event], settings.idle_s) if probe.event else None
     log(
         f"  {name} idle: {(idle.rate('task-clock') or 0.0) / 10:.2f} % of a core,"
@@ -444,7 +510,8 @@ def started(
         )
         metrics_url = f"http://{http}/metrics" if http else None
         idle, idle_malloc = idle_windows(name, process, settings, probe)
-        yield Server(name, process, target, metrics_url, idle, idle_malloc)
+        own = Path(f"/proc/{process.process.pid}/comm").read_text().strip()
+        yield Server(name, process, target, metrics_url, idle, idle_malloc, own)
 
 
 def ctr_payloads(settings: Settings, candidates: int) -> list[bytes]:
@@ -549,6 +616,7 @@ def derive(loads: dict[str, dict], engine: dict[int, float], callers: Sequence[i
         share = engine_share(served, engine) if served else None
         transport = None if cpu(served) is None or share is None else cpu(served) - share
         switches = None if served is None else served["per_call"]["context_switches"]
+        served_grpc = None if served is None else served["per_call"].get("grpc_threads_cpu_us")
         rows.append(
             {
                 "callers": n,
@@ -560,6 +628,8 @@ def derive(loads: dict[str, dict], engine: dict[int, float], callers: Sequence[i
                 "transport_vs_echo": ratio(transport, cpu(echo)),
                 "refusal_vs_echo": ratio(cpu(refused), cpu(echo)),
                 "served_vs_echo": ratio(cpu(served), cpu(echo)),
+                "served_grpc_threads_cpu_us": served_grpc,
+                "grpc_threads_vs_echo": ratio(served_grpc, cpu(echo)),
                 "targets": [
                     _target("context switches per served call", switches, TARGET_SWITCHES, ""),
                     _target(
@@ -593,29 +663,32 @@ def markdown(report: dict) -> str:
         f"# Per-call cost ({report['mode']}), {report['date']}, {report['git']['sha']}",
         "",
         f"`{report['command']}` on {report['machine']['cpu_model']} ({report['machine']['nproc']} cores,"
-        f" load average at start {', '.join(f'{x:.2f}' for x in report['machine']['load_average_at_start'])});"
+        f" load average at start {', '.join(f'{x:.2f}' for x in report['machine']['load_average_at_start'])};"
+        f" flags {' '.join(report['machine'].get('cpu_flags', [])) or '-'});"
         f" servers on core {report['pinning']['server_core']}, sender on core {report['pinning']['generator_core']}."
         " One short run on a shared, busy machine: figures are noisy, the ratios inside the run mean most.",
         "",
         "Per call, from `perf stat -p` on the server (idle rates subtracted); allocations: "
         + (report["mallocs"] or "libc malloc calls, a uprobe in a window of their own"),
         "",
-        "| system | callers | N | calls | calls/s | CPU µs | context switches (vol / invol) | page faults | mallocs |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| system | callers | N | calls | calls/s | CPU µs | of it gRPC's threads | context switches (vol / invol)"
+        " | page faults | mallocs |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, figures in report["loads"].items():
         c = figures["per_call"]
         lines.append(
             f"| {key.split('/')[0]} | {figures['callers']} | {figures['candidates']} | {figures['calls']} |"
-            f" {figures['calls_per_s']:.0f} | {_show(c['cpu_us'])} | {_show(c['context_switches'], 2)}"
+            f" {figures['calls_per_s']:.0f} | {_show(c['cpu_us'])} | {_show(c.get('grpc_threads_cpu_us'))} |"
+            f" {_show(c['context_switches'], 2)}"
             f" ({_show(c['voluntary_switches'], 2)} / {_show(c['involuntary_switches'], 2)}) |"
             f" {_show(c['page_faults'], 2)} | {_show(c['mallocs'])} |"
         )
     lines += ["", "## Derived, and the issue's targets", ""]
     lines += [
         "| callers | served CPU µs | engine µs (batch rows) | transport µs | refusal µs | echo µs |"
-        " transport / echo | refusal / echo |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        " transport / echo | refusal / echo | served, gRPC's threads µs / echo |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in report["derived"]:
         served = report["loads"].get(f"served/{row['callers']}")
@@ -624,7 +697,17 @@ def markdown(report: dict) -> str:
             f"| {row['callers']} | {_show(row['served_cpu_us'])} | {_show(row['engine_cpu_us'])} ({rows or '-'}) |"
             f" {_show(row['transport_cpu_us'])} | {_show(row['refusal_cpu_us'])} | {_show(row['echo_cpu_us'])} |"
             f" {_show(row['transport_vs_echo'], 2)} | {_show(row['refusal_vs_echo'], 2)} |"
+            f" {_show(row.get('served_grpc_threads_cpu_us'))} / {_show(row['echo_cpu_us'])}"
+            f" = {_show(row.get('grpc_threads_vs_echo'), 2)} |"
         )
+    lines += [
+        "",
+        "Engine µs: the ctr session alone (perf/engine.py's Engine, core 0, CPU time of its process) on a batch of the"
+        " mean rows adrank ran per batch in that load, times the call's share of those rows. It runs back to back"
+        " with warm caches; the transport figure (served less engine) therefore also holds whatever more the same"
+        " session costs inside the server. gRPC's threads: the server's threads that gRPC named (pollers, callback"
+        " threads: the transport and adrank's C++ Rank contract), against the echo server, all of whose work is there.",
+    ]
     lines += ["", "| callers | target | value | bound | result |", "| --- | --- | --- | --- | --- |"]
     for row in report["derived"]:
         for target in row["targets"]:
@@ -778,7 +861,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"only core {cores[0]} is available: the server and the generator will share it")
     settings = replace(settings, server_core=cores[0], generator_core=cores[min(1, len(cores) - 1)])
     started_at = time.perf_counter()
-    machine = machine_info()  # the load average before the run: other work on the machine skews every figure
+    machine = {**machine_info(), "cpu_flags": cpu_flags()}  # the load average before the run: other work skews it
     os.sched_setaffinity(0, {settings.generator_core})
     sender = None if args.python_sender else find_sender()
     log(

@@ -62,8 +62,43 @@ def test_parse_perf_stat_converts_seconds_and_nanoseconds_to_ms() -> None:
     assert parse_perf_stat(text) == {"task-clock": 1500.0, "duration_time": 2.5}
 
 
-def _window(seconds: float, counts: dict[str, float | None], voluntary: int = 0, involuntary: int = 0) -> Window:
-    return Window(seconds, 100.0, 100.0 + seconds, counts, voluntary, involuntary)
+PER_THREAD_TEXT = """\
+adrank-6478,412.50,msec,task-clock,412500000,100.00,0.413,CPUs utilized
+nexting_thread-6488,71.25,msec,task-clock,71250000,100.00,0.071,CPUs utilized
+nexting_thread-6487,56.00,msec,task-clock,56000000,100.00,0.056,CPUs utilized
+default-executo-6480,18.00,msec,task-clock,18000000,100.00,0.018,CPUs utilized
+grpc_global_tim-6482,<not counted>,msec,task-clock,0,100.00,,
+adrank-6478,1900,,context-switches,412500000,100.00,4.606,K/sec
+nexting_thread-6488,800,,context-switches,71250000,100.00,11.228,K/sec
+"""
+
+
+def test_parse_per_thread_sums_the_threads_of_one_name_and_keeps_dashes_in_names() -> None:
+    threads = call_cost.parse_per_thread(PER_THREAD_TEXT)
+    assert threads == {
+        "adrank": {"task-clock": 412.5, "context-switches": 1900.0},
+        "nexting_thread": {"task-clock": 127.25, "context-switches": 800.0},
+        "default-executo": {"task-clock": 18.0},
+        "grpc_global_tim": {"task-clock": 0.0},
+    }
+    assert call_cost.summed(threads) == {"task-clock": 557.75, "context-switches": 2700.0}
+
+
+def test_grpc_threads_cpu_is_every_thread_not_named_as_the_process() -> None:
+    idle = _window(1.0, {}, threads={"adrank": {"task-clock": 10.0}, "nexting_thread": {"task-clock": 0.0}})
+    load = _window(2.0, {}, threads=call_cost.parse_per_thread(PER_THREAD_TEXT))
+    by_thread = call_cost.net_by_thread(load, "task-clock", idle, 100)
+    assert by_thread == pytest.approx(
+        {"adrank": (412.5 - 20.0) / 100, "nexting_thread": 1.2725, "default-executo": 0.18, "grpc_global_tim": 0.0}
+    )
+    assert call_cost.grpc_threads_cpu_us(by_thread, "adrank") == pytest.approx((1.2725 + 0.18) * 1e3)
+    assert call_cost.grpc_threads_cpu_us({}, "adrank") is None
+
+
+def _window(
+    seconds: float, counts: dict[str, float | None], threads: dict[str, dict[str, float | None]] | None = None
+) -> Window:
+    return Window(seconds, 100.0, 100.0 + seconds, counts, 0, 0, threads or {})
 
 
 def test_net_per_call_subtracts_the_idle_rate_over_the_window() -> None:
@@ -166,6 +201,7 @@ def test_call_cost_smoke_runs_end_to_end(tmp_path: Path) -> None:
             value = figures["per_call"][name]
             assert isinstance(value, float) and math.isfinite(value), (key, name, value)
         assert figures["per_call"]["mallocs"] is not None or report["mallocs"].startswith("not measured: ")
+        assert figures["per_call"]["grpc_threads_cpu_us"] is not None and figures["cpu_us_by_thread"], key
     assert [row["candidates"] for row in report["scale"]] == [1, 100]
     assert all(row["cpu_us"] is not None for row in report["scale"])
     (row,) = report["derived"]
