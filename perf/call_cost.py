@@ -14,7 +14,8 @@ load) are subtracted, so background threads are not charged to calls. Per call: 
 page faults, allocations.
 
 Systems and loads (closed loop; 1 caller: each call alone, "serial"; 16 callers: the server's core saturated and
-calls merged into batches, the overload bench's load):
+calls merged into batches, the overload bench's load). The three systems' loads run interleaved in rounds with all
+three up (served, refused, echo; then again), and each per-call figure is the median of its rounds:
 - adrank serving `ctr` (`adrank serve`, one worker): `--candidates` (100) candidates of real rows per call;
 - adrank refusing: the same requests naming a model it does not serve (perf/overload_bench.py's refused_request);
 - the grpc++ echo server (perf/echo_server.cc, `make loadgen`): the same request bytes, nothing run;
@@ -29,9 +30,9 @@ against N (1 to 2,000, serial) and against the models per request (ctr alone, ct
 request, serial, one server holding both).
 
 Output in --out (default perf/results/): call-cost-<date>-<git sha>.json (everything) and .md (tables and the
-targets). Modes: default (full: 3 s counting windows, about 3 minutes), --smoke (fractions of a second, serial
-only, N 1 and 100, no models-per-request rows; files end in -smoke). This is a busy shared machine: every
-figure is one short run, and only the ratios inside one run mean much.
+targets). Modes: default (full: 2.5 s counting windows, 3 rounds, about 4 minutes), --smoke (fractions of a second,
+one round, serial only, N 1 and 100, no models-per-request rows; files end in -smoke). On a busy shared machine
+every figure is a few short windows: only the ratios inside one run mean much.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -89,6 +90,10 @@ class Settings:
     count_s: float  # the counting window
     malloc_s: float  # the allocation window
     engine_s: float  # engine CPU seconds per batch size
+    # Target and models-per-request loads run this many times, interleaved (served, refused, echo; then again) with
+    # every server of the comparison up at once, and each figure is the median of its rounds: this machine's speed
+    # drifts from minute to minute, and a drift must not land on one system only.
+    rounds: int
     requests: int = 16  # distinct requests per set (the generator cycles over them)
     candidates: int = 100  # N of the target systems' requests: the issue's reference size
     timeout_s: float = 1.0
@@ -103,10 +108,11 @@ MODES = {
         sizes=(1, 10, 50, 100, 200, 500, 1000, 2000),
         models_table=True,
         idle_s=1.5,
-        warm_s=1.5,
-        count_s=3.0,
-        malloc_s=2.0,
+        warm_s=1.0,
+        count_s=2.5,
+        malloc_s=1.5,
         engine_s=1.0,
+        rounds=3,
     ),
     "smoke": Settings(
         mode="smoke",
@@ -118,6 +124,7 @@ MODES = {
         count_s=0.5,
         malloc_s=0.3,
         engine_s=0.1,
+        rounds=1,
     ),
 }
 
@@ -777,39 +784,80 @@ def models_row(name: str, figures: dict) -> dict:
 # --- the run ------------------------------------------------------------------------------------------------------
 
 
+def median_of_rounds(rounds: Sequence[dict]) -> dict:
+    """One load measured in several rounds: each per-call figure the median of the rounds that have it, calls and
+    batches added up, every round's figures kept under "rounds"."""
+    first = rounds[0]
+    per_call = {}
+    for name in first["per_call"]:
+        values = [r["per_call"][name] for r in rounds if r["per_call"][name] is not None]
+        per_call[name] = float(np.median(values)) if values else None
+    threads = sorted({name for r in rounds for name in r["cpu_us_by_thread"]})
+    batches: dict[str, dict[str, float]] = {}
+    for r in rounds:
+        for model, counts in r["batches"].items():
+            total = batches.setdefault(model, {"batches": 0.0, "rows": 0.0})
+            total["batches"] += counts["batches"]
+            total["rows"] += counts["rows"]
+    return {
+        **first,
+        "calls": sum(r["calls"] for r in rounds),
+        "calls_per_s": float(np.median([r["calls_per_s"] for r in rounds])),
+        "per_call": per_call,
+        "cpu_us_by_thread": {
+            name: float(np.median([r["cpu_us_by_thread"].get(name, 0.0) for r in rounds])) for name in threads
+        },
+        "batches": batches,
+        "notes": [f"round {i + 1}: {note}" for i, r in enumerate(rounds) for note in r["notes"]],
+        "rounds": [{key: r[key] for key in ("calls", "calls_per_s", "per_call", "batches", "run")} for r in rounds],
+    }
+
+
+def interleaved(
+    plan: Sequence[tuple[str, Server, Load]], settings: Settings, probe: MallocProbe, sender: Path | None
+) -> dict[str, dict]:
+    """Each (key, server, load) of `plan` measured in turn, `settings.rounds` times over: {key: median figures}."""
+    rounds: dict[str, list[dict]] = {key: [] for key, _, _ in plan}
+    for number in range(settings.rounds):
+        if settings.rounds > 1:
+            log(f" round {number + 1} of {settings.rounds}")
+        for key, server, load in plan:
+            rounds[key].append(measure(server, load, settings, probe, sender))
+    return {key: median_of_rounds(figures) for key, figures in rounds.items()}
+
+
 def run(settings: Settings, work: Path, sender: Path | None) -> dict[str, object]:
     """Every server and load of `settings`; the per-load figures, the engine's, and the derived tables."""
     s = settings
     served = ctr_payloads(s, s.candidates)
     refused = [refused_request(p) for p in served]
-    loads: dict[str, dict] = {}
     scale: dict[int, dict] = {}
     models: dict[str, dict] = {}
-    with MallocProbe(process_libc(os.getpid())) as probe:
+    echo_binary = find_built("adrank_echo")
+    if echo_binary is None:
+        log("echo: not run: build/bench/adrank_echo is not built (make loadgen)")
+    with MallocProbe(process_libc(os.getpid())) as probe, ExitStack() as servers:
         if probe.reason:
             log(f"allocations {probe.reason}")
         process = adrank_server(
             "adrank", repository(work, ["ctr"]), ["--workers", "1"], s.server_core, work / "adrank.log"
         )
-        with started("adrank", process, s, probe, served[0]) as server:
-            for n in s.callers:
-                loads[f"served/{n}"] = measure(server, Load("served", served, s.candidates, n), s, probe, sender)
-                loads[f"refused/{n}"] = measure(
-                    server, Load("refused", refused, s.candidates, n, refused=True), s, probe, sender
-                )
-            for size in s.sizes:
-                if size == s.candidates and 1 in s.callers:
-                    scale[size] = loads["served/1"]
-                else:
-                    scale[size] = measure(server, Load(f"N={size}", ctr_payloads(s, size), size, 1), s, probe, sender)
-        echo_binary = find_built("adrank_echo")
-        if echo_binary is None:
-            log("echo: not run: build/bench/adrank_echo is not built (make loadgen)")
-        else:
-            echo = ServerProcess("echo", [str(echo_binary), "0"], ECHO_READY, s.server_core, work / "echo.log", None)
-            with started("echo", echo, s, probe, None) as server:
-                for n in s.callers:
-                    loads[f"echo/{n}"] = measure(server, Load("echo", served, s.candidates, n), s, probe, sender)
+        adrank = servers.enter_context(started("adrank", process, s, probe, served[0]))
+        plan = []
+        for n in s.callers:
+            plan.append((f"served/{n}", adrank, Load("served", served, s.candidates, n)))
+            plan.append((f"refused/{n}", adrank, Load("refused", refused, s.candidates, n, refused=True)))
+        if echo_binary is not None:
+            process = ServerProcess("echo", [str(echo_binary), "0"], ECHO_READY, s.server_core, work / "echo.log", None)
+            echo = servers.enter_context(started("echo", process, s, probe, None))
+            plan += [(f"echo/{n}", echo, Load("echo", served, s.candidates, n)) for n in s.callers]
+        loads = interleaved(plan, s, probe, sender)
+        for size in s.sizes:
+            if size == s.candidates and 1 in s.callers:
+                scale[size] = loads["served/1"]
+            else:
+                scale[size] = measure(adrank, Load(f"N={size}", ctr_payloads(s, size), size, 1), s, probe, sender)
+        servers.close()
         if s.models_table:
             two = two_model_payloads(s, s.candidates)
             process = adrank_server(
@@ -819,9 +867,10 @@ def run(settings: Settings, work: Path, sender: Path | None) -> dict[str, object
                 s.server_core,
                 work / "adrank-2.log",
             )
-            with started("adrank-2", process, s, probe, served[0]) as server:
-                models["ctr"] = measure(server, Load("ctr", served, s.candidates, 1), s, probe, sender)
-                models["ctr+relevance"] = measure(server, Load("ctr+relevance", two, s.candidates, 1), s, probe, sender)
+            with started("adrank-2", process, s, probe, served[0]) as both:
+                plan = [("ctr", both, Load("ctr", served, s.candidates, 1))]
+                plan.append(("ctr+relevance", both, Load("ctr+relevance", two, s.candidates, 1)))
+                models = interleaved(plan, s, probe, sender)
         mallocs = probe.reason
     sizes = sorted({rows for figures in [*loads.values(), *scale.values()] for rows in [engine_rows(figures)] if rows})
     log(f"engine-only ctr: batches of {sizes} rows on core {s.server_core}")

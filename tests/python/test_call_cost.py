@@ -166,6 +166,28 @@ def test_derive_leaves_a_target_unevaluated_when_a_system_is_missing() -> None:
     assert verdicts["CPU per refusal / echo's"] is None
 
 
+def test_median_of_rounds_takes_each_figure_s_median_and_adds_up_calls_and_batches() -> None:
+    def round_(cpu: float, mallocs: float | None, calls: int, batches: float) -> dict:
+        return {
+            "load": "served",
+            "calls": calls,
+            "calls_per_s": calls / 2.5,
+            "per_call": {"cpu_us": cpu, "mallocs": mallocs},
+            "cpu_us_by_thread": {"adrank": cpu * 0.75, **({"nexting_thread": cpu * 0.25} if cpu > 500 else {})},
+            "batches": {"ctr": {"batches": batches, "rows": batches * 100}},
+            "run": {},
+            "notes": ["late"] if calls < 50 else [],
+        }
+
+    rounds = [round_(900.0, 200.0, 100, 100.0), round_(400.0, None, 40, 40.0), round_(600.0, 240.0, 60, 60.0)]
+    merged = call_cost.median_of_rounds(rounds)
+    assert merged["per_call"] == {"cpu_us": 600.0, "mallocs": 220.0}
+    assert merged["calls"] == 200 and merged["calls_per_s"] == pytest.approx(24.0)
+    assert merged["batches"] == {"ctr": {"batches": 200.0, "rows": 20000.0}}
+    assert merged["cpu_us_by_thread"] == {"adrank": 450.0, "nexting_thread": 150.0}  # a thread absent counts 0
+    assert merged["notes"] == ["round 2: late"] and len(merged["rounds"]) == 3
+
+
 def _perf_refusal() -> str | None:
     unusable = call_cost.perf_unusable()
     if unusable:
