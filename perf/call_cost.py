@@ -19,18 +19,19 @@ three up (served, refused, echo; then again), and each per-call figure is the me
 - adrank serving `ctr` (`adrank serve`, one worker): `--candidates` (100) candidates of real rows per call;
 - adrank refusing: the same requests naming a model it does not serve (perf/overload_bench.py's refused_request);
 - the grpc++ echo server (perf/echo_server.cc, `make loadgen`): the same request bytes, nothing run;
-- engine-only: the ctr backend session (perf/engine.py's Engine) in a child process on the server core, run on
-  batches of the mean rows per batch that adrank's /metrics reported for each load (CPU time of the process over
-  the runs); a call's engine share is that batch's CPU times the call's rows over the batch's rows.
+- engine-only: the ctr backend session (perf/engine.py's Engine) in a child process on the server core, run right
+  after each adrank ctr load on a batch of the mean rows per batch that adrank's /metrics reported for that load
+  (CPU time of the process over the runs); a call's engine share is that batch's CPU times the call's rows over
+  the batch's rows.
 
 Derived, for each load: transport CPU per served call = adrank's CPU per call less its engine share; the ratios
 to the echo's CPU per call, and the issue's targets pass/fail: <= 4 context switches per served call, transport
 CPU per served call <= 2x the echo's, CPU per refusal <= 1.5x the echo's. Scale: CPU per call and per candidate
 against N (1 to 2,000, serial) and against the models per request (ctr alone, ctr + relevance in one Rank
-request, serial, one server holding both).
+request, serial, one server holding both), in rounds as well.
 
 Output in --out (default perf/results/): call-cost-<date>-<git sha>.json (everything) and .md (tables and the
-targets). Modes: default (full: 2.5 s counting windows, 3 rounds, about 4 minutes), --smoke (fractions of a second,
+targets). Modes: default (full: 2 s counting windows, 3 rounds, about 5 minutes), --smoke (fractions of a second,
 one round, serial only, N 1 and 100, no models-per-request rows; files end in -smoke). On a busy shared machine
 every figure is a few short windows: only the ratios inside one run mean much.
 """
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import math
 import os
 import re
@@ -108,10 +108,10 @@ MODES = {
         sizes=(1, 10, 50, 100, 200, 500, 1000, 2000),
         models_table=True,
         idle_s=1.5,
-        warm_s=1.0,
-        count_s=2.5,
-        malloc_s=1.5,
-        engine_s=1.0,
+        warm_s=0.8,
+        count_s=2.0,
+        malloc_s=1.2,
+        engine_s=0.5,
         rounds=3,
     ),
     "smoke": Settings(
@@ -365,6 +365,7 @@ class Server:
     # The name of the process's own threads (adrank: the batch worker and Python); every other thread is gRPC's
     # (its pollers and callback threads: the transport and, in adrank, the C++ Rank contract run there).
     own_threads: str
+    engine: EngineOnly | None = None  # adrank serving ctr alone: the engine's share of each load's calls
 
 
 def grpc_threads_cpu_us(by_thread: dict[str, float], own_threads: str) -> float | None:
@@ -431,6 +432,8 @@ def measure(server: Server, load: Load, settings: Settings, probe: MallocProbe, 
         "cpu_migrations": net_per_call(counting, "cpu-migrations", server.idle, calls),
         "page_faults": net_per_call(counting, "page-faults", server.idle, calls),
         "grpc_threads_cpu_us": None,
+        "engine_cpu_us": None,
+        "transport_cpu_us": None,
         "mallocs": None,
     }
     by_thread = net_by_thread(counting, "task-clock", server.idle, calls)
@@ -443,6 +446,13 @@ def measure(server: Server, load: Load, settings: Settings, probe: MallocProbe, 
         for before in [batches_before.get(model, (0.0, 0.0))]
         if after[0] > before[0]
     }
+    rows = engine_rows({"batches": batches})
+    engine = None
+    if server.engine is not None and rows is not None:
+        engine = {"batch_rows": rows, "batch_cpu_us": server.engine.batch_cpu_us(rows)}
+        share = engine_share({"batches": batches, "candidates": load.candidates}, engine["batch_cpu_us"])
+        per_call["engine_cpu_us"] = share
+        per_call["transport_cpu_us"] = None if per_call["cpu_us"] is None else per_call["cpu_us"] - share
     figures = {
         "load": load.name,
         "server": server.name,
@@ -456,6 +466,7 @@ def measure(server: Server, load: Load, settings: Settings, probe: MallocProbe, 
         "cpu_us_by_thread": {name: ms * 1e3 for name, ms in sorted(by_thread.items(), key=lambda item: -item[1])},
         "mallocs_note": "" if probe.event else probe.reason,
         "batches": batches,
+        "engine": engine,
         "counting_window": {"seconds": counting.seconds, "counts": counting.counts},
         "allocation_window": None
         if allocating is None
@@ -553,35 +564,58 @@ def repository(work: Path, models: Sequence[str]) -> Path:
 # --- engine-only ------------------------------------------------------------------------------------------------
 
 
-def engine_worker(sizes: Sequence[int], seconds: float) -> dict[str, float]:
-    """CPU µs per run of the ctr backend session on a batch of each size: {size: µs}, this process's CPU time.
-
-    The CPU time of the process (CLOCK_PROCESS_CPUTIME_ID, all threads) is what perf's task-clock counts.
-    """
+def engine_worker(seconds: float) -> None:
+    """The engine-only child: for each batch size read on stdin, the CPU µs of one run of the ctr backend session
+    on a batch of that many rows, printed on a line. CPU time of this process (CLOCK_PROCESS_CPUTIME_ID, all its
+    threads): what perf's task-clock counts."""
     from perf.engine import Engine
 
     engine = Engine("ctr")
-    figures: dict[str, float] = {}
-    for size in sizes:
-        feed = request_sets.build("ctr", 1, seed=9, candidates=size).feeds[0]
-        for _ in range(5):
-            engine.run(feed)  # the first runs at a shape allocate
+    feeds: dict[int, dict[str, np.ndarray]] = {}
+    for line in sys.stdin:
+        rows = int(line)
+        if rows not in feeds:
+            feeds[rows] = request_sets.build("ctr", 1, seed=9, candidates=rows).feeds[0]
+            for _ in range(5):
+                engine.run(feeds[rows])  # the first runs at a shape allocate
         runs, cpu = 0, time.process_time()
         while time.process_time() - cpu < seconds or runs < 5:
-            engine.run(feed)
+            engine.run(feeds[rows])
             runs += 1
-        figures[str(size)] = (time.process_time() - cpu) / runs * 1e6
-    return figures
+        print((time.process_time() - cpu) / runs * 1e6, flush=True)
 
 
-def engine_cpu(sizes: Sequence[int], settings: Settings) -> dict[int, float]:
-    """engine_worker in a child process on the server core: {batch rows: CPU µs per run}."""
-    command = ["taskset", "-c", str(settings.server_core), sys.executable, str(Path(__file__).resolve())]
-    command += ["--engine-worker", ",".join(map(str, sizes)), "--engine-s", str(settings.engine_s)]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"the engine-only run failed: {done.stderr.strip()[-500:]}")
-    return {int(size): float(us) for size, us in json.loads(done.stdout).items()}
+class EngineOnly:
+    """engine_worker in a child process on the server core, asked between loads, so that the engine's figure for a
+    load is measured minutes apart from it at most: this machine's speed drifts."""
+
+    def __init__(self, settings: Settings, log_file: Path) -> None:
+        command = ["taskset", "-c", str(settings.server_core), sys.executable, str(Path(__file__).resolve())]
+        command += ["--engine-worker", "--engine-s", str(settings.engine_s)]
+        self._log = log_file.open("w")
+        self.process = subprocess.Popen(
+            command, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True
+        )
+
+    def batch_cpu_us(self, rows: int) -> float:
+        """CPU µs of one run on a batch of `rows` rows."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{rows}\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the engine-only child exited ({self.process.poll()}); see {self._log.name}")
+        return float(line)
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self._log.close()
 
 
 def engine_rows(figures: dict) -> int | None:
@@ -592,13 +626,10 @@ def engine_rows(figures: dict) -> int | None:
     return max(1, round(ctr["rows"] / ctr["batches"]))
 
 
-def engine_share(figures: dict, engine: dict[int, float]) -> float | None:
+def engine_share(figures: dict, batch_cpu_us: float) -> float:
     """The engine's CPU µs for one call of the load: its batch's CPU times the call's share of the batch's rows."""
-    rows = engine_rows(figures)
-    if rows is None or rows not in engine:
-        return None
     ctr = figures["batches"]["ctr"]
-    return engine[rows] * figures["candidates"] / (ctr["rows"] / ctr["batches"])
+    return batch_cpu_us * figures["candidates"] / (ctr["rows"] / ctr["batches"])
 
 
 # --- derived figures and targets --------------------------------------------------------------------------------
@@ -610,18 +641,19 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def derive(loads: dict[str, dict], engine: dict[int, float], callers: Sequence[int]) -> list[dict]:
+def derive(loads: dict[str, dict], callers: Sequence[int]) -> list[dict]:
     """Per caller count: engine share, transport CPU, the ratios to the echo, and the targets pass/fail.
 
-    `loads` is keyed "<system>/<callers>" (system: served, refused, echo); a missing figure leaves its target
+    `loads` is keyed "<system>/<callers>" (system: served, refused, echo); the served load's per-call figures hold
+    its engine share and transport CPU (each the median of its rounds). A missing figure leaves its target
     unevaluated (pass None), never passed.
     """
     rows = []
     for n in callers:
         served, refused, echo = (loads.get(f"{system}/{n}") for system in ("served", "refused", "echo"))
         cpu = lambda figures: None if figures is None else figures["per_call"]["cpu_us"]  # noqa: E731
-        share = engine_share(served, engine) if served else None
-        transport = None if cpu(served) is None or share is None else cpu(served) - share
+        share = None if served is None else served["per_call"].get("engine_cpu_us")
+        transport = None if served is None else served["per_call"].get("transport_cpu_us")
         switches = None if served is None else served["per_call"]["context_switches"]
         served_grpc = None if served is None else served["per_call"].get("grpc_threads_cpu_us")
         rows.append(
@@ -709,8 +741,9 @@ def markdown(report: dict) -> str:
         )
     lines += [
         "",
-        "Engine µs: the ctr session alone (perf/engine.py's Engine, core 0, CPU time of its process) on a batch of the"
-        " mean rows adrank ran per batch in that load, times the call's share of those rows. It runs back to back"
+        "Engine µs: the ctr session alone (perf/engine.py's Engine, core 0, CPU time of its process), run right after"
+        " each round of the load on a batch of the mean rows adrank ran per batch in it, times the call's share of"
+        " those rows; transport µs is each round's served less engine, the median of the rounds. It runs back to back"
         " with warm caches; the transport figure (served less engine) therefore also holds whatever more the same"
         " session costs inside the server. gRPC's threads: the server's threads that gRPC named (pollers, callback"
         " threads: the transport and adrank's C++ Rank contract), against the echo server, all of whose work is there.",
@@ -756,15 +789,14 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def scale_row(figures: dict, engine: dict[int, float]) -> dict:
+def scale_row(figures: dict) -> dict:
     c = figures["per_call"]
-    share = engine_share(figures, engine)
     return {
         "candidates": figures["candidates"],
         "cpu_us": c["cpu_us"],
         "cpu_us_per_candidate": ratio(c["cpu_us"], figures["candidates"]),
-        "engine_cpu_us": share,
-        "rest_cpu_us": None if c["cpu_us"] is None or share is None else c["cpu_us"] - share,
+        "engine_cpu_us": c.get("engine_cpu_us"),
+        "rest_cpu_us": c.get("transport_cpu_us"),
         "context_switches": c["context_switches"],
         "mallocs": c["mallocs"],
     }
@@ -809,7 +841,9 @@ def median_of_rounds(rounds: Sequence[dict]) -> dict:
         },
         "batches": batches,
         "notes": [f"round {i + 1}: {note}" for i, r in enumerate(rounds) for note in r["notes"]],
-        "rounds": [{key: r[key] for key in ("calls", "calls_per_s", "per_call", "batches", "run")} for r in rounds],
+        "rounds": [
+            {key: r[key] for key in ("calls", "calls_per_s", "per_call", "batches", "engine", "run")} for r in rounds
+        ],
     }
 
 
@@ -839,10 +873,13 @@ def run(settings: Settings, work: Path, sender: Path | None) -> dict[str, object
     with MallocProbe(process_libc(os.getpid())) as probe, ExitStack() as servers:
         if probe.reason:
             log(f"allocations {probe.reason}")
+        engine = EngineOnly(s, work / "engine.log")
+        servers.callback(engine.close)
         process = adrank_server(
             "adrank", repository(work, ["ctr"]), ["--workers", "1"], s.server_core, work / "adrank.log"
         )
         adrank = servers.enter_context(started("adrank", process, s, probe, served[0]))
+        adrank.engine = engine
         plan = []
         for n in s.callers:
             plan.append((f"served/{n}", adrank, Load("served", served, s.candidates, n)))
@@ -852,11 +889,11 @@ def run(settings: Settings, work: Path, sender: Path | None) -> dict[str, object
             echo = servers.enter_context(started("echo", process, s, probe, None))
             plan += [(f"echo/{n}", echo, Load("echo", served, s.candidates, n)) for n in s.callers]
         loads = interleaved(plan, s, probe, sender)
-        for size in s.sizes:
-            if size == s.candidates and 1 in s.callers:
-                scale[size] = loads["served/1"]
-            else:
-                scale[size] = measure(adrank, Load(f"N={size}", ctr_payloads(s, size), size, 1), s, probe, sender)
+        reused = s.candidates if 1 in s.callers else None  # the served load is the scale's row for its N
+        plan = [(str(n), adrank, Load(f"N={n}", ctr_payloads(s, n), n, 1)) for n in s.sizes if n != reused]
+        scale = {int(n): figures for n, figures in interleaved(plan, s, probe, sender).items()}
+        if reused in s.sizes:
+            scale[reused] = loads["served/1"]
         servers.close()
         if s.models_table:
             two = two_model_payloads(s, s.candidates)
@@ -872,14 +909,10 @@ def run(settings: Settings, work: Path, sender: Path | None) -> dict[str, object
                 plan.append(("ctr+relevance", both, Load("ctr+relevance", two, s.candidates, 1)))
                 models = interleaved(plan, s, probe, sender)
         mallocs = probe.reason
-    sizes = sorted({rows for figures in [*loads.values(), *scale.values()] for rows in [engine_rows(figures)] if rows})
-    log(f"engine-only ctr: batches of {sizes} rows on core {s.server_core}")
-    engine = engine_cpu(sizes, s) if sizes else {}
     return {
         "loads": loads,
-        "engine_cpu_us_per_batch": {str(k): v for k, v in engine.items()},
-        "derived": derive(loads, engine, s.callers),
-        "scale": [scale_row(scale[size], engine) for size in s.sizes],
+        "derived": derive(loads, s.callers),
+        "scale": [scale_row(scale[size]) for size in s.sizes],
         "scale_loads": {str(size): figures for size, figures in scale.items()},
         "models": [models_row(name, figures) for name, figures in models.items()],
         "models_loads": models,
@@ -894,11 +927,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--python-sender", action="store_true", help="send with grpc.aio even if adrank_loadgen is built"
     )
-    parser.add_argument("--engine-worker", help=argparse.SUPPRESS)  # the engine-only child: batch sizes
+    parser.add_argument("--engine-worker", action="store_true", help=argparse.SUPPRESS)  # EngineOnly's child
     parser.add_argument("--engine-s", type=float, default=1.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.engine_worker:
-        print(json.dumps(engine_worker([int(x) for x in args.engine_worker.split(",")], args.engine_s)))
+        engine_worker(args.engine_s)
         return 0
     unusable = perf_unusable()
     if unusable:

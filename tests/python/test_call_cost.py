@@ -120,32 +120,36 @@ def test_calls_in_and_covered_use_the_window_bounds() -> None:
     assert not call_cost.covered(np.array([99.0, 102.0]), np.array([99.5, 102.5]), window)  # ended early
 
 
-def _figures(cpu_us: float, switches: float, candidates: int = 100, batches: dict | None = None) -> dict:
+def _figures(cpu_us: float, switches: float, engine_us: float | None = None) -> dict:
     return {
-        "candidates": candidates,
-        "per_call": {"cpu_us": cpu_us, "context_switches": switches},
-        "batches": batches or {},
+        "candidates": 100,
+        "per_call": {
+            "cpu_us": cpu_us,
+            "context_switches": switches,
+            "engine_cpu_us": engine_us,
+            "transport_cpu_us": None if engine_us is None else cpu_us - engine_us,
+        },
+        "batches": {},
     }
 
 
-def test_engine_share_is_the_batch_cpu_times_the_call_share_of_its_rows() -> None:
-    engine = {400: 800.0, 100: 300.0}
-    merged = _figures(500.0, 2.0, batches={"ctr": {"batches": 10.0, "rows": 4000.0}})  # 4 calls per batch
-    assert engine_share(merged, engine) == pytest.approx(200.0)
-    alone = _figures(500.0, 2.0, batches={"ctr": {"batches": 50.0, "rows": 5000.0}})
-    assert engine_share(alone, engine) == pytest.approx(300.0)
-    assert engine_share(_figures(500.0, 2.0), engine) is None  # no batches seen
-    assert engine_share(_figures(500.0, 2.0, batches={"ctr": {"batches": 1.0, "rows": 7.0}}), engine) is None
+def test_engine_rows_and_share_follow_the_batches_adrank_ran() -> None:
+    merged = {"candidates": 100, "batches": {"ctr": {"batches": 10.0, "rows": 4000.0}}}  # 4 calls per batch
+    assert call_cost.engine_rows(merged) == 400
+    assert engine_share(merged, 800.0) == pytest.approx(200.0)
+    split = {"candidates": 2000, "batches": {"ctr": {"batches": 40.0, "rows": 20000.0}}}  # 4 batches per call
+    assert call_cost.engine_rows(split) == 500
+    assert engine_share(split, 1000.0) == pytest.approx(4000.0)
+    assert call_cost.engine_rows({"batches": {}}) is None  # no batch seen: refusals, the echo
 
 
 def test_derive_computes_the_ratios_and_each_target_verdict() -> None:
-    engine = {100: 300.0}
     loads = {
-        "served/1": _figures(900.0, 5.0, batches={"ctr": {"batches": 10.0, "rows": 1000.0}}),
+        "served/1": _figures(900.0, 5.0, engine_us=300.0),
         "refused/1": _figures(160.0, 3.0),
         "echo/1": _figures(200.0, 4.0),
     }
-    (row,) = derive(loads, engine, (1,))
+    (row,) = derive(loads, (1,))
     assert row["transport_cpu_us"] == pytest.approx(600.0)
     assert row["transport_vs_echo"] == pytest.approx(3.0)
     assert row["refusal_vs_echo"] == pytest.approx(0.8)
@@ -155,11 +159,13 @@ def test_derive_computes_the_ratios_and_each_target_verdict() -> None:
         "transport CPU per served call / echo's": False,  # 3x > 2x
         "CPU per refusal / echo's": True,  # 0.8x <= 1.5x
     }
+    loads["echo/1"] = _figures(310.0, 4.0)
+    (row,) = derive(loads, (1,))
+    assert {t["target"]: t["pass"] for t in row["targets"]}["transport CPU per served call / echo's"] is True
 
 
 def test_derive_leaves_a_target_unevaluated_when_a_system_is_missing() -> None:
-    loads = {"served/16": _figures(300.0, 3.0, batches={"ctr": {"batches": 1.0, "rows": 100.0}})}
-    (row,) = derive(loads, {100: 100.0}, (16,))
+    (row,) = derive({"served/16": _figures(300.0, 3.0, engine_us=100.0)}, (16,))
     verdicts = {t["target"]: t["pass"] for t in row["targets"]}
     assert verdicts["context switches per served call"] is True
     assert verdicts["transport CPU per served call / echo's"] is None
@@ -175,6 +181,7 @@ def test_median_of_rounds_takes_each_figure_s_median_and_adds_up_calls_and_batch
             "per_call": {"cpu_us": cpu, "mallocs": mallocs},
             "cpu_us_by_thread": {"adrank": cpu * 0.75, **({"nexting_thread": cpu * 0.25} if cpu > 500 else {})},
             "batches": {"ctr": {"batches": batches, "rows": batches * 100}},
+            "engine": {"batch_rows": 100, "batch_cpu_us": 250.0},
             "run": {},
             "notes": ["late"] if calls < 50 else [],
         }
@@ -228,6 +235,7 @@ def test_call_cost_smoke_runs_end_to_end(tmp_path: Path) -> None:
     assert all(row["cpu_us"] is not None for row in report["scale"])
     (row,) = report["derived"]
     assert row["engine_cpu_us"] is not None and row["engine_cpu_us"] > 0
+    assert report["loads"]["served/1"]["engine"]["batch_rows"] >= 1
     if find_built("adrank_echo"):
         assert all(target["pass"] is not None for target in row["targets"])
     markdown = json_file.with_suffix(".md").read_text()
