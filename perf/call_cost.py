@@ -464,6 +464,7 @@ def measure(server: Server, load: Load, settings: Settings, probe: MallocProbe, 
         "calls_per_s": calls / counting.seconds,
         "per_call": per_call,
         "cpu_us_by_thread": {name: ms * 1e3 for name, ms in sorted(by_thread.items(), key=lambda item: -item[1])},
+        "switches_by_thread": net_by_thread(counting, "context-switches", server.idle, calls),
         "mallocs_note": "" if probe.event else probe.reason,
         "batches": batches,
         "engine": engine,
@@ -783,10 +784,30 @@ def markdown(report: dict) -> str:
                 f"| {row['models']} | {_show(row['cpu_us'])} | {_show(row['cpu_us_per_candidate'], 3)} |"
                 f" {_show(row['context_switches'], 2)} | {_show(row['mallocs'])} |"
             )
+    lines += by_thread_table(report["loads"])
     notes = [f"{key}: {note}" for key, figures in report["loads"].items() for note in figures["notes"]]
     if notes:
         lines += ["", "Notes: " + "; ".join(notes)]
     return "\n".join(lines) + "\n"
+
+
+def by_thread_table(loads: dict[str, dict]) -> list[str]:
+    """Per call, by thread name: CPU µs / context switches, for the threads that did any work in some load."""
+    names = sorted(
+        {name for figures in loads.values() for name, us in figures["cpu_us_by_thread"].items() if us >= 1.0},
+        key=lambda name: -max(figures["cpu_us_by_thread"].get(name, 0.0) for figures in loads.values()),
+    )
+    if not names:
+        return []
+    lines = ["", "## By thread name, per call: CPU µs / context switches", ""]
+    lines += ["| system | callers | " + " | ".join(names) + " |", "| --- | --- |" + " --- |" * len(names)]
+    for key, figures in loads.items():
+        cells = [
+            f"{_show(figures['cpu_us_by_thread'].get(name))} / {_show(figures['switches_by_thread'].get(name), 2)}"
+            for name in names
+        ]
+        lines.append(f"| {key.split('/')[0]} | {figures['callers']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def scale_row(figures: dict) -> dict:
@@ -825,6 +846,7 @@ def median_of_rounds(rounds: Sequence[dict]) -> dict:
         values = [r["per_call"][name] for r in rounds if r["per_call"][name] is not None]
         per_call[name] = float(np.median(values)) if values else None
     threads = sorted({name for r in rounds for name in r["cpu_us_by_thread"]})
+    switching = sorted({name for r in rounds for name in r["switches_by_thread"]})
     batches: dict[str, dict[str, float]] = {}
     for r in rounds:
         for model, counts in r["batches"].items():
@@ -836,6 +858,9 @@ def median_of_rounds(rounds: Sequence[dict]) -> dict:
         "calls": sum(r["calls"] for r in rounds),
         "calls_per_s": float(np.median([r["calls_per_s"] for r in rounds])),
         "per_call": per_call,
+        "switches_by_thread": {
+            name: float(np.median([r["switches_by_thread"].get(name, 0.0) for r in rounds])) for name in switching
+        },
         "cpu_us_by_thread": {
             name: float(np.median([r["cpu_us_by_thread"].get(name, 0.0) for r in rounds])) for name in threads
         },

@@ -180,6 +180,7 @@ def test_median_of_rounds_takes_each_figure_s_median_and_adds_up_calls_and_batch
             "calls_per_s": calls / 2.5,
             "per_call": {"cpu_us": cpu, "mallocs": mallocs},
             "cpu_us_by_thread": {"adrank": cpu * 0.75, **({"nexting_thread": cpu * 0.25} if cpu > 500 else {})},
+            "switches_by_thread": {"adrank": 2.0, "nexting_thread": calls / 20},
             "batches": {"ctr": {"batches": batches, "rows": batches * 100}},
             "engine": {"batch_rows": 100, "batch_cpu_us": 250.0},
             "run": {},
@@ -192,6 +193,7 @@ def test_median_of_rounds_takes_each_figure_s_median_and_adds_up_calls_and_batch
     assert merged["calls"] == 200 and merged["calls_per_s"] == pytest.approx(24.0)
     assert merged["batches"] == {"ctr": {"batches": 200.0, "rows": 20000.0}}
     assert merged["cpu_us_by_thread"] == {"adrank": 450.0, "nexting_thread": 150.0}  # a thread absent counts 0
+    assert merged["switches_by_thread"] == {"adrank": 2.0, "nexting_thread": 3.0}
     assert merged["notes"] == ["round 2: late"] and len(merged["rounds"]) == 3
 
 
@@ -240,3 +242,4 @@ def test_call_cost_smoke_runs_end_to_end(tmp_path: Path) -> None:
         assert all(target["pass"] is not None for target in row["targets"])
     markdown = json_file.with_suffix(".md").read_text()
     assert "| served | 1 | 100 |" in markdown and "## Derived, and the issue's targets" in markdown
+    assert "## By thread name, per call: CPU µs / context switches" in markdown
