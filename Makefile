@@ -146,7 +146,7 @@ bench-metrics: install loadgen
 bench-overload: install loadgen
 	$(PY) perf/overload_bench.py
 
-# Per-call cost (perf/call_cost.py, about 4 minutes): perf stat on adrank serving and refusing, and on the grpc++ echo
+# Per-call cost (perf/call_cost.py, about 4.5 minutes): perf stat on adrank serving and refusing, and on the grpc++ echo
 # server: CPU µs, context switches and mallocs per call, the targets against the echo, and the table against N.
 bench-cost: install loadgen
 	$(PY) perf/call_cost.py

@@ -31,7 +31,7 @@ against N (1 to 2,000, serial) and against the models per request (ctr alone, ct
 request, serial, one server holding both), in rounds as well.
 
 Output in --out (default perf/results/): call-cost-<date>-<git sha>.json (everything) and .md (tables and the
-targets). Modes: default (full: 2 s counting windows, 3 rounds, about 5 minutes), --smoke (fractions of a second,
+targets). Modes: default (full: 2 s counting windows, 3 rounds, about 4.5 minutes), --smoke (fractions of a second,
 one round, serial only, N 1 and 100, no models-per-request rows; files end in -smoke). On a busy shared machine
 every figure is a few short windows: only the ratios inside one run mean much.
 """
