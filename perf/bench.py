@@ -13,11 +13,20 @@ plus the rate at 10 % of adrank's capacity for the same model), each point bound
 full sweep then bisects between the last point within the bound and the first beyond it. Servers are stopped
 with SIGTERM and killed if they linger or anything fails.
 
+The limit (perf/limit_model.py): after the systems ran, an ideal one-core server is simulated on the exact arrival
+trace of every open-loop point of a model (send times, candidates and payload bytes as the generator sent them),
+with the engine-only batch sweep as its batch-time curve and the grpc++ echo's CPU per call and per byte (measured
+over two closed-loop runs, small and large payloads) as its transport; the sweep goes on with the generator's own
+draws past the measured rates until the ideal server breaks the bound. Each point gets its `ideal` figures, each
+system its `vs_limit` (max candidates/s over the limit's), and the naive server is simulated on its own traces
+against its measurement (the simulator's validation).
+
 Output in --out (default perf/results/): <date>-<git sha>.json (everything), .png (p99 latency against
-candidates/s per system, the engine-only ceiling and the 10 ms bound drawn across) and .md (per system: max
-candidates/s with p99 <= 10 ms, p50/p99 at 10 % of adrank's capacity, ratio to engine-only; the targets
-pass/fail; the command, machine and pinning). Modes: default (full, ~7 min here), --quick (< 3 min; files end
-in -quick), --smoke (CI: seconds, ctr only, no PyTriton; files end in -smoke).
+candidates/s per system, the engine-only ceiling, the limit and the 10 ms bound drawn across) and .md (per system:
+max candidates/s with p99 <= 10 ms, p50/p99 at 10 % of adrank's capacity, ratio to engine-only and to the limit;
+the limit's inputs, per-point figures and validation; the targets pass/fail; the command, machine and pinning).
+Modes: default (full, ~7 min here), --quick (< 3 min; files end in -quick), --smoke (CI: seconds, ctr only, no
+PyTriton; files end in -smoke).
 """
 
 from __future__ import annotations
@@ -42,9 +51,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 if __package__ in (None, ""):  # run as a script: import the perf package from the checkout, not perf/ itself
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from perf import limit_model
 from perf import requests as request_sets
 from perf.loadgen import LoadGenerator, RunResult, find_built, find_sender
 from perf.report import MAX_ERROR_FRACTION, P99_BOUND_MS, finite, markdown, plot, save, targets
@@ -67,7 +79,7 @@ class Settings:
     refine_steps: int  # bisection points between the last rate within the bound and the first beyond
     settle_s: float  # pause after each point, for the server to drain what the generator gave up on
     requests: dict[str, int]  # distinct requests per model's set
-    engine_sizes: tuple[int, ...]
+    engine_sizes: tuple[int, ...]  # also the points of the batch-time curve the limit model interpolates
     engine_s: float  # per batch size
     engine_direct: int
     timeout_s: float = 1.0  # each call's deadline
@@ -89,7 +101,7 @@ MODES = {
         refine_steps=2,
         settle_s=1.0,
         requests={"ctr": 1000, "relevance": 400},
-        engine_sizes=(64, 128, 256, 512, 1024, 2048),
+        engine_sizes=(32, 64, 128, 256, 512, 1024, 2048),
         engine_s=1.0,
         engine_direct=1000,
     ),
@@ -105,7 +117,7 @@ MODES = {
         refine_steps=2,
         settle_s=0.5,
         requests={"ctr": 1000, "relevance": 300},
-        engine_sizes=(64, 256, 1024, 2048),
+        engine_sizes=(32, 64, 256, 1024, 2048),
         engine_s=0.4,
         engine_direct=400,
     ),
@@ -121,7 +133,7 @@ MODES = {
         refine_steps=0,
         settle_s=0.2,
         requests={"ctr": 200, "relevance": 100},
-        engine_sizes=(256, 1024),
+        engine_sizes=(64, 256, 1024),
         engine_s=0.2,
         engine_direct=100,
     ),
@@ -340,6 +352,16 @@ class SystemResult:
     at_10pct: dict[str, object] | None = None
     generator_saturated_points: int = 0
     seconds: float = 0.0
+    probe_server_cpu_s: float | None = None  # the server's CPU time over its closed-loop probe
+    transport: dict[str, object] | None = None  # echo servers: CPU per call and per byte (measure_transport)
+    vs_limit: float | None = None  # max_candidates_per_s / the simulated ideal server's (perf/limit_model.py)
+    # The arrival traces of its open-loop points (in the order of `points`) and of its probe: inputs of the limit
+    # model, kept out of the JSON.
+    traces: list[limit_model.Trace] = field(default_factory=list, repr=False)
+    probe_trace: limit_model.Trace | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, object]:
+        return {k: v for k, v in asdict(self).items() if k not in ("traces", "probe_trace")}
 
 
 def within_bound(point: dict[str, object]) -> bool:
@@ -361,13 +383,46 @@ def _point(result: RunResult, fraction: float | None, label: str) -> dict[str, o
 
 
 def measure_floor(result: SystemResult, generator: LoadGenerator, settings: Settings, rate: float) -> None:
-    """The echo server: only the point at 10 % of adrank's capacity (latency floor of transport + generator)."""
-    point = _point(_open(generator, settings, rate), None, "10% of adrank")
+    """The echo server: only the point at 10 % of adrank's capacity (latency floor of transport + generator).
+    Its max candidates/s is that point's when within the bound: one point, so a lower bound."""
+    point = _point(_open(generator, settings, rate, result), None, "10% of adrank")
     point["at_10pct_of_adrank"] = True
     result.at_10pct = point
     result.points.append(point)
     _log_point(result.name, point)
     result.generator_saturated_points = int(bool(point["generator_saturated"]))
+    result.max_candidates_per_s = float(point["candidates_per_s"]) if point["within_bound"] else 0.0  # type: ignore[arg-type]
+
+
+def measure_transport(
+    result: SystemResult, server: ServerProcess, generator: LoadGenerator, settings: Settings
+) -> None:
+    """The echo server's CPU per call and per byte: its process CPU over two closed-loop runs, one of the request
+    set's smallest quarter of payloads and one of its largest, fitted as per_call + per_byte x bytes."""
+    by_size = sorted(range(len(generator.payloads)), key=lambda i: len(generator.payloads[i]))
+    quarter = max(1, len(by_size) // 4)
+    runs: list[tuple[int, int, float]] = []
+    for chosen in (by_size[:quarter], by_size[-quarter:]):
+        sized = LoadGenerator(
+            generator.target,
+            generator.method,
+            [generator.payloads[i] for i in chosen],
+            generator.candidates[chosen],
+            timeout_s=generator.timeout_s,
+            sender=generator.sender,
+        )
+        before = server.cpu_s()
+        sized.closed_loop(settings.probe_concurrency, settings.probe_s, 1_000_000)
+        cpu = server.cpu_s() - before
+        _, _, sizes = sized.trace()
+        runs.append((len(sizes), int(sizes.sum()), cpu))
+    cost = limit_model.TransportCost.fitted(runs, result.name)
+    result.transport = {
+        "per_call_us": cost.per_call_s * 1e6,
+        "per_byte_ns": cost.per_byte_s * 1e9,
+        "runs": [{"calls": c, "bytes": b, "server_cpu_s": t} for c, b, t in runs],
+    }
+    log(f"  {result.name} transport: {cost.per_call_s * 1e6:.1f} us per call + {cost.per_byte_s * 1e9:.3f} ns per byte")
 
 
 def measure_system(
@@ -375,9 +430,15 @@ def measure_system(
     generator: LoadGenerator,
     settings: Settings,
     at_10pct_rate: float | None,
+    server: ServerProcess | None = None,
 ) -> float:
-    """Probes, sweeps and summarizes into `result`; returns the probed capacity in requests/s."""
+    """Probes, sweeps and summarizes into `result`; returns the probed capacity in requests/s. With `server`, its
+    CPU time over the probe is recorded too."""
+    before = server.cpu_s() if server else None
     probe = generator.closed_loop(settings.probe_concurrency, settings.probe_s, 1_000_000)
+    if server and before is not None:
+        result.probe_server_cpu_s = server.cpu_s() - before
+    result.probe_trace = _trace(generator, settings)
     result.probe = probe.to_json()
     capacity = probe.achieved_rate
     log(
@@ -393,7 +454,7 @@ def measure_system(
     failed_in_row = 0
     for rate in sorted(rates):
         fraction, label = rates[rate]
-        point = _point(_open(generator, settings, rate), fraction, label)
+        point = _point(_open(generator, settings, rate, result), fraction, label)
         if abs(rate - own_10pct) <= 0.02 * own_10pct:
             point["at_10pct_of_adrank"] = True
             result.at_10pct = point
@@ -410,9 +471,20 @@ def measure_system(
     return capacity
 
 
-def _open(generator: LoadGenerator, settings: Settings, rate: float) -> RunResult:
-    count = min(settings.point_max_requests, max(20, int(rate * settings.point_s)))
-    return generator.open_loop(rate, count / rate, count)
+def _open(generator: LoadGenerator, settings: Settings, rate: float, result: SystemResult) -> RunResult:
+    """One open-loop point at `rate`; its arrival trace goes to `result.traces`."""
+    count = _point_requests(settings, rate)
+    run = generator.open_loop(rate, count / rate, count)
+    result.traces.append(_trace(generator, settings))
+    return run
+
+
+def _point_requests(settings: Settings, rate: float) -> int:
+    return min(settings.point_max_requests, max(20, int(rate * settings.point_s)))
+
+
+def _trace(generator: LoadGenerator, settings: Settings) -> limit_model.Trace:
+    return limit_model.Trace.of(*generator.trace(), deadline_s=settings.timeout_s)
 
 
 def _refine(result: SystemResult, generator: LoadGenerator, settings: Settings) -> None:
@@ -426,7 +498,8 @@ def _refine(result: SystemResult, generator: LoadGenerator, settings: Settings) 
         good = [float(p["target_rate"]) for p in by_rate if p["within_bound"]]  # type: ignore[arg-type]
         if not good:
             time.sleep(2 * settings.settle_s)
-            point = _point(_open(generator, settings, float(by_rate[0]["target_rate"]) / 2), None, "halve")  # type: ignore[arg-type]
+            rate = float(by_rate[0]["target_rate"]) / 2  # type: ignore[arg-type]
+            point = _point(_open(generator, settings, rate, result), None, "halve")
             result.points.append(point)
             _log_point(result.name, point)
             continue
@@ -435,7 +508,7 @@ def _refine(result: SystemResult, generator: LoadGenerator, settings: Settings) 
             return
         rate = (max(good) + min(beyond)) / 2
         time.sleep(2 * settings.settle_s)  # the overload points just before left a queue behind
-        point = _point(_open(generator, settings, rate), None, "bisect")
+        point = _point(_open(generator, settings, rate, result), None, "bisect")
         result.points.append(point)
         _log_point(result.name, point)
 
@@ -465,6 +538,7 @@ class Bench:
         self.engine: dict[str, dict[str, object]] = {}
         self.request_sets: dict[str, request_sets.RequestSet] = {}
         self.sender: Path | None = None
+        self.limits: dict[str, dict[str, object]] = {}
 
     def run(self) -> dict[str, object]:
         s = self.settings
@@ -496,8 +570,97 @@ class Bench:
                 else:
                     reason = "--smoke mode" if s.mode == "smoke" else "--no-pytriton"
                     self.systems["pytriton"] = SystemResult("pytriton", model, status=f"not run: {reason}")
+        for model in s.models:
+            self._limit(model)
         shutil.rmtree(self.work, ignore_errors=True)
         return {"seconds": time.perf_counter() - started}
+
+    def _limit(self, model: str) -> None:
+        """The simulated ideal server (perf/limit_model.py) on every trace of `model` this run sent, extended past
+        them by the load generator's own draws; each point gets its `ideal` figures, each system its `vs_limit`,
+        and the naive server is simulated on its own traces against its measurement."""
+        s = self.settings
+        started = time.perf_counter()
+        curve = batch_curve(self.engine[model])
+        transport = self._transport_cost()
+        systems = [r for r in self.systems.values() if r.model == model and r.traces]
+        for system in systems:
+            if len(system.traces) != len(system.points):
+                raise RuntimeError(f"{system.name}: {len(system.traces)} traces for {len(system.points)} points")
+        traces = [t for r in systems for t in r.traces]
+        if not traces:
+            return
+        requests = self.request_sets[model]
+        planner = LoadGenerator("127.0.0.1:0", requests.method, requests.payloads, requests.candidates)  # never sends
+        sizes = np.array([len(payload) for payload in requests.payloads], dtype=np.int64)
+
+        def draw(rate: float) -> limit_model.Trace:
+            count = _point_requests(s, rate)
+            schedule, order = planner.plan(rate, count / rate, count)
+            return limit_model.Trace.of(schedule, requests.candidates[order], sizes[order], s.timeout_s)
+
+        sweep = limit_model.sweep(traces, curve, transport, P99_BOUND_MS, draw)
+        for point, ideal in zip((p for r in systems for p in r.points), sweep.points, strict=False):
+            point["ideal"] = ideal.to_json()
+        limit = sweep.limit_candidates_per_s
+        for system in self.systems.values():
+            if system.model == model and system.max_candidates_per_s is not None and limit > 0:
+                system.vs_limit = system.max_candidates_per_s / limit
+        self.limits[model] = {
+            "limit_candidates_per_s": limit,
+            "transport": {
+                "source": transport.source,
+                "per_call_us": transport.per_call_s * 1e6,
+                "per_byte_ns": transport.per_byte_s * 1e9,
+            },
+            "batch_curve": {"rows": list(curve.rows), "ms": [t * 1e3 for t in curve.seconds]},
+            "sweep": sweep.to_json(),
+            "naive_validation": self._validate_naive(model, curve),
+        }
+        log(
+            f"limit {model}: {limit:.0f} cand/s with p99 <= {P99_BOUND_MS:g} ms (policy wins"
+            f" {sweep.to_json()['policy_wins']}, {sweep.drawn} drawn points, {time.perf_counter() - started:.1f} s)"
+        )
+
+    def _transport_cost(self) -> limit_model.TransportCost:
+        """The grpc++ echo's CPU per call and per byte; the grpc.aio echo's where grpc++ is not built."""
+        for name in ("grpc-echo-cpp", "grpc-echo"):
+            system = self.systems.get(name)
+            if system and system.transport:
+                per_call, per_byte = system.transport["per_call_us"], system.transport["per_byte_ns"]
+                return limit_model.TransportCost(float(per_call) / 1e6, float(per_byte) / 1e9, name)  # type: ignore[arg-type]
+        return limit_model.TransportCost(0.0, 0.0, "none: no echo server was measured")
+
+    def _validate_naive(self, model: str, curve: limit_model.BatchCurve) -> dict[str, dict[str, object]] | None:
+        """The naive server simulated on its own traces, its time per call beyond the engine taken from its probe
+        as CPU time (what the limit's costs are) and as wall time (what its share of a busy core gave it)."""
+        naive = self.systems.get("naive" if model == "ctr" else f"naive-{model}")
+        if not naive or not naive.traces or naive.probe_trace is None or naive.probe_server_cpu_s is None:
+            return None
+        probe_wall_s = float(naive.probe["elapsed_s"])  # type: ignore[index, arg-type]
+        overheads = {
+            "cpu": limit_model.per_call_overhead(naive.probe_trace, naive.probe_server_cpu_s, curve),
+            "wall": limit_model.per_call_overhead(naive.probe_trace, probe_wall_s, curve),
+        }
+        measured = [
+            limit_model.MeasuredPoint(
+                _number(p["latency_ms"]["p50"]),  # type: ignore[index]
+                _number(p["latency_ms"]["p99"]),  # type: ignore[index]
+                _number(p["candidates_per_s"]),
+                bool(p["within_bound"]),
+            )
+            for p in naive.points
+        ]
+        validations = {}
+        for basis, overhead in overheads.items():
+            validation = limit_model.validate_naive(naive.traces, measured, overhead, curve, P99_BOUND_MS).to_json()
+            validations[basis] = validation
+            log(
+                f"limit {model}: the naive server ({basis} per call: {overhead * 1e6:.0f} us beyond the engine)"
+                f" simulated / measured: max cand/s {validation['max_candidates_ratio']},"
+                f" p50 median {validation['p50_ratio_median']}, p99 median {validation['p99_ratio_median']}"
+            )
+        return validations
 
     def _run_engine(self, model: str, label: str, options: list[str]) -> dict[str, object]:
         """perf/engine.py for `model` on the servers' core with `options`; its JSON."""
@@ -587,9 +750,10 @@ class Bench:
                 if kind in ("echo", "echo-cpp"):
                     assert at_10pct_rate is not None
                     measure_floor(result, generator, s, at_10pct_rate)
+                    measure_transport(result, server, generator, s)
                     capacity = None
                 else:
-                    capacity = measure_system(result, generator, s, at_10pct_rate)
+                    capacity = measure_system(result, generator, s, at_10pct_rate, server)
         except Exception as error:  # one system failing is recorded, and the run goes on
             result.status = f"not run: {error}" if not result.points else f"failed: {error}"
             log(f"{name}: {result.status}")
@@ -602,7 +766,24 @@ class Bench:
         return name, capacity
 
 
+def batch_curve(engine_result: dict[str, object]) -> limit_model.BatchCurve:
+    """The engine-only batch sweep at its best thread count as seconds per run against rows per run."""
+    threads = engine_result["best"]["intra_op_threads"]  # type: ignore[index]
+    sweep = [p for p in engine_result["batch_sweep"] if p["intra_op_threads"] == threads]  # type: ignore[attr-defined]
+    rows = [float(p.get("rows_per_run", p["batch_rows"])) for p in sweep]
+    return limit_model.BatchCurve.measured(rows, [float(p["ms_per_run"]) / 1e3 for p in sweep])
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else float("nan")
+
+
 # --- the report -------------------------------------------------------------------------------------------------
+
+
+def _limit_ratio(candidates_per_s: float, limit: dict[str, object] | None) -> float | None:
+    value = float(limit["limit_candidates_per_s"]) if limit else 0.0  # type: ignore[arg-type]
+    return candidates_per_s / value if value > 0 else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -662,7 +843,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["generator"] = str(bench.sender).replace(f"{REPO}/", "") if bench.sender else "grpc.aio (perf/loadgen.py)"
     report["request_sets"] = {m: r.summary() for m, r in bench.request_sets.items()}
     report["engine_only"] = bench.engine
-    report["systems"] = {name: asdict(system) for name, system in bench.systems.items()}
+    report["limit"] = bench.limits
+    report["systems"] = {name: system.to_json() for name, system in bench.systems.items()}
     # The engine-only figures also appear as a system, so that every system has one entry to look up.
     for model, result in bench.engine.items():
         name = "engine-only" if model == "ctr" else f"engine-only-{model}"
@@ -674,6 +856,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "direct": result["direct"],
             "best": result["best"],
             "points": [],
+            "vs_limit": _limit_ratio(result["ceiling_candidates_per_s"], bench.limits.get(model)),  # type: ignore[arg-type]
         }
     report["targets"] = targets(report["systems"], bench.engine)  # type: ignore[arg-type]
     report = finite(report)  # type: ignore[assignment]

@@ -6,7 +6,9 @@ servers get):
   way a batching server packs them: whole requests in arrival order, a request split across batches where it
   overflows one; for relevance each batch carries one tokenized query per request it holds, trimmed to the batch's
   longest query), for B in 64..2048 and the model config's thread counts (intra-op 1 on one core). The best B is
-  the candidates/s no server on that core can beat, since a server runs the same session plus its own work.
+  the candidates/s no server on that core can beat, since a server runs the same session plus its own work. The
+  sweep is also the engine's batch-time curve (`ms_per_run` against `rows_per_run`) that perf/limit_model.py
+  interpolates.
 - direct: the latency of `session.run` on each request alone (p50/p99): what a request costs with nothing but the
   engine in the way, the reference for a server's latency at light load. Back to back by default; with
   `--paced RATE`, each call starts at its Poisson arrival at RATE requests/s (the loadgen's draw for that rate) and
@@ -142,6 +144,7 @@ def ceiling(engine: Engine, requests: request_sets.RequestSet, batch_rows: int, 
         "seconds": elapsed,
         "candidates_per_s": done_rows / elapsed,
         "ms_per_run": elapsed / runs * 1e3,
+        "rows_per_run": done_rows / runs,  # below batch_rows where the whole set fits one batch
     }
 
 

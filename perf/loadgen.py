@@ -159,6 +159,7 @@ class LoadGenerator:
         self._scheduled_rate = 0.0
         self._done_at = 0.0
         self._latency = self._sent_at = self._lag = np.empty(0)
+        self._order = np.empty(0, dtype=np.int64)
         self._codes: list[grpc.StatusCode | None] = []
 
     def record(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -167,19 +168,32 @@ class LoadGenerator:
         # The grpc.aio sender keeps perf_counter readings, the C++ one seconds after its start (self._start = 0).
         return self._sent_at - self._start, self._latency, ok
 
-    def open_loop(self, rate: float, duration_s: float, max_requests: int, start_s: float = 0.0) -> RunResult:
-        """Poisson arrivals at `rate` requests/s for at most `duration_s` seconds and `max_requests` requests.
-
-        With `start_s`, the arrivals begin that long after the run's start. The sender connects and warms up at
-        once: a run meant to begin while another loads the server is launched beside it, not into its queue.
-        """
+    def plan(self, rate: float, duration_s: float, max_requests: int) -> tuple[np.ndarray, np.ndarray]:
+        """An open-loop run's schedule (s after its start) and payload order, as `open_loop` draws them."""
         count = max(1, min(max_requests, int(np.ceil(rate * duration_s))))
         # Drawn from the seed and the rate alone: every system offered the same rate gets the same requests at the
         # same moments, whatever ran before.
         rng = np.random.default_rng([self.seed, round(rate * 1000)])
         schedule = np.cumsum(rng.exponential(1.0 / rate, size=count))
         schedule = schedule[schedule <= duration_s] if schedule[0] <= duration_s else schedule[:1]
-        order = rng.integers(0, len(self.payloads), size=len(schedule))
+        return schedule, rng.integers(0, len(self.payloads), size=len(schedule))
+
+    def trace(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The last run's sent requests in send order: send time (s after its start), candidates, payload bytes."""
+        sent_at = self._sent_at - self._start
+        sent = np.flatnonzero(~np.isnan(sent_at))
+        sent = sent[np.argsort(sent_at[sent], kind="stable")]
+        order = self._order[sent]
+        sizes = np.fromiter((len(self.payloads[i]) for i in order), dtype=np.int64, count=len(order))
+        return sent_at[sent], self.candidates[order], sizes
+
+    def open_loop(self, rate: float, duration_s: float, max_requests: int, start_s: float = 0.0) -> RunResult:
+        """Poisson arrivals at `rate` requests/s for at most `duration_s` seconds and `max_requests` requests.
+
+        With `start_s`, the arrivals begin that long after the run's start. The sender connects and warms up at
+        once: a run meant to begin while another loads the server is launched beside it, not into its queue.
+        """
+        schedule, order = self.plan(rate, duration_s, max_requests)
         # Poisson counts vary (+-5 % over 400 arrivals): the send rate is checked against this draw, not `rate`.
         self._scheduled_rate = (len(schedule) - 1) / (schedule[-1] - schedule[0]) if len(schedule) > 2 else rate
         schedule = schedule + start_s
@@ -204,6 +218,7 @@ class LoadGenerator:
         order: np.ndarray,
         body: Callable[[], Awaitable[None]],
     ) -> RunResult:
+        self._order = order
         self._latency = np.full(len(order), np.nan)
         self._sent_at = np.full(len(order), np.nan)
         self._lag = np.full(len(order), np.nan)
@@ -234,6 +249,7 @@ class LoadGenerator:
     ) -> RunResult:
         """Runs the plan in the C++ sender (a child process, so on this process's core) and reads its record."""
         count = len(order)
+        self._order = order
         with tempfile.TemporaryDirectory(prefix="adrank-loadgen-") as work:
             plan, record = Path(work) / "plan.bin", Path(work) / "record.bin"
             self._write_plan(plan, order, schedule, concurrency or 0, duration_s)

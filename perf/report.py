@@ -2,7 +2,9 @@
 
 Input is the run's JSON report (perf/bench.py builds it); nothing here measures. A system's "max candidates/s"
 counts only open-loop points with p99 <= P99_BOUND_MS and at most MAX_ERROR_FRACTION failed calls; a target that
-cannot be evaluated (a system that did not run) is reported as such, never as a pass.
+cannot be evaluated (a system that did not run) is reported as such, never as a pass. Every system's "vs limit" is
+its max candidates/s over the limit's: the simulated ideal one-core server of perf/limit_model.py on the same run's
+traces, whose section of the report gives its inputs, per-point figures and the naive server's validation.
 """
 
 from __future__ import annotations
@@ -118,32 +120,42 @@ def markdown(report: dict[str, object]) -> str:
         f"Mode `{report['mode']}`. Max candidates/s counts open-loop points with p99 <= {P99_BOUND_MS:g} ms and at most"
         f" {MAX_ERROR_FRACTION:.0%} failed calls. p50/p99 at 10 % load: the open-loop point offered 10 % of"
         " adrank's probed capacity for the same model (engine-only: `session.run` on each request alone, started at"
-        " the same Poisson arrivals).",
+        " the same Poisson arrivals). vs limit: max candidates/s over the simulated ideal one-core server's on the"
+        " run's own traces (the limit, below).",
         "",
         "| system | model | max candidates/s (p99 <= 10 ms) | p50 @10 % (ms) | p99 @10 % (ms) | vs engine-only"
-        " | notes |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+        " | vs limit | notes |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
+    limits: dict[str, dict] = report.get("limit") or {}  # type: ignore[assignment]
     for model, result in engine.items():
         direct = _direct(result)
         best = result["best"]
         lines.append(
             f"| engine-only | {model} | {_fmt(result['ceiling_candidates_per_s'], 0)} | {_fmt(direct['p50_ms'], 3)}"
-            f" | {_fmt(direct['p99_ms'], 3)} | 1.00 | batch {best['batch_rows']}, {best['intra_op_threads']} thread |"
+            f" | {_fmt(direct['p99_ms'], 3)} | 1.00"
+            f" | {_fmt(_ratio(result['ceiling_candidates_per_s'], _limit_of(limits.get(model))))}"
+            f" | batch {best['batch_rows']}, {best['intra_op_threads']} thread |"
         )
         for name, system in systems.items():
             if system["model"] != model or name.startswith("engine-only"):
                 continue
             if system["status"] != "ok":
-                lines.append(f"| {name} | {model} | - | - | - | - | {system['status']} |")
+                lines.append(f"| {name} | {model} | - | - | - | - | - | {system['status']} |")
                 continue
             at10 = system.get("at_10pct") or {}
             latency = at10.get("latency_ms", {})
             notes = []
             if name == "grpc-echo":
-                notes.append("floor: a grpc.aio server + the generator, empty replies, no model (one point)")
+                notes.append(
+                    "floor: a grpc.aio server + the generator, empty replies, no model (one point: max is a"
+                    " lower bound)"
+                )
             elif name == "grpc-echo-cpp":
-                notes.append("floor: a grpc++ server (perf/echo_server.cc) + the generator, empty replies (one point)")
+                notes.append(
+                    "floor: a grpc++ server (perf/echo_server.cc) + the generator, empty replies (one point:"
+                    " max is a lower bound)"
+                )
             elif not system["max_candidates_per_s"]:
                 notes.append("p99 > 10 ms (or > 1 % errors) at every point")
             if system["generator_saturated_points"]:
@@ -158,8 +170,9 @@ def markdown(report: dict[str, object]) -> str:
                 f"| {name} | {model} | {_fmt(system['max_candidates_per_s'], 0)} | {_fmt(latency.get('p50'), 3)}"
                 f" | {_fmt(latency.get('p99'), 3)}"
                 f" | {_fmt(_ratio(system['max_candidates_per_s'], result['ceiling_candidates_per_s']))}"
-                f" | {'; '.join(notes)} |"
+                f" | {_fmt(system.get('vs_limit'))} | {'; '.join(notes)} |"
             )
+    lines += limit_section(report)
     lines += ["", "## Targets", "", "| target | measured | threshold | result |", "| --- | ---: | ---: | --- |"]
     for row in report["targets"]:  # type: ignore[attr-defined]
         verdict = {True: "PASS", False: "FAIL", None: "n/a"}[row["pass"]]
@@ -188,6 +201,59 @@ def markdown(report: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _limit_of(limit: dict[str, object] | None) -> float | None:
+    value = limit.get("limit_candidates_per_s") if limit else None
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def limit_section(report: dict[str, object]) -> list[str]:
+    """The simulated ideal server per model (perf/limit_model.py): its limit, inputs, per-point figures on the
+    measured traces, and the naive server's validation."""
+    limits: dict[str, dict] = report.get("limit") or {}  # type: ignore[assignment]
+    systems: dict[str, dict] = report["systems"]  # type: ignore[assignment]
+    lines: list[str] = []
+    for model, limit in limits.items():
+        transport, curve, sweep = limit["transport"], limit["batch_curve"], limit["sweep"]
+        shape = ", ".join(f"{r:,.0f}: {ms:.3f}" for r, ms in zip(curve["rows"], curve["ms"], strict=True))
+        lines += [
+            "",
+            f"## The limit: an ideal one-core server ({model})",
+            "",
+            f"- limit: **{_fmt(limit['limit_candidates_per_s'], 0)} candidates/s** with p99 <= {P99_BOUND_MS:g} ms"
+            f" ({len(sweep['points']) - sweep['drawn_points']} measured traces, {sweep['drawn_points']} drawn beyond"
+            " them); best policy per trace, wins: "
+            + ", ".join(f"{name} {count}" for name, count in sweep["policy_wins"].items()),
+            f"- engine batch-time curve (rows: ms per run): {shape}",
+            f"- transport ({transport['source']}): {_fmt(transport['per_call_us'], 1)} us CPU per call +"
+            f" {_fmt(transport['per_byte_ns'], 3)} ns per byte",
+        ]
+        for basis, validation in (limit.get("naive_validation") or {}).items():
+            lines.append(
+                f"- validation, the naive server simulated / measured on its own traces, its {basis} time per call"
+                f" beyond the engine ({_fmt(validation['per_call_overhead_us'], 0)} us): max candidates/s"
+                f" {_fmt(validation['max_candidates_ratio'])}, p50 median {_fmt(validation['p50_ratio_median'])},"
+                f" p99 median {_fmt(validation['p99_ratio_median'])}"
+            )
+        lines += [
+            "",
+            "| system | point | offered req/s | measured p99 (ms) | ideal p50 (ms) | ideal p99 (ms) | ideal within"
+            " 10 ms | ideal within deadline | ideal policy |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for name, system in systems.items():
+            for point in system.get("points") or []:
+                ideal = point.get("ideal") if system["model"] == model else None
+                if not ideal:
+                    continue
+                lines.append(
+                    f"| {name} | {point['label']} | {_fmt(point['target_rate'], 1)}"
+                    f" | {_fmt(point['latency_ms']['p99'])} | {_fmt(ideal['p50_ms'])} | {_fmt(ideal['p99_ms'])}"
+                    f" | {_fmt(ideal['within_bound_fraction'], 3)} | {_fmt(ideal['within_deadline_fraction'], 3)}"
+                    f" | {ideal['policy']} |"
+                )
+    return lines
+
+
 def plot(report: dict[str, object], path: Path) -> None:
     import matplotlib
 
@@ -214,6 +280,9 @@ def plot(report: dict[str, object], path: Path) -> None:
                 axis.scatter(*zip(*saturated, strict=True), marker="x", s=80, color=line.get_color(), zorder=3)
         ceiling = engine[model]["ceiling_candidates_per_s"]
         axis.axvline(ceiling, color="black", linestyle="--", label=f"engine-only ceiling ({ceiling:,.0f}/s)")
+        limit = _limit_of((report.get("limit") or {}).get(model))  # type: ignore[attr-defined]
+        if limit:
+            axis.axvline(limit, color="grey", linestyle="-.", label=f"simulated ideal server ({limit:,.0f}/s)")
         axis.axhline(P99_BOUND_MS, color="red", linestyle=":", label=f"p99 bound ({P99_BOUND_MS:g} ms)")
         axis.set_yscale("log")
         axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value / 1000:,.0f}k"))

@@ -2,8 +2,9 @@
 end and writes its three files.
 
 Not benchmarks: the runs are tiny and their figures mean nothing. The serving bench: the engine-only run, the naive
-baseline and adrank (ctr) are measured, the JSON holds finite figures and successful requests for each, and the
-Markdown table and the PNG plot exist; PyTriton is never involved (--smoke skips it). The overload bench: every
+baseline and adrank (ctr) are measured, the JSON holds finite figures and successful requests for each, the
+simulated limit (perf/limit_model.py) and every system's ratio to it are there, and the Markdown table and the PNG
+plot exist; PyTriton is never involved (--smoke skips it). The overload bench: every
 phase ran against both servers (saturation, refusals, idle probes, both loads, adrank's tenants) and every target
 is evaluated, whether the server at this commit passes it or not.
 """
@@ -67,9 +68,28 @@ def test_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
         assert system["at_10pct"] is not None and math.isfinite(system["at_10pct"]["latency_ms"]["p50"])
     assert report["machine"]["nproc"] >= 1 and report["pinning"]["server_core"] == 0
     assert report["targets"], "the targets table is empty"
+    # The limit: the ideal server simulated on the run's own traces, with the echo's transport cost and the
+    # engine's batch-time curve; every system's vs limit divides by it, and the naive server is validated.
+    limit = report["limit"]["ctr"]
+    assert limit["limit_candidates_per_s"] > 0 and limit["sweep"]["points"]
+    assert len(limit["batch_curve"]["rows"]) == len(report["settings"]["engine_sizes"])
+    echo = "grpc-echo-cpp" if find_built("adrank_echo") else "grpc-echo"
+    assert limit["transport"]["source"] == echo and limit["transport"]["per_call_us"] > 0
+    assert systems[echo]["transport"]["runs"][0]["calls"] > 0
+    for name in ("naive", "adrank-ctr", "engine-only"):
+        expected = systems[name]["max_candidates_per_s"] / limit["limit_candidates_per_s"]
+        assert systems[name]["vs_limit"] == pytest.approx(expected), name
+    for point in systems["adrank-ctr"]["points"] + systems["naive"]["points"]:
+        ideal = point["ideal"]
+        assert math.isfinite(ideal["p99_ms"]) and 0 <= ideal["within_bound_fraction"] <= 1, point["label"]
+    for basis in ("cpu", "wall"):
+        validation = limit["naive_validation"][basis]
+        assert 0 < len(validation["p99_ratios"]) <= len(systems["naive"]["points"]), basis
+        assert validation["p99_ratio_median"] > 0 and validation["per_call_overhead_us"] >= 0, basis
 
     markdown = json_file.with_suffix(".md").read_text()
     assert "| adrank-ctr | ctr |" in markdown and "| naive | ctr |" in markdown and "## Targets" in markdown
+    assert "| vs limit |" in markdown and "## The limit: an ideal one-core server (ctr)" in markdown
     assert json_file.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,0 +1,365 @@
+"""The limit: an ideal one-core server simulated on the exact arrival trace of each open-loop point of a run.
+
+Contract. Given a trace (each request's send time, candidate count and payload bytes, as the load generator sent
+them), the simulated server has one core and does nothing but:
+- run the model on a batch of rows, taking the engine-only batch-time curve measured in the same run
+  (perf/engine.py's batch sweep: seconds per `session.run` against rows per run), linearly interpolated between
+  measured sizes and extrapolated along the end segments beyond them;
+- carry each request across gRPC at the grpc++ echo server's CPU per call and per byte, measured in the same run
+  (the echo's process CPU over closed-loop runs of small and of large requests, fitted as
+  `per_call + per_byte x bytes`).
+The core is never idle while work is queued and never preempted. A request's simulated latency is the time from
+its send to the end of the batch it rode in: the time the client and loopback add (which the echo's latency floor
+shows) is left out, so the limit is optimistic on purpose.
+
+Batching policies compared on every trace (`POLICIES`); the limit keeps, per trace, the one with the lowest p99
+(ties: lowest p50):
+- `serve-all-queued`: when the core frees, everything queued runs as one batch, up to the curve's largest
+  measured rows;
+- `one-at-a-time`: each request alone, in arrival order (what the naive server does);
+- `wait-to-fill-256`, `wait-to-fill-1024`: as serve-all-queued, but a batch short of 256 (1,024) rows waits up to
+  0.5 ms (2 ms) for more arrivals.
+Which one wins depends on the curve and the load, so the report counts the wins per policy (`policy_wins`).
+Batching pays where a run has a large fixed cost (the curve's time at few rows) and requests queue; where the curve
+is nearly proportional to rows, one-at-a-time wins, because a batch answers all its requests at its end, so a small
+request that rides with a large one waits for it.
+
+Outputs: per point, the simulated p50/p99, the fraction of requests within the p99 bound and within their
+deadline, the simulated candidates/s and which policy won; per sweep, the limit: the largest simulated
+candidates/s among points whose p99 is within the bound. The sweep is the measured traces, extended (when the
+ideal server is still within the bound at the highest measured rate) by traces drawn the way the load generator
+draws them at higher rates, then bisected.
+
+The simulator is checked against a real server in the same run: the naive server (one request at a time, its own
+time per call beyond the engine measured on it over its closed-loop probe, as CPU time and as wall time) simulated
+on its own traces, simulated over measured (`validate_naive`).
+
+Thread-safety: pure functions over immutable inputs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One open-loop point's requests in send order: send time (s after the run's start), candidates, bytes."""
+
+    send_s: np.ndarray
+    rows: np.ndarray
+    payload_bytes: np.ndarray
+    deadline_s: float = 1.0
+
+    @staticmethod
+    def of(send_s: ArrayLike, rows: ArrayLike, payload_bytes: ArrayLike, deadline_s: float = 1.0) -> Trace:
+        send = np.asarray(send_s, dtype=np.float64)
+        order = np.argsort(send, kind="stable")
+        return Trace(
+            send[order],
+            np.asarray(rows, dtype=np.int64)[order],
+            np.asarray(payload_bytes, dtype=np.int64)[order],
+            deadline_s,
+        )
+
+    @property
+    def offered_rate(self) -> float:
+        """Requests/s between the first and the last send."""
+        span = float(self.send_s[-1] - self.send_s[0]) if len(self.send_s) > 1 else 0.0
+        return (len(self.send_s) - 1) / span if span > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class BatchCurve:
+    """Engine seconds per batch against the batch's rows, measured at a few sizes (increasing rows)."""
+
+    rows: tuple[float, ...]
+    seconds: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.rows) < 2 or len(self.rows) != len(self.seconds) or list(self.rows) != sorted(set(self.rows)):
+            raise ValueError(f"a batch curve needs >= 2 points at increasing rows, got {self.rows}")
+
+    @staticmethod
+    def measured(rows: Sequence[float], seconds: Sequence[float]) -> BatchCurve:
+        """The curve through measured points, made non-decreasing: on a busy machine a larger batch is sometimes
+        timed faster than a smaller one, which no engine does; the running maximum undoes that noise."""
+        pairs = sorted(zip(rows, seconds, strict=True))
+        return BatchCurve(tuple(float(r) for r, _ in pairs), tuple(np.maximum.accumulate([s for _, s in pairs])))
+
+    @property
+    def max_rows(self) -> int:
+        return int(self.rows[-1])
+
+    def seconds_for(self, rows: float) -> float:
+        """Linear interpolation; beyond the measured sizes, the end segment's line. Below the smallest size never
+        less than proportional to it (an extrapolation that a noisy first segment would drive below zero)."""
+        xs, ys = self.rows, self.seconds
+        i = min(max(bisect.bisect_left(xs, rows), 1), len(xs) - 1)
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        value = y0 + (y1 - y0) * (rows - x0) / (x1 - x0)
+        if rows < x0:
+            value = max(value, y0 * rows / x0)
+        return value
+
+
+@dataclass(frozen=True)
+class TransportCost:
+    """CPU seconds the transport costs the server per call: per_call_s + per_byte_s x the request's bytes."""
+
+    per_call_s: float
+    per_byte_s: float
+    source: str
+
+    @staticmethod
+    def fitted(runs: Sequence[tuple[int, int, float]], source: str) -> TransportCost:
+        """Least squares over runs of (calls, bytes, server CPU seconds). A negative per-byte fit (noise, or sizes
+        too close together to tell apart) falls back to CPU per call alone, since bytes never cost less than
+        nothing."""
+        calls = np.array([r[0] for r in runs], dtype=np.float64)
+        sent = np.array([r[1] for r in runs], dtype=np.float64)
+        cpu = np.array([r[2] for r in runs], dtype=np.float64)
+        if len(runs) >= 2:
+            (per_call, per_byte), *_ = np.linalg.lstsq(np.column_stack([calls, sent]), cpu, rcond=None)
+            if per_call >= 0 and per_byte >= 0:
+                return TransportCost(float(per_call), float(per_byte), source)
+        return TransportCost(float(cpu.sum() / calls.sum()), 0.0, source)
+
+    def seconds_for(self, payload_bytes: float) -> float:
+        return self.per_call_s + self.per_byte_s * payload_bytes
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How the ideal server forms a batch when its core frees. `batching` off: one request per batch."""
+
+    name: str
+    batching: bool = True
+    fill_rows: int = 0  # a batch short of this waits ...
+    wait_s: float = 0.0  # ... at most this long after the core freed for more arrivals
+
+
+POLICIES = (
+    Policy("serve-all-queued"),
+    Policy("one-at-a-time", batching=False),
+    Policy("wait-to-fill-256", fill_rows=256, wait_s=0.0005),
+    Policy("wait-to-fill-1024", fill_rows=1024, wait_s=0.002),
+)
+ONE_AT_A_TIME = POLICIES[1]
+
+
+def simulate(trace: Trace, curve: BatchCurve, transport: TransportCost, policy: Policy) -> np.ndarray:
+    """Each request's completion time (s, the trace's clock) on the ideal one-core server under `policy`."""
+    send = trace.send_s.tolist()
+    rows = trace.rows.tolist()
+    cost = [transport.seconds_for(b) for b in trace.payload_bytes.tolist()]
+    n, cap = len(send), curve.max_rows
+    done = np.empty(n)
+    free_at, head = 0.0, 0
+    while head < n:
+        start = max(free_at, send[head])
+        end, batch_rows, batch_cost = head + 1, rows[head], cost[head]
+        if policy.batching:
+            while end < n and send[end] <= start and batch_rows + rows[end] <= cap:
+                batch_rows, batch_cost, end = batch_rows + rows[end], batch_cost + cost[end], end + 1
+            if batch_rows < policy.fill_rows:
+                closes, full = start + policy.wait_s, False
+                while end < n and send[end] <= closes and batch_rows < policy.fill_rows:
+                    if batch_rows + rows[end] > cap:
+                        full = True  # the arrival that does not fit closes the batch: waiting gains nothing
+                        break
+                    batch_rows, batch_cost, end = batch_rows + rows[end], batch_cost + cost[end], end + 1
+                if full:
+                    start = max(start, send[end])
+                elif batch_rows >= policy.fill_rows:
+                    start = max(start, send[end - 1])
+                else:
+                    start = closes
+        free_at = start + curve.seconds_for(batch_rows) + batch_cost
+        done[head:end] = free_at
+        head = end
+    return done
+
+
+@dataclass(frozen=True)
+class SimulatedPoint:
+    policy: str
+    requests: int
+    offered_rate: float  # requests/s
+    candidates_per_s: float  # the trace's candidates over first send -> last completion
+    p50_ms: float
+    p99_ms: float
+    within_bound_fraction: float  # requests answered within the p99 bound
+    within_deadline_fraction: float  # requests answered within their deadline
+
+    def within(self, bound_ms: float) -> bool:
+        return math.isfinite(self.p99_ms) and self.p99_ms <= bound_ms
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def summarize(trace: Trace, done: np.ndarray, policy: str, bound_ms: float) -> SimulatedPoint:
+    latency = done - trace.send_s
+    elapsed = float(done.max() - trace.send_s[0]) if len(done) else 0.0
+    return SimulatedPoint(
+        policy=policy,
+        requests=len(latency),
+        offered_rate=trace.offered_rate,
+        candidates_per_s=float(trace.rows.sum()) / elapsed if elapsed > 0 else float("nan"),
+        p50_ms=float(np.percentile(latency, 50)) * 1e3,
+        p99_ms=float(np.percentile(latency, 99)) * 1e3,
+        within_bound_fraction=float(np.mean(latency <= bound_ms / 1e3)),
+        within_deadline_fraction=float(np.mean(latency <= trace.deadline_s)),
+    )
+
+
+def each_policy(
+    trace: Trace, curve: BatchCurve, transport: TransportCost, bound_ms: float, policies: Sequence[Policy] = POLICIES
+) -> list[SimulatedPoint]:
+    return [summarize(trace, simulate(trace, curve, transport, p), p.name, bound_ms) for p in policies]
+
+
+def best_point(
+    trace: Trace, curve: BatchCurve, transport: TransportCost, bound_ms: float, policies: Sequence[Policy] = POLICIES
+) -> SimulatedPoint:
+    """The trace under the policy with the lowest p99 (ties: lowest p50)."""
+    return min(each_policy(trace, curve, transport, bound_ms, policies), key=lambda p: (p.p99_ms, p.p50_ms))
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The limit over a sweep: its simulated points (measured traces first, then drawn ones) and the largest
+    candidates/s among those within the bound (0 when none is)."""
+
+    points: list[SimulatedPoint]
+    drawn: int  # points on traces drawn at rates beyond (or below) the measured ones
+    limit_candidates_per_s: float
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "limit_candidates_per_s": self.limit_candidates_per_s,
+            "drawn_points": self.drawn,
+            "policy_wins": _wins(self.points),
+            "points": [p.to_json() for p in self.points],
+        }
+
+
+def _wins(points: Sequence[SimulatedPoint]) -> dict[str, int]:
+    wins: dict[str, int] = {}
+    for point in points:
+        wins[point.policy] = wins.get(point.policy, 0) + 1
+    return wins
+
+
+def sweep(
+    traces: Sequence[Trace],
+    curve: BatchCurve,
+    transport: TransportCost,
+    bound_ms: float,
+    draw: Callable[[float], Trace] | None = None,
+    refine_steps: int = 6,
+    policies: Sequence[Policy] = POLICIES,
+) -> Sweep:
+    """The best policy on every trace; with `draw` (a rate -> a trace drawn at that rate), the sweep goes on
+    past the measured rates until the ideal server breaks the bound (x1.25 steps, at most 40), or below them
+    until it meets it (halving, at most 10), then bisects `refine_steps` times between the two."""
+    points = [best_point(t, curve, transport, bound_ms, policies) for t in traces]
+    measured = len(points)
+    if draw is not None and points:
+
+        def add(rate: float) -> SimulatedPoint:
+            point = best_point(draw(rate), curve, transport, bound_ms, policies)
+            points.append(point)
+            return point
+
+        rates = [p.offered_rate for p in points if math.isfinite(p.offered_rate)]
+        good = [p.offered_rate for p in points if p.within(bound_ms)]
+        bad = [p.offered_rate for p in points if not p.within(bound_ms)]
+        low = max(good, default=None)
+        high = min((r for r in bad if low is None or r > low), default=None)
+        for _ in range(40 if high is None else 0):
+            rate = 1.25 * (low if low is not None else max(rates))
+            if add(rate).within(bound_ms):
+                low = rate
+            else:
+                high = rate
+                break
+        for _ in range(10 if low is None else 0):
+            rate = 0.5 * (high if high is not None else min(rates))
+            if add(rate).within(bound_ms):
+                low = rate
+                break
+            high = rate
+        for _ in range(refine_steps if low is not None and high is not None else 0):
+            rate = 0.5 * (low + high)  # type: ignore[operator]
+            if add(rate).within(bound_ms):
+                low = rate
+            else:
+                high = rate
+    ok = [p.candidates_per_s for p in points if p.within(bound_ms)]
+    return Sweep(points, len(points) - measured, max(ok, default=0.0))
+
+
+@dataclass(frozen=True)
+class MeasuredPoint:
+    """What the load generator measured at one point: OK latency percentiles, candidates/s, within the bound."""
+
+    p50_ms: float
+    p99_ms: float
+    candidates_per_s: float
+    within_bound: bool
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The naive server simulated on its own traces against its measurement (ratios simulated / measured)."""
+
+    per_call_overhead_s: float  # its CPU per call beyond the engine's time for the call's rows
+    max_candidates_ratio: float | None  # max candidates/s with p99 <= bound
+    p50_ratios: list[float]
+    p99_ratios: list[float]
+    simulated: list[SimulatedPoint]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "per_call_overhead_us": self.per_call_overhead_s * 1e6,
+            "max_candidates_ratio": self.max_candidates_ratio,
+            "p50_ratio_median": _median(self.p50_ratios),
+            "p99_ratio_median": _median(self.p99_ratios),
+            "p50_ratios": self.p50_ratios,
+            "p99_ratios": self.p99_ratios,
+            "simulated": [p.to_json() for p in self.simulated],
+        }
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return float(np.median(values)) if values else None
+
+
+def per_call_overhead(probe: Trace, busy_s: float, curve: BatchCurve) -> float:
+    """A one-at-a-time server's time per call beyond the engine: (`busy_s` over a saturating run - the engine's
+    time for each call's rows) / calls, never below zero. `busy_s` is its CPU time over the run, or the run's wall
+    time where its core is shared with other work (a busy machine lends it only part of the core)."""
+    engine_s = sum(curve.seconds_for(r) for r in probe.rows.tolist())
+    return max(0.0, (busy_s - engine_s) / max(len(probe.rows), 1))
+
+
+def validate_naive(
+    traces: Sequence[Trace], measured: Sequence[MeasuredPoint], overhead_s: float, curve: BatchCurve, bound_ms: float
+) -> Validation:
+    """The naive server simulated one request at a time on each of its traces (`measured`: its point there)."""
+    cost = TransportCost(overhead_s, 0.0, "naive server's CPU per call beyond the engine")
+    simulated = [summarize(t, simulate(t, curve, cost, ONE_AT_A_TIME), ONE_AT_A_TIME.name, bound_ms) for t in traces]
+    pairs = list(zip(simulated, measured, strict=True))
+    p50 = [s.p50_ms / m.p50_ms for s, m in pairs if math.isfinite(m.p50_ms) and m.p50_ms > 0]
+    p99 = [s.p99_ms / m.p99_ms for s, m in pairs if math.isfinite(m.p99_ms) and m.p99_ms > 0]
+    sim_max = max((s.candidates_per_s for s in simulated if s.within(bound_ms)), default=0.0)
+    real_max = max((m.candidates_per_s for m in measured if m.within_bound), default=0.0)
+    return Validation(overhead_s, sim_max / real_max if real_max > 0 else None, p50, p99, simulated)
