@@ -571,7 +571,11 @@ class Bench:
                     reason = "--smoke mode" if s.mode == "smoke" else "--no-pytriton"
                     self.systems["pytriton"] = SystemResult("pytriton", model, status=f"not run: {reason}")
         for model in s.models:
-            self._limit(model)
+            try:
+                self._limit(model)
+            except Exception as error:  # the measurements stand without their limit: reported, never lost
+                self.limits[model] = {"status": f"failed: {error!r}"}
+                log(f"limit {model}: failed: {error!r}")
         shutil.rmtree(self.work, ignore_errors=True)
         return {"seconds": time.perf_counter() - started}
 
@@ -612,8 +616,14 @@ class Bench:
                 "source": transport.source,
                 "per_call_us": transport.per_call_s * 1e6,
                 "per_byte_ns": transport.per_byte_s * 1e9,
+                "latency_us": transport.latency_s * 1e6,
             },
-            "batch_curve": {"rows": list(curve.rows), "ms": [t * 1e3 for t in curve.seconds]},
+            "batch_curve": {
+                "rows": list(curve.rows),
+                "ms": [t * 1e3 for t in curve.seconds],
+                "requests": list(curve.requests) if curve.requests else None,
+                "per_request_ms": curve.per_request_s * 1e3,
+            },
             "sweep": sweep.to_json(),
             "naive_validation": self._validate_naive(model, curve),
         }
@@ -623,12 +633,17 @@ class Bench:
         )
 
     def _transport_cost(self) -> limit_model.TransportCost:
-        """The grpc++ echo's CPU per call and per byte; the grpc.aio echo's where grpc++ is not built."""
+        """The grpc++ echo's CPU per call and per byte, and its p50 at light load less that CPU (the latency off the
+        server's core); the grpc.aio echo's where grpc++ is not built."""
         for name in ("grpc-echo-cpp", "grpc-echo"):
             system = self.systems.get(name)
-            if system and system.transport:
-                per_call, per_byte = system.transport["per_call_us"], system.transport["per_byte_ns"]
-                return limit_model.TransportCost(float(per_call) / 1e6, float(per_byte) / 1e9, name)  # type: ignore[arg-type]
+            if system and system.transport and system.at_10pct and system.traces:
+                per_call = float(system.transport["per_call_us"]) / 1e6  # type: ignore[arg-type]
+                per_byte = float(system.transport["per_byte_ns"]) / 1e9  # type: ignore[arg-type]
+                cpu_s = per_call + per_byte * float(system.traces[0].payload_bytes.mean())
+                p50_s = _number(system.at_10pct["latency_ms"]["p50"]) / 1e3  # type: ignore[index]
+                latency = max(0.0, p50_s - cpu_s) if math.isfinite(p50_s) else 0.0
+                return limit_model.TransportCost(per_call, per_byte, name, latency)
         return limit_model.TransportCost(0.0, 0.0, "none: no echo server was measured")
 
     def _validate_naive(self, model: str, curve: limit_model.BatchCurve) -> dict[str, dict[str, object]] | None:
@@ -651,9 +666,11 @@ class Bench:
             )
             for p in naive.points
         ]
+        latency = self._transport_cost().latency_s
         validations = {}
         for basis, overhead in overheads.items():
-            validation = limit_model.validate_naive(naive.traces, measured, overhead, curve, P99_BOUND_MS).to_json()
+            simulated = limit_model.validate_naive(naive.traces, measured, overhead, curve, P99_BOUND_MS, latency)
+            validation = simulated.to_json()
             validations[basis] = validation
             log(
                 f"limit {model}: the naive server ({basis} per call: {overhead * 1e6:.0f} us beyond the engine)"
@@ -771,7 +788,10 @@ def batch_curve(engine_result: dict[str, object]) -> limit_model.BatchCurve:
     threads = engine_result["best"]["intra_op_threads"]  # type: ignore[index]
     sweep = [p for p in engine_result["batch_sweep"] if p["intra_op_threads"] == threads]  # type: ignore[attr-defined]
     rows = [float(p.get("rows_per_run", p["batch_rows"])) for p in sweep]
-    return limit_model.BatchCurve.measured(rows, [float(p["ms_per_run"]) / 1e3 for p in sweep])
+    requests = [float(p["requests_per_run"]) for p in sweep] if all("requests_per_run" in p for p in sweep) else None
+    curve = limit_model.BatchCurve.measured(rows, [float(p["ms_per_run"]) / 1e3 for p in sweep], requests)
+    samples = engine_result["direct"].get("samples") or []  # type: ignore[attr-defined]
+    return curve.fit_per_request([(float(n), float(ms) / 1e3) for n, ms in samples])
 
 
 def _number(value: object) -> float:

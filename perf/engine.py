@@ -7,14 +7,15 @@ servers get):
   overflows one; for relevance each batch carries one tokenized query per request it holds, trimmed to the batch's
   longest query), for B in 64..2048 and the model config's thread counts (intra-op 1 on one core). The best B is
   the candidates/s no server on that core can beat, since a server runs the same session plus its own work. The
-  sweep is also the engine's batch-time curve (`ms_per_run` against `rows_per_run`) that perf/limit_model.py
-  interpolates.
+  sweep is also the engine's batch-time curve (`ms_per_run` against `rows_per_run`, with `requests_per_run`) that
+  perf/limit_model.py interpolates.
 - direct: the latency of `session.run` on each request alone (p50/p99): what a request costs with nothing but the
   engine in the way, the reference for a server's latency at light load. Back to back by default; with
   `--paced RATE`, each call starts at its Poisson arrival at RATE requests/s (the loadgen's draw for that rate) and
   the core idles in between, as a server's does at that load. The pace matters: on this machine a call after a few
   milliseconds idle takes 2-3x as long as one straight after another (the core's caches and clock go cold), so
-  the light-load reference is the paced figure at the rate of the server's 10 % point.
+  the light-load reference is the paced figure at the rate of the server's 10 % point. `samples` holds each call's
+  [rows, ms]: with the sweep, they tell a batch's cost per request (one query each) from its cost per row.
 
 Inputs are built before any timing. The session is adrank's own backend session for the model's config
 (`Session.run_arrays`): ONNX Runtime with the config's threads and providers, or TensorRT for `backend: tensorrt`,
@@ -128,12 +129,13 @@ def ceiling(engine: Engine, requests: request_sets.RequestSet, batch_rows: int, 
     rows = [sum(_rows(requests, i, part) for i, part in parts) for parts in batches]
     for feed in feeds[:2]:
         engine.run(feed)  # warm-up: the first run at a shape allocates
-    done_rows, runs = 0, 0
+    done_rows, done_requests, runs = 0, 0, 0
     start = time.perf_counter()
     while True:
         feed_index = runs % len(feeds)
         engine.run(feeds[feed_index])
         done_rows += rows[feed_index]
+        done_requests += len(batches[feed_index])
         runs += 1
         elapsed = time.perf_counter() - start
         if (elapsed >= seconds and runs >= 3) or runs >= 100_000:
@@ -145,12 +147,15 @@ def ceiling(engine: Engine, requests: request_sets.RequestSet, batch_rows: int, 
         "candidates_per_s": done_rows / elapsed,
         "ms_per_run": elapsed / runs * 1e3,
         "rows_per_run": done_rows / runs,  # below batch_rows where the whole set fits one batch
+        # Requests (whole or split) per run: for a model that encodes a context per request (relevance's query) the
+        # time depends on them as well as on the rows.
+        "requests_per_run": done_requests / runs,
     }
 
 
 def direct(
     engine: Engine, requests: request_sets.RequestSet, count: int, rate: float | None = None, seed: int = 7
-) -> dict[str, float]:
+) -> dict[str, object]:
     """Latency of `session.run` on each request alone (its own rows, its own query), in ms.
 
     `rate`: start call i at its Poisson arrival (the draw perf/loadgen.py makes for that rate and seed) instead of
@@ -174,8 +179,10 @@ def direct(
         engine.run(feed)
         latency[i] = time.perf_counter() - start
     latency *= 1e3
+    rows = [int(requests.candidates[i]) for i in range(len(feeds))]
     return {
         "requests": len(feeds),
+        "samples": [[n, round(float(ms), 4)] for n, ms in zip(rows, latency, strict=True)],  # [rows, ms] per call
         "rate": rate,
         "p50_ms": float(np.percentile(latency, 50)),
         "p90_ms": float(np.percentile(latency, 90)),

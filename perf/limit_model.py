@@ -4,19 +4,25 @@ Contract. Given a trace (each request's send time, candidate count and payload b
 them), the simulated server has one core and does nothing but:
 - run the model on a batch of rows, taking the engine-only batch-time curve measured in the same run
   (perf/engine.py's batch sweep: seconds per `session.run` against rows per run), linearly interpolated between
-  measured sizes and extrapolated along the end segments beyond them;
+  measured sizes and extrapolated along the end segments beyond them. A model that encodes a context per request
+  (relevance's query) also pays per request: the sweep's batches held a known number of requests at each size, and
+  a batch holding more or fewer pays `per_request_s` for each one more or fewer, fitted on the engine's direct
+  calls (one request each) against the curve (`BatchCurve.fit_per_request`); for ctr it comes out near zero;
 - carry each request across gRPC at the grpc++ echo server's CPU per call and per byte, measured in the same run
   (the echo's process CPU over closed-loop runs of small and of large requests, fitted as
   `per_call + per_byte x bytes`).
 The core is never idle while work is queued and never preempted. A request's simulated latency is the time from
-its send to the end of the batch it rode in: the time the client and loopback add (which the echo's latency floor
-shows) is left out, so the limit is optimistic on purpose.
+its send to the end of the batch it rode in, plus the transport's latency off the server's core (client, loopback,
+waking up: the echo's p50 at light load less its CPU per call), since the measured latencies it is compared with
+are the client's, send to reply.
 
 Batching policies compared on every trace (`POLICIES`); the limit keeps, per trace, the one with the lowest p99
 (ties: lowest p50):
 - `serve-all-queued`: when the core frees, everything queued runs as one batch, up to the curve's largest
   measured rows;
 - `one-at-a-time`: each request alone, in arrival order (what the naive server does);
+- `serve-queued-up-to-256`: as serve-all-queued, capped at 256 rows (near the fixed cost's amortisation on
+  ctr), so that small requests are not held behind a large batch;
 - `wait-to-fill-256`, `wait-to-fill-1024`: as serve-all-queued, but a batch short of 256 (1,024) rows waits up to
   0.5 ms (2 ms) for more arrivals.
 Which one wins depends on the curve and the load, so the report counts the wins per policy (`policy_wins`).
@@ -77,48 +83,79 @@ class Trace:
 
 @dataclass(frozen=True)
 class BatchCurve:
-    """Engine seconds per batch against the batch's rows, measured at a few sizes (increasing rows)."""
+    """Engine seconds per batch against the batch's rows, measured at a few sizes (increasing rows); with
+    `requests` (the measured batches' requests per run at each size), a batch of more or fewer requests than those
+    costs `per_request_s` for each."""
 
     rows: tuple[float, ...]
     seconds: tuple[float, ...]
+    requests: tuple[float, ...] | None = None
+    per_request_s: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.rows) < 2 or len(self.rows) != len(self.seconds) or list(self.rows) != sorted(set(self.rows)):
             raise ValueError(f"a batch curve needs >= 2 points at increasing rows, got {self.rows}")
+        if self.requests is not None and len(self.requests) != len(self.rows):
+            raise ValueError(f"{len(self.requests)} request counts for {len(self.rows)} sizes")
 
     @staticmethod
-    def measured(rows: Sequence[float], seconds: Sequence[float]) -> BatchCurve:
+    def measured(
+        rows: Sequence[float], seconds: Sequence[float], requests: Sequence[float] | None = None
+    ) -> BatchCurve:
         """The curve through measured points, made non-decreasing: on a busy machine a larger batch is sometimes
         timed faster than a smaller one, which no engine does; the running maximum undoes that noise."""
-        pairs = sorted(zip(rows, seconds, strict=True))
-        return BatchCurve(tuple(float(r) for r, _ in pairs), tuple(np.maximum.accumulate([s for _, s in pairs])))
+        order = np.argsort(rows, kind="stable")
+        ys = np.maximum.accumulate(np.asarray(seconds, dtype=np.float64)[order])
+        counts = None if requests is None else tuple(float(requests[i]) for i in order)
+        return BatchCurve(tuple(float(rows[i]) for i in order), tuple(float(y) for y in ys), counts)
+
+    def fit_per_request(self, calls: Sequence[tuple[float, float]]) -> BatchCurve:
+        """This curve with `per_request_s` fitted on calls of one request each, [(rows, seconds)]: least squares
+        through zero of (seconds - curve at rows) on (1 - the curve's requests at rows), never below zero (a batch
+        of more requests never runs faster)."""
+        if self.requests is None or not calls:
+            return self
+        x = np.array([1.0 - _interpolate(self.rows, self.requests, r) for r, _ in calls])
+        y = np.array([s - _interpolate(self.rows, self.seconds, r) for r, s in calls])
+        slope = float(x @ y / (x @ x)) if float(x @ x) > 0 else 0.0
+        return BatchCurve(self.rows, self.seconds, self.requests, max(0.0, slope))
 
     @property
     def max_rows(self) -> int:
         return int(self.rows[-1])
 
-    def seconds_for(self, rows: float) -> float:
-        """Linear interpolation; beyond the measured sizes, the end segment's line. Below the smallest size never
-        less than proportional to it (an extrapolation that a noisy first segment would drive below zero)."""
-        xs, ys = self.rows, self.seconds
-        i = min(max(bisect.bisect_left(xs, rows), 1), len(xs) - 1)
-        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-        value = y0 + (y1 - y0) * (rows - x0) / (x1 - x0)
-        if rows < x0:
-            value = max(value, y0 * rows / x0)
-        return value
+    def seconds_for(self, rows: float, requests: float | None = None) -> float:
+        """The curve at `rows` (below the smallest size never less than proportional to it: an extrapolation that a
+        noisy first segment would drive below zero), plus `per_request_s` for each request beyond the measured
+        batches' (minus, for each one fewer, down to the requests' own cost at least)."""
+        value = _interpolate(self.rows, self.seconds, rows)
+        if rows < self.rows[0]:
+            value = max(value, self.seconds[0] * rows / self.rows[0])
+        if requests is None or self.requests is None or self.per_request_s == 0.0:
+            return value
+        expected = _interpolate(self.rows, self.requests, rows)
+        return max(value + self.per_request_s * (requests - expected), self.per_request_s * requests)
+
+
+def _interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """Linear interpolation; beyond the measured points, the end segment's line."""
+    i = min(max(bisect.bisect_left(xs, x), 1), len(xs) - 1)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
 @dataclass(frozen=True)
 class TransportCost:
-    """CPU seconds the transport costs the server per call: per_call_s + per_byte_s x the request's bytes."""
+    """CPU seconds the transport costs the server per call: per_call_s + per_byte_s x the request's bytes; and the
+    latency it adds to every call off the server's core (latency_s)."""
 
     per_call_s: float
     per_byte_s: float
     source: str
+    latency_s: float = 0.0
 
     @staticmethod
-    def fitted(runs: Sequence[tuple[int, int, float]], source: str) -> TransportCost:
+    def fitted(runs: Sequence[tuple[int, int, float]], source: str, latency_s: float = 0.0) -> TransportCost:
         """Least squares over runs of (calls, bytes, server CPU seconds). A negative per-byte fit (noise, or sizes
         too close together to tell apart) falls back to CPU per call alone, since bytes never cost less than
         nothing."""
@@ -128,8 +165,8 @@ class TransportCost:
         if len(runs) >= 2:
             (per_call, per_byte), *_ = np.linalg.lstsq(np.column_stack([calls, sent]), cpu, rcond=None)
             if per_call >= 0 and per_byte >= 0:
-                return TransportCost(float(per_call), float(per_byte), source)
-        return TransportCost(float(cpu.sum() / calls.sum()), 0.0, source)
+                return TransportCost(float(per_call), float(per_byte), source, latency_s)
+        return TransportCost(float(cpu.sum() / calls.sum()), 0.0, source, latency_s)
 
     def seconds_for(self, payload_bytes: float) -> float:
         return self.per_call_s + self.per_byte_s * payload_bytes
@@ -141,6 +178,7 @@ class Policy:
 
     name: str
     batching: bool = True
+    max_rows: int | None = None  # a batch's rows at most (a larger request runs alone); None: the curve's largest
     fill_rows: int = 0  # a batch short of this waits ...
     wait_s: float = 0.0  # ... at most this long after the core freed for more arrivals
 
@@ -148,6 +186,7 @@ class Policy:
 POLICIES = (
     Policy("serve-all-queued"),
     Policy("one-at-a-time", batching=False),
+    Policy("serve-queued-up-to-256", max_rows=256),
     Policy("wait-to-fill-256", fill_rows=256, wait_s=0.0005),
     Policy("wait-to-fill-1024", fill_rows=1024, wait_s=0.002),
 )
@@ -159,7 +198,7 @@ def simulate(trace: Trace, curve: BatchCurve, transport: TransportCost, policy: 
     send = trace.send_s.tolist()
     rows = trace.rows.tolist()
     cost = [transport.seconds_for(b) for b in trace.payload_bytes.tolist()]
-    n, cap = len(send), curve.max_rows
+    n, cap = len(send), policy.max_rows or curve.max_rows
     done = np.empty(n)
     free_at, head = 0.0, 0
     while head < n:
@@ -181,7 +220,7 @@ def simulate(trace: Trace, curve: BatchCurve, transport: TransportCost, policy: 
                     start = max(start, send[end - 1])
                 else:
                     start = closes
-        free_at = start + curve.seconds_for(batch_rows) + batch_cost
+        free_at = start + curve.seconds_for(batch_rows, end - head) + batch_cost
         done[head:end] = free_at
         head = end
     return done
@@ -205,8 +244,9 @@ class SimulatedPoint:
         return asdict(self)
 
 
-def summarize(trace: Trace, done: np.ndarray, policy: str, bound_ms: float) -> SimulatedPoint:
-    latency = done - trace.send_s
+def summarize(trace: Trace, done: np.ndarray, policy: str, bound_ms: float, latency_s: float = 0.0) -> SimulatedPoint:
+    """The point's figures from its completion times; `latency_s` is added to every request's latency."""
+    latency = done - trace.send_s + latency_s
     elapsed = float(done.max() - trace.send_s[0]) if len(done) else 0.0
     return SimulatedPoint(
         policy=policy,
@@ -223,7 +263,9 @@ def summarize(trace: Trace, done: np.ndarray, policy: str, bound_ms: float) -> S
 def each_policy(
     trace: Trace, curve: BatchCurve, transport: TransportCost, bound_ms: float, policies: Sequence[Policy] = POLICIES
 ) -> list[SimulatedPoint]:
-    return [summarize(trace, simulate(trace, curve, transport, p), p.name, bound_ms) for p in policies]
+    return [
+        summarize(trace, simulate(trace, curve, transport, p), p.name, bound_ms, transport.latency_s) for p in policies
+    ]
 
 
 def best_point(
@@ -347,16 +389,24 @@ def per_call_overhead(probe: Trace, busy_s: float, curve: BatchCurve) -> float:
     """A one-at-a-time server's time per call beyond the engine: (`busy_s` over a saturating run - the engine's
     time for each call's rows) / calls, never below zero. `busy_s` is its CPU time over the run, or the run's wall
     time where its core is shared with other work (a busy machine lends it only part of the core)."""
-    engine_s = sum(curve.seconds_for(r) for r in probe.rows.tolist())
+    engine_s = sum(curve.seconds_for(r, 1) for r in probe.rows.tolist())
     return max(0.0, (busy_s - engine_s) / max(len(probe.rows), 1))
 
 
 def validate_naive(
-    traces: Sequence[Trace], measured: Sequence[MeasuredPoint], overhead_s: float, curve: BatchCurve, bound_ms: float
+    traces: Sequence[Trace],
+    measured: Sequence[MeasuredPoint],
+    overhead_s: float,
+    curve: BatchCurve,
+    bound_ms: float,
+    latency_s: float = 0.0,
 ) -> Validation:
-    """The naive server simulated one request at a time on each of its traces (`measured`: its point there)."""
-    cost = TransportCost(overhead_s, 0.0, "naive server's CPU per call beyond the engine")
-    simulated = [summarize(t, simulate(t, curve, cost, ONE_AT_A_TIME), ONE_AT_A_TIME.name, bound_ms) for t in traces]
+    """The naive server simulated one request at a time on each of its traces (`measured`: its point there), its
+    time per call beyond the engine `overhead_s`, the transport's latency off its core `latency_s`."""
+    cost = TransportCost(overhead_s, 0.0, "naive server's time per call beyond the engine", latency_s)
+    simulated = [
+        summarize(t, simulate(t, curve, cost, ONE_AT_A_TIME), ONE_AT_A_TIME.name, bound_ms, latency_s) for t in traces
+    ]
     pairs = list(zip(simulated, measured, strict=True))
     p50 = [s.p50_ms / m.p50_ms for s, m in pairs if math.isfinite(m.p50_ms) and m.p50_ms > 0]
     p99 = [s.p99_ms / m.p99_ms for s, m in pairs if math.isfinite(m.p99_ms) and m.p99_ms > 0]

@@ -216,3 +216,40 @@ def test_a_trace_is_kept_in_send_order() -> None:
         ]
     )
     assert t.offered_rate == pytest.approx(10.0) and t.deadline_s == 0.5
+
+
+def test_the_transport_latency_adds_to_every_request_but_not_to_the_core() -> None:
+    # 1 ms of core each, 1.5 ms more off the core: the second request still starts when the first ends.
+    t = trace([0.0, 0.5 * MS])
+    cost = TransportCost(0.0, 0.0, "echo", latency_s=1.5 * MS)
+    assert (simulate(t, constant(MS), cost, ONE_AT_A_TIME) - t.send_s).tolist() == pytest.approx([1 * MS, 1.5 * MS])
+    (point,) = each_policy(t, constant(MS), cost, 2.6, [ONE_AT_A_TIME])
+    assert point.p50_ms == pytest.approx(2.75) and point.within_bound_fraction == pytest.approx(0.5)
+
+
+def test_a_cost_per_request_is_fitted_on_single_calls_and_charged_per_request() -> None:
+    # The engine's truth: 1 ms + 20 us per row + 3 ms per request (a query encoded each). The sweep measured 100
+    # rows in 2 requests (9 ms) and 1,000 rows in 8 (45 ms); single calls of 100, 500 and 1,000 rows.
+    def truth(rows: float, requests: float) -> float:
+        return 1 * MS + 20e-6 * rows + 3 * MS * requests
+
+    curve = BatchCurve.measured([100, 1000], [truth(100, 2), truth(1000, 8)], requests=[2, 8])
+    fitted = curve.fit_per_request([(n, truth(n, 1)) for n in (100, 500, 1000)])
+    assert fitted.per_request_s == pytest.approx(3 * MS)
+    assert fitted.seconds_for(500, 1) == pytest.approx(truth(500, 1))
+    assert fitted.seconds_for(700, 5) == pytest.approx(truth(700, 5))
+    assert fitted.seconds_for(700) == pytest.approx(curve.seconds_for(700))  # no count: the sweep's own mix
+    # One at a time charges each call as one request.
+    t = trace([0.0, 0.0], rows=500)
+    assert simulate(t, fitted, FREE, ONE_AT_A_TIME).tolist() == pytest.approx([truth(500, 1), 2 * truth(500, 1)])
+    # A curve measured without request counts (or a fit that would make requests cheaper) charges nothing extra.
+    plain = BatchCurve.measured([100, 1000], [1 * MS, 5 * MS])
+    assert plain.fit_per_request([(100, 9 * MS)]) is plain
+    assert curve.fit_per_request([(1000, 60 * MS)]).per_request_s == 0.0
+
+
+def test_a_capped_policy_batches_up_to_its_rows_and_runs_a_larger_request_alone() -> None:
+    capped = Policy("cap", max_rows=256)
+    assert latencies(trace([0.0] * 4, rows=100), constant(MS), capped) == pytest.approx([MS, MS, 2 * MS, 2 * MS])
+    got = latencies(trace([0.0] * 3, rows=[100, 900, 100]), constant(MS), capped)
+    assert got == pytest.approx([MS, 2 * MS, 3 * MS])

@@ -75,6 +75,7 @@ def test_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
     assert len(limit["batch_curve"]["rows"]) == len(report["settings"]["engine_sizes"])
     echo = "grpc-echo-cpp" if find_built("adrank_echo") else "grpc-echo"
     assert limit["transport"]["source"] == echo and limit["transport"]["per_call_us"] > 0
+    assert limit["transport"]["latency_us"] >= 0
     assert systems[echo]["transport"]["runs"][0]["calls"] > 0
     for name in ("naive", "adrank-ctr", "engine-only"):
         expected = systems[name]["max_candidates_per_s"] / limit["limit_candidates_per_s"]
