@@ -604,7 +604,8 @@ class Bench:
             return limit_model.Trace.of(schedule, requests.candidates[order], sizes[order], s.timeout_s)
 
         sweep = limit_model.sweep(traces, curve, transport, P99_BOUND_MS, draw)
-        for point, ideal in zip((p for r in systems for p in r.points), sweep.points, strict=False):
+        measured = sweep.points[: len(traces)]  # the drawn points follow the measured ones
+        for point, ideal in zip((p for r in systems for p in r.points), measured, strict=True):
             point["ideal"] = ideal.to_json()
         limit = sweep.limit_candidates_per_s
         for system in self.systems.values():
@@ -784,12 +785,15 @@ class Bench:
 
 
 def batch_curve(engine_result: dict[str, object]) -> limit_model.BatchCurve:
-    """The engine-only batch sweep at its best thread count as seconds per run against rows per run."""
+    """The engine-only batch sweep at its best thread count as seconds per run (the median run: the ideal server
+    gets its core to itself, which the engine-only run on a busy machine did only most of the time) against rows
+    per run, with the fitted cost per request."""
     threads = engine_result["best"]["intra_op_threads"]  # type: ignore[index]
     sweep = [p for p in engine_result["batch_sweep"] if p["intra_op_threads"] == threads]  # type: ignore[attr-defined]
     rows = [float(p.get("rows_per_run", p["batch_rows"])) for p in sweep]
     requests = [float(p["requests_per_run"]) for p in sweep] if all("requests_per_run" in p for p in sweep) else None
-    curve = limit_model.BatchCurve.measured(rows, [float(p["ms_per_run"]) / 1e3 for p in sweep], requests)
+    seconds = [float(p.get("ms_per_run_p50", p["ms_per_run"])) / 1e3 for p in sweep]
+    curve = limit_model.BatchCurve.measured(rows, seconds, requests)
     samples = engine_result["direct"].get("samples") or []  # type: ignore[attr-defined]
     return curve.fit_per_request([(float(n), float(ms) / 1e3) for n, ms in samples])
 

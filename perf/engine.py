@@ -7,8 +7,8 @@ servers get):
   overflows one; for relevance each batch carries one tokenized query per request it holds, trimmed to the batch's
   longest query), for B in 64..2048 and the model config's thread counts (intra-op 1 on one core). The best B is
   the candidates/s no server on that core can beat, since a server runs the same session plus its own work. The
-  sweep is also the engine's batch-time curve (`ms_per_run` against `rows_per_run`, with `requests_per_run`) that
-  perf/limit_model.py interpolates.
+  sweep is also the engine's batch-time curve (`ms_per_run_p50`, the median run, against `rows_per_run`, with
+  `requests_per_run`) that perf/limit_model.py interpolates.
 - direct: the latency of `session.run` on each request alone (p50/p99): what a request costs with nothing but the
   engine in the way, the reference for a server's latency at light load. Back to back by default; with
   `--paced RATE`, each call starts at its Poisson arrival at RATE requests/s (the loadgen's draw for that rate) and
@@ -130,10 +130,13 @@ def ceiling(engine: Engine, requests: request_sets.RequestSet, batch_rows: int, 
     for feed in feeds[:2]:
         engine.run(feed)  # warm-up: the first run at a shape allocates
     done_rows, done_requests, runs = 0, 0, 0
+    each: list[float] = []
     start = time.perf_counter()
     while True:
         feed_index = runs % len(feeds)
+        began = time.perf_counter()
         engine.run(feeds[feed_index])
+        each.append(time.perf_counter() - began)
         done_rows += rows[feed_index]
         done_requests += len(batches[feed_index])
         runs += 1
@@ -146,6 +149,8 @@ def ceiling(engine: Engine, requests: request_sets.RequestSet, batch_rows: int, 
         "seconds": elapsed,
         "candidates_per_s": done_rows / elapsed,
         "ms_per_run": elapsed / runs * 1e3,
+        # The median run: a core shared with other work (a busy machine) stretches some runs, and the mean with them.
+        "ms_per_run_p50": float(np.median(each)) * 1e3,
         "rows_per_run": done_rows / runs,  # below batch_rows where the whole set fits one batch
         # Requests (whole or split) per run: for a model that encodes a context per request (relevance's query) the
         # time depends on them as well as on the rows.

@@ -3,11 +3,11 @@
 Contract. Given a trace (each request's send time, candidate count and payload bytes, as the load generator sent
 them), the simulated server has one core and does nothing but:
 - run the model on a batch of rows, taking the engine-only batch-time curve measured in the same run
-  (perf/engine.py's batch sweep: seconds per `session.run` against rows per run), linearly interpolated between
+  (perf/engine.py's batch sweep: the median `session.run` against rows per run), linearly interpolated between
   measured sizes and extrapolated along the end segments beyond them. A model that encodes a context per request
   (relevance's query) also pays per request: the sweep's batches held a known number of requests at each size, and
   a batch holding more or fewer pays `per_request_s` for each one more or fewer, fitted on the engine's direct
-  calls (one request each) against the curve (`BatchCurve.fit_per_request`); for ctr it comes out near zero;
+  calls (one request each) against the curve (`BatchCurve.fit_per_request`); for ctr it comes out at or near zero;
 - carry each request across gRPC at the grpc++ echo server's CPU per call and per byte, measured in the same run
   (the echo's process CPU over closed-loop runs of small and of large requests, fitted as
   `per_call + per_byte x bytes`).
@@ -110,15 +110,20 @@ class BatchCurve:
         return BatchCurve(tuple(float(rows[i]) for i in order), tuple(float(y) for y in ys), counts)
 
     def fit_per_request(self, calls: Sequence[tuple[float, float]]) -> BatchCurve:
-        """This curve with `per_request_s` fitted on calls of one request each, [(rows, seconds)]: least squares
-        through zero of (seconds - curve at rows) on (1 - the curve's requests at rows), never below zero (a batch
-        of more requests never runs faster)."""
-        if self.requests is None or not calls:
+        """This curve with `per_request_s` fitted on calls of one request each, [(rows, seconds)]: the median over
+        calls of (seconds - curve at rows) / (1 - the curve's requests at rows), never below zero (a batch of more
+        requests never runs faster). The median, because on a shared core a few calls are stretched; calls whose
+        one request is within half a request of the sweep's count at their rows say nothing and are left out."""
+        if self.requests is None:
             return self
-        x = np.array([1.0 - _interpolate(self.rows, self.requests, r) for r, _ in calls])
-        y = np.array([s - _interpolate(self.rows, self.seconds, r) for r, s in calls])
-        slope = float(x @ y / (x @ x)) if float(x @ x) > 0 else 0.0
-        return BatchCurve(self.rows, self.seconds, self.requests, max(0.0, slope))
+        slopes = []
+        for rows, seconds in calls:
+            fewer = 1.0 - _interpolate(self.rows, self.requests, rows)
+            if abs(fewer) >= 0.5:
+                slopes.append((seconds - _interpolate(self.rows, self.seconds, rows)) / fewer)
+        if not slopes:
+            return self
+        return BatchCurve(self.rows, self.seconds, self.requests, max(0.0, float(np.median(slopes))))
 
     @property
     def max_rows(self) -> int:

@@ -24,7 +24,8 @@ What keeps the generator out of the measurement:
 Latency is per request from send to reply (perf_counter); percentiles come from the full record. The record's times
 are seconds after the run's start, `started_at` on perf_counter's clock (CLOCK_MONOTONIC, which the C++ sender's
 steady_clock shares), so the records of generators run side by side share one time line. Failed calls
-are counted by status code and kept out of the latency percentiles; `error_fraction` tells them apart.
+are counted by status code and kept out of the latency percentiles; `error_fraction` tells them apart. `trace()`
+gives the last run's arrivals as sent (send time, candidates, payload bytes): perf/limit_model.py replays them.
 Everything is bounded: a run stops sending at `duration_s` or `max_requests`, whichever comes first, and each
 call has a deadline (`timeout_s`). Targets must be loopback addresses.
 """

@@ -236,6 +236,9 @@ def test_a_cost_per_request_is_fitted_on_single_calls_and_charged_per_request() 
     curve = BatchCurve.measured([100, 1000], [truth(100, 2), truth(1000, 8)], requests=[2, 8])
     fitted = curve.fit_per_request([(n, truth(n, 1)) for n in (100, 500, 1000)])
     assert fitted.per_request_s == pytest.approx(3 * MS)
+    # A call stretched tenfold (the core was lent to someone else) does not move the median.
+    calls = [(n, truth(n, 1)) for n in (100, 300, 500, 800, 1000)] + [(600, 10 * truth(600, 1))]
+    assert curve.fit_per_request(calls).per_request_s == pytest.approx(3 * MS)
     assert fitted.seconds_for(500, 1) == pytest.approx(truth(500, 1))
     assert fitted.seconds_for(700, 5) == pytest.approx(truth(700, 5))
     assert fitted.seconds_for(700) == pytest.approx(curve.seconds_for(700))  # no count: the sweep's own mix
