@@ -30,8 +30,7 @@ Policies that give a trace the same figures share its point (`best_point`). Whic
 the bound (p99 11-238 ms). At light load the others tie (no batch forms). Under load, one-at-a-time or
 serve-queued-up-to-256 won ctr's traces (in the last run 4 and 5 of 22 points alone, 3 together);
 serve-all-queued alone won ctr points only before the capped policy existed. Relevance: one-at-a-time won 6 of
-20, the capped policy 1; the rest tied. Why batching gains so little
-here:
+20, the capped policy 1; the rest tied. Why batching gains so little here:
 - a batch answers all its requests at its end, so a small request that rides with a 2,000-row one waits for it;
 - ctr's batch time is nearly proportional to rows beyond ~64 rows;
 - relevance's cost is mostly a query encoding per request (4-10 ms each in these runs), which a batch does not

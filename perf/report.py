@@ -285,9 +285,17 @@ def plot(report: dict[str, object], path: Path) -> None:
                 axis.scatter(*zip(*saturated, strict=True), marker="x", s=80, color=line.get_color(), zorder=3)
         ceiling = engine[model]["ceiling_candidates_per_s"]
         axis.axvline(ceiling, color="black", linestyle="--", label=f"engine-only ceiling ({ceiling:,.0f}/s)")
-        limit = _limit_of((report.get("limit") or {}).get(model))  # type: ignore[attr-defined]
+        limit_entry = (report.get("limit") or {}).get(model) or {}  # type: ignore[attr-defined]
+        ideal = sorted(
+            (p["candidates_per_s"], p["p99_ms"])
+            for p in limit_entry.get("sweep", {}).get("points", [])
+            if p["candidates_per_s"] is not None and p["p99_ms"] is not None
+        )
+        if ideal:
+            axis.plot(*zip(*ideal, strict=True), color="grey", marker=".", linewidth=1, label="simulated ideal server")
+        limit = _limit_of(limit_entry)
         if limit:
-            axis.axvline(limit, color="grey", linestyle="-.", label=f"simulated ideal server ({limit:,.0f}/s)")
+            axis.axvline(limit, color="grey", linestyle="-.", label=f"its limit ({limit:,.0f}/s)")
         axis.axhline(P99_BOUND_MS, color="red", linestyle=":", label=f"p99 bound ({P99_BOUND_MS:g} ms)")
         axis.set_yscale("log")
         axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value / 1000:,.0f}k"))
