@@ -50,6 +50,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,6 +87,8 @@ class Settings:
     server_core: int = 0
     generator_core: int = 1
     adrank_workers: int = 1
+    mix: str = "lognormal"  # candidates per request (perf/requests.py Mix): lognormal, ads, uniform:A-B, fixed:N
+    queries: str = "texts"  # relevance's query mix (perf/requests.py QueryMix): texts, zipf, zipf:N:S
 
 
 MODES = {
@@ -547,7 +550,7 @@ class Bench:
         log(f"mode {s.mode}: servers and engine on core {s.server_core}, generator on core {s.generator_core}")
         for model in s.models:
             built = time.perf_counter()
-            self.request_sets[model] = request_sets.build(model, s.requests[model])
+            self.request_sets[model] = request_sets.build(model, s.requests[model], **self._mixes(model))
             log(f"{model}: {self.request_sets[model].summary()} ({time.perf_counter() - built:.1f} s to build)")
         for model in s.models:
             self.engine[model] = self._engine(model)
@@ -680,13 +683,22 @@ class Bench:
             )
         return validations
 
+    def _mixes(self, model: str) -> dict[str, Any]:
+        """The request set's draws for `model`: the candidate mix, and relevance's query mix."""
+        queries = request_sets.QueryMix.parse(self.settings.queries)
+        return {
+            "mix": request_sets.Mix.parse(self.settings.mix),
+            "queries": queries if model == "relevance" else request_sets.QueryMix(),
+        }
+
     def _run_engine(self, model: str, label: str, options: list[str]) -> dict[str, object]:
         """perf/engine.py for `model` on the servers' core with `options`; its JSON."""
         s = self.settings
         out = self.work / f"{label.replace(' ', '-')}-{model}.json"
         command = ["taskset", "-c", str(s.server_core), sys.executable, str(REPO / "perf" / "engine.py")]
         command += ["--model", model, "--requests", str(s.requests[model]), "--out", str(out), *options]
-        command += ["--repository", str(self.repository)]
+        command += ["--repository", str(self.repository), "--mix", s.mix]
+        command += ["--queries", s.queries] if model == "relevance" else []
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{label} {model} failed: {done.stderr.strip()[-500:]}")
@@ -810,6 +822,12 @@ def _limit_ratio(candidates_per_s: float, limit: dict[str, object] | None) -> fl
     return candidates_per_s / value if value > 0 else None
 
 
+def _mix_suffix(settings: Settings) -> str:
+    """'' for the default mixes; otherwise the file names say which (a mix never overwrites another's run)."""
+    parts = [part for part, default in ((settings.mix, "lognormal"), (settings.queries, "texts")) if part != default]
+    return "".join("-" + re.sub(r"[^A-Za-z0-9.]+", "-", part) for part in parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group()
@@ -827,8 +845,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run on a GPU: README, GPU serving)",
     )
     parser.add_argument("--adrank-workers", type=int, default=1, help="adrank serve --workers")
+    parser.add_argument(
+        "--mix",
+        type=request_sets.Mix.parse,
+        default=request_sets.Mix(),
+        help="candidates per request: lognormal (default: median 100, p99 ~1000), ads (100-700 uniform), fixed:N",
+    )
+    parser.add_argument(
+        "--queries",
+        type=request_sets.QueryMix.parse,
+        default=request_sets.QueryMix(),
+        help="relevance's queries: texts (default: its 25 evaluation queries) or zipf[:DISTINCT[:S]]",
+    )
     args = parser.parse_args(argv)
     settings = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    settings = replace(settings, mix=args.mix.label, queries=args.queries.label)
     if args.no_pytriton:
         settings = replace(settings, pytriton=False)
     if args.models:
@@ -886,7 +917,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = finite(report)  # type: ignore[assignment]
     args.out.mkdir(parents=True, exist_ok=True)
     # The full sweep owns <date>-<sha>; a quick or smoke run never overwrites it.
-    stem = args.out / f"{date}-{git['sha']}{'' if settings.mode == 'full' else '-' + settings.mode}"
+    stem = (
+        args.out / f"{date}-{git['sha']}{_mix_suffix(settings)}{'' if settings.mode == 'full' else '-' + settings.mode}"
+    )
     save(report, stem, markdown(report))
     plot(report, stem.with_suffix(".png"))
     log(f"wrote {stem}.json, .md, .png in {report['seconds']:.0f} s")

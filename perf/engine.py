@@ -204,8 +204,10 @@ def measure(
     direct_count: int,
     threads: Sequence[int] = (1,),
     models: Path = request_sets.MODELS,
+    mix: request_sets.Mix = request_sets.LOGNORMAL,
+    queries: request_sets.QueryMix = request_sets.EVALUATION_QUERIES,
 ) -> dict[str, object]:
-    requests = request_sets.build(model, count)
+    requests = request_sets.build(model, count, mix=mix, queries=queries)
     sweep = []
     for intra in threads:
         engine = Engine(model, models, intra_op_threads=intra)
@@ -235,10 +237,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--paced", type=float, help="only the direct latency, calls paced at this many requests/s")
     parser.add_argument("--out", type=Path, help="write the JSON here (default: stdout)")
     parser.add_argument("--repository", type=Path, default=request_sets.MODELS, help="the model repository")
+    parser.add_argument(
+        "--mix", type=request_sets.Mix.parse, default=request_sets.Mix(), help="candidates (as the bench)"
+    )
+    parser.add_argument(
+        "--queries", type=request_sets.QueryMix.parse, default=request_sets.QueryMix(), help="relevance's query mix"
+    )
     args = parser.parse_args(argv)
+    built = request_sets.build(args.model, args.requests, mix=args.mix, queries=args.queries)
     if args.paced:
         engine = Engine(args.model, args.repository, intra_op_threads=int(args.threads.split(",")[0]))
-        paced = direct(engine, request_sets.build(args.model, args.requests), args.direct, rate=args.paced)
+        paced = direct(engine, built, args.direct, rate=args.paced)
         _write(json.dumps({"model": args.model, "direct": paced}, indent=2), args.out)
         return
     result = measure(
@@ -249,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.direct,
         [int(t) for t in args.threads.split(",")],
         args.repository,
+        args.mix,
+        args.queries,
     )
     _write(json.dumps(result, indent=2), args.out)
 

@@ -192,13 +192,23 @@ def markdown(report: dict[str, object]) -> str:
         f" Python {machine['python']}",  # type: ignore[index]
         f"- pinning: servers and engine-only `taskset -c {pinning['server_core']}`, load generator on core"  # type: ignore[index]
         f" {pinning['generator_core']} (`sched_setaffinity`); adrank `--workers {pinning['adrank_workers']}`",  # type: ignore[index]
-        "- load: open-loop Poisson arrivals, pre-serialized requests, candidates per request lognormal"
-        " (median 100, p99 ~1000, cap 2000) over real Criteo rows (ctr) and relevance texts; latency send -> reply",
+        f"- load: open-loop Poisson arrivals, pre-serialized requests, candidates per request {_mix_text(report)}"
+        " over real Criteo rows (ctr) and relevance texts; latency send -> reply",
         f"- load generator: {report.get('generator', 'grpc.aio (perf/loadgen.py)')}",
         "- generator saturation: a point is flagged when the generator's schedule lag p99 exceeds 5 ms, it sent"
         " < 95 % of its scheduled requests/s, or it used > 90 % of its core",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _mix_text(report: dict[str, object]) -> str:
+    """The run's draws in words (perf/requests.py Mix and QueryMix labels, kept in the settings)."""
+    settings: dict = report.get("settings") or {}  # type: ignore[assignment]
+    mix, queries = settings.get("mix", "lognormal"), settings.get("queries", "texts")
+    text = "lognormal (median 100, p99 ~1000, cap 2000)" if mix == "lognormal" else f"`{mix}`"
+    if mix.startswith("uniform:100-700"):
+        text += " (the ads workload: auctions of 100-700 candidates, uniform)"
+    return text + ("" if queries == "texts" else f", relevance queries `{queries}` (Zipf over distinct queries)")
 
 
 def _limit_of(limit: dict[str, object] | None) -> float | None:

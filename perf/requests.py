@@ -163,6 +163,11 @@ class QueryMix:
         return zipf_stream(distinct_queries(self.distinct, models), self.s, count, seed)
 
 
+# The default draws: the heavy-tailed candidate counts and the evaluation queries.
+LOGNORMAL = Mix()
+EVALUATION_QUERIES = QueryMix()
+
+
 def distinct_queries(count: int, models: Path = MODELS) -> list[str]:
     """`count` distinct queries from the relevance texts: query + an ad title's first words + a modifier."""
     queries, ads = relevance_texts(models)

@@ -95,3 +95,18 @@ def test_the_zipf_mix_draws_distinct_queries_with_a_heavy_head() -> None:
         distinct_queries(10**7)
     with pytest.raises(ValueError, match="for relevance requests"):
         request_sets.build("ctr", 2, queries=QueryMix(100))
+
+
+def test_a_bench_run_names_and_describes_its_mixes() -> None:
+    from dataclasses import replace
+
+    from perf.bench import MODES, _mix_suffix
+    from perf.report import _mix_text
+
+    full = MODES["full"]
+    assert _mix_suffix(full) == ""  # the default run keeps its file names
+    ads = replace(full, mix=Mix.parse("ads").label, queries=QueryMix.parse("zipf").label)
+    assert _mix_suffix(ads) == "-uniform-100-700-zipf-10000-1"
+    text = _mix_text({"settings": {"mix": ads.mix, "queries": ads.queries}})
+    assert "100-700 candidates, uniform" in text and "`zipf:10000:1`" in text
+    assert "lognormal (median 100" in _mix_text({"settings": {"mix": "lognormal", "queries": "texts"}})
