@@ -358,6 +358,8 @@ class SystemResult:
     probe_server_cpu_s: float | None = None  # the server's CPU time over its closed-loop probe
     transport: dict[str, object] | None = None  # echo servers: CPU per call and per byte (measure_transport)
     vs_limit: float | None = None  # max_candidates_per_s / the simulated ideal server's (perf/limit_model.py)
+    # adrank, a model with a context tower: its cache's hits and misses over the whole run (/metrics at the end).
+    context_cache: dict[str, float] | None = None
     # The arrival traces of its open-loop points (in the order of `points`) and of its probe: inputs of the limit
     # model, kept out of the JSON.
     traces: list[limit_model.Trace] = field(default_factory=list, repr=False)
@@ -742,7 +744,8 @@ class Bench:
                 if not link.exists():
                     link.symlink_to(self.repository / model)
                 command = [*_console_script("adrank"), "serve", "--repository", str(repository)]
-                command += ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"]
+                http_port = free_port()  # known, to read the server's /metrics after the run
+                command += ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", str(http_port)]
                 command += ["--workers", str(s.adrank_workers)]
                 ready = ADRANK_READY
             elif kind == "echo-cpp":
@@ -784,6 +787,8 @@ class Bench:
                     capacity = None
                 else:
                     capacity = measure_system(result, generator, s, at_10pct_rate, server)
+                if kind == "adrank":
+                    result.context_cache = context_cache_figures(f"http://127.0.0.1:{http_port}/metrics")
         except Exception as error:  # one system failing is recorded, and the run goes on
             result.status = f"not run: {error}" if not result.points else f"failed: {error}"
             log(f"{name}: {result.status}")
@@ -794,6 +799,27 @@ class Bench:
                     shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         result.seconds = time.perf_counter() - started
         return name, capacity
+
+
+def context_cache_figures(url: str) -> dict[str, float] | None:
+    """Hits, misses and the hit ratio of every context cache a server's /metrics shows (None: no cache)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as reply:  # loopback: the server under test
+        text = reply.read().decode()
+    totals = {"hits": 0.0, "misses": 0.0}
+    seen = False
+    for family in text_string_to_metric_families(text):
+        for kind in totals:
+            if family.name == f"adrank_context_cache_{kind}":
+                seen = True
+                totals[kind] += sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
+    if not seen:
+        return None
+    looked_up = totals["hits"] + totals["misses"]
+    return {**totals, "hit_ratio": totals["hits"] / looked_up if looked_up else math.nan}
 
 
 def batch_curve(engine_result: dict[str, object]) -> limit_model.BatchCurve:
@@ -913,7 +939,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "points": [],
             "vs_limit": _limit_ratio(result["ceiling_candidates_per_s"], bench.limits.get(model)),  # type: ignore[arg-type]
         }
-    report["targets"] = targets(report["systems"], bench.engine)  # type: ignore[arg-type]
+    report["targets"] = targets(report["systems"], bench.engine, bench.limits, asdict(settings))  # type: ignore[arg-type]
     report = finite(report)  # type: ignore[assignment]
     args.out.mkdir(parents=True, exist_ok=True)
     # The full sweep owns <date>-<sha>; a quick or smoke run never overwrites it.

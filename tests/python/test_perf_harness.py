@@ -50,6 +50,8 @@ def test_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
     # The light-load reference: direct calls paced at the rate of adrank's 10 % point.
     paced = report["engine_only"]["ctr"]["direct_paced"]
     assert paced["rate"] == pytest.approx(systems["adrank-ctr"]["at_10pct"]["target_rate"], rel=1e-3)
+    # The server's /metrics was read after the run: ctr declares no context tower, so there is no cache to report.
+    assert systems["adrank-ctr"]["context_cache"] is None
     assert math.isfinite(paced["p50_ms"])
     if find_built("adrank_echo"):  # the grpc++ floor, measured at the same rate
         echo = systems["grpc-echo-cpp"]
