@@ -62,9 +62,11 @@ class RequestSet:
         return len(self.payloads)
 
     def summary(self) -> dict[str, float]:
+        """The set's sizes; with contexts, how many distinct ones it holds (a load cycles over the set's requests, so
+        a context cache meets at most that many distinct queries however long the run)."""
         n = self.candidates
         sizes = np.array([len(p) for p in self.payloads])
-        return {
+        summary = {
             "requests": len(self),
             "candidates_p50": float(np.percentile(n, 50)),
             "candidates_p99": float(np.percentile(n, 99)),
@@ -72,6 +74,9 @@ class RequestSet:
             "candidates_max": int(n.max()),
             "bytes_mean": float(sizes.mean()),
         }
+        if self.context:
+            summary["distinct_contexts"] = len(set(self.context))
+        return summary
 
 
 @dataclass(frozen=True)
