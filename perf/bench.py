@@ -175,6 +175,12 @@ def git_info() -> dict[str, object]:
     return {"sha": sha, "dirty": dirty}
 
 
+def run_header(script: str, mode: str, argv: Sequence[str] | None) -> dict[str, object]:
+    """What every bench's result opens with: the date, the commit, the mode and the command that made it."""
+    command = [sys.executable.replace(str(REPO) + "/", ""), script, *(argv if argv is not None else sys.argv[1:])]
+    return {"date": dt.date.today().isoformat(), "git": git_info(), "mode": mode, "command": " ".join(command)}
+
+
 # --- servers as processes ---------------------------------------------------------------------------------------
 
 
@@ -813,9 +819,10 @@ def context_cache_figures(url: str) -> dict[str, float] | None:
     seen = False
     for family in text_string_to_metric_families(text):
         for kind in totals:
-            if family.name == f"adrank_context_cache_{kind}":
+            samples = [sample.value for sample in family.samples if sample.name.endswith("_total")]
+            if family.name == f"adrank_context_cache_{kind}" and samples:  # the family is there with no cache too
                 seen = True
-                totals[kind] += sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
+                totals[kind] += sum(samples)
     if not seen:
         return None
     looked_up = totals["hits"] + totals["misses"]
@@ -898,13 +905,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from perf.baselines.pytriton.setup_venv import DEFAULT_VENV
 
     bench = Bench(settings, args.out, args.pytriton_venv or DEFAULT_VENV, args.repository)
-    date = dt.date.today().isoformat()
-    git = git_info()
     report: dict[str, object] = {
-        "date": date,
-        "git": git,
-        "mode": settings.mode,
-        "command": " ".join([sys.executable.replace(str(REPO) + "/", ""), "perf/bench.py", *(argv or sys.argv[1:])]),
+        **run_header("perf/bench.py", settings.mode, argv),
         "machine": machine_info(),
         "pinning": {
             "server_core": settings.server_core,
@@ -943,9 +945,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = finite(report)  # type: ignore[assignment]
     args.out.mkdir(parents=True, exist_ok=True)
     # The full sweep owns <date>-<sha>; a quick or smoke run never overwrites it.
-    stem = (
-        args.out / f"{date}-{git['sha']}{_mix_suffix(settings)}{'' if settings.mode == 'full' else '-' + settings.mode}"
-    )
+    mode = "" if settings.mode == "full" else "-" + settings.mode
+    stem = args.out / f"{report['date']}-{report['git']['sha']}{_mix_suffix(settings)}{mode}"
     save(report, stem, markdown(report))
     plot(report, stem.with_suffix(".png"))
     log(f"wrote {stem}.json, .md, .png in {report['seconds']:.0f} s")

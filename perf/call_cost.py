@@ -39,7 +39,6 @@ every figure is a few short windows: only the ratios inside one run mean much.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import math
 import os
 import re
@@ -60,7 +59,7 @@ if __package__ in (None, ""):  # run as a script: import the perf package from t
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from perf import requests as request_sets
-from perf.bench import ServerProcess, adrank_server, check_reply, git_info, log, machine_info, running
+from perf.bench import ServerProcess, adrank_server, check_reply, log, machine_info, run_header, running
 from perf.loadgen import LoadGenerator, find_built, find_sender
 from perf.overload_bench import UNKNOWN_MODEL, Background, refused_request
 from perf.report import finite, save
@@ -980,19 +979,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         measured = run(settings, work, sender)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    date = dt.date.today().isoformat()
-    git = git_info()
     report: dict[str, object] = {
-        "date": date,
-        "git": git,
-        "mode": settings.mode,
-        "command": " ".join(
-            [
-                sys.executable.replace(str(REPO) + "/", ""),
-                "perf/call_cost.py",
-                *(argv if argv is not None else sys.argv[1:]),
-            ]
-        ),
+        **run_header("perf/call_cost.py", settings.mode, argv),
         "machine": machine,
         "pinning": {"server_core": settings.server_core, "generator_core": settings.generator_core},
         "settings": asdict(settings),
@@ -1002,7 +990,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": time.perf_counter() - started_at,
     }
     report = finite(report)  # type: ignore[assignment]
-    stem = args.out / f"call-cost-{date}-{git['sha']}{'' if settings.mode == 'full' else '-' + settings.mode}"
+    stem = (
+        args.out
+        / f"call-cost-{report['date']}-{report['git']['sha']}{'' if settings.mode == 'full' else '-' + settings.mode}"
+    )
     save(report, stem, markdown(report))
     log(f"wrote {stem}.json, .md in {report['seconds']:.0f} s")
     return 0

@@ -32,7 +32,6 @@ each; about 9 minutes), --smoke (seconds per phase, one run each; files end in -
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import math
 import os
 import shutil
@@ -57,9 +56,9 @@ from perf.bench import (
     ServerProcess,
     adrank_server,
     check_reply,
-    git_info,
     log,
     machine_info,
+    run_header,
     running,
 )
 from perf.loadgen import LoadGenerator, RunResult, find_sender
@@ -622,19 +621,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             systems["naive"] = run_system("naive", naive, baseline, light, None, sender, saturation)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    date = dt.date.today().isoformat()
-    git = git_info()
     report: dict[str, object] = {
-        "date": date,
-        "git": git,
-        "mode": settings.mode,
-        "command": " ".join(
-            [
-                sys.executable.replace(str(REPO) + "/", ""),
-                "perf/overload_bench.py",
-                *(argv if argv is not None else sys.argv[1:]),
-            ]
-        ),
+        **run_header("perf/overload_bench.py", settings.mode, argv),
         "machine": machine,
         "pinning": {
             "server_core": settings.server_core,
@@ -657,7 +645,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     report["targets"] = targets(report)
     report = finite(report)  # type: ignore[assignment]
-    stem = args.out / f"overload-{date}-{git['sha']}{'' if settings.mode == 'full' else '-' + settings.mode}"
+    stem = (
+        args.out
+        / f"overload-{report['date']}-{report['git']['sha']}{'' if settings.mode == 'full' else '-' + settings.mode}"
+    )
     save(report, stem, markdown(report))
     plot(report, stem.with_suffix(".png"))
     log(f"wrote {stem}.json, .md, .png in {report['seconds']:.0f} s")
