@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perf import call_cost
-from perf.call_cost import Window, derive, engine_share, net_per_call, parse_perf_stat
+from perf import call_cost, perf_stat
+from perf.call_cost import derive, engine_share, net_per_call
 from perf.loadgen import find_built
+from perf.perf_stat import Window, parse_perf_stat
 
 REPO = Path(__file__).resolve().parents[2]
 CRITEO = REPO.parent / "shared" / "data" / "criteo" / "train_1999.csv"
@@ -74,19 +75,19 @@ nexting_thread-6488,800,,context-switches,71250000,100.00,11.228,K/sec
 
 
 def test_parse_per_thread_sums_the_threads_of_one_name_and_keeps_dashes_in_names() -> None:
-    threads = call_cost.parse_per_thread(PER_THREAD_TEXT)
+    threads = perf_stat.parse_per_thread(PER_THREAD_TEXT)
     assert threads == {
         "adrank": {"task-clock": 412.5, "context-switches": 1900.0},
         "nexting_thread": {"task-clock": 127.25, "context-switches": 800.0},
         "default-executo": {"task-clock": 18.0},
         "grpc_global_tim": {"task-clock": 0.0},
     }
-    assert call_cost.summed(threads) == {"task-clock": 557.75, "context-switches": 2700.0}
+    assert perf_stat.summed(threads) == {"task-clock": 557.75, "context-switches": 2700.0}
 
 
 def test_grpc_threads_cpu_is_every_thread_not_named_as_the_process() -> None:
     idle = _window(1.0, {}, threads={"adrank": {"task-clock": 10.0}, "nexting_thread": {"task-clock": 0.0}})
-    load = _window(2.0, {}, threads=call_cost.parse_per_thread(PER_THREAD_TEXT))
+    load = _window(2.0, {}, threads=perf_stat.parse_per_thread(PER_THREAD_TEXT))
     by_thread = call_cost.net_by_thread(load, "task-clock", idle, 100)
     assert by_thread == pytest.approx(
         {"adrank": (412.5 - 20.0) / 100, "nexting_thread": 1.2725, "default-executo": 0.18, "grpc_global_tim": 0.0}
@@ -198,7 +199,7 @@ def test_median_of_rounds_takes_each_figure_s_median_and_adds_up_calls_and_batch
 
 
 def _perf_refusal() -> str | None:
-    unusable = call_cost.perf_unusable()
+    unusable = perf_stat.perf_unusable()
     if unusable:
         return unusable
     # The paranoid level and root aside, a container may still forbid perf_event_open: try it.
