@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 JOBS ?= $(shell nproc)
 CMAKE_GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo Ninja || echo "Unix Makefiles")
 
-.PHONY: all system-packages system-packages-test venv install install-gpu serve serve-gpu test test-cpp test-python test-sanitize test-asan test-tsan fuzz lint format bench-core loadgen bench bench-rollout bench-fleet bench-metrics bench-overload bench-cost bench-quick bench-env bench-protocols train-env kserve-env clean
+.PHONY: all system-packages system-packages-test venv install install-gpu serve serve-gpu test test-cpp test-python test-sanitize test-asan test-tsan fuzz lint format bench-core loadgen bench bench-rollout bench-fleet bench-metrics bench-overload bench-cost bench-echo-cq bench-quick bench-env bench-protocols train-env kserve-env clean
 
 all: install
 
@@ -115,7 +115,7 @@ bench-env: install
 loadgen:
 	cmake -S . -B build/bench -G "$(CMAKE_GENERATOR)" -DADRANK_BUILD_PYTHON=OFF -DADRANK_BUILD_BENCHMARKS=ON \
 	  -DCMAKE_BUILD_TYPE=Release > /dev/null
-	cmake --build build/bench -j $(JOBS) --target adrank_loadgen adrank_echo
+	cmake --build build/bench -j $(JOBS) --target adrank_loadgen adrank_echo adrank_echo_cq
 
 bench: bench-env loadgen
 	$(PY) perf/bench.py
@@ -150,6 +150,11 @@ bench-overload: install loadgen
 # server: CPU µs, context switches and mallocs per call, the targets against the echo, and the table against N.
 bench-cost: install loadgen
 	$(PY) perf/call_cost.py
+
+# Callback API against the async completion-queue API on grpc++ echoes (perf/echo_cq_cost.py, about 7 minutes):
+# CPU µs, context switches and mallocs per call at 1 and 16 callers, p50 at 1 caller (issue 35's CQ lever).
+bench-echo-cq: install loadgen
+	$(PY) perf/echo_cq_cost.py
 
 bench-quick: bench-env loadgen
 	$(PY) perf/bench.py --quick

@@ -2,8 +2,10 @@
 // measures it at adrank's 10 % point with the C++ sender: the latency floor that gRPC, loopback and waking idle
 // cores put under any C++ server on this machine, so that adrank's own share of its latency can be read off.
 //
-// Usage: adrank_echo [PORT]   (0 or none: a free port). Prints `echo: SERVING on grpc 127.0.0.1:PORT` on stderr
-// once it listens; SIGTERM or SIGINT stops it (exit 0). Loopback only.
+// Usage: adrank_echo [--reply inline|worker] [PORT]   (0 or none: a free port). Prints `echo: SERVING on grpc
+// 127.0.0.1:PORT` on stderr once it listens; SIGTERM or SIGINT stops it (exit 0). Loopback only. --reply worker:
+// OnReadDone hands the call to one worker thread (a mutex and condition variable queue, as adrank's batch worker),
+// which starts the reply, as adrank's front end does (perf/echo_cq_cost.py compares it with the CQ API's hand-off).
 //
 // Same gRPC build and the same callback API (reactors on gRPC's threads) as adrank's front end; the request is
 // read (so the bytes cross the transport) but not parsed.
@@ -11,16 +13,53 @@
 #include <grpcpp/grpcpp.h>
 #include <pthread.h>
 
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 
 namespace {
 
+class EchoCall;
+
+// A single thread taking calls off a queue, as adrank's batch worker takes requests (--reply worker).
+class Worker {
+ public:
+  Worker() : thread_([this] { Run(); }) {}
+  ~Worker() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    ready_.notify_one();
+    thread_.join();
+  }
+  void Submit(EchoCall* call) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      queue_.push_back(call);
+    }
+    ready_.notify_one();
+  }
+
+ private:
+  void Run();
+
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<EchoCall*> queue_;
+  bool stopping_ = false;
+  std::thread thread_;  // last: started once the rest is built
+};
+
 class EchoCall final : public grpc::ServerGenericBidiReactor {
  public:
-  EchoCall() {
+  explicit EchoCall(Worker* worker) : worker_(worker) {
     grpc::Slice empty("", 0);
     reply_ = grpc::ByteBuffer(&empty, 1);  // a default ByteBuffer holds no buffer, and writing it is refused
     StartRead(&request_);
@@ -30,32 +69,71 @@ class EchoCall final : public grpc::ServerGenericBidiReactor {
       Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no request message"));
       return;
     }
-    StartWriteAndFinish(&reply_, grpc::WriteOptions(), grpc::Status::OK);
+    if (worker_ != nullptr) {
+      worker_->Submit(this);
+      return;
+    }
+    Reply();
   }
+  void Reply() { StartWriteAndFinish(&reply_, grpc::WriteOptions(), grpc::Status::OK); }
   void OnDone() override { delete this; }  // gRPC's reactor idiom: the call owns itself until it is done
 
  private:
+  Worker* worker_;
   grpc::ByteBuffer request_;
   grpc::ByteBuffer reply_;
 };
 
-class EchoService final : public grpc::CallbackGenericService {
-  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* /*context*/) override {
-    return new EchoCall;  // deletes itself in OnDone
+void Worker::Run() {
+  pthread_setname_np(pthread_self(), "echo-worker");
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    ready_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stopping, nothing left
+    EchoCall* call = queue_.front();
+    queue_.pop_front();
+    lock.unlock();
+    call->Reply();
+    lock.lock();
   }
+}
+
+class EchoService final : public grpc::CallbackGenericService {
+ public:
+  explicit EchoService(Worker* worker) : worker_(worker) {}
+
+ private:
+  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* /*context*/) override {
+    return new EchoCall(worker_);  // deletes itself in OnDone
+  }
+  Worker* worker_;
 };
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string port = argc > 1 ? argv[1] : "0";
+  std::string port = "0";
+  bool worker_reply = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--reply" && i + 1 < argc &&
+        (std::string(argv[i + 1]) == "inline" || std::string(argv[i + 1]) == "worker")) {
+      worker_reply = std::string(argv[++i]) == "worker";
+    } else if (!arg.empty() && arg[0] != '-') {
+      port = arg;
+    } else {
+      std::fprintf(stderr, "usage: adrank_echo [--reply inline|worker] [PORT]\n");
+      return 2;
+    }
+  }
   // Blocked before gRPC starts its threads (they inherit the mask), so that only sigwait below takes them.
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  EchoService service;
+  auto worker = worker_reply ? std::make_unique<Worker>() : nullptr;
+  EchoService service(worker.get());
   grpc::ServerBuilder builder;
   int bound = 0;
   builder.AddListeningPort("127.0.0.1:" + port, grpc::InsecureServerCredentials(), &bound);
