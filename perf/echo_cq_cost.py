@@ -98,7 +98,9 @@ def p50_ms(server: Server, payloads: list[bytes], candidates: int, seconds: floa
     return float(result.latency_ms["p50"])
 
 
-def run(settings: Settings, systems: Sequence[str], work: Path, sender: Path | None) -> dict[str, object]:
+def run(
+    settings: Settings, systems: Sequence[str], work: Path, sender: Path | None, env: dict[str, str] | None = None
+) -> dict[str, object]:
     s = settings
     payloads = ctr_payloads(s, s.candidates)
     with MallocProbe(process_libc(os.getpid())) as probe, ExitStack() as stack:
@@ -111,7 +113,7 @@ def run(settings: Settings, systems: Sequence[str], work: Path, sender: Path | N
             if binary is None:
                 raise RuntimeError(f"build/bench/{binary_name} is not built (make loadgen)")
             command = [str(binary), *arguments, "0"]
-            process = ServerProcess(name, command, ECHO_READY, s.server_core, work / f"{name}.log", None)
+            process = ServerProcess(name, command, ECHO_READY, s.server_core, work / f"{name}.log", env)
             servers[name] = stack.enter_context(started(name, process, s, probe, None))
         plan = [
             (f"{name}/{n}", servers[name], Load(name, payloads, s.candidates, n)) for n in s.callers for name in systems
@@ -148,7 +150,12 @@ def markdown(report: dict) -> str:
         f" {', '.join(f'{x:.2f}' for x in machine['load_average_at_start'])}); servers on core"
         f" {report['pinning']['server_core']}, sender on core {report['pinning']['generator_core']};"
         f" {report['settings']['rounds']} interleaved rounds, medians. Requests: ctr, N ="
-        f" {report['settings']['candidates']} ({report['request_bytes']:.0f} bytes), the reply empty.",
+        f" {report['settings']['candidates']} ({report['request_bytes']:.0f} bytes), the reply empty."
+        + (
+            f" Servers' environment: {' '.join(f'{k}={v}' for k, v in report['server_env'].items())}."
+            if report.get("server_env")
+            else ""
+        ),
         "",
         "Per call, from `perf stat -p` on the server (idle rates subtracted); p50: one caller back to back, no perf"
         " attached; mallocs: " + (report["mallocs"] or "libc malloc calls, a uprobe in a window of their own"),
@@ -177,7 +184,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="one short round, one caller, echo and echo-cq")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the .json and .md go")
     parser.add_argument("--systems", nargs="+", choices=sorted(SYSTEMS), help="a subset of the systems")
+    parser.add_argument(
+        "--server-env",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment of the servers only (e.g. GRPC_POLL_STRATEGY=poll), not of the sender",
+    )
     args = parser.parse_args(argv)
+    env = dict(item.split("=", 1) for item in args.server_env)
     unusable = perf_unusable()
     if unusable:
         log(f"cannot measure: {unusable}")
@@ -193,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"mode {settings.mode}: servers on core {settings.server_core}, sender {sender or 'grpc.aio'}")
     work = Path(tempfile.mkdtemp(prefix="adrank-echo-cq-"))
     try:
-        measured = run(settings, systems, work, sender)
+        measured = run(settings, systems, work, sender, env or None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     date = dt.date.today().isoformat()
@@ -210,13 +225,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pinning": {"server_core": settings.server_core, "generator_core": settings.generator_core},
         "settings": asdict(settings),
         "systems": {name: [SYSTEMS[name][0], *SYSTEMS[name][1]] for name in systems},
+        "server_env": env,
         "generator": str(sender).replace(f"{REPO}/", "") if sender else "grpc.aio (perf/loadgen.py)",
         "request_bytes": float(np.mean([len(p) for p in payloads])),
         **measured,
         "seconds": time.perf_counter() - started_at,
     }
     report = finite(report)  # type: ignore[assignment]
-    stem = args.out / f"echo-cq-{date}-{git['sha']}{'' if settings.mode == 'full' else '-' + settings.mode}"
+    suffix = "".join(f"-{value.lower()}" for value in env.values())
+    stem = args.out / f"echo-cq-{date}-{git['sha']}{'' if settings.mode == 'full' else '-' + settings.mode}{suffix}"
     save(report, stem, markdown(report))
     log(f"wrote {stem}.json, .md in {report['seconds']:.0f} s")
     return 0
