@@ -28,7 +28,6 @@ caller, echo and echo-cq only (the test). About 7 minutes in full.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import math
 import os
 import shutil
@@ -46,23 +45,20 @@ if __package__ in (None, ""):  # run as a script: import the perf package from t
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from perf import requests as request_sets
-from perf.bench import ServerProcess, git_info, log, machine_info
+from perf.bench import ServerProcess, log, machine_info, run_header
 from perf.call_cost import (
     ECHO_READY,
     MODES,
     Load,
-    MallocProbe,
     Server,
     Settings,
     by_thread_table,
-    cpu_flags,
     ctr_payloads,
     interleaved,
-    perf_unusable,
-    process_libc,
     started,
 )
 from perf.loadgen import LoadGenerator, find_built, find_sender
+from perf.perf_stat import MallocProbe, cpu_flags, perf_unusable, process_libc
 from perf.report import finite, save
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,16 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         measured = run(settings, systems, work, sender, env or None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    date = dt.date.today().isoformat()
-    git = git_info()
     payloads = ctr_payloads(settings, settings.candidates)
     report: dict[str, object] = {
-        "date": date,
-        "git": git,
-        "mode": settings.mode,
-        "command": " ".join(
-            [sys.executable.replace(str(REPO) + "/", ""), "perf/echo_cq_cost.py", *(argv or sys.argv[1:])]
-        ),
+        **run_header("perf/echo_cq_cost.py", settings.mode, argv),
         "machine": machine,
         "pinning": {"server_core": settings.server_core, "generator_core": settings.generator_core},
         "settings": asdict(settings),
@@ -233,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     report = finite(report)  # type: ignore[assignment]
     suffix = "".join(f"-{value.lower()}" for value in env.values())
-    stem = args.out / f"echo-cq-{date}-{git['sha']}{'' if settings.mode == 'full' else '-' + settings.mode}{suffix}"
+    mode = "" if settings.mode == "full" else "-" + settings.mode
+    stem = args.out / f"echo-cq-{report['date']}-{report['git']['sha']}{mode}{suffix}"
     save(report, stem, markdown(report))
     log(f"wrote {stem}.json, .md in {report['seconds']:.0f} s")
     return 0
