@@ -364,6 +364,8 @@ class SystemResult:
     probe_server_cpu_s: float | None = None  # the server's CPU time over its closed-loop probe
     transport: dict[str, object] | None = None  # echo servers: CPU per call and per byte (measure_transport)
     vs_limit: float | None = None  # max_candidates_per_s / the simulated ideal server's (perf/limit_model.py)
+    # Echo servers: every OK call's latency at the 10 % point (the transport's floor, as a distribution).
+    floor_latency_s: np.ndarray | None = None
     # adrank, a model with a context tower: its cache's hits and misses over the whole run (/metrics at the end).
     context_cache: dict[str, float] | None = None
     # The arrival traces of its open-loop points (in the order of `points`) and of its probe: inputs of the limit
@@ -372,7 +374,7 @@ class SystemResult:
     probe_trace: limit_model.Trace | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, object]:
-        return {k: v for k, v in asdict(self).items() if k not in ("traces", "probe_trace")}
+        return {k: v for k, v in asdict(self).items() if k not in ("traces", "probe_trace", "floor_latency_s")}
 
 
 def within_bound(point: dict[str, object]) -> bool:
@@ -397,6 +399,8 @@ def measure_floor(result: SystemResult, generator: LoadGenerator, settings: Sett
     """The echo server: only the point at 10 % of adrank's capacity (latency floor of transport + generator).
     Its max candidates/s is that point's when within the bound: one point, so a lower bound."""
     point = _point(_open(generator, settings, rate, result), None, "10% of adrank")
+    _, latency_s, ok = generator.record()
+    result.floor_latency_s = latency_s[ok & np.isfinite(latency_s)]
     point["at_10pct_of_adrank"] = True
     result.at_10pct = point
     result.points.append(point)
@@ -571,7 +575,9 @@ class Bench:
             if rate_10:
                 self.engine[model]["direct_paced"] = self._engine_paced(model, rate_10)
             self._system("naive" if model == "ctr" else f"naive-{model}", model, "naive", rate_10)
-            if model == "ctr" and rate_10:
+            # The transport's floor and costs, once per run (the limit of every model takes them): with ctr's
+            # requests, or the first model's where ctr is not in the run.
+            if model == ("ctr" if "ctr" in s.models else s.models[0]) and rate_10:
                 self._system("grpc-echo", model, "echo", rate_10)
                 if find_built("adrank_echo"):
                     self._system("grpc-echo-cpp", model, "echo-cpp", rate_10)
@@ -629,6 +635,11 @@ class Bench:
                 "per_call_us": transport.per_call_s * 1e6,
                 "per_byte_ns": transport.per_byte_s * 1e9,
                 "latency_us": transport.latency_s * 1e6,
+                # The off-core latencies the ideal server drew from (the echo's at 10 % load, less its CPU).
+                "latency_samples": len(transport.latency_samples_s),
+                "latency_p99_us": (
+                    float(np.percentile(transport.latency_samples_s, 99)) * 1e6 if transport.latency_samples_s else None
+                ),
             },
             "batch_curve": {
                 "rows": list(curve.rows),
@@ -655,7 +666,9 @@ class Bench:
                 cpu_s = per_call + per_byte * float(system.traces[0].payload_bytes.mean())
                 p50_s = _number(system.at_10pct["latency_ms"]["p50"]) / 1e3  # type: ignore[index]
                 latency = max(0.0, p50_s - cpu_s) if math.isfinite(p50_s) else 0.0
-                return limit_model.TransportCost(per_call, per_byte, name, latency)
+                floor = system.floor_latency_s if system.floor_latency_s is not None else np.empty(0)
+                samples = tuple(float(x) for x in np.maximum(floor - cpu_s, 0.0))
+                return limit_model.TransportCost(per_call, per_byte, name, latency, samples)
         return limit_model.TransportCost(0.0, 0.0, "none: no echo server was measured")
 
     def _validate_naive(self, model: str, curve: limit_model.BatchCurve) -> dict[str, dict[str, object]] | None:
@@ -678,10 +691,10 @@ class Bench:
             )
             for p in naive.points
         ]
-        latency = self._transport_cost().latency_s
+        off_core = self._transport_cost()
         validations = {}
         for basis, overhead in overheads.items():
-            simulated = limit_model.validate_naive(naive.traces, measured, overhead, curve, P99_BOUND_MS, latency)
+            simulated = limit_model.validate_naive(naive.traces, measured, overhead, curve, P99_BOUND_MS, off_core)
             validation = simulated.to_json()
             validations[basis] = validation
             log(

@@ -299,8 +299,9 @@ def limit_section(report: dict[str, object]) -> list[str]:
             f"- engine batch-time curve (rows: ms per run): {shape}; per request beyond the measured batches':"
             f" {_fmt(curve.get('per_request_ms'), 3)} ms",
             f"- transport ({transport['source']}): {_fmt(transport['per_call_us'], 1)} us CPU per call +"
-            f" {_fmt(transport['per_byte_ns'], 3)} ns per byte, and {_fmt(transport['latency_us'], 0)} us of latency"
-            " off the server's core (the echo's p50 at 10 % load less its CPU)",
+            f" {_fmt(transport['per_byte_ns'], 3)} ns per byte, and the latency off the server's core of the echo's"
+            f" {transport.get('latency_samples') or 'no'} calls at 10 % load less its CPU, one drawn per request"
+            f" (p50 {_fmt(transport['latency_us'], 0)} us, p99 {_fmt(transport.get('latency_p99_us'), 0)} us)",
         ]
         for basis, validation in (limit.get("naive_validation") or {}).items():
             lines.append(

@@ -265,3 +265,23 @@ def test_a_capped_policy_batches_up_to_its_rows_and_runs_a_larger_request_alone(
     assert latencies(trace([0.0] * 4, rows=100), constant(MS), capped) == pytest.approx([MS, MS, 2 * MS, 2 * MS])
     got = latencies(trace([0.0] * 3, rows=[100, 900, 100]), constant(MS), capped)
     assert got == pytest.approx([MS, 2 * MS, 3 * MS])
+
+
+def test_the_transports_measured_tail_reaches_the_ideal_servers_p99() -> None:
+    # 1,000 spaced requests of 1 ms: nothing queues, so each latency is 1 ms plus its off-core draw. The echo's
+    # samples put 2 % of the calls 5 ms off the core: about 20 of the draws, so the p99 carries them.
+    t = trace([i * 10 * MS for i in range(1000)])
+    samples = (0.0,) * 98 + (5 * MS,) * 2
+    tailed = TransportCost(0.0, 0.0, "echo", latency_s=0.0, latency_samples_s=samples)
+    draws = np.asarray(tailed.off_core(1000))
+    assert set(np.unique(draws)) <= {0.0, 5 * MS} and 5 <= int((draws > 0).sum()) <= 40
+    assert np.array_equal(draws, tailed.off_core(1000))  # the same draws every time: a reproducible limit
+    (point,) = each_policy(t, constant(MS), tailed, 10.0, [ONE_AT_A_TIME])
+    assert point.p50_ms == pytest.approx(1.0) and point.p99_ms == pytest.approx(6.0)
+    # Without samples the constant applies to every request, as before.
+    (flat,) = each_policy(t, constant(MS), TransportCost(0.0, 0.0, "echo", latency_s=0.5 * MS), 10.0, [ONE_AT_A_TIME])
+    assert flat.p50_ms == pytest.approx(1.5) and flat.p99_ms == pytest.approx(1.5)
+    # The naive server's validation draws from the same samples: its simulated p99 has the tail too.
+    measured = [MeasuredPoint(1.0, 6.0, 100.0, True)]
+    validation = validate_naive([t], measured, 0.0, constant(MS), 10.0, tailed)
+    assert validation.to_json()["p99_ratio_median"] == pytest.approx(1.0)
