@@ -94,11 +94,11 @@ lint: install
 	$(VENV)/bin/ruff check python tests perf examples models
 	$(VENV)/bin/ruff format --check python tests perf examples models
 	$(VENV)/bin/mypy
-	$(VENV)/bin/clang-format --dry-run -Werror cpp/*.h cpp/*.cc cpp/frontend/*.h cpp/frontend/*.cc tests/fuzz/*.h tests/fuzz/*.cc perf/*.cc
+	$(VENV)/bin/clang-format --dry-run -Werror cpp/*.h cpp/*.cc cpp/frontend/*.h cpp/frontend/*.cc tests/fuzz/*.h tests/fuzz/*.cc perf/*.h perf/*.cc
 
 format: install
 	$(VENV)/bin/ruff format python tests perf examples models
-	$(VENV)/bin/clang-format -i cpp/*.h cpp/*.cc cpp/frontend/*.h cpp/frontend/*.cc tests/fuzz/*.h tests/fuzz/*.cc perf/*.cc
+	$(VENV)/bin/clang-format -i cpp/*.h cpp/*.cc cpp/frontend/*.h cpp/frontend/*.cc tests/fuzz/*.h tests/fuzz/*.cc perf/*.h perf/*.cc
 
 bench-core:
 	cmake -S . -B build/bench -G "$(CMAKE_GENERATOR)" -DADRANK_BUILD_PYTHON=OFF -DADRANK_BUILD_BENCHMARKS=ON \

@@ -13,49 +13,21 @@
 #include <grpcpp/grpcpp.h>
 #include <pthread.h>
 
-#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <deque>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
+
+#include "echo_worker.h"
 
 namespace {
 
 class EchoCall;
 
-// A single thread taking calls off a queue, as adrank's batch worker takes requests (--reply worker).
-class Worker {
- public:
-  Worker() : thread_([this] { Run(); }) {}
-  ~Worker() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stopping_ = true;
-    }
-    ready_.notify_one();
-    thread_.join();
-  }
-  void Submit(EchoCall* call) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      queue_.push_back(call);
-    }
-    ready_.notify_one();
-  }
-
- private:
-  void Run();
-
-  std::mutex mutex_;
-  std::condition_variable ready_;
-  std::deque<EchoCall*> queue_;
-  bool stopping_ = false;
-  std::thread thread_;  // last: started once the rest is built
-};
+// The worker of `--reply worker` (echo_worker.h): it replies to each call, as adrank's batch worker answers.
+using Worker = EchoWorker<EchoCall>;
 
 class EchoCall final : public grpc::ServerGenericBidiReactor {
  public:
@@ -83,20 +55,6 @@ class EchoCall final : public grpc::ServerGenericBidiReactor {
   grpc::ByteBuffer request_;
   grpc::ByteBuffer reply_;
 };
-
-void Worker::Run() {
-  pthread_setname_np(pthread_self(), "echo-worker");
-  std::unique_lock<std::mutex> lock(mutex_);
-  for (;;) {
-    ready_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-    if (queue_.empty()) return;  // stopping, nothing left
-    EchoCall* call = queue_.front();
-    queue_.pop_front();
-    lock.unlock();
-    call->Reply();
-    lock.lock();
-  }
-}
 
 class EchoService final : public grpc::CallbackGenericService {
  public:
@@ -132,7 +90,7 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  auto worker = worker_reply ? std::make_unique<Worker>() : nullptr;
+  auto worker = worker_reply ? std::make_unique<Worker>([](EchoCall* call) { call->Reply(); }) : nullptr;
   EchoService service(worker.get());
   grpc::ServerBuilder builder;
   int bound = 0;

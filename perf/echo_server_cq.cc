@@ -23,23 +23,24 @@
 #include <pthread.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "echo_worker.h"
 
 namespace {
 
 enum class Reply { kInline, kWorker, kAlarm };
 
-class Worker;
+class Call;
+// The worker of `--reply worker` and `--reply alarm` (echo_worker.h): it completes each call off the CQ thread.
+using Worker = EchoWorker<Call>;
 
 // One call: its tag is itself, and `step` says which of its operations the queue just returned.
 class Call {
@@ -73,48 +74,6 @@ class Call {
   grpc::ByteBuffer reply_;
   grpc::Alarm alarm_;
   Step step_ = Step::kRequested;
-};
-
-// A single thread taking calls off a queue, as adrank's batch worker takes requests.
-class Worker {
- public:
-  Worker() : thread_([this] { Run(); }) {}
-  ~Worker() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stopping_ = true;
-    }
-    ready_.notify_one();
-    thread_.join();
-  }
-  void Submit(Call* call) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      queue_.push_back(call);
-    }
-    ready_.notify_one();
-  }
-
- private:
-  void Run() {
-    pthread_setname_np(pthread_self(), "echo-worker");
-    std::unique_lock<std::mutex> lock(mutex_);
-    for (;;) {
-      ready_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stopping, nothing left
-      Call* call = queue_.front();
-      queue_.pop_front();
-      lock.unlock();
-      call->Complete();
-      lock.lock();
-    }
-  }
-
-  std::mutex mutex_;
-  std::condition_variable ready_;
-  std::deque<Call*> queue_;
-  bool stopping_ = false;
-  std::thread thread_;  // last: started once the rest is built
 };
 
 void Call::Proceed(bool ok) {
@@ -225,7 +184,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "echo: cannot listen on 127.0.0.1:%s\n", port.c_str());
     return 1;
   }
-  auto worker = reply == Reply::kInline ? nullptr : std::make_unique<Worker>();
+  auto worker = reply == Reply::kInline ? nullptr : std::make_unique<Worker>([](Call* call) { call->Complete(); });
   std::vector<std::thread> threads;
   for (int i = 0; i < cq_threads; ++i) {
     new Call(&service, queues[i].get(), reply, worker.get());  // owns itself: deleted on its last event
