@@ -820,22 +820,26 @@ class Bench:
         return name, capacity
 
 
-def context_cache_figures(url: str) -> dict[str, float] | None:
-    """Hits, misses and the hit ratio of every context cache a server's /metrics shows (None: no cache)."""
+def metric_samples(url: str) -> list[Any]:
+    """Every sample (prometheus_client's: name, labels, value) a server's /metrics shows; read once per call."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(url, timeout=10) as reply:  # loopback: the server under test
         text = reply.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def context_cache_figures(url: str) -> dict[str, float] | None:
+    """Hits, misses and the hit ratio of every context cache a server's /metrics shows (None: no cache)."""
     totals = {"hits": 0.0, "misses": 0.0}
     seen = False
-    for family in text_string_to_metric_families(text):
+    for sample in metric_samples(url):
         for kind in totals:
-            samples = [sample.value for sample in family.samples if sample.name.endswith("_total")]
-            if family.name == f"adrank_context_cache_{kind}" and samples:  # the family is there with no cache too
+            if sample.name == f"adrank_context_cache_{kind}_total":  # no samples where no version has a cache
                 seen = True
-                totals[kind] += sum(samples)
+                totals[kind] += sample.value
     if not seen:
         return None
     looked_up = totals["hits"] + totals["misses"]

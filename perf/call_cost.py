@@ -47,7 +47,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -59,7 +58,16 @@ if __package__ in (None, ""):  # run as a script: import the perf package from t
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from perf import requests as request_sets
-from perf.bench import ServerProcess, adrank_server, check_reply, log, machine_info, run_header, running
+from perf.bench import (
+    ServerProcess,
+    adrank_server,
+    check_reply,
+    log,
+    machine_info,
+    metric_samples,
+    run_header,
+    running,
+)
 from perf.loadgen import LoadGenerator, find_built, find_sender
 from perf.overload_bench import UNKNOWN_MODEL, Background, refused_request
 from perf.perf_stat import COUNTING_EVENTS, MallocProbe, Window, cpu_flags, perf_unusable, perf_window, process_libc
@@ -199,13 +207,11 @@ def batch_totals(metrics_url: str | None) -> dict[str, tuple[float, float]]:
     """adrank's batches and rows so far per model, from /metrics' adrank_batch_rows histogram."""
     if metrics_url is None:
         return {}
-    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
-        text = reply.read().decode()
     totals: dict[str, list[float]] = {}
-    for match in re.finditer(r'^adrank_batch_rows_(count|sum)\{[^}]*model="([^"]+)"[^}]*\} (\S+)$', text, re.M):
-        kind, model, value = match.groups()
-        entry = totals.setdefault(model, [0.0, 0.0])
-        entry[0 if kind == "count" else 1] += float(value)
+    for sample in metric_samples(metrics_url):
+        if sample.name in ("adrank_batch_rows_count", "adrank_batch_rows_sum"):
+            entry = totals.setdefault(sample.labels["model"], [0.0, 0.0])
+            entry[0 if sample.name.endswith("_count") else 1] += sample.value
     return {model: (batches, rows) for model, (batches, rows) in totals.items()}
 
 
