@@ -12,8 +12,9 @@
 //     (the transport is done with it: reply sent, or the call cancelled). A client that stops reading
 //     keeps its own calls' bytes and no more.
 // Every answer, admitted or refused, is counted once by the transport (Answered); a call that a client's
-// gRPC retry policy sent again (its `grpc-previous-rpc-attempts` metadata says so) is counted too (Retried),
-// so that a fleet's retries add up across its replicas.
+// gRPC retry policy sent again (its `grpc-previous-rpc-attempts` metadata says so) or its hedging sent as
+// another copy (`x-adrank-previous-attempts`) is counted too (Retried), so that a fleet's retries add up
+// across its replicas.
 //
 // Options (defaults and why):
 //   max_in_flight_bytes = 256 MiB  64 of the largest bundled requests (4 MiB) at once: far more work than

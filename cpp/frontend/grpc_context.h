@@ -40,12 +40,18 @@ inline std::string CallTenant(const grpc::CallbackServerContext& context) {
 
 // The metadata gRPC's retry policy adds to every attempt after the first (gRFC A6): its count of earlier ones.
 inline constexpr char kPreviousAttemptsKey[] = "grpc-previous-rpc-attempts";
+// The same count on every hedged copy after the first, from the client's own hedging
+// (python/adrank/client_hedging.py): gRPC's C core does not hedge, and drops an application's grpc-* metadata.
+inline constexpr char kHedgedAttemptsKey[] = "x-adrank-previous-attempts";
 
-// Whether the call is a client's retry: its previous-attempts metadata is there and not "0".
+// Whether the call is a client's retry or hedge: either previous-attempts metadata is there and not "0".
 inline bool IsRetry(const grpc::CallbackServerContext& context) {
   const auto& metadata = context.client_metadata();
-  auto it = metadata.find(kPreviousAttemptsKey);
-  return it != metadata.end() && !(it->second.size() == 1 && it->second.data()[0] == '0');
+  for (const char* key : {kPreviousAttemptsKey, kHedgedAttemptsKey}) {
+    auto it = metadata.find(key);
+    if (it != metadata.end() && !(it->second.size() == 1 && it->second.data()[0] == '0')) return true;
+  }
+  return false;
 }
 
 // A request's bytes in one piece: only to explain a parse failure.

@@ -24,12 +24,14 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adrank.client_channel import ChannelPlan, Target
+from adrank.client_hedging import Hedging, Metadata
 from adrank.client_retry import DEFAULT_RETRY, RetryPolicy
 from adrank.client_tls import ClientTls
 from adrank.tenants import TENANT_METADATA_KEY
@@ -98,8 +100,13 @@ def build_request(
     )
 
 
-def _metadata(tenant: str | None) -> tuple[tuple[str, str], ...] | None:
-    return None if tenant is None else ((TENANT_METADATA_KEY, tenant),)
+def _metadata(tenant: str | None) -> Metadata:
+    return () if tenant is None else ((TENANT_METADATA_KEY, tenant),)
+
+
+def _hedging(retry: RetryPolicy | None) -> Hedging | None:
+    """The client's own hedging where the policy asks for it (gRPC's C core does not hedge: client_hedging.py)."""
+    return Hedging(retry) if retry is not None and retry.hedging_delay_s is not None else None
 
 
 def parse_response(response: pb.RankResponse) -> RankResult:
@@ -130,8 +137,9 @@ class RankClient:
 
     `retry`: RetryPolicy() by default (client_retry.py): round_robin over every address, replicas whose health
     says NOT_SERVING (loading, draining) left out, and a call that fails with UNAVAILABLE or RESOURCE_EXHAUSTED
-    retried on the next replica with backoff within its deadline (or hedged); None: none of it (a single
-    target is then pick_first). A call that still fails raises its RankError.
+    retried on the next replica with backoff within its deadline, or with `hedging_delay_s` hedged
+    (client_hedging.py); None: none of it (a single target is then pick_first). A call that still fails
+    raises its RankError.
 
     `tls`: ClientTls (root CA, client certificate and key, server name); None: plaintext. Its files are read
     when the client is made; a file unreadable, not PEM, or a key others can read is a ClientTlsError then.
@@ -153,6 +161,7 @@ class RankClient:
         self._channel = channel or ChannelPlan.create(target, tls, retry).channel()
         self._stub = pb_grpc.RankingStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._hedging = _hedging(retry)
 
     def rank(
         self,
@@ -169,9 +178,21 @@ class RankClient:
             models, candidates, context, request_id=request_id, priority=priority, routing_key=routing_key
         )
         try:
-            return parse_response(self._stub.Rank(request, timeout=timeout, metadata=self._metadata))
+            if self._hedging is None:
+                return parse_response(self._stub.Rank(request, timeout=timeout, metadata=self._metadata))
+
+            def send(metadata: Metadata, left: float | None) -> grpc.Future:
+                return self._stub.Rank.future(request, timeout=left, metadata=metadata)
+
+            return parse_response(self._hedging.call(send, self._metadata, timeout))
         except grpc.RpcError as error:
             raise _error(error) from None
+
+    @property
+    def hedges(self) -> int:
+        """Hedged copies this client sent after a call's first (0 without hedging); each is counted by the
+        replica it reached as a retry (adrank_retried_calls_total)."""
+        return 0 if self._hedging is None else self._hedging.hedges
 
     def serving(self, service: str = "") -> bool:
         """Whether the server's health service says SERVING (False while it loads or drains)."""
@@ -214,6 +235,7 @@ class AsyncRankClient:
         self._metadata = _metadata(tenant)
         self._channel = ChannelPlan.create(target, tls, retry).aio_channel()
         self._stub = pb_grpc.RankingStub(self._channel)
+        self._hedging = _hedging(retry)
 
     async def rank(
         self,
@@ -230,9 +252,20 @@ class AsyncRankClient:
             models, candidates, context, request_id=request_id, priority=priority, routing_key=routing_key
         )
         try:
-            return parse_response(await self._stub.Rank(request, timeout=timeout, metadata=self._metadata))
+            if self._hedging is None:
+                return parse_response(await self._stub.Rank(request, timeout=timeout, metadata=self._metadata))
+
+            def send(metadata: Metadata, left: float | None) -> Any:  # a grpc.aio.UnaryUnaryCall
+                return self._stub.Rank(request, timeout=left, metadata=metadata)
+
+            return parse_response(await self._hedging.call_async(send, self._metadata, timeout))
         except grpc.RpcError as error:
             raise _error(error) from None
+
+    @property
+    def hedges(self) -> int:
+        """RankClient.hedges."""
+        return 0 if self._hedging is None else self._hedging.hedges
 
     async def close(self) -> None:
         await self._channel.close()

@@ -1,5 +1,5 @@
-"""RetryPolicy: how a client's channel retries or hedges Rank calls, as gRPC's service config says it (gRFC
-A6), with the load balancing and health checking that go with it.
+"""RetryPolicy: how a client retries or hedges Rank calls (gRFC A6), with the load balancing and health
+checking that go with it: gRPC's service config says all of it but the hedging (client_hedging.py).
 
 What the channel does (the service config `service_config()` returns):
 - `round_robin` over every address of the target (a list, a headless Service's DNS name, an ipv4: URI): each
@@ -18,12 +18,14 @@ What the channel does (the service config `service_config()` returns):
 - retry throttling: when more than half of the recent calls failed (token bucket: `throttle_max_tokens`,
   each failure costs 1, each success gives back `throttle_token_ratio`), retries stop until calls succeed
   again, so that a fleet that is short of capacity is not sent its load twice over;
-- or, with `hedging_delay_s` set, hedging instead of retrying: a second attempt goes to another replica if
-  the first has not answered within the delay (for the tail latency of one slow replica; it costs the extra
-  compute of each hedged call). gRPC allows one or the other per method.
+- or, with `hedging_delay_s` set, hedging instead of retrying: another copy of the call goes to the next
+  replica if none has answered within the delay (for the tail latency of one slow replica; it costs the extra
+  compute of each hedged call), and at once after a copy fails with a retried code. A6 allows one or the
+  other per method. The client hedges itself (client_hedging.py): gRPC's C core takes a `hedgingPolicy` and
+  never hedges, so the service config then carries neither policy, only the balancing and health checking.
 
-Every retry reaches a server with `grpc-previous-rpc-attempts` metadata and is counted there
-(adrank_retried_calls_total, summed over the fleet).
+Every retry reaches a server with `grpc-previous-rpc-attempts` metadata, every hedged copy after the first
+with `x-adrank-previous-attempts`, and is counted there (adrank_retried_calls_total, summed over the fleet).
 
 Options (defaults and why):
   max_attempts = 3              The first attempt and two retries: with round_robin a retry lands on another
@@ -32,8 +34,9 @@ Options (defaults and why):
   max_backoff_s = 0.05          a few ms; the backoff grows x2 (with gRPC's jitter) up to 50 ms.
   backoff_multiplier = 2.0
   retry_resource_exhausted = True  A full queue on one replica is often room on the next.
-  hedging_delay_s = None        No hedging by default: it spends compute to cut the tail.
-  throttle_max_tokens = 10, throttle_token_ratio = 0.1  gRPC's recommended throttling shape.
+  hedging_delay_s = None        No hedging by default: it spends compute to cut the tail. With it, max_attempts
+                                is the number of copies a call may send.
+  throttle_max_tokens = 10, throttle_token_ratio = 0.1  gRPC's recommended throttling shape (hedging too).
   max_reconnect_backoff_s = 5   How long at most between tries to reconnect to a replica that went away, so that
                                 one back from a restart rejoins within seconds (gRPC's default grows to 120 s).
 
@@ -84,14 +87,8 @@ class RetryPolicy:
         """The channel's service config (JSON), as grpc's `grpc.service_config` channel argument takes it;
         `fleet`: health-check the replicas (a target list or URI, not one "host:port")."""
         method: dict[str, object] = {"name": list(RETRIED_METHODS)}
-        if self.max_attempts > 1 and self.hedging_delay_s is not None:
-            method["hedgingPolicy"] = {
-                "maxAttempts": self.max_attempts,
-                "hedgingDelay": f"{self.hedging_delay_s:.6f}s",
-                # A non-fatal code lets the next hedge go at once; any other ends the call with it.
-                "nonFatalStatusCodes": self.codes(),
-            }
-        elif self.max_attempts > 1:
+        # Hedging is the client's own (client_hedging.py): a hedgingPolicy here would be taken and ignored.
+        if self.max_attempts > 1 and self.hedging_delay_s is None:
             method["retryPolicy"] = {
                 "maxAttempts": self.max_attempts,
                 "initialBackoff": f"{self.initial_backoff_s:.6f}s",

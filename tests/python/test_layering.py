@@ -15,6 +15,7 @@ TRANSPORT_MODULES = {
     "cli.py",
     "client.py",
     "client_channel.py",
+    "client_hedging.py",
     "client_tls.py",
 }
 TRANSPORT_PACKAGES = {"server"}  # the process and its front ends

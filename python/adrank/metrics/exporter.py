@@ -31,6 +31,7 @@ Metrics (labels model, version unless said otherwise; deploy/ has the Grafana pa
   adrank_unknown_model_requests_total{code}  (code only: NOT_FOUND) requests naming a model no version
                                           serves; with adrank_requests_total summed by code, every request
   adrank_retried_calls_total              (no labels) calls that were a client's retry (gRPC retry policy)
+                                          or hedged copy (the client's hedging)
   adrank_repository_errors_total          (no labels) repository polls that could not read the repository;
                                           every loaded version kept serving
   adrank_memory_pool_bytes{state}         total, in_use, locked
@@ -275,7 +276,8 @@ def server_metrics(sample: Sample) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "adrank_retried_calls",
         "Calls that were a client's retry of an attempt that failed, here or on another replica (gRPC's retry"
-        " policy: grpc-previous-rpc-attempts); a fleet's retries are the sum over its replicas.",
+        " policy: grpc-previous-rpc-attempts), or a hedged copy of a call not yet answered (the client's hedging:"
+        " x-adrank-previous-attempts); a fleet's retries are the sum over its replicas.",
         value=sample.retried_calls,
     )
     yield CounterMetricFamily(

@@ -62,7 +62,8 @@ class Sample:
     # Requests naming a model no version serves (the core registry's count): answered NOT_FOUND, in `calls`,
     # and in no version's stats.
     unknown_model_requests: int = 0
-    # Calls that were a client's retry (their grpc-previous-rpc-attempts metadata), both front ends.
+    # Calls that were a client's retry or hedged copy (grpc-previous-rpc-attempts or x-adrank-previous-attempts
+    # metadata), both front ends.
     retried_calls: int = 0
     # The guardrail limits of every model with a canary or shadow (its rollout policy's).
     guardrails: dict[str, GuardrailPolicy] = field(default_factory=dict)

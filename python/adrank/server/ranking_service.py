@@ -26,6 +26,7 @@ from typing import Literal, NamedTuple
 import grpc
 
 import adrank._core as core
+from adrank.client_hedging import HEDGED_ATTEMPTS_KEY
 from adrank.completions import AsyncCompletions
 from adrank.status import StatusCode
 from adrank.tenants import TENANT_METADATA_KEY
@@ -43,8 +44,10 @@ def grpc_status(code: int) -> grpc.StatusCode:
 RANKING_SERVICE = pb.DESCRIPTOR.services_by_name["Ranking"].full_name
 
 
-# gRPC's retry policy adds it to every attempt after the first (gRFC A6), with the count of earlier ones.
-PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
+# gRPC's retry policy adds it to every attempt after the first (gRFC A6), with the count of earlier ones; the
+# client's own hedging (client_hedging.py) adds its own key to every copy after the first, as gRPC drops an
+# application's grpc-* metadata.
+PREVIOUS_ATTEMPTS_KEYS = ("grpc-previous-rpc-attempts", HEDGED_ATTEMPTS_KEY)
 
 
 class CallMetadata(NamedTuple):
@@ -59,8 +62,8 @@ def call_metadata(context: grpc.aio.ServicerContext) -> CallMetadata:
     for key, value in context.invocation_metadata() or ():
         if key == TENANT_METADATA_KEY:
             tenant = value if isinstance(value, str) else value.decode("utf-8", "replace")
-        elif key == PREVIOUS_ATTEMPTS_KEY:
-            retry = value not in ("0", b"0")
+        elif key in PREVIOUS_ATTEMPTS_KEYS:
+            retry = retry or value not in ("0", b"0")
     return CallMetadata(tenant, retry)
 
 
