@@ -6,9 +6,10 @@ import asyncio
 import os
 import shutil
 import threading
+from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 import yaml
@@ -21,6 +22,7 @@ from adrank.server.process import Server, ServerOptions
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
 CRITEO = REPO.parent / "shared" / "data" / "criteo"
+T = TypeVar("T")
 
 
 def missing(reason: str) -> NoReturn:
@@ -84,6 +86,10 @@ class ServerThread:
         server = Server(self.options)  # its gRPC server belongs to this loop
         await server.start()
         return server
+
+    def run(self, work: Coroutine[Any, Any, T]) -> T:
+        """`work` run on the server's event loop (its front end belongs to it), from any other thread."""
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result(timeout=60)
 
     def stop(self) -> None:
         if self.server is not None:

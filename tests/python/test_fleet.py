@@ -2,7 +2,8 @@
 list (round_robin, health checking, retries: client_retry.py). Under a steady load, one replica is SIGKILLed
 and another SIGTERMed and started again on its port (a rolling restart): no call fails, every replica scores a
 request alike, the load spreads within ±20 % across the live replicas, and the retries are counted by the
-replicas that took them. Bounded: every wait has a deadline, and the load stops by itself.
+replicas that took them. A replica whose health says NOT_SERVING gets no call from the client, and gets calls
+again once it says SERVING. Bounded: every wait has a deadline, and the load stops by itself.
 """
 
 from __future__ import annotations
@@ -158,6 +159,50 @@ def test_a_fleet_loses_no_call_when_a_replica_is_killed_and_another_restarted(tm
     finally:
         for replica in replicas:
             end(replica.process)
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_a_replica_whose_health_says_not_serving_leaves_the_rotation_and_rejoins_when_serving(
+    frontend: str, tmp_path: Path
+):
+    """The client watches each replica's grpc.health.v1 (service ""): a replica that says NOT_SERVING (as a
+    model with nothing to serve makes it say) takes no call, though its Rank still answers, and takes calls
+    again once it says SERVING. Without the health check, the same replica takes its share."""
+    servers = [ServerThread(ctr_repository(tmp_path / f"repo{i}"), frontend=frontend).start() for i in range(2)]
+    out = servers[0]  # the replica that says NOT_SERVING; the other serves throughout
+    targets = [s.target for s in servers]
+
+    def answered(server: ServerThread) -> int:
+        return server.server.frontend.admission.call_counts()[0]  # type: ignore[union-attr]
+
+    def set_serving(serving: bool) -> None:
+        out.run(out.server.frontend.set_health({"": serving}))  # type: ignore[union-attr]
+
+    def rank(client: RankClient, calls: int) -> None:
+        for _ in range(calls):
+            client.rank(["ctr"], request(), timeout=10)  # a failure raises
+
+    try:
+        set_serving(False)
+        with RankClient(targets) as client:
+            before = [answered(s) for s in servers]
+            rank(client, 40)
+            assert [answered(s) - b for s, b in zip(servers, before, strict=True)] == [0, 40]
+            assert all(s.server.frontend.admission.retried_calls == 0 for s in servers)  # kept out, not retried
+            set_serving(True)
+            deadline = time.monotonic() + DEADLINE_S
+            while answered(out) == before[0]:  # its Watch says SERVING: it rejoins the rotation
+                assert time.monotonic() < deadline, "the replica never rejoined the rotation"
+                rank(client, 1)
+
+        set_serving(False)
+        with RankClient(targets, retry=RetryPolicy(health_check=False)) as client:
+            before = [answered(s) for s in servers]
+            rank(client, 40)
+            assert answered(out) - before[0] >= 10, "without health checking round_robin sends it its share"
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def test_the_retry_policy_is_grpcs_service_config_and_refuses_what_grpc_would():
