@@ -6,7 +6,8 @@
   the newest Kubernetes this deployment claims (KUBERNETES_VERSIONS). The custom resources (ServiceMonitor,
   ServingRuntime, InferenceService) have no schema there and their CRDs are too large to vendor: their required
   fields are checked structurally, and the containers a ServingRuntime declares are validated as a Pod's.
-- Facts across objects that no schema holds: probe ports are container ports, the grace period outlasts
+- Facts across objects that no schema holds: probe ports are container ports, startup and readiness ask the
+  server's health (""), liveness the gRPC port's own (adrank.liveness), the grace period outlasts
   preStop + --drain-grace, the HPA scales the Deployment on the metric prometheus-adapter serves from a rule
   that deploy/prometheus/adrank-rules.yml records, the Services and the PDB select the pods, the admin token's
   Secret volume has mode 0400 or 0600, the repository is mounted read-only, the pods run as non-root.
@@ -31,7 +32,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from adrank.server.process import LIVENESS_SERVICE
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -191,6 +193,14 @@ def fact_problems(objects: list[dict[str, Any]]) -> list[str]:
         http_path = (probe.get("httpGet") or {}).get("path")
         if grpc_service != "" and http_path != "/readyz":
             problems.append(f"{probe_name} must ask grpc.health.v1 service '' (or /readyz under TLS)")
+    # Liveness on the gRPC port itself, by a service no model's readiness turns NOT_SERVING; under TLS, which
+    # the kubelet's gRPC probes cannot speak, /healthz.
+    liveness = server.get("livenessProbe") or {}
+    tls = any(a.startswith("--tls-cert=") for a in args)
+    if (liveness.get("grpc") or {}).get("service") != LIVENESS_SERVICE and not (
+        tls and (liveness.get("httpGet") or {}).get("path") == "/healthz"
+    ):
+        problems.append(f"livenessProbe must ask grpc.health.v1 service {LIVENESS_SERVICE} (or /healthz under TLS)")
     flags = {a.split("=", 1)[0]: a.split("=", 1)[-1] for a in args}
     for flag, port_name in (("--grpc-port", "grpc"), ("--http-port", "http")):
         if int(flags.get(flag, -1)) != names.get(port_name):
@@ -444,8 +454,9 @@ def test_the_tls_component_validates_and_keeps_the_facts(tmp_path, version):
     assert fact_problems(objects) == []
     server = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert {"--tls-cert=/etc/adrank/tls/tls.crt", "--tls-key=/etc/adrank/tls/tls.key"} <= set(server["args"])
-    # The kubelet's gRPC probes cannot speak TLS: readiness moves to /readyz.
+    # The kubelet's gRPC probes cannot speak TLS: readiness moves to /readyz, liveness to /healthz.
     assert "grpc" not in server["readinessProbe"] and server["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert "grpc" not in server["livenessProbe"] and server["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
 def test_the_kserve_runtime_serves_the_inference_service(rendered):
@@ -469,9 +480,9 @@ def test_the_kserve_runtime_serves_the_inference_service(rendered):
 
 def test_the_deployments_args_start_a_server_that_the_probes_find_ready_and_that_drains_in_time(rendered, tmp_path):
     """The CPU Deployment's container args run as they stand, but for the pod's paths (here in tmp_path), ports
-    (any free one) and addresses (loopback: a test sends nothing off this machine): the server reaches SERVING,
-    the readiness probe's health service and the liveness probe's /healthz answer, and SIGTERM drains it in
-    less time than the pod's grace period leaves after preStop."""
+    (any free one) and addresses (loopback: a test sends nothing off this machine): the server reaches SERVING
+    within the startup probe's budget (its warm-up included), the startup, readiness and liveness probes' health
+    services say SERVING, and SIGTERM drains it in less time than the pod's grace period leaves after preStop."""
     pod_spec = one(rendered["overlays/cpu"], "Deployment")["spec"]["template"]["spec"]
     server = pod_spec["containers"][0]
     shutil.copytree(ROOT / "models", tmp_path / "models")
@@ -493,6 +504,7 @@ def test_the_deployments_args_start_a_server_that_the_probes_find_ready_and_that
         args.append(f"{flag}={paths.get(value, value)}")
     env = {**os.environ, **{e["name"]: str(tmp_path) for e in server.get("env", []) if e["name"] == "TMPDIR"}}
     command = [sys.executable, "-c", "from adrank.cli import main; main()", "serve", *args]
+    started = time.monotonic()
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     try:
         lines: list[str] = []
@@ -500,19 +512,22 @@ def test_the_deployments_args_start_a_server_that_the_probes_find_ready_and_that
             line = proc.stderr.readline()  # type: ignore[union-attr]
             assert line, f"adrank serve exited ({proc.wait()}) before SERVING:\n{''.join(lines)}"
             lines.append(line)
+        # The startup probe must outlast the start, model warm-up and parity checks included (a pod is
+        # restarted when it does not): on this machine, however busy, it takes a fraction of the budget.
+        took = time.monotonic() - started
+        startup = server["startupProbe"]
+        assert took < startup["periodSeconds"] * startup["failureThreshold"], f"SERVING after {took:.1f} s"
         assert all(json.loads(line) for line in lines), "--log-format=json: every line is a JSON object"
         threading.Thread(target=proc.stderr.read, daemon=True).start()  # type: ignore[union-attr]
-        grpc_target, http_target = match.group(1), match.group(2)
+        grpc_target = match.group(1)
 
-        readiness = server["readinessProbe"]["grpc"]["service"]
         with grpc.insecure_channel(grpc_target) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=readiness), timeout=10
-            )
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        liveness = server["livenessProbe"]["httpGet"]["path"]
-        with urllib.request.urlopen(f"http://{http_target}{liveness}", timeout=10) as response:
-            assert response.status == 200
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                service = server[probe]["grpc"]["service"]
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=10
+                )
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING, (probe, service)
 
         stopped = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -556,9 +571,15 @@ FACT_BREAKS = {
     "repository-writable": (DEPLOYMENT, "/models\n              readOnly: true", "/models", "not mounted read-only"),
     "probe-port": (
         DEPLOYMENT,
-        "8000\n            periodSeconds: 10",
-        "8080\n            periodSeconds: 10",
+        "port: 8500\n              service: adrank.liveness",
+        "port: 8080\n              service: adrank.liveness",
         "port 8080",
+    ),
+    "liveness-on-readiness": (
+        DEPLOYMENT,
+        "service: adrank.liveness",
+        'service: ""',
+        "livenessProbe must ask",
     ),
     "hpa-target": ("base/horizontal-pod-autoscaler.yaml", "name: adrank\n  min", "name: old\n  min", "the HPA scales"),
     "no-headless": ("base/services.yaml", "clusterIP: None", "clusterIP: 10.0.0.10", "no headless Service"),

@@ -1,6 +1,7 @@
 """Health on a running server (both front ends): per-model gRPC health, and the server's ("" and
-adrank.v1.Ranking, /readyz) only while every model of the repository has a version that serves; a
-repository that cannot be read changes nothing that serves, and is counted."""
+adrank.v1.Ranking, /readyz) only while every model of the repository has a version that serves, while
+adrank.liveness (Kubernetes' liveness probe) says SERVING whatever the models; a repository that cannot be
+read changes nothing that serves, and is counted."""
 
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ def eventually(what: str, check: Callable[[], bool], timeout_s: float = 30.0) ->
 
 
 def health(client: RankClient, http_port: int, models: tuple[str, ...]) -> dict[str, bool]:
-    """Every health answer: "" and adrank.v1.Ranking, each model's, and /readyz."""
-    answers = {service: client.serving(service) for service in ("", "adrank.v1.Ranking", *models)}
+    """Every health answer: "", adrank.v1.Ranking and adrank.liveness, each model's, and /readyz."""
+    answers = {service: client.serving(service) for service in ("", "adrank.v1.Ranking", "adrank.liveness", *models)}
     answers["/readyz"] = http_get(http_port, "/readyz")[0] == 200
     return answers
 
@@ -69,6 +70,7 @@ def test_health_is_not_serving_while_a_model_has_no_version_and_serving_once_it_
             assert health(client, port, models) == {
                 "": False,
                 "adrank.v1.Ranking": False,
+                "adrank.liveness": True,  # not ready, yet alive: not to be restarted
                 "ctr": True,
                 "ctr2": False,
                 "/readyz": False,
@@ -83,6 +85,7 @@ def test_health_is_not_serving_while_a_model_has_no_version_and_serving_once_it_
             assert health(client, port, models) == {
                 "": True,
                 "adrank.v1.Ranking": True,
+                "adrank.liveness": True,
                 "ctr": True,
                 "ctr2": False,
                 "/readyz": True,
@@ -101,7 +104,9 @@ def test_a_vanished_repository_keeps_serving_what_is_loaded_and_counts_the_error
             repo.rename(repo.parent / "moved")  # a mount that went away
             eventually("a failed poll counted", lambda: repository_errors(port) >= 2)
             assert client.rank(["ctr"], CANDIDATES)["ctr"].version == 1
-            assert health(client, port, ("ctr",)) == dict.fromkeys(("", "adrank.v1.Ranking", "ctr", "/readyz"), True)
+            assert health(client, port, ("ctr",)) == dict.fromkeys(
+                ("", "adrank.v1.Ranking", "adrank.liveness", "ctr", "/readyz"), True
+            )
             (repo.parent / "moved").rename(repo)
             (repo / "ctr").rename(repo / ".ctr-removed")  # readable again, and now without ctr: it unloads
             eventually("ctr unloaded", lambda: not client.serving("ctr"))

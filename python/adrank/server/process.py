@@ -16,6 +16,9 @@ model's own health service (`service` = its name) is SERVING while it is ready; 
 and /readyz (200 / 503), only while every model of the repository is: a model with nothing to serve
 (every version FAILED, a config that does not validate, no version yet) makes the server not ready
 though Rank keeps answering for the others, and its first version that loads makes it ready again.
+`adrank.liveness` is SERVING from the end of the start until the drain, whatever the models' readiness: a
+liveness check of the gRPC port itself (deploy/k8s's livenessProbe), which a model with nothing to serve
+must not fail (that replica is only not ready), while a gRPC server that stopped answering does.
 
 The front end (frontend.py) is the C++ RankServer when the core was built with grpc++ ("auto"), else
 the Python grpc.aio one; both serve adrank.v1.Ranking, grpc.health.v1.Health and server reflection.
@@ -60,6 +63,9 @@ log = logging.getLogger("adrank.server")
 # After the drain, how long replies may take to reach their clients: a reading client takes one in
 # milliseconds; one that stopped reading would otherwise hold the process for the rest of the grace.
 REPLY_FLUSH_S = 1.0
+# The health service that says the gRPC port answers (the module's docstring). A model's readiness is the
+# health service of its name; one named so would lose its own, as one named adrank.v1.Ranking would.
+LIVENESS_SERVICE = "adrank.liveness"
 
 
 @dataclass(frozen=True)
@@ -213,7 +219,7 @@ class Server:
             ready = all(readiness.values())
             services = {name: False for name in self._health_models - readiness.keys()}  # gone: NOT_SERVING
             services.update(readiness)
-            services.update({"": ready, RANKING_SERVICE: ready})
+            services.update({"": ready, RANKING_SERVICE: ready, LIVENESS_SERVICE: True})
             self._health_models |= readiness.keys()
             await self.frontend.set_health(services)
 
