@@ -5,7 +5,9 @@
   (no unknown field), against the Kubernetes OpenAPI schemas that kubernetes-validate ships, for the oldest and
   the newest Kubernetes this deployment claims (KUBERNETES_VERSIONS). The custom resources (ServiceMonitor,
   ServingRuntime, InferenceService) have no schema there and their CRDs are too large to vendor: their required
-  fields are checked structurally, and the containers a ServingRuntime declares are validated as a Pod's.
+  fields are checked structurally, and the containers a ServingRuntime declares are validated as a Pod's. The
+  manifests applied on their own (prometheus-adapter's rule) are validated as they are, and every YAML file under
+  deploy/k8s must be one of those or reached by what the tests render, so that none escapes validation.
 - Facts across objects that no schema holds: probe ports are container ports, startup and readiness ask the
   server's health (""), liveness the gRPC port's own (adrank.liveness), the grace period outlasts
   preStop + --drain-grace, the HPA scales the Deployment on the metric prometheus-adapter serves from a rule
@@ -53,6 +55,10 @@ DOCKERFILE = ROOT / "Dockerfile"
 # 1.37: the newest kubernetes-validate 1.37.0 ships.
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 OVERLAYS = ("overlays/cpu", "overlays/gpu")
+# What the tests render (each overlay, kserve; components/tls on overlays/cpu), and the manifests applied on their
+# own, outside any kustomization (prometheus-adapter's rule goes to the adapter's namespace): validated alone.
+RENDERED = (*OVERLAYS, "kserve", "components/tls")
+STANDALONE = ("prometheus-adapter/adapter-config.yaml",)
 CUSTOM_KINDS = {"ServiceMonitor", "ServingRuntime", "InferenceService"}
 ADMIN_TOKEN_SECRET = "adrank-admin-token"
 
@@ -396,6 +402,48 @@ def with_tls(tmp_path: Path) -> list[dict[str, Any]]:
         "resources: [../cpu]\ncomponents: [../../components/tls]\n"
     )
     return render(overlay)
+
+
+def unrendered(k8s: Path) -> set[Path]:
+    """The YAML files under `k8s` that no kustomization the tests render reaches (as a resource, a patch, a
+    component, or a kustomization itself), less the standalone ones."""
+    reached: set[Path] = set()
+    folders, seen = [k8s / folder for folder in RENDERED], set()
+    while folders:
+        folder = folders.pop().resolve()
+        if folder in seen:
+            continue
+        seen.add(folder)
+        kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+        reached.add(folder / "kustomization.yaml")
+        for entry in [*kustomization.get("resources", []), *kustomization.get("components", [])]:
+            target = (folder / entry).resolve()
+            if target.is_dir():
+                folders.append(target)
+            else:
+                reached.add(target)
+        reached |= {(folder / patch["path"]).resolve() for patch in kustomization.get("patches", []) if "path" in patch}
+    standalone = {(k8s / path).resolve() for path in STANDALONE}
+    return {path.resolve() for path in k8s.rglob("*.yaml")} - reached - standalone
+
+
+def test_every_manifest_is_rendered_by_what_the_tests_render_or_validated_on_its_own(tmp_path):
+    assert unrendered(K8S) == set()
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    (copy / "base" / "forgotten.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: forgotten}\n")
+    assert unrendered(copy) == {(copy / "base" / "forgotten.yaml").resolve()}
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_standalone_manifests_validate_and_a_broken_one_is_rejected(version):
+    for path in STANDALONE:
+        text = (K8S / path).read_text()
+        objects = [obj for obj in yaml.safe_load_all(text) if obj]
+        assert objects, path
+        assert [p for obj in objects for p in schema_problems(obj, version)] == []
+        broken = [obj for obj in yaml.safe_load_all(text.replace("\ndata:", "\ndatum:")) if obj]
+        assert any("datum" in p for obj in broken for p in schema_problems(obj, version))
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
