@@ -238,3 +238,20 @@ def test_each_retry_reaches_a_replica_counted_and_a_call_refused_every_time_fail
         assert admission.retried_calls == 2 and admission.call_counts()[8] == 4  # one attempt, no retry
     finally:
         server.stop()
+
+
+def test_retries_stop_at_the_calls_deadline(tmp_path: Path):
+    """gRPC keeps a call's deadline across its attempts: with backoffs of up to 5 s and 5 attempts allowed, a
+    call refused every time with a 0.5 s deadline ends DEADLINE_EXCEEDED, not after its 5 attempts (each
+    backoff is drawn in (0, 5 s): all four under the deadline is a 1-in-10,000 draw)."""
+    server = ServerThread(ctr_repository(tmp_path / "repo")).start()
+    try:
+        slow = RetryPolicy(max_attempts=5, initial_backoff_s=5.0, max_backoff_s=5.0)
+        with RankClient(server.target, retry=slow) as client, pytest.raises(RankError) as ended:
+            client.rank(["ctr"], request(rows=5000), timeout=0.5)  # RESOURCE_EXHAUSTED by its size, every time
+        assert ended.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        admission = server.server.frontend.admission  # type: ignore[union-attr]
+        attempts = admission.call_counts()[grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]]
+        assert 1 <= attempts < 5
+    finally:
+        server.stop()
