@@ -8,6 +8,7 @@ again once it says SERVING. Bounded: every wait has a deadline, and the load sto
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rollout_models import ctr_repository
 from test_serve_process import end, start
 
-from adrank.client import RankClient, RankError
+from adrank.client import AsyncRankClient, RankClient, RankError
 from adrank.client_retry import RetryPolicy
 from served import FRONTENDS, ServerThread
 
@@ -255,3 +256,36 @@ def test_retries_stop_at_the_calls_deadline(tmp_path: Path):
         assert 1 <= attempts < 5
     finally:
         server.stop()
+
+
+def test_a_target_uri_is_balanced_over_its_addresses_by_either_client(tmp_path: Path):
+    """`ipv4:a,b` (what a list becomes) and `dns:///name:port` (a headless Service) given as they are: calls
+    spread over every address the URI names, from RankClient and AsyncRankClient alike."""
+    servers = [ServerThread(ctr_repository(tmp_path / f"repo{i}")).start() for i in range(2)]
+
+    def answered() -> list[int]:
+        return [s.server.frontend.admission.call_counts()[0] for s in servers]  # type: ignore[union-attr]
+
+    async def rank_async(target: str, calls: int) -> None:
+        async with AsyncRankClient(target) as client:
+            for _ in range(calls):
+                await client.rank(["ctr"], request(), timeout=10)
+
+    try:
+        uri = "ipv4:" + ",".join(s.target for s in servers)
+        before = answered()
+        with RankClient(uri) as client:
+            for _ in range(20):
+                client.rank(["ctr"], request(), timeout=10)
+        after_sync = answered()
+        asyncio.run(rank_async(uri, 20))
+        after_async = answered()
+        for first, last in ((before, after_sync), (after_sync, after_async)):
+            took = [b - a for a, b in zip(first, last, strict=True)]
+            assert sum(took) == 20 and min(took) >= 5, took
+        port = servers[0].target.rsplit(":", 1)[1]
+        with RankClient(f"dns:///localhost:{port}") as client:  # localhost's every address; one listens
+            assert client.rank(["ctr"], request(), timeout=10)["ctr"].scores.shape == (8,)
+    finally:
+        for server in servers:
+            server.stop()
