@@ -157,8 +157,11 @@ class Hedging:
         finally:
             for call in out:
                 call.cancel()
-            for reply in waiting:
-                reply.cancel()
+            for reply in waiting:  # copies no longer wanted: cancelled, or their failure taken (never logged)
+                if not reply.done():
+                    reply.cancel()
+                elif not reply.cancelled():
+                    reply.exception()
         assert error is not None
         raise error
 
