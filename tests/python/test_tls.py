@@ -8,6 +8,7 @@ serves HTTPS. Only loopback; every wait is bounded.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import socket
 import ssl
@@ -16,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -25,12 +27,15 @@ from certs import KeyPair, Pki
 from click.testing import CliRunner
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from adrank.admin_token import TOKEN_ENV
 from adrank.cli import main
 from adrank.client import RankClient, build_request, parse_response
 from adrank.client_tls import ClientTls
+from adrank.kserve import grpc_service_pb2 as kserve
+from adrank.kserve import grpc_service_pb2_grpc as kserve_grpc
 from adrank.server.tls import TlsFiles
 from adrank.v1 import admin_pb2, admin_pb2_grpc, ranking_pb2, ranking_pb2_grpc
 from served import FRONTENDS, MODELS, ServerThread
@@ -82,9 +87,26 @@ def health(chan: grpc.Channel) -> int:
     return health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(), timeout=10).status
 
 
-def refused(chan: grpc.Channel) -> grpc.StatusCode:
+def kserve_ready(chan: grpc.Channel) -> bool:
+    """KServe v2's ModelReady of ctr, on the same port as Rank."""
+    stub = kserve_grpc.GRPCInferenceServiceStub(chan)
+    return stub.ModelReady(kserve.ModelReadyRequest(name="ctr"), timeout=10).ready
+
+
+def reflected(chan: grpc.Channel) -> set[str]:
+    """The services server reflection lists."""
+    call = chan.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    (answer,) = call(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+    return {service.name for service in answer.list_services_response.service}
+
+
+def refused(chan: grpc.Channel, call: Callable[[grpc.Channel], object] = health) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as error:
-        health(chan)
+        call(chan)
     return error.value.code()
 
 
@@ -112,15 +134,25 @@ def frontend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def test_the_grpc_port_serves_tls_only_and_rotates_without_a_restart(pki: Pki, frontend: str, tmp_path: Path):
+def tls_log(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "adrank.tls" and r.levelno == level]
+
+
+def test_the_grpc_port_serves_tls_only_and_rotates_without_a_restart(
+    pki: Pki, frontend: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, logger="adrank.tls")
     first, cert, key = served_files(pki, tmp_path / "operator")
     server = ServerThread(ctr_only(tmp_path), frontend=frontend, tls=TlsFiles(cert, key)).start()
     try:
         port = server.server.grpc_port
-        with channel(server.target, pki) as secure:
+        with channel(server.target, pki) as secure:  # every service of the port: Rank, KServe v2, health, reflection
             assert health(secure) == health_pb2.HealthCheckResponse.SERVING and rank(secure) == 1
+            assert kserve_ready(secure)
+            assert {"adrank.v1.Ranking", "inference.GRPCInferenceService", "grpc.health.v1.Health"} <= reflected(secure)
         with grpc.insecure_channel(server.target) as plain:
-            assert refused(plain) == grpc.StatusCode.UNAVAILABLE
+            for call in (health, rank, kserve_ready, reflected):
+                assert refused(plain, call) == grpc.StatusCode.UNAVAILABLE, call.__name__
         assert peer_certificate(port).serial_number == serial_of(first)
 
         second = pki.server("rotated")  # the operator replaces the files: key first, then the certificate
@@ -134,6 +166,12 @@ def test_the_grpc_port_serves_tls_only_and_rotates_without_a_restart(pki: Pki, f
             assert rank(secure) == 1
         watcher = server.server.tls.grpc
         assert watcher is not None and watcher.reloads["ok"] == 1
+        expires = x509.load_pem_x509_certificate(second.cert.read_bytes()).not_valid_after_utc.isoformat(
+            timespec="seconds"
+        )
+        assert (
+            tls_log(caplog, logging.INFO)[-1] == f"tls: grpc port: certificate reloaded: CN=rotated, expires {expires}"
+        )
 
         # A bad replacement: a certificate whose key is not there (the key file keeps the old key).
         third = pki.server("mismatched")
@@ -145,6 +183,11 @@ def test_the_grpc_port_serves_tls_only_and_rotates_without_a_restart(pki: Pki, f
         time.sleep(2.5)  # two more looks of both watchers: nothing changes
         assert peer_certificate(port).serial_number == serial_of(second)
         assert watcher.current.subject == "CN=rotated"
+        (said,) = tls_log(caplog, logging.ERROR)  # once, however many looks find the same bad files
+        assert said == (
+            f"tls: grpc port: keeping CN=rotated, expires {expires}: the new files are refused:"
+            f" key {key} does not match certificate {cert}"
+        )
         with channel(server.target, pki) as secure:
             assert rank(secure) == 1
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.server.http_port}/metrics", timeout=10)
