@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -110,12 +112,15 @@ def refused(chan: grpc.Channel, call: Callable[[grpc.Channel], object] = health)
     return error.value.code()
 
 
-def peer_certificate(port: int) -> x509.Certificate:
-    """The certificate a new TLS connection to the port is shown (the handshake alone, no call)."""
+def peer_certificate(port: int, client: KeyPair | None = None) -> x509.Certificate:
+    """The certificate a new TLS connection to the port is shown (the handshake alone, no call); `client`: the
+    certificate it presents, for a mutual TLS port."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.set_alpn_protocols(["h2"])
+    if client is not None:
+        context.load_cert_chain(client.cert, client.key)
     with (
         socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
         context.wrap_socket(raw, server_hostname="localhost") as tls,
@@ -127,6 +132,24 @@ def peer_certificate(port: int) -> x509.Certificate:
 
 def serial_of(pair: KeyPair) -> int:
     return x509.load_pem_x509_certificate(pair.cert.read_bytes()).serial_number
+
+
+def list_models(chan: grpc.Channel) -> list[str]:
+    """The admin API's ListModels, with the token."""
+    stub = admin_pb2_grpc.AdminStub(chan)
+    listed = stub.ListModels(admin_pb2.ListModelsRequest(), metadata=[("authorization", f"Bearer {TOKEN}")], timeout=10)
+    return [m.name for m in listed.models]
+
+
+def metric_samples(url: str, context: ssl.SSLContext | None = None) -> dict[tuple[str, tuple], float]:
+    """/metrics' samples by name and sorted labels."""
+    with urllib.request.urlopen(url, context=context, timeout=10) as page:
+        text = page.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 @pytest.fixture(params=FRONTENDS)
@@ -190,12 +213,7 @@ def test_the_grpc_port_serves_tls_only_and_rotates_without_a_restart(
         )
         with channel(server.target, pki) as secure:
             assert rank(secure) == 1
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.server.http_port}/metrics", timeout=10)
-        samples = {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(metrics.read().decode())
-            for sample in family.samples
-        }
+        samples = metric_samples(f"http://127.0.0.1:{server.server.http_port}/metrics")
         reloads = "adrank_tls_reloads_total"
         assert samples[(reloads, (("port", "grpc"), ("result", "ok")))] == 1
         assert samples[(reloads, (("port", "grpc"), ("result", "refused")))] == 1
@@ -291,3 +309,85 @@ def test_serve_refuses_a_certificate_without_its_key_and_files_it_cannot_serve(p
         f"Error: certificate {garbage}: not a PEM certificate"
     )
     assert "Traceback" not in broken.stderr
+
+
+SERVING_PORTS = re.compile(
+    r"SERVING .* on grpc 127\.0\.0\.1:(\d+), http 127\.0\.0\.1:(\d+) .*admin 127\.0\.0\.1:(\d+)\)"
+)
+
+
+def test_serve_gives_the_admin_and_http_ports_certificates_of_their_own_and_rotates_each(pki: Pki, tmp_path: Path):
+    """`adrank serve` with every TLS option: --admin-tls-* give the admin port its own certificate and mutual
+    TLS while the gRPC port stays one-way, --http-tls-* serve HTTPS; replacing the admin port's and the HTTP
+    port's files rotates each without a restart (its log line, its expiry in /metrics), the gRPC port's
+    certificate untouched."""
+    grpc_first, cert, key = served_files(pki, tmp_path / "grpc")
+    admin_first, admin_cert, admin_key = served_files(pki, tmp_path / "admin", "admin")
+    web_first, web_cert, web_key = served_files(pki, tmp_path / "web", "web")
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    token.chmod(0o600)
+    arguments = [
+        *("--repository", str(ctr_only(tmp_path)), "--grpc-port", "0", "--http-port", "0", "--admin-port", "0"),
+        *("--workers", "1", "--admin-token-file", str(token), "--tls-cert", str(cert), "--tls-key", str(key)),
+        *("--admin-tls-cert", str(admin_cert), "--admin-tls-key", str(admin_key)),
+        *("--admin-tls-client-ca", str(pki.ca_file), "--http-tls-cert", str(web_cert), "--http-tls-key", str(web_key)),
+    ]
+    command = [sys.executable, "-c", "from adrank.cli import main; main()", "serve", *arguments]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        match = None
+        while match is None:
+            line = proc.stderr.readline()
+            assert line, f"adrank serve exited ({proc.wait()}) before SERVING:\n{''.join(lines)}"
+            lines.append(line)
+            match = SERVING_PORTS.search(line)
+        reader = threading.Thread(target=lambda: lines.extend(proc.stderr or []), daemon=True)
+        reader.start()
+        grpc_port, http_port, admin_port = (int(port) for port in match.groups())
+        admin_target, alice = f"127.0.0.1:{admin_port}", pki.client("alice")
+
+        assert peer_certificate(grpc_port).serial_number == serial_of(grpc_first)
+        assert peer_certificate(admin_port, alice).serial_number == serial_of(admin_first)
+        assert peer_certificate(http_port).serial_number == serial_of(web_first)
+        with channel(f"127.0.0.1:{grpc_port}", pki) as one_way:  # --tls-client-ca not given: no client certificate
+            assert rank(one_way) == 1
+        with channel(admin_target, pki) as anonymous:  # --admin-tls-client-ca: the admin port is mutual
+            assert refused(anonymous, list_models) == grpc.StatusCode.UNAVAILABLE
+        with channel(admin_target, pki, pki.foreign.client("mallory")) as stranger:
+            assert refused(stranger, list_models) == grpc.StatusCode.UNAVAILABLE
+        with channel(admin_target, pki, alice) as trusted:
+            assert list_models(trusted) == ["ctr"]
+
+        admin_second, web_second = pki.server("admin-rotated"), pki.server("http-rotated")
+        for issued, (to_cert, to_key) in ((admin_second, (admin_cert, admin_key)), (web_second, (web_cert, web_key))):
+            shutil.copy(issued.key, to_key)  # key first, then the certificate, as an operator's tools do
+            shutil.copy(issued.cert, to_cert)
+        deadline = time.monotonic() + ROTATION_DEADLINE_S
+        while (peer_certificate(admin_port, alice).serial_number, peer_certificate(http_port).serial_number) != (
+            serial_of(admin_second),
+            serial_of(web_second),
+        ):
+            assert time.monotonic() < deadline, "a rotated certificate never served"
+            time.sleep(0.2)
+        with channel(admin_target, pki, alice) as trusted:  # a new connection, on the new certificate
+            assert list_models(trusted) == ["ctr"]
+        assert peer_certificate(grpc_port).serial_number == serial_of(grpc_first)
+
+        https = ssl.create_default_context(cafile=str(pki.ca_file))
+        samples = metric_samples(f"https://127.0.0.1:{http_port}/metrics", https)
+        for port, issued in (("grpc", grpc_first), ("admin", admin_second), ("http", web_second)):
+            expiry = x509.load_pem_x509_certificate(issued.cert.read_bytes()).not_valid_after_utc.timestamp()
+            assert samples[("adrank_tls_certificate_expiry_timestamp_seconds", (("port", port),))] == expiry, port
+        for port, reloads in (("grpc", 0), ("admin", 1), ("http", 1)):
+            assert samples[("adrank_tls_reloads_total", (("port", port), ("result", "ok")))] == reloads, port
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+    reader.join(timeout=10)
+    for port, issued in (("admin", admin_second), ("http", web_second)):
+        expires = x509.load_pem_x509_certificate(issued.cert.read_bytes()).not_valid_after_utc.isoformat("T", "seconds")
+        said = f"tls: {port} port: certificate reloaded: CN={port}-rotated, expires {expires}"
+        assert any(line.rstrip().endswith(said) for line in lines), f"no line ends with {said!r}"
