@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -48,9 +49,12 @@ def start(repository: Path, *args: str) -> tuple[subprocess.Popen, re.Match, lis
     return start_command(serve_command(repository, *args))
 
 
-def start_command(command: list[str]) -> tuple[subprocess.Popen, re.Match, list[str]]:
-    """`command` (an `adrank serve`, or one that execs it) started and SERVING; its stderr lines until then."""
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+def start_command(
+    command: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, re.Match, list[str]]:
+    """`command` (an `adrank serve`, or one that execs it) started and SERVING, in `env` (None: this process's);
+    its stderr lines until then."""
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     lines: list[str] = []
     match = None
     while match is None:
@@ -257,5 +261,31 @@ def test_the_http_and_admin_ports_bind_their_own_hosts_and_the_token_may_come_fr
         listed = CliRunner(env={"ADRANK_ADMIN_TOKEN": "e"}).invoke(main, admin)
         assert listed.exit_code == 0, listed.output
         assert [m["model"] for m in json.loads(listed.output)] == ["ctr"]
+    finally:
+        end(proc)
+
+
+def test_the_http_and_admin_ports_stay_on_loopback_by_default_when_the_grpc_port_binds_another_address(tmp_path):
+    """--http-host and --admin-host default to 127.0.0.1, not to --host: Rank on 127.0.0.4 (standing in for an
+    address the network reaches) leaves the metrics and the admin API on loopback only."""
+    repo = ctr_repository(tmp_path / "repo")
+    command = serve_command(repo, "--host", "127.0.0.4", "--admin-port", "0")
+    proc, match, _ = start_command(command, {**os.environ, "ADRANK_ADMIN_TOKEN": "e"})
+    try:
+        ports = re.search(
+            r"grpc 127\.0\.0\.4:(\d+), http 127\.0\.0\.1:(\d+) .*admin 127\.0\.0\.1:(\d+)\)", match.string
+        )
+        assert ports is not None, match.string
+        grpc_port, http_port, admin_port = (int(port) for port in ports.groups())
+        with RankClient(f"127.0.0.4:{grpc_port}") as client:
+            assert client.serving()
+        assert http_status(f"http://127.0.0.1:{http_port}/healthz") == 200
+        listed = CliRunner(env={"ADRANK_ADMIN_TOKEN": "e"}).invoke(
+            main, ["models", "--server", f"127.0.0.1:{admin_port}", "--json"]
+        )
+        assert listed.exit_code == 0 and [m["model"] for m in json.loads(listed.output)] == ["ctr"], listed.output
+        for port in (http_port, admin_port):  # nothing listens on the gRPC port's address for them
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.4", port), timeout=10).close()
     finally:
         end(proc)
