@@ -3,7 +3,8 @@
 //
 // Contract:
 //   - cert_file empty: plaintext (grpc::InsecureServerCredentials).
-//   - cert_file and key_file: TLS with that identity (a PEM chain and its PEM private key). client_ca_file
+//   - cert_file and key_file: TLS with that identity (a PEM chain and its PEM private key; both may name one file
+//     holding the two, as server/tls.py publishes them, so that a rotation is one rename). client_ca_file
 //     given: mutual TLS — a client must present a certificate that this CA bundle verifies, else its
 //     handshake fails (the call never reaches the server).
 //   - The files are re-read every refresh_s seconds by gRPC's FileWatcherCertificateProvider; connections

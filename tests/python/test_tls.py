@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import socket
@@ -38,7 +39,7 @@ from adrank.client import RankClient, build_request, parse_response
 from adrank.client_tls import ClientTls
 from adrank.kserve import grpc_service_pb2 as kserve
 from adrank.kserve import grpc_service_pb2_grpc as kserve_grpc
-from adrank.server.tls import TlsFiles
+from adrank.server.tls import CertificateWatcher, TlsFiles, load_material
 from adrank.v1 import admin_pb2, admin_pb2_grpc, ranking_pb2, ranking_pb2_grpc
 from served import FRONTENDS, MODELS, ServerThread
 
@@ -221,6 +222,35 @@ def test_the_grpc_port_serves_tls_only_and_rotates_without_a_restart(
         assert samples[("adrank_tls_certificate_expiry_timestamp_seconds", (("port", "grpc"),))] == expiry
     finally:
         server.stop()
+
+
+def test_the_published_key_and_certificate_match_at_every_step_of_a_rotation(
+    pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The C++ front end's gRPC file watcher and the HTTPS contexts read the watcher's published files at any
+    moment: after each rename that publishes a rotation, the files published() names hold a key and the
+    certificate it matches (with a key and a certificate renamed one after the other, a reader between the two
+    renames would find the new key beside the old certificate, and a rotation could break new handshakes)."""
+    _, cert, key = served_files(pki, tmp_path / "operator")
+    watcher = CertificateWatcher("grpc", TlsFiles(cert, key))
+    try:
+        published = watcher.published()
+        shown = TlsFiles(Path(published.cert_file), Path(published.key_file))
+        second = pki.server("rotated")
+        shutil.copy(second.key, key)
+        shutil.copy(second.cert, cert)
+        renamed = os.replace
+        seen: list[str] = []
+
+        def rename_and_read(source: str, target: Path) -> None:
+            renamed(source, target)
+            seen.append(load_material(shown).subject)  # TlsError when the key is not the certificate's
+
+        monkeypatch.setattr(os, "replace", rename_and_read)
+        watcher.poll()
+        assert watcher.current.subject == "CN=rotated" and seen and seen[-1] == "CN=rotated", seen
+    finally:
+        watcher.stop()
 
 
 def test_mutual_tls_refuses_clients_without_a_certificate_from_its_ca(pki: Pki, frontend: str, tmp_path: Path):

@@ -13,7 +13,9 @@ CertificateWatcher. It:
   first seen not to match: the next look, a second later, finds both and takes them);
 - publishes what it serves into a private folder of its own (mode 0700, files 0600): what the C++ front end's
   gRPC FileWatcherCertificateProvider and the HTTP port's ssl contexts read, so that only checked material
-  ever reaches a handshake, whatever is written to the operator's files meanwhile;
+  ever reaches a handshake, whatever is written to the operator's files meanwhile. The key and its chain are one
+  file there, replaced by one rename: a reader at any moment finds a key and the certificate it matches (two
+  files, renamed one after the other, would show a new key beside the old certificate in between);
 - reports, for the metrics, each port's certificate expiry (`adrank_tls_certificate_expiry_timestamp_seconds`)
   and its reloads by result (`adrank_tls_reloads_total{result="ok"|"refused"}`).
 
@@ -50,6 +52,8 @@ import adrank._core as core
 from adrank.ticker import Ticker
 
 log = logging.getLogger("adrank.tls")
+# The published key and certificate chain, in one file (see the module's docstring).
+IDENTITY = "identity.pem"
 
 
 class TlsError(ValueError):
@@ -158,8 +162,7 @@ class CertificateWatcher:
     def published(self) -> core.TlsFiles:
         """The served material's files, for the C++ front end (cpp/frontend/tls_credentials.h)."""
         files = core.TlsFiles()
-        files.cert_file = str(self._folder / "cert.pem")
-        files.key_file = str(self._folder / "key.pem")
+        files.cert_file = files.key_file = str(self._folder / IDENTITY)  # one PEM: the key, then its chain
         files.client_ca_file = str(self._folder / "client_ca.pem") if self.mutual else ""
         files.refresh_s = max(1, round(self.files.refresh_s))
         return files
@@ -189,8 +192,9 @@ class CertificateWatcher:
         log.info("tls: %s port: certificate reloaded: %s", self.port, material.describe())
 
     def _publish(self, material: TlsMaterial) -> None:
-        # Key first: gRPC's file watcher rereads a pair whose files change while it reads them.
-        parts = [("key.pem", material.key_pem), ("cert.pem", material.cert_pem)]
+        # PEM readers skip the blocks of other types, so the one file serves as the key and as the chain. gRPC's
+        # file watcher reads it twice (as each) and rereads when it changed in between.
+        parts = [(IDENTITY, material.key_pem.rstrip() + b"\n" + material.cert_pem)]
         if material.client_ca_pem is not None:
             parts.append(("client_ca.pem", material.client_ca_pem))
         for name, data in parts:
@@ -227,7 +231,7 @@ class CertificateWatcher:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         with self._lock:  # the published files and the generation agree under the lock
-            context.load_cert_chain(self._folder / "cert.pem", self._folder / "key.pem")
+            context.load_cert_chain(self._folder / IDENTITY)  # the key is in the same file
             if self.mutual:
                 context.load_verify_locations(self._folder / "client_ca.pem")
                 context.verify_mode = ssl.CERT_REQUIRED
