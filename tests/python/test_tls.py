@@ -272,18 +272,23 @@ def test_mutual_tls_refuses_clients_without_a_certificate_from_its_ca(pki: Pki, 
 
 
 def test_the_admin_port_over_tls_still_needs_the_token_and_https_serves_the_http_port(pki: Pki, tmp_path: Path):
-    _, cert, key = served_files(pki, tmp_path / "operator")
+    """Without --admin-tls-*, the admin port serves the gRPC port's credentials: its certificate, and its mutual
+    TLS (--tls-client-ca) too."""
+    first, cert, key = served_files(pki, tmp_path / "operator")
     web = pki.server("web")
     server = ServerThread(
         ctr_only(tmp_path),
         admin_port=0,
         admin_token=TOKEN,
-        tls=TlsFiles(cert, key),
+        tls=TlsFiles(cert, key, pki.ca_file),
         http_tls=TlsFiles(web.cert, web.key),
     ).start()
     try:
-        admin_target = f"127.0.0.1:{server.server.admin.port}"
-        with channel(admin_target, pki) as secure:
+        admin_target, carol = f"127.0.0.1:{server.server.admin.port}", pki.client("carol")
+        assert peer_certificate(server.server.admin.port, carol).serial_number == serial_of(first)
+        with channel(admin_target, pki) as anonymous:
+            assert refused(anonymous, list_models) == grpc.StatusCode.UNAVAILABLE
+        with channel(admin_target, pki, carol) as secure:
             stub = admin_pb2_grpc.AdminStub(secure)
             with pytest.raises(grpc.RpcError) as unauthenticated:
                 stub.ListModels(admin_pb2.ListModelsRequest(), timeout=10)
@@ -293,7 +298,11 @@ def test_the_admin_port_over_tls_still_needs_the_token_and_https_serves_the_http
             )
             assert [m.name for m in listed.models] == ["ctr"]
         listed_by_cli = CliRunner(env={TOKEN_ENV: TOKEN}).invoke(
-            main, ["models", "--server", admin_target, "--tls-ca", str(pki.ca_file), "--json"]
+            main,
+            [
+                *("models", "--server", admin_target, "--json", "--tls-ca", str(pki.ca_file)),
+                *("--tls-cert", str(carol.cert), "--tls-key", str(carol.key)),
+            ],
         )
         assert listed_by_cli.exit_code == 0, listed_by_cli.output
         assert [m["model"] for m in json.loads(listed_by_cli.stdout)] == ["ctr"]
