@@ -241,7 +241,7 @@ def serve(
 
     TLS: --tls-cert and --tls-key serve the gRPC port (and the admin port, unless --admin-tls-* say otherwise)
     over TLS only; --tls-client-ca makes it mutual. --http-tls-cert and --http-tls-key serve HTTPS. Replacing
-    the files takes effect for new connections within a second, without a restart; files that fail their checks
+    the files takes effect for new connections within two seconds, without a restart; files that fail their checks
     are refused and the old certificate kept (logged, adrank_tls_reloads_total{result="refused"})."""
     import asyncio
 
