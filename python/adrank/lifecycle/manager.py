@@ -29,6 +29,12 @@ What it keeps true (DESIGN.md, Model repository and Rollout):
   so a read-only or shared repository serves. Only a rollout change (admin API, guardrail) writes, its
   rollout.yaml. A version that fails is audited once per distinct failure (its reason and files), not at
   every poll that finds it still FAILED.
+- Where rollout.yaml cannot be written (a read-only mount, as the Kubernetes manifests mount the repository),
+  an admin change is refused (FAILED_PRECONDITION naming the file; nothing changes): applied on this server
+  alone it would differ from the other replicas and be lost at a restart, and the repository is changed where
+  it is written. A guardrail rollback is applied all the same — a breaching candidate must stop serving — and
+  audited and logged as applied on this server only; it holds until rollout.yaml changes on disk (polls that
+  read the same file do not undo it).
 
 The watcher polls the repository every `poll_interval_s` (configs, version folders, rollout.yaml) and
 reconciles. A config.yaml or rollout.yaml that does not validate is refused whole: the model keeps
@@ -71,7 +77,14 @@ from adrank.repository.meta import integer_kernels_note
 from adrank.rollout.audit import AuditEntry, AuditLog
 from adrank.rollout.audit_location import AuditLocation
 from adrank.rollout.guardrails import Comparison, GuardrailMonitor, Verdict
-from adrank.rollout.policy import GuardrailPolicy, PolicyError, RolloutPolicy, load_policy, save_policy
+from adrank.rollout.policy import (
+    GuardrailPolicy,
+    PolicyError,
+    RolloutPolicy,
+    load_policy,
+    policy_path,
+    save_policy,
+)
 from adrank.rollout.route_change import EXPLICIT, MODEL_REMOVED, RouteChange, RouteContext, implicit_cause, route_record
 from adrank.rollout.routes import describe_route, route_for, route_role, route_summary, same_route
 from adrank.servable import Servable
@@ -117,6 +130,9 @@ class _Model:
     config: ModelConfig | None = None
     policy: RolloutPolicy = field(default_factory=RolloutPolicy)
     error: str = ""  # why the config or rollout on disk is not applied
+    # rollout.yaml's policy that `policy` overrides because the file could not be written (a guardrail rollback
+    # on a read-only repository); None while `policy` is the file's.
+    unwritten: RolloutPolicy | None = None
 
 
 class ModelManager:
@@ -311,6 +327,16 @@ class ModelManager:
                 log.error("model %s: %s (keeps serving what it served)", name, error, extra=log_fields(model=name))
             model.error = str(error)
             return
+        if model.unwritten is not None:
+            if policy == model.unwritten:
+                policy = model.policy  # the rollback this server could not write holds while the file is the same
+            else:
+                log.warning(
+                    "model %s: rollout.yaml changed: it replaces the rollback this server could not write",
+                    name,
+                    extra=log_fields(model=name),
+                )
+                model.unwritten = None
         if model.config is not None and entry.config != model.config:
             # Versions loaded from now on use the new config (batching, instances, signature); loaded ones
             # keep theirs until reloaded (admin unload + load, or a restart), and FAILED ones are retried.
@@ -518,9 +544,18 @@ class ModelManager:
     # ---- admin operations --------------------------------------------------------------------------
 
     def set_policy(
-        self, name: str, policy: RolloutPolicy, actor: str, action: str, reason: str = "", figures: dict | None = None
+        self,
+        name: str,
+        policy: RolloutPolicy,
+        actor: str,
+        action: str,
+        reason: str = "",
+        figures: dict | None = None,
+        write_required: bool = True,
     ) -> RolloutPolicy:
-        """Applies a rollout policy now (loading what it names), writes rollout.yaml, audits it."""
+        """Applies a rollout policy now (loading what it names), writes rollout.yaml, audits it. Where rollout.yaml
+        cannot be written: FAILED_PRECONDITION and nothing changed, or with `write_required` False (a guardrail
+        rollback) applied on this server only, and said so (the module's docstring says why)."""
         with self._lock:
             model = self._known(name)
             entry = self._repository.entry(name)
@@ -538,7 +573,10 @@ class ModelManager:
                         f"rollout: {name} version {version} is FAILED: {status.reason}",
                     )
             before, routed = model.policy, self._routed(name)
-            save_policy(entry.path, policy)
+            unwritten = self._write_policy(entry, model, policy, write_required)
+            if unwritten:
+                reason = f"{reason}; {unwritten}" if reason else unwritten
+                log.error("%s %s: %s", name, action, unwritten, extra=log_fields(model=name))
             model.policy = policy
             after = self._apply_route(entry)
             self._unload_unwanted(entry, self._wanted(entry, policy))
@@ -547,6 +585,27 @@ class ModelManager:
             log.info("%s rollout (%s by %s): %s", name, action, actor, policy.summary(), extra=log_fields(model=name))
             self._update_readiness()
             return policy
+
+    def _write_policy(self, entry: ModelEntry, model: _Model, policy: RolloutPolicy, write_required: bool) -> str:
+        """Writes rollout.yaml; "" once written, else (not `write_required`) why the policy is this server's only.
+        A write refused with `write_required` raises FAILED_PRECONDITION, after unloading what was loaded for it."""
+        try:
+            save_policy(entry.path, policy)
+        except OSError as error:
+            why = f"{policy_path(entry.path)} cannot be written ({error.strerror or error})"
+            if write_required:
+                self._unload_unwanted(entry, self._wanted(entry, model.policy))
+                raise RequestError(
+                    StatusCode.FAILED_PRECONDITION,
+                    f"rollout: {why}: nothing changed; change rollout.yaml where the repository is written",
+                ) from error
+            if model.unwritten is None:
+                model.unwritten = model.policy  # what the file holds, as last read or written
+            return (
+                f"applied on this server only: {why}; other servers and a restart follow rollout.yaml until it changes"
+            )
+        model.unwritten = None
+        return ""
 
     def audit_log(self, name: str) -> AuditLog:
         """The model's audit log, wherever the options put it (NOT_FOUND for a model not served)."""
@@ -697,4 +756,5 @@ class ModelManager:
                 "guardrail_rollback",
                 reason=f"{role} {current.version}: " + "; ".join(verdict.reasons),
                 figures=verdict.figures,
+                write_required=False,  # a breaching candidate stops serving here even if the file is read-only
             )

@@ -7,6 +7,7 @@ through its admin API, or a repository's files directly.
 - RepositoryTarget: rollout.yaml in the repository, audited where `--audit-log` says (audit_location.py: by
   default the same per-user directory outside the repository a server on it uses). Servers watching the
   repository apply the change at their next poll; versions have no server state here, only what is on disk.
+  A repository whose rollout.yaml cannot be written (read-only) refuses the change with a TargetError.
 
 Both take the same changes (rollout/changes.py) and answer the same shapes: `models()` a list of dicts
 (model, versions with state, role and integer_kernels (meta.json's note on int8 nodes that saturate without
@@ -22,7 +23,7 @@ from adrank.repository.layout import ModelRepository
 from adrank.repository.meta import integer_kernels_note
 from adrank.rollout.audit import AuditEntry
 from adrank.rollout.audit_location import AuditLocation
-from adrank.rollout.policy import RolloutPolicy, load_policy, save_policy
+from adrank.rollout.policy import RolloutPolicy, load_policy, policy_path, save_policy
 from adrank.rollout.target_error import TargetError
 
 __all__ = ["RepositoryTarget", "TargetError"]
@@ -83,7 +84,13 @@ class RepositoryTarget:
         if missing:
             raise TargetError(f"model '{name}' has no version {missing[0]} in {self.repository.root}")
         before = load_policy(path)
-        save_policy(path, policy)
+        try:
+            save_policy(path, policy)
+        except OSError as error:  # a read-only repository (a mount, or not this user's): the command's mistake
+            raise TargetError(
+                f"{policy_path(path)} cannot be written ({error.strerror or error}): nothing changed; roll out where"
+                " the repository is written"
+            ) from error
         self.audit.log(name).append(AuditEntry.change(name, actor, action, before, policy, reason))
         return policy
 
