@@ -154,6 +154,24 @@ def test_a_route_change_nobody_asked_the_server_for_is_audited_with_its_cause(po
     models.unload_all()
 
 
+def test_a_version_the_rollout_names_that_failed_then_loads_takes_its_route_back_audited_as_version_loaded(pool, repo):
+    publish_version(repo)
+    (repo / "ctr" / "rollout.yaml").write_text("stable: 2\n")
+    good = corrupt(repo / "ctr" / "2" / "model.onnx")
+    models = manager(pool, repo)
+    assert states(models) == {1: "AVAILABLE", 2: "FAILED"} and score(models) == 1
+    (repo / "ctr" / "2" / "model.onnx").write_bytes(good)  # fixed: its files changed, so it is retried
+    models.reconcile()
+    assert states(models) == {2: "AVAILABLE"} and score(models) == 2
+    changes = [
+        (e["cause"], e["route"]["before"] and e["route"]["before"]["stable"], e["route"]["after"]["stable"])
+        for e in audit_entries(models, "route")
+    ]
+    assert changes == [("load_failure", None, 1), ("version_loaded", 1, 2)]
+    assert audit_entries(models, "route")[-1]["reason"] == "the rollout's versions are AVAILABLE: stable 2"
+    models.unload_all()
+
+
 def test_version_policy_latest_two_keeps_both_and_a_client_may_pin_either(pool, repo):
     config = yaml.safe_load((repo / "ctr" / "config.yaml").read_text())
     config["version_policy"] = {"latest": 2}
@@ -380,6 +398,13 @@ def test_a_model_unloaded_on_request_stays_unloaded_across_polls_until_loaded_ag
     models.unload_model("ctr")  # again: nothing more to do
     models.load_model("ctr")
     assert models.held() == [] and states(models) == {1: "AVAILABLE"} and score(models) == 1 and models.ready()
+    unload, load = audit_entries(models)  # each an explicit route change, with the route before and after
+    assert [(e["action"], e["cause"], e["reason"]) for e in (unload, load)] == [
+        ("unload_model", "explicit", "unloaded on request"),
+        ("load_model", "explicit", "loaded on request"),
+    ]
+    assert (unload["route"]["before"]["stable"], unload["route"]["after"]) == (1, None)
+    assert (load["route"]["before"], load["route"]["after"]["stable"]) == (None, 1)
     with pytest.raises(RequestError) as unknown:
         models.unload_model("nope")
     assert unknown.value.code == StatusCode.NOT_FOUND and "'nope'" in unknown.value.message

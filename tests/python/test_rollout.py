@@ -225,6 +225,8 @@ def test_a_shadow_with_shifted_scores_is_rolled_back_by_the_guardrail_and_never_
         entry = next(e for e in history(repo) if e["action"] == "guardrail_rollback")
         assert entry["actor"] == "guardrail" and "PSI" in entry["reason"]
         assert entry["figures"]["psi"] > 0.25 and entry["figures"]["role"] == "shadow"
+        assert entry["cause"] == "explicit"  # a route change, with the route it changed
+        assert (entry["route"]["before"]["shadow"], entry["route"]["after"]["shadow"]) == (2, 0)
         assert "shadow" not in yaml.safe_load((repo / "ctr" / "rollout.yaml").read_text())
         assert server.server.models.registry.rollout("ctr").shadow == 0
     finally:
