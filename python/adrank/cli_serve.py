@@ -1,7 +1,8 @@
 """`adrank serve`: the server's command line (server/process.py ServerOptions from its options).
 
 Contract: every option is checked when parsed (exit 2, one `Error:` line: a port out of range, a host that is
-not one, a token file others can read, a TLS certificate without its key); what only the start can find (a
+not one, a token file others can read, a tenants file that does not validate, a TLS certificate without its
+key); what only the start can find (a
 port another process holds, a repository that cannot be read, nothing to serve, certificate files that cannot
 be served) is one `Error:` line and exit 1. On success it prints one SERVING line (stderr) naming the
 addresses, and exits 0 once SIGTERM or SIGINT has drained it. Loaded only when `serve` is named (cli.py
@@ -30,11 +31,24 @@ from adrank.log_format import LOG_FORMATS, LOG_LEVELS, JsonFormatter, LogOptions
 
 if TYPE_CHECKING:
     from adrank.server.tls import TlsFiles
+    from adrank.tenants import TenantsConfig
 
 PORT = click.IntRange(0, 65535)
 # The option that sets each of the server's ports (server/ports.py PortName), for the error when one is taken.
 PORT_OPTIONS = {"grpc": "--grpc-port", "http": "--http-port", "admin": "--admin-port"}
 TLS_FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
+
+
+def tenants_option(ctx: click.Context, param: click.Parameter, value: Path | None) -> TenantsConfig | None:
+    """The tenants file, read and validated when parsed (exit 2 naming the file and the field)."""
+    if value is None:
+        return None
+    from adrank.tenants import TenantsConfigError, load_tenants
+
+    try:
+        return load_tenants(value)
+    except TenantsConfigError as error:
+        raise click.BadParameter(str(error)) from error
 
 
 def tls_files(prefix: str, cert: Path | None, key: Path | None, client_ca: Path | None) -> TlsFiles | None:
@@ -162,8 +176,8 @@ def tls_files(prefix: str, cert: Path | None, key: Path | None, client_ca: Path 
 )
 @click.option(
     "--tenants",
-    "tenants_file",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    callback=tenants_option,
     default=None,
     help="YAML of the callers' (x-adrank-tenant) weights, limits and priority classes (else: the defaults).",
 )
@@ -217,7 +231,7 @@ def serve(
     admin_token: str | None,
     poll_interval: float,
     metrics: bool,
-    tenants_file: Path | None,
+    tenants: TenantsConfig | None,
     log_level: str,
     log_format: str,
     tls_cert: Path | None,
@@ -252,16 +266,12 @@ def serve(
     from adrank.server.process import Server, ServerOptions
     from adrank.server.process import serve as run_server
     from adrank.server.tls import TlsError
-    from adrank.tenants import TenantsConfig, TenantsConfigError, load_tenants
+    from adrank.tenants import TenantsConfig
 
     log_options = LogOptions(level=log_level, format=log_format)  # type: ignore[arg-type]  # click.Choice's
     if not model_names(repository):
         click.echo(f"adrank: no models yet in {repository}: nothing to serve.")
         return
-    try:
-        tenants = load_tenants(tenants_file) if tenants_file is not None else TenantsConfig()
-    except TenantsConfigError as error:
-        raise click.ClickException(str(error)) from error
     tls = tls_files("--tls", tls_cert, tls_key, tls_client_ca)
     admin_tls = tls_files("--admin-tls", admin_tls_cert, admin_tls_key, admin_tls_client_ca)
     http_tls = tls_files("--http-tls", http_tls_cert, http_tls_key, None)
@@ -284,7 +294,7 @@ def serve(
         workers=workers,
         drain_grace_s=drain_grace,
         frontend=frontend,  # type: ignore[arg-type]  # click.Choice guarantees the literal
-        models=ManagerOptions(poll_interval_s=poll_interval, tenants=tenants, audit_log=audit_log),
+        models=ManagerOptions(poll_interval_s=poll_interval, tenants=tenants or TenantsConfig(), audit_log=audit_log),
         admin_port=admin_port,
         admin_token=admin_token or token_from_environment(),
         metrics=MetricsOptions(enabled=metrics),

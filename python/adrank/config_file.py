@@ -2,7 +2,8 @@
 
 Every configuration file adrank reads (a model's config.yaml, the tenants file) is refused whole when any
 field is wrong: the error says `<file>: <field.path>: <what is wrong>` for each problem, and nothing of the
-file is used. Reading is pure: one file, no side effects.
+file is used. A file that is not YAML says so in one line too, with where the parser stopped (`yaml_problem`):
+the error ends up as one `Error:` line of a command, or one log line. Reading is pure: one file, no side effects.
 """
 
 from __future__ import annotations
@@ -24,12 +25,24 @@ def field_path(location: tuple[int | str, ...]) -> str:
     return path or "(top level)"
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML parse error in one line (PyYAML's spans several, with the offending line quoted): what, and where."""
+    problem = getattr(error, "problem", None) or " ".join(str(error).split())
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"not YAML: {problem}{where}"
+
+
 def read_yaml(path: Path, schema: type[Schema], error: type[ValueError]) -> Schema:
     """The file parsed and validated as `schema`; `error` (a ValueError subclass) names the file and fields."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as cause:
-        raise error(f"{path}: cannot read: {cause}") from cause
+        text = path.read_text()
+    except OSError as cause:
+        raise error(f"{path}: cannot read: {cause.strerror or cause}") from cause
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as cause:
+        raise error(f"{path}: {yaml_problem(cause)}") from cause
     if not isinstance(raw, dict):
         raise error(f"{path}: expected a mapping of fields, got {type(raw).__name__}")
     try:

@@ -31,7 +31,8 @@ from served import MODELS
 # cases), {missing} a path that does not exist, {texts} a file of two ad texts, {open_token} a token file others
 # may read (0644), {token} one only its owner reads, {closed} a port nothing listens on, {rank} a gRPC port with
 # no admin service, {admin} a stand-in admin port, {onnx} the ctr model file, {ca} a CA's certificate, {cert} and
-# {key} a client certificate and its key (0600), {open_key} the key readable by others (0644).
+# {key} a client certificate and its key (0600), {open_key} the key readable by others (0644), {not_yaml} a file
+# that is not YAML, {broken} a copy of {repo} whose ctr/rollout.yaml is not YAML.
 BAD_ARGUMENTS: dict[str, list[tuple[list[str], int]]] = {
     "serve": [
         (["--repository", "{repo}", "--grpc-port", "70000"], 2),
@@ -46,6 +47,8 @@ BAD_ARGUMENTS: dict[str, list[tuple[list[str], int]]] = {
         (["--repository", "{repo}", "--frontend", "java"], 2),
         (["--repository", "{repo}", "--log-level", "loud"], 2),
         (["--repository", "{repo}", "--tenants", "{missing}"], 2),
+        (["--repository", "{repo}", "--tenants", "{not_yaml}"], 2),
+        (["--repository", "{repo}", "--tenants", "{texts}"], 2),  # YAML, but not a mapping of tenants
         (["--repository", "{repo}", "--admin-token", "secret"], 2),
         (["--repository", "{repo}", "--admin-token-file", "{missing}"], 2),
         (["--repository", "{repo}", "--admin-token-file", "{open_token}"], 2),
@@ -94,6 +97,7 @@ BAD_ARGUMENTS: dict[str, list[tuple[list[str], int]]] = {
         (["nosuch", "--repository", "{repo}", "--canary", "2", "--percent", "5"], 1),
         (["ctr", "--repository", "{repo}", "--canary", "99", "--percent", "5"], 1),  # no version 99
         (["ctr", "--repository", "{repo}", "--canary", "1", "--percent", "5"], 1),  # 1 is stable
+        (["ctr", "--repository", "{broken}", "--canary", "1", "--percent", "5"], 1),  # rollout.yaml not YAML
         (["ctr", "--server", "127.0.0.1:{rank}", "--token-file", "{token}", "--canary", "2", "--percent", "5"], 1),
         (["ctr", "--server", "127.0.0.1:{closed}", "--token", "secret", "--canary", "2", "--percent", "5"], 2),
     ],
@@ -103,6 +107,7 @@ BAD_ARGUMENTS: dict[str, list[tuple[list[str], int]]] = {
         (["a/b", "1", "--repository", "{repo}"], 2),
         (["nosuch", "2", "--repository", "{repo}"], 1),
         (["ctr", "99", "--repository", "{repo}"], 1),
+        (["ctr", "1", "--repository", "{broken}"], 1),
         (["ctr", "2", "--server", "127.0.0.1:{closed}", "--token-file", "{token}"], 1),
         (["ctr", "2", "--server", "127.0.0.1:{admin}", "--tls-cert", "{cert}"], 2),
     ],
@@ -155,6 +160,11 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     shutil.copytree(MODELS / "ctr", repo / "ctr", ignore=shutil.ignore_patterns("*.py", "README.md"))
     texts = root / "ads.txt"
     texts.write_text("red running shoes\ncheap flights to lisbon\n")
+    not_yaml = root / "not.yaml"
+    not_yaml.write_text("tenants: {gold: [\n")
+    broken = root / "broken"
+    shutil.copytree(repo, broken)
+    (broken / "ctr" / "rollout.yaml").write_text("stable: [1\n")
     open_token, token = root / "open-token", root / "token"
     for path, mode in ((open_token, 0o644), (token, 0o600)):
         path.write_text("not-the-token\n")
@@ -170,6 +180,8 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
             "models": str(MODELS),
             "missing": str(root / "missing"),
             "texts": str(texts),
+            "not_yaml": str(not_yaml),
+            "broken": str(broken),
             "out": str(root / "out.npy"),
             "open_token": str(open_token),
             "token": str(token),

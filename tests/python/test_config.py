@@ -92,8 +92,12 @@ def test_a_bad_config_is_refused_naming_the_file_and_the_field(tmp_path, change,
 
 def test_unreadable_yaml_is_refused_naming_the_file(tmp_path):
     path = write(tmp_path, "name: [unclosed\n")
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError) as refused:
         load_model_config(path)
+    # one line (PyYAML's own message spans four), naming the file and where the parser stopped
+    assert str(refused.value) == f"{path}: not YAML: expected ',' or ']', but got '<stream end>' at line 2, column 1"
+    with pytest.raises(ConfigError, match="cannot read: No such file or directory"):
+        load_model_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_model_config(write(tmp_path, "- a list\n"))
 

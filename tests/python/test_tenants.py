@@ -156,10 +156,17 @@ def test_the_tenants_file_is_validated_naming_the_file_and_field(tmp_path: Path)
         assert field in str(error.value), str(error.value)
 
 
-def test_serve_refuses_a_bad_tenants_file_with_one_line(tmp_path: Path):
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("tenants: {gold: {weight: -1}}\n", "tenants.gold.weight: Input should be greater than 0"),
+        ("tenants: {gold: [\n", "not YAML: expected the node content, but found '<stream end>' at line 2, column 1"),
+    ],
+)
+def test_serve_refuses_a_bad_tenants_file_when_parsed_with_one_line(tmp_path: Path, text: str, why: str):
     copy_model(tmp_path, "ctr")
     bad = tmp_path / "tenants.yaml"
-    bad.write_text("tenants: {gold: {weight: -1}}\n")
+    bad.write_text(text)
     result = CliRunner().invoke(main, ["serve", "--repository", str(tmp_path), "--tenants", str(bad)])
-    assert result.exit_code != 0
-    assert "tenants.gold.weight" in result.output
+    assert result.exit_code == 2, result.output  # a usage error, found before anything starts
+    assert result.output.splitlines()[-1] == f"Error: Invalid value for '--tenants': {bad}: {why}", result.output

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from adrank.config_file import yaml_problem
 from adrank.rollout.summary import summary
 
 ROLLOUT_FILE = "rollout.yaml"
@@ -120,7 +121,7 @@ def load_policy(model_dir: Path) -> RolloutPolicy:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise PolicyError(f"{path}: not YAML: {error}") from error
+        raise PolicyError(f"{path}: {yaml_problem(error)}") from error
     return parse_policy(raw, str(path))
 
 
