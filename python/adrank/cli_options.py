@@ -102,10 +102,25 @@ def client_tls(
     return tls
 
 
+def audit_log_place(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """'repository', or a directory that is there or can be made (no file where it or a folder above it would
+    be): checked when parsed, since the log is first written after the command or the server has acted."""
+    if value is None or value == "repository":
+        return value
+    if not value:
+        raise click.BadParameter("give a directory, or 'repository'")
+    path = Path(value)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise click.BadParameter(f"{existing} is not a directory")
+    return value
+
+
 # The same option, and the same default, for the server and the rollout commands: both append to one log.
 audit_log_option = click.option(
     "--audit-log",
     default=None,
+    callback=audit_log_place,
     metavar="DIR|repository",
     help="Where each model's rollout audit log is kept: DIR/<model>.jsonl; 'repository' for"
     " <repository>/<model>/rollout_history.jsonl (writes into the repository); default"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from adrank.cli_options import audit_log_option
+from adrank.cli_options import audit_log_option, model_name
 from adrank.publish.pipeline import (
     DEFAULT_BENCH_REPS,
     DEFAULT_MAX_SLOWDOWN,
@@ -61,7 +61,12 @@ class PublishProgress:
 
 @click.command("publish")
 @click.argument("onnx_file", metavar="MODEL.onnx", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--model", required=True, help="The model (a folder of the repository with a config.yaml).")
+@click.option(
+    "--model",
+    required=True,
+    callback=model_name,
+    help="The model (a folder of the repository with a config.yaml).",
+)
 @click.option("--version", type=click.IntRange(min=1), default=None, help="Version number [default: latest + 1].")
 @click.option(
     "--repository",

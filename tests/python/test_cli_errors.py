@@ -53,6 +53,7 @@ BAD_ARGUMENTS: dict[str, list[tuple[list[str], int]]] = {
         (["--repository", "{repo}", "--admin-token-file", "{missing}"], 2),
         (["--repository", "{repo}", "--admin-token-file", "{open_token}"], 2),
         (["--repository", "{missing}"], 1),
+        (["--repository", "{repo}", "--audit-log", "{texts}"], 2),  # a file, not a directory
     ],
     "embed": [
         (["--repository", "{repo}", "--model", "ctr", "{texts}", "-o", "{out}"], 1),  # not a text model
@@ -68,6 +69,8 @@ BAD_ARGUMENTS: dict[str, list[tuple[list[str], int]]] = {
         (["--repository", "{repo}", "nosuch"], 1),
         (["--repository", "{repo}", "../ctr"], 2),
         (["--repository", "{missing}"], 1),
+        (["--repository", "{repo}", "--history", "--audit-log", "{texts}/under"], 2),  # below a file
+        (["--repository", "{repo}", "--audit-log", ""], 2),
         (["--server", "localhost"], 2),
         (["--server", "127.0.0.1:70000"], 2),
         (["--server", "127.0.0.1:{admin}", "--token", "secret"], 2),
@@ -94,6 +97,7 @@ BAD_ARGUMENTS: dict[str, list[tuple[list[str], int]]] = {
         (["ctr", "--repository", "{repo}", "--canary", "2"], 2),  # no --percent
         (["ctr", "--repository", "{repo}"], 2),  # no change asked
         (["ctr/..", "--repository", "{repo}", "--canary", "2", "--percent", "5"], 2),
+        (["ctr", "--repository", "{repo}", "--audit-log", "{texts}", "--canary", "2", "--percent", "5"], 2),
         (["nosuch", "--repository", "{repo}", "--canary", "2", "--percent", "5"], 1),
         (["ctr", "--repository", "{repo}", "--canary", "99", "--percent", "5"], 1),  # no version 99
         (["ctr", "--repository", "{repo}", "--canary", "1", "--percent", "5"], 1),  # 1 is stable
@@ -127,6 +131,8 @@ BAD_ARGUMENTS: dict[str, list[tuple[list[str], int]]] = {
         (["{onnx}", "--model", "ctr", "--repository", "{repo}", "--bench-reps", "0"], 2),
         (["{onnx}", "--model", "ctr", "--repository", "{repo}", "--version", "0"], 2),
         (["{onnx}", "--repository", "{repo}"], 2),  # no --model
+        (["{onnx}", "--model", "../ctr", "--repository", "{repo}"], 2),
+        (["{onnx}", "--model", "ctr", "--repository", "{repo}", "--audit-log", "{texts}"], 2),
     ],
 }
 

@@ -478,9 +478,9 @@ def test_a_model_name_that_is_a_path_is_refused_and_nothing_is_written_anywhere(
     (outside / "config.yaml").write_text(config)
     before, before_outside = snapshot(repo), snapshot(outside)
     result = CliRunner().invoke(publish_command, [str(CTR_ONNX), "--model", model, "--repository", str(repo)])
-    assert result.exit_code == 1, result.output
-    (line,) = result.output.splitlines()
-    assert line.startswith(f"Error: --model: {model!r} is not a model name: letters, digits"), line
+    assert result.exit_code == 2, result.output  # refused when parsed, as every command's model name
+    line = result.output.splitlines()[-1]
+    assert line.startswith(f"Error: Invalid value for '--model': {model!r} is not a model name: letters, digits"), line
     assert snapshot(repo) == before and snapshot(outside) == before_outside
     with pytest.raises(PublishError, match="is not a model name"):
         publish(PublishOptions(model, CTR_ONNX, repo))
