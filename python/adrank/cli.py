@@ -69,6 +69,14 @@ def main() -> None:
     """adrank: online inference server for ads ranking."""
 
 
+def text_lines(ctx: click.Context, param: click.Parameter, texts: TextIO) -> list[str]:
+    """The file's non-blank lines, read when parsed: a file that is not UTF-8 text is the argument's mistake."""
+    try:
+        return [line.rstrip("\n") for line in texts if line.strip()]
+    except UnicodeDecodeError as error:
+        raise click.BadParameter(f"{texts.name} is not UTF-8 text ({error.reason})") from error
+
+
 @main.command()
 @repository_option
 @click.option(
@@ -76,9 +84,9 @@ def main() -> None:
 )
 @click.option("--version", "version", default=0, type=click.IntRange(min=0), help="Version (0: the latest).")
 @click.option("--output", "output_name", default="query_embedding", show_default=True, help="Graph output to keep.")
-@click.argument("texts", type=click.File("r"))
+@click.argument("texts", type=click.File("r", encoding="utf-8"), callback=text_lines)
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .npy to write.")
-def embed(repository: Path, model: str, version: int, output_name: str, texts: TextIO, out: Path) -> None:
+def embed(repository: Path, model: str, version: int, output_name: str, texts: list[str], out: Path) -> None:
     """Embed ad texts (one per line of TEXTS, '-' for stdin) into a float32 [n, dim] .npy file.
 
     Exits 1 with one line when the model has no such version, is not a text model (one text input) or has no
@@ -100,14 +108,13 @@ def embed(repository: Path, model: str, version: int, output_name: str, texts: T
     chosen = version or entry.versions[-1]
     if chosen not in entry.versions:
         raise click.ClickException(f"model '{model}' has no version {chosen} (has {list(entry.versions)})")
-    lines = [line.rstrip("\n") for line in texts if line.strip()]
     try:
-        embeddings = TextEmbedder(entry.version_dir(chosen), entry.config, output_name).embed(lines)
+        embeddings = TextEmbedder(entry.version_dir(chosen), entry.config, output_name).embed(texts)
         np.save(out, embeddings)
     except (BackendError, OSError) as error:  # not a text model, no such output, a session that fails, -o
         # One line: a backend's error may carry ONNX Runtime's multi-line message.
         raise click.ClickException(" ".join(str(error).split())) from error
-    click.echo(f"adrank: {len(lines)} texts -> {out} float32 {list(embeddings.shape)} ({model} v{chosen})")
+    click.echo(f"adrank: {len(texts)} texts -> {out} float32 {list(embeddings.shape)} ({model} v{chosen})")
 
 
 # ---- rollout: models, rollout, promote, rollback --------------------------------------------------

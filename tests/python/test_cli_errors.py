@@ -32,7 +32,7 @@ from served import MODELS
 # may read (0644), {token} one only its owner reads, {closed} a port nothing listens on, {rank} a gRPC port with
 # no admin service, {admin} a stand-in admin port, {onnx} the ctr model file, {ca} a CA's certificate, {cert} and
 # {key} a client certificate and its key (0600), {open_key} the key readable by others (0644), {not_yaml} a file
-# that is not YAML, {broken} a copy of {repo} whose ctr/rollout.yaml is not YAML.
+# that is not YAML, {broken} a copy of {repo} whose ctr/rollout.yaml is not YAML, {binary} ad texts not in UTF-8.
 BAD_ARGUMENTS: dict[str, list[tuple[list[str], int]]] = {
     "serve": [
         (["--repository", "{repo}", "--grpc-port", "70000"], 2),
@@ -62,6 +62,7 @@ BAD_ARGUMENTS: dict[str, list[tuple[list[str], int]]] = {
         (["--repository", "{models}", "--version", "-1", "{texts}", "-o", "{out}"], 2),
         (["--repository", "{models}", "--model", "../ctr", "{texts}", "-o", "{out}"], 2),
         (["--repository", "{models}", "{missing}", "-o", "{out}"], 2),
+        (["--repository", "{models}", "{binary}", "-o", "{out}"], 2),  # not UTF-8 text
         (["--repository", "{models}", "{texts}"], 2),  # no -o
         (["--repository", "{missing}", "{texts}", "-o", "{out}"], 1),
     ],
@@ -166,6 +167,8 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     shutil.copytree(MODELS / "ctr", repo / "ctr", ignore=shutil.ignore_patterns("*.py", "README.md"))
     texts = root / "ads.txt"
     texts.write_text("red running shoes\ncheap flights to lisbon\n")
+    binary = root / "ads.bin"
+    binary.write_bytes(b"red shoes\n\xb9\xff\x00\n")
     not_yaml = root / "not.yaml"
     not_yaml.write_text("tenants: {gold: [\n")
     broken = root / "broken"
@@ -187,6 +190,7 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
             "missing": str(root / "missing"),
             "texts": str(texts),
             "not_yaml": str(not_yaml),
+            "binary": str(binary),
             "broken": str(broken),
             "out": str(root / "out.npy"),
             "open_token": str(open_token),
