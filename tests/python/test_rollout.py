@@ -103,14 +103,18 @@ def test_changes_follow_the_rollout_rules():
     with pytest.raises(ChangeError, match="is the stable version"):
         set_canary(policy, 1, 5, stable_now=1)
     with pytest.raises(ChangeError, match="is the stable version"):
-        set_shadow(RolloutPolicy(), 3, 100, stable_now=3)  # "latest" is 3: the shadow would mirror itself
+        set_shadow(RolloutPolicy(), 3, 100, stable_now=3)  # 3 serves: the shadow would mirror itself
     policy, _ = set_shadow(policy, 3, 50, stable_now=1)
     promoted, _ = promote(policy, 2)
     assert promoted.stable == 2 and promoted.canary is None and promoted.shadow.version == 3
     ended, action = rollback(promoted, [])
     assert ended.canary is None and ended.shadow is None and ended.stable == 2 and action == "rollback"
-    with pytest.raises(ChangeError, match="nothing to roll back"):
+    with pytest.raises(ChangeError, match="nothing to roll back: no canary or shadow, and stable 2 was not promoted"):
         rollback(ended, [])
+    with pytest.raises(
+        ChangeError, match="nothing to roll back: no canary or shadow, and rollout.yaml names no stable"
+    ):
+        rollback(RolloutPolicy(), [])
     promotion = AuditEntry("ctr", "me", "promote", before={"stable": 1}, after={"stable": 2})
     reverted, _ = rollback(ended, [promotion])
     assert reverted.stable == 1
@@ -135,7 +139,7 @@ def test_a_rollout_policy_survives_the_admin_message_both_ways():
         == policy.summary()
         == ("stable 3, canary 4 at 12.5 %, shadow 5 (40 % mirrored)")
     )
-    assert summary(RolloutPolicy().model_dump(mode="json")) == "stable latest"
+    assert summary(RolloutPolicy().model_dump(mode="json")) == "stable not named"  # not "latest": see route_for
 
 
 def test_latency_quantile_and_psi_read_the_histograms():

@@ -64,9 +64,9 @@ def rollback(policy: RolloutPolicy, history: list[AuditEntry]) -> tuple[RolloutP
         if entry.action == "promote" and entry.after and entry.after.get("stable") == policy.stable:
             previous = (entry.before or {}).get("stable")
             return _validated(policy, stable=previous), "rollback"
-    raise ChangeError(
-        f"nothing to roll back: no canary or shadow, and stable {policy.stable or 'latest'} was not promoted"
-    )
+    if policy.stable is None:
+        raise ChangeError("nothing to roll back: no canary or shadow, and rollout.yaml names no stable version")
+    raise ChangeError(f"nothing to roll back: no canary or shadow, and stable {policy.stable} was not promoted")
 
 
 def _validated(policy: RolloutPolicy, **update: object) -> RolloutPolicy:

@@ -1,7 +1,8 @@
 """RolloutPolicy: the typed schema of a model's `rollout.yaml` — which version is stable, which one is a
 canary on a share of the traffic, which one shadows it, and the guardrails that roll either back.
 
-    stable: 3                       # absent: the highest loaded version (each new version goes live)
+    stable: 3                       # absent: the version serving now keeps serving (at start-up the
+                                    # newest AVAILABLE); config.yaml's latest_serves: the newest (routes.py)
     canary: {version: 4, percent: 5}
     shadow: {version: 5, sample_percent: 100}
     guardrails: {window_s: 60, max_latency_ratio: 1.5, max_error_rate: 0.01, max_psi: 0.25}
@@ -110,7 +111,7 @@ def parse_policy(raw: object, where: str) -> RolloutPolicy:
 
 
 def load_policy(model_dir: Path) -> RolloutPolicy:
-    """The model's rollout.yaml, or the default policy (stable = latest) when there is none."""
+    """The model's rollout.yaml, or the default policy (no stable named) when there is none."""
     path = policy_path(model_dir)
     try:
         text = path.read_text()

@@ -17,7 +17,9 @@ from typing import Any
 
 def summary(policy: Mapping[str, Any]) -> str:
     stable = policy.get("stable")
-    parts = [f"stable {stable if stable is not None else 'latest'}"]
+    # Not "latest": without a stable named, servers keep the version serving now (routes.py: route_for) unless
+    # the model's config.yaml says latest_serves; which one serves is each server's route, not the policy's.
+    parts = [f"stable {stable if stable is not None else 'not named'}"]
     canary, shadow = policy.get("canary"), policy.get("shadow")
     if canary is not None:
         parts.append(f"canary {canary['version']} at {canary['percent']:g} %")
