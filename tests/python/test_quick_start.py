@@ -87,6 +87,35 @@ def test_the_serving_sections_snippet_runs_as_it_stands(server):
     assert done.stdout == f"{latest_version('ctr')}\n"
 
 
+def test_every_serving_snippet_defines_what_it_uses():
+    """The snippets past the first (TLS and a fleet) need files and replicas to run; they must still name
+    nothing they do not import or define (F821), as the quick start's first snippet once did."""
+    text = README.read_text()
+    start = text.index("\n## Serving\n")
+    snippets = blocks(text[start : text.index("\n## ", start + 1)], "python")
+    assert len(snippets) >= 2
+    for snippet in snippets:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ruff",
+                "check",
+                "--no-cache",
+                "--select",
+                "F821,F401",
+                "--stdin-filename",
+                "s.py",
+                "-",
+            ],
+            input=snippet,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stdout + snippet
+
+
 def test_the_example_runs_from_the_golden_requests_without_the_data_folder(server, tmp_path: Path):
     missing = tmp_path / "no_data" / "sample_200.csv"
     command = [sys.executable, str(REPO / "examples" / "rank_example.py"), "--target", server.target]
