@@ -112,7 +112,7 @@ def test_changes_follow_the_rollout_rules():
     with pytest.raises(ChangeError, match="nothing to roll back: no canary or shadow, and stable 2 was not promoted"):
         rollback(ended, [])
     with pytest.raises(
-        ChangeError, match="nothing to roll back: no canary or shadow, and rollout.yaml names no stable"
+        ChangeError, match=r"nothing to roll back: no canary or shadow, and rollout\.yaml names no stable"
     ):
         rollback(RolloutPolicy(), [])
     promotion = AuditEntry("ctr", "me", "promote", before={"stable": 1}, after={"stable": 2})
