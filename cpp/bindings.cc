@@ -545,4 +545,5 @@ PYBIND11_MODULE(_core, m) {
   BindContextCache(m);
   m.attr("BATCH_ROWS_BOUNDS") = BatchRowsBucketBounds();
   BindRank(m);
+  BindServerErrors(m);
 }

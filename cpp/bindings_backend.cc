@@ -82,14 +82,6 @@ struct PyCallable {
   py::object fn;
 };
 
-bool PythonFinalizing() {
-#if PY_VERSION_HEX >= 0x030D0000
-  return Py_IsFinalizing();
-#else
-  return _Py_IsFinalizing();
-#endif
-}
-
 // Keeps a core worker's Python thread state from one batch to the next. On a thread Python did not start,
 // each gil_scoped_acquire otherwise creates a thread state and deletes it on release (Python 3.11 maps and
 // unmaps its frame stack each time): ~80 us per batch measured here, more than the rest of the wrapper.

@@ -28,6 +28,15 @@ struct StatusError : std::exception {
   Status status;
 };
 
+// Whether the interpreter is going away: a core thread must then not take the GIL (it would hang or crash).
+inline bool PythonFinalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing();
+#else
+  return _Py_IsFinalizing();
+#endif
+}
+
 inline void ThrowIfError(const Status& status) {
   if (!status.ok()) throw StatusError(status);
 }
@@ -91,5 +100,7 @@ void BindCuda(pybind11::module_& m);
 void BindContextCache(pybind11::module_& m);
 // bindings_rank.cc: the Rank contract (RankAdmission, start_rank) and, when built, the C++ front end.
 void BindRank(pybind11::module_& m);
+// bindings_server_errors.cc: where the calls answered INTERNAL are reported (server_errors.h).
+void BindServerErrors(pybind11::module_& m);
 
 }  // namespace adrank

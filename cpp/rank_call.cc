@@ -149,6 +149,7 @@ void RankCall::Start(const ModelRegistry& registry, const RankCallOptions& optio
     return;
   }
   const int priority = request_.has_priority() ? static_cast<int>(request_.priority()) : kDefaultPriority;
+  tenant_ = options.tenant;
   const size_t parts = calls_.size();
   results_.resize(parts);
   handles_.resize(parts);
@@ -238,6 +239,7 @@ void RankCall::Complete(size_t part, RequestResult&& result) {
     if (!result.status.ok() && first_error_.ok()) {
       // The call fails with this error: the other models' queued parts need not run.
       first_error_ = result.status;
+      failed_part_ = part;
       to_cancel = QueuedPartsLocked();
     }
     results_[part] = std::move(result);
@@ -250,18 +252,24 @@ void RankCall::Release() {
   if (remaining_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
   // The last one: every part has completed and Start has returned; nothing else touches the call.
   Status status = first_error_;
-  if (status.ok()) status = FillResponse();
+  size_t failed = failed_part_;
+  if (status.ok()) status = FillResponse(&failed);
   if (!status.ok()) response_.Clear();
+  if (status.code() == StatusCode::kInternal) {  // the server's fault: its log names the call (server_errors.h)
+    const ServedModel& model = *calls_[failed].model;
+    ReportServerError(ServerError{model.name, model.version, tenant_, request_.request_id(), status.message()});
+  }
   Answer(status, &response_);
 }
 
-Status RankCall::FillResponse() {
+Status RankCall::FillResponse(size_t* failed) {
   response_.set_request_id(request_.request_id());
   for (size_t i = 0; i < calls_.size(); ++i) {
     const ServedModel& model = *calls_[i].model;
     const RequestResult& r = results_[i];
     const OutputTensor* score = ScoreOutput(model, r);
     if (score == nullptr) {
+      *failed = i;
       return Internal("model '" + model.name + "' produced no float32 [N] output '" + model.score_output + "'");
     }
     v1::ModelScores* scores = response_.add_results();

@@ -17,6 +17,8 @@
 //   6. record every part's outcome (and each mirror's) in its version's stats: the guardrails' input;
 //   7. answer: once the last part completes, with each model's N float32 scores, the version that
 //      answered and its server timing, or the first part's error (the other parts are then cancelled).
+//      An INTERNAL answer (the server's fault, not the caller's) is also reported with the model, version,
+//      tenant and request id (server_errors.h), for the server's log.
 //
 // Cancel (the client's, a closed connection's): the parts not yet in a batch complete CANCELLED, and so
 // the call. A call cancelled before Start submits nothing.
@@ -63,6 +65,7 @@
 #include "model_registry.h"
 #include "outcome.h"
 #include "request.h"
+#include "server_errors.h"
 #include "status.h"
 #include "wire_request.h"
 
@@ -120,7 +123,7 @@ class RankCall {
   void Submit(size_t part);
   void Complete(size_t part, RequestResult&& result);
   void Release();
-  Status FillResponse();
+  Status FillResponse(size_t* failed);  // `failed`: the part whose output is missing, if one is
 
   const int64_t start_ns_;
   Status parsed_;
@@ -134,6 +137,8 @@ class RankCall {
   std::vector<RequestHandle> handles_;
   bool cancelled_ = false;
   Status first_error_;
+  size_t failed_part_ = 0;  // the part that failed with first_error_
+  std::string tenant_;      // the caller's, for a report of an INTERNAL answer
 };
 
 // INVALID_ARGUMENT unless `priority` fits the core's priority classes (an int >= 0); the models' own

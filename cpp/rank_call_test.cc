@@ -76,6 +76,7 @@ class RankCallTest : public ::testing::Test {
         ++entered_;
         cv_.notify_all();
         cv_.wait(lock, [this] { return gate_open_; });
+        if (failing_) return Internal("backend raised RuntimeError: boom");
       }
       const auto* x = static_cast<const float*>(io.inputs[0].data);
       const auto* bias = static_cast<const float*>(io.inputs[1].data);
@@ -166,6 +167,7 @@ class RankCallTest : public ::testing::Test {
   std::mutex mu_;
   std::condition_variable cv_;
   bool gate_open_ = true;
+  bool failing_ = false;  // every batch fails, as one whose backend raised
   int entered_ = 0;
 };
 
@@ -257,6 +259,37 @@ TEST_F(RankCallTest, CancelCompletesTheQueuedPartsCancelled) {
   OpenGate();
   EXPECT_TRUE(holding.get().status.ok());
   EXPECT_EQ(entered_, 1) << "the cancelled call never ran";
+}
+
+TEST_F(RankCallTest, AnInternalAnswerIsReportedWithModelVersionTenantAndRequestIdAndNoOtherIs) {
+  std::mutex mu;
+  std::vector<ServerError> reported;
+  SetServerErrorSink([&](const ServerError& error) {
+    std::lock_guard<std::mutex> lock(mu);
+    reported.push_back(error);
+  });
+  RankCallOptions options;
+  options.tenant = "gold";
+  EXPECT_TRUE(Rank(Request(3), options).status.ok());  // OK: nothing to report
+  v1::RankRequest unknown = Request(3);
+  unknown.mutable_models(0)->set_name("nope");
+  EXPECT_EQ(Rank(unknown, options).status.code(), StatusCode::kNotFound);  // the caller's: not reported
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    failing_ = true;
+  }
+  const Answered failed = Rank(Request(3), options);
+  SetServerErrorSink(nullptr);
+  EXPECT_EQ(Rank(Request(3)).status.code(), StatusCode::kInternal);  // no sink: dropped
+  ASSERT_EQ(failed.status.code(), StatusCode::kInternal);
+  std::lock_guard<std::mutex> lock(mu);
+  ASSERT_EQ(reported.size(), 1u);
+  EXPECT_EQ(reported[0].model, "sum");
+  EXPECT_EQ(reported[0].version, 1);
+  EXPECT_EQ(reported[0].tenant, "gold");
+  EXPECT_EQ(reported[0].request_id, "auction-7");
+  EXPECT_EQ(reported[0].message, failed.status.message());
+  EXPECT_NE(reported[0].message.find("boom"), std::string::npos);
 }
 
 TEST_F(RankCallTest, AModelsRefusalFailsTheCallAndIsCountedAtItsVersion) {

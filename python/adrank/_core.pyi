@@ -333,6 +333,10 @@ def start_rank(
     token: int = 0,
 ) -> PendingRank: ...
 
+# Where the calls answered INTERNAL are reported (cpp/server_errors.h): log(model, version, tenant, request_id,
+# message) on the worker that answered; None stops it.
+def set_server_error_log(log: Callable[[str, int, str, str, str], None] | None) -> None: ...
+
 # One KServe v2 ModelInfer call over an inference.ModelInferRequest's bytes (cpp/infer_call.h); the answer's
 # bytes are a serialized ModelInferResponse.
 def start_infer(

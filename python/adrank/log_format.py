@@ -8,7 +8,8 @@ below `level` are dropped (every logger's, the libraries' too), the others go to
   `model`, `version`, `tenant`, `request_id` — where it passes them (`log_fields` builds them), and an
   exception's traceback as `exception`. A record never spans two lines, whatever its message holds.
 
-Log calls that concern a model or a version pass `extra=log_fields(model=..., version=...)`, so that a
+Log calls that concern a model or a version pass `extra=log_fields(model=..., version=...)`, and one that
+concerns a call (server/call_errors.py: a call answered INTERNAL) its tenant and request id too, so that a
 pipeline filters by field instead of parsing messages. Only the standard library: no new dependency.
 """
 

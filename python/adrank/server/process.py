@@ -50,6 +50,7 @@ from adrank.metrics.history import MetricsHistory, MetricsOptions
 from adrank.metrics.pages import ObservabilityPages
 from adrank.metrics.sample import MetricsSource
 from adrank.repository.layout import ModelRepository
+from adrank.server import call_errors
 from adrank.server.admin_service import AdminServer
 from adrank.server.frontend import RANKING_SERVICE, Frontend, FrontendKind, TransportOptions, create_frontend
 from adrank.server.http_endpoint import HttpEndpoint
@@ -165,6 +166,7 @@ class Server:
         Raises (lifecycle/manager.py) NothingToServe when no model has a version that serves, and
         RepositoryError when the repository cannot be read."""
         loop = asyncio.get_running_loop()
+        call_errors.install()
         self.models.on_readiness(lambda _: self._readiness_changed(loop))
         await self.frontend.start()
         self.tls.start()
