@@ -57,6 +57,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: import the perf package from the checkout, not perf/ itself
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from adrank import histogram
 from perf import limit_model
 from perf import requests as request_sets
 from perf.loadgen import LoadGenerator, RunResult, find_built, find_sender
@@ -446,9 +447,11 @@ def measure_system(
     settings: Settings,
     at_10pct_rate: float | None,
     server: ServerProcess | None = None,
+    metrics_url: str | None = None,
 ) -> float:
     """Probes, sweeps and summarizes into `result`; returns the probed capacity in requests/s. With `server`, its
-    CPU time over the probe is recorded too."""
+    CPU time over the probe is recorded too; with `metrics_url` (adrank's /metrics), the 10 % point gets the
+    server's own latency quantiles (`server_ms`), so that a light-load tail is placed in or outside the server."""
     before = server.cpu_s() if server else None
     probe = generator.closed_loop(settings.probe_concurrency, settings.probe_s, 1_000_000)
     if server and before is not None:
@@ -469,9 +472,13 @@ def measure_system(
     failed_in_row = 0
     for rate in sorted(rates):
         fraction, label = rates[rate]
+        light = abs(rate - own_10pct) <= 0.02 * own_10pct
+        before = server_latency_counts(metrics_url) if light and metrics_url else None
         point = _point(_open(generator, settings, rate, result), fraction, label)
-        if abs(rate - own_10pct) <= 0.02 * own_10pct:
+        if light:
             point["at_10pct_of_adrank"] = True
+            if before is not None and metrics_url:
+                point["server_ms"] = server_phase_quantiles(before, server_latency_counts(metrics_url))
             result.at_10pct = point
         result.points.append(point)
         _log_point(result.name, point)
@@ -799,15 +806,16 @@ class Bench:
                     timeout_s=s.timeout_s,
                     sender=self.sender,
                 )
+                metrics_url = f"http://127.0.0.1:{http_port}/metrics" if kind == "adrank" else None
                 if kind in ("echo", "echo-cpp"):
                     assert at_10pct_rate is not None
                     measure_floor(result, generator, s, at_10pct_rate)
                     measure_transport(result, server, generator, s)
                     capacity = None
                 else:
-                    capacity = measure_system(result, generator, s, at_10pct_rate, server)
-                if kind == "adrank":
-                    result.context_cache = context_cache_figures(f"http://127.0.0.1:{http_port}/metrics")
+                    capacity = measure_system(result, generator, s, at_10pct_rate, server, metrics_url)
+                if metrics_url:
+                    result.context_cache = context_cache_figures(metrics_url)
         except Exception as error:  # one system failing is recorded, and the run goes on
             result.status = f"not run: {error}" if not result.points else f"failed: {error}"
             log(f"{name}: {result.status}")
@@ -844,6 +852,43 @@ def context_cache_figures(url: str) -> dict[str, float] | None:
         return None
     looked_up = totals["hits"] + totals["misses"]
     return {**totals, "hit_ratio": totals["hits"] / looked_up if looked_up else math.nan}
+
+
+SERVER_PHASES = ("request", "queue", "compute")  # adrank_{phase}_latency_seconds: see metrics/exporter.py
+
+
+def server_latency_counts(url: str) -> dict[str, dict[float, float]]:
+    """Cumulative bucket counts by `le` (seconds) of adrank's request, queue and compute latency histograms, summed
+    over every model and version a server's /metrics shows (one model serves in a bench run)."""
+    counts: dict[str, dict[float, float]] = {phase: {} for phase in SERVER_PHASES}
+    for sample in metric_samples(url):
+        for phase in SERVER_PHASES:
+            if sample.name == f"adrank_{phase}_latency_seconds_bucket":
+                le = float(sample.labels["le"])
+                counts[phase][le] = counts[phase].get(le, 0.0) + sample.value
+    return counts
+
+
+def server_phase_quantiles(
+    before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]
+) -> dict[str, dict[str, float]]:
+    """p50 and p99 (ms) of what each phase histogram counted between two reads: the server's own view of the calls
+    of one point (arrival to answer, queueing, the batch's execution), to set beside the client's latency."""
+    quantiles: dict[str, dict[str, float]] = {}
+    for phase, cumulative in after.items():
+        bounds = sorted(le for le in cumulative if math.isfinite(le))
+        les = [*bounds, math.inf]
+        cum = np.array([cumulative.get(le, 0.0) - before.get(phase, {}).get(le, 0.0) for le in les])
+        per_bucket = np.diff(cum, prepend=0.0)
+        if not bounds or cum[-1] <= 0:
+            continue
+        edges = np.array(bounds) * 1e3
+        quantiles[phase] = {
+            "p50": float(histogram.quantile(per_bucket, 0.5, edges)),
+            "p99": float(histogram.quantile(per_bucket, 0.99, edges)),
+            "calls": float(cum[-1]),
+        }
+    return quantiles
 
 
 def batch_curve(engine_result: dict[str, object]) -> limit_model.BatchCurve:

@@ -218,6 +218,14 @@ def markdown(report: dict[str, object]) -> str:
                 )
             elif not system["max_candidates_per_s"]:
                 notes.append("p99 > 10 ms (or > 1 % errors) at every point")
+            server = at10.get("server_ms") or {}
+            if "request" in server:  # where the light-load latency is: in the server, or around it
+                parts = ", ".join(
+                    f"{phase} {_fmt(server[phase]['p50'], 2)}/{_fmt(server[phase]['p99'], 2)}"
+                    for phase in ("request", "queue", "compute")
+                    if phase in server
+                )
+                notes.append(f"at 10 %, in the server p50/p99 ms: {parts}")
             if system["generator_saturated_points"]:
                 notes.append(f"generator saturated at {system['generator_saturated_points']} point(s)")
             cpu = max((p.get("generator_cpu") or 0.0 for p in system["points"]), default=0.0)

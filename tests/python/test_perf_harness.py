@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from perf import bench
 from perf.loadgen import find_built, find_sender
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,6 +54,14 @@ def test_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
     # The server's /metrics was read after the run: ctr declares no context tower, so there is no cache to report.
     assert systems["adrank-ctr"]["context_cache"] is None
     assert math.isfinite(paced["p50_ms"])
+    # The server's own view of the 10 % point, read from its histograms before and after: every call the point
+    # made was counted (warm-up calls too), and the server's part of a call is within the client's latency.
+    at10 = systems["adrank-ctr"]["at_10pct"]
+    server = at10["server_ms"]
+    assert set(server) == {"request", "queue", "compute"}
+    assert server["request"]["calls"] >= at10["ok"]
+    assert all(0 < server[phase]["p50"] <= server[phase]["p99"] for phase in server)
+    assert server["compute"]["p50"] <= server["request"]["p50"] <= at10["latency_ms"]["p50"] * 1.15
     if find_built("adrank_echo"):  # the grpc++ floor, measured at the same rate
         echo = systems["grpc-echo-cpp"]
         assert echo["status"] == "ok" and math.isfinite(echo["at_10pct"]["latency_ms"]["p50"])
@@ -91,6 +100,7 @@ def test_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
         assert validation["p99_ratio_median"] > 0 and validation["per_call_overhead_us"] >= 0, basis
 
     markdown = json_file.with_suffix(".md").read_text()
+    assert "at 10 %, in the server p50/p99 ms: request " in markdown
     assert "| adrank-ctr | ctr |" in markdown and "| naive | ctr |" in markdown and "## Targets" in markdown
     assert "| vs limit |" in markdown and "## The limit: an ideal one-core server (ctr)" in markdown
     assert json_file.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -174,3 +184,24 @@ def test_context_cache_bench_smoke_measures_both_and_reports_the_hit_ratio(tmp_p
     assert all(r["requests_per_s"] > 0 for r in report["rounds"])
     assert 0.0 <= report["hit_ratio_whole_run"] <= 1.0 and report["cache_stats"]["entries"] > 0
     assert "| on |" in stem.with_suffix(".md").read_text()
+
+
+def test_server_phase_quantiles_read_only_what_was_counted_between_the_two_reads() -> None:
+    # Cumulative counts by le (seconds), as /metrics shows them: 100 calls before, 100 more after, all of the new
+    # ones between 1 and 2 ms (request) and under 0.1 ms (queue); compute saw nothing new.
+    before = {
+        "request": {0.001: 100.0, 0.002: 100.0, math.inf: 100.0},
+        "queue": {0.0001: 100.0, 0.001: 100.0, math.inf: 100.0},
+        "compute": {0.001: 50.0, math.inf: 50.0},
+    }
+    after = {
+        "request": {0.001: 100.0, 0.002: 200.0, math.inf: 200.0},
+        "queue": {0.0001: 200.0, 0.001: 200.0, math.inf: 200.0},
+        "compute": {0.001: 50.0, math.inf: 50.0},
+    }
+    quantiles = bench.server_phase_quantiles(before, after)
+    assert set(quantiles) == {"request", "queue"}  # nothing counted: no figures
+    assert quantiles["request"]["calls"] == 100
+    assert quantiles["request"]["p50"] == pytest.approx(1.5)  # interpolated within the 1-2 ms bucket
+    assert quantiles["request"]["p99"] == pytest.approx(1.99)
+    assert quantiles["queue"]["p99"] == pytest.approx(0.099)
