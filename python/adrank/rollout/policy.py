@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from adrank.config_file import yaml_problem
+from adrank.config_file import parse_yaml, yaml_problem
 from adrank.rollout.summary import summary
 
 ROLLOUT_FILE = "rollout.yaml"
@@ -120,7 +120,7 @@ def load_policy(model_dir: Path) -> RolloutPolicy:
     except OSError as error:
         raise PolicyError(f"{path}: cannot read: {error}") from error
     try:
-        raw = yaml.safe_load(text)
+        raw = parse_yaml(text)
     except yaml.YAMLError as error:
         raise PolicyError(f"{path}: {yaml_problem(error)}") from error
     return parse_policy(raw, str(path))
