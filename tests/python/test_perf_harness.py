@@ -205,3 +205,10 @@ def test_server_phase_quantiles_read_only_what_was_counted_between_the_two_reads
     assert quantiles["request"]["p50"] == pytest.approx(1.5)  # interpolated within the 1-2 ms bucket
     assert quantiles["request"]["p99"] == pytest.approx(1.99)
     assert quantiles["queue"]["p99"] == pytest.approx(0.099)
+
+
+def test_poll_cost_times_each_poll_after_the_loading_one() -> None:
+    from perf import poll_cost
+
+    times = poll_cost.poll_cpu_ms(REPO / "models", 3)
+    assert len(times) == 3 and all(math.isfinite(t) and t > 0 for t in times)
