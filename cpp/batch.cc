@@ -147,6 +147,7 @@ void Batch::Finish(const Status& status, Duration compute, TimePoint now) {
   timing.compute_us = ToMicros(compute);
   timing.batch_rows = rows;
   timing.batches = 1;
+  timing.batch_requests = static_cast<int32_t>(slices.size());
   for (BatchSlice& slice : slices) {
     timing.queue_us = ToMicros(started_at - slice.request->enqueue_time());
     slice.request->FinishRows(slice.rows, status, timing, now);

@@ -312,6 +312,7 @@ TEST_F(BatchTest, ScatterWritesEachSliceToItsRequestsOffsetsAndFinishFiresOnceAl
   EXPECT_EQ(c->fired, 0);
   ExpectOutputs(*b, 2);
   EXPECT_EQ(b->result.timing.batches, 1);
+  EXPECT_EQ(b->result.timing.batch_requests, 3);
   EXPECT_EQ(counters_->completed_ok.load(), 1u);
 
   // The rest of a and c, in a different order, and c's rows in two slices of two batches.
@@ -332,6 +333,8 @@ TEST_F(BatchTest, ScatterWritesEachSliceToItsRequestsOffsetsAndFinishFiresOnceAl
   EXPECT_EQ(a->result.timing.batches, 2);
   EXPECT_EQ(c->result.timing.batches, 3);
   EXPECT_EQ(a->result.timing.batch_rows, 7);  // the worst (largest) batch it rode in
+  EXPECT_EQ(a->result.timing.batch_requests, 3);
+  EXPECT_EQ(c->result.timing.batch_requests, 3);  // its first batch's, not its last's (1)
   EXPECT_EQ(a->result.timing.compute_us, 7);
   EXPECT_EQ(a->result.timing.queue_us, 30);
   EXPECT_EQ(counters_->completed_ok.load(), 3u);

@@ -2,6 +2,7 @@
 
 #include <google/protobuf/io/zero_copy_stream.h>
 
+#include <algorithm>
 #include <chrono>
 #include <climits>
 #include <memory>
@@ -251,6 +252,8 @@ void RankCall::Complete(size_t part, RequestResult&& result) {
 void RankCall::Release() {
   if (remaining_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
   // The last one: every part has completed and Start has returned; nothing else touches the call.
+  for (const RequestResult& result : results_)
+    batch_requests_ = std::max(batch_requests_, result.timing.batch_requests);
   Status status = first_error_;
   size_t failed = failed_part_;
   if (status.ok()) status = FillResponse(&failed);

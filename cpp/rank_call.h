@@ -113,6 +113,10 @@ class RankCall {
   v1::RankRequest* mutable_request() { return &request_; }
   void SetParseFailure(Status status) { parsed_ = std::move(status); }
 
+  // Inside Answer: the most requests (calls' parts) any batch of this call's parts carried; > 1 means the
+  // answering worker completed other calls in the same batch (the server is under load). 0 when no part ran.
+  int32_t batch_requests() const { return batch_requests_; }
+
   // Implementation details follow. API users need not read.
  private:
   using QueuedPart = std::pair<std::shared_ptr<ModelQueue>, RequestHandle>;
@@ -133,7 +137,8 @@ class RankCall {
   std::vector<ModelCall> calls_;
   std::vector<RequestResult> results_;
   std::atomic<int> remaining_{0};
-  std::mutex mu_;  // guards handles_, cancelled_, first_error_, results_
+  int32_t batch_requests_ = 0;  // set by the last Release, before Answer
+  std::mutex mu_;               // guards handles_, cancelled_, first_error_, results_
   std::vector<RequestHandle> handles_;
   bool cancelled_ = false;
   Status first_error_;

@@ -25,6 +25,7 @@ using std::chrono::milliseconds;
 struct Answered {
   Status status;
   v1::RankResponse response;
+  int32_t batch_requests = -1;  // RankCall::batch_requests() as Answer saw it
 };
 
 class FutureCall final : public RankCall {
@@ -36,7 +37,7 @@ class FutureCall final : public RankCall {
     ++answers_;
     EXPECT_EQ(answers_, 1);
     std::promise<Answered>* answer = answer_;
-    Answered answered{status, *response};
+    Answered answered{status, *response, batch_requests()};
     delete this;
     answer->set_value(std::move(answered));
   }
@@ -245,6 +246,23 @@ TEST_F(RankCallTest, TheModelsGetTheDeadlineLessTheMarginAndAQueuedCallPastItExp
   EXPECT_EQ(queued.get().status.code(), StatusCode::kDeadlineExceeded);
   EXPECT_LT(SteadyClock::Get()->Now(), options.deadline) << "answered before the caller's own deadline";
   EXPECT_TRUE(holding.get().status.ok());
+}
+
+TEST_F(RankCallTest, AnswerKnowsWhetherItsBatchCarriedOtherCalls) {
+  EXPECT_EQ(Rank(Request(2)).batch_requests, 1) << "alone in its batch";
+  v1::RankRequest unknown = Request(1);
+  unknown.mutable_models(0)->set_name("nope");
+  EXPECT_EQ(Rank(unknown).batch_requests, 0) << "refused before any model ran";
+  // Two calls queued behind a held batch ride the next one together.
+  CloseGate();
+  std::future<Answered> holding = Start(Request(1).SerializeAsString());
+  AwaitEntered(2);  // the first call's batch, then this one's
+  std::future<Answered> first = Start(Request(2).SerializeAsString());
+  std::future<Answered> second = Start(Request(3).SerializeAsString());
+  OpenGate();
+  EXPECT_EQ(holding.get().batch_requests, 1);
+  EXPECT_EQ(first.get().batch_requests, 2);
+  EXPECT_EQ(second.get().batch_requests, 2);
 }
 
 TEST_F(RankCallTest, CancelCompletesTheQueuedPartsCancelled) {

@@ -48,6 +48,7 @@ void RequestState::FinishRows(int64_t rows, const Status& status, const RequestT
     t.compute_us = std::max(t.compute_us, timing.compute_us);
     t.batch_rows = std::max(t.batch_rows, timing.batch_rows);
     t.batches += timing.batches;
+    t.batch_requests = std::max(t.batch_requests, timing.batch_requests);
   }
   if (rows_pending_.fetch_sub(rows, std::memory_order_acq_rel) == rows) Fire(now);
 }

@@ -40,6 +40,9 @@ struct RequestTiming {
   int64_t compute_us = 0;
   int64_t batch_rows = 0;
   int32_t batches = 0;  // how many batches the request was split across
+  // The most requests any batch it rode in carried (>1: it shared a batch; the C++ front end replies from the
+  // worker then, cpp/frontend/grpc_call.h).
+  int32_t batch_requests = 0;
 };
 
 struct RequestResult {
