@@ -238,8 +238,8 @@ class PyRankServer {
   int port() const { return server_->port(); }
   std::shared_ptr<RankAdmission> admission() const { return server_->admission(); }
 
-  // `handler(method, request, authorization, done)` is called on a gRPC thread with the GIL and must return at
-  // once; `done(code, message, response)` answers the call later, from any thread.
+  // `handler(method, request, authorization, done)` is called on a thread of the front end's queues with the GIL and
+  // must return at once; `done(code, message, response)` answers the call later, from any thread.
   void SetRepositoryHandler(py::function handler) {
     auto shared = std::make_shared<py::function>(std::move(handler));
     server_->SetRepositoryHandler([shared](RepositoryCall call) {
@@ -277,6 +277,7 @@ void BindRankServer(py::module_& m) {
       .def_readwrite("port", &RankServerOptions::port)
       .def_readwrite("max_message_bytes", &RankServerOptions::max_message_bytes)
       .def_readwrite("max_concurrent_streams", &RankServerOptions::max_concurrent_streams)
+      .def_readwrite("grpc_threads", &RankServerOptions::grpc_threads)
       .def_readwrite("max_in_flight_bytes", &RankServerOptions::max_in_flight_bytes)
       .def_property(
           "keepalive_time_s", [](const RankServerOptions& o) { return ToSeconds(o.keepalive_time); },

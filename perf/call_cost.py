@@ -197,7 +197,8 @@ class Server:
 
 
 def grpc_threads_cpu_us(by_thread: dict[str, float], own_threads: str) -> float | None:
-    """CPU µs per call of the threads gRPC made (every thread not named as the process), from --per-thread ms."""
+    """CPU µs per call of the transport's threads (every thread not named as the process: gRPC's, and the C++ front
+    end's adrank-grpc-N), from --per-thread ms."""
     if not by_thread:
         return None
     return sum(ms for name, ms in by_thread.items() if name != own_threads) * 1e3
@@ -572,8 +573,9 @@ def markdown(report: dict) -> str:
         " each round of the load on a batch of the mean rows adrank ran per batch in it, times the call's share of"
         " those rows; transport µs is each round's served less engine, the median of the rounds. It runs back to back"
         " with warm caches; the transport figure (served less engine) therefore also holds whatever more the same"
-        " session costs inside the server. gRPC's threads: the server's threads that gRPC named (pollers, callback"
-        " threads: the transport and adrank's C++ Rank contract), against the echo server, all of whose work is there.",
+        " session costs inside the server. gRPC's threads: the server's threads not named as its process (gRPC's,"
+        " and the C++ front end's completion-queue threads adrank-grpc-N: the transport and adrank's C++ Rank"
+        " contract), against the echo server, all of whose work is there.",
     ]
     lines += ["", "| callers | target | value | bound | result |", "| --- | --- | --- | --- | --- |"]
     for row in report["derived"]:

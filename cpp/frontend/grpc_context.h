@@ -24,7 +24,7 @@ inline grpc::Status ToGrpc(const Status& status) {
 }
 
 // The call's gRPC deadline on the core's clock; kNoDeadline when the caller set none.
-inline TimePoint CoreDeadline(const grpc::CallbackServerContext& context) {
+inline TimePoint CoreDeadline(const grpc::ServerContextBase& context) {
   const auto deadline = context.deadline();
   if (deadline == std::chrono::system_clock::time_point::max()) return kNoDeadline;
   const auto remaining = deadline - std::chrono::system_clock::now();
@@ -32,7 +32,7 @@ inline TimePoint CoreDeadline(const grpc::CallbackServerContext& context) {
 }
 
 // The caller's tenant (tenants.h): its `x-adrank-tenant` metadata, else empty ("default").
-inline std::string CallTenant(const grpc::CallbackServerContext& context) {
+inline std::string CallTenant(const grpc::ServerContextBase& context) {
   const auto& metadata = context.client_metadata();
   auto it = metadata.find(kTenantMetadataKey);
   return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
@@ -45,7 +45,7 @@ inline constexpr char kPreviousAttemptsKey[] = "grpc-previous-rpc-attempts";
 inline constexpr char kHedgedAttemptsKey[] = "x-adrank-previous-attempts";
 
 // Whether the call is a client's retry or hedge: either previous-attempts metadata is there and not "0".
-inline bool IsRetry(const grpc::CallbackServerContext& context) {
+inline bool IsRetry(const grpc::ServerContextBase& context) {
   const auto& metadata = context.client_metadata();
   for (const char* key : {kPreviousAttemptsKey, kHedgedAttemptsKey}) {
     auto it = metadata.find(key);

@@ -15,8 +15,13 @@
 // `done` (loading a model takes seconds: no gRPC thread waits for it). Without a handler those RPCs are
 // UNIMPLEMENTED.
 //
-// Thread-safety: gRPC calls its methods on its threads, concurrently; everything it holds is immutable or
+// Every method is on gRPC's async completion-queue API (server_queues.h): ModelInfer is a GrpcCall (grpc_call.h),
+// the others UnaryCalls (unary_call.h) answered inline on the queue's thread, but the repository's, answered by
+// their handler (called on the queue's thread: it must return at once) from its own thread.
+//
+// Thread-safety: its methods are called on the queues' threads, concurrently; everything it holds is immutable or
 // thread-safe (registry, admission). `ready` is called on those threads and must be thread-safe.
+// SetRepositoryHandler from any thread.
 #pragma once
 
 #include <functional>
@@ -29,6 +34,7 @@
 #include "infer_metadata.h"
 #include "model_registry.h"
 #include "rank_admission.h"
+#include "server_queues.h"
 
 namespace adrank {
 
@@ -48,55 +54,44 @@ struct InferenceServiceOptions {
   std::function<bool()> ready;  // the server's readiness (ServerReady)
 };
 
-class InferenceService final : public inference::GRPCInferenceService::WithRawCallbackMethod_ModelInfer<
-                                   inference::GRPCInferenceService::CallbackService> {
+// KServe v2's service, ModelInfer raw (its bytes: the server parses), the other methods typed, every one async.
+using InferenceAsyncService = inference::GRPCInferenceService::WithAsyncMethod_ServerLive<
+    inference::GRPCInferenceService::WithAsyncMethod_ServerReady<
+        inference::GRPCInferenceService::WithAsyncMethod_ModelReady<
+            inference::GRPCInferenceService::WithAsyncMethod_ServerMetadata<
+                inference::GRPCInferenceService::WithAsyncMethod_ModelMetadata<
+                    inference::GRPCInferenceService::WithRawMethod_ModelInfer<
+                        inference::GRPCInferenceService::WithAsyncMethod_ModelConfig<
+                            inference::GRPCInferenceService::WithAsyncMethod_ModelStatistics<
+                                inference::GRPCInferenceService::WithAsyncMethod_RepositoryIndex<
+                                    inference::GRPCInferenceService::WithAsyncMethod_RepositoryModelLoad<
+                                        inference::GRPCInferenceService::WithAsyncMethod_RepositoryModelUnload<
+                                            inference::GRPCInferenceService::Service>>>>>>>>>>>;
+
+class InferenceService final : public InferenceAsyncService {
  public:
   InferenceService(std::shared_ptr<ModelRegistry> registry, std::shared_ptr<RankAdmission> admission,
-                   InferenceServiceOptions options);
+                   InferenceServiceOptions options, ServerQueues* queues);
+  ~InferenceService() override;
 
-  grpc::ServerUnaryReactor* ServerLive(grpc::CallbackServerContext* context, const inference::ServerLiveRequest*,
-                                       inference::ServerLiveResponse* response) override;
-  grpc::ServerUnaryReactor* ServerReady(grpc::CallbackServerContext* context, const inference::ServerReadyRequest*,
-                                        inference::ServerReadyResponse* response) override;
-  grpc::ServerUnaryReactor* ModelReady(grpc::CallbackServerContext* context,
-                                       const inference::ModelReadyRequest* request,
-                                       inference::ModelReadyResponse* response) override;
-  grpc::ServerUnaryReactor* ServerMetadata(grpc::CallbackServerContext* context,
-                                           const inference::ServerMetadataRequest*,
-                                           inference::ServerMetadataResponse* response) override;
-  grpc::ServerUnaryReactor* ModelMetadata(grpc::CallbackServerContext* context,
-                                          const inference::ModelMetadataRequest* request,
-                                          inference::ModelMetadataResponse* response) override;
-  grpc::ServerUnaryReactor* ModelConfig(grpc::CallbackServerContext* context,
-                                        const inference::ModelConfigRequest* request,
-                                        inference::ModelConfigResponse* response) override;
-  grpc::ServerUnaryReactor* ModelStatistics(grpc::CallbackServerContext* context,
-                                            const inference::ModelStatisticsRequest* request,
-                                            inference::ModelStatisticsResponse* response) override;
-  grpc::ServerUnaryReactor* ModelInfer(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
-                                       grpc::ByteBuffer* response) override;
-  grpc::ServerUnaryReactor* RepositoryIndex(grpc::CallbackServerContext* context,
-                                            const inference::RepositoryIndexRequest* request,
-                                            inference::RepositoryIndexResponse* response) override;
-  grpc::ServerUnaryReactor* RepositoryModelLoad(grpc::CallbackServerContext* context,
-                                                const inference::RepositoryModelLoadRequest* request,
-                                                inference::RepositoryModelLoadResponse* response) override;
-  grpc::ServerUnaryReactor* RepositoryModelUnload(grpc::CallbackServerContext* context,
-                                                  const inference::RepositoryModelUnloadRequest* request,
-                                                  inference::RepositoryModelUnloadResponse* response) override;
+  // One call of each method waiting on each of the queues. After the server has started.
+  void Arm();
 
   void SetRepositoryHandler(RepositoryHandler handler);
 
+  // Implementation details follow. API users need not read.
  private:
-  std::shared_ptr<ModelRegistry> registry_;
-  // Hands a repository call to the handler; `response` is filled from its answer.
-  grpc::ServerUnaryReactor* Repository(grpc::CallbackServerContext* context, const char* method,
-                                       const google::protobuf::Message& request, google::protobuf::Message* response);
+  struct Sites;
+  // Hands a repository call to the handler, which answers it through `done`.
+  template <typename Call>
+  void Repository(Call* call, const char* method);
 
+  std::shared_ptr<ModelRegistry> registry_;
   std::shared_ptr<RankAdmission> admission_;
   const InferenceServiceOptions options_;
   std::mutex repository_mu_;  // guards repository_
   std::shared_ptr<const RepositoryHandler> repository_;
+  std::unique_ptr<Sites> sites_;  // last: its handlers use the above
 };
 
 }  // namespace adrank

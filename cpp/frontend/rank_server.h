@@ -8,14 +8,23 @@
 // before any work (measured with a do-nothing handler), a grpc++ callback server ~65 us. With the
 // server on one core that difference decides how much of the core the model gets.
 //
+// Why gRPC's async completion-queue API (server_queues.h), for every service on the port: with one queue per
+// core, drained by one thread of the server's own that handles each event inline, gRPC's part of a call costs
+// ~1 context switch instead of the callback API's ~6.5, and ~110 instead of ~205 µs of CPU
+// (perf/results/echo-cq-2026-12-07-decision.md). Only while no callback or sync service is registered beside
+// them: one brings gRPC's own polling threads back. So health (health_service.h) and reflection
+// (reflection_service.h) are the server's own, on the same queues, and gRPC's default health service is off.
+//
 // A call: the Rank method is taken raw (its bytes, not a message gRPC parsed), so that the server
 // decides what an unparseable request gets. RankAdmission (rank_admission.h) admits it by its declared
 // size (the server's state, the largest request the models take, the bytes in flight); the contract's
 // RankCall (rank_call.h) then parses it from gRPC's buffer, checks, routes, submits, mirrors, records and
-// answers it, exactly as for the Python front end. This file is only the transport: the call's deadline
-// and tenant from gRPC's context, the reply serialized into gRPC's buffer, cancellation from OnCancel,
-// the request's bytes released in OnDone. Errors are the core's Status codes, which are gRPC's. No client
-// input yields UNKNOWN, INTERNAL or UNIMPLEMENTED.
+// answers it, exactly as for the Python front end. This file is only the transport (grpc_call.h): the call's
+// deadline and tenant from gRPC's context, a refusal answered on the queue's thread, the reply serialized into
+// gRPC's buffer by the worker and handed back to the queue's thread (or written by the worker under load),
+// cancellation from gRPC's done notification, the request's bytes released once gRPC is done with the call.
+// Errors are the core's Status codes, which are gRPC's. No client input yields UNKNOWN, INTERNAL or
+// UNIMPLEMENTED.
 //
 // Transport bounds, so that no client can take the server's memory or threads from the others:
 //   - a message larger than the registry's max_request_bytes is refused by its size before it is parsed
@@ -51,10 +60,14 @@
 //   max_in_flight_bytes = 256 MiB  RankAdmissionOptions' (rank_admission.h says why).
 //   keepalive_time = 10 s        How often an idle-looking connection is pinged: cheap (one frame), and
 //   keepalive_timeout = 5 s      a client that does not answer within this is dead or not reading.
-//   yield_to_workers = true      gRPC's threads are created SCHED_BATCH (thread_priority.h): on a core shared
-//                                with a model worker they wait for its batch instead of preempting it per
-//                                call. Measured (perf/overload_bench.py, one core): closed-loop saturation
-//                                2,616 -> 4,625-5,076 req/s, CPU per refusal 81.5 -> 44-54 µs.
+//   grpc_threads = 0             The completion queues, one thread each (adrank-grpc-N), that serve every call:
+//                                0 is one per core this process may run on (its CPU affinity, as the core's
+//                                num_workers = 0). More than one per core costs switches (server_queues.h).
+//   yield_to_workers = true      The transport's threads (those queues', and gRPC's own) are created
+//                                SCHED_BATCH (thread_priority.h): on a core shared with a model worker they
+//                                wait for its batch instead of preempting it per call. Measured
+//                                (perf/overload_bench.py, one core, on gRPC's callback threads): closed-loop
+//                                saturation 2,616 -> 4,625-5,076 req/s, CPU per refusal 81.5 -> 44-54 µs.
 //   version = ""                 The server's version, as KServe v2's ServerMetadata reports it.
 //   tls = {}                     Plaintext unless its cert_file is set: TLS, or mutual TLS with a client CA,
 //                                the files watched for rotation (tls_credentials.h).
@@ -64,7 +77,7 @@
 //                                that arrives after the deadline is as lost as a refusal, only dearer. A call
 //                                with less than this left is refused at once (DEADLINE_EXCEEDED).
 //
-// Thread-safety: every method may be called from any thread. Calls are served on gRPC's threads and
+// Thread-safety: every method may be called from any thread. Calls are served on the queues' threads and
 // completed on the core's workers.
 #pragma once
 
@@ -95,6 +108,7 @@ struct RankServerOptions {
   int port = 8500;
   int max_message_bytes = 32 << 20;
   int max_concurrent_streams = 100;
+  int grpc_threads = 0;  // 0: one per core this process may run on
   int64_t max_in_flight_bytes = int64_t{256} << 20;
   Duration keepalive_time = std::chrono::seconds(10);
   Duration keepalive_timeout = std::chrono::seconds(5);
@@ -106,7 +120,9 @@ struct RankServerOptions {
 
 class RankService;
 class InferenceService;
+class HealthService;
 class ReflectionService;
+class ServerQueues;
 
 class RankServer {
  public:
@@ -134,7 +150,8 @@ class RankServer {
   // unseen, so the port closes only after callers have gone quiet.
   bool WaitDrained(Duration quiet, Duration grace);
   // Stops listening; calls still running, or whose replies their clients have not taken, get `grace`,
-  // then are cancelled. Idempotent.
+  // then are cancelled (health Watch streams end at once: health_service.h); returns once every call is gone
+  // and the queues' threads have exited. Idempotent.
   void Shutdown(Duration grace);
 
   // Which calls it takes, and its counters (rank_admission.h): calls in flight (received and not yet
@@ -154,8 +171,11 @@ class RankServer {
 
   std::shared_ptr<ModelRegistry> registry_;
   std::shared_ptr<RankAdmission> admission_;
+  // In this order: the queues outlive the services, which outlive the server (destroyed first).
+  std::unique_ptr<ServerQueues> queues_;
   std::unique_ptr<RankService> service_;
   std::unique_ptr<InferenceService> inference_;
+  std::unique_ptr<HealthService> health_service_;
   std::unique_ptr<ReflectionService> reflection_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;

@@ -2,7 +2,6 @@
 
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -10,13 +9,18 @@
 #include <condition_variable>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
+#include <fstream>
 #include <future>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "adrank/kserve/grpc_service.grpc.pb.h"
 #include "adrank/v1/ranking.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpc/reflection/v1/reflection.grpc.pb.h"
 
 namespace adrank {
 namespace {
@@ -330,6 +334,7 @@ TEST_F(RankServerTest, ServesEachCallItsOwnScoresWithTiming) {
       v1::RankResponse response;
       const grpc::Status status = Rank(Request(rows, static_cast<float>(c) * 1000), &response);
       if (!status.ok() || response.results_size() != 1) {
+        ADD_FAILURE() << "call " << c << ": " << status.error_code() << " " << status.error_message();
         ++wrong;
         return;
       }
@@ -592,6 +597,270 @@ TEST_F(RankServerTest, APortAnotherServerHoldsIsRefusedNotShared) {
       << status.message();
   EXPECT_EQ(second, nullptr);
   EXPECT_EQ(HealthOf(channel_, ""), "NOT_SERVING") << "the first server answers";
+}
+
+}  // namespace
+}  // namespace adrank
+
+namespace adrank {
+namespace {
+
+using grpc::health::v1::Health;
+using grpc::health::v1::HealthCheckRequest;
+using grpc::health::v1::HealthCheckResponse;
+
+// The names of this process's threads (/proc/self/task/*/comm, proc(5)).
+std::vector<std::string> ThreadNames() {
+  std::vector<std::string> names;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    if (std::getline(comm, name)) names.push_back(name);
+  }
+  return names;
+}
+
+int Count(const std::vector<std::string>& names, const std::string& prefix) {
+  int count = 0;
+  for (const std::string& name : names) count += name.rfind(prefix, 0) == 0 ? 1 : 0;
+  return count;
+}
+
+// The thread names once `count` of them start with `prefix`, or after 5 s. A thread gRPC starts from one of the
+// server's threads bears that thread's name until it names itself.
+std::vector<std::string> ThreadNamesOnce(const std::string& prefix, int count) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  std::vector<std::string> names = ThreadNames();
+  while (Count(names, prefix) != count && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(milliseconds(10));
+    names = ThreadNames();
+  }
+  return names;
+}
+
+std::string Joined(const std::vector<std::string>& names) {
+  std::string joined;
+  for (const std::string& name : names) joined += name + " ";
+  return joined;
+}
+
+// server_queues.h: every service on the completion queues, so that gRPC starts no thread that polls beside them.
+// The clients here are sync or completion-queue ones: a callback client would start gRPC's callback threads in
+// this process itself.
+TEST_F(RankServerTest, EveryServiceIsServedOnTheServersOwnThreadsAndGrpcStartsNoCallbackOrSyncThread) {
+  const int fixtures = AllowedCores();  // the fixture's server's: one per core
+  EXPECT_EQ(Count(ThreadNamesOnce("adrank-grpc-", fixtures), "adrank-grpc-"), fixtures);
+  RankServerOptions options;
+  options.port = 0;
+  options.grpc_threads = 3;
+  std::unique_ptr<RankServer> server;
+  ASSERT_TRUE(RankServer::Create(options, registry_, &server).ok());
+  server->SetServing(true);
+  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(server->port()), grpc::InsecureChannelCredentials());
+  {  // Rank
+    grpc::ClientContext context;
+    v1::RankResponse response;
+    ASSERT_TRUE(v1::Ranking::NewStub(channel)->Rank(&context, Request(2, 0), &response).ok());
+    EXPECT_EQ(Scores(response.results(0)), (std::vector<float>{1.5f, 5.5f}));
+  }
+  auto kserve = inference::GRPCInferenceService::NewStub(channel);
+  {  // KServe v2: a typed method and ModelInfer (raw)
+    grpc::ClientContext context;
+    inference::ServerLiveResponse live;
+    ASSERT_TRUE(kserve->ServerLive(&context, inference::ServerLiveRequest(), &live).ok());
+    EXPECT_TRUE(live.live());
+    grpc::ClientContext infer_context;
+    inference::ModelInferRequest infer;
+    infer.set_model_name("nope");
+    inference::ModelInferResponse inferred;
+    EXPECT_EQ(kserve->ModelInfer(&infer_context, infer, &inferred).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  {  // Health
+    grpc::ClientContext context;
+    HealthCheckResponse health;
+    ASSERT_TRUE(Health::NewStub(channel)->Check(&context, HealthCheckRequest(), &health).ok());
+    EXPECT_EQ(health.status(), HealthCheckResponse::SERVING);
+  }
+  {  // Reflection (the generic service)
+    grpc::ClientContext context;
+    auto stream = grpc::reflection::v1::ServerReflection::NewStub(channel)->ServerReflectionInfo(&context);
+    grpc::reflection::v1::ServerReflectionRequest request;
+    request.set_list_services("");
+    ASSERT_TRUE(stream->Write(request));
+    grpc::reflection::v1::ServerReflectionResponse response;
+    ASSERT_TRUE(stream->Read(&response));
+    EXPECT_EQ(response.list_services_response().service_size(), 5);
+    stream->WritesDone();
+    EXPECT_TRUE(stream->Finish().ok());
+  }
+  const std::vector<std::string> names = ThreadNamesOnce("adrank-grpc-", fixtures + 3);
+  EXPECT_EQ(Count(names, "adrank-grpc-"), fixtures + 3) << Joined(names);
+  for (const char* grpc_thread : {"nexting_thread", "grpcpp_sync_ser", "callback"}) {
+    EXPECT_EQ(Count(names, grpc_thread), 0) << grpc_thread << " among " << Joined(names);
+  }
+  server->Shutdown(Duration::zero());
+  const std::vector<std::string> after = ThreadNamesOnce("adrank-grpc-", fixtures);
+  EXPECT_EQ(Count(after, "adrank-grpc-"), fixtures) << "the queues' threads exit with their server: " << Joined(after);
+}
+
+TEST_F(RankServerTest, AMethodTheServerDoesNotServeIsUnimplementedNamingIt) {
+  grpc::CompletionQueue cq;
+  grpc::GenericStub stub(channel_);
+  grpc::ClientContext context;
+  const grpc::Slice empty("", 0);
+  const grpc::ByteBuffer request(&empty, 1);
+  auto call = stub.PrepareUnaryCall(&context, "/nope.Service/Method", request, &cq);
+  call->StartCall();
+  grpc::ByteBuffer reply;
+  grpc::Status status;
+  call->Finish(&reply, &status, &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_NE(status.error_message().find("/nope.Service/Method"), std::string::npos) << status.error_message();
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+}
+
+TEST_F(RankServerTest, HealthWatchSendsTheStatusThenEachChangeAndEndsWhenTheServerShutsDown) {
+  HealthCheckRequest request;
+  request.set_service("sum");
+  grpc::ClientContext context;
+  auto watch = Health::NewStub(channel_)->Watch(&context, request);
+  HealthCheckResponse response;
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVICE_UNKNOWN);
+  server_->SetServiceServing("sum", true);  // loading: known, not shown
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
+  server_->SetServing(true);
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+  server_->StartDraining();
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
+  // The stream does not hold the shutdown for its grace.
+  const auto start = std::chrono::steady_clock::now();
+  server_->Shutdown(std::chrono::seconds(20));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+  EXPECT_FALSE(watch->Read(&response));
+  EXPECT_EQ(watch->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST_F(RankServerTest, ACallTheClientCancelsWhileQueuedIsNeverComputed) {
+  server_->SetServing(true);
+  CloseGate();
+  v1::RankResponse blocker_response;
+  std::thread blocker([&] { EXPECT_TRUE(Rank(Request(1, 0), &blocker_response).ok()); });
+  WaitEntered(1);
+  grpc::ClientContext context;
+  grpc::CompletionQueue cq;
+  v1::RankResponse response;
+  grpc::Status status;
+  auto call = stub_->AsyncRank(&context, Request(2, 0), &cq);
+  call->Finish(&response, &status, &cq);
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (server_->admission()->in_flight() < 2 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+  ASSERT_EQ(server_->admission()->in_flight(), 2) << "the call is queued behind the blocker";
+  context.TryCancel();
+  void* tag = nullptr;
+  bool ok = false;
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  // The server learns it from gRPC's done notification and cancels the queued part: its answer comes at once.
+  while (server_->admission()->in_flight() > 1 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+  EXPECT_EQ(server_->admission()->in_flight(), 1) << "the cancelled call is still in the model's queue";
+  OpenGate();
+  blocker.join();
+  EXPECT_TRUE(server_->WaitDrained(milliseconds(0), std::chrono::seconds(10)));
+  std::lock_guard<std::mutex> lock(mu_);
+  EXPECT_EQ(rows_computed_, 1) << "the cancelled call's rows ran";
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+}
+
+// Calls that ride one batch are answered by its worker (grpc_call.h); one alone through its queue's thread.
+TEST_F(RankServerTest, CallsThatShareABatchAreAnsweredEachWithItsScores) {
+  server_->SetServing(true);
+  CloseGate();
+  v1::RankResponse blocker_response;
+  std::thread blocker([&] { EXPECT_TRUE(Rank(Request(1, 0), &blocker_response).ok()); });
+  WaitEntered(1);
+  std::vector<v1::RankResponse> responses(4);
+  std::vector<std::thread> callers;
+  for (int i = 0; i < 4; ++i) {
+    callers.emplace_back([&, i] { EXPECT_TRUE(Rank(Request(i + 2, static_cast<float>(i)), &responses[i]).ok()); });
+  }
+  // All four in the model's queue (2 + 3 + 4 + 5 rows) behind the held batch: they leave it as one.
+  std::shared_ptr<const ServedModel> sum;
+  ASSERT_TRUE(registry_->Resolve("sum", 1, &sum).ok());
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (sum->queue->stats().queued_rows < 14 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+  EXPECT_EQ(sum->queue->stats().queued_rows, 14);
+  OpenGate();
+  blocker.join();
+  for (auto& caller : callers) caller.join();
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_EQ(responses[i].results_size(), 1);
+    const std::vector<float> scores = Scores(responses[i].results(0));
+    ASSERT_EQ(scores.size(), static_cast<size_t>(i + 2));
+    EXPECT_EQ(scores[0], 2.0f * static_cast<float>(i) + 1.0f + 0.5f);
+    EXPECT_GE(responses[i].results(0).timing().batch_rows(), i + 2);
+  }
+  EXPECT_EQ(responses[0].results(0).timing().batch_rows(), 14) << "the queued calls shared a batch";
+}
+
+// Shutdown with a call whose answer the core has yet to give: the answer still comes back through its queue, which
+// outlives it, and Shutdown returns once it is gone.
+TEST_F(RankServerTest, ShutdownWaitsForACallInTheModelAndCancelsWhatIsQueued) {
+  server_->SetServing(true);
+  CloseGate();
+  std::promise<grpc::Status> running, queued;
+  std::thread first([&] {
+    v1::RankResponse response;
+    running.set_value(Rank(Request(1, 0), &response));
+  });
+  WaitEntered(1);
+  std::thread second([&] {
+    v1::RankResponse response;
+    queued.set_value(Rank(Request(2, 0), &response));
+  });
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (server_->admission()->in_flight() < 2 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+  std::thread opener([&] {
+    std::this_thread::sleep_for(milliseconds(200));
+    OpenGate();
+  });
+  server_->Shutdown(milliseconds(50));  // both cancelled at 50 ms; the running batch ends at ~200 ms
+  EXPECT_EQ(server_->admission()->in_flight(), 0);
+  opener.join();
+  first.join();
+  second.join();
+  EXPECT_FALSE(running.get_future().get().ok());
+  EXPECT_FALSE(queued.get_future().get().ok());
+  std::lock_guard<std::mutex> lock(mu_);
+  EXPECT_EQ(rows_computed_, 1) << "the queued call was computed";
+}
+
+TEST_F(RankServerTest, GrpcThreadsOutOfRangeAreRefusedNamingThem) {
+  RankServerOptions options;
+  options.port = 0;
+  options.grpc_threads = -1;
+  std::unique_ptr<RankServer> server;
+  const Status status = RankServer::Create(options, registry_, &server);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("grpc_threads"), std::string::npos) << status.message();
 }
 
 }  // namespace

@@ -75,12 +75,34 @@ void DescribeFile(const FileDescriptor* file, const std::string& what, reflectio
   AddFileAndImports(file, &seen, response->mutable_file_descriptor_response());
 }
 
-// One stream: reads a request, writes its response, and so on until the client half-closes.
-class ReflectionReactor final : public grpc::ServerGenericBidiReactor {
+// One stream: reads a request, writes its response, and so on until the client half-closes; a method the server
+// does not serve is answered UNIMPLEMENTED at once. One operation in flight at a time.
+class ReflectionStream final {
  public:
-  explicit ReflectionReactor(const ReflectionService* service) : service_(service) { StartRead(&request_); }
+  // Through Arm only (server_queues.h): the stream then owns itself.
+  ReflectionStream(ReflectionService* service, grpc::ServerCompletionQueue* cq)
+      : ticket_(service->queues()), service_(service), cq_(cq) {
+    service_->generic()->RequestCall(&context_, &stream_, cq_, cq_, arrived_.tag());
+  }
 
-  void OnReadDone(bool ok) override {
+ private:
+  void Arrived(bool ok) {
+    if (!ok) {  // the server is shutting down: no call came
+      Retire(this);
+      return;
+    }
+    Arm<ReflectionStream>(service_, cq_);
+    const std::string& method = context_.method();
+    for (const char* service : {ReflectionService::kV1, ReflectionService::kV1Alpha}) {
+      if (method == "/" + std::string(service) + "/ServerReflectionInfo") {
+        stream_.Read(&request_, read_.tag());
+        return;
+      }
+    }
+    Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "method " + method + " is not served here"));
+  }
+
+  void Read(bool ok) {
     if (!ok) {  // the client is done sending
       Finish(grpc::Status::OK);
       return;
@@ -93,32 +115,31 @@ class ReflectionReactor final : public grpc::ServerGenericBidiReactor {
     const std::string answer = service_->Answer(bytes);
     grpc::Slice slice(answer);
     response_ = grpc::ByteBuffer(&slice, 1);
-    StartWrite(&response_);
+    stream_.Write(response_, written_.tag());
   }
 
-  void OnWriteDone(bool ok) override {
+  void Written(bool ok) {
     if (!ok) {
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
       return;
     }
-    StartRead(&request_);
+    stream_.Read(&request_, read_.tag());
   }
 
-  void OnDone() override { delete this; }
+  void Finish(const grpc::Status& status) { stream_.Finish(status, finished_.tag()); }
+  void Finished(bool /*ok*/) { Retire(this); }
 
- private:
-  const ReflectionService* const service_;
+  ServerQueues::Ticket ticket_;  // first: counted until the stream is gone
+  ReflectionService* const service_;
+  grpc::ServerCompletionQueue* const cq_;
+  grpc::GenericServerContext context_;
+  grpc::GenericServerAsyncReaderWriter stream_{&context_};
   grpc::ByteBuffer request_;
   grpc::ByteBuffer response_;
-};
-
-// A method the server does not serve.
-class UnimplementedReactor final : public grpc::ServerGenericBidiReactor {
- public:
-  explicit UnimplementedReactor(const std::string& method) {
-    Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "method " + method + " is not served here"));
-  }
-  void OnDone() override { delete this; }
+  CqStep<ReflectionStream, &ReflectionStream::Arrived> arrived_{this};
+  CqStep<ReflectionStream, &ReflectionStream::Read> read_{this};
+  CqStep<ReflectionStream, &ReflectionStream::Written> written_{this};
+  CqStep<ReflectionStream, &ReflectionStream::Finished> finished_{this};
 };
 
 }  // namespace
@@ -126,20 +147,17 @@ class UnimplementedReactor final : public grpc::ServerGenericBidiReactor {
 const char* const ReflectionService::kV1 = "grpc.reflection.v1.ServerReflection";
 const char* const ReflectionService::kV1Alpha = "grpc.reflection.v1alpha.ServerReflection";
 
-ReflectionService::ReflectionService(ReflectionServiceOptions options)
+ReflectionService::ReflectionService(ReflectionServiceOptions options, ServerQueues* queues)
     : options_(std::move(options)),
+      queues_(queues),
       generated_(*(LinkDescriptors(), DescriptorPool::generated_pool())),
       files_(&generated_, &derived_),
       pool_(&files_) {
   derived_.Add(V1AlphaFile());
 }
 
-grpc::ServerGenericBidiReactor* ReflectionService::CreateReactor(grpc::GenericCallbackServerContext* context) {
-  const std::string& method = context->method();
-  for (const char* service : {kV1, kV1Alpha}) {
-    if (method == "/" + std::string(service) + "/ServerReflectionInfo") return new ReflectionReactor(this);
-  }
-  return new UnimplementedReactor(method);  // both delete themselves in OnDone
+void ReflectionService::Arm() {
+  for (const auto& queue : queues_->queues()) adrank::Arm<ReflectionStream>(this, queue.get());
 }
 
 std::string ReflectionService::Answer(const std::string& bytes) const {

@@ -15,11 +15,16 @@
 // define no extensions: NOT_FOUND for a type that is not known, an empty list otherwise). A name that is not
 // in the pool gets an error_response NOT_FOUND naming it, on the same stream; the stream goes on.
 //
-// It is the server's generic service: a method the server has no handler for reaches it, and any but the
-// two reflection methods is answered UNIMPLEMENTED, naming the method, as grpc++ would.
+// It is the server's generic service (on gRPC's async API: server_queues.h): a method the server has no handler
+// for reaches it, and any but the two reflection methods is answered UNIMPLEMENTED, naming the method, as grpc++
+// would.
 //
-// Thread-safety: each stream is served by its own reactor on gRPC's threads; the descriptor pool is
-// immutable once built.
+// A stream: armed on each queue (Arm), it reads a request, writes its response, and so on, one operation at a
+// time on its queue's thread, until the client half-closes (finished OK) or goes away; it owns itself until its
+// finish event is back (server_queues.h).
+//
+// Thread-safety: streams are served on the queues' threads, concurrently; the descriptor pool is thread-safe
+// (it builds from its files under its own lock). Arm once, after the server has started.
 #pragma once
 
 #include <google/protobuf/descriptor.h>
@@ -30,17 +35,22 @@
 #include <string>
 #include <vector>
 
+#include "server_queues.h"
+
 namespace adrank {
 
 struct ReflectionServiceOptions {
   std::vector<std::string> services;  // fully-qualified names, listed as given
 };
 
-class ReflectionService final : public grpc::CallbackGenericService {
+class ReflectionService final {
  public:
-  explicit ReflectionService(ReflectionServiceOptions options);
+  ReflectionService(ReflectionServiceOptions options, ServerQueues* queues);
 
-  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* context) override;
+  // What the server registers (RegisterAsyncGenericService).
+  grpc::AsyncGenericService* generic() { return &generic_; }
+  // One stream waiting on each queue. After the server has started.
+  void Arm();
 
   // The full names of the two reflection services, to list beside the others.
   static const char* const kV1;
@@ -49,9 +59,12 @@ class ReflectionService final : public grpc::CallbackGenericService {
   // Implementation details follow. API users need not read.
   // One request's response (both versions share the wire format of grpc.reflection.v1's messages).
   std::string Answer(const std::string& request) const;
+  ServerQueues* queues() const { return queues_; }
 
  private:
   const ReflectionServiceOptions options_;
+  ServerQueues* const queues_;
+  grpc::AsyncGenericService generic_;
   // The generated pool, and v1alpha's file beside it.
   google::protobuf::DescriptorPoolDatabase generated_;
   google::protobuf::SimpleDescriptorDatabase derived_;

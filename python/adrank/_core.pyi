@@ -394,6 +394,7 @@ class RankServerOptions:
     port: int
     max_message_bytes: int
     max_concurrent_streams: int
+    grpc_threads: int
     max_in_flight_bytes: int
     keepalive_time_s: float
     keepalive_timeout_s: float

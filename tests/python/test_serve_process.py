@@ -185,7 +185,11 @@ def test_a_start_with_nothing_to_serve_exits_1_with_one_line(tmp_path):
 
 
 SCHED_OTHER, SCHED_BATCH = 0, 3
-TRANSPORT_THREADS = ("nexting_thread", "default-executo", "grpcpp_sync_ser", "grpc_global_tim")
+# The C++ front end's completion-queue threads (cpp/frontend/server_queues.h), then those gRPC names itself.
+FRONTEND_THREADS = "adrank-grpc-"
+TRANSPORT_THREADS = ("default-executo", "grpc_global_tim")
+# gRPC's callback and sync-server threads: none while every service is on the completion queues.
+CALLBACK_THREADS = ("nexting_thread", "grpcpp_sync_ser")
 
 
 def thread_policies(pid: int) -> list[tuple[str, int]]:
@@ -201,8 +205,9 @@ def thread_policies(pid: int) -> list[tuple[str, int]]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread policies are read from Linux's /proc")
 @pytest.mark.parametrize("yielding", [True, False])
 def test_the_transport_threads_yield_to_the_model_workers_unless_told_not_to(tmp_path, yielding):
-    """cpp/thread_priority.h: with the C++ front end, gRPC's threads run SCHED_BATCH and the model workers
-    (and the Python threads) SCHED_OTHER; --no-yield-to-workers leaves every thread SCHED_OTHER."""
+    """cpp/thread_priority.h: with the C++ front end, its completion-queue threads and gRPC's run SCHED_BATCH and
+    the model workers (and the Python threads) SCHED_OTHER; --no-yield-to-workers leaves every thread SCHED_OTHER.
+    After a call, gRPC runs no callback or sync-server thread (cpp/frontend/server_queues.h)."""
     if not core.HAS_RANK_SERVER:
         pytest.skip("this build has no C++ front end (no grpc++): the policy is the C++ front end's")
     flag = "--yield-to-workers" if yielding else "--no-yield-to-workers"
@@ -214,12 +219,14 @@ def test_the_transport_threads_yield_to_the_model_workers_unless_told_not_to(tmp
         own = Path(f"/proc/{proc.pid}/comm").read_text().strip()
     finally:
         end(proc)
-    transport = [policy for comm, policy in threads if comm in TRANSPORT_THREADS]
+    frontend = [policy for comm, policy in threads if comm.startswith(FRONTEND_THREADS)]
+    transport = [policy for comm, policy in threads if comm in TRANSPORT_THREADS] + frontend
     # Threads the process starts itself (the model workers, Python's) carry its name; gRPC names its own.
     workers = [policy for comm, policy in threads if comm == own]
-    assert transport and workers, threads
+    assert frontend and transport and workers, threads
     assert set(workers) == {SCHED_OTHER}, threads
     assert set(transport) == ({SCHED_BATCH} if yielding else {SCHED_OTHER}), threads
+    assert not [comm for comm, _ in threads if comm in CALLBACK_THREADS], threads
 
 
 def test_the_admin_token_is_refused_on_the_command_line_and_in_a_file_others_can_read(tmp_path):

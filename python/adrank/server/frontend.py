@@ -63,6 +63,7 @@ class TransportOptions:
     port: int = 8500  # 0: any free port
     max_message_bytes: int = 32 << 20
     max_concurrent_streams: int = 100
+    grpc_threads: int = 0  # the C++ front end's completion queues, a thread each; 0: one per core
     max_in_flight_bytes: int = 256 << 20
     keepalive_time_s: float = 10.0
     keepalive_timeout_s: float = 5.0
@@ -169,6 +170,7 @@ class CppFrontend:
         server.port = options.port
         server.max_message_bytes = options.max_message_bytes
         server.max_concurrent_streams = options.max_concurrent_streams
+        server.grpc_threads = options.grpc_threads
         server.max_in_flight_bytes = options.max_in_flight_bytes
         server.keepalive_time_s = options.keepalive_time_s
         server.keepalive_timeout_s = options.keepalive_timeout_s
