@@ -119,6 +119,8 @@ Status CheckPriority(int64_t priority) {
 
 RankCall::RankCall() : start_ns_(SteadyNanos()) {}
 
+void RankCall::MarkArrival() { start_ns_ = SteadyNanos(); }
+
 void RankCall::Parse(std::string_view bytes) {
   if (!request_.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) parsed_ = ParseError(bytes);
 }

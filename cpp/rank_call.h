@@ -91,6 +91,11 @@ class RankCall {
   RankCall(const RankCall&) = delete;
   RankCall& operator=(const RankCall&) = delete;
 
+  // The call arrived now: its latency (the request histogram, the response's server_us) counts from here. The
+  // constructor's time stands otherwise; a transport that makes its call object before the call comes (the CQ
+  // front end arms one per queue to wait for the next call) says when it came, or the wait would count.
+  void MarkArrival();
+
   // The request's bytes, contiguous or as a stream (`bytes` gives them whole, only to explain a failure).
   // A failure is kept: Start then answers it.
   void Parse(std::string_view bytes);
@@ -129,7 +134,7 @@ class RankCall {
   void Release();
   Status FillResponse(size_t* failed);  // `failed`: the part whose output is missing, if one is
 
-  const int64_t start_ns_;
+  int64_t start_ns_;  // the call's arrival: the constructor's, or MarkArrival's
   Status parsed_;
   TimePoint core_deadline_ = kNoDeadline;
   v1::RankRequest request_;  // the core Requests view its bytes: it lives as long as the call

@@ -87,6 +87,7 @@ class GrpcCall final : public Call {
       Retire(this);
       return;
     }
+    this->MarkArrival();  // made when armed, before the call came: its latency counts from now
     Arm<GrpcCall>(site_, cq_);
     RankAdmission& admission = *site_->admission;
     const auto bytes = static_cast<int64_t>(request_.Length());

@@ -351,6 +351,20 @@ TEST_F(RankServerTest, ServesEachCallItsOwnScoresWithTiming) {
   EXPECT_EQ(wrong.load(), 0);
 }
 
+// The call object waiting on a queue is made before its call comes; the server's time (server_us, the request
+// histogram) counts from the arrival, so it is never more than what the client saw, however long the server idled.
+TEST_F(RankServerTest, ServerTimeCountsFromTheCallsArrivalNotFromWhenItWasArmed) {
+  server_->SetServing(true);
+  v1::RankResponse response;
+  ASSERT_TRUE(Rank(Request(3, 0), &response).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the next call object waits meanwhile
+  const auto sent = std::chrono::steady_clock::now();
+  ASSERT_TRUE(Rank(Request(3, 0), &response).ok());
+  const auto seen_us =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - sent).count();
+  EXPECT_LE(response.server_us(), seen_us);
+}
+
 TEST_F(RankServerTest, BadRequestsGetTheirStatusAndTheServerKeepsServing) {
   server_->SetServing(true);
   v1::RankRequest request = Request(2, 0);
